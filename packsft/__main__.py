@@ -1,0 +1,3 @@
+from packsft.cli import main
+
+main()

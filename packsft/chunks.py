@@ -1,0 +1,137 @@
+"""Materialise chunks: the (rows, L+1) token array, its label-aligned loss mask and segment boundaries.
+
+    tokens[r]    = t0 t1 t2 ... tL          inputs = tokens[r, :-1], labels = tokens[r, 1:]
+    loss_mask[r] =    m1 m2 ... mL          loss_mask[r, i] = train flag of tokens[r, i+1]
+    segments     = lengths of the conversation pieces in row r, in order; sum <= L+1, pads after
+
+Segments are stored CSR: the segment lengths of row r are
+`segment_lengths[row_segments[r]:row_segments[r+1]]`. A trainer resets position_ids at each segment
+start and builds cu_seqlens from them; the label at a segment start is never trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from packsft.pack import Packing, linear_rows
+from packsft.render import concat_ranges
+from packsft.split import PieceTable
+
+
+@dataclass
+class Chunks:
+    tokens: np.ndarray  # int64 (rows, L+1); narrowed to the storage dtype by the writer
+    loss_mask: np.ndarray  # uint8 (rows, L)
+    segment_lengths: np.ndarray  # int32
+    row_segments: np.ndarray  # int64, len rows+1
+    piece_rows: np.ndarray  # int64, row of every placed piece, in packing order (stats only)
+
+    @property
+    def rows(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def nonpad(self) -> int:
+        return int(self.segment_lengths.sum())
+
+
+def build_chunks(pieces: PieceTable, packing: Packing, seq_length: int, pad_id: int) -> Chunks:
+    """Copy the pieces into rows as the packing says; the rest of each row is pad (mask 0)."""
+    capacity = seq_length + 1
+    rows = packing.rows
+    lengths = pieces.lengths[packing.order]
+    pieces_per_row = np.diff(packing.row_offsets)
+    piece_rows = np.repeat(np.arange(rows, dtype=np.int64), pieces_per_row)
+    # Column where each placed piece starts: running length within its row.
+    run = np.cumsum(lengths) - lengths
+    row_base = np.repeat(run[packing.row_offsets[:-1]] if rows else np.zeros(0, np.int64), pieces_per_row)
+    columns = run - row_base
+    dest = concat_ranges(piece_rows * capacity + columns, lengths)
+    src = concat_ranges(pieces.offsets[packing.order], lengths)
+    tokens = np.full(rows * capacity, pad_id, np.int64)
+    flags = np.zeros(rows * capacity, np.uint8)
+    tokens[dest] = pieces.ids[src]
+    flags[dest] = pieces.flags[src]
+    tokens = tokens.reshape(rows, capacity)
+    flags = flags.reshape(rows, capacity)
+    return Chunks(
+        tokens=tokens,
+        loss_mask=np.ascontiguousarray(flags[:, 1:]),
+        segment_lengths=lengths.astype(np.int32),
+        row_segments=packing.row_offsets.astype(np.int64),
+        piece_rows=piece_rows,
+    )
+
+
+def build_linear_chunks(
+    ids: np.ndarray, flags: np.ndarray, conv_offsets: np.ndarray, seq_length: int, pad_id: int
+) -> Chunks:
+    """Stream packing: row k holds stream[k*L : k*L+L+1]; only the last row is padded."""
+    capacity = seq_length + 1
+    total = len(ids)
+    rows = linear_rows(total, seq_length)
+    padded = rows * seq_length + 1 if rows else 0
+    window = np.arange(rows, dtype=np.int64)[:, None] * seq_length + np.arange(capacity, dtype=np.int64)
+    stream_ids = np.full(padded, pad_id, np.int64)
+    stream_flags = np.zeros(padded, np.uint8)
+    stream_ids[:total] = ids[:padded]
+    stream_flags[:total] = flags[:padded]
+    tokens = stream_ids[window] if rows else np.zeros((0, capacity), np.int64)
+    row_flags = stream_flags[window] if rows else np.zeros((0, capacity), np.uint8)
+
+    # Segments: a row is cut at every conversation start inside it (its first segment may be the
+    # middle of a conversation) and ends where the stream ends.
+    row_starts = np.arange(rows, dtype=np.int64) * seq_length
+    row_ends = np.minimum(row_starts + capacity, total)
+    starts = conv_offsets[:-1]
+    cut_lists, counts = [], []
+    first = np.searchsorted(starts, row_starts, side="right")
+    last = np.searchsorted(starts, row_ends, side="left")
+    for r in range(rows):
+        inner = starts[first[r] : last[r]]
+        bounds = np.concatenate([[row_starts[r]], inner, [row_ends[r]]])
+        cut_lists.append(np.diff(bounds))
+        counts.append(len(bounds) - 1)
+    segment_lengths = np.concatenate(cut_lists).astype(np.int32) if cut_lists else np.zeros(0, np.int32)
+    return Chunks(
+        tokens=tokens,
+        loss_mask=np.ascontiguousarray(row_flags[:, 1:]),
+        segment_lengths=segment_lengths,
+        row_segments=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        piece_rows=np.zeros(0, np.int64),
+    )
+
+
+def segment_starts(chunks_segment_lengths: np.ndarray, row_segments: np.ndarray) -> np.ndarray:
+    """Start column of every segment (the running length within its row)."""
+    run = np.cumsum(chunks_segment_lengths, dtype=np.int64) - chunks_segment_lengths
+    counts = np.diff(row_segments)
+    return run - np.repeat(run[row_segments[:-1]] if len(counts) else np.zeros(0, np.int64), counts) if len(run) else run
+
+
+def labels_with_bos_and_user(chunks: Chunks, bos_id: int | None, user_id: int | None) -> int | None:
+    """Trained labels that have a BOS and a user role token before them in their own segment."""
+    if bos_id is None or user_id is None or not chunks.rows:
+        return None
+    capacity = chunks.tokens.shape[1]
+    flat = chunks.tokens.reshape(-1)
+    positions = np.arange(len(flat), dtype=np.int64)
+    counts = np.diff(chunks.row_segments)
+    seg_rows = np.repeat(np.arange(chunks.rows, dtype=np.int64), counts)
+    seg_start = seg_rows * capacity + segment_starts(chunks.segment_lengths, chunks.row_segments)
+    # Segment start of every position (pads inherit the last segment; they are never trained).
+    start_at = np.full(len(flat), -1, np.int64)
+    start_at[seg_start] = seg_start
+    start_at = np.maximum.accumulate(start_at)
+    last_bos = np.maximum.accumulate(np.where(flat == bos_id, positions, -1))
+    last_user = np.maximum.accumulate(np.where(flat == user_id, positions, -1))
+    # Label tokens[r, i+1] sees context tokens[r, :i+1]: check at the context end i, in the label's segment.
+    mask = np.zeros(len(flat), bool)
+    mask.reshape(chunks.rows, capacity)[:, 1:] = chunks.loss_mask.astype(bool)
+    label_pos = np.flatnonzero(mask)
+    context_end = label_pos - 1
+    seg = start_at[label_pos]
+    ok = (last_bos[context_end] >= seg) & (last_user[context_end] >= seg)
+    return int(ok.sum())

@@ -1,0 +1,188 @@
+"""The `packsft` command line: thin wrappers over library functions the tests call too."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+import packsft
+from packsft.config import (
+    FORMATS,
+    LONG_POLICIES,
+    MASK_POLICIES,
+    OUTPUT_FORMATS,
+    STRATEGIES,
+    TEMPLATES,
+    UNPROMPTED_POLICIES,
+    resolve_config,
+)
+from packsft.errors import PacksftError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a PacksftError into one line on stderr and exit status 1 (never a traceback)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except PacksftError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("packsft: interrupted; nothing that looks complete was left behind. Rerun to finish.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def pack_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that decide what `pack` writes (shared by pack and slurm submit)."""
+    options = [
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with the same keys as these flags; flags override it."),
+        click.option("--tokenizer", help="Tokenizer folder or model-hub name. [default: gpt2]"),
+        click.option("--format", "data_format", type=click.Choice(FORMATS), help="Input records: chat 'messages' or plain 'text'. [default: conversation]"),
+        click.option("--template", type=click.Choice(TEMPLATES), help="Render with the seed's role tokens or the tokenizer's chat template. [default: roles]"),
+        click.option("--mask", type=click.Choice(MASK_POLICIES), help="Which tokens are trained. [default: assistant_only]"),
+        click.option("--strategy", type=click.Choice(STRATEGIES), help="How conversations are packed into rows. [default: bestfit]"),
+        click.option("--seq-length", type=int, help="Tokens per training sequence L (rows store L+1). [default: 2048]"),
+        click.option("--long", type=click.Choice(LONG_POLICIES), help="Conversations longer than a row. [default: split for bestfit, truncate for aligned]"),
+        click.option("--unprompted", type=click.Choice(UNPROMPTED_POLICIES), help="Assistant turns no user message prompts: train, keep as context, or drop. [default: keep]"),
+        click.option("--source-filter", help="Keep only records whose 'source' column equals this."),
+        click.option("--output-format", type=click.Choice(OUTPUT_FORMATS), help="Write .npy arrays, a parquet file, or both. [default: npy]"),
+        click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the tokenizer to run code from its folder (off by default)."),
+        click.option("--batch-size", type=int, help="Records tokenized per batch (memory vs speed; output unchanged). [default: 1024]"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(packsft.__version__, "--version", prog_name="packsft")
+def main() -> None:
+    """Pack chat conversations into fixed-length, loss-masked token chunks, offline, once.
+
+    Example:
+
+        packsft pack data/ out/ --tokenizer path/to/tokenizer
+        packsft inspect out/ --chunk 0
+        packsft stats out/
+    """
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path())
+@click.argument("out_dir", type=click.Path())
+@pack_options
+@click.option("--overwrite", is_flag=True, help="Replace an earlier packsft output in OUT_DIR.")
+@click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping and counting it.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
+@user_errors
+def pack(data_dir: str, out_dir: str, config_file: str | None, overwrite: bool, strict: bool, quiet: bool,
+         data_format: str | None, **flags: Any) -> None:
+    """Read conversations under DATA_DIR, render, pack and write chunks to OUT_DIR.
+
+    Example:
+
+        packsft pack data/ out/ --tokenizer ./tok --strategy bestfit --mask assistant_only
+    """
+    from packsft.pipeline import run_pack
+    from packsft.stats import format_summary
+
+    config = resolve_config(config_file, format=data_format, **flags)
+    result = run_pack(data_dir, out_dir, config, overwrite=overwrite, quiet=quiet, strict=strict)
+    if not quiet:
+        click.echo(format_summary(result.dataset))
+        click.echo(f"wrote {result.out_dir} in {result.seconds:.1f}s")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path())
+@click.option("--chunk", "chunks", type=int, multiple=True, default=[0], show_default=True, help="Chunk (global row) to show; repeat for several.")
+@click.option("--tokens", is_flag=True, help="Also list every position: input id, label id, train flag, text.")
+@click.option("--tokenizer", help="Tokenizer to decode with, if it moved since packing (must be the same one).")
+@user_errors
+def inspect(out_dir: str, chunks: tuple[int, ...], tokens: bool, tokenizer: str | None) -> None:
+    """Show what a chunk holds: sections by role, what is trained, and the context check.
+
+    Example:
+
+        packsft inspect out/ --chunk 0 --chunk 5
+    """
+    from packsft.output import PackedOutput
+    from packsft.view import render_chunk, tokenizer_for
+
+    output = PackedOutput(out_dir)
+    tok = tokenizer_for(output, tokenizer)
+    for index in chunks:
+        click.echo(render_chunk(output, index, tok, tokens=tokens))
+        click.echo()
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
+@user_errors
+def stats(out_dir: str, as_json: bool) -> None:
+    """Summarise what was trained, kept, padded and lost in a packed output.
+
+    Example:
+
+        packsft stats out/ --json
+    """
+    from packsft.stats import format_summary
+    from packsft.writer import read_dataset
+
+    dataset = read_dataset(out_dir)
+    if as_json:
+        click.echo(json.dumps(dataset["stats"], indent=2, sort_keys=True))
+    else:
+        click.echo(format_summary(dataset))
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(), default="demo-out")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier demo output in OUT_DIR.")
+@user_errors
+def demo(out_dir: str, overwrite: bool) -> None:
+    """Pack the bundled demo conversations three ways with a tokenizer built here, and inspect a chunk.
+
+    Runs offline: the demo tokenizer is trained on the demo texts with the `tokenizers` library.
+
+    Example:
+
+        packsft demo demo-out
+    """
+    from pathlib import Path
+
+    from packsft.config import PackConfig
+    from packsft.demo import DATA_DIR, build_demo_tokenizer
+    from packsft.output import PackedOutput
+    from packsft.pipeline import run_pack
+    from packsft.stats import format_summary
+    from packsft.view import render_chunk, tokenizer_for
+
+    root = Path(out_dir)
+    tokenizer_dir = build_demo_tokenizer(root / "tokenizer")
+    click.echo(f"demo tokenizer written to {tokenizer_dir}")
+    runs = [("linear", "all"), ("aligned", "assistant_only"), ("bestfit", "assistant_only")]
+    for strategy, mask in runs:
+        config = PackConfig(tokenizer=str(tokenizer_dir), strategy=strategy, mask=mask, seq_length=512)
+        result = run_pack(DATA_DIR, root / strategy, config, overwrite=overwrite, quiet=True)
+        click.echo(f"\n=== {strategy} + {mask} -> {result.out_dir}")
+        click.echo(format_summary(result.dataset))
+        output = PackedOutput(result.out_dir)
+        click.echo()
+        click.echo(render_chunk(output, 0, tokenizer_for(output)))
+    click.echo(f"\nnext: packsft inspect {root / 'bestfit'} --chunk 1 --tokens | packsft stats {root / 'bestfit'} --json")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

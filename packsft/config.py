@@ -1,0 +1,115 @@
+"""The pack configuration: one frozen dataclass, loaded from TOML, overridden by CLI flags.
+
+The resolved configuration is stored in `dataset.json`, so an output always says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packsft.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+DEFAULT_SEQ_LENGTH = 2048
+DEFAULT_TOKENIZER = "gpt2"
+
+FORMATS = ("conversation", "text")
+TEMPLATES = ("roles", "chat")
+MASK_POLICIES = ("all", "assistant_only")
+STRATEGIES = ("linear", "aligned", "bestfit")
+LONG_POLICIES = ("split", "truncate", "drop")
+UNPROMPTED_POLICIES = ("keep", "mask", "drop")
+OUTPUT_FORMATS = ("npy", "parquet", "both")
+
+# Conversations longer than a row: bestfit splits them (nothing lost); aligned keeps the seed's
+# truncation so that its figures stay comparable with the seed notebook.
+DEFAULT_LONG = {"bestfit": "split", "aligned": "truncate", "linear": "split"}
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    """Everything that decides the bytes of a packed output (and nothing that does not)."""
+
+    tokenizer: str = DEFAULT_TOKENIZER
+    format: str = "conversation"
+    template: str = "roles"
+    mask: str = "assistant_only"
+    strategy: str = "bestfit"
+    seq_length: int = DEFAULT_SEQ_LENGTH
+    long: str | None = None
+    unprompted: str = "keep"
+    source_filter: str | None = None
+    output_format: str = "npy"
+    trust_remote_code: bool = False
+    # Records tokenized per batch: big enough to keep the Rust tokenizer busy, small enough to
+    # bound memory. It does not change the output bytes.
+    batch_size: int = field(default=1024, compare=False)
+
+    def __post_init__(self) -> None:
+        choices = {
+            "format": FORMATS,
+            "template": TEMPLATES,
+            "mask": MASK_POLICIES,
+            "strategy": STRATEGIES,
+            "unprompted": UNPROMPTED_POLICIES,
+            "output_format": OUTPUT_FORMATS,
+        }
+        for key, allowed in choices.items():
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ConfigError(f"{key} = {value!r} is not one of {', '.join(allowed)}")
+        if self.long is not None and self.long not in LONG_POLICIES:
+            raise ConfigError(f"long = {self.long!r} is not one of {', '.join(LONG_POLICIES)}")
+        if not isinstance(self.seq_length, int) or self.seq_length < 2:
+            raise ConfigError(f"seq_length must be an integer >= 2, got {self.seq_length!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
+    @property
+    def long_policy(self) -> str:
+        """The policy for conversations longer than a row, with the strategy's default filled in."""
+        return self.long or DEFAULT_LONG[self.strategy]
+
+    def to_dict(self) -> dict[str, Any]:
+        resolved = dataclasses.asdict(self)
+        resolved["long"] = self.long_policy
+        return resolved
+
+
+CONFIG_KEYS = frozenset(f.name for f in dataclasses.fields(PackConfig))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into a dict of PackConfig keys (dashes and underscores both accepted)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    values = {key.replace("-", "_"): value for key, value in raw.items()}
+    unknown = sorted(set(values) - CONFIG_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(CONFIG_KEYS))}"
+        )
+    return values
+
+
+def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> PackConfig:
+    """Build the config from an optional TOML file, then flags (None means 'not given')."""
+    values: dict[str, Any] = read_config_file(config_file) if config_file else {}
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return PackConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None

@@ -1,0 +1,25 @@
+"""Errors a user can cause. The CLI turns each into one line on stderr and exit status 1."""
+
+
+class PacksftError(Exception):
+    """Base class of every error packsft raises for bad input, bad configuration or a failed job."""
+
+
+class InputError(PacksftError):
+    """The input folder or one of its files cannot be read as conversations."""
+
+
+class BadRecordError(PacksftError):
+    """One record is malformed and --strict asked to stop at the first one."""
+
+
+class ConfigError(PacksftError):
+    """A configuration value or file is invalid."""
+
+
+class TokenizerError(PacksftError):
+    """The tokenizer cannot be loaded or cannot represent the data."""
+
+
+class OutputError(PacksftError):
+    """The output folder cannot be written, or an existing output is incomplete or corrupt."""

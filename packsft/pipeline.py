@@ -1,0 +1,294 @@
+"""The pack job: plan units, then per unit read -> render -> split -> pack -> write; finally dataset.json.
+
+One unit of work is one input file; it becomes one immutable shard. Packing happens over a whole
+unit, so best-fit sees every conversation of the file at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+import packsft
+from packsft.chunks import Chunks, build_chunks, build_linear_chunks, labels_with_bos_and_user
+from packsft.config import PackConfig
+from packsft.errors import OutputError
+from packsft.pack import pack_aligned, pack_bestfit
+from packsft.reader import InputFile, list_input_files, open_input, read_conversations
+from packsft.records import USER, RejectLedger
+from packsft.render import RenderedBatch, render_roles, trained_unprompted
+from packsft.split import PieceTable, split_long
+from packsft.stats import LENGTH_BIN, LENGTH_BINS, add_counters, summarize
+from packsft.tokenizer import PackTokenizer, load_tokenizer
+from packsft.writer import (
+    DATASET_JSON,
+    REJECTS_JSONL,
+    atomic_write_bytes,
+    atomic_write_json,
+    prepare_output,
+    storage_dtype,
+    write_shard,
+)
+
+NO_SOURCE = "(none)"
+OMITTED_MARKER = "[… {n} tokens omitted] "
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work: an input file (all of it, for now) and the shard it becomes."""
+
+    index: int
+    path: Path
+    name: str  # the path relative to DATA_DIR, as recorded in manifests
+
+
+@dataclass
+class PackResult:
+    out_dir: Path
+    dataset: dict[str, Any]
+    seconds: float
+
+
+def plan_units(data_dir: Path) -> list[Unit]:
+    files = list_input_files(data_dir)
+    return [Unit(i, path, path.relative_to(data_dir).as_posix()) for i, path in enumerate(files)]
+
+
+def render_batch(conversations, tokenizer: PackTokenizer, config: PackConfig) -> RenderedBatch:
+    if config.template == "chat":
+        from packsft.chat_template import render_chat
+
+        return render_chat(conversations, tokenizer, unprompted=config.unprompted)
+    return render_roles(conversations, tokenizer, mask=config.mask, unprompted=config.unprompted)
+
+
+def pack_unit(
+    unit: Unit,
+    source: InputFile,
+    config: PackConfig,
+    tokenizer: PackTokenizer,
+    rejects: RejectLedger,
+    progress: tqdm | None = None,
+) -> tuple[Chunks, dict[str, Any]]:
+    """Pack one unit into chunks in memory; returns the chunks and the unit's counters."""
+    counters: Counter[str] = Counter()
+    batches = []
+    for conversations, filtered in read_conversations(
+        source, config.format, rejects, source_filter=config.source_filter, batch_size=config.batch_size,
+        display_name=unit.name,
+    ):
+        counters["records_filtered"] += filtered
+        counters["conversations_read"] += len(conversations)
+        batch = render_batch(conversations, tokenizer, config)
+        batches.append(batch)
+        if progress is not None:
+            progress.update(len(conversations) + filtered)
+            counters["tokens_rendered"] += len(batch.ids)
+            progress.set_postfix_str(_rate(progress, counters["tokens_rendered"]), refresh=False)
+    batch = RenderedBatch.concat(batches) if batches else render_batch([], tokenizer, config)
+    counters["tokens_rendered"] = len(batch.ids)
+
+    # Drop what can only cost compute (no trained token) and, if asked, unprompted conversations.
+    trainable = batch.trainable_per_conversation()
+    drop_unprompted = batch.unprompted & (config.unprompted == "drop")
+    no_trained = (trainable == 0) & ~drop_unprompted
+    counters["conversations_dropped_unprompted"] = int(drop_unprompted.sum())
+    counters["conversations_dropped_no_trained"] = int(no_trained.sum())
+    keep = ~(drop_unprompted | no_trained)
+    batch = batch.select(keep)
+    trainable = trainable[keep]
+    counters["trainable_tokens_available"] = int(trainable.sum())
+    counters["trained_unprompted"] = trained_unprompted(batch)
+    source_codes, source_names = _source_codes(batch.sources)
+    histogram = np.bincount(np.minimum(batch.lengths // LENGTH_BIN, LENGTH_BINS - 1), minlength=LENGTH_BINS)
+
+    capacity = config.seq_length + 1
+    if config.strategy == "linear":
+        chunks = build_linear_chunks(batch.ids, batch.flags, batch.conv_offsets, config.seq_length, tokenizer.pad_id)
+        counters["conversations_packed"] = len(batch)
+        counters["pieces"] = len(batch)
+        kept_per_conv = trainable.copy()
+        if len(batch):
+            kept_per_conv[0] -= int(batch.flags[0])  # the very first token is never a label
+        counters.update(_linear_context(batch, config.seq_length))
+        pad_share = np.zeros(len(batch))
+        if len(batch) and chunks.rows:
+            pad_share[-1] = chunks.rows * capacity - chunks.nonpad
+        truncated_convs: list[int] = []
+        dropped_convs: list[int] = []
+    else:
+        marker = _marker(tokenizer)
+        pieces, split_counts = split_long(batch, config.seq_length, config.long_policy, marker)
+        packer = pack_bestfit if config.strategy == "bestfit" else pack_aligned
+        packing = packer(pieces.lengths, capacity)
+        chunks = build_chunks(pieces, packing, config.seq_length, tokenizer.pad_id)
+        counters.update(
+            {
+                key: getattr(split_counts, key)
+                for key in (
+                    "conversations_truncated", "conversations_dropped_long", "conversations_split", "pieces_split",
+                    "exchanges_split", "prompts_shortened", "prompted_labels", "prompted_labels_complete",
+                )
+            }
+        )
+        counters["conversations_packed"] = len(np.unique(pieces.conv))
+        counters["pieces"] = len(pieces)
+        kept_per_conv, pad_share = _piece_shares(pieces, packing.order, chunks, len(batch), capacity)
+        truncated_convs = split_counts.per_conv_truncated if config.long_policy == "truncate" else []
+        dropped_convs = split_counts.per_conv_truncated if config.long_policy == "drop" else []
+
+    counters["chunks"] = chunks.rows
+    counters["nonpad_positions"] = chunks.nonpad
+    counters["trained_tokens_kept"] = int(chunks.loss_mask.sum(dtype=np.int64))
+    counters["bos_starts"] = int((chunks.tokens[:, 0] == tokenizer.bos_id).sum()) if tokenizer.bos_id is not None else 0
+    bos_user = labels_with_bos_and_user(chunks, tokenizer.bos_id, tokenizer.role_ids.get(USER))
+    if bos_user is not None:
+        counters["labels_with_bos_and_user"] = bos_user
+
+    per_source: dict[str, Counter[str]] = {}
+    for code, name in enumerate(source_names):
+        members = source_codes == code
+        per_source[name] = Counter(
+            conversations=int(members.sum()),
+            trainable=int(trainable[members].sum()),
+            kept=int(kept_per_conv[members].sum()),
+            tokens=int(batch.lengths[members].sum()),
+            pad_share=int(round(float(pad_share[members].sum()))),
+            truncated=int(np.isin(np.flatnonzero(members), truncated_convs).sum()),
+            dropped=int(np.isin(np.flatnonzero(members), dropped_convs).sum()),
+        )
+    totals: dict[str, Any] = dict(counters)
+    totals["records_rejected"] = rejects.total
+    totals["rejected_by_reason"] = dict(rejects.counts)
+    totals["per_source"] = {name: dict(c) for name, c in per_source.items()}
+    totals["length_histogram"] = histogram.astype(int).tolist()
+    return chunks, totals
+
+
+def _rate(progress: tqdm, tokens: int) -> str:
+    elapsed = progress.format_dict.get("elapsed") or 0
+    return f"{tokens / elapsed / 1e3:,.0f}k tok/s" if elapsed else ""
+
+
+def _source_codes(sources: list[str | None]) -> tuple[np.ndarray, list[str]]:
+    names = sorted({s if s is not None else NO_SOURCE for s in sources})
+    lookup = {name: i for i, name in enumerate(names)}
+    codes = np.fromiter((lookup[s if s is not None else NO_SOURCE] for s in sources), np.int64, len(sources))
+    return codes, names
+
+
+def _marker(tokenizer: PackTokenizer):
+    cache: dict[int, list[int]] = {}
+
+    def marker(n: int) -> list[int]:
+        if n not in cache:
+            cache[n] = tokenizer.encode_batch([OMITTED_MARKER.format(n=n)])[0]
+        return cache[n]
+
+    return marker
+
+
+def _piece_shares(pieces: PieceTable, order: np.ndarray, chunks: Chunks, conversations: int, capacity: int):
+    """Per conversation: trained labels kept, and its share of row padding (by tokens in the row)."""
+    kept = np.zeros(conversations, np.int64)
+    pad = np.zeros(conversations, np.float64)
+    if not len(pieces):
+        return kept, pad
+    piece_kept = np.add.reduceat(pieces.flags.astype(np.int64), pieces.offsets[:-1])
+    placed_kept = piece_kept[order]
+    row_first = chunks.row_segments[:-1][np.diff(chunks.row_segments) > 0]
+    placed_kept[row_first] -= pieces.flags[pieces.offsets[order[row_first]]]  # first token of a row: no label
+    lengths = pieces.lengths[order]
+    used = np.bincount(chunks.piece_rows, weights=lengths, minlength=chunks.rows)
+    row_pad = capacity - used
+    share = row_pad[chunks.piece_rows] * lengths / used[chunks.piece_rows]
+    np.add.at(kept, pieces.conv[order], placed_kept)
+    np.add.at(pad, pieces.conv[order], share)
+    return kept, pad
+
+
+def _linear_context(batch: RenderedBatch, seq_length: int) -> dict[str, int]:
+    """For stream packing: prompted trained labels, and those whose prompt lies wholly in the label's row."""
+    from packsft.split import prompt_starts
+
+    starts = prompt_starts(batch)
+    positions = np.flatnonzero((starts >= 0) & batch.flags.astype(bool))
+    positions = positions[positions >= 1]  # the first stream token is never a label
+    rows = (positions - 1) // seq_length
+    complete = starts[positions] >= rows * seq_length
+    return {"prompted_labels": len(positions), "prompted_labels_complete": int(complete.sum())}
+
+
+def run_pack(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: PackConfig,
+    *,
+    overwrite: bool = False,
+    quiet: bool = False,
+    strict: bool = False,
+) -> PackResult:
+    """Pack every parquet file under data_dir into out_dir (see writer.py for the layout)."""
+    started = time.perf_counter()
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    units = plan_units(data_dir)
+    sources = [open_input(unit.path, config.format) for unit in units]  # fail on a bad file before writing
+    tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code)
+    if out_dir.resolve() == data_dir.resolve() or data_dir.resolve() in out_dir.resolve().parents:
+        raise OutputError(f"{out_dir}: OUT_DIR must not be inside DATA_DIR ({data_dir}); pick another folder")
+    prepare_output(out_dir, overwrite)
+
+    total_rows = sum(source.num_rows for source in sources)
+    rejects = RejectLedger(strict=strict)
+    manifests = []
+    with tqdm(total=total_rows, unit="conv", desc="packing", disable=quiet, dynamic_ncols=True) as progress:
+        for unit, source in zip(units, sources):
+            chunks, counters = pack_unit(unit, source, config, tokenizer, rejects, progress)
+            manifest = {
+                "unit": unit.index,
+                "inputs": [{"path": unit.name, "bytes": unit.path.stat().st_size, "rows": source.num_rows}],
+                "tokenizer_fingerprint": tokenizer.fingerprint,
+                "config": config.to_dict(),
+                "counters": counters,
+            }
+            manifests.append(
+                write_shard(out_dir, unit.index, chunks, vocab_size=tokenizer.vocab_size,
+                            output_format=config.output_format, manifest=manifest)
+            )
+            rejects = RejectLedger(strict=strict, entries=rejects.entries)  # counts are per unit
+    atomic_write_bytes(out_dir / REJECTS_JSONL, rejects.to_jsonl().encode())
+    dataset = build_dataset_manifest(manifests, config, tokenizer, data_dir)
+    atomic_write_json(out_dir / DATASET_JSON, dataset)
+    return PackResult(out_dir, dataset, time.perf_counter() - started)
+
+
+def build_dataset_manifest(
+    manifests: list[dict[str, Any]], config: PackConfig, tokenizer: PackTokenizer, data_dir: Path
+) -> dict[str, Any]:
+    counters: dict[str, Any] = {}
+    for manifest in manifests:
+        add_counters(counters, manifest["counters"])
+    rows = sum(m["rows"] for m in manifests)
+    return {
+        "format_version": packsft.FORMAT_VERSION,
+        "packsft_version": packsft.__version__,
+        "config": config.to_dict(),
+        "data_dir": str(data_dir),
+        "tokenizer": tokenizer.identity(),
+        "seq_length": config.seq_length,
+        "dtype": str(storage_dtype(tokenizer.vocab_size)),
+        "rows": rows,
+        "tokens": rows * (config.seq_length + 1),
+        "stats": summarize(counters, config.seq_length),
+        "counters": counters,
+        "shards": [
+            {"name": m["shard"], "rows": m["rows"], "inputs": m["inputs"], "files": m["files"]} for m in manifests
+        ],
+    }

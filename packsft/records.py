@@ -1,0 +1,132 @@
+"""The one record type (`Conversation`), its validation, and the ledger of rejected records.
+
+Every record is validated before rendering. A bad record is never a crash and never silently
+dropped: it is counted by reason and listed in `rejects.jsonl` (or, with --strict, stops the job
+with `file:row: reason`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from packsft.errors import BadRecordError
+
+SYSTEM, USER, ASSISTANT, TEXT = "system", "user", "assistant", "text"
+ROLES = (SYSTEM, USER, ASSISTANT)
+
+# Role names seen in public chat datasets, normalised to ours. `--role-map` extends this table.
+ROLE_ALIASES = {
+    "system": SYSTEM,
+    "user": USER,
+    "human": USER,
+    "assistant": ASSISTANT,
+    "gpt": ASSISTANT,
+    "chatgpt": ASSISTANT,
+    "bing": ASSISTANT,
+    "bard": ASSISTANT,
+    "model": ASSISTANT,
+}
+
+EXCERPT_CHARS = 160
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """One validated record: a tuple of (role, content) messages, or one TEXT message for documents."""
+
+    messages: tuple[tuple[str, str], ...]
+    source: str | None = None
+    file: str = ""
+    row: int = 0
+
+
+class RecordRejected(Exception):
+    """Internal signal: this record is bad for the given reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def validate_messages(raw: Any, role_aliases: Mapping[str, str] = ROLE_ALIASES) -> tuple[tuple[str, str], ...]:
+    """Check a raw `messages` value and return normalised (role, content) pairs.
+
+    Raises RecordRejected with a reason that names the message index.
+    """
+    if raw is None:
+        raise RecordRejected("messages is null")
+    if isinstance(raw, (str, bytes)) or not hasattr(raw, "__len__"):
+        raise RecordRejected(f"messages is not a list (got {type(raw).__name__})")
+    if len(raw) == 0:
+        raise RecordRejected("empty message list")
+    messages = []
+    for index, message in enumerate(raw):
+        if not isinstance(message, Mapping):
+            raise RecordRejected(f"message {index} is not a mapping (got {type(message).__name__})")
+        role, content = message.get("role"), message.get("content")
+        if role is None:
+            raise RecordRejected(f"message {index} has no role")
+        if not isinstance(role, str):
+            raise RecordRejected(f"message {index} role is not a string (got {type(role).__name__})")
+        if content is None:
+            raise RecordRejected(f"message {index} has no content")
+        if not isinstance(content, str):
+            raise RecordRejected(f"message {index} content is not a string (got {type(content).__name__})")
+        normalised = role_aliases.get(role.strip().lower())
+        if normalised is None:
+            raise RecordRejected(f"message {index} has unknown role {role!r}")
+        messages.append((normalised, content))
+    return tuple(messages)
+
+
+def validate_text(raw: Any) -> tuple[tuple[str, str], ...]:
+    if raw is None:
+        raise RecordRejected("text is null")
+    if not isinstance(raw, str):
+        raise RecordRejected(f"text is not a string (got {type(raw).__name__})")
+    if not raw:
+        raise RecordRejected("empty text")
+    return ((TEXT, raw),)
+
+
+@dataclass
+class RejectLedger:
+    """Counts rejected records by reason and keeps their details for rejects.jsonl."""
+
+    strict: bool = False
+    counts: Counter[str] = field(default_factory=Counter)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def reject(self, file: str, row: int, reason: str, record: Any = None) -> None:
+        if self.strict:
+            raise BadRecordError(f"{file}:{row}: {reason} (drop --strict to skip and count bad records)")
+        self.counts[_reason_key(reason)] += 1
+        self.entries.append({"file": file, "row": row, "reason": reason, "excerpt": excerpt(record)})
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_jsonl(self) -> str:
+        return "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in self.entries)
+
+
+def _reason_key(reason: str) -> str:
+    """Group reasons that differ only by message index ('message 3 has no role' -> 'message has no role')."""
+    words = reason.split()
+    if len(words) > 2 and words[0] == "message" and words[1].isdigit():
+        words = words[:1] + words[2:]
+    key = " ".join(words)
+    return key.split(" (got ")[0].split(" '")[0]
+
+
+def excerpt(record: Any) -> str:
+    try:
+        text = json.dumps(record, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):
+        text = repr(record)
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"

@@ -1,0 +1,228 @@
+"""Render conversations into token ids and per-token train flags, a batch at a time.
+
+The seed's role-token format (`--template roles`):
+
+    BOS | <|system|> sys... | <|user|> question... | <|assistant|> answer... | <|user|> ... | EOS
+     0  |   0         0     |   0        0         |   1             1      |   1  (ends the turn)
+
+All message texts of a batch go through the Rust tokenizer in one call; the rendered layout is then
+built with array arithmetic (no Python loop per token). The result is a `RenderedBatch`: a flat
+token table with CSR offsets per conversation and per message, which the splitter and the packer
+read without copying.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
+
+from packsft.records import ASSISTANT, SYSTEM, TEXT, USER, Conversation
+from packsft.tokenizer import PackTokenizer
+
+ROLE_CODES = {SYSTEM: 0, USER: 1, ASSISTANT: 2, TEXT: 3}
+SYSTEM_CODE, USER_CODE, ASSISTANT_CODE, TEXT_CODE = 0, 1, 2, 3
+
+
+@dataclass
+class RenderedBatch:
+    """Rendered conversations as flat arrays.
+
+    Conversation c is `ids[conv_offsets[c]:conv_offsets[c+1]]`; its messages are
+    `conv_msg_offsets[c] .. conv_msg_offsets[c+1]`, message m covering
+    `ids[msg_starts[m]:msg_ends[m]]` (role token + content; the BOS before the first message and the
+    EOS after the last belong to the conversation, not to a message).
+    """
+
+    ids: np.ndarray  # int64
+    flags: np.ndarray  # uint8, 1 = train on this token as a label
+    conv_offsets: np.ndarray  # int64, len n+1
+    conv_msg_offsets: np.ndarray  # int64, len n+1
+    msg_starts: np.ndarray  # int64, len M
+    msg_ends: np.ndarray  # int64, len M
+    msg_roles: np.ndarray  # uint8 ROLE_CODES
+    sources: list[str | None]
+    unprompted: np.ndarray  # bool per conversation: opens with an assistant turn no user message prompts
+
+    def __len__(self) -> int:
+        return len(self.conv_offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.conv_offsets)
+
+    def trainable_per_conversation(self) -> np.ndarray:
+        return np.add.reduceat(self.flags, self.conv_offsets[:-1]) if len(self) and len(self.ids) else np.zeros(len(self), np.int64)
+
+    def select(self, keep: np.ndarray) -> RenderedBatch:
+        """The conversations where `keep` is true, as a new batch."""
+        index = np.flatnonzero(keep)
+        if len(index) == len(self):
+            return self
+        lengths = self.lengths[index]
+        msg_counts = np.diff(self.conv_msg_offsets)[index]
+        token_src = concat_ranges(self.conv_offsets[index], lengths)
+        msg_src = concat_ranges(self.conv_msg_offsets[index], msg_counts)
+        conv_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        # Shift message positions from the old conversation start to the new one.
+        shift = np.repeat(conv_offsets[:-1] - self.conv_offsets[index], msg_counts)
+        return RenderedBatch(
+            ids=self.ids[token_src],
+            flags=self.flags[token_src],
+            conv_offsets=conv_offsets,
+            conv_msg_offsets=np.concatenate([[0], np.cumsum(msg_counts)]).astype(np.int64),
+            msg_starts=self.msg_starts[msg_src] + shift,
+            msg_ends=self.msg_ends[msg_src] + shift,
+            msg_roles=self.msg_roles[msg_src],
+            sources=[self.sources[i] for i in index.tolist()],
+            unprompted=self.unprompted[index],
+        )
+
+    @staticmethod
+    def concat(batches: list[RenderedBatch]) -> RenderedBatch:
+        """Join batches into one table (offsets shifted), e.g. to pack a whole unit of work at once."""
+        batches = [batch for batch in batches if len(batch)] or batches[:1]
+        if len(batches) == 1:
+            return batches[0]
+        token_shift = np.cumsum([0] + [len(b.ids) for b in batches[:-1]])
+        msg_shift = np.cumsum([0] + [len(b.msg_starts) for b in batches[:-1]])
+        return RenderedBatch(
+            ids=np.concatenate([b.ids for b in batches]),
+            flags=np.concatenate([b.flags for b in batches]),
+            conv_offsets=np.concatenate(
+                [b.conv_offsets[:-1] + s for b, s in zip(batches, token_shift)] + [[sum(len(b.ids) for b in batches)]]
+            ),
+            conv_msg_offsets=np.concatenate(
+                [b.conv_msg_offsets[:-1] + s for b, s in zip(batches, msg_shift)]
+                + [[sum(len(b.msg_starts) for b in batches)]]
+            ),
+            msg_starts=np.concatenate([b.msg_starts + s for b, s in zip(batches, token_shift)]),
+            msg_ends=np.concatenate([b.msg_ends + s for b, s in zip(batches, token_shift)]),
+            msg_roles=np.concatenate([b.msg_roles for b in batches]),
+            sources=[source for b in batches for source in b.sources],
+            unprompted=np.concatenate([b.unprompted for b in batches]),
+        )
+
+
+def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + n) for each (s, n), without a Python loop."""
+    before = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, np.int64)
+    return np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - before, lengths)
+
+
+def render_roles(
+    conversations: list[Conversation],
+    tokenizer: PackTokenizer,
+    *,
+    mask: str = "assistant_only",
+    unprompted: str = "keep",
+) -> RenderedBatch:
+    """Render with the seed's role tokens. Text documents (role TEXT) render as content + EOS, all trained.
+
+    Args:
+        mask: "all" trains every token but BOS; "assistant_only" trains assistant turns and their ends.
+        unprompted: "mask" trains nothing before a conversation's first user message when it opens
+            with an assistant turn; "keep" trains such turns like any other.
+    """
+    n = len(conversations)
+    msg_counts = np.fromiter((len(c.messages) for c in conversations), np.int64, n)
+    roles = np.fromiter((ROLE_CODES[role] for c in conversations for role, _ in c.messages), np.uint8)
+    texts = [content for c in conversations for _, content in c.messages]
+    encoded = tokenizer.encode_batch(texts) if texts else []
+    content_lens = np.fromiter(map(len, encoded), np.int64, len(encoded))
+    content = np.fromiter(chain.from_iterable(encoded), np.int64, int(content_lens.sum()))
+
+    conv_msg_offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(msg_counts, out=conv_msg_offsets[1:])
+    msg_conv = np.repeat(np.arange(n), msg_counts)
+    first_msg = conv_msg_offsets[:-1]
+    last_msg = conv_msg_offsets[1:] - 1
+    is_text = roles == TEXT_CODE
+    conv_is_text = is_text[first_msg] if n else np.zeros(0, bool)
+
+    # Layout: [BOS] then per message [role token] content, then EOS. Text documents have no BOS and
+    # no role token.
+    role_lens = (~is_text).astype(np.int64)
+    span_lens = role_lens + content_lens
+    heads = (~conv_is_text).astype(np.int64)
+    span_cum = np.concatenate([[0], np.cumsum(span_lens)])
+    conv_lens = heads + (span_cum[conv_msg_offsets[1:]] - span_cum[first_msg]) + 1
+    conv_offsets = np.concatenate([[0], np.cumsum(conv_lens)]).astype(np.int64)
+    msg_starts = conv_offsets[msg_conv] + heads[msg_conv] + span_cum[:-1] - span_cum[first_msg][msg_conv]
+    msg_ends = msg_starts + span_lens
+
+    # Per-message facts for the train flags.
+    is_user = roles == USER_CODE
+    user_cum = np.concatenate([[0], np.cumsum(is_user)])
+    users_before = user_cum[:-1] - user_cum[first_msg][msg_conv]
+    prev_role = np.full(len(roles), 255, np.uint8)
+    not_first = np.ones(len(roles), bool)
+    not_first[first_msg] = False
+    prev_role[1:][not_first[1:]] = roles[:-1][not_first[1:]]
+    unprompted_turn = (roles == ASSISTANT_CODE) & (users_before == 0)
+    conv_unprompted = np.zeros(n, bool)
+    np.logical_or.at(conv_unprompted, msg_conv, unprompted_turn)
+    # Under --unprompted mask, everything before the first user message of such a conversation is
+    # context only, and so is the turn end that follows it.
+    masked = np.zeros(len(roles), bool)
+    if unprompted == "mask":
+        masked = conv_unprompted[msg_conv] & (users_before == 0) & ~is_user
+    prev_masked = np.zeros(len(roles), bool)
+    prev_masked[1:] = masked[:-1] & not_first[1:]
+
+    if mask == "all":
+        role_flag = ~masked & ~prev_masked
+        content_flag = ~masked
+        eos_flag = ~masked[last_msg]
+    else:
+        is_assistant = roles == ASSISTANT_CODE
+        role_flag = (is_assistant | (is_user & (prev_role == ASSISTANT_CODE))) & ~masked & ~prev_masked
+        content_flag = is_assistant & ~masked
+        eos_flag = (roles[last_msg] == ASSISTANT_CODE) & ~masked[last_msg]
+    content_flag = content_flag | is_text
+    eos_flag = eos_flag | conv_is_text
+
+    total = int(conv_offsets[-1])
+    ids = np.empty(total, np.int64)
+    flags = np.zeros(total, np.uint8)
+    has_role = ~is_text
+    role_ids = np.array([tokenizer.role_ids.get(role, -1) for role in (SYSTEM, USER, ASSISTANT)] + [-1], np.int64)
+    ids[msg_starts[has_role]] = role_ids[roles[has_role]]
+    flags[msg_starts[has_role]] = role_flag[has_role]
+    content_offsets = np.concatenate([[0], np.cumsum(content_lens)])
+    dest = np.arange(len(content), dtype=np.int64) + np.repeat(msg_starts + role_lens - content_offsets[:-1], content_lens)
+    ids[dest] = content
+    flags[dest] = np.repeat(content_flag, content_lens)
+    bos_at = conv_offsets[:-1][heads == 1]
+    ids[bos_at] = tokenizer.bos_id if tokenizer.bos_id is not None else -1
+    flags[bos_at] = 0
+    ids[conv_offsets[1:] - 1] = tokenizer.eos_id
+    flags[conv_offsets[1:] - 1] = eos_flag
+
+    return RenderedBatch(
+        ids=ids,
+        flags=flags,
+        conv_offsets=conv_offsets,
+        conv_msg_offsets=conv_msg_offsets,
+        msg_starts=msg_starts.astype(np.int64),
+        msg_ends=msg_ends.astype(np.int64),
+        msg_roles=roles,
+        sources=[c.source for c in conversations],
+        unprompted=conv_unprompted,
+    )
+
+
+def trained_unprompted(batch: RenderedBatch) -> int:
+    """Train flags set inside assistant turns that no user message prompts (the turn content only)."""
+    if not len(batch.msg_roles):
+        return 0
+    msg_conv = np.repeat(np.arange(len(batch)), np.diff(batch.conv_msg_offsets))
+    is_user = batch.msg_roles == USER_CODE
+    user_cum = np.concatenate([[0], np.cumsum(is_user)])
+    users_before = user_cum[:-1] - user_cum[batch.conv_msg_offsets[:-1]][msg_conv]
+    selected = np.flatnonzero((batch.msg_roles == ASSISTANT_CODE) & (users_before == 0))
+    if not len(selected):
+        return 0
+    flag_cum = np.concatenate([[0], np.cumsum(batch.flags, dtype=np.int64)])
+    return int((flag_cum[batch.msg_ends[selected]] - flag_cum[batch.msg_starts[selected]]).sum())

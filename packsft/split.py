@@ -1,0 +1,268 @@
+"""Turn rendered conversations into pieces that fit a row of L+1 tokens (`--long split|truncate|drop`).
+
+A conversation that fits is one piece. A longer one, under `split`, is cut only at message
+boundaries, and every piece after the first is re-opened with its context, re-rendered with mask 0:
+
+    piece 1:  BOS SYS.. USR q1.. ASST a1.. USR            <- ends with the turn-end token it trains
+    piece 2:  BOS SYS.. USR q1.. | ASST a2.. USR q3.. ASST a3.. EOS
+              `--- context, 0 --'  `--- original flags (first role token 0: piece 1 trained it)
+
+When one user+assistant exchange alone does not fit, the user message is kept (shortened from the
+left with a marker if it takes more than half a row) and the assistant message is cut across pieces,
+each re-opened with the same context. Nothing trainable is lost; each trained label sees its question.
+
+Cost: O(tokens) copies for the conversations that are cut; conversations that fit are sliced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from packsft.render import SYSTEM_CODE, USER_CODE, RenderedBatch, concat_ranges
+
+# Copied context (system + prompting user message) may take at most this share of a row.
+CONTEXT_SHARE = 0.5
+
+
+@dataclass
+class PieceTable:
+    """Pieces as flat arrays: piece p is `ids[offsets[p]:offsets[p+1]]`, cut from conversation `conv[p]`."""
+
+    ids: np.ndarray
+    flags: np.ndarray
+    offsets: np.ndarray
+    conv: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+@dataclass
+class SplitCounts:
+    conversations_truncated: int = 0
+    conversations_dropped_long: int = 0
+    conversations_split: int = 0
+    pieces_split: int = 0  # pieces that came out of split conversations
+    exchanges_split: int = 0  # single messages cut across pieces
+    prompts_shortened: int = 0
+    prompted_labels: int = 0  # trained labels whose turn has a prompting user message
+    prompted_labels_complete: int = 0  # ... whose prompt is entirely inside the same piece
+    per_conv_truncated: list[int] = field(default_factory=list)
+
+
+def split_long(
+    batch: RenderedBatch,
+    seq_length: int,
+    policy: str,
+    marker: Callable[[int], list[int]] | None = None,
+) -> tuple[PieceTable, SplitCounts]:
+    """Cut `batch` into pieces of at most seq_length + 1 tokens.
+
+    Args:
+        policy: "split" (cut at message boundaries, re-open with context), "truncate" (keep the first
+            L+1 tokens) or "drop" (discard the conversation).
+        marker: token ids of the marker put where `n` tokens of a long prompt were cut away.
+    """
+    capacity = seq_length + 1
+    counts = SplitCounts()
+    out_ids: list[np.ndarray] = []
+    out_flags: list[np.ndarray] = []
+    out_conv: list[int] = []
+    prompted = _prompted_flags(batch)
+    for c in range(len(batch)):
+        start, end = int(batch.conv_offsets[c]), int(batch.conv_offsets[c + 1])
+        if end - start <= capacity:
+            out_ids.append(batch.ids[start:end])
+            out_flags.append(batch.flags[start:end])
+            out_conv.append(c)
+            counts.prompted_labels += int(prompted[start + 1 : end].sum())
+            counts.prompted_labels_complete += int(prompted[start + 1 : end].sum())
+            continue
+        if policy == "drop":
+            counts.conversations_dropped_long += 1
+            counts.per_conv_truncated.append(c)
+            continue
+        if policy == "truncate":
+            out_ids.append(batch.ids[start : start + capacity])
+            out_flags.append(batch.flags[start : start + capacity])
+            out_conv.append(c)
+            counts.conversations_truncated += 1
+            counts.per_conv_truncated.append(c)
+            kept = int(prompted[start + 1 : start + capacity].sum())
+            counts.prompted_labels += kept
+            counts.prompted_labels_complete += kept
+            continue
+        pieces = _ConversationSplitter(batch, c, capacity, marker, prompted, counts).split()
+        counts.conversations_split += 1
+        counts.pieces_split += len(pieces)
+        for ids, flags in pieces:
+            out_ids.append(ids)
+            out_flags.append(flags)
+            out_conv.append(c)
+    lengths = np.fromiter(map(len, out_ids), np.int64, len(out_ids))
+    table = PieceTable(
+        ids=np.concatenate(out_ids) if out_ids else np.zeros(0, np.int64),
+        flags=np.concatenate(out_flags) if out_flags else np.zeros(0, np.uint8),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        conv=np.asarray(out_conv, np.int64),
+    )
+    return table, counts
+
+
+def prompt_starts(batch: RenderedBatch) -> np.ndarray:
+    """Per token: where the user message that prompts its turn starts (flat position), or -1.
+
+    The prompt of a message is the last user message before it in its conversation; the EOS is
+    prompted by the last user message at or before the final message.
+    """
+    starts = np.full(len(batch.ids), -1, np.int64)
+    if not len(batch.msg_roles):
+        return starts
+    counts = np.diff(batch.conv_msg_offsets)
+    msg_conv = np.repeat(np.arange(len(batch)), counts)
+    first = batch.conv_msg_offsets[:-1][msg_conv]
+    index = np.arange(len(batch.msg_roles))
+    last_user_at = np.maximum.accumulate(np.where(batch.msg_roles == USER_CODE, index, -1))
+    before = np.concatenate([[-1], last_user_at[:-1]])
+    before = np.where(before >= first, before, -1)
+    prompt = np.where(before >= 0, batch.msg_starts[np.maximum(before, 0)], -1)
+    span_lens = batch.msg_ends - batch.msg_starts
+    starts[concat_ranges(batch.msg_starts, span_lens)] = np.repeat(prompt, span_lens)
+    nonempty = counts > 0
+    last = (batch.conv_msg_offsets[1:] - 1)[nonempty]
+    at_or_before = np.where(last_user_at[last] >= batch.conv_msg_offsets[:-1][nonempty], last_user_at[last], -1)
+    starts[batch.conv_offsets[1:][nonempty] - 1] = np.where(
+        at_or_before >= 0, batch.msg_starts[np.maximum(at_or_before, 0)], -1
+    )
+    return starts
+
+
+def _prompted_flags(batch: RenderedBatch) -> np.ndarray:
+    """Per token: 1 where the token is trained and a user message prompts its turn."""
+    return ((prompt_starts(batch) >= 0) & batch.flags.astype(bool)).astype(np.uint8)
+
+
+class _ConversationSplitter:
+    """Greedy message-boundary splitting of one conversation (see the module docstring)."""
+
+    def __init__(self, batch, conv, capacity, marker, prompted, counts):
+        self.batch, self.capacity, self.marker, self.prompted, self.counts = batch, capacity, marker, prompted, counts
+        self.start, self.end = int(batch.conv_offsets[conv]), int(batch.conv_offsets[conv + 1])
+        m0, m1 = int(batch.conv_msg_offsets[conv]), int(batch.conv_msg_offsets[conv + 1])
+        self.msgs = range(m0, m1)
+        self.pieces: list[tuple[np.ndarray, np.ndarray]] = []
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self.length = 0
+        self.has_body = False
+        self.context_complete = True
+
+    # -- piece assembly -------------------------------------------------------------------------
+    def _add(self, lo: int, hi: int, zero: bool = False, zero_first: bool = False, count: bool = True) -> None:
+        ids = self.batch.ids[lo:hi]
+        flags = self.batch.flags[lo:hi]
+        if zero:
+            flags = np.zeros(hi - lo, np.uint8)
+        elif zero_first and hi > lo and flags[0]:
+            flags = flags.copy()
+            flags[0] = 0
+        if count and not zero:
+            labels = int(self.prompted[lo:hi].sum()) - (int(self.prompted[lo]) if zero_first and hi > lo else 0)
+            self.counts.prompted_labels += labels
+            if self.context_complete:
+                self.counts.prompted_labels_complete += labels
+        self.parts.append((ids, flags))
+        self.length += hi - lo
+
+    def _add_tokens(self, ids: list[int]) -> None:
+        self.parts.append((np.asarray(ids, np.int64), np.zeros(len(ids), np.uint8)))
+        self.length += len(ids)
+
+    def _close(self) -> None:
+        self.pieces.append(
+            (np.concatenate([p[0] for p in self.parts]), np.concatenate([p[1] for p in self.parts]))
+        )
+        self.parts, self.length, self.has_body = [], 0, False
+
+    def _open(self, first_msg: int, role_token_too: bool = False) -> None:
+        """Start a piece whose body begins at message `first_msg`: BOS + system + prompting user, mask 0."""
+        b = self.batch
+        head_end = int(b.msg_starts[self.msgs[0]]) if len(self.msgs) else self.end
+        self._add(self.start, head_end, zero=True)
+        system = next((m for m in self.msgs if m < first_msg and b.msg_roles[m] == SYSTEM_CODE), None)
+        prompt = None
+        if b.msg_roles[first_msg] != USER_CODE:
+            prompt = next((m for m in reversed(range(self.msgs[0], first_msg)) if b.msg_roles[m] == USER_CODE), None)
+        budget = int(self.capacity * CONTEXT_SHARE) - self.length
+        self.context_complete = True
+        for m in (system, prompt):
+            if m is None:
+                continue
+            lo, hi = int(b.msg_starts[m]), int(b.msg_ends[m])
+            if hi - lo <= budget:
+                self._add(lo, hi, zero=True)
+                budget -= hi - lo
+                continue
+            # Keep the role token and the end of the message (where the question usually is).
+            cut = hi - lo - 1
+            mark = self.marker(cut) if self.marker else []
+            keep = max(budget - 1 - len(mark), 0)
+            mark = self.marker(cut - keep) if self.marker else []
+            self._add(lo, lo + 1, zero=True)
+            self._add_tokens(mark)
+            self._add(hi - keep, hi, zero=True)
+            budget -= 1 + len(mark) + keep
+            self.counts.prompts_shortened += 1
+            if m == prompt:
+                self.context_complete = False
+
+    # -- the greedy walk ------------------------------------------------------------------------
+    def split(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        b, cap = self.batch, self.capacity
+        msgs = list(self.msgs)
+        head_end = int(b.msg_starts[msgs[0]])
+        self._add(self.start, head_end)
+        for i, m in enumerate(msgs):
+            lo, hi = int(b.msg_starts[m]), int(b.msg_ends[m])
+            last = i == len(msgs) - 1
+            tail = self.end - hi if last else 1  # EOS, or room for the next turn-end token
+            zero_first = not self.has_body and bool(self.pieces)
+            if self.length + (hi - lo) + tail <= cap:
+                self._add(lo, hi, zero_first=zero_first)
+                self.has_body = True
+                continue
+            if self.has_body:
+                # Close here; this message's role token ends the previous turn, trained in this piece.
+                self._add(lo, lo + 1)
+                self._close()
+                self._open(m)
+                zero_first = True
+                if self.length + (hi - lo) + tail <= cap:
+                    self._add(lo, hi, zero_first=True)
+                    self.has_body = True
+                    continue
+            # One message does not fit even in a fresh piece: cut it across pieces.
+            self.counts.exchanges_split += 1
+            self._add(lo, lo + 1, zero_first=zero_first)
+            pos = lo + 1
+            while True:
+                room = cap - self.length - tail
+                if hi - pos <= room:
+                    self._add(pos, hi)
+                    self.has_body = True
+                    break
+                room = max(room, 1)
+                self._add(pos, pos + room)
+                pos += room
+                self._close()
+                self._open(m)
+                self._add(lo, lo + 1, zero=True)
+        self._add(hi, self.end)
+        self._close()
+        return self.pieces

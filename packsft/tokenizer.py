@@ -1,0 +1,141 @@
+"""Load a Hugging Face tokenizer, add the seed's role tokens, and fingerprint it.
+
+The fingerprint (a sha256 over the serialized tokenizer, the chat template and the special ids)
+is stored in `dataset.json`, so that an output can never be silently read with another tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packsft.errors import TokenizerError
+from packsft.records import ASSISTANT, SYSTEM, USER
+
+BOS_TOKEN = "<|beginoftext|>"
+PAD_TOKEN = "<|pad|>"
+ROLE_TOKENS = {USER: "<|user|>", ASSISTANT: "<|assistant|>", SYSTEM: "<|system|>"}
+
+# Token ids up to this bound fit a uint16 array; larger vocabularies are stored as uint32.
+UINT16_VOCAB_LIMIT = 1 << 16
+
+
+@dataclass(frozen=True)
+class PackTokenizer:
+    """A loaded tokenizer plus the ids packsft needs. `hf` is the transformers tokenizer."""
+
+    hf: Any
+    name: str
+    template: str
+    bos_id: int | None
+    eos_id: int
+    pad_id: int
+    role_ids: dict[str, int]
+    vocab_size: int
+    files_sha256: dict[str, str] = field(default_factory=dict)
+    fingerprint: str = ""
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, exactly as `hf.encode(text, add_special_tokens=False)` gives them.
+
+        One call into the Rust tokenizer for the whole batch: it runs on all cores and skips the
+        per-call Python overhead of `encode`.
+        """
+        backend = self.hf.backend_tokenizer
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
+
+    @property
+    def token_dtype(self) -> str:
+        return "uint16" if self.vocab_size <= UINT16_VOCAB_LIMIT else "uint32"
+
+    @property
+    def special_ids(self) -> dict[str, int | None]:
+        return {"bos": self.bos_id, "eos": self.eos_id, "pad": self.pad_id, **self.role_ids}
+
+    def identity(self) -> dict[str, Any]:
+        """What dataset.json records about the tokenizer."""
+        return {
+            "name": self.name,
+            "template": self.template,
+            "vocab_size": self.vocab_size,
+            "fingerprint": self.fingerprint,
+            "files_sha256": self.files_sha256,
+            "special_ids": self.special_ids,
+        }
+
+
+def load_tokenizer(name_or_path: str, template: str = "roles", *, trust_remote_code: bool = False) -> PackTokenizer:
+    """Load a fast tokenizer from a local folder (or the model hub, when online) and prepare it."""
+    looks_like_path = os.sep in name_or_path or name_or_path.startswith(".") or Path(name_or_path).exists()
+    if looks_like_path and not Path(name_or_path).is_dir():
+        raise TokenizerError(
+            f"tokenizer {name_or_path!r}: no such folder. Pass a folder holding tokenizer files "
+            "(tokenizer.json, or vocab.json + merges.txt) or a model-hub name"
+        )
+    # transformers prints an advisory about PyTorch on import; packsft never needs a model.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises many types (OSError, ValueError, HTTP errors)
+        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise TokenizerError(
+            f"cannot load tokenizer {name_or_path!r}: {reason}. Pass a local tokenizer folder, "
+            "or a model-hub name on a machine that can reach the hub"
+        ) from None
+    if not getattr(hf, "is_fast", False):
+        raise TokenizerError(f"tokenizer {name_or_path!r} has no fast (Rust) implementation; packsft needs one")
+    if hf.eos_token_id is None:
+        raise TokenizerError(f"tokenizer {name_or_path!r} defines no EOS token; packsft ends every conversation with it")
+
+    if template == "roles":
+        hf.add_special_tokens(
+            {"bos_token": BOS_TOKEN, "pad_token": PAD_TOKEN, "additional_special_tokens": list(ROLE_TOKENS.values())}
+        )
+        role_ids = {role: hf.convert_tokens_to_ids(token) for role, token in ROLE_TOKENS.items()}
+        bos_id, pad_id = hf.bos_token_id, hf.pad_token_id
+    else:
+        if not getattr(hf, "chat_template", None):
+            raise TokenizerError(
+                f"tokenizer {name_or_path!r} has no chat template; use --template roles to render with role tokens"
+            )
+        role_ids = {}
+        bos_id = None
+        pad_id = hf.pad_token_id if hf.pad_token_id is not None else hf.eos_token_id
+
+    tokenizer = PackTokenizer(
+        hf=hf,
+        name=name_or_path,
+        template=template,
+        bos_id=bos_id,
+        eos_id=hf.eos_token_id,
+        pad_id=pad_id,
+        role_ids=role_ids,
+        vocab_size=len(hf),
+    )
+    files = _hash_files(Path(name_or_path)) if Path(name_or_path).is_dir() else {}
+    return PackTokenizer(**{**tokenizer.__dict__, "files_sha256": files, "fingerprint": _fingerprint(tokenizer)})
+
+
+def _hash_files(folder: Path) -> dict[str, str]:
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.iterdir())
+        if path.is_file()
+    }
+
+
+def _fingerprint(tokenizer: PackTokenizer) -> str:
+    digest = hashlib.sha256()
+    digest.update(tokenizer.hf.backend_tokenizer.to_str().encode("utf-8"))
+    digest.update((getattr(tokenizer.hf, "chat_template", None) or "").encode("utf-8"))
+    digest.update(json.dumps(tokenizer.special_ids, sort_keys=True).encode("utf-8"))
+    return digest.hexdigest()

@@ -1,0 +1,142 @@
+"""The seed notebook's view of a chunk: role-delimited sections, what is trained, and the context check.
+
+    ── Chunk 3 (shard 00000, row 3) ─────────────────────
+    ✓ starts at BOS : True   trained: 1234/2048 tokens (60.3%)   segments: 2
+      │ segment 1 at 0
+        <BOS      > ''
+        <USR      > 'What is ...'
+      ▶ <ASST     > 'It is ...'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from packsft.output import PackedOutput
+from packsft.tokenizer import PackTokenizer, load_tokenizer
+
+MAX_CHARS = 90
+
+
+@dataclass(frozen=True)
+class Section:
+    role: str  # BOS, USR, ASST, SYS, EOS, PAD or [MID-CONV]
+    start: int
+    end: int
+    text: str
+    trained: bool
+
+
+def role_names(tokenizer: PackTokenizer) -> dict[int, str]:
+    names = {tokenizer.eos_id: "EOS", tokenizer.pad_id: "PAD"}
+    if tokenizer.bos_id is not None:
+        names[tokenizer.bos_id] = "BOS"
+    short = {"user": "USR", "assistant": "ASST", "system": "SYS"}
+    names.update({token_id: short[role] for role, token_id in tokenizer.role_ids.items()})
+    return names
+
+
+def _shorten(text: str, max_chars: int) -> str:
+    text = text.strip()
+    return text[:max_chars] + ("..." if len(text) > max_chars else "")
+
+
+def sections(ids: np.ndarray, mask: np.ndarray, tokenizer: PackTokenizer, max_chars: int = MAX_CHARS) -> list[Section]:
+    """Group input tokens into role-delimited sections, as the seed's show_chunk did.
+
+    `mask[i]` is the train flag of the label predicted at input position i.
+    """
+    names = role_names(tokenizer)
+    ids_list = ids.tolist()
+    out: list[Section] = []
+    i = 0
+    while i < len(ids_list):
+        role = names.get(ids_list[i], "[MID-CONV]")
+        j = i + 1 if role != "[MID-CONV]" else i
+        while j < len(ids_list) and ids_list[j] not in names:
+            j += 1
+        content = ids_list[i + 1 : j] if role != "[MID-CONV]" else ids_list[i:j]
+        text = _shorten(tokenizer.hf.decode(content, skip_special_tokens=True), max_chars) if content else ""
+        out.append(Section(role, i, j, text, bool(mask[i:j].any())))
+        i = j
+    return out
+
+
+def context_check(ids: np.ndarray, mask: np.ndarray, tokenizer: PackTokenizer) -> list[str]:
+    """The seed's 'context before first trained label' verdict for one chunk."""
+    names = role_names(tokenizer)
+    trained = np.flatnonzero(mask)
+    if not len(trained):
+        return ["no trained tokens"]
+    first = int(trained[0])
+    context = ids[:first].tolist()
+    user_id = tokenizer.role_ids.get("user")
+    has_bos = tokenizer.bos_id in context
+    has_user = user_id in context
+    text = tokenizer.hf.decode([t for t in context if t not in names], skip_special_tokens=True).strip()[:80]
+    first_label = tokenizer.hf.decode([int(ids[first + 1]) if first + 1 < len(ids) else int(ids[first])])
+    lines = [
+        f"{'✓' if has_bos and has_user else '✗'} context before first trained label:",
+        f"     role tokens seen : {[names[t] for t in context if t in names]}",
+        f"     user context     : {text!r}",
+        f"     first prediction : {first_label!r}",
+    ]
+    if not has_bos:
+        lines.append("     ⚠ no BOS — chunk starts mid-conversation, user question is not in context")
+    elif not has_user:
+        lines.append("     ⚠ no USR  — assistant response has no preceding user turn in context")
+    else:
+        lines.append("     ✓ full user turn visible before first trained token")
+    return lines
+
+
+def render_chunk(output: PackedOutput, index: int, tokenizer: PackTokenizer, *, tokens: bool = False,
+                 max_chars: int = MAX_CHARS) -> str:
+    """The text `packsft inspect --chunk N` prints."""
+    row = output.row(index)
+    shard, local = output.locate(index)
+    ids = row.tokens[:-1]
+    labels = row.tokens[1:]
+    mask = row.loss_mask
+    L = len(mask)
+    n_trained = int(mask.sum())
+    starts_bos = tokenizer.bos_id is not None and int(ids[0]) == tokenizer.bos_id
+    starts = set(row.segment_starts.tolist())
+    lines = [
+        f"── Chunk {index} (shard {output.shards[shard]}, row {local}) {'─' * 30}",
+        f"{'✓' if starts_bos else '✗'} starts at BOS : {starts_bos}   trained: {n_trained}/{L} tokens "
+        f"({100 * n_trained / L:.1f}%)   segments: {len(row.segment_lengths)}   "
+        f"padding: {L + 1 - int(row.segment_lengths.sum())}",
+    ]
+    segment = 0
+    for section in sections(ids, mask, tokenizer, max_chars):
+        for start in sorted(s for s in starts if section.start <= s < section.end):
+            segment += 1
+            lines.append(f"  │ segment {segment} at {start}")
+        marker = "  ▶" if section.trained else "   "
+        lines.append(f"{marker} <{section.role:<9}> {section.text!r}")
+    lines.append("")
+    lines.extend(context_check(ids, mask, tokenizer))
+    if tokens:
+        lines.append("")
+        lines.append(f"{'pos':>5} {'input':>7} {'label':>7} {'train':>5}  text")
+        for i in range(L):
+            piece = tokenizer.hf.decode([int(labels[i])])
+            lines.append(f"{i:>5} {int(ids[i]):>7} {int(labels[i]):>7} {int(mask[i]):>5}  {piece!r}")
+    return "\n".join(lines)
+
+
+def tokenizer_for(output: PackedOutput, override: str | None = None) -> PackTokenizer:
+    """Load the tokenizer an output was packed with (or `override`), refusing a different one."""
+    from packsft.errors import TokenizerError
+
+    info = output.dataset["tokenizer"]
+    tokenizer = load_tokenizer(override or info["name"], info["template"])
+    if tokenizer.fingerprint != info["fingerprint"]:
+        raise TokenizerError(
+            f"tokenizer {override or info['name']!r} is not the one this output was packed with "
+            f"(fingerprint {tokenizer.fingerprint[:12]} != {info['fingerprint'][:12]}); pass --tokenizer with the right one"
+        )
+    return tokenizer

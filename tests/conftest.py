@@ -1,0 +1,64 @@
+"""Shared fixtures. Hermetic: the demo tokenizer is built here; real assets from ../shared are optional."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from packsft.demo import build_demo_tokenizer
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+GPT2_DIR = SHARED / "tokenizers" / "gpt2"
+QWEN3_DIR = SHARED / "tokenizers" / "qwen3"
+SHAREGPT_DIR = SHARED / "data" / "sharegpt"
+
+
+def require(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path} (the shared assets are only in the developer checkout and CI)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer_dir(tmp_path_factory) -> Path:
+    return build_demo_tokenizer(tmp_path_factory.mktemp("demo-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir() -> Path:
+    return require(GPT2_DIR, "the GPT-2 tokenizer")
+
+
+@pytest.fixture(scope="session")
+def qwen3_dir() -> Path:
+    return require(QWEN3_DIR, "the Qwen3 tokenizer")
+
+
+@pytest.fixture(scope="session")
+def sharegpt_dir() -> Path:
+    return require(SHAREGPT_DIR, "the ShareGPT shards")
+
+
+@pytest.fixture(scope="session")
+def sharegpt_shard0(tmp_path_factory, sharegpt_dir) -> Path:
+    """A folder holding only shard_00000 (symlinked), the shard the seed's reference figures use."""
+    folder = tmp_path_factory.mktemp("shard0")
+    (folder / "shard_00000.parquet").symlink_to(sharegpt_dir / "shard_00000.parquet")
+    return folder
+
+
+def write_conversations(path: Path, records: list[dict], row_group_size: int | None = None) -> Path:
+    """Write records (dicts with 'messages' and optionally 'source') to a parquet file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(records), path, row_group_size=row_group_size)
+    return path
+
+
+def conv(*turns: tuple[str, str], source: str | None = None) -> dict:
+    record: dict = {"messages": [{"role": role, "content": content} for role, content in turns]}
+    if source is not None:
+        record["source"] = source
+    return record

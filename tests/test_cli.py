@@ -1,0 +1,212 @@
+"""The CLI end to end on small data: output layout, errors users can cause, help and docs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from packsft.cli import main
+from tests.conftest import conv, write_conversations
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+RECORDS = [
+    conv(("system", "Be nice."), ("user", "What is two plus two?"), ("assistant", "Four."), source="math"),
+    conv(("user", "Tell me a long story. " * 20), ("assistant", "Once upon a time " * 40), source="story"),
+    conv(("assistant", "...continued answer"), ("user", "thanks"), ("assistant", "You are welcome."), source="chat"),
+    {"messages": [], "source": "chat"},
+    conv(("user", "Hi"), ("assistant", "Hello!"), ("user", "Bye"), ("assistant", "Goodbye."), source="chat"),
+]
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    write_conversations(tmp_path / "data" / "b" / "part-1.parquet", RECORDS[:3])
+    write_conversations(tmp_path / "data" / "a.parquet", RECORDS[3:])
+    return tmp_path / "data"
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def pack(data_dir, out, tokenizer_dir, *extra) -> tuple[int, str]:
+    return run("pack", str(data_dir), str(out), "--tokenizer", str(tokenizer_dir), "--seq-length", "64", "-q", *extra)
+
+
+@pytest.mark.parametrize("strategy", ["linear", "aligned", "bestfit"])
+def test_pack_writes_the_documented_layout(data_dir, tmp_path, demo_tokenizer_dir, strategy):
+    out = tmp_path / "out"
+    code, output = pack(data_dir, out, demo_tokenizer_dir, "--strategy", strategy)
+    assert code == 0, output
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["format_version"] == 1
+    assert dataset["config"]["strategy"] == strategy and dataset["config"]["seq_length"] == 64
+    assert dataset["tokenizer"]["special_ids"]["bos"] is not None
+    assert len(dataset["tokenizer"]["files_sha256"]) == 2
+    assert [s["name"] for s in dataset["shards"]] == ["00000", "00001"]  # a.parquet before b/part-1.parquet
+    assert [s["inputs"][0]["path"] for s in dataset["shards"]] == ["a.parquet", "b/part-1.parquet"]
+    total = 0
+    for shard in dataset["shards"]:
+        folder = out / "shards" / shard["name"]
+        tokens = np.load(folder / "tokens.npy", mmap_mode="r", allow_pickle=False)
+        mask = np.load(folder / "loss_mask.npy", mmap_mode="r", allow_pickle=False)
+        assert tokens.dtype == np.uint16 and tokens.shape == (shard["rows"], 65)
+        assert mask.dtype == np.uint8 and mask.shape == (shard["rows"], 64)
+        for name, meta in shard["files"].items():
+            assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == meta["sha256"]
+        total += shard["rows"]
+    assert dataset["rows"] == total == dataset["stats"]["chunks"]
+    assert dataset["stats"]["records_rejected"] == 1
+    assert (out / "rejects.jsonl").read_text().count("empty message list") == 1
+    assert not list(out.rglob("*.tmp-*")) and not list((out / "shards").glob(".tmp-*"))
+
+
+def test_stats_json_has_the_documented_keys(data_dir, tmp_path, demo_tokenizer_dir):
+    out = tmp_path / "out"
+    assert pack(data_dir, out, demo_tokenizer_dir, "--strategy", "aligned")[0] == 0
+    code, output = run("stats", str(out), "--json")
+    stats = json.loads(output)
+    for key in ("chunks", "seq_length", "fill", "trained_fraction", "bos_start_fraction", "conversations_read",
+                "conversations_packed", "conversations_truncated", "conversations_dropped", "records_rejected",
+                "trainable_tokens_available", "trained_tokens_kept", "trained_retention"):
+        assert key in stats
+    assert stats["conversations_read"] == 4 and stats["bos_start_fraction"] == 1.0
+    code, output = run("stats", str(out))
+    assert code == 0 and "trained retention" in output and "story" in output
+
+
+def test_source_filter_keeps_only_matching_rows(data_dir, tmp_path, demo_tokenizer_dir):
+    out = tmp_path / "out"
+    assert pack(data_dir, out, demo_tokenizer_dir, "--source-filter", "chat")[0] == 0
+    stats = json.loads(run("stats", str(out), "--json")[1])
+    assert stats["conversations_read"] == 2 and stats["records_filtered"] == 2
+    assert stats["records_rejected"] == 1  # the filter runs first; this bad record is a 'chat' one
+
+
+def test_config_file_with_flag_override(data_dir, tmp_path, demo_tokenizer_dir):
+    config = tmp_path / "c.toml"
+    config.write_text(f'tokenizer = "{demo_tokenizer_dir}"\nstrategy = "aligned"\nseq-length = 32\nmask = "all"\n')
+    out = tmp_path / "out"
+    code, output = run("pack", str(data_dir), str(out), "--config", str(config), "--seq-length", "48", "-q")
+    assert code == 0, output
+    resolved = json.loads((out / "dataset.json").read_text())["config"]
+    assert resolved["strategy"] == "aligned" and resolved["seq_length"] == 48 and resolved["mask"] == "all"
+    assert resolved["long"] == "truncate"
+
+
+def test_inspect_shows_the_seed_view(data_dir, tmp_path, demo_tokenizer_dir):
+    out = tmp_path / "out"
+    assert pack(data_dir, out, demo_tokenizer_dir, "--strategy", "aligned")[0] == 0
+    code, output = run("inspect", str(out), "--chunk", "0", "--tokens")
+    assert code == 0, output
+    assert "✓ starts at BOS : True" in output
+    assert "<BOS      >" in output and "<USR      >" in output and "▶ <ASST     >" in output
+    assert "context before first trained label" in output and "segment 1 at 0" in output
+    assert re.search(r"^\s+0\s+\d+\s+\d+\s+[01]\s+'", output, re.M)  # token table
+
+
+def test_repacking_is_byte_identical(data_dir, tmp_path, demo_tokenizer_dir):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert pack(data_dir, a, demo_tokenizer_dir)[0] == 0
+    assert pack(data_dir, b, demo_tokenizer_dir)[0] == 0
+    for path in sorted((a / "shards").rglob("*.npy")):
+        assert path.read_bytes() == (b / path.relative_to(a)).read_bytes()
+
+
+# --- errors a user can cause: one line, exit 1 -----------------------------------------------------
+
+
+def _error(code: int, output: str) -> str:
+    assert code == 1, output
+    assert "Traceback" not in output
+    return output.strip()
+
+
+def test_missing_data_dir(tmp_path, demo_tokenizer_dir):
+    out = _error(*pack(tmp_path / "nope", tmp_path / "out", demo_tokenizer_dir))
+    assert out == f"Error: {tmp_path / 'nope'}: no such folder. Pass the folder that holds your *.parquet files"
+
+
+def test_data_dir_without_parquet(tmp_path, demo_tokenizer_dir):
+    (tmp_path / "empty").mkdir()
+    out = _error(*pack(tmp_path / "empty", tmp_path / "out", demo_tokenizer_dir))
+    assert out.endswith("no parquet files under it. Pass the folder that holds *.parquet")
+
+
+def test_file_without_messages_column_names_the_columns(tmp_path, demo_tokenizer_dir):
+    path = write_conversations(tmp_path / "d" / "x.parquet", [{"prompt": "a", "answer": "b"}])
+    out = _error(*pack(tmp_path / "d", tmp_path / "out", demo_tokenizer_dir))
+    assert out == f"Error: {path}: no 'messages' column for --format conversation (columns found: prompt, answer)"
+
+
+def test_text_column_suggests_text_format(tmp_path, demo_tokenizer_dir):
+    write_conversations(tmp_path / "d" / "x.parquet", [{"text": "a document"}])
+    assert "use --format text" in _error(*pack(tmp_path / "d", tmp_path / "out", demo_tokenizer_dir))
+    code, output = pack(tmp_path / "d", tmp_path / "out", demo_tokenizer_dir, "--format", "text", "--strategy", "linear")
+    assert code == 0, output
+
+
+def test_unreadable_parquet(tmp_path, demo_tokenizer_dir):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "bad.parquet").write_bytes(b"this is not parquet")
+    out = _error(*pack(tmp_path / "d", tmp_path / "out", demo_tokenizer_dir))
+    assert out.startswith(f"Error: {tmp_path / 'd' / 'bad.parquet'}: not a readable parquet file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_tokenizer_path(data_dir, tmp_path):
+    out = _error(*pack(data_dir, tmp_path / "out", tmp_path / "no-tokenizer"))
+    assert "no-tokenizer'" in out and "no such folder" in out
+
+
+@pytest.mark.parametrize("length", ["1", "0", "-5"])
+def test_seq_length_below_two(data_dir, tmp_path, demo_tokenizer_dir, length):
+    code, output = run("pack", str(data_dir), str(tmp_path / "out"), "--tokenizer", str(demo_tokenizer_dir),
+                       "--seq-length", length)
+    assert _error(code, output) == f"Error: seq_length must be an integer >= 2, got {length}"
+
+
+def test_refuses_a_foreign_non_empty_out_dir_even_with_overwrite(data_dir, tmp_path, demo_tokenizer_dir):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    for extra in ([], ["--overwrite"]):
+        assert "not a packsft output" in _error(*pack(data_dir, out, demo_tokenizer_dir, *extra))
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_existing_output_needs_overwrite(data_dir, tmp_path, demo_tokenizer_dir):
+    out = tmp_path / "out"
+    assert pack(data_dir, out, demo_tokenizer_dir)[0] == 0
+    assert "Pass --overwrite" in _error(*pack(data_dir, out, demo_tokenizer_dir))
+    assert pack(data_dir, out, demo_tokenizer_dir, "--overwrite")[0] == 0
+
+
+def test_stats_on_incomplete_output(tmp_path):
+    (tmp_path / "out").mkdir()
+    assert "no dataset.json" in _error(*run("stats", str(tmp_path / "out")))
+
+
+def test_inspect_chunk_out_of_range(data_dir, tmp_path, demo_tokenizer_dir):
+    out = tmp_path / "out"
+    assert pack(data_dir, out, demo_tokenizer_dir)[0] == 0
+    assert "chunk 999 does not exist" in _error(*run("inspect", str(out), "--chunk", "999"))
+
+
+def test_every_command_has_help_and_appears_in_the_readme():
+    readme = README.read_text()
+    for name, command in main.commands.items():
+        code, output = run(name, "--help")
+        assert code == 0 and "Example:" in output, name
+        assert f"packsft {name}" in readme, f"README does not mention `packsft {name}`"
+        for param in command.params:
+            if getattr(param, "help", None) is None and param.param_type_name == "option":
+                pytest.fail(f"{name} {param.name} has no help text")
