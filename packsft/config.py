@@ -46,6 +46,7 @@ class PackConfig:
     seq_length: int = DEFAULT_SEQ_LENGTH
     long: str | None = None
     unprompted: str = "keep"
+    turn_cut: int = 64
     source_filter: str | None = None
     output_format: str = "npy"
     trust_remote_code: bool = False
@@ -70,6 +71,8 @@ class PackConfig:
             raise ConfigError(f"long = {self.long!r} is not one of {', '.join(LONG_POLICIES)}")
         if not isinstance(self.seq_length, int) or self.seq_length < 2:
             raise ConfigError(f"seq_length must be an integer >= 2, got {self.seq_length!r}")
+        if not isinstance(self.turn_cut, int) or self.turn_cut < 0:
+            raise ConfigError(f"turn_cut must be an integer >= 0, got {self.turn_cut!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
 

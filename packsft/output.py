@@ -47,6 +47,10 @@ class PackedOutput:
         if key not in self._arrays:
             path = self.out_dir / SHARDS_DIR / self.shards[shard] / f"{name}.npy"
             if not path.exists():
+                if self.dataset.get("config", {}).get("output_format") == "parquet":
+                    raise OutputError(
+                        f"{self.out_dir}: written with --output-format parquet only; repack with npy or both to read it here"
+                    )
                 raise OutputError(f"{path}: missing; the output is incomplete (rerun the pack, or `packsft verify`)")
             try:
                 self._arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)

@@ -23,8 +23,12 @@ import numpy as np
 
 from packsft.render import SYSTEM_CODE, USER_CODE, RenderedBatch, concat_ranges
 
-# Copied context (system + prompting user message) may take at most this share of a row.
-CONTEXT_SHARE = 0.5
+# Copied context (system + prompting user message) may take at most this share of a row; a longer
+# prompt is shortened from the left (its end, where the question usually is, is kept).
+CONTEXT_SHARE = 0.75
+# Cut an assistant turn mid-way to fill a piece when a cut at the message boundary would leave at least
+# this many tokens of the row empty. The continuation is re-opened with the turn's question.
+DEFAULT_FILL_CUT = 64
 
 
 @dataclass
@@ -62,6 +66,7 @@ def split_long(
     seq_length: int,
     policy: str,
     marker: Callable[[int], list[int]] | None = None,
+    fill_cut: int = DEFAULT_FILL_CUT,
 ) -> tuple[PieceTable, SplitCounts]:
     """Cut `batch` into pieces of at most seq_length + 1 tokens.
 
@@ -69,6 +74,8 @@ def split_long(
         policy: "split" (cut at message boundaries, re-open with context), "truncate" (keep the first
             L+1 tokens) or "drop" (discard the conversation).
         marker: token ids of the marker put where `n` tokens of a long prompt were cut away.
+        fill_cut: cut a trained turn mid-way when a message-boundary cut would waste this many tokens
+            or more of the row; 0 cuts inside a turn only when it alone exceeds a row.
     """
     capacity = seq_length + 1
     counts = SplitCounts()
@@ -99,7 +106,7 @@ def split_long(
             counts.prompted_labels += kept
             counts.prompted_labels_complete += kept
             continue
-        pieces = _ConversationSplitter(batch, c, capacity, marker, prompted, counts).split()
+        pieces = _ConversationSplitter(batch, c, capacity, marker, prompted, counts, fill_cut).split()
         counts.conversations_split += 1
         counts.pieces_split += len(pieces)
         for ids, flags in pieces:
@@ -150,119 +157,149 @@ def _prompted_flags(batch: RenderedBatch) -> np.ndarray:
 
 
 class _ConversationSplitter:
-    """Greedy message-boundary splitting of one conversation (see the module docstring)."""
+    """Greedy splitting of one conversation (see the module docstring)."""
 
-    def __init__(self, batch, conv, capacity, marker, prompted, counts):
+    def __init__(self, batch, conv, capacity, marker, prompted, counts, fill_cut):
         self.batch, self.capacity, self.marker, self.prompted, self.counts = batch, capacity, marker, prompted, counts
+        self.fill_cut = fill_cut
         self.start, self.end = int(batch.conv_offsets[conv]), int(batch.conv_offsets[conv + 1])
-        m0, m1 = int(batch.conv_msg_offsets[conv]), int(batch.conv_msg_offsets[conv + 1])
-        self.msgs = range(m0, m1)
+        self.msgs = list(range(int(batch.conv_msg_offsets[conv]), int(batch.conv_msg_offsets[conv + 1])))
+        self.head_end = int(batch.msg_starts[self.msgs[0]]) if self.msgs else self.end
         self.pieces: list[tuple[np.ndarray, np.ndarray]] = []
         self.parts: list[tuple[np.ndarray, np.ndarray]] = []
         self.length = 0
         self.has_body = False
-        self.context_complete = True
+        # Whether the user message that prompts what is being added is wholly in the current piece.
+        self.prompt_whole = True
 
     # -- piece assembly -------------------------------------------------------------------------
-    def _add(self, lo: int, hi: int, zero: bool = False, zero_first: bool = False, count: bool = True) -> None:
-        ids = self.batch.ids[lo:hi]
+    def _add(self, lo: int, hi: int, *, zero: bool = False, zero_first: bool = False) -> None:
+        """Append ids[lo:hi]; `zero` masks it all (copied context), `zero_first` masks its first token
+        (a role token whose turn-end label the previous piece already trained)."""
+        if hi <= lo:
+            return
         flags = self.batch.flags[lo:hi]
         if zero:
             flags = np.zeros(hi - lo, np.uint8)
-        elif zero_first and hi > lo and flags[0]:
-            flags = flags.copy()
-            flags[0] = 0
-        if count and not zero:
-            labels = int(self.prompted[lo:hi].sum()) - (int(self.prompted[lo]) if zero_first and hi > lo else 0)
+        else:
+            labels = int(self.prompted[lo:hi].sum())
+            if zero_first and flags[0]:
+                flags = flags.copy()
+                flags[0] = 0
+                labels -= int(self.prompted[lo])
             self.counts.prompted_labels += labels
-            if self.context_complete:
+            if self.prompt_whole:
                 self.counts.prompted_labels_complete += labels
-        self.parts.append((ids, flags))
+        self.parts.append((self.batch.ids[lo:hi], flags))
         self.length += hi - lo
 
-    def _add_tokens(self, ids: list[int]) -> None:
-        self.parts.append((np.asarray(ids, np.int64), np.zeros(len(ids), np.uint8)))
-        self.length += len(ids)
+    def _add_marker(self, omitted: int) -> int:
+        ids = self.marker(omitted) if self.marker else []
+        if ids:
+            self.parts.append((np.asarray(ids, np.int64), np.zeros(len(ids), np.uint8)))
+            self.length += len(ids)
+        return len(ids)
+
+    def _add_shortened(self, m: int, room: int, *, zero: bool, zero_first: bool = False) -> None:
+        """Message m's role token, a marker, and as much of the end of its content as fits in `room`."""
+        lo, hi = int(self.batch.msg_starts[m]), int(self.batch.msg_ends[m])
+        content = hi - lo - 1
+        marker = len(self.marker(content)) if self.marker else 0
+        keep = max(room - 1 - marker, 0)
+        self._add(lo, lo + 1, zero=zero, zero_first=zero_first)
+        self._add_marker(content - keep)
+        self._add(hi - keep, hi, zero=zero)
+        self.counts.prompts_shortened += 1
 
     def _close(self) -> None:
-        self.pieces.append(
-            (np.concatenate([p[0] for p in self.parts]), np.concatenate([p[1] for p in self.parts]))
-        )
+        self.pieces.append((np.concatenate([p[0] for p in self.parts]), np.concatenate([p[1] for p in self.parts])))
         self.parts, self.length, self.has_body = [], 0, False
 
-    def _open(self, first_msg: int, role_token_too: bool = False) -> None:
+    def _open(self, first_msg: int) -> None:
         """Start a piece whose body begins at message `first_msg`: BOS + system + prompting user, mask 0."""
         b = self.batch
-        head_end = int(b.msg_starts[self.msgs[0]]) if len(self.msgs) else self.end
-        self._add(self.start, head_end, zero=True)
+        self._add(self.start, self.head_end, zero=True)
         system = next((m for m in self.msgs if m < first_msg and b.msg_roles[m] == SYSTEM_CODE), None)
         prompt = None
         if b.msg_roles[first_msg] != USER_CODE:
-            prompt = next((m for m in reversed(range(self.msgs[0], first_msg)) if b.msg_roles[m] == USER_CODE), None)
-        budget = int(self.capacity * CONTEXT_SHARE) - self.length
-        self.context_complete = True
+            prompt = next((m for m in reversed(self.msgs) if m < first_msg and b.msg_roles[m] == USER_CODE), None)
+        budget = self._context_budget()
+        self.prompt_whole = True
         for m in (system, prompt):
             if m is None:
                 continue
-            lo, hi = int(b.msg_starts[m]), int(b.msg_ends[m])
-            if hi - lo <= budget:
-                self._add(lo, hi, zero=True)
-                budget -= hi - lo
-                continue
-            # Keep the role token and the end of the message (where the question usually is).
-            cut = hi - lo - 1
-            mark = self.marker(cut) if self.marker else []
-            keep = max(budget - 1 - len(mark), 0)
-            mark = self.marker(cut - keep) if self.marker else []
-            self._add(lo, lo + 1, zero=True)
-            self._add_tokens(mark)
-            self._add(hi - keep, hi, zero=True)
-            budget -= 1 + len(mark) + keep
-            self.counts.prompts_shortened += 1
-            if m == prompt:
-                self.context_complete = False
+            size = int(b.msg_ends[m] - b.msg_starts[m])
+            if self.length + size <= budget:
+                self._add(int(b.msg_starts[m]), int(b.msg_ends[m]), zero=True)
+            else:
+                self._add_shortened(m, budget - self.length, zero=True)
+                self.prompt_whole = self.prompt_whole and m != prompt
+
+    def _context_budget(self) -> int:
+        return int(self.capacity * CONTEXT_SHARE)
 
     # -- the greedy walk ------------------------------------------------------------------------
     def split(self) -> list[tuple[np.ndarray, np.ndarray]]:
         b, cap = self.batch, self.capacity
-        msgs = list(self.msgs)
-        head_end = int(b.msg_starts[msgs[0]])
-        self._add(self.start, head_end)
-        for i, m in enumerate(msgs):
+        self._add(self.start, self.head_end)
+        hi = self.head_end
+        for i, m in enumerate(self.msgs):
             lo, hi = int(b.msg_starts[m]), int(b.msg_ends[m])
-            last = i == len(msgs) - 1
-            tail = self.end - hi if last else 1  # EOS, or room for the next turn-end token
-            zero_first = not self.has_body and bool(self.pieces)
+            tail = self.end - hi if i == len(self.msgs) - 1 else 1  # EOS, or room for the next turn end
+            trained = bool(b.flags[lo + 1 : hi].any())
+            if b.msg_roles[m] == USER_CODE:
+                self.prompt_whole = True
             if self.length + (hi - lo) + tail <= cap:
-                self._add(lo, hi, zero_first=zero_first)
+                self._add(lo, hi, zero_first=self._continuing())
                 self.has_body = True
+                continue
+            gap = cap - self.length - tail - 1
+            if self.fill_cut and self.has_body and trained and gap >= self.fill_cut:
+                # Fill this piece with the start of the turn rather than leave `gap` tokens of padding.
+                self._cut_across(m, tail)
                 continue
             if self.has_body:
                 # Close here; this message's role token ends the previous turn, trained in this piece.
                 self._add(lo, lo + 1)
                 self._close()
                 self._open(m)
-                zero_first = True
                 if self.length + (hi - lo) + tail <= cap:
                     self._add(lo, hi, zero_first=True)
                     self.has_body = True
                     continue
-            # One message does not fit even in a fresh piece: cut it across pieces.
-            self.counts.exchanges_split += 1
-            self._add(lo, lo + 1, zero_first=zero_first)
-            pos = lo + 1
-            while True:
-                room = cap - self.length - tail
-                if hi - pos <= room:
-                    self._add(pos, hi)
-                    self.has_body = True
-                    break
-                room = max(room, 1)
-                self._add(pos, pos + room)
-                pos += room
-                self._close()
-                self._open(m)
-                self._add(lo, lo + 1, zero=True)
+            if trained:
+                self._cut_across(m, tail)
+            else:
+                # An untrained message (a long question) that cannot fit whole: keep its end, so the
+                # answer still sees the question it asks (usually at the end), and mark the cut.
+                self._add_shortened(m, self._context_budget() - self.length, zero=False, zero_first=self._continuing())
+                self.prompt_whole = False
+                self.has_body = True
         self._add(hi, self.end)
         self._close()
         return self.pieces
+
+    def _continuing(self) -> bool:
+        """True at the start of a piece that continues the conversation (its first role token was trained
+        as the previous piece's turn end)."""
+        return not self.has_body and bool(self.pieces)
+
+    def _cut_across(self, m: int, tail: int) -> None:
+        """Add message m, cutting its content across as many pieces as needed, each re-opened with context."""
+        b, cap = self.batch, self.capacity
+        lo, hi = int(b.msg_starts[m]), int(b.msg_ends[m])
+        self.counts.exchanges_split += 1
+        self._add(lo, lo + 1, zero_first=self._continuing())
+        pos = lo + 1
+        while True:
+            room = cap - self.length - tail
+            if hi - pos <= room:
+                self._add(pos, hi)
+                self.has_body = True
+                return
+            room = max(room, 1)
+            self._add(pos, pos + room)
+            pos += room
+            self._close()
+            self._open(m)
+            self._add(lo, lo + 1, zero=True)

@@ -210,3 +210,31 @@ def test_every_command_has_help_and_appears_in_the_readme():
         for param in command.params:
             if getattr(param, "help", None) is None and param.param_type_name == "option":
                 pytest.fail(f"{name} {param.name} has no help text")
+
+
+@pytest.mark.parametrize("strategy", ["linear", "bestfit"])
+def test_parquet_export_matches_the_arrays(data_dir, tmp_path, demo_tokenizer_dir, strategy):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    code, output = pack(data_dir, out, demo_tokenizer_dir, "--strategy", strategy, "--output-format", "both")
+    assert code == 0, output
+    for folder in sorted((out / "shards").iterdir()):
+        table = pq.read_table(folder / "chunks.parquet")
+        assert table.column_names == ["input_ids", "loss_mask", "seq_lengths"]
+        tokens = np.load(folder / "tokens.npy")
+        mask = np.load(folder / "loss_mask.npy")
+        lengths = np.load(folder / "segment_lengths.npy")
+        offsets = np.load(folder / "row_segments.npy")
+        assert np.array_equal(np.array(table.column("input_ids").to_pylist()), tokens)
+        assert np.array_equal(np.array(table.column("loss_mask").to_pylist()), mask)
+        for row, seqs in enumerate(table.column("seq_lengths").to_pylist()):
+            assert sum(seqs) == 65
+            pieces = lengths[offsets[row] : offsets[row + 1]].tolist()
+            assert seqs[: len(pieces)] == pieces and len(seqs) - len(pieces) == (1 if sum(pieces) < 65 else 0)
+
+
+def test_parquet_only_output(data_dir, tmp_path, demo_tokenizer_dir):
+    out = tmp_path / "out"
+    assert pack(data_dir, out, demo_tokenizer_dir, "--output-format", "parquet")[0] == 0
+    assert sorted(p.name for p in (out / "shards" / "00000").iterdir()) == ["chunks.parquet", "manifest.json"]

@@ -84,8 +84,8 @@ CORPUS = [
 ]
 
 
-def pack(batch, strategy, seq_length, long):
-    pieces, counts = split_long(batch, seq_length, long)
+def pack(batch, strategy, seq_length, long, fill_cut=64):
+    pieces, counts = split_long(batch, seq_length, long, fill_cut=fill_cut)
     packer = pack_bestfit if strategy == "bestfit" else pack_aligned
     return build_chunks(pieces, packer(pieces.lengths, seq_length + 1), seq_length, PAD), counts
 
@@ -176,10 +176,16 @@ conversations_st = st.lists(
 
 
 @settings(max_examples=150, deadline=None)
-@given(conversations_st, st.integers(8, 160), st.sampled_from(["aligned", "bestfit"]), st.sampled_from(["all", "assistant_only"]))
-def test_split_packing_properties(spec, seq_length, strategy, mask):
+@given(
+    conversations_st,
+    st.integers(8, 160),
+    st.sampled_from(["aligned", "bestfit"]),
+    st.sampled_from(["all", "assistant_only"]),
+    st.sampled_from([0, 1, 6, 64]),
+)
+def test_split_packing_properties(spec, seq_length, strategy, mask, fill_cut):
     batch = render([conversation(lengths, system, unprompted) for lengths, system, unprompted in spec], mask)
-    chunks, counts = pack(batch, strategy, seq_length, "split")
+    chunks, counts = pack(batch, strategy, seq_length, "split", fill_cut)
     capacity = seq_length + 1
     # Rows never exceed L+1 and every row starts with BOS.
     assert chunks.tokens.shape[1] == capacity
@@ -198,7 +204,7 @@ def test_split_packing_properties(spec, seq_length, strategy, mask):
     for row, n in enumerate(used):
         assert chunks.loss_mask[row, n - 1 :].sum() == 0
     # Same input, byte-identical output.
-    again, _ = pack(batch, strategy, seq_length, "split")
+    again, _ = pack(batch, strategy, seq_length, "split", fill_cut)
     assert again.tokens.tobytes() == chunks.tokens.tobytes()
     assert again.loss_mask.tobytes() == chunks.loss_mask.tobytes()
     assert again.segment_lengths.tobytes() == chunks.segment_lengths.tobytes()
@@ -217,3 +223,15 @@ def test_bestfit_places_every_piece_once_within_capacity(lengths, extra):
     used = np.sort([lengths[packing.order[a:b]].sum() for a, b in zip(packing.row_offsets[:-1], packing.row_offsets[1:])])
     if len(used) > 1:
         assert used[0] + used[1] > capacity
+
+
+@settings(max_examples=100, deadline=None)
+@given(conversations_st, st.integers(12, 160), st.sampled_from([0, 6, 64]))
+def test_unprompted_mask_gives_every_trained_label_bos_and_a_question(spec, seq_length, fill_cut):
+    from packsft.chunks import labels_with_bos_and_user
+
+    conversations = [conversation(lengths, system, unprompted) for lengths, system, unprompted in spec]
+    batch = render_roles(conversations, FakeTokenizer(), unprompted="mask")
+    chunks, _ = pack(batch, "bestfit", seq_length, "split", fill_cut)
+    assert chunks.loss_mask.sum() == batch.flags.sum()
+    assert labels_with_bos_and_user(chunks, BOS, USR) == chunks.loss_mask.sum()
