@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-WIDTH, HEIGHT = 400, 220
+WIDTH, HEIGHT = 384, 210
 LEFT, RIGHT, TOP, BOTTOM = 48, 14, 28, 40
 X_TICKS = 5
 

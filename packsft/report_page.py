@@ -67,26 +67,30 @@ def summary_html(dataset: dict[str, Any]) -> str:
         ("dtype", _esc(dataset.get("dtype", "n/a"))),
         ("tokens stored", _num(dataset.get("tokens"))),
     ]
-    conversation_rows = [
-        (label, _num(s.get(key, c.get(key))))
-        for label, key in [
-            ("read", "conversations_read"), ("packed", "conversations_packed"), ("split", "conversations_split"),
-            ("truncated", "conversations_truncated"), ("dropped, too long", "conversations_dropped_long"),
-            ("dropped, nothing trained", "conversations_dropped_no_trained"),
-            ("dropped, unprompted", "conversations_dropped_unprompted"),
-            ("records rejected", "records_rejected"), ("records filtered by source", "records_filtered"),
-            ("pieces", "pieces"), ("pieces from splits", "pieces_split"), ("exchanges split", "exchanges_split"),
-            ("prompts shortened", "prompts_shortened"), ("trained tokens kept", "trained_tokens_kept"),
-            ("trainable tokens available", "trainable_tokens_available"),
-        ]
-    ]
+
+    def counted(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [(label, _num(s.get(key, c.get(key)))) for label, key in pairs]
+
+    conversation_rows = counted([
+        ("read", "conversations_read"), ("packed", "conversations_packed"), ("split", "conversations_split"),
+        ("truncated", "conversations_truncated"), ("dropped, too long", "conversations_dropped_long"),
+        ("dropped, nothing trained", "conversations_dropped_no_trained"),
+        ("dropped, unprompted", "conversations_dropped_unprompted"),
+        ("records rejected", "records_rejected"), ("records filtered by source", "records_filtered"),
+    ])
+    piece_rows = counted([
+        ("pieces", "pieces"), ("pieces from splits", "pieces_split"), ("exchanges split", "exchanges_split"),
+        ("prompts shortened", "prompts_shortened"), ("trained tokens kept", "trained_tokens_kept"),
+        ("trainable tokens available", "trainable_tokens_available"),
+    ])
+    reasons = s.get("rejected_by_reason", c.get("rejected_by_reason")) or {}
+    reason_rows = [(reason, _num(n)) for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
     parts.append('<div class="columns">')
     parts.append(f"<div><h3>Config</h3>{_table([(k, _esc(v)) for k, v in sorted(cfg.items())])}</div>")
     parts.append(f"<div><h3>Tokenizer</h3>{_table(tokenizer_rows)}</div>")
     parts.append(f"<div><h3>Conversations</h3>{_table(conversation_rows)}</div>")
-    reasons = s.get("rejected_by_reason", c.get("rejected_by_reason")) or {}
-    reason_rows = [(reason, _num(n)) for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
-    parts.append(f"<div><h3>Rejects by reason</h3>{_table(reason_rows) if reason_rows else '<p>none</p>'}</div>")
+    parts.append(f"<div><h3>Pieces and tokens</h3>{_table(piece_rows)}<h3>Rejects by reason</h3>"
+                 f"{_table(reason_rows) if reason_rows else '<p>none</p>'}</div>")
     parts.append("</div>")
     per_source = s.get("per_source") or {}
     if per_source:
@@ -143,7 +147,7 @@ table.kv th { color: #5b6475; font-weight: normal; } td { overflow-wrap: anywher
 table.grid th, table.grid td { border-bottom: 1px solid #e6e9f0; padding-right: 16px; }
 .warning { color: #9a5b00; }
 #charts { display: flex; flex-wrap: wrap; gap: 10px; } figure { margin: 0; }
-figcaption { font-size: 12px; color: #5b6475; max-width: 400px; }
+figcaption { font-size: 12px; color: #5b6475; max-width: 384px; }
 svg.chart { background: #fafbfd; border: 1px solid #e6e9f0; }
 svg .axis { stroke: #8a93a6; } svg .bar { fill: #4b7bd8; } svg .bar:hover { fill: #1f4fa8; }
 svg .tick, svg .title, svg .marker-label { font-size: 11px; fill: #3a4252; }
