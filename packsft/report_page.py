@@ -45,7 +45,7 @@ def summary_html(dataset: dict[str, Any]) -> str:
     tok = dataset.get("tokenizer") or {}
     cards = [
         ("rows", _num(dataset.get("rows", s.get("chunks")))),
-        ("tokens per row", f"L+1 = {_num((dataset.get('seq_length') or 0) + 1)}"),
+        ("tokens per row (L+1)", _num((dataset.get("seq_length") or 0) + 1)),
         ("fill", _pct(s.get("fill"))),
         ("trained fraction", _pct(s.get("trained_fraction"))),
         ("starts at BOS", _pct(s.get("bos_start_fraction"))),
