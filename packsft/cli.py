@@ -109,8 +109,9 @@ def pack(data_dir: str, out_dir: str, config_file: str | None, overwrite: bool, 
 @click.option("--chunk", "chunks", type=int, multiple=True, default=[0], show_default=True, help="Chunk (global row) to show; repeat for several.")
 @click.option("--tokens", is_flag=True, help="Also list every position: input id, label id, train flag, text.")
 @click.option("--tokenizer", help="Tokenizer to decode with, if it moved since packing (must be the same one).")
+@click.option("--color/--no-color", default=None, help="Colour trained (green) and masked (dim) text. [default: on in a terminal]")
 @user_errors
-def inspect(out_dir: str, chunks: tuple[int, ...], tokens: bool, tokenizer: str | None) -> None:
+def inspect(out_dir: str, chunks: tuple[int, ...], tokens: bool, tokenizer: str | None, color: bool | None) -> None:
     """Show what a chunk holds: sections by role, what is trained, and the context check.
 
     Example:
@@ -120,11 +121,40 @@ def inspect(out_dir: str, chunks: tuple[int, ...], tokens: bool, tokenizer: str 
     from packsft.output import PackedOutput
     from packsft.view import render_chunk, tokenizer_for
 
+    if color is None:
+        color = click.get_text_stream("stdout").isatty()
     output = PackedOutput(out_dir)
     tok = tokenizer_for(output, tokenizer)
     for index in chunks:
-        click.echo(render_chunk(output, index, tok, tokens=tokens))
+        click.echo(render_chunk(output, index, tok, tokens=tokens, color=color), color=color)
         click.echo()
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path())
+@click.option("-o", "--output", "html_path", type=click.Path(dir_okay=False), default="report.html", show_default=True,
+              help="HTML file to write.")
+@click.option("--chunks", "count", type=click.IntRange(min=0), help="Show the first N chunks. [default: 5]")
+@click.option("--chunk", "chunks", type=int, multiple=True, help="Show this chunk (global row); repeat for several.")
+@click.option("--tokenizer", help="Tokenizer to decode with, if it moved since packing (must be the same one).")
+@user_errors
+def report(out_dir: str, html_path: str, count: int | None, chunks: tuple[int, ...], tokenizer: str | None) -> None:
+    """Write one self-contained HTML page: summary, charts, and chunks token by token.
+
+    Trained, masked and pad tokens are coloured, role tokens and conversation boundaries marked;
+    the page needs no network and opens from disk.
+
+    Example:
+
+        packsft report out/ -o report.html --chunk 0 --chunk 7
+    """
+    from packsft.report import DEFAULT_CHUNKS, write_report
+
+    if count is not None and chunks:
+        raise click.UsageError("pass --chunks N or --chunk I, not both")
+    path = write_report(out_dir, html_path, chunks=list(chunks) or None,
+                        count=DEFAULT_CHUNKS if count is None else count, tokenizer=tokenizer)
+    click.echo(f"wrote {path}")
 
 
 @main.command()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import click
 import numpy as np
 
 from packsft.output import PackedOutput
@@ -92,9 +93,16 @@ def context_check(ids: np.ndarray, mask: np.ndarray, tokenizer: PackTokenizer) -
     return lines
 
 
+def _paint(line: str, trained: bool, color: bool) -> str:
+    """Trained lines green, masked ones dim; the text itself is unchanged (colour off = plain text)."""
+    if not color:
+        return line
+    return click.style(line, fg="green") if trained else click.style(line, dim=True)
+
+
 def render_chunk(output: PackedOutput, index: int, tokenizer: PackTokenizer, *, tokens: bool = False,
-                 max_chars: int = MAX_CHARS) -> str:
-    """The text `packsft inspect --chunk N` prints."""
+                 max_chars: int = MAX_CHARS, color: bool = False) -> str:
+    """The text `packsft inspect --chunk N` prints; `color` adds ANSI colours for a terminal."""
     row = output.row(index)
     shard, local = output.locate(index)
     ids = row.tokens[:-1]
@@ -114,9 +122,10 @@ def render_chunk(output: PackedOutput, index: int, tokenizer: PackTokenizer, *, 
     for section in sections(ids, mask, tokenizer, max_chars):
         for start in sorted(s for s in starts if section.start <= s < section.end):
             segment += 1
-            lines.append(f"  │ segment {segment} at {start}")
+            line = f"  │ segment {segment} at {start}"
+            lines.append(click.style(line, fg="cyan") if color else line)
         marker = "  ▶" if section.trained else "   "
-        lines.append(f"{marker} <{section.role:<9}> {section.text!r}")
+        lines.append(_paint(f"{marker} <{section.role:<9}> {section.text!r}", section.trained, color))
     lines.append("")
     lines.extend(context_check(ids, mask, tokenizer))
     if tokens:
@@ -124,7 +133,8 @@ def render_chunk(output: PackedOutput, index: int, tokenizer: PackTokenizer, *, 
         lines.append(f"{'pos':>5} {'input':>7} {'label':>7} {'train':>5}  text")
         for i in range(L):
             piece = tokenizer.hf.decode([int(labels[i])])
-            lines.append(f"{i:>5} {int(ids[i]):>7} {int(labels[i]):>7} {int(mask[i]):>5}  {piece!r}")
+            line = f"{i:>5} {int(ids[i]):>7} {int(labels[i]):>7} {int(mask[i]):>5}  {piece!r}"
+            lines.append(_paint(line, bool(mask[i]), color))
     return "\n".join(lines)
 
 
