@@ -31,7 +31,8 @@ OUTPUT_FORMATS = ("npy", "parquet", "both")
 
 # Conversations longer than a row: bestfit splits them (nothing lost); aligned keeps the seed's
 # truncation so that its figures stay comparable with the seed notebook.
-DEFAULT_LONG = {"bestfit": "split", "aligned": "truncate", "linear": "split"}
+# Linear packing streams conversations across rows, so nothing is ever too long for it (None).
+DEFAULT_LONG = {"bestfit": "split", "aligned": "truncate", "linear": None}
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class PackConfig:
                 raise ConfigError(f"{key} = {value!r} is not one of {', '.join(allowed)}")
         if self.long is not None and self.long not in LONG_POLICIES:
             raise ConfigError(f"long = {self.long!r} is not one of {', '.join(LONG_POLICIES)}")
+        if self.long is not None and self.strategy == "linear":
+            raise ConfigError("long does not apply to strategy linear (it streams conversations across rows); drop --long")
         if not isinstance(self.seq_length, int) or self.seq_length < 2:
             raise ConfigError(f"seq_length must be an integer >= 2, got {self.seq_length!r}")
         if not isinstance(self.turn_cut, int) or self.turn_cut < 0:
@@ -77,7 +80,7 @@ class PackConfig:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
 
     @property
-    def long_policy(self) -> str:
+    def long_policy(self) -> str | None:
         """The policy for conversations longer than a row, with the strategy's default filled in."""
         return self.long or DEFAULT_LONG[self.strategy]
 
