@@ -112,7 +112,7 @@ def format_summary(dataset: dict[str, Any]) -> str:
 
     lines = [
         f"packsft output: {s['chunks']:,} chunks x {s['seq_length']} tokens ({dataset['dtype']})",
-        f"  strategy {cfg['strategy']}, mask {cfg['mask']}, long {cfg['long']}, unprompted {cfg['unprompted']}, "
+        f"  strategy {cfg['strategy']}, mask {cfg['mask']}, long {cfg['long'] or '-'}, unprompted {cfg['unprompted']}, "
         f"template {cfg['template']}",
         f"  tokenizer {tok['name']} (vocab {tok['vocab_size']:,}, {tok['fingerprint'][:12]})",
         "",
