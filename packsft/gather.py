@@ -173,7 +173,9 @@ class RowReader:
         self.output, self.shards = output, shards
         self._fds: dict[tuple[int, str], int] = {}
         self._lock = threading.Lock()
-        self._segments: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._pieces: tuple[np.ndarray, np.ndarray] | None = None
+        self._data_offsets = {name: np.array([arrays[name].offset for arrays in shards], dtype=np.int64)
+                              for name in ("tokens", "loss_mask")}
 
     def _fd(self, shard: int, name: str) -> int:
         key = (shard, name)
@@ -190,40 +192,44 @@ class RowReader:
         at = np.arange(len(rows)) if at is None else at
         shard_of = np.searchsorted(self.output.row_offsets, rows, side="right") - 1
         local = rows - self.output.row_offsets[shard_of]
-        for k in np.argsort(rows, kind="stable"):
-            shard, row, i = int(shard_of[k]), int(local[k]), int(at[k])
-            for name, out in (("tokens", tokens), ("loss_mask", loss_mask)):
-                array = self.shards[shard][name]
-                got = os.preadv(self._fd(shard, name), [out[i]], array.offset + row * array.row_bytes)
-                if got != array.row_bytes:
-                    raise OutputError(f"{array.path}: short read at row {row}; the file changed while reading")
+        order = np.argsort(rows, kind="stable")
+        # Plain ints and lists up front: the loop below is the loader's whole per-row cost.
+        for name, out in (("tokens", tokens), ("loss_mask", loss_mask)):
+            row_bytes = self.shards[0][name].row_bytes
+            fds = {shard: self._fd(shard, name) for shard in np.unique(shard_of).tolist()}
+            offsets = self._data_offsets[name][shard_of] + local * row_bytes
+            for shard, offset, i in zip(shard_of[order].tolist(), offsets[order].tolist(), at[order].tolist()):
+                if os.preadv(fds[shard], [out[i]], offset) != row_bytes:
+                    path = self.shards[shard][name].path
+                    raise OutputError(f"{path}: short read at byte {offset}; the file changed while reading")
 
     def piece_bounds(self, rows: np.ndarray, at: np.ndarray, seq_length: int) -> np.ndarray:
         """Where the stored pieces of global rows rows[k] end, as positions at[k] * L + end in a batch.
 
         A piece's end is cut to the row's L inputs (the last token of a row is only a label).
         """
-        shard_of = np.searchsorted(self.output.row_offsets, rows, side="right") - 1
-        local = rows - self.output.row_offsets[shard_of]
-        out = [np.zeros(0, dtype=np.int64)]
-        for shard in np.unique(shard_of).tolist():
-            pick = shard_of == shard
-            offsets, ends = self._piece_ends(shard)
-            first, counts = offsets[local[pick]], offsets[local[pick] + 1] - offsets[local[pick]]
-            index = np.arange(counts.sum()) + np.repeat(first - (np.cumsum(counts) - counts), counts)
-            out.append(np.repeat(at[pick], counts) * seq_length + np.minimum(ends[index], seq_length))
-        return np.concatenate(out)
+        offsets, ends = self.piece_table()
+        first, counts = offsets[rows], offsets[rows + 1] - offsets[rows]
+        index = np.arange(counts.sum()) + np.repeat(first - (np.cumsum(counts) - counts), counts)
+        return np.repeat(at, counts) * seq_length + np.minimum(ends[index], seq_length)
 
-    def _piece_ends(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
-        """(row offsets, end of each piece within its row) of a shard; small, so read once, whole."""
+    def piece_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """(global row -> first piece offsets, end of each piece within its row) over all shards.
+
+        Built once from the small segment arrays (8 bytes a row plus 4 a piece), so that
+        segments cost a few vectorised operations per batch however many shards there are.
+        """
         with self._lock:
-            if shard not in self._segments:
-                arrays = self.shards[shard]
-                offsets = arrays["row_segments"].read_all()
-                total = np.cumsum(arrays["segment_lengths"].read_all(), dtype=np.int64)
-                row_start = np.concatenate([[0], total])[offsets[:-1]]
-                self._segments[shard] = (offsets, total - np.repeat(row_start, np.diff(offsets)))
-            return self._segments[shard]
+            if self._pieces is None:
+                offsets, ends = [np.zeros(1, dtype=np.int64)], []
+                for arrays in self.shards:
+                    starts = arrays["row_segments"].read_all()
+                    total = np.cumsum(arrays["segment_lengths"].read_all(), dtype=np.int64)
+                    row_start = np.concatenate([[0], total])[starts[:-1]]
+                    ends.append((total - np.repeat(row_start, np.diff(starts))).astype(np.int32))
+                    offsets.append(starts[1:] + offsets[-1][-1])
+                self._pieces = (np.concatenate(offsets), np.concatenate(ends))
+            return self._pieces
 
     def close(self) -> None:
         for fd in self._fds.values():

@@ -150,6 +150,9 @@ class _BatchLoader:
         self.device = torch.device(device if device is not None else "cpu")
         wanted = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.pin_memory = bool(wanted) and self.device.type == "cuda"  # pinning only speeds up copies to CUDA
+        if segments:  # read the piece tables now, not in the middle of the first epoch
+            for dataset in datasets:
+                dataset.reader.piece_table()
 
     @property
     def global_batch_size(self) -> int:

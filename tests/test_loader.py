@@ -205,20 +205,22 @@ def test_state_of_another_output_is_refused(dataset, linear):
 @pytest.mark.parametrize("strategy", ["bestfit", "linear"])
 def test_position_ids_and_cu_seqlens_follow_the_stored_pieces(request, strategy):
     data = PackedDataset(request.getfixturevalue(strategy))
-    batch = next(iter(PackedLoader(data, 16, shuffle=False, segments=True)))
-    expected_cu, expected_positions = [0], []
-    for index in range(16):
-        ends = [min(int(end), SEQ) for end in np.cumsum(data.segment_lengths(index))]
-        pieces = [b - a for a, b in zip([0] + ends, ends) if b > a] + ([SEQ - ends[-1]] if ends[-1] < SEQ else [])
-        for piece in pieces:
-            expected_cu.append(expected_cu[-1] + piece)
-            expected_positions += list(range(piece))
-        if strategy == "bestfit":  # the label that predicts a piece's BOS is never trained
-            assert all(data[index]["loss_mask"][end - 1] == 0 for end in ends[:-1])
-    assert batch["cu_seqlens"].dtype == torch.int32
-    assert batch["cu_seqlens"].tolist() == expected_cu
-    assert batch["position_ids"].flatten().tolist() == expected_positions
-    assert batch["max_seqlen"] == max(np.diff(expected_cu))
+    assert len(data.output.shards) == 3  # the batches below cross shard boundaries
+    batches = list(PackedLoader(data, 16, shuffle=False, drop_last=False, segments=True))
+    for number, batch in enumerate(batches):
+        expected_cu, expected_positions = [0], []
+        for index in range(number * 16, min(len(data), (number + 1) * 16)):
+            ends = [min(int(end), SEQ) for end in np.cumsum(data.segment_lengths(index))]
+            pieces = [b - a for a, b in zip([0] + ends, ends) if b > a] + ([SEQ - ends[-1]] if ends[-1] < SEQ else [])
+            for piece in pieces:
+                expected_cu.append(expected_cu[-1] + piece)
+                expected_positions += list(range(piece))
+            if strategy == "bestfit":  # the label that predicts a piece's BOS is never trained
+                assert all(data[index]["loss_mask"][end - 1] == 0 for end in ends[:-1])
+        assert batch["cu_seqlens"].dtype == torch.int32
+        assert batch["cu_seqlens"].tolist() == expected_cu
+        assert batch["position_ids"].flatten().tolist() == expected_positions
+        assert batch["max_seqlen"] == max(np.diff(expected_cu))
 
 
 # --- mixtures ---------------------------------------------------------------------------------------
