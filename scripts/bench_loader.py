@@ -81,6 +81,20 @@ def bench_loader(out_dir: Path, batch_size: int, segments: bool = False, device:
     return {"tokens": tokens, "seconds": seconds, "rss": (start_rss, max(peak, rss_mib()), rss_mib())}
 
 
+def rss_over_epochs(out_dir: Path, batch_size: int, epochs: int) -> list[float]:
+    """RSS of one loader after its first 10 batches (buffers allocated), then at the end of each epoch."""
+    from packsft.loader import PackedLoader
+
+    loader = PackedLoader(out_dir, batch_size, seed=1)
+    samples = []
+    for _ in range(epochs):
+        for step, _batch in enumerate(loader):
+            if step == 10 and not samples:
+                samples.append(rss_mib())
+        samples.append(rss_mib())
+    return samples
+
+
 def bench_memmap(out_dir: Path, batch_size: int, widen: bool = False) -> dict:
     """The same rows, batch by batch, gathered from np.load(mmap_mode='r') arrays (sorted per batch).
 
@@ -178,6 +192,8 @@ def main() -> None:
             results[name].append(run())
     best = {name: min(found, key=lambda r: r["seconds"]) for name, found in results.items()}
     first = {name: found[0] for name, found in results.items()}
+    print("RSS over epochs ...", flush=True)
+    over_epochs = rss_over_epochs(out_dir, args.batch_size, args.repeats)
     print("on-the-fly baseline ...", flush=True)
     baseline = bench_on_the_fly(args.conversations)
 
@@ -217,6 +233,9 @@ def main() -> None:
     lines += [
         f"| on-the-fly (seed style, {baseline['conversations']} conversations, extrapolated) | "
         f"{rate(baseline) / 1e3:,.1f}k | 1x | {rate(baseline) / rate(best['memmap']):.4f} | n/a |",
+        "",
+        f"RSS of one loader over {args.repeats} epochs (MiB): after its first 10 batches {over_epochs[0]:,.1f}, at the end "
+        f"of each epoch {', '.join(f'{x:,.1f}' for x in over_epochs[1:])}.",
         "",
         "tokens/s counts training positions delivered (rows x L). The loader reads rows with `pread` into",
         "reused buffers in a background thread and widens them there; a memmap gather leaves every page it",

@@ -223,6 +223,21 @@ def test_position_ids_and_cu_seqlens_follow_the_stored_pieces(request, strategy)
         assert batch["max_seqlen"] == max(np.diff(expected_cu))
 
 
+def test_device_path_builds_the_same_batch_as_the_host_path(dataset):
+    """The copy-then-widen path used for CUDA, run on the CPU (no GPU here), against the host path."""
+    loader = PackedLoader(dataset, 8, segments=True)
+    step = next(loader._plan())
+    slot = loader._new_slot()
+    cu_seqlens = loader._fill(slot, step)
+    on_host, via_device = loader._widen_on_host(slot, 8, cu_seqlens), loader._to_device(slot, 8, cu_seqlens)
+    assert on_host.keys() == via_device.keys()
+    for name, value in on_host.items():
+        if isinstance(value, int):
+            assert via_device[name] == value
+        else:
+            assert value.dtype == via_device[name].dtype and torch.equal(value, via_device[name]), name
+
+
 # --- mixtures ---------------------------------------------------------------------------------------
 
 
