@@ -319,6 +319,15 @@ def test_truncated_array_is_refused(damaged):
         PackedDataset(damaged)
 
 
+def test_an_error_in_the_background_thread_reaches_the_training_loop(damaged):
+    loader = PackedLoader(damaged, 4, shuffle=False)
+    path = damaged / "shards" / "00000" / "tokens.npy"
+    os.truncate(path, 200)  # shrinks under a running job
+    with pytest.raises(OutputError, match=re.escape(f"{path}: short read at byte") + ".*changed while reading"):
+        next(iter(loader))
+    assert loader.state_dict()["rows_consumed"] == 0
+
+
 def test_incomplete_or_inconsistent_dataset_json_is_refused(damaged):
     (damaged / "shards" / "00000" / "loss_mask.npy").unlink()
     with pytest.raises(OutputError, match="loss_mask.npy: missing; the output is incomplete"):
