@@ -23,3 +23,11 @@ class TokenizerError(PacksftError):
 
 class OutputError(PacksftError):
     """The output folder cannot be written, or an existing output is incomplete or corrupt."""
+
+
+class MissingDependencyError(PacksftError):
+    """An optional dependency (PyTorch, for the loader) is not installed."""
+
+
+class ResumeError(PacksftError):
+    """A loader state does not belong to this data or this loader."""
