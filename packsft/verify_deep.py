@@ -92,7 +92,7 @@ def repack_and_compare(
         files = entry["files"]
         if all(name in files for name in ARRAY_FILES):
             stored = ShardArrays(*(np.load(folder / name, mmap_mode="r", allow_pickle=False) for name in ARRAY_FILES))
-            problems += [(f"{shard_dir}/{name}", text) for name, text in compare_arrays(stored, fresh, differs)]
+            problems += [(f"{shard_dir}/{name}", text) for name, text in compare_arrays(stored, fresh, _literal(differs))]
         if PARQUET_FILE in files:
             problems += _compare_parquet(folder / PARQUET_FILE, fresh, chunks, f"{shard_dir}/{PARQUET_FILE}", differs)
         manifest = json.loads((folder / MANIFEST_JSON).read_text(encoding="utf-8"))
@@ -121,3 +121,8 @@ def _compare_parquet(path: Path, fresh: dict[str, np.ndarray], chunks: Any, name
     if not table.column("seq_lengths").combine_chunks().equals(seq_lengths(chunks, capacity)):
         problems.append((name, f"seq_lengths {message}"))
     return problems
+
+
+def _literal(text: str) -> str:
+    """`text` as a str.format pattern that yields text itself (paths may hold braces)."""
+    return text.replace("{", "{{").replace("}", "}}")

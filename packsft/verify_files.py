@@ -77,9 +77,9 @@ def check_shard_files(
         problems.append((name, "not listed in dataset.json (the output format writes it)"))
     for name in sorted(set(listed) - set(wanted)):
         problems.append((name, "listed in dataset.json but the output format does not write it"))
-    good = 0
-    for name in sorted(set(wanted) & set(listed)):
-        good += _check_bytes(folder / name, listed[name], problems)
+    # Only files whose bytes match are opened: the row checks then judge what was written, and a
+    # damaged header cannot pile follow-up errors onto the one that matters.
+    intact = {name for name in sorted(set(wanted) & set(listed)) if _check_bytes(folder / name, listed[name], problems)}
     rows, seq_length = entry["rows"], dataset["seq_length"]
     shapes = {
         "tokens.npy": ((rows, seq_length + 1), dataset["dtype"]),
@@ -88,22 +88,22 @@ def check_shard_files(
         "row_segments.npy": ((rows + 1,), "int64"),
     }
     arrays = {}
-    for name in [n for n in ARRAY_FILES if n in wanted and n in listed]:
+    for name in [n for n in ARRAY_FILES if n in intact]:
         array = _open_npy(folder / name, listed[name], shapes[name], problems)
         if array is not None:
             arrays[name] = array
     if len(arrays) == len(ARRAY_FILES):
         loaded = ShardArrays(*(arrays[name] for name in ARRAY_FILES))
-    elif PARQUET_FILE in wanted and PARQUET_FILE in listed and (folder / PARQUET_FILE).exists():
+    elif PARQUET_FILE in intact and not set(ARRAY_FILES) & set(wanted):
         loaded = _read_parquet(folder / PARQUET_FILE, rows, seq_length + 1, problems)
     else:
         loaded = None
-    if loaded is not None and arrays and PARQUET_FILE in wanted and PARQUET_FILE in listed:
+    if loaded is not None and arrays and PARQUET_FILE in intact:
         from_parquet = _read_parquet(folder / PARQUET_FILE, rows, seq_length + 1, problems)
         if from_parquet is not None:
             problems += compare_arrays(from_parquet, {"tokens.npy": loaded.tokens, "loss_mask.npy": loaded.loss_mask},
                                        f"{PARQUET_FILE} differs from {{name}}")
-    return manifest, loaded, problems, good
+    return manifest, loaded, problems, len(intact)
 
 
 def _read_manifest(folder: Path, problems: list[tuple[str, str]]) -> dict[str, Any] | None:
@@ -141,11 +141,16 @@ def _check_bytes(path: Path, meta: Any, problems: list[tuple[str, str]]) -> bool
 
 def _open_npy(path: Path, meta: dict[str, Any], contract: tuple[tuple[int, ...] | None, str],
               problems: list[tuple[str, str]]) -> np.ndarray | None:
-    if not path.is_file() or not isinstance(meta, dict):
-        return None
     try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            header_dtype = read_header[version](handle)[2] if version in read_header else None
+        if header_dtype is not None and header_dtype.hasobject:
+            problems.append((path.name, "holds pickled Python objects: refused, never unpickled"))
+            return None
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
+    except Exception as exc:  # a bad header raises ValueError, SyntaxError, TokenError, ...
         problems.append((path.name, f"not a readable .npy array ({str(exc).splitlines()[0]})"))
         return None
     shape, dtype = contract
