@@ -185,7 +185,8 @@ def _check_rejects(report: Report, dataset: dict[str, Any]) -> None:
     if not path.exists():
         report.problems.append(Problem(REJECTS_JSONL, "missing"))
         return
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    # JSON Lines are split on "\n" only: an excerpt may hold U+2028 or other characters splitlines() breaks at.
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]
     for number, line in enumerate(lines, 1):
         try:
             entry = json.loads(line)

@@ -290,3 +290,11 @@ def test_deep_notes_inputs_that_are_gone(packed, tmp_path, data_dir):
 
 def test_verify_helper_on_a_sound_output(packed):
     assert_output_verifies(packed["linear-both"], deep=True)
+
+
+def test_rejects_jsonl_is_split_on_newlines_only(tmp_path, demo_tokenizer_dir):
+    """Found by the fuzzer: an excerpt holding U+2028 is one JSON line, though str.splitlines() breaks it."""
+    write_conversations(tmp_path / "d" / "x.parquet", [conv(("robot", "a\u2028b\x1cc\x85")), records(0)[0]])
+    run_pack(tmp_path / "d", tmp_path / "out", PackConfig(tokenizer=str(demo_tokenizer_dir), seq_length=48), quiet=True)
+    assert "\u2028" in (tmp_path / "out" / "rejects.jsonl").read_text()
+    assert_output_verifies(tmp_path / "out")
