@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 import packsft
+from packsft.config import OUTPUT_FORMATS, STRATEGIES
 from packsft.errors import OutputError
 from packsft.invariants import check_shard_arrays
 from packsft.stats import add_counters, summarize
@@ -35,6 +36,34 @@ from packsft.writer import DATASET_JSON, MARKER, PARQUET_FILE, REJECTS_JSONL, SH
 DEEP_SAMPLE_UNITS = 2
 DATASET_KEYS = ("format_version", "config", "tokenizer", "seq_length", "dtype", "rows", "tokens", "stats",
                 "counters", "shards")
+SPECIAL_IDS = ("bos", "eos", "pad")
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # JSON true/false must not pass as 1/0
+
+
+def _schema_problems(dataset: dict[str, Any]) -> list[str]:
+    """The fields verify relies on, with the types it needs: an edited dataset.json is named, not a crash."""
+    tokenizer, config = dataset["tokenizer"], dataset["config"]
+    found = []
+    if not _is_int(dataset["seq_length"]) or dataset["seq_length"] < 2:
+        found.append(f"seq_length is {dataset['seq_length']!r}, not an integer >= 2")
+    if dataset["dtype"] not in ("uint16", "uint32"):
+        found.append(f"dtype is {dataset['dtype']!r}, not uint16 or uint32")
+    if not isinstance(config, dict) or config.get("strategy") not in STRATEGIES or config.get("output_format") not in OUTPUT_FORMATS:
+        found.append("config has no valid strategy or output_format")
+    if not isinstance(tokenizer, dict) or not _is_int(tokenizer.get("vocab_size")) or not isinstance(tokenizer.get("special_ids"), dict):
+        found.append("tokenizer has no vocab_size or special_ids")
+    else:
+        special = tokenizer["special_ids"]
+        needed = [k for k in SPECIAL_IDS if k != "bos" or (isinstance(config, dict) and config.get("template") == "roles")]
+        for key in needed:
+            if not _is_int(special.get(key)):
+                found.append(f"tokenizer.special_ids.{key} is {special.get(key)!r}, not a token id")
+    if not isinstance(dataset["shards"], list) or not isinstance(dataset["counters"], dict) or not isinstance(dataset["stats"], dict):
+        found.append("shards, counters or stats have the wrong type")
+    return found
 
 
 @dataclass(frozen=True)
@@ -132,6 +161,10 @@ def _read_dataset(out_dir: Path, report: Report) -> dict[str, Any] | None:
     missing = [key for key in DATASET_KEYS if not isinstance(dataset, dict) or key not in dataset]
     if missing:
         report.problems.append(Problem(DATASET_JSON, f"incomplete: no {', '.join(missing)}"))
+        return None
+    schema = _schema_problems(dataset)
+    if schema:
+        report.problems += [Problem(DATASET_JSON, message) for message in schema]
         return None
     if dataset["format_version"] != packsft.FORMAT_VERSION:
         report.problems.append(Problem(DATASET_JSON, f"format version {dataset['format_version']!r}; this packsft "

@@ -69,8 +69,12 @@ def repack_and_compare(
     if tokenizer.fingerprint != dataset["tokenizer"].get("fingerprint"):
         notes.append(f"{skip}: tokenizer {config.tokenizer!r} changed since packing (fingerprint differs)")
         return [], 0
-
     problems: list[tuple[str, str]] = []
+    identity = json.loads(json.dumps(tokenizer.identity()))
+    edited = sorted(k for k in set(identity) | set(dataset["tokenizer"]) if identity.get(k) != dataset["tokenizer"].get(k))
+    if edited:  # same fingerprint, so the tokenizer is the same: dataset.json was edited
+        problems.append(("dataset.json", f"tokenizer {', '.join(edited)} differ from the tokenizer it names"))
+
     dtype = np.dtype(dataset["dtype"])
     for index, entry, path in todo:
         shard_dir = f"{SHARDS_DIR}/{entry['name']}"

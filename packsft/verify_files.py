@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from packsft.writer import ARRAY_FILES, MANIFEST_JSON, PARQUET_FILE, SHARDS_DIR, sha256_file
+from packsft.writer import ARRAY_FILES, MANIFEST_JSON, PARQUET_FILE, SHARDS_DIR, sha256_file, shard_name
 
 EXPECTED_FILES = {"npy": ARRAY_FILES, "parquet": (PARQUET_FILE,), "both": (*ARRAY_FILES, PARQUET_FILE)}
 MANIFEST_FIELDS = ("rows", "inputs", "files")  # fields a manifest shares with its dataset.json entry
@@ -40,7 +40,8 @@ def check_shard_list(out_dir: Path, dataset: dict[str, Any]) -> tuple[list[tuple
     """The listed shards whose folders exist, and problems: malformed or missing entries, unlisted folders."""
     present, problems, names = [], [], set()
     for index, entry in enumerate(dataset["shards"]):
-        if not isinstance(entry, dict) or not {"name", "rows", "inputs", "files"} <= set(entry):
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and type(entry.get("rows")) is int
+                and entry["rows"] >= 0 and isinstance(entry.get("inputs"), list) and isinstance(entry.get("files"), dict)):
             problems.append(("dataset.json", f"shards[{index}] is not a shard entry (name, rows, inputs, files)"))
             continue
         names.add(entry["name"])
@@ -66,6 +67,9 @@ def check_shard_files(
         for key in MANIFEST_FIELDS:
             if manifest.get(key) != entry[key]:
                 problems.append((MANIFEST_JSON, f"{key} disagrees with dataset.json{_first_difference(manifest.get(key), entry[key])}"))
+        unit = manifest.get("unit")
+        if type(unit) is not int or shard_name(unit) != entry["name"]:
+            problems.append((MANIFEST_JSON, f"unit is {_short(unit)}, the shard is {entry['name']}"))
         expected = {"shard": entry["name"], "dtype": dataset["dtype"], "config": dataset["config"],
                     "tokenizer_fingerprint": dataset["tokenizer"].get("fingerprint")}
         for key, value in expected.items():

@@ -298,3 +298,39 @@ def test_rejects_jsonl_is_split_on_newlines_only(tmp_path, demo_tokenizer_dir):
     run_pack(tmp_path / "d", tmp_path / "out", PackConfig(tokenizer=str(demo_tokenizer_dir), seq_length=48), quiet=True)
     assert "\u2028" in (tmp_path / "out" / "rejects.jsonl").read_text()
     assert_output_verifies(tmp_path / "out")
+
+
+def test_any_flipped_byte_in_a_manifest_is_caught(packed, tmp_path):
+    out = copy_of(packed, "bestfit-npy", tmp_path)
+    path = out / "shards" / "00001" / "manifest.json"
+    original = path.read_bytes()
+    rng = random.Random(7)
+    for at in rng.sample(range(len(original)), 150):
+        data = bytearray(original)
+        data[at] ^= 1 << rng.randrange(7)
+        path.write_bytes(bytes(data))
+        assert verify_output(out), (at, original[max(0, at - 30):at + 30])
+    path.write_bytes(original)
+
+
+def test_flipped_bytes_in_dataset_json_never_crash_verify(packed, tmp_path):
+    """Without --deep, only metadata verify cannot check may change unnoticed: data_dir, packsft_version,
+    and the tokenizer's name, file hashes and role ids (--deep compares those with the tokenizer itself)."""
+    out = copy_of(packed, "bestfit-npy", tmp_path)
+    path = out / "dataset.json"
+    original = path.read_bytes()
+    text = original.decode()
+    start = text.index('\n  "tokenizer": {')
+    tokenizer_block = range(start, text.index("\n  },", start))
+    unchecked = [range(text.index(f'\n  "{key}"'), text.index("\n", text.index(f'\n  "{key}"') + 1))
+                 for key in ("data_dir", "packsft_version")] + [tokenizer_block]
+    rng = random.Random(8)
+    for at in rng.sample(range(len(original)), 200):
+        data = bytearray(original)
+        data[at] ^= 1 << rng.randrange(7)
+        path.write_bytes(bytes(data))
+        if not any(at in span for span in unchecked):
+            assert verify_output(out), (at, original[max(0, at - 30):at + 30])
+        else:
+            verify_output(out)
+    path.write_bytes(original)
