@@ -6,8 +6,8 @@
     row_segments     = CSR offsets: 0 .. len(segment_lengths), non-decreasing
 
 - every row holds at least one segment; positions after its segments hold the pad id, never trained;
-- aligned/bestfit (`starts_at_bos`): every segment starts with BOS, and the label at a segment start
-  (the flag of its first token) is never trained, so no label crosses two conversations;
+- aligned/bestfit: every segment starts with BOS (when the tokenizer has one), and the label at a
+  segment start (the flag of its first token) is never trained, so no label crosses two conversations;
 - linear: every row but the last is full, and consecutive rows share their boundary token.
 
 Rows are read in blocks, so memory stays bounded on memory-mapped shards of any size. One systematic

@@ -1,4 +1,4 @@
-"""File-level checks of `packsft verify`: shard list, manifests, sizes, sha256, .npy headers, and --deep.
+"""File-level checks of `packsft verify`: shard list, manifests, sizes, sha256, .npy headers, parquet.
 
     dataset.json  shards[i] = {name, rows, inputs, files: {name: {shape, dtype, bytes, sha256}}}
                         ||  must agree field by field
@@ -105,8 +105,9 @@ def check_shard_files(
     if loaded is not None and arrays and PARQUET_FILE in intact:
         from_parquet = _read_parquet(folder / PARQUET_FILE, rows, seq_length + 1, problems)
         if from_parquet is not None:
-            problems += compare_arrays(from_parquet, {"tokens.npy": loaded.tokens, "loss_mask.npy": loaded.loss_mask},
-                                       f"{PARQUET_FILE} differs from {{name}}")
+            differ = compare_arrays(from_parquet, {"tokens.npy": loaded.tokens, "loss_mask.npy": loaded.loss_mask},
+                                    "differs from {name}")
+            problems += [(PARQUET_FILE, text) for _, text in differ]
     return manifest, loaded, problems, len(intact)
 
 
