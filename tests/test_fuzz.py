@@ -80,7 +80,7 @@ KINDS: dict[str, tuple[pa.DataType, st.SearchStrategy]] = {
     "map-messages": (pa.list_(pa.map_(pa.string(), pa.string())),
                      message_lists(st.lists(st.tuples(st.sampled_from(["role", "content"]), texts), max_size=2))),
     "string": (pa.string(), maybe(texts)),
-    "integer": (pa.int64(), maybe(st.integers())),
+    "integer": (pa.int64(), maybe(st.integers(-(2**63), 2**63 - 1))),
 }
 
 
