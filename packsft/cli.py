@@ -179,6 +179,34 @@ def stats(out_dir: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("out_dir", type=click.Path())
+@click.option("--deep", is_flag=True, help="Also re-pack a sample of input files (if still there) and compare byte for byte.")
+@click.option("--sample", type=click.IntRange(min=1), default=2, show_default=True, help="Input files (units) --deep re-packs.")
+@user_errors
+def verify(out_dir: str, deep: bool, sample: int) -> None:
+    """Check a packed output: hashes, shapes, dtypes, masks, pads, segments and counts.
+
+    Prints each problem (file, and row where one is at fault) and exits 1; prints a one-line summary
+    and exits 0 when the output is sound.
+
+    Example:
+
+        packsft verify out/ --deep
+    """
+    from packsft.verify import check_output
+
+    report = check_output(out_dir, deep=deep, sample=sample)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    if not report.ok:
+        for problem in report.problems:
+            click.echo(str(problem))
+        click.echo(f"{len(report.problems)} problem(s) found in {out_dir}", err=True)
+        sys.exit(1)
+    click.echo(report.summary())
+
+
+@main.command()
 @click.argument("out_dir", type=click.Path(), default="demo-out")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo output in OUT_DIR.")
 @user_errors

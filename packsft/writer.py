@@ -84,11 +84,16 @@ def prepare_output(out_dir: Path, overwrite: bool) -> None:
             )
         if not overwrite:
             raise OutputError(f"{out_dir}: already holds a packsft output. Pass --overwrite to replace it")
-        for child in out_dir.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
+        # rmtree never follows symlinks, and a symlink child is unlinked, not its target: nothing
+        # outside OUT_DIR is touched.
+        try:
+            for child in out_dir.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        except OSError as exc:
+            raise OutputError(f"{out_dir}: cannot clear the earlier output ({exc.strerror or exc}); check permissions") from None
     try:
         (out_dir / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
         (out_dir / MARKER).write_text("This folder was written by packsft; `packsft pack --overwrite` may replace it.\n")

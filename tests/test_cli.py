@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from packsft.cli import main
 from tests.conftest import conv, write_conversations
+from tests.verify_helpers import assert_output_verifies
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -67,6 +68,7 @@ def test_pack_writes_the_documented_layout(data_dir, tmp_path, demo_tokenizer_di
     assert dataset["stats"]["records_rejected"] == 1
     assert (out / "rejects.jsonl").read_text().count("empty message list") == 1
     assert not list(out.rglob("*.tmp-*")) and not list((out / "shards").glob(".tmp-*"))
+    assert_output_verifies(out, deep=True)
 
 
 def test_stats_json_has_the_documented_keys(data_dir, tmp_path, demo_tokenizer_dir):
