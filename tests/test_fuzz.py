@@ -108,6 +108,11 @@ def input_files(draw) -> tuple[str, pa.Table]:
     return kind, pa.table(columns)
 
 
+def _without_long_for_linear(options: dict) -> dict:
+    # Linear packing streams conversations across rows: --long does not apply to it.
+    return {**options, "long": None} if options["strategy"] == "linear" else options
+
+
 pack_configs = st.builds(
     dict,
     strategy=st.sampled_from(STRATEGIES),
@@ -115,7 +120,8 @@ pack_configs = st.builds(
     long=st.sampled_from([None, "split", "truncate", "drop"]),
     mask=st.sampled_from(["assistant_only", "all"]),
     unprompted=st.sampled_from(["keep", "mask", "drop"]),
-)
+    turn_cut=st.sampled_from([0, 1, 64]),
+).map(_without_long_for_linear)
 
 
 def check_pack(data: Path, out: Path, tokenizer: Path, options: dict, total: int, valid: int | None) -> None:
