@@ -11,6 +11,10 @@ When one user+assistant exchange alone does not fit, the user message is kept (s
 left with a marker if it takes more than half a row) and the assistant message is cut across pieces,
 each re-opened with the same context. Nothing trainable is lost; each trained label sees its question.
 
+Chat-template renderings (`msg_headers` set) differ in two ways: a message opens with several header
+tokens instead of one role token (kept whole wherever the role token is kept), and a turn's end-of-turn
+tokens are the end of its own message span, so closing a piece adds nothing from the next message.
+
 Cost: O(tokens) copies for the conversations that are cut; conversations that fit are sliced.
 """
 
@@ -162,6 +166,12 @@ class _ConversationSplitter:
         self.length = 0
         self.has_body = False
         self.context_complete = True
+        # Role-token layout: a message's first token is its whole header and ends the previous turn.
+        self.role_tokens = batch.msg_headers is None
+
+    def _header(self, m: int) -> int:
+        """Tokens of message m's header, kept whole when a message is shortened or cut."""
+        return 1 if self.batch.msg_headers is None else max(int(self.batch.msg_headers[m]), 0)
 
     # -- piece assembly -------------------------------------------------------------------------
     def _add(self, lo: int, hi: int, zero: bool = False, zero_first: bool = False, count: bool = True) -> None:
@@ -185,9 +195,10 @@ class _ConversationSplitter:
         self.length += len(ids)
 
     def _close(self) -> None:
-        self.pieces.append(
-            (np.concatenate([p[0] for p in self.parts]), np.concatenate([p[1] for p in self.parts]))
-        )
+        ids, flags = np.concatenate([p[0] for p in self.parts]), np.concatenate([p[1] for p in self.parts])
+        # A piece starts a segment, whose first label is never trained (chat pieces may lack a BOS).
+        flags[:1] = 0
+        self.pieces.append((ids, flags))
         self.parts, self.length, self.has_body = [], 0, False
 
     def _open(self, first_msg: int, role_token_too: bool = False) -> None:
@@ -209,15 +220,16 @@ class _ConversationSplitter:
                 self._add(lo, hi, zero=True)
                 budget -= hi - lo
                 continue
-            # Keep the role token and the end of the message (where the question usually is).
-            cut = hi - lo - 1
+            # Keep the header and the end of the message (where the question usually is).
+            head = min(self._header(m), hi - lo)
+            cut = hi - lo - head
             mark = self.marker(cut) if self.marker else []
-            keep = max(budget - 1 - len(mark), 0)
+            keep = max(budget - head - len(mark), 0)
             mark = self.marker(cut - keep) if self.marker else []
-            self._add(lo, lo + 1, zero=True)
+            self._add(lo, lo + head, zero=True)
             self._add_tokens(mark)
             self._add(hi - keep, hi, zero=True)
-            budget -= 1 + len(mark) + keep
+            budget -= head + len(mark) + keep
             self.counts.prompts_shortened += 1
             if m == prompt:
                 self.context_complete = False
@@ -231,26 +243,30 @@ class _ConversationSplitter:
         for i, m in enumerate(msgs):
             lo, hi = int(b.msg_starts[m]), int(b.msg_ends[m])
             last = i == len(msgs) - 1
-            tail = self.end - hi if last else 1  # EOS, or room for the next turn-end token
-            zero_first = not self.has_body and bool(self.pieces)
+            # EOS, or room for the next message's role token that ends this turn (none for chat).
+            tail = self.end - hi if last else int(self.role_tokens)
+            # The role token re-opening a piece was trained at the end of the previous one.
+            zero_first = self.role_tokens and not self.has_body and bool(self.pieces)
             if self.length + (hi - lo) + tail <= cap:
                 self._add(lo, hi, zero_first=zero_first)
                 self.has_body = True
                 continue
             if self.has_body:
                 # Close here; this message's role token ends the previous turn, trained in this piece.
-                self._add(lo, lo + 1)
+                if self.role_tokens:
+                    self._add(lo, lo + 1)
                 self._close()
                 self._open(m)
-                zero_first = True
+                zero_first = self.role_tokens
                 if self.length + (hi - lo) + tail <= cap:
-                    self._add(lo, hi, zero_first=True)
+                    self._add(lo, hi, zero_first=zero_first)
                     self.has_body = True
                     continue
             # One message does not fit even in a fresh piece: cut it across pieces.
             self.counts.exchanges_split += 1
-            self._add(lo, lo + 1, zero_first=zero_first)
-            pos = lo + 1
+            head = 1 if self.role_tokens else min(self._header(m), hi - lo, cap // 4)
+            self._add(lo, lo + head, zero_first=zero_first)
+            pos = lo + head
             while True:
                 room = cap - self.length - tail
                 if hi - pos <= room:
@@ -262,7 +278,7 @@ class _ConversationSplitter:
                 pos += room
                 self._close()
                 self._open(m)
-                self._add(lo, lo + 1, zero=True)
+                self._add(lo, lo + head, zero=True)
         self._add(hi, self.end)
         self._close()
         return self.pieces

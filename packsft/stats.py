@@ -128,6 +128,8 @@ def format_summary(dataset: dict[str, Any]) -> str:
         f"split {s['conversations_split']:,}, truncated {s['conversations_truncated']:,}, dropped {s['conversations_dropped']:,}",
         f"  records rejected {s['records_rejected']:,}, filtered by source {s['records_filtered']:,}",
     ]
+    if s.get("files_skipped"):
+        lines.append(f"  files skipped {s['files_skipped']:,} (unreadable; see skipped_files in dataset.json)")
     reasons = sorted(s.get("rejected_by_reason", {}).items(), key=lambda kv: -kv[1])[:5]
     for reason, count in reasons:
         lines.append(f"    {count:>6,}  {reason}")
