@@ -30,6 +30,12 @@ class Section:
 
 
 def role_names(tokenizer: PackTokenizer) -> dict[int, str]:
+    if tokenizer.template == "chat":
+        # Chat templates have no role tokens: sections start at the template's special tokens, named
+        # by their text (`<|im_start|>` -> `im_start`); the role name follows in the section text.
+        hf = tokenizer.hf
+        special = {i for i, t in hf.added_tokens_decoder.items() if t.special} | set(hf.all_special_ids)
+        return {i: hf.convert_ids_to_tokens(i).strip("<|>") for i in sorted(special)}
     names = {tokenizer.eos_id: "EOS", tokenizer.pad_id: "PAD"}
     if tokenizer.bos_id is not None:
         names[tokenizer.bos_id] = "BOS"
@@ -59,6 +65,8 @@ def sections(ids: np.ndarray, mask: np.ndarray, tokenizer: PackTokenizer, max_ch
             j += 1
         content = ids_list[i + 1 : j] if role != "[MID-CONV]" else ids_list[i:j]
         text = _shorten(tokenizer.hf.decode(content, skip_special_tokens=True), max_chars) if content else ""
+        if tokenizer.template == "chat":
+            text = text.replace("\n", " ")  # 'user\nWhat is...' -> 'user What is...
         out.append(Section(role, i, j, text, bool(mask[i:j].any())))
         i = j
     return out
@@ -75,6 +83,12 @@ def context_check(ids: np.ndarray, mask: np.ndarray, tokenizer: PackTokenizer) -
     user_id = tokenizer.role_ids.get("user")
     has_bos = tokenizer.bos_id in context
     has_user = user_id in context
+    if tokenizer.template == "chat":
+        # No role tokens: look for the template's user header; a template without BOS passes that check
+        # when the chunk starts at a conversation start (its first section is a special token).
+        header = _chat_user_header(tokenizer)
+        has_user = bool(header) and header in tokenizer.hf.decode(context, skip_special_tokens=False)
+        has_bos = tokenizer.bos_id in context if tokenizer.bos_id is not None else int(ids[0]) in names
     text = tokenizer.hf.decode([t for t in context if t not in names], skip_special_tokens=True).strip()[:80]
     first_label = tokenizer.hf.decode([int(ids[first + 1]) if first + 1 < len(ids) else int(ids[first])])
     lines = [
@@ -90,6 +104,22 @@ def context_check(ids: np.ndarray, mask: np.ndarray, tokenizer: PackTokenizer) -
     else:
         lines.append("     ✓ full user turn visible before first trained token")
     return lines
+
+
+def _chat_user_header(tokenizer: PackTokenizer) -> str:
+    """The text a chat template puts before a (second) user message, after the previous turn's end."""
+    from packsft.chat_template import ChatRenderer
+
+    pieces = ChatRenderer(tokenizer).literals(("user", "user"))
+    if not pieces:
+        return ""
+    between = pieces[1]
+    # Drop the previous turn's end: everything up to and including the first special token.
+    found = [(between.find(t), t) for t in tokenizer.hf.all_special_tokens if t and t in between]
+    if found:
+        at, token = min(found)
+        between = between[at + len(token) :]
+    return between.lstrip("\n")
 
 
 def render_chunk(output: PackedOutput, index: int, tokenizer: PackTokenizer, *, tokens: bool = False,
