@@ -5,9 +5,9 @@ only), so masks come from the full rendering of each conversation:
 
     rendered:  <|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\nYo<|im_end|>\\n
     skeleton:  <|im_start|>user\\n\\ue0000\\ue001<|im_end|>\\n<|im_start|>assistant\\n<think>...\\n\\n\\ue0001\\ue001<|im_end|>\\n
-    message 0: |<--- header --->|Hi|<-eot->|                                 (span = header + content + eot)
-    message 1:                              |\\n<|im_start|>assistant\\n<think>...|Yo|<|im_end|>|  tail: \\n
-    flags:      0 ...                    0 |0 ...                                0 |1 | 1       |  0
+    message 0: |<--- header --->|Hi|<-eot->|\\n|            (span = header + content + eot + separator)
+    message 1:                                 |<|im_start|>assistant\\n<think>...|Yo|<|im_end|>|  tail: \\n
+    flags:      0 ...                    0 | 0  |0 ...                             0 |1 | 1       |  0
 
 1. The skeleton renders the same roles with a placeholder per content (cached per role sequence); its
    literal pieces around the placeholders locate each content in the real rendering. When the template
@@ -19,11 +19,12 @@ only), so masks come from the full rendering of each conversation:
 3. Train flags (`mask="assistant_only"`): tokens overlapping an assistant content span, plus its
    end-of-turn tokens. End-of-turn rule: after the content, up to and including the first *special*
    token (hf `added_tokens_decoder[id].special`) that the template emits before the next message's
-   content (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `</s>`). What follows it (qwen3's `\\n`) belongs
-   to the next message's header, or to the conversation's tail. A template with no special token there
-   gets no end-of-turn flag. `mask="all"` trains every token after the head.
+   content (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `</s>`). A template with no special token there
+   gets no end-of-turn flag. What follows (qwen3's `\\n`) is untrained: it stays in the message's span up
+   to the next message's first special token, or is the conversation's tail after the last message.
+   `mask="all"` trains every token after the head.
 
-Message spans are header + content + end-of-turn, so split.py can cut at message boundaries; the
+Message spans are header + content + end-of-turn (+ separator), so split.py can cut at message boundaries; the
 conversation head is a leading BOS token when the rendering starts with one (empty for qwen3).
 """
 
@@ -202,13 +203,20 @@ def _flags_and_spans(
         limit = int(np.searchsorted(token_starts, located[i + 1][0], side="left")) if i + 1 < len(located) else n
         specials = np.flatnonzero(is_special[after:limit])
         end = after + int(specials[0]) + 1 if len(specials) else after
-        trained = i >= masked_before and (mask == "all" or roles[i] == ASSISTANT)
-        if trained:
-            flags[(span_start if mask == "all" else first) : end] = 1
+        # The separator after the end of turn (qwen3's '\n') stays with this message: the next
+        # message's span starts at its header's first special token (<|im_start|>), if it has one.
+        boundary = end
+        if i + 1 < len(located):
+            header_specials = np.flatnonzero(is_special[end:limit])
+            boundary = end + int(header_specials[0]) if len(header_specials) else end
+        if i >= masked_before and mask == "all":
+            flags[span_start:boundary] = 1
+        elif i >= masked_before and roles[i] == ASSISTANT:
+            flags[first:end] = 1
         starts.append(span_start)
-        ends.append(end)
+        ends.append(boundary)
         headers.append(max(first - span_start, 0))
-        span_start = end
+        span_start = boundary
     if mask == "all" and masked_before < len(roles):
         flags[span_start:] = 1
     flags[0] = 0  # the first token of a conversation is never a label (it starts a segment)

@@ -133,10 +133,12 @@ def render_chunk(output: PackedOutput, index: int, tokenizer: PackTokenizer, *, 
     L = len(mask)
     n_trained = int(mask.sum())
     starts_bos = tokenizer.bos_id is not None and int(ids[0]) == tokenizer.bos_id
+    if tokenizer.bos_id is None:  # chat templates without BOS: a piece starts at a special token instead
+        starts_bos = int(ids[0]) in role_names(tokenizer)
     starts = set(row.segment_starts.tolist())
     lines = [
         f"── Chunk {index} (shard {output.shards[shard]}, row {local}) {'─' * 30}",
-        f"{'✓' if starts_bos else '✗'} starts at BOS : {starts_bos}   trained: {n_trained}/{L} tokens "
+        f"{'✓' if starts_bos else '✗'} starts at BOS : {starts_bos if tokenizer.bos_id is not None else 'n/a (no BOS)'}   trained: {n_trained}/{L} tokens "
         f"({100 * n_trained / L:.1f}%)   segments: {len(row.segment_lengths)}   "
         f"padding: {L + 1 - int(row.segment_lengths.sum())}",
     ]

@@ -81,13 +81,13 @@ def test_trains_assistant_contents_and_their_end_of_turn(chatml):
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
          {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"},
          {"role": "assistant", "content": "Goodbye."}], tokenize=False)
-    # Message spans: header + content + end-of-turn, contiguous; the trailing '\n' is the tail.
+    # Message spans: header + content + end-of-turn + separator, contiguous; the last '\n' is the tail.
     spans = [chatml.hf.decode(batch.ids[s:e].tolist()) for s, e in zip(batch.msg_starts, batch.msg_ends)]
-    assert spans == ["<|im_start|>system\nBe brief.<|im_end|>", "\n<|im_start|>user\nHi there<|im_end|>",
-                     "\n<|im_start|>assistant\nHello!<|im_end|>", "\n<|im_start|>user\nBye<|im_end|>",
-                     "\n<|im_start|>assistant\nGoodbye.<|im_end|>"]
+    assert spans == ["<|im_start|>system\nBe brief.<|im_end|>\n", "<|im_start|>user\nHi there<|im_end|>\n",
+                     "<|im_start|>assistant\nHello!<|im_end|>\n", "<|im_start|>user\nBye<|im_end|>\n",
+                     "<|im_start|>assistant\nGoodbye.<|im_end|>"]
     assert batch.msg_ends[-1] == len(batch.ids) - 1 and batch.msg_starts[0] == 0
-    header = len(chatml.hf.encode("\n<|im_start|>assistant\n", add_special_tokens=False))
+    header = len(chatml.hf.encode("<|im_start|>assistant\n", add_special_tokens=False))
     assert batch.msg_headers.tolist()[2] == header
 
 
