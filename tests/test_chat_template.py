@@ -200,8 +200,16 @@ def test_qwen3_trained_tokens_decode_to_the_assistant_contents(qwen3, shard0_con
     assert "<think>\n\n</think>\n\n" in qwen3.hf.decode(batch.ids[: batch.conv_offsets[1]].tolist())
 
 
-def test_qwen3_packs_with_uint32_ids_in_every_strategy(tmp_path, qwen3_dir, sharegpt_dir):
+def test_qwen3_packs_with_uint32_ids_in_every_strategy(tmp_path, qwen3, qwen3_dir, sharegpt_dir):
     table = pq.read_table(sharegpt_dir / "shard_00000.parquet").slice(0, 150)
+    valid = []
+    for raw in table.column("messages").to_pylist():
+        try:
+            valid.append(Conversation(validate_messages(raw)))
+        except RecordRejected:
+            pass
+    rendered = render_chat(valid, qwen3)
+    rendered = rendered.select(rendered.trainable_per_conversation() > 0)
     (tmp_path / "data").mkdir()
     pq.write_table(table, tmp_path / "data" / "part.parquet")
     for strategy in ("bestfit", "aligned", "linear"):
@@ -220,6 +228,10 @@ def test_qwen3_packs_with_uint32_ids_in_every_strategy(tmp_path, qwen3_dir, shar
                 seg = lengths[offsets[r] : offsets[r + 1]]
                 starts = np.cumsum(seg) - seg
                 assert not mask[r, starts[starts > 0] - 1].any()
+        else:
+            # The stream, rows overlapping by one token, is exactly the rendered ids (uint32 round trip).
+            stream = np.concatenate([tokens[0], tokens[1:, 1:].reshape(-1)])[: len(rendered.ids)]
+            assert np.array_equal(stream.astype(np.int64), rendered.ids)
         trained = tokens[:, 1:][output.array(0, "loss_mask") == 1]
         assert int((trained == 151644).sum()) == 0  # never a header token
     shutil.rmtree(tmp_path / "data")
