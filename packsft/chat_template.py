@@ -55,9 +55,14 @@ class ChatRenderer:
         self.skeletons: dict[tuple[str, ...], list[str] | None] = {}
 
     def render_text(self, messages: Sequence[tuple[str, str]]) -> str:
-        return self.tokenizer.hf.apply_chat_template(
-            [{"role": role, "content": content} for role, content in messages], tokenize=False
-        )
+        """The template's text for these messages; a template that raises rejects the record."""
+        try:
+            return self.tokenizer.hf.apply_chat_template(
+                [{"role": role, "content": content} for role, content in messages], tokenize=False
+            )
+        except Exception as exc:  # jinja's TemplateError from raise_exception(), or any template bug
+            reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise RecordRejected(f"chat template refused the conversation: {reason}") from None
 
     def literals(self, roles: tuple[str, ...]) -> list[str] | None:
         """The template text around each content: n+1 pieces, or None if a content is not rendered once."""

@@ -95,8 +95,8 @@ def _reject_untrainable(batch: RenderedBatch, conversations: list[Conversation],
     for index in np.flatnonzero(no_trained).tolist():
         conversation = conversations[index]
         roles = {role for role, _ in conversation.messages}
-        reason = "no assistant message" if config.mask == "assistant_only" and ASSISTANT not in roles and TEXT not in roles \
-            else "no trained token"
+        no_assistant = config.mask == "assistant_only" and not roles & {ASSISTANT, TEXT}
+        reason = "no assistant message" if no_assistant else "no trained token"
         rejects.reject(conversation.file, conversation.row, reason, _record(conversation))
     return (batch.select(~no_trained) if no_trained.any() else batch), int(no_trained.sum())
 
@@ -297,7 +297,7 @@ def run_pack(
                 raise
             skipped.append({"path": unit.name, "error": str(exc)})
     if not quiet:
-        _say_detected(units, sources, skipped)
+        _say_detected(sources, skipped)
     tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code)
     if out_dir.resolve() == data_dir.resolve() or data_dir.resolve() in out_dir.resolve().parents:
         raise OutputError(f"{out_dir}: OUT_DIR must not be inside DATA_DIR ({data_dir}); pick another folder")
@@ -345,7 +345,7 @@ def run_pack(
     return PackResult(out_dir, dataset, time.perf_counter() - started)
 
 
-def _say_detected(units: list[Unit], sources: dict[int, InputFile], skipped: list[dict[str, str]]) -> None:
+def _say_detected(sources: dict[int, InputFile], skipped: list[dict[str, str]]) -> None:
     """One stderr line per input format auto chose (and per skipped file), e.g. `sharegpt for 8 files`."""
     chosen: Counter[tuple[str, str]] = Counter(
         (source.input_format, source.detected) for source in sources.values() if source.detected

@@ -125,7 +125,8 @@ def _choose(path: Path, names: list[str], kind: str, data_format: str, input_for
         return input_format, None
     if data_format == "text":
         if "text" not in names:
-            raise InputError(f"{path}: no 'text' {kind} for --format text {found}")
+            hint = "; use --format conversation" if {"messages", "conversations"} & set(names) else ""
+            raise InputError(f"{path}: no 'text' {kind} for --format text {found}{hint}")
         return "text", f"'text' {kind}"
     if "messages" in names:
         return ("openai" if jsonl else "smoltalk"), f"'messages' {kind}"

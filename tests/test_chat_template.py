@@ -132,6 +132,23 @@ def test_template_that_rewrites_content_is_located_as_rendered(chatml):
         renderer.tokenizer.hf.chat_template = CHATML
 
 
+def test_a_template_that_raises_rejects_the_record(chatml):
+    renderer = ChatRenderer(chatml)
+    chatml.hf.chat_template = (
+        "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>{% endfor %}"
+    )
+    try:
+        rejected = []
+        batch = render_chat([conversation(("system", "s"), ("user", "q"), ("assistant", "a")),
+                             conversation(("user", "q"), ("assistant", "a"))], chatml, renderer=renderer,
+                            reject=lambda c, reason: rejected.append(reason))
+        assert rejected == ["chat template refused the conversation: System role not supported"]
+        assert len(batch) == 1 and trained_runs(batch, 0, chatml) == ["a<|im_end|>"]
+    finally:
+        chatml.hf.chat_template = CHATML
+
+
 def test_split_keeps_chat_headers_whole(chatml):
     long = " ".join(["word"] * 120)
     batch = render_chat([conversation(("system", "Be brief."), ("user", "Question one?"), ("assistant", long),
