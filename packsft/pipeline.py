@@ -187,7 +187,8 @@ def pack_unit(
     counters["chunks"] = chunks.rows
     counters["nonpad_positions"] = chunks.nonpad
     counters["trained_tokens_kept"] = int(chunks.loss_mask.sum(dtype=np.int64))
-    counters["bos_starts"] = int((chunks.tokens[:, 0] == tokenizer.bos_id).sum()) if tokenizer.bos_id is not None else 0
+    if tokenizer.bos_id is not None:  # chat templates without a BOS leave it out: 'starts at BOS' is n/a
+        counters["bos_starts"] = int((chunks.tokens[:, 0] == tokenizer.bos_id).sum())
     bos_user = labels_with_bos_and_user(chunks, tokenizer.bos_id, tokenizer.role_ids.get(USER))
     if bos_user is not None:
         counters["labels_with_bos_and_user"] = bos_user

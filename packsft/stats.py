@@ -41,7 +41,7 @@ def summarize(counters: dict[str, Any], seq_length: int) -> dict[str, Any]:
         "seq_length": seq_length,
         "fill": _ratio(c["nonpad_positions"], chunks * (seq_length + 1)),
         "trained_fraction": _ratio(c["trained_tokens_kept"], chunks * seq_length),
-        "bos_start_fraction": _ratio(c["bos_starts"], chunks),
+        "bos_start_fraction": _ratio(c["bos_starts"], chunks) if "bos_starts" in c else None,
         "conversations_read": c["conversations_read"],
         "conversations_packed": c["conversations_packed"],
         "conversations_truncated": c["conversations_truncated"],

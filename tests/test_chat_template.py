@@ -183,6 +183,7 @@ def test_pack_with_chatml_records_the_template_hash(tmp_path, chatml_dir, strate
     result = run_pack(tmp_path / "data", tmp_path / "out", config, quiet=True)
     assert result.dataset["tokenizer"]["chat_template_sha256"] == hashlib.sha256(CHATML.encode()).hexdigest()
     assert result.dataset["stats"]["trained_retention"] == 1.0
+    assert result.dataset["stats"]["bos_start_fraction"] is None  # no BOS in this template: n/a
     output = PackedOutput(result.out_dir)
     view = render_chunk(output, 0, tokenizer_for(output))
     assert "<im_start " in view and "'user Question" in view

@@ -14,7 +14,8 @@ from packsft.cli import main
 from packsft.config import PackConfig
 from packsft.errors import BadRecordError, ConfigError, InputError
 from packsft.pipeline import run_pack
-from packsft.reader import list_input_files
+from packsft.reader import list_input_files, open_input, read_conversations
+from packsft.records import RejectLedger
 from packsft.writer import ARRAY_FILES
 from tests.conftest import conv, write_conversations
 from tests.test_chat_template import chatml_dir  # noqa: F401  (fixture)
@@ -138,6 +139,15 @@ def test_input_files_are_listed_recursively_and_sorted(tmp_path):
         (tmp_path / name).write_text("x")
     assert [p.relative_to(tmp_path).as_posix() for p in list_input_files(tmp_path)] == [
         "a.parquet", "b/a.jsonl", "b/c.parquet", "b/x.jsonl.gz"]
+
+
+def test_json_lines_are_streamed(tmp_path):
+    """The first batch comes out before a broken line far into the file is ever read."""
+    path = write_jsonl(tmp_path / "big.jsonl.gz", [smoltalk(TURNS[0])] * 5000, raw_lines={4000: "{broken"})
+    batches = read_conversations(open_input(path), "conversation", RejectLedger(), batch_size=100)
+    assert len(next(batches)[0]) == 100
+    with pytest.raises(InputError, match="line 4001 is not valid JSON"):
+        list(batches)
 
 
 # --- bad records: each with its exact reason ------------------------------------------------------
