@@ -12,6 +12,8 @@ import shutil
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from packsft.chat_template import ChatRenderer, render_chat
 from packsft.config import PackConfig
@@ -165,6 +167,21 @@ def test_split_keeps_chat_headers_whole(chatml):
             assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"), text
         trained = chatml.hf.decode(ids[flags == 1].tolist())
         assert "assistant" not in trained and "user" not in trained
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    turns=st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), st.integers(0, 60)), min_size=1,
+                   max_size=8),
+    seq_length=st.integers(24, 120),
+)
+def test_split_never_loses_a_trained_token(chatml, turns, seq_length):
+    item = conversation(*[(role, " ".join(["answer"] * n)) for role, n in turns])
+    batch = render_chat([item], chatml)
+    pieces, _ = split_long(batch, seq_length, "split")
+    assert int(pieces.flags.sum()) == int(batch.flags.sum())
+    assert (pieces.lengths <= seq_length + 1).all()
+    assert not pieces.flags[pieces.offsets[:-1]].any()  # no piece starts with a trained label
 
 
 def test_tokenizer_without_chat_template_names_the_alternative(demo_tokenizer_dir):
