@@ -13,6 +13,7 @@ import click
 import packsft
 from packsft.config import (
     FORMATS,
+    INPUT_FORMATS,
     LONG_POLICIES,
     MASK_POLICIES,
     OUTPUT_FORMATS,
@@ -48,6 +49,8 @@ def pack_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with the same keys as these flags; flags override it."),
         click.option("--tokenizer", help="Tokenizer folder or model-hub name. [default: gpt2]"),
         click.option("--format", "data_format", type=click.Choice(FORMATS), help="Input records: chat 'messages' or plain 'text'. [default: conversation]"),
+        click.option("--input-format", type=click.Choice(INPUT_FORMATS), help="Record shape: smoltalk/openai 'messages', sharegpt 'conversations', 'text'; auto detects per file. [default: auto]"),
+        click.option("--role-map", help="Extra role names, e.g. 'bot=assistant,person=user' (added to the built-in aliases)."),
         click.option("--template", type=click.Choice(TEMPLATES), help="Render with the seed's role tokens or the tokenizer's chat template. [default: roles]"),
         click.option("--mask", type=click.Choice(MASK_POLICIES), help="Which tokens are trained. [default: assistant_only]"),
         click.option("--strategy", type=click.Choice(STRATEGIES), help="How conversations are packed into rows. [default: bestfit]"),
@@ -84,21 +87,24 @@ def main() -> None:
 @pack_options
 @click.option("--overwrite", is_flag=True, help="Replace an earlier packsft output in OUT_DIR.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping and counting it.")
+@click.option("--skip-bad-files", is_flag=True, help="Skip unreadable input files (listed in dataset.json) instead of stopping.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
 @user_errors
-def pack(data_dir: str, out_dir: str, config_file: str | None, overwrite: bool, strict: bool, quiet: bool,
-         data_format: str | None, **flags: Any) -> None:
+def pack(data_dir: str, out_dir: str, config_file: str | None, overwrite: bool, strict: bool, skip_bad_files: bool,
+         quiet: bool, data_format: str | None, **flags: Any) -> None:
     """Read conversations under DATA_DIR, render, pack and write chunks to OUT_DIR.
 
     Example:
 
         packsft pack data/ out/ --tokenizer ./tok --strategy bestfit --mask assistant_only
+        packsft pack chats/ out/ --tokenizer ./qwen3 --template chat --input-format sharegpt
     """
     from packsft.pipeline import run_pack
     from packsft.stats import format_summary
 
     config = resolve_config(config_file, format=data_format, **flags)
-    result = run_pack(data_dir, out_dir, config, overwrite=overwrite, quiet=quiet, strict=strict)
+    result = run_pack(data_dir, out_dir, config, overwrite=overwrite, quiet=quiet, strict=strict,
+                      skip_bad_files=skip_bad_files)
     if not quiet:
         click.echo(format_summary(result.dataset))
         click.echo(f"wrote {result.out_dir} in {result.seconds:.1f}s")

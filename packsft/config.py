@@ -22,6 +22,7 @@ DEFAULT_SEQ_LENGTH = 2048
 DEFAULT_TOKENIZER = "gpt2"
 
 FORMATS = ("conversation", "text")
+INPUT_FORMATS = ("auto", "smoltalk", "sharegpt", "openai", "text")
 TEMPLATES = ("roles", "chat")
 MASK_POLICIES = ("all", "assistant_only")
 STRATEGIES = ("linear", "aligned", "bestfit")
@@ -41,6 +42,9 @@ class PackConfig:
 
     tokenizer: str = DEFAULT_TOKENIZER
     format: str = "conversation"
+    # The record shape; `format` is the family it belongs to (see reader.py). `text` implies format text.
+    input_format: str = "auto"
+    role_map: str | None = None  # "from=to,..." added to records.ROLE_ALIASES
     template: str = "roles"
     mask: str = "assistant_only"
     strategy: str = "bestfit"
@@ -58,6 +62,7 @@ class PackConfig:
     def __post_init__(self) -> None:
         choices = {
             "format": FORMATS,
+            "input_format": INPUT_FORMATS,
             "template": TEMPLATES,
             "mask": MASK_POLICIES,
             "strategy": STRATEGIES,
@@ -68,6 +73,17 @@ class PackConfig:
             value = getattr(self, key)
             if value not in allowed:
                 raise ConfigError(f"{key} = {value!r} is not one of {', '.join(allowed)}")
+        if self.input_format == "text":
+            object.__setattr__(self, "format", "text")
+        elif self.input_format != "auto" and self.format == "text":
+            raise ConfigError(
+                f"input_format = {self.input_format!r} reads conversations, but format = 'text'; "
+                "use --input-format text (or auto) for documents"
+            )
+        if self.role_map is not None:
+            from packsft.records import parse_role_map
+
+            parse_role_map(self.role_map)
         if self.long is not None and self.long not in LONG_POLICIES:
             raise ConfigError(f"long = {self.long!r} is not one of {', '.join(LONG_POLICIES)}")
         if self.long is not None and self.strategy == "linear":

@@ -6,8 +6,11 @@ unit, so best-fit sees every conversation of the file at once.
 
 from __future__ import annotations
 
+import functools
+import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +21,10 @@ from tqdm import tqdm
 import packsft
 from packsft.chunks import Chunks, build_chunks, build_linear_chunks, labels_with_bos_and_user
 from packsft.config import PackConfig
-from packsft.errors import OutputError
+from packsft.errors import InputError, OutputError
 from packsft.pack import pack_aligned, pack_bestfit
 from packsft.reader import InputFile, list_input_files, open_input, read_conversations
-from packsft.records import USER, RejectLedger
+from packsft.records import ASSISTANT, TEXT, USER, Conversation, RejectLedger, parse_role_map
 from packsft.render import RenderedBatch, render_roles, trained_unprompted
 from packsft.split import PieceTable, split_long
 from packsft.stats import LENGTH_BIN, LENGTH_BINS, add_counters, summarize
@@ -61,12 +64,41 @@ def plan_units(data_dir: Path) -> list[Unit]:
     return [Unit(i, path, path.relative_to(data_dir).as_posix()) for i, path in enumerate(files)]
 
 
-def render_batch(conversations, tokenizer: PackTokenizer, config: PackConfig) -> RenderedBatch:
+def render_batch(conversations, tokenizer: PackTokenizer, config: PackConfig, *, renderer=None,
+                 reject: Callable[[Conversation, str], None] | None = None) -> RenderedBatch:
+    """Render with the configured template; `reject` receives conversations the chat template cannot render."""
     if config.template == "chat":
         from packsft.chat_template import render_chat
 
-        return render_chat(conversations, tokenizer, unprompted=config.unprompted)
+        return render_chat(conversations, tokenizer, mask=config.mask, unprompted=config.unprompted,
+                           renderer=renderer, reject=reject)
     return render_roles(conversations, tokenizer, mask=config.mask, unprompted=config.unprompted)
+
+
+def _record(conversation: Conversation) -> dict[str, Any]:
+    """The record as rejects.jsonl shows it."""
+    return {"messages": [{"role": role, "content": content} for role, content in conversation.messages]}
+
+
+def _reject_rendering(rejects: RejectLedger, failed: set[int], conversation: Conversation, reason: str) -> None:
+    failed.add(id(conversation))
+    rejects.reject(conversation.file, conversation.row, reason, _record(conversation))
+
+
+def _reject_untrainable(batch: RenderedBatch, conversations: list[Conversation], config: PackConfig,
+                        rejects: RejectLedger) -> tuple[RenderedBatch, int]:
+    """Send conversations without a trained token to the ledger (they only cost compute) and drop them.
+
+    Conversations --unprompted drop removes are not rejects; pack_unit counts them separately.
+    """
+    no_trained = (batch.trainable_per_conversation() == 0) & ~(batch.unprompted & (config.unprompted == "drop"))
+    for index in np.flatnonzero(no_trained).tolist():
+        conversation = conversations[index]
+        roles = {role for role, _ in conversation.messages}
+        no_assistant = config.mask == "assistant_only" and not roles & {ASSISTANT, TEXT}
+        reason = "no assistant message" if no_assistant else "no trained token"
+        rejects.reject(conversation.file, conversation.row, reason, _record(conversation))
+    return (batch.select(~no_trained) if no_trained.any() else batch), int(no_trained.sum())
 
 
 def pack_unit(
@@ -80,13 +112,23 @@ def pack_unit(
     """Pack one unit into chunks in memory; returns the chunks and the unit's counters."""
     counters: Counter[str] = Counter()
     batches = []
+    renderer = None
+    if config.template == "chat":
+        from packsft.chat_template import ChatRenderer
+
+        renderer = ChatRenderer(tokenizer)
     for conversations, filtered in read_conversations(
         source, config.format, rejects, source_filter=config.source_filter, batch_size=config.batch_size,
         display_name=unit.name,
     ):
         counters["records_filtered"] += filtered
         counters["conversations_read"] += len(conversations)
-        batch = render_batch(conversations, tokenizer, config)
+        failed: set[int] = set()
+        batch = render_batch(conversations, tokenizer, config, renderer=renderer,
+                             reject=functools.partial(_reject_rendering, rejects, failed))
+        rendered = [c for c in conversations if id(c) not in failed] if failed else conversations
+        batch, untrainable = _reject_untrainable(batch, rendered, config, rejects)
+        counters["conversations_dropped_no_trained"] += untrainable
         batches.append(batch)
         if progress is not None:
             progress.update(len(conversations) + filtered)
@@ -95,13 +137,11 @@ def pack_unit(
     batch = RenderedBatch.concat(batches) if batches else render_batch([], tokenizer, config)
     counters["tokens_rendered"] = len(batch.ids)
 
-    # Drop what can only cost compute (no trained token) and, if asked, unprompted conversations.
+    # Conversations without a trained token went to the ledger per batch; drop unprompted ones if asked.
     trainable = batch.trainable_per_conversation()
     drop_unprompted = batch.unprompted & (config.unprompted == "drop")
-    no_trained = (trainable == 0) & ~drop_unprompted
     counters["conversations_dropped_unprompted"] = int(drop_unprompted.sum())
-    counters["conversations_dropped_no_trained"] = int(no_trained.sum())
-    keep = ~(drop_unprompted | no_trained)
+    keep = ~drop_unprompted
     batch = batch.select(keep)
     trainable = trainable[keep]
     counters["trainable_tokens_available"] = int(trainable.sum())
@@ -147,7 +187,8 @@ def pack_unit(
     counters["chunks"] = chunks.rows
     counters["nonpad_positions"] = chunks.nonpad
     counters["trained_tokens_kept"] = int(chunks.loss_mask.sum(dtype=np.int64))
-    counters["bos_starts"] = int((chunks.tokens[:, 0] == tokenizer.bos_id).sum()) if tokenizer.bos_id is not None else 0
+    if tokenizer.bos_id is not None:  # chat templates without a BOS leave it out: 'starts at BOS' is n/a
+        counters["bos_starts"] = int((chunks.tokens[:, 0] == tokenizer.bos_id).sum())
     bos_user = labels_with_bos_and_user(chunks, tokenizer.bos_id, tokenizer.role_ids.get(USER))
     if bos_user is not None:
         counters["labels_with_bos_and_user"] = bos_user
@@ -234,26 +275,60 @@ def run_pack(
     overwrite: bool = False,
     quiet: bool = False,
     strict: bool = False,
+    skip_bad_files: bool = False,
 ) -> PackResult:
-    """Pack every parquet file under data_dir into out_dir (see writer.py for the layout)."""
+    """Pack every input file under data_dir into out_dir (see writer.py for the layout).
+
+    Args:
+        strict: stop at the first bad record (`file:row: reason`) instead of skipping and counting it.
+        skip_bad_files: list unreadable files in dataset.json `skipped_files` and go on, instead of
+            stopping with an error naming the file.
+    """
     started = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     units = plan_units(data_dir)
-    sources = [open_input(unit.path, config.format) for unit in units]  # fail on a bad file before writing
+    aliases = parse_role_map(config.role_map)
+    skipped: list[dict[str, str]] = []
+    sources: dict[int, InputFile] = {}
+    for unit in units:  # fail on a bad file before writing anything
+        try:
+            sources[unit.index] = open_input(unit.path, config.format, config.input_format, aliases)
+        except InputError as exc:
+            if not skip_bad_files:
+                raise
+            skipped.append({"path": unit.name, "error": str(exc)})
+    if not quiet:
+        _say_detected(sources, skipped)
     tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code)
     if out_dir.resolve() == data_dir.resolve() or data_dir.resolve() in out_dir.resolve().parents:
         raise OutputError(f"{out_dir}: OUT_DIR must not be inside DATA_DIR ({data_dir}); pick another folder")
     prepare_output(out_dir, overwrite)
 
-    total_rows = sum(source.num_rows for source in sources)
+    known_rows = [source.num_rows for source in sources.values()]
+    total_rows = None if None in known_rows else sum(known_rows)
     rejects = RejectLedger(strict=strict)
     manifests = []
     with tqdm(total=total_rows, unit="conv", desc="packing", disable=quiet, dynamic_ncols=True) as progress:
-        for unit, source in zip(units, sources):
-            chunks, counters = pack_unit(unit, source, config, tokenizer, rejects, progress)
+        for unit in units:
+            if unit.index not in sources:
+                continue
+            source = sources[unit.index]
+            kept_entries = len(rejects.entries)
+            try:
+                chunks, counters = pack_unit(unit, source, config, tokenizer, rejects, progress)
+            except InputError as exc:  # a file that breaks while being read (truncated, bad JSON line)
+                if not skip_bad_files:
+                    raise
+                skipped.append({"path": unit.name, "error": str(exc)})
+                if not quiet:
+                    progress.write(f"packsft: skipping bad file: {exc}", file=sys.stderr)
+                del rejects.entries[kept_entries:]
+                rejects = RejectLedger(strict=strict, entries=rejects.entries)
+                continue
+            rows = source.num_rows if source.num_rows is not None else source.rows_read
             manifest = {
                 "unit": unit.index,
-                "inputs": [{"path": unit.name, "bytes": unit.path.stat().st_size, "rows": source.num_rows}],
+                "inputs": [{"path": unit.name, "bytes": unit.path.stat().st_size, "rows": rows, **source.describe()}],
                 "tokenizer_fingerprint": tokenizer.fingerprint,
                 "config": config.to_dict(),
                 "counters": counters,
@@ -264,14 +339,31 @@ def run_pack(
             )
             rejects = RejectLedger(strict=strict, entries=rejects.entries)  # counts are per unit
     atomic_write_bytes(out_dir / REJECTS_JSONL, rejects.to_jsonl().encode())
-    dataset = build_dataset_manifest(manifests, config, tokenizer, data_dir)
+    dataset = build_dataset_manifest(manifests, config, tokenizer, data_dir, skipped)
     atomic_write_json(out_dir / DATASET_JSON, dataset)
     return PackResult(out_dir, dataset, time.perf_counter() - started)
 
 
+def _say_detected(sources: dict[int, InputFile], skipped: list[dict[str, str]]) -> None:
+    """One stderr line per input format auto chose (and per skipped file), e.g. `sharegpt for 8 files`."""
+    chosen: Counter[tuple[str, str]] = Counter(
+        (source.input_format, source.detected) for source in sources.values() if source.detected
+    )
+    for (name, why), count in sorted(chosen.items()):
+        print(f"packsft: input format {name} (auto, from the {why}) for {count} file{'s' * (count != 1)}",
+              file=sys.stderr)
+    for entry in skipped:
+        print(f"packsft: skipping bad file: {entry['error']}", file=sys.stderr)
+
+
 def build_dataset_manifest(
-    manifests: list[dict[str, Any]], config: PackConfig, tokenizer: PackTokenizer, data_dir: Path
+    manifests: list[dict[str, Any]],
+    config: PackConfig,
+    tokenizer: PackTokenizer,
+    data_dir: Path,
+    skipped: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
+    skipped = skipped or []
     counters: dict[str, Any] = {}
     for manifest in manifests:
         add_counters(counters, manifest["counters"])
@@ -286,8 +378,9 @@ def build_dataset_manifest(
         "dtype": str(storage_dtype(tokenizer.vocab_size)),
         "rows": rows,
         "tokens": rows * (config.seq_length + 1),
-        "stats": summarize(counters, config.seq_length),
+        "stats": summarize(counters, config.seq_length, len(skipped)),
         "counters": counters,
+        "skipped_files": skipped,
         "shards": [
             {"name": m["shard"], "rows": m["rows"], "inputs": m["inputs"], "files": m["files"]} for m in manifests
         ],

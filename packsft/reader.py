@@ -1,67 +1,184 @@
-"""Read conversations from parquet files, streaming by record batch (never a whole file in memory).
+"""Read records from parquet and JSON Lines files, streaming (never a whole file in memory).
 
-    DATA_DIR/**/*.parquet  (sorted)  ->  list[Conversation] per batch  (bad records -> RejectLedger)
+    DATA_DIR/**/*.parquet|*.jsonl|*.jsonl.gz (sorted) -> list[Conversation] per batch (bad records -> RejectLedger)
+
+Input formats (`--input-format`), one record each:
+
+    smoltalk  parquet (or JSONL)  messages:      [{role, content}, ...]   (+ source)
+    openai    JSON Lines (or pq)  messages:      [{role, content}, ...]   (the chat API shape)
+    sharegpt  either              conversations: [{from, value}, ...]     (human/gpt/system, aliases)
+    text      either              text:          "a document"
+
+`auto` decides per file from the parquet columns, or from the keys of the first JSON Lines record
+(`messages` -> smoltalk for parquet, openai for JSON Lines; `conversations` -> sharegpt; `text` ->
+text), and says what it chose. `--format text` limits auto to `text`; `--format conversation` (the
+default) to the three conversation shapes. Rows are 0-based: a parquet row, or a JSON Lines line
+index (blank lines are skipped but keep their number, so row r is line r+1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import gzip
+import json
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from packsft.errors import InputError
-from packsft.records import Conversation, RecordRejected, RejectLedger, validate_messages, validate_text
+from packsft.records import (
+    ROLE_ALIASES,
+    Conversation,
+    RecordRejected,
+    RejectLedger,
+    validate_messages,
+    validate_text,
+)
 
-# The column each input format needs.
-REQUIRED_COLUMN = {"conversation": "messages", "text": "text"}
+# The field each input format reads, and the keys of one message in it.
+FIELD = {"smoltalk": "messages", "openai": "messages", "sharegpt": "conversations", "text": "text"}
+MESSAGE_KEYS = {"smoltalk": ("role", "content"), "openai": ("role", "content"), "sharegpt": ("from", "value")}
 SOURCE_COLUMN = "source"
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+def is_input_file(path: Path) -> bool:
+    return path.is_file() and (path.name.endswith(".parquet") or path.name.endswith(JSONL_SUFFIXES))
 
 
 def list_input_files(data_dir: str | Path) -> list[Path]:
-    """Every *.parquet under data_dir, recursively, in sorted order (the order defines the output)."""
+    """Every *.parquet, *.jsonl and *.jsonl.gz under data_dir, recursively, sorted (the order defines the output)."""
     data_dir = Path(data_dir)
     if not data_dir.exists():
         raise InputError(f"{data_dir}: no such folder. Pass the folder that holds your *.parquet files")
     if not data_dir.is_dir():
         raise InputError(f"{data_dir}: not a folder. Pass the folder that holds your *.parquet files")
-    files = sorted(path for path in data_dir.rglob("*.parquet") if path.is_file())
+    files = sorted(path for path in data_dir.rglob("*") if is_input_file(path))
     if not files:
-        raise InputError(f"{data_dir}: no parquet files under it. Pass the folder that holds *.parquet")
+        raise InputError(
+            f"{data_dir}: no parquet or JSON Lines files under it. Pass the folder that holds *.parquet or *.jsonl[.gz]"
+        )
     return files
 
 
-@dataclass(frozen=True)
+@dataclass
 class InputFile:
-    """An opened, schema-checked input file."""
+    """An opened, schema-checked input file and the input format chosen for it."""
 
     path: Path
-    parquet: pq.ParquetFile
-    column: str
-    has_source: bool
+    input_format: str  # smoltalk | sharegpt | openai | text
+    detected: str | None  # why auto chose it ("'messages' column"), None when given explicitly
+    parquet: pq.ParquetFile | None = None
+    has_source: bool = False
+    rows_read: int = 0  # JSON Lines row count is only known once read
+    role_aliases: Mapping[str, str] = field(default_factory=lambda: ROLE_ALIASES)
 
     @property
-    def num_rows(self) -> int:
-        return self.parquet.metadata.num_rows
+    def column(self) -> str:
+        return FIELD[self.input_format]
+
+    @property
+    def num_rows(self) -> int | None:
+        return self.parquet.metadata.num_rows if self.parquet is not None else None
+
+    def describe(self) -> dict[str, Any]:
+        """What the shard manifest records about this input's format."""
+        return {"input_format": self.input_format, "detected": self.detected}
 
 
-def open_input(path: Path, data_format: str) -> InputFile:
-    """Open a parquet file and check it has the column `data_format` needs."""
+def open_input(
+    path: Path, data_format: str = "conversation", input_format: str = "auto",
+    role_aliases: Mapping[str, str] = ROLE_ALIASES,
+) -> InputFile:
+    """Open an input file, choose its input format and check it has the field that format reads."""
     try:
-        parquet = pq.ParquetFile(path)
-        names = parquet.schema_arrow.names
-    except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{path}: not a readable parquet file ({_first_line(exc)})") from None
-    column = REQUIRED_COLUMN[data_format]
-    if column not in names:
-        other = "text" if data_format == "conversation" else "conversation"
-        hint = f"; use --format {other}" if REQUIRED_COLUMN[other] in names else ""
-        raise InputError(
-            f"{path}: no {column!r} column for --format {data_format} (columns found: {', '.join(names) or 'none'}){hint}"
-        )
-    return InputFile(path, parquet, column, SOURCE_COLUMN in names)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
+    if path.name.endswith(".parquet"):
+        try:
+            parquet = pq.ParquetFile(path)
+            names = parquet.schema_arrow.names
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"{path}: not a readable parquet file ({_first_line(exc)})") from None
+        chosen, why = _choose(path, names, "column", data_format, input_format, jsonl=False)
+        return InputFile(path, chosen, why, parquet, SOURCE_COLUMN in names, role_aliases=role_aliases)
+    first = _first_record(path)
+    if not isinstance(first, dict):
+        raise InputError(f"{path}: the first record is not a JSON object (got {type(first).__name__}); "
+                         "JSON Lines input holds one object per line")
+    chosen, why = _choose(path, list(first), "key", data_format, input_format, jsonl=True)
+    return InputFile(path, chosen, why, role_aliases=role_aliases)
+
+
+def _choose(path: Path, names: list[str], kind: str, data_format: str, input_format: str, *, jsonl: bool):
+    found = f"({kind}s found: {', '.join(names) or 'none'})"
+    if input_format != "auto":
+        if FIELD[input_format] not in names:
+            raise InputError(f"{path}: no {FIELD[input_format]!r} {kind} for --input-format {input_format} {found}")
+        return input_format, None
+    if data_format == "text":
+        if "text" not in names:
+            hint = "; use --format conversation" if {"messages", "conversations"} & set(names) else ""
+            raise InputError(f"{path}: no 'text' {kind} for --format text {found}{hint}")
+        return "text", f"'text' {kind}"
+    if "messages" in names:
+        return ("openai" if jsonl else "smoltalk"), f"'messages' {kind}"
+    if "conversations" in names:
+        return "sharegpt", f"'conversations' {kind}"
+    hint = "; use --format text" if "text" in names else ""
+    raise InputError(f"{path}: no 'messages' or 'conversations' {kind} for --format conversation {found}{hint}")
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+# What a broken JSON Lines file raises while being read: bad gzip, truncated gzip, bad UTF-8.
+_READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(row, decoded record) for every non-blank line; an undecodable line is an error naming the file."""
+    row = 0
+    try:
+        with _open_text(path) as handle:
+            for row, line in enumerate(handle):
+                if not line.strip():
+                    continue
+                try:
+                    yield row, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{path}: line {row + 1} is not valid JSON ({exc.msg})") from None
+    except _READ_ERRORS as exc:
+        what = "gzip file" if path.name.endswith(".gz") else "UTF-8 text file"
+        raise InputError(f"{path}: not a readable {what}, failed near line {row + 1} ({_first_line(exc)})") from None
+
+
+def _first_record(path: Path) -> Any:
+    for _, record in _json_lines(path):
+        return record
+    raise InputError(f"{path}: no records (only blank lines)")
+
+
+def _validator(source: InputFile):
+    if source.input_format == "text":
+        return validate_text
+    role_key, content_key = MESSAGE_KEYS[source.input_format]
+
+    def validate(raw: Any) -> tuple[tuple[str, str], ...]:
+        return validate_messages(raw, source.role_aliases, field=source.column, role_key=role_key,
+                                 content_key=content_key)
+
+    return validate
 
 
 def read_conversations(
@@ -73,28 +190,61 @@ def read_conversations(
     batch_size: int = 1024,
     display_name: str | None = None,
 ) -> Iterator[tuple[list[Conversation], int]]:
-    """Yield (valid conversations, records filtered out by --source-filter) per record batch."""
+    """Yield (valid conversations, records filtered out by --source-filter) per batch of records."""
     name = display_name or str(source.path)
-    columns = [source.column] + ([SOURCE_COLUMN] if source.has_source else [])
-    validate = validate_messages if data_format == "conversation" else validate_text
-    row = 0
-    try:
-        for batch in source.parquet.iter_batches(batch_size=batch_size, columns=columns):
-            values = batch.column(source.column).to_pylist()
-            sources = batch.column(SOURCE_COLUMN).to_pylist() if source.has_source else [None] * len(values)
-            conversations, filtered = [], 0
-            for raw, origin in zip(values, sources):
-                if source_filter is not None and origin != source_filter:
-                    filtered += 1
-                else:
-                    try:
-                        conversations.append(Conversation(validate(raw), origin, name, row))
-                    except RecordRejected as bad:
-                        rejects.reject(name, row, bad.reason, raw)
-                row += 1
-            yield conversations, filtered
-    except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{name}: failed while reading row {row} ({_first_line(exc)})") from None
+    validate = _validator(source)
+    batch: list[Conversation] = []
+    filtered = 0
+    for row, value, origin in _raw_records(source, name, batch_size):
+        source.rows_read = row + 1
+        if source_filter is not None and origin != source_filter:
+            filtered += 1
+        else:
+            try:
+                if isinstance(value, _BadRecord):
+                    raise RecordRejected(value.reason)
+                batch.append(Conversation(validate(value), origin, name, row))
+            except RecordRejected as bad:
+                rejects.reject(name, row, bad.reason, value.record if isinstance(value, _BadRecord) else value)
+        if len(batch) + filtered >= batch_size:
+            yield batch, filtered
+            batch, filtered = [], 0
+    if batch or filtered:
+        yield batch, filtered
+
+
+@dataclass(frozen=True)
+class _BadRecord:
+    """A JSON Lines record that has no usable field at all (the reason says why)."""
+
+    reason: str
+    record: Any
+
+
+def _raw_records(source: InputFile, name: str, batch_size: int) -> Iterator[tuple[int, Any, Any]]:
+    """(row, field value, source value) of every record, parquet or JSON Lines."""
+    column = source.column
+    if source.parquet is not None:
+        columns = [column] + ([SOURCE_COLUMN] if source.has_source else [])
+        row = 0
+        try:
+            for batch in source.parquet.iter_batches(batch_size=batch_size, columns=columns):
+                values = batch.column(column).to_pylist()
+                origins = batch.column(SOURCE_COLUMN).to_pylist() if source.has_source else [None] * len(values)
+                for value, origin in zip(values, origins):
+                    yield row, value, origin
+                    row += 1
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"{name}: failed while reading row {row} ({_first_line(exc)})") from None
+        return
+    for row, record in _json_lines(source.path):
+        if not isinstance(record, dict):
+            yield row, _BadRecord(f"record is not a JSON object (got {type(record).__name__})", record), None
+        elif column not in record:
+            yield row, _BadRecord(f"record has no {column!r} field", record), None
+        else:
+            origin = record.get(SOURCE_COLUMN)
+            yield row, record[column], origin if isinstance(origin, str) else None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from packsft.errors import BadRecordError
+from packsft.errors import BadRecordError, ConfigError
 
 SYSTEM, USER, ASSISTANT, TEXT = "system", "user", "assistant", "text"
 ROLES = (SYSTEM, USER, ASSISTANT)
@@ -29,6 +29,9 @@ ROLE_ALIASES = {
     "bing": ASSISTANT,
     "bard": ASSISTANT,
     "model": ASSISTANT,
+    "bot": ASSISTANT,
+    "prompter": USER,
+    "developer": SYSTEM,
 }
 
 EXCERPT_CHARS = 160
@@ -52,22 +55,46 @@ class RecordRejected(Exception):
         self.reason = reason
 
 
-def validate_messages(raw: Any, role_aliases: Mapping[str, str] = ROLE_ALIASES) -> tuple[tuple[str, str], ...]:
-    """Check a raw `messages` value and return normalised (role, content) pairs.
+def parse_role_map(text: str | None) -> dict[str, str]:
+    """ROLE_ALIASES extended by `--role-map from=to,...` (targets: system, user, assistant)."""
+    aliases = dict(ROLE_ALIASES)
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        source, sep, target = item.partition("=")
+        source, target = source.strip().lower(), target.strip().lower()
+        if not sep or not source or target not in ROLES:
+            raise ConfigError(
+                f"--role-map {item.strip()!r}: expected from=to with to one of {', '.join(ROLES)} (e.g. bot=assistant)"
+            )
+        aliases[source] = target
+    return aliases
 
-    Raises RecordRejected with a reason that names the message index.
+
+def validate_messages(
+    raw: Any,
+    role_aliases: Mapping[str, str] = ROLE_ALIASES,
+    *,
+    field: str = "messages",
+    role_key: str = "role",
+    content_key: str = "content",
+) -> tuple[tuple[str, str], ...]:
+    """Check a raw message list and return normalised (role, content) pairs.
+
+    Raises RecordRejected with a reason that names the message index. `field`, `role_key` and
+    `content_key` name the ShareGPT shape (`conversations`, `from`, `value`) or the chat-API one.
     """
     if raw is None:
-        raise RecordRejected("messages is null")
-    if isinstance(raw, (str, bytes)) or not hasattr(raw, "__len__"):
-        raise RecordRejected(f"messages is not a list (got {type(raw).__name__})")
+        raise RecordRejected(f"{field} is null")
+    if isinstance(raw, (str, bytes, Mapping)) or not hasattr(raw, "__len__"):
+        raise RecordRejected(f"{field} is not a list (got {type(raw).__name__})")
     if len(raw) == 0:
         raise RecordRejected("empty message list")
     messages = []
     for index, message in enumerate(raw):
         if not isinstance(message, Mapping):
             raise RecordRejected(f"message {index} is not a mapping (got {type(message).__name__})")
-        role, content = message.get("role"), message.get("content")
+        role, content = message.get(role_key), message.get(content_key)
         if role is None:
             raise RecordRejected(f"message {index} has no role")
         if not isinstance(role, str):
@@ -112,7 +139,7 @@ class RejectLedger:
         return sum(self.counts.values())
 
     def to_jsonl(self) -> str:
-        return "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in self.entries)
+        return "".join(json.dumps(entry, ensure_ascii=True) + "\n" for entry in self.entries)
 
 
 def _reason_key(reason: str) -> str:

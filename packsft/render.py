@@ -44,6 +44,9 @@ class RenderedBatch:
     msg_roles: np.ndarray  # uint8 ROLE_CODES
     sources: list[str | None]
     unprompted: np.ndarray  # bool per conversation: opens with an assistant turn no user message prompts
+    # Header tokens at the start of each message span (before its content), for chat templates.
+    # None means the role-token layout: one role token per message, which also ends the previous turn.
+    msg_headers: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.conv_offsets) - 1
@@ -77,6 +80,7 @@ class RenderedBatch:
             msg_roles=self.msg_roles[msg_src],
             sources=[self.sources[i] for i in index.tolist()],
             unprompted=self.unprompted[index],
+            msg_headers=None if self.msg_headers is None else self.msg_headers[msg_src],
         )
 
     @staticmethod
@@ -102,6 +106,10 @@ class RenderedBatch:
             msg_roles=np.concatenate([b.msg_roles for b in batches]),
             sources=[source for b in batches for source in b.sources],
             unprompted=np.concatenate([b.unprompted for b in batches]),
+            msg_headers=None
+            if all(b.msg_headers is None for b in batches)
+            else np.concatenate([b.msg_headers if b.msg_headers is not None else np.ones(len(b.msg_starts), np.int64)
+                                 for b in batches]),
         )
 
 

@@ -11,6 +11,10 @@ When one user+assistant exchange alone does not fit, the user message is kept (s
 left with a marker if it takes more than half a row) and the assistant message is cut across pieces,
 each re-opened with the same context. Nothing trainable is lost; each trained label sees its question.
 
+Chat-template renderings (`msg_headers` set) differ in two ways: a message opens with several header
+tokens instead of one role token (kept whole wherever the role token is kept), and a turn's end-of-turn
+tokens are the end of its own message span, so closing a piece adds nothing from the next message.
+
 Cost: O(tokens) copies for the conversations that are cut; conversations that fit are sliced.
 """
 
@@ -171,6 +175,15 @@ class _ConversationSplitter:
         self.has_body = False
         # Whether the user message that prompts what is being added is wholly in the current piece.
         self.prompt_whole = True
+        # Role-token layout: a message's first token is its whole header and ends the previous turn.
+        self.role_tokens = batch.msg_headers is None
+
+    def _header(self, m: int) -> int:
+        """Tokens of message m's header, kept whole when a message is shortened or cut."""
+        lo, hi = int(self.batch.msg_starts[m]), int(self.batch.msg_ends[m])
+        if self.role_tokens:
+            return min(1, hi - lo)
+        return min(max(int(self.batch.msg_headers[m]), 0), hi - lo, self.capacity // 4)
 
     # -- piece assembly -------------------------------------------------------------------------
     def _add(self, lo: int, hi: int, *, zero: bool = False, zero_first: bool = False) -> None:
@@ -193,50 +206,84 @@ class _ConversationSplitter:
         self.parts.append((self.batch.ids[lo:hi], flags))
         self.length += hi - lo
 
-    def _add_marker(self, omitted: int) -> int:
+    def _add_marker(self, omitted: int) -> None:
         ids = self.marker(omitted) if self.marker else []
         if ids:
             self.parts.append((np.asarray(ids, np.int64), np.zeros(len(ids), np.uint8)))
             self.length += len(ids)
-        return len(ids)
 
-    def _add_shortened(self, m: int, room: int, *, zero: bool, zero_first: bool = False) -> None:
-        """Message m's role token, a marker, and as much of the end of its content as fits in `room`."""
+    def _add_shortened(self, m: int, room: int, *, zero: bool, zero_first: bool = False) -> bool:
+        """Message m's header, a marker, and as much of the end of its content as fits in `room`.
+
+        Returns False (and adds nothing) when not even the header and one token fit.
+        """
         lo, hi = int(self.batch.msg_starts[m]), int(self.batch.msg_ends[m])
-        content = hi - lo - 1
+        head = self._header(m)
+        content = hi - lo - head
+        if room < head + min(content, 1):
+            return False
         marker = len(self.marker(content)) if self.marker else 0
-        keep = max(room - 1 - marker, 0)
-        self._add(lo, lo + 1, zero=zero, zero_first=zero_first)
-        self._add_marker(content - keep)
+        if room < head + marker + 1:
+            marker = 0
+        keep = min(room - head - marker, content)
+        self._add(lo, lo + head, zero=zero, zero_first=zero_first)
+        if marker:
+            self._add_marker(content - keep)
         self._add(hi - keep, hi, zero=zero)
         self.counts.prompts_shortened += 1
+        return True
 
     def _close(self) -> None:
-        self.pieces.append((np.concatenate([p[0] for p in self.parts]), np.concatenate([p[1] for p in self.parts])))
+        ids, flags = np.concatenate([p[0] for p in self.parts]), np.concatenate([p[1] for p in self.parts])
+        # A piece starts a segment, whose first label is never trained (chat pieces may lack a BOS).
+        flags[:1] = 0
+        self.pieces.append((ids, flags))
         self.parts, self.length, self.has_body = [], 0, False
 
-    def _open(self, first_msg: int) -> None:
-        """Start a piece whose body begins at message `first_msg`: BOS + system + prompting user, mask 0."""
+    def _open(self, first_msg: int, reserve: int) -> None:
+        """Start a piece whose body begins at message `first_msg`: BOS + system + prompting user, mask 0.
+
+        The context leaves at least `reserve` tokens of the row for the body.
+        """
         b = self.batch
         self._add(self.start, self.head_end, zero=True)
         system = next((m for m in self.msgs if m < first_msg and b.msg_roles[m] == SYSTEM_CODE), None)
         prompt = None
         if b.msg_roles[first_msg] != USER_CODE:
             prompt = next((m for m in reversed(self.msgs) if m < first_msg and b.msg_roles[m] == USER_CODE), None)
-        budget = self._context_budget()
+        budget = min(self._context_budget(), self.capacity - reserve) - self.length
+        size = {m: int(b.msg_ends[m] - b.msg_starts[m]) for m in (system, prompt) if m is not None}
+        # When both do not fit, the question matters more than the system message: the system message
+        # gets at most a quarter of the budget.
+        rooms = dict(size)
+        if sum(size.values()) > budget:
+            if system is not None:
+                rooms[system] = min(size[system], budget // 4 if prompt is not None else budget)
+            if prompt is not None:
+                rooms[prompt] = budget - (rooms[system] if system is not None else 0)
         self.prompt_whole = True
         for m in (system, prompt):
             if m is None:
                 continue
-            size = int(b.msg_ends[m] - b.msg_starts[m])
-            if self.length + size <= budget:
+            if size[m] <= rooms[m]:
                 self._add(int(b.msg_starts[m]), int(b.msg_ends[m]), zero=True)
             else:
-                self._add_shortened(m, budget - self.length, zero=True)
-                self.prompt_whole = self.prompt_whole and m != prompt
+                added = self._add_shortened(m, rooms[m], zero=True)
+                if m == prompt:
+                    self.prompt_whole = False
+                elif not added and prompt is not None:
+                    rooms[prompt] += rooms[m]  # the system message did not fit at all
 
     def _context_budget(self) -> int:
         return int(self.capacity * CONTEXT_SHARE)
+
+    def _piece_trains(self) -> bool:
+        return any(flags.any() for _, flags in self.parts)
+
+    def _continuing(self) -> bool:
+        """True at the start of a piece that continues the conversation: its first role token was
+        trained as the previous piece's turn end (role-token layout only)."""
+        return self.role_tokens and not self.has_body and bool(self.pieces)
 
     # -- the greedy walk ------------------------------------------------------------------------
     def split(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -245,26 +292,31 @@ class _ConversationSplitter:
         hi = self.head_end
         for i, m in enumerate(self.msgs):
             lo, hi = int(b.msg_starts[m]), int(b.msg_ends[m])
-            tail = self.end - hi if i == len(self.msgs) - 1 else 1  # EOS, or room for the next turn end
-            trained = bool(b.flags[lo + 1 : hi].any())
+            # EOS, or room for the next message's role token that ends this turn (none for chat).
+            tail = self.end - hi if i == len(self.msgs) - 1 else int(self.role_tokens)
+            trained = bool(b.flags[lo + self._header(m) : hi].any())
             if b.msg_roles[m] == USER_CODE:
                 self.prompt_whole = True
             if self.length + (hi - lo) + tail <= cap:
                 self._add(lo, hi, zero_first=self._continuing())
                 self.has_body = True
                 continue
-            gap = cap - self.length - tail - 1
-            if self.fill_cut and self.has_body and trained and gap >= self.fill_cut:
-                # Fill this piece with the start of the turn rather than leave `gap` tokens of padding.
+            gap = cap - self.length - tail - self._header(m)
+            # Fill this piece with the start of the turn rather than leave `gap` tokens of padding, or
+            # rather than close a piece that trains nothing (its context would only be repeated).
+            if self.has_body and trained and gap > 0 and (
+                (self.fill_cut and gap >= self.fill_cut) or not self._piece_trains()
+            ):
                 self._cut_across(m, tail)
                 continue
             if self.has_body:
                 # Close here; this message's role token ends the previous turn, trained in this piece.
-                self._add(lo, lo + 1)
+                if self.role_tokens:
+                    self._add(lo, lo + 1)
                 self._close()
-                self._open(m)
+                self._open(m, reserve=self._header(m) + tail + 1)
                 if self.length + (hi - lo) + tail <= cap:
-                    self._add(lo, hi, zero_first=True)
+                    self._add(lo, hi, zero_first=self.role_tokens)
                     self.has_body = True
                     continue
             if trained:
@@ -272,34 +324,31 @@ class _ConversationSplitter:
             else:
                 # An untrained message (a long question) that cannot fit whole: keep its end, so the
                 # answer still sees the question it asks (usually at the end), and mark the cut.
-                self._add_shortened(m, self._context_budget() - self.length, zero=False, zero_first=self._continuing())
+                room = min(max(self._context_budget() - self.length, self._header(m) + 1), cap - self.length - tail)
+                self._add_shortened(m, room, zero=False, zero_first=self._continuing())
                 self.prompt_whole = False
                 self.has_body = True
         self._add(hi, self.end)
         self._close()
         return self.pieces
 
-    def _continuing(self) -> bool:
-        """True at the start of a piece that continues the conversation (its first role token was trained
-        as the previous piece's turn end)."""
-        return not self.has_body and bool(self.pieces)
-
     def _cut_across(self, m: int, tail: int) -> None:
         """Add message m, cutting its content across as many pieces as needed, each re-opened with context."""
         b, cap = self.batch, self.capacity
         lo, hi = int(b.msg_starts[m]), int(b.msg_ends[m])
+        head = self._header(m)
         self.counts.exchanges_split += 1
-        self._add(lo, lo + 1, zero_first=self._continuing())
-        pos = lo + 1
+        self._add(lo, lo + head, zero_first=self._continuing())
+        pos = lo + head
         while True:
             room = cap - self.length - tail
             if hi - pos <= room:
                 self._add(pos, hi)
                 self.has_body = True
                 return
-            room = max(room, 1)
+            room = max(room, 1)  # only a row too small for its own context gets here
             self._add(pos, pos + room)
             pos += room
             self._close()
-            self._open(m)
-            self._add(lo, lo + 1, zero=True)
+            self._open(m, reserve=head + tail + 1)
+            self._add(lo, lo + head, zero=True)

@@ -32,8 +32,8 @@ def _ratio(num: float, den: float) -> float | None:
     return round(num / den, 6) if den else None
 
 
-def summarize(counters: dict[str, Any], seq_length: int) -> dict[str, Any]:
-    """The figures of `packsft stats --json`, derived from summed counters."""
+def summarize(counters: dict[str, Any], seq_length: int, files_skipped: int = 0) -> dict[str, Any]:
+    """The figures of `packsft stats --json`, derived from summed counters (and the skipped-file count)."""
     c = Counter({k: v for k, v in counters.items() if isinstance(v, int)})
     chunks = c["chunks"]
     summary: dict[str, Any] = {
@@ -41,7 +41,7 @@ def summarize(counters: dict[str, Any], seq_length: int) -> dict[str, Any]:
         "seq_length": seq_length,
         "fill": _ratio(c["nonpad_positions"], chunks * (seq_length + 1)),
         "trained_fraction": _ratio(c["trained_tokens_kept"], chunks * seq_length),
-        "bos_start_fraction": _ratio(c["bos_starts"], chunks),
+        "bos_start_fraction": _ratio(c["bos_starts"], chunks) if "bos_starts" in c else None,
         "conversations_read": c["conversations_read"],
         "conversations_packed": c["conversations_packed"],
         "conversations_truncated": c["conversations_truncated"],
@@ -53,6 +53,7 @@ def summarize(counters: dict[str, Any], seq_length: int) -> dict[str, Any]:
         "conversations_dropped_no_trained": c["conversations_dropped_no_trained"],
         "conversations_dropped_unprompted": c["conversations_dropped_unprompted"],
         "records_filtered": c["records_filtered"],
+        "files_skipped": files_skipped,
         "records_rejected": c["records_rejected"],
         "rejected_by_reason": dict(sorted(counters.get("rejected_by_reason", {}).items())),
         "tokens_rendered": c["tokens_rendered"],
@@ -128,6 +129,8 @@ def format_summary(dataset: dict[str, Any]) -> str:
         f"split {s['conversations_split']:,}, truncated {s['conversations_truncated']:,}, dropped {s['conversations_dropped']:,}",
         f"  records rejected {s['records_rejected']:,}, filtered by source {s['records_filtered']:,}",
     ]
+    if s.get("files_skipped"):
+        lines.append(f"  files skipped {s['files_skipped']:,} (unreadable; see skipped_files in dataset.json)")
     reasons = sorted(s.get("rejected_by_reason", {}).items(), key=lambda kv: -kv[1])[:5]
     for reason, count in reasons:
         lines.append(f"    {count:>6,}  {reason}")

@@ -66,6 +66,7 @@ class PackTokenizer:
             "fingerprint": self.fingerprint,
             "files_sha256": self.files_sha256,
             "special_ids": self.special_ids,
+            "chat_template_sha256": chat_template_sha256(self.hf),
         }
 
 
@@ -123,6 +124,16 @@ def load_tokenizer(name_or_path: str, template: str = "roles", *, trust_remote_c
     )
     files = _hash_files(Path(name_or_path)) if Path(name_or_path).is_dir() else {}
     return PackTokenizer(**{**tokenizer.__dict__, "files_sha256": files, "fingerprint": _fingerprint(tokenizer)})
+
+
+def chat_template_sha256(hf: Any) -> str | None:
+    """sha256 of the tokenizer's chat template text (None without one); several named templates hash together."""
+    template = getattr(hf, "chat_template", None)
+    if not template:
+        return None
+    if isinstance(template, dict):
+        template = "\n".join(f"{name}\n{text}" for name, text in sorted(template.items()))
+    return hashlib.sha256(template.encode("utf-8")).hexdigest()
 
 
 def _hash_files(folder: Path) -> dict[str, str]:

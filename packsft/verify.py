@@ -35,7 +35,7 @@ from packsft.writer import DATASET_JSON, MARKER, PARQUET_FILE, REJECTS_JSONL, SH
 
 DEEP_SAMPLE_UNITS = 2
 DATASET_KEYS = ("format_version", "config", "tokenizer", "seq_length", "dtype", "rows", "tokens", "stats",
-                "counters", "shards")
+                "counters", "shards", "skipped_files")
 SPECIAL_IDS = ("bos", "eos", "pad")
 
 
@@ -208,7 +208,7 @@ def _check_totals(report: Report, dataset: dict[str, Any], manifests: list[dict[
             add_counters(counters, manifest.get("counters", {}))
         if _json(counters) != dataset["counters"]:
             report.problems.append(Problem(DATASET_JSON, "counters are not the sum of the shard manifests' counters"))
-    if _json(summarize(dataset["counters"], seq_length)) != dataset["stats"]:
+    if _json(summarize(dataset["counters"], seq_length, len(dataset.get("skipped_files", [])))) != dataset["stats"]:
         report.problems.append(Problem(DATASET_JSON, "stats do not follow from its counters (edited?)"))
 
 

@@ -31,6 +31,12 @@ class Section:
 
 
 def role_names(tokenizer: PackTokenizer) -> dict[int, str]:
+    if tokenizer.template == "chat":
+        # Chat templates have no role tokens: sections start at the template's special tokens, named
+        # by their text (`<|im_start|>` -> `im_start`); the role name follows in the section text.
+        hf = tokenizer.hf
+        special = {i for i, t in hf.added_tokens_decoder.items() if t.special} | set(hf.all_special_ids)
+        return {i: hf.convert_ids_to_tokens(i).strip("<|>") for i in sorted(special)}
     names = {tokenizer.eos_id: "EOS", tokenizer.pad_id: "PAD"}
     if tokenizer.bos_id is not None:
         names[tokenizer.bos_id] = "BOS"
@@ -60,6 +66,8 @@ def sections(ids: np.ndarray, mask: np.ndarray, tokenizer: PackTokenizer, max_ch
             j += 1
         content = ids_list[i + 1 : j] if role != "[MID-CONV]" else ids_list[i:j]
         text = _shorten(tokenizer.hf.decode(content, skip_special_tokens=True), max_chars) if content else ""
+        if tokenizer.template == "chat":
+            text = text.replace("\n", " ")  # 'user\nWhat is...' -> 'user What is...
         out.append(Section(role, i, j, text, bool(mask[i:j].any())))
         i = j
     return out
@@ -76,6 +84,12 @@ def context_check(ids: np.ndarray, mask: np.ndarray, tokenizer: PackTokenizer) -
     user_id = tokenizer.role_ids.get("user")
     has_bos = tokenizer.bos_id in context
     has_user = user_id in context
+    if tokenizer.template == "chat":
+        # No role tokens: look for the template's user header; a template without BOS passes that check
+        # when the chunk starts at a conversation start (its first section is a special token).
+        header = _chat_user_header(tokenizer)
+        has_user = bool(header) and header in tokenizer.hf.decode(context, skip_special_tokens=False)
+        has_bos = tokenizer.bos_id in context if tokenizer.bos_id is not None else int(ids[0]) in names
     text = tokenizer.hf.decode([t for t in context if t not in names], skip_special_tokens=True).strip()[:80]
     first_label = tokenizer.hf.decode([int(ids[first + 1]) if first + 1 < len(ids) else int(ids[first])])
     lines = [
@@ -100,6 +114,22 @@ def _paint(line: str, trained: bool, color: bool) -> str:
     return click.style(line, fg="green") if trained else click.style(line, dim=True)
 
 
+def _chat_user_header(tokenizer: PackTokenizer) -> str:
+    """The text a chat template puts before a (second) user message, after the previous turn's end."""
+    from packsft.chat_template import ChatRenderer
+
+    pieces = ChatRenderer(tokenizer).literals(("user", "user"))
+    if not pieces:
+        return ""
+    between = pieces[1]
+    # Drop the previous turn's end: everything up to and including the first special token.
+    found = [(between.find(t), t) for t in tokenizer.hf.all_special_tokens if t and t in between]
+    if found:
+        at, token = min(found)
+        between = between[at + len(token) :]
+    return between.lstrip("\n")
+
+
 def render_chunk(output: PackedOutput, index: int, tokenizer: PackTokenizer, *, tokens: bool = False,
                  max_chars: int = MAX_CHARS, color: bool = False) -> str:
     """The text `packsft inspect --chunk N` prints; `color` adds ANSI colours for a terminal."""
@@ -111,10 +141,12 @@ def render_chunk(output: PackedOutput, index: int, tokenizer: PackTokenizer, *, 
     L = len(mask)
     n_trained = int(mask.sum())
     starts_bos = tokenizer.bos_id is not None and int(ids[0]) == tokenizer.bos_id
+    if tokenizer.bos_id is None:  # chat templates without BOS: a piece starts at a special token instead
+        starts_bos = int(ids[0]) in role_names(tokenizer)
     starts = set(row.segment_starts.tolist())
     lines = [
         f"── Chunk {index} (shard {output.shards[shard]}, row {local}) {'─' * 30}",
-        f"{'✓' if starts_bos else '✗'} starts at BOS : {starts_bos}   trained: {n_trained}/{L} tokens "
+        f"{'✓' if starts_bos else '✗'} starts at BOS : {starts_bos if tokenizer.bos_id is not None else 'n/a (no BOS)'}   trained: {n_trained}/{L} tokens "
         f"({100 * n_trained / L:.1f}%)   segments: {len(row.segment_lengths)}   "
         f"padding: {L + 1 - int(row.segment_lengths.sum())}",
     ]

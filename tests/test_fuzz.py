@@ -131,7 +131,8 @@ def check_pack(data: Path, out: Path, tokenizer: Path, options: dict, total: int
     assert problems == [], [str(p) for p in problems]
     stats = result.dataset["stats"]
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text(encoding="utf-8").split("\n")[:-1]]
-    assert stats["conversations_read"] + stats["records_rejected"] == total
+    # A valid record with no trained token is read, dropped, and listed as a reject too (its reason says why).
+    assert stats["conversations_read"] + stats["records_rejected"] - stats["conversations_dropped_no_trained"] == total
     assert stats["conversations_read"] == stats["conversations_packed"] + stats["conversations_dropped"]
     assert len(rejects) == stats["records_rejected"] == sum(stats["rejected_by_reason"].values())
     assert all(entry["reason"] and isinstance(entry["row"], int) for entry in rejects)
@@ -208,4 +209,12 @@ def test_every_jsonl_record_packs_and_verifies_or_is_rejected_with_a_reason(demo
         data.mkdir()
         # ensure_ascii writes lone surrogates as \\udXXX escapes: valid JSON text, invalid Unicode once decoded.
         (data / "records.jsonl").write_text("".join(json.dumps(r, ensure_ascii=True) + "\n" for r in records))
+        first = records[0]
+        if not (isinstance(first, dict) and ("messages" in first or "conversations" in first)):
+            # The format of a file is detected from its first record: a file that does not open with a
+            # conversation is a bad file, refused with an error naming it (never a crash, never partial output).
+            with pytest.raises(InputError, match=r"records\.jsonl: "):
+                run_pack(data, Path(tmp) / "out", PackConfig(tokenizer=str(demo_tokenizer_dir), **options), quiet=True)
+            assert not (Path(tmp) / "out" / "dataset.json").exists()
+            return
         check_pack(data, Path(tmp) / "out", demo_tokenizer_dir, options, len(records), None)

@@ -28,7 +28,9 @@ def test_aligned_assistant_only_reproduces_the_seed(packed):
     assert stats["fill"] == pytest.approx(0.861, abs=0.0015)
     assert stats["trained_retention"] == pytest.approx(0.847, abs=0.0015)
     assert stats["labels_with_bos_and_user"] == pytest.approx(0.813, abs=0.0015)
-    assert stats["conversations_read"] == 2192 and stats["records_rejected"] == 17
+    # 17 empty conversations fail validation; 3 without an assistant message are rejected after rendering.
+    assert stats["conversations_read"] == 2192 and stats["records_rejected"] == 20
+    assert stats["rejected_by_reason"] == {"empty message list": 17, "no assistant message": 3}
 
 
 def test_linear_all_fills_every_position(packed):

@@ -1,0 +1,274 @@
+"""`--template chat`: masks from the tokenizer's own chat template, checked against the rendered text.
+
+Hermetic tests use the demo tokenizer with a small ChatML template (with `{% generation %}` blocks, so
+transformers' own assistant mask can be compared); the real checks use ../shared/tokenizers/qwen3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from packsft.chat_template import ChatRenderer, render_chat
+from packsft.config import PackConfig
+from packsft.errors import TokenizerError
+from packsft.output import PackedOutput
+from packsft.pipeline import run_pack
+from packsft.records import Conversation, RecordRejected, validate_messages
+from packsft.render import RenderedBatch
+from packsft.split import split_long
+from packsft.tokenizer import load_tokenizer
+from packsft.view import render_chunk, tokenizer_for
+from tests.conftest import conv, write_conversations
+
+# ChatML with generation blocks (newlines as expressions: transformers renders with trim_blocks) around what the assistant says (content + <|im_end|>).
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{% if m.role == 'assistant' %}{% generation %}{{ m.content }}<|im_end|>{% endgeneration %}{{ '\n' }}"
+    "{% else %}{{ m.content }}<|im_end|>{{ '\n' }}{% endif %}{% endfor %}"
+)
+
+
+@pytest.fixture(scope="session")
+def chatml_dir(tmp_path_factory, demo_tokenizer_dir):
+    """The demo tokenizer plus <|im_start|>/<|im_end|> and the CHATML template."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("chatml")
+    hf = AutoTokenizer.from_pretrained(demo_tokenizer_dir)
+    hf.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "eos_token": "<|im_end|>"})
+    hf.chat_template = CHATML
+    hf.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def chatml(chatml_dir):
+    return load_tokenizer(str(chatml_dir), "chat")
+
+
+@pytest.fixture(scope="session")
+def qwen3(qwen3_dir):
+    return load_tokenizer(str(qwen3_dir), "chat")
+
+
+def conversation(*turns: tuple[str, str]) -> Conversation:
+    return Conversation(tuple(turns))
+
+
+def trained_runs(batch: RenderedBatch, c: int, tokenizer) -> list[str]:
+    """Decoded runs of consecutive trained tokens of conversation c."""
+    start, end = batch.conv_offsets[c], batch.conv_offsets[c + 1]
+    ids, flags = batch.ids[start:end], batch.flags[start:end]
+    index = np.flatnonzero(flags)
+    runs = np.split(index, np.flatnonzero(np.diff(index) > 1) + 1) if len(index) else []
+    return [tokenizer.hf.decode(ids[run].tolist()) for run in runs]
+
+
+# --- hermetic: demo tokenizer + ChatML ------------------------------------------------------------
+
+
+def test_trains_assistant_contents_and_their_end_of_turn(chatml):
+    batch = render_chat([conversation(("system", "Be brief."), ("user", "Hi there"), ("assistant", "Hello!"),
+                                      ("user", "Bye"), ("assistant", "Goodbye."))], chatml)
+    assert trained_runs(batch, 0, chatml) == ["Hello!<|im_end|>", "Goodbye.<|im_end|>"]
+    text = chatml.hf.decode(batch.ids.tolist())
+    assert text == chatml.hf.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"},
+         {"role": "assistant", "content": "Goodbye."}], tokenize=False)
+    # Message spans: header + content + end-of-turn + separator, contiguous; the last '\n' is the tail.
+    spans = [chatml.hf.decode(batch.ids[s:e].tolist()) for s, e in zip(batch.msg_starts, batch.msg_ends)]
+    assert spans == ["<|im_start|>system\nBe brief.<|im_end|>\n", "<|im_start|>user\nHi there<|im_end|>\n",
+                     "<|im_start|>assistant\nHello!<|im_end|>\n", "<|im_start|>user\nBye<|im_end|>\n",
+                     "<|im_start|>assistant\nGoodbye.<|im_end|>"]
+    assert batch.msg_ends[-1] == len(batch.ids) - 1 and batch.msg_starts[0] == 0
+    header = len(chatml.hf.encode("<|im_start|>assistant\n", add_special_tokens=False))
+    assert batch.msg_headers.tolist()[2] == header
+
+
+def test_agrees_with_the_templates_generation_mask(chatml):
+    conversations = [
+        conversation(("user", "How do I boil an egg?"), ("assistant", "Nine minutes, then cold water.")),
+        conversation(("assistant", "Welcome back."), ("user", "Thanks"), ("assistant", "")),
+        conversation(("system", "x"), ("user", "a\n\nb"), ("assistant", " spaced  "), ("user", "ok")),
+    ]
+    batch = render_chat(conversations, chatml)
+    for c, item in enumerate(conversations):
+        messages = [{"role": r, "content": t} for r, t in item.messages]
+        expected = chatml.hf.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                                 return_assistant_tokens_mask=True)
+        start, end = batch.conv_offsets[c], batch.conv_offsets[c + 1]
+        assert batch.ids[start:end].tolist() == expected["input_ids"]
+        assert batch.flags[start:end].tolist() == expected["assistant_masks"]
+
+
+def test_unprompted_mask_and_mask_all(chatml):
+    item = conversation(("assistant", "Welcome."), ("user", "Hi"), ("assistant", "Hello."))
+    keep = render_chat([item], chatml)
+    masked = render_chat([item], chatml, unprompted="mask")
+    assert keep.unprompted.tolist() == [True] and masked.unprompted.tolist() == [True]
+    assert trained_runs(keep, 0, chatml) == ["Welcome.<|im_end|>", "Hello.<|im_end|>"]
+    assert trained_runs(masked, 0, chatml) == ["Hello.<|im_end|>"]
+    everything = render_chat([item], chatml, mask="all")
+    assert everything.flags.tolist() == [0] + [1] * (len(everything.ids) - 1)
+
+
+def test_template_that_rewrites_content_is_located_as_rendered(chatml):
+    renderer = ChatRenderer(chatml)
+    renderer.tokenizer.hf.chat_template = "{% for m in messages %}[{{ m.role }}]{{ m.content | trim }}<|im_end|>{% endfor %}"
+    try:
+        text, spans = renderer.locate((("user", "  q  "), ("assistant", "\n a \n")))
+        assert text == "[user]q<|im_end|>[assistant]a<|im_end|>"
+        assert [text[s:e] for s, e in spans] == ["q", "a"]
+        renderer.tokenizer.hf.chat_template = "{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}"
+        with pytest.raises(RecordRejected, match="chat template does not render every message once"):
+            ChatRenderer(chatml).locate((("user", "q"), ("assistant", "a")))
+    finally:
+        renderer.tokenizer.hf.chat_template = CHATML
+
+
+def test_a_template_that_raises_rejects_the_record(chatml):
+    renderer = ChatRenderer(chatml)
+    chatml.hf.chat_template = (
+        "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>{% endfor %}"
+    )
+    try:
+        rejected = []
+        batch = render_chat([conversation(("system", "s"), ("user", "q"), ("assistant", "a")),
+                             conversation(("user", "q"), ("assistant", "a"))], chatml, renderer=renderer,
+                            reject=lambda c, reason: rejected.append(reason))
+        assert rejected == ["chat template refused the conversation: System role not supported"]
+        assert len(batch) == 1 and trained_runs(batch, 0, chatml) == ["a<|im_end|>"]
+    finally:
+        chatml.hf.chat_template = CHATML
+
+
+def test_split_keeps_chat_headers_whole(chatml):
+    long = " ".join(["word"] * 120)
+    batch = render_chat([conversation(("system", "Be brief."), ("user", "Question one?"), ("assistant", long),
+                                      ("user", "Question two?"), ("assistant", "Short."))], chatml)
+    pieces, counts = split_long(batch, 40, "split")
+    assert counts.conversations_split == 1 and counts.exchanges_split >= 1
+    assert int(pieces.flags.sum()) == int(batch.flags.sum())  # nothing trainable lost
+    for p in range(len(pieces)):
+        ids = pieces.ids[pieces.offsets[p] : pieces.offsets[p + 1]]
+        flags = pieces.flags[pieces.offsets[p] : pieces.offsets[p + 1]]
+        assert len(ids) <= 41 and flags[0] == 0
+        text = chatml.hf.decode(ids.tolist())
+        if p:  # every later piece re-opens with a whole user turn, after the system message when it fits too
+            assert text.startswith(("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nQuestion",
+                                    "<|im_start|>user\nQuestion")), text
+        trained = chatml.hf.decode(ids[flags == 1].tolist())
+        assert "assistant" not in trained and "user" not in trained
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    turns=st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), st.integers(0, 60)), min_size=1,
+                   max_size=8),
+    seq_length=st.integers(24, 120),
+)
+def test_split_never_loses_a_trained_token(chatml, turns, seq_length):
+    item = conversation(*[(role, " ".join(["answer"] * n)) for role, n in turns])
+    batch = render_chat([item], chatml)
+    pieces, _ = split_long(batch, seq_length, "split")
+    assert int(pieces.flags.sum()) == int(batch.flags.sum())
+    assert (pieces.lengths <= seq_length + 1).all()
+    assert not pieces.flags[pieces.offsets[:-1]].any()  # no piece starts with a trained label
+
+
+def test_tokenizer_without_chat_template_names_the_alternative(demo_tokenizer_dir):
+    with pytest.raises(TokenizerError) as error:
+        load_tokenizer(str(demo_tokenizer_dir), "chat")
+    assert str(error.value) == (
+        f"tokenizer {str(demo_tokenizer_dir)!r} has no chat template; use --template roles to render with role tokens"
+    )
+
+
+@pytest.mark.parametrize("strategy", ["bestfit", "aligned", "linear"])
+def test_pack_with_chatml_records_the_template_hash(tmp_path, chatml_dir, strategy):
+    records = [conv(("user", f"Question {i}?"), ("assistant", f"Answer {i}. " * (i % 7 + 1))) for i in range(30)]
+    write_conversations(tmp_path / "data" / "part.parquet", records)
+    config = PackConfig(tokenizer=str(chatml_dir), template="chat", strategy=strategy, seq_length=64)
+    result = run_pack(tmp_path / "data", tmp_path / "out", config, quiet=True)
+    assert result.dataset["tokenizer"]["chat_template_sha256"] == hashlib.sha256(CHATML.encode()).hexdigest()
+    assert result.dataset["stats"]["trained_retention"] == 1.0
+    assert result.dataset["stats"]["bos_start_fraction"] is None  # no BOS in this template: n/a
+    output = PackedOutput(result.out_dir)
+    view = render_chunk(output, 0, tokenizer_for(output))
+    assert "<im_start " in view and "'user Question" in view
+
+
+# --- qwen3 on real data ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shard0_conversations(sharegpt_dir):
+    rows = pq.read_table(sharegpt_dir / "shard_00000.parquet", columns=["messages"]).column("messages").to_pylist()
+    out = []
+    for row, raw in enumerate(rows):
+        try:
+            out.append(Conversation(validate_messages(raw), None, "shard_00000.parquet", row))
+        except RecordRejected:
+            pass
+    return out
+
+
+def test_qwen3_trained_tokens_decode_to_the_assistant_contents(qwen3, shard0_conversations):
+    """Every conversation of shard 0: the trained runs are exactly each assistant content + <|im_end|>."""
+    batch = render_chat(shard0_conversations, qwen3)
+    assert len(batch) == len(shard0_conversations) == 2192
+    wrong = []
+    for c, item in enumerate(shard0_conversations):
+        expected = [content + "<|im_end|>" for role, content in item.messages if role == "assistant"]
+        if trained_runs(batch, c, qwen3) != expected:
+            wrong.append(item.row)
+    assert wrong == []
+    # The last assistant turn carries qwen3's empty think block, masked as template text.
+    assert "<think>\n\n</think>\n\n" in qwen3.hf.decode(batch.ids[: batch.conv_offsets[1]].tolist())
+
+
+def test_qwen3_packs_with_uint32_ids_in_every_strategy(tmp_path, qwen3, qwen3_dir, sharegpt_dir):
+    table = pq.read_table(sharegpt_dir / "shard_00000.parquet").slice(0, 150)
+    valid = []
+    for raw in table.column("messages").to_pylist():
+        try:
+            valid.append(Conversation(validate_messages(raw)))
+        except RecordRejected:
+            pass
+    rendered = render_chat(valid, qwen3)
+    rendered = rendered.select(rendered.trainable_per_conversation() > 0)
+    (tmp_path / "data").mkdir()
+    pq.write_table(table, tmp_path / "data" / "part.parquet")
+    for strategy in ("bestfit", "aligned", "linear"):
+        config = PackConfig(tokenizer=str(qwen3_dir), template="chat", strategy=strategy, seq_length=1024,
+                            long=None if strategy == "linear" else "split")
+        result = run_pack(tmp_path / "data", tmp_path / strategy, config, quiet=True)
+        stats = result.dataset["stats"]
+        assert result.dataset["dtype"] == "uint32" and stats["trained_retention"] == 1.0
+        output = PackedOutput(result.out_dir)
+        tokens = output.array(0, "tokens")
+        assert tokens.dtype == np.uint32 and int(tokens.max()) >= 151644  # <|im_start|> survives
+        if strategy != "linear":
+            # No label at a segment start is trained, even though chat pieces have no BOS.
+            lengths, offsets = output.array(0, "segment_lengths"), output.array(0, "row_segments")
+            mask = output.array(0, "loss_mask")
+            for r in range(len(tokens)):
+                seg = lengths[offsets[r] : offsets[r + 1]]
+                starts = np.cumsum(seg) - seg
+                assert not mask[r, starts[starts > 0] - 1].any()
+        else:
+            # The stream, rows overlapping by one token, is exactly the rendered ids (uint32 round trip).
+            stream = np.concatenate([tokens[0], tokens[1:, 1:].reshape(-1)])[: len(rendered.ids)]
+            assert np.array_equal(stream.astype(np.int64), rendered.ids)
+        trained = tokens[:, 1:][output.array(0, "loss_mask") == 1]
+        assert int((trained == 151644).sum()) == 0  # never a header token
+    shutil.rmtree(tmp_path / "data")
