@@ -1,7 +1,8 @@
 """The pack job: plan units, then per unit read -> render -> split -> pack -> write; finally dataset.json.
 
-One unit of work is one input file; it becomes one immutable shard. Packing happens over a whole
-unit, so best-fit sees every conversation of the file at once.
+One unit of work is a row-group range of one input file (plan.py); it becomes one immutable shard.
+Packing happens over a whole unit, so best-fit sees every conversation of the unit at once. Units
+run in this process or in a worker pool (parallel.py); outdir.py keeps the plan, resumes and merges.
 """
 
 from __future__ import annotations
@@ -18,47 +19,30 @@ from tqdm import tqdm
 import packsft
 from packsft.chunks import Chunks, build_chunks, build_linear_chunks, labels_with_bos_and_user
 from packsft.config import PackConfig
-from packsft.errors import OutputError
+from packsft.errors import ConfigError, OutputError, PacksftError
+from packsft.outdir import failed_path
 from packsft.pack import pack_aligned, pack_bestfit
-from packsft.reader import InputFile, list_input_files, open_input, read_conversations
+from packsft.plan import DEFAULT_UNIT_BYTES, Unit, assign_units, plan_units, unit_fingerprint
+from packsft.reader import InputFile, open_input, read_conversations
 from packsft.records import USER, RejectLedger
 from packsft.render import RenderedBatch, render_roles, trained_unprompted
 from packsft.split import PieceTable, split_long
 from packsft.stats import LENGTH_BIN, LENGTH_BINS, add_counters, summarize
 from packsft.tokenizer import PackTokenizer, load_tokenizer
-from packsft.writer import (
-    DATASET_JSON,
-    REJECTS_JSONL,
-    atomic_write_bytes,
-    atomic_write_json,
-    prepare_output,
-    storage_dtype,
-    write_shard,
-)
+from packsft.writer import DATASET_JSON, REJECTS_JSONL, storage_dtype, write_shard
 
 NO_SOURCE = "(none)"
 OMITTED_MARKER = "[… {n} tokens omitted] "
 
 
-@dataclass(frozen=True)
-class Unit:
-    """One unit of work: an input file (all of it, for now) and the shard it becomes."""
-
-    index: int
-    path: Path
-    name: str  # the path relative to DATA_DIR, as recorded in manifests
-
-
 @dataclass
 class PackResult:
     out_dir: Path
-    dataset: dict[str, Any]
+    dataset: dict[str, Any] | None  # None when units (of other array tasks) are still missing
     seconds: float
-
-
-def plan_units(data_dir: Path) -> list[Unit]:
-    files = list_input_files(data_dir)
-    return [Unit(i, path, path.relative_to(data_dir).as_posix()) for i, path in enumerate(files)]
+    packed: int = 0  # units packed by this run
+    skipped: int = 0  # units of this run already complete from an earlier run
+    missing: int = 0  # planned units not complete after this run (all array tasks together)
 
 
 def render_batch(conversations, tokenizer: PackTokenizer, config: PackConfig) -> RenderedBatch:
@@ -82,7 +66,7 @@ def pack_unit(
     batches = []
     for conversations, filtered in read_conversations(
         source, config.format, rejects, source_filter=config.source_filter, batch_size=config.batch_size,
-        display_name=unit.name,
+        display_name=unit.name, row_groups=unit.row_groups,
     ):
         counters["records_filtered"] += filtered
         counters["conversations_read"] += len(conversations)
@@ -226,6 +210,55 @@ def _linear_context(batch: RenderedBatch, seq_length: int) -> dict[str, int]:
     return {"prompted_labels": len(positions), "prompted_labels_complete": int(complete.sum())}
 
 
+def write_unit(
+    unit: Unit,
+    fingerprint: str,
+    out_dir: Path,
+    config: PackConfig,
+    tokenizer: PackTokenizer,
+    *,
+    strict: bool = False,
+    progress: tqdm | None = None,
+) -> dict[str, Any]:
+    """Pack one unit and write its shard (with its rejects.jsonl); returns the shard manifest.
+
+    A failure is recorded in shards/.failed-NNNNN for `packsft status`, then raised.
+    """
+    failed = failed_path(out_dir, unit.index)
+    try:
+        rejects = RejectLedger(strict=strict)
+        chunks, counters = pack_unit(unit, open_input(unit.path, config.format), config, tokenizer, rejects, progress)
+        manifest = {
+            "unit": unit.index,
+            "inputs": [{"path": unit.name, "bytes": unit.file_bytes, "rows": unit.rows,
+                        "row_groups": list(unit.row_groups or ()), "first_row": unit.first_row}],
+            "tokenizer_fingerprint": tokenizer.fingerprint,
+            "fingerprint": fingerprint,
+            "config": config.to_dict(),
+            "counters": counters,
+        }
+        written = write_shard(out_dir, unit.index, chunks, vocab_size=tokenizer.vocab_size,
+                              output_format=config.output_format, manifest=manifest,
+                              extra_files={REJECTS_JSONL: rejects.to_jsonl().encode()})
+    except Exception as exc:
+        failed.write_text(f"{type(exc).__name__ if not isinstance(exc, PacksftError) else 'error'}: {exc}\n")
+        raise
+    failed.unlink(missing_ok=True)
+    return written
+
+
+def make_plan(data_dir: Path, out_dir: Path, config: PackConfig, unit_bytes: int = DEFAULT_UNIT_BYTES):
+    """The plan of DATA_DIR for `config` (units and their fingerprints) and the loaded tokenizer."""
+    from packsft.outdir import Plan
+
+    if out_dir.resolve() == data_dir.resolve() or data_dir.resolve() in out_dir.resolve().parents:
+        raise OutputError(f"{out_dir}: OUT_DIR must not be inside DATA_DIR ({data_dir}); pick another folder")
+    units = plan_units(data_dir, config.format, unit_bytes)  # fails on a bad file before writing
+    tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code)
+    fingerprints = [unit_fingerprint(unit, config, tokenizer.fingerprint) for unit in units]
+    return Plan(str(data_dir), config.to_dict(), tokenizer.identity(), unit_bytes, units, fingerprints), tokenizer
+
+
 def run_pack(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -234,44 +267,47 @@ def run_pack(
     overwrite: bool = False,
     quiet: bool = False,
     strict: bool = False,
+    workers: int = 1,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    unit_bytes: int = DEFAULT_UNIT_BYTES,
 ) -> PackResult:
-    """Pack every parquet file under data_dir into out_dir (see writer.py for the layout)."""
+    """Pack the units of DATA_DIR assigned to `shard_index` into OUT_DIR; resume what is already there.
+
+    With num_shards == 1 (every unit is this run's), dataset.json is written at the end; array tasks
+    leave that to `packsft merge`. Output bytes never depend on workers, num_shards or interruptions.
+    """
+    from packsft.outdir import incomplete_units, merge, prepare_plan, remove_temporaries, unit_complete
+    from packsft.parallel import UnitJob, pack_units, stop_on_signals
+
     started = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    units = plan_units(data_dir)
-    sources = [open_input(unit.path, config.format) for unit in units]  # fail on a bad file before writing
-    tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code)
-    if out_dir.resolve() == data_dir.resolve() or data_dir.resolve() in out_dir.resolve().parents:
-        raise OutputError(f"{out_dir}: OUT_DIR must not be inside DATA_DIR ({data_dir}); pick another folder")
-    prepare_output(out_dir, overwrite)
+    if not 0 <= shard_index < num_shards:
+        raise ConfigError(f"--shard-index {shard_index} must be in 0..{num_shards - 1} for --num-shards {num_shards}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    plan, tokenizer = make_plan(data_dir, out_dir, config, unit_bytes)
+    prepare_plan(out_dir, plan, overwrite)
+    units, fingerprints = plan.units, plan.fingerprints
 
-    total_rows = sum(source.num_rows for source in sources)
-    rejects = RejectLedger(strict=strict)
-    manifests = []
-    with tqdm(total=total_rows, unit="conv", desc="packing", disable=quiet, dynamic_ncols=True) as progress:
-        for unit, source in zip(units, sources):
-            chunks, counters = pack_unit(unit, source, config, tokenizer, rejects, progress)
-            manifest = {
-                "unit": unit.index,
-                "inputs": [{"path": unit.name, "bytes": unit.path.stat().st_size, "rows": source.num_rows}],
-                "tokenizer_fingerprint": tokenizer.fingerprint,
-                "config": config.to_dict(),
-                "counters": counters,
-            }
-            manifests.append(
-                write_shard(out_dir, unit.index, chunks, vocab_size=tokenizer.vocab_size,
-                            output_format=config.output_format, manifest=manifest)
-            )
-            rejects = RejectLedger(strict=strict, entries=rejects.entries)  # counts are per unit
-    atomic_write_bytes(out_dir / REJECTS_JSONL, rejects.to_jsonl().encode())
-    dataset = build_dataset_manifest(manifests, config, tokenizer, data_dir)
-    atomic_write_json(out_dir / DATASET_JSON, dataset)
-    return PackResult(out_dir, dataset, time.perf_counter() - started)
+    mine = assign_units(units, num_shards)[shard_index]
+    remove_temporaries(out_dir, mine)
+    todo = [units[i] for i in mine if not unit_complete(out_dir, i, fingerprints[i])]
+    if todo:
+        (out_dir / DATASET_JSON).unlink(missing_ok=True)  # the output is no longer complete
+    job = UnitJob(out_dir, config, strict, tokenizer.fingerprint)
+    with stop_on_signals(out_dir, plan):
+        pack_units(todo, [fingerprints[u.index] for u in todo], job, tokenizer, workers, quiet)
+    missing = incomplete_units(out_dir, plan)
+    dataset = merge(out_dir) if num_shards == 1 and not missing else None
+    return PackResult(out_dir, dataset, time.perf_counter() - started, len(todo), len(mine) - len(todo), len(missing))
 
 
 def build_dataset_manifest(
-    manifests: list[dict[str, Any]], config: PackConfig, tokenizer: PackTokenizer, data_dir: Path
+    manifests: list[dict[str, Any]], config: PackConfig, tokenizer: PackTokenizer | dict[str, Any], data_dir: Path
 ) -> dict[str, Any]:
+    """dataset.json from the shard manifests; `tokenizer` is a PackTokenizer or its identity()."""
+    identity = tokenizer.identity() if isinstance(tokenizer, PackTokenizer) else tokenizer
     counters: dict[str, Any] = {}
     for manifest in manifests:
         add_counters(counters, manifest["counters"])
@@ -281,9 +317,9 @@ def build_dataset_manifest(
         "packsft_version": packsft.__version__,
         "config": config.to_dict(),
         "data_dir": str(data_dir),
-        "tokenizer": tokenizer.identity(),
+        "tokenizer": identity,
         "seq_length": config.seq_length,
-        "dtype": str(storage_dtype(tokenizer.vocab_size)),
+        "dtype": str(storage_dtype(identity["vocab_size"])),
         "rows": rows,
         "tokens": rows * (config.seq_length + 1),
         "stats": summarize(counters, config.seq_length),

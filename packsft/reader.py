@@ -72,14 +72,20 @@ def read_conversations(
     source_filter: str | None = None,
     batch_size: int = 1024,
     display_name: str | None = None,
+    row_groups: tuple[int, int] | None = None,
 ) -> Iterator[tuple[list[Conversation], int]]:
-    """Yield (valid conversations, records filtered out by --source-filter) per record batch."""
+    """Yield (valid conversations, records filtered out by --source-filter) per record batch.
+
+    `row_groups` = [start, stop) reads only those row groups; row numbers stay those of the file.
+    """
     name = display_name or str(source.path)
     columns = [source.column] + ([SOURCE_COLUMN] if source.has_source else [])
     validate = validate_messages if data_format == "conversation" else validate_text
-    row = 0
+    metadata = source.parquet.metadata
+    start, stop = row_groups if row_groups is not None else (0, metadata.num_row_groups)
+    row = sum(metadata.row_group(i).num_rows for i in range(start))
     try:
-        for batch in source.parquet.iter_batches(batch_size=batch_size, columns=columns):
+        for batch in source.parquet.iter_batches(batch_size=batch_size, columns=columns, row_groups=list(range(start, stop))):
             values = batch.column(source.column).to_pylist()
             sources = batch.column(SOURCE_COLUMN).to_pylist() if source.has_source else [None] * len(values)
             conversations, filtered = [], 0

@@ -1,0 +1,142 @@
+"""The work plan: a deterministic list of units (file row-group ranges), and which shard does which.
+
+    DATA_DIR (sorted *.parquet)        units, unit_bytes = 150 MiB    array tasks (--num-shards 2)
+    a.parquet  300 MiB, 6 groups  ->   00000 a.parquet groups [0, 3)  -> task 0: 00000, 00003
+                                       00001 a.parquet groups [3, 6)  -> task 1: 00001, 00002
+    b.parquet   40 MiB, 1 group   ->   00002 b.parquet groups [0, 1)
+    c.parquet  100 MiB, 2 groups  ->   00003 c.parquet groups [0, 2)
+
+A file becomes ceil(bytes / unit_bytes) units of contiguous row groups with about equal compressed
+bytes (a row group is never split: it is parquet's unit of reading). The plan depends only on the
+input files and `unit_bytes`, never on how many workers or array tasks run it, so every way of
+running it writes the same shards. Each unit carries a fingerprint of everything that decides its
+bytes (tokenizer, resolved config, file size and mtime, row-group range): a shard whose manifest
+holds the same fingerprint is complete and is never packed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import packsft
+from packsft.config import PackConfig
+from packsft.reader import list_input_files, open_input
+
+# Compressed parquet bytes per unit. A unit is packed in memory (best-fit sees all of it), so this
+# bounds a worker's memory: 64 MiB of parquet is ~25M tokens, a few hundred MiB of arrays.
+DEFAULT_UNIT_BYTES = 64 << 20
+PLAN_JSON = "plan.json"
+PLAN_VERSION = 1
+# Config keys that change speed or memory but never the output bytes.
+NOT_IN_FINGERPRINT = ("batch_size",)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work: a range of row groups of one input file, and the shard it becomes."""
+
+    index: int
+    path: Path
+    name: str  # the path relative to DATA_DIR, as recorded in manifests
+    row_groups: tuple[int, int] | None = None  # [start, stop); None = the whole file
+    first_row: int = 0  # row number (in the file) of the unit's first row
+    rows: int = 0
+    bytes: int = 0  # compressed bytes of the unit's row groups
+    file_bytes: int = 0
+    file_mtime_ns: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["path"] = str(self.path)
+        record["row_groups"] = list(self.row_groups) if self.row_groups is not None else None
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Unit:
+        groups = record.get("row_groups")
+        return cls(**{**record, "path": Path(record["path"]), "row_groups": tuple(groups) if groups is not None else None})
+
+
+def split_row_groups(sizes: list[int], parts: int) -> list[tuple[int, int]]:
+    """Cut row groups (by their byte sizes) into `parts` contiguous ranges of about equal bytes."""
+    parts = max(1, min(parts, len(sizes)))
+    total = sum(sizes)
+    ranges, start, seen = [], 0, 0
+    for index, size in enumerate(sizes):
+        seen += size
+        remaining_groups = len(sizes) - index - 1
+        remaining_parts = parts - len(ranges) - 1
+        # Close the range once it reaches its share, keeping at least one group per later range.
+        if remaining_parts and (seen >= total * (len(ranges) + 1) / parts or remaining_groups == remaining_parts):
+            ranges.append((start, index + 1))
+            start = index + 1
+    ranges.append((start, len(sizes)))
+    return ranges
+
+
+def plan_units(data_dir: str | Path, data_format: str = "conversation", unit_bytes: int = DEFAULT_UNIT_BYTES) -> list[Unit]:
+    """The units of DATA_DIR: sorted files, each cut into row-group ranges of about unit_bytes."""
+    data_dir = Path(data_dir)
+    units: list[Unit] = []
+    for path in list_input_files(data_dir):
+        metadata = open_input(path, data_format).parquet.metadata  # schema checked before anything is written
+        stat = path.stat()
+        groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+        sizes = [sum(g.column(c).total_compressed_size for c in range(g.num_columns)) for g in groups]
+        rows = [g.num_rows for g in groups]
+        parts = max(1, math.ceil(sum(sizes) / unit_bytes))
+        for start, stop in split_row_groups(sizes, parts) if groups else [(0, 0)]:
+            units.append(
+                Unit(
+                    index=len(units), path=path, name=path.relative_to(data_dir).as_posix(),
+                    row_groups=(start, stop), first_row=sum(rows[:start]), rows=sum(rows[start:stop]),
+                    bytes=sum(sizes[start:stop]), file_bytes=stat.st_size, file_mtime_ns=stat.st_mtime_ns,
+                )
+            )
+    return units
+
+
+def fingerprint_config(config: PackConfig) -> dict[str, Any]:
+    return {key: value for key, value in config.to_dict().items() if key not in NOT_IN_FINGERPRINT}
+
+
+def unit_fingerprint(unit: Unit, config: PackConfig, tokenizer_fingerprint: str) -> str:
+    """sha256 of everything that decides a unit's shard bytes."""
+    payload = {
+        "format_version": packsft.FORMAT_VERSION,
+        "tokenizer": tokenizer_fingerprint,
+        "config": fingerprint_config(config),
+        "input": [unit.name, unit.file_bytes, unit.file_mtime_ns, unit.row_groups and list(unit.row_groups)],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def assign_units(units: list[Unit], num_shards: int) -> list[list[int]]:
+    """Unit indices per array task: largest unit first onto the least-loaded task (deterministic)."""
+    loads = [(0, task) for task in range(num_shards)]
+    tasks: list[list[int]] = [[] for _ in range(num_shards)]
+    for unit in sorted(units, key=lambda u: (-u.bytes, u.index)):
+        load, task = min(loads)
+        loads[task] = (load + unit.bytes, task)
+        tasks[task].append(unit.index)
+    return [sorted(indices) for indices in tasks]
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: SLURM's allocation when inside a job, else the affinity mask."""
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, math.floor(available_cpus() / workers))
