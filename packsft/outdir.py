@@ -146,14 +146,14 @@ def failed_path(out_dir: Path, index: int) -> Path:
     return out_dir / SHARDS_DIR / f"{FAILED_PREFIX}{shard_name(index)}"
 
 
-def resume_commands(out_dir: Path, plan: Plan, missing: list[int]) -> list[str]:
-    """Shell commands that redo only the missing units, then merge."""
+def resume_hint(out_dir: Path, plan: Plan, missing: list[int]) -> str:
+    """The command that packs only the missing units (and how dataset.json then gets written)."""
     if plan.slurm:
         tasks = assign_units(plan.units, plan.slurm["array_size"])
         wanted = [str(t) for t, indices in enumerate(tasks) if set(indices) & set(missing)]
-        return [f"sbatch --array={','.join(wanted)} {shlex.quote(plan.slurm['pack_script'])}",
-                f"packsft merge {shlex.quote(str(out_dir))}   # once those tasks have finished"]
-    return [shlex.join(["packsft", "pack", plan.data_dir, str(out_dir), *pack_flags(plan.pack_config(), plan.unit_bytes)])]
+        return (f"sbatch --array={','.join(wanted)} {shlex.quote(plan.slurm['pack_script'])}, then once those "
+                f"tasks finish: packsft merge {shlex.quote(str(out_dir))}")
+    return shlex.join(["packsft", "pack", plan.data_dir, str(out_dir), *pack_flags(plan.pack_config(), plan.unit_bytes)])
 
 
 def pack_flags(config: PackConfig, unit_bytes: int) -> list[str]:
@@ -186,7 +186,7 @@ def merge(out_dir: str | Path) -> dict[str, Any]:
     if missing:
         names = ", ".join(shard_name(i) for i in missing[:LISTED_UNITS])
         more = f" and {len(missing) - LISTED_UNITS} more" if len(missing) > LISTED_UNITS else ""
-        commands = "; ".join(resume_commands(out_dir, plan, missing))
+        commands = resume_hint(out_dir, plan, missing)
         raise IncompleteOutputError(
             f"{out_dir}: {len(missing)} of {len(plan.units)} units are not complete (units {names}{more}); "
             f"pack them with: {commands}"
@@ -225,7 +225,7 @@ class Status:
     failed: dict[int, str]  # unit -> why its last attempt failed (a subset of missing)
     running: list[int]  # missing units with a half-written folder: being packed now, or killed
     merged: bool
-    commands: list[str]
+    command: str  # packs only the missing units
 
     def format(self) -> str:
         lines = [f"{self.out_dir}: {len(self.done)} of {self.units} units done, {len(self.missing)} missing"
@@ -236,7 +236,7 @@ class Status:
             lines.append("  missing: " + ", ".join(shard_name(i) for i in self.missing[:LISTED_UNITS])
                          + (f" and {len(self.missing) - LISTED_UNITS} more" if len(self.missing) > LISTED_UNITS else ""))
             lines.append("to pack only the missing units:")
-            lines += [f"  {command}" for command in self.commands]
+            lines.append(f"  {self.command}")
         elif not self.merged:
             lines.append(f"all units done; write dataset.json with: packsft merge {shlex.quote(str(self.out_dir))}")
         else:
@@ -254,4 +254,4 @@ def status(out_dir: str | Path) -> Status:
     done = sorted(set(range(len(plan.units))) - set(missing))
     return Status(out_dir, len(plan.units), done, missing,
                   failed, running, (out_dir / DATASET_JSON).exists() and not missing,
-                  resume_commands(out_dir, plan, missing) if missing else [])
+                  resume_hint(out_dir, plan, missing) if missing else "")

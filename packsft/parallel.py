@@ -145,10 +145,10 @@ def stop_on_signals(out_dir: Path, plan: Plan) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt as stop:
-        from packsft.outdir import incomplete_units, resume_commands
+        from packsft.outdir import incomplete_units, resume_hint
 
         missing = incomplete_units(out_dir, plan)
-        how = "; ".join(resume_commands(out_dir, plan, missing)) if missing else f"packsft merge {shlex.quote(str(out_dir))}"
+        how = resume_hint(out_dir, plan, missing) if missing else f"packsft merge {shlex.quote(str(out_dir))}"
         raise PackInterrupted(
             f"stopped by {stop.args[0] if stop.args else 'SIGINT'}: {len(plan.units) - len(missing)} of "
             f"{len(plan.units)} units are complete and kept. Rerun the same command to resume ({how})"

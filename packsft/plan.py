@@ -64,20 +64,22 @@ class Unit:
 
 
 def split_row_groups(sizes: list[int], parts: int) -> list[tuple[int, int]]:
-    """Cut row groups (by their byte sizes) into `parts` contiguous ranges of about equal bytes."""
+    """Cut row groups (by their byte sizes) into `parts` contiguous ranges of about equal bytes.
+
+    Each cut goes to the group boundary nearest its ideal byte offset (k * total / parts), keeping
+    at least one group per range. O(groups x parts).
+    """
     parts = max(1, min(parts, len(sizes)))
-    total = sum(sizes)
-    ranges, start, seen = [], 0, 0
-    for index, size in enumerate(sizes):
-        seen += size
-        remaining_groups = len(sizes) - index - 1
-        remaining_parts = parts - len(ranges) - 1
-        # Close the range once it reaches its share, keeping at least one group per later range.
-        if remaining_parts and (seen >= total * (len(ranges) + 1) / parts or remaining_groups == remaining_parts):
-            ranges.append((start, index + 1))
-            start = index + 1
-    ranges.append((start, len(sizes)))
-    return ranges
+    before = [0]  # before[b] = bytes of groups [0, b)
+    for size in sizes:
+        before.append(before[-1] + size)
+    cuts = [0]
+    for k in range(1, parts):
+        ideal = before[-1] * k / parts
+        candidates = range(cuts[-1] + 1, len(sizes) - (parts - k) + 1)
+        cuts.append(min(candidates, key=lambda b: (abs(before[b] - ideal), b)))
+    cuts.append(len(sizes))
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 def plan_units(data_dir: str | Path, data_format: str = "conversation", unit_bytes: int = DEFAULT_UNIT_BYTES) -> list[Unit]:

@@ -80,6 +80,7 @@ def test_split_row_groups_balances_bytes_and_keeps_every_group():
     assert split_row_groups([1, 1, 1], 5) == [(0, 1), (1, 2), (2, 3)]
     assert split_row_groups([1, 1, 100], 3) == [(0, 1), (1, 2), (2, 3)]
     assert split_row_groups([7], 1) == [(0, 1)]
+    assert split_row_groups([1000, 1000, 209], 2) == [(0, 1), (1, 3)]  # nearest, not first past, the middle
 
 
 def test_plan_cuts_files_into_row_group_ranges(data_dir):
