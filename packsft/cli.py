@@ -80,7 +80,7 @@ def main() -> None:
 def unit_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """--unit-mib: how input files are cut into units (part of the plan: it decides the output bytes)."""
     return click.option(
-        "--unit-mib", type=click.FloatRange(min=0, min_open=True), default=64, show_default=True,
+        "--unit-mib", type=click.FloatRange(min=0, min_open=True), default=8, show_default=True,
         help="Compressed parquet MiB per work unit; larger files are cut into row-group ranges of about this size.",
     )(command)
 

@@ -73,8 +73,7 @@ class Plan:
 
     def identity(self) -> dict[str, Any]:
         """What a resumed run must share with the plan (inputs may change: changed units are redone)."""
-        config = {k: v for k, v in self.config.items() if k in fingerprint_config(PackConfig(**self.config))}
-        return {"data_dir": str(Path(self.data_dir).resolve()), "config": config,
+        return {"data_dir": str(Path(self.data_dir).resolve()), "config": fingerprint_config(self.pack_config()),
                 "tokenizer": self.tokenizer["fingerprint"], "unit_bytes": self.unit_bytes}
 
     def pack_config(self) -> PackConfig:
@@ -106,6 +105,8 @@ def prepare_plan(out_dir: Path, plan: Plan, overwrite: bool) -> None:
                 "Rerun with the same settings to resume it, or pass --overwrite to replace it"
             )
         plan.slurm = plan.slurm or earlier.slurm
+        if earlier.to_dict() == plan.to_dict():
+            return  # array tasks starting together find the plan `slurm submit` wrote: nothing to write
     elif (out_dir / DATASET_JSON).exists() or any(_shard_dirs(out_dir)):
         raise OutputError(f"{out_dir}: already holds a packsft output. Pass --overwrite to replace it")
     atomic_write_json(out_dir / PLAN_JSON, plan.to_dict())
@@ -134,11 +135,22 @@ def incomplete_units(out_dir: Path, plan: Plan) -> list[int]:
     return [u.index for u, f in zip(plan.units, plan.fingerprints) if not unit_complete(out_dir, u.index, f)]
 
 
+def temporaries(out_dir: Path) -> dict[int, list[Path]]:
+    """Half-written shard folders (shards/.tmp-NNNNN-PID) by unit index."""
+    found: dict[int, list[Path]] = {}
+    shards = out_dir / SHARDS_DIR
+    for path in shards.iterdir() if shards.is_dir() else []:
+        index = path.name[len(TMP_PREFIX):].split("-")[0]
+        if path.name.startswith(TMP_PREFIX) and index.isdigit():
+            found.setdefault(int(index), []).append(path)
+    return found
+
+
 def remove_temporaries(out_dir: Path, indices: list[int]) -> None:
     """Remove the half-written folders a killed run left for these units (only these: others may be running)."""
-    shards = out_dir / SHARDS_DIR
+    leftovers = temporaries(out_dir)
     for index in indices:
-        for tmp in shards.glob(f"{TMP_PREFIX}{shard_name(index)}-*"):
+        for tmp in leftovers.get(index, []):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -250,7 +262,8 @@ def status(out_dir: str | Path) -> Status:
     plan = read_plan(out_dir)
     missing = incomplete_units(out_dir, plan)
     failed = {i: failed_path(out_dir, i).read_text().strip() for i in missing if failed_path(out_dir, i).exists()}
-    running = [i for i in missing if any((out_dir / SHARDS_DIR).glob(f"{TMP_PREFIX}{shard_name(i)}-*"))]
+    leftovers = temporaries(out_dir)
+    running = [i for i in missing if i in leftovers]
     done = sorted(set(range(len(plan.units))) - set(missing))
     return Status(out_dir, len(plan.units), done, missing,
                   failed, running, (out_dir / DATASET_JSON).exists() and not missing,

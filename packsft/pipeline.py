@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -30,6 +30,9 @@ from packsft.split import PieceTable, split_long
 from packsft.stats import LENGTH_BIN, LENGTH_BINS, add_counters, summarize
 from packsft.tokenizer import PackTokenizer, load_tokenizer
 from packsft.writer import DATASET_JSON, REJECTS_JSONL, storage_dtype, write_shard
+
+if TYPE_CHECKING:
+    from packsft.outdir import Plan
 
 NO_SOURCE = "(none)"
 OMITTED_MARKER = "[… {n} tokens omitted] "
@@ -241,13 +244,16 @@ def write_unit(
                               output_format=config.output_format, manifest=manifest,
                               extra_files={REJECTS_JSONL: rejects.to_jsonl().encode()})
     except Exception as exc:
-        failed.write_text(f"{type(exc).__name__ if not isinstance(exc, PacksftError) else 'error'}: {exc}\n")
+        kind = "error" if isinstance(exc, PacksftError) else f"bug ({type(exc).__name__})"
+        failed.write_text(f"{kind}: {exc}\n")
         raise
     failed.unlink(missing_ok=True)
     return written
 
 
-def make_plan(data_dir: Path, out_dir: Path, config: PackConfig, unit_bytes: int = DEFAULT_UNIT_BYTES):
+def make_plan(
+    data_dir: Path, out_dir: Path, config: PackConfig, unit_bytes: int = DEFAULT_UNIT_BYTES
+) -> tuple[Plan, PackTokenizer]:
     """The plan of DATA_DIR for `config` (units and their fingerprints) and the loaded tokenizer."""
     from packsft.outdir import Plan
 

@@ -130,7 +130,7 @@ def submit(data_dir: str | Path, out_dir: str | Path, config: PackConfig, option
     from packsft.pipeline import make_plan
     from packsft.plan import DEFAULT_UNIT_BYTES
 
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir)  # the tasks may start elsewhere
     unit_bytes = unit_bytes or DEFAULT_UNIT_BYTES
     plan, _ = make_plan(data_dir, out_dir, config, unit_bytes)
     options = SlurmOptions(**{**options.__dict__, "array_size": max(1, min(options.array_size, len(plan.units)))})
