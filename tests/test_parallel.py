@@ -237,3 +237,20 @@ def test_sigkill_at_random_moments_then_rerun_writes_the_same_bytes(tmp_path, da
         run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES)
         assert_same_output(out, reference)
     assert killed_before_the_end >= 6  # the kills landed mid-run, not after it
+
+
+def test_cli_status_and_merge_on_a_partial_output(tmp_path, data_dir, config):
+    from click.testing import CliRunner
+
+    from packsft.cli import main
+
+    out = tmp_path / "out"
+    common = ["--tokenizer", config.tokenizer, "--seq-length", "256", "--unit-mib", "0.0038147", "-q"]
+    runner = CliRunner()
+    assert runner.invoke(main, ["pack", str(data_dir), str(out), *common, "--num-shards", "2", "--shard-index", "1"]).exit_code == 0
+    merged = runner.invoke(main, ["merge", str(out)])
+    assert merged.exit_code == 1 and "units are not complete" in merged.output
+    report = runner.invoke(main, ["status", str(out)])
+    assert report.exit_code == 0 and report.output.splitlines()[-2] == "to pack only the missing units:"
+    assert runner.invoke(main, ["pack", str(data_dir), str(out), *common, "--workers", "2"]).exit_code == 0
+    assert (out / "dataset.json").exists() and runner.invoke(main, ["merge", str(out)]).exit_code == 0

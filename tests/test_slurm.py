@@ -18,6 +18,7 @@ import pytest
 
 from packsft.config import PackConfig
 from packsft.pipeline import run_pack
+from packsft.slurm import SlurmOptions, array_task_from_env, write_scripts
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = 2  # ShareGPT shards: 2 x 3 row groups at --unit-mib 1 = 6 units for 4 array tasks
@@ -37,6 +38,35 @@ def slurm_env(tmp_path_factory):
     env = {**os.environ, "SLURM_CONF": str(state / "slurm.conf")}
     yield env
     subprocess.run([str(ROOT / ".ci" / "slurm-down.sh"), str(state)], check=True, timeout=60)
+
+
+def test_the_array_script_runs_this_python_on_its_task_shard(tmp_path):
+    pack, merge = write_scripts(Path("/data"), tmp_path / "out", ["--seq-length", "512"],
+                                SlurmOptions(array_size=4, partition="cpu", time="01:00:00", cpus_per_task=2, throttle=2))
+    lines = pack.read_text().splitlines()
+    assert lines[0] == "#!/bin/bash"
+    assert [line for line in lines if line.startswith("#SBATCH")] == [
+        "#SBATCH --array=0-3%2", "#SBATCH --job-name=packsft-pack", "#SBATCH --cpus-per-task=2",
+        f"#SBATCH --output={tmp_path}/out/slurm/logs/pack-%A_%a.log", "#SBATCH --open-mode=append",
+        "#SBATCH --requeue", "#SBATCH --partition=cpu", "#SBATCH --time=01:00:00",
+    ]
+    assert lines[-1] == (
+        f"exec {sys.executable} -m packsft pack /data {tmp_path}/out --seq-length 512 --num-shards 4 "
+        '--workers 1 --quiet --shard-index "$SLURM_ARRAY_TASK_ID"'
+    )
+    assert f"export PYTHONPATH={ROOT}${{PYTHONPATH:+:$PYTHONPATH}}" in lines
+    assert merge.read_text().splitlines()[-1] == f"exec {sys.executable} -m packsft merge {tmp_path}/out"
+    assert os.access(pack, os.X_OK) and os.access(merge, os.X_OK)
+
+
+def test_shard_defaults_come_from_the_array_task(monkeypatch):
+    monkeypatch.delenv("SLURM_ARRAY_TASK_COUNT", raising=False)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    assert array_task_from_env(None, None) == (1, 0)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    assert array_task_from_env(None, None) == (4, 2)
+    assert array_task_from_env(8, 5) == (8, 5)  # flags win
 
 
 def wait_for(jobs: list[str], env: dict[str, str]) -> None:
