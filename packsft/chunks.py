@@ -135,3 +135,14 @@ def labels_with_bos_and_user(chunks: Chunks, bos_id: int | None, user_id: int | 
     seg = start_at[label_pos]
     ok = (last_bos[context_end] >= seg) & (last_user[context_end] >= seg)
     return int(ok.sum())
+
+
+def empty_chunks(seq_length: int) -> Chunks:
+    """No rows (a unit whose input was skipped, or that held nothing to train)."""
+    return Chunks(
+        tokens=np.zeros((0, seq_length + 1), np.int64),
+        loss_mask=np.zeros((0, seq_length), np.uint8),
+        segment_lengths=np.zeros(0, np.int32),
+        row_segments=np.zeros(1, np.int64),
+        piece_rows=np.zeros(0, np.int64),
+    )

@@ -81,33 +81,131 @@ def main() -> None:
     """
 
 
+def unit_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--unit-mib: how input files are cut into units (part of the plan: it decides the output bytes)."""
+    return click.option(
+        "--unit-mib", type=click.FloatRange(min=0, min_open=True), default=8, show_default=True,
+        help="Compressed parquet MiB per work unit; larger files are cut into row-group ranges of about this size.",
+    )(command)
+
+
 @main.command()
 @click.argument("data_dir", type=click.Path())
 @click.argument("out_dir", type=click.Path())
 @pack_options
-@click.option("--overwrite", is_flag=True, help="Replace an earlier packsft output in OUT_DIR.")
+@unit_option
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Processes packing units in parallel; the tokenizer's threads are divided among them.")
+@click.option("--num-shards", type=click.IntRange(min=1), help="Split the units among this many independent runs (array tasks). [default: $SLURM_ARRAY_TASK_COUNT or 1]")
+@click.option("--shard-index", type=click.IntRange(min=0), help="Which of the --num-shards runs this is. [default: $SLURM_ARRAY_TASK_ID or 0]")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier packsft output in OUT_DIR (without it, a run with the same settings resumes).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping and counting it.")
 @click.option("--skip-bad-files", is_flag=True, help="Skip unreadable input files (listed in dataset.json) instead of stopping.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
 @user_errors
 def pack(data_dir: str, out_dir: str, config_file: str | None, overwrite: bool, strict: bool, skip_bad_files: bool,
-         quiet: bool, data_format: str | None, **flags: Any) -> None:
+         quiet: bool, data_format: str | None, unit_mib: float, workers: int, num_shards: int | None,
+         shard_index: int | None, **flags: Any) -> None:
     """Read conversations under DATA_DIR, render, pack and write chunks to OUT_DIR.
+
+    Rerunning the same command resumes: complete units are kept, the rest are packed. With
+    --num-shards/--shard-index (or inside a SLURM array) only that run's units are packed and
+    `packsft merge` writes dataset.json once all are done.
 
     Example:
 
-        packsft pack data/ out/ --tokenizer ./tok --strategy bestfit --mask assistant_only
+        packsft pack data/ out/ --tokenizer ./tok --strategy bestfit --mask assistant_only --workers 4
         packsft pack chats/ out/ --tokenizer ./qwen3 --template chat --input-format sharegpt
     """
     from packsft.pipeline import run_pack
+    from packsft.slurm import array_task_from_env
     from packsft.stats import format_summary
 
     config = resolve_config(config_file, format=data_format, **flags)
-    result = run_pack(data_dir, out_dir, config, overwrite=overwrite, quiet=quiet, strict=strict,
+    num_shards, shard_index = array_task_from_env(num_shards, shard_index)
+    result = run_pack(data_dir, out_dir, config, overwrite=overwrite, quiet=quiet, strict=strict, workers=workers,
+                      num_shards=num_shards, shard_index=shard_index, unit_bytes=round(unit_mib * (1 << 20)),
                       skip_bad_files=skip_bad_files)
-    if not quiet:
+    if quiet:
+        return
+    if result.dataset is not None:
         click.echo(format_summary(result.dataset))
-        click.echo(f"wrote {result.out_dir} in {result.seconds:.1f}s")
+        click.echo(f"wrote {result.out_dir} in {result.seconds:.1f}s ({result.packed} units packed, {result.skipped} already done)")
+    else:
+        click.echo(f"packed {result.packed} units ({result.skipped} already done) in {result.seconds:.1f}s; "
+                   f"{result.missing} units of other shards remain. When all are done: packsft merge {out_dir}")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path())
+@user_errors
+def merge(out_dir: str) -> None:
+    """Check every planned unit of OUT_DIR is complete and write dataset.json (metadata only, no copying).
+
+    Example:
+
+        packsft merge out/
+    """
+    from packsft.outdir import merge as merge_output
+    from packsft.stats import format_summary
+
+    click.echo(format_summary(merge_output(out_dir)))
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path())
+@user_errors
+def status(out_dir: str) -> None:
+    """Units done, missing and failed in OUT_DIR, and the command that packs only the missing ones.
+
+    Example:
+
+        packsft status out/
+    """
+    from packsft.outdir import status as output_status
+
+    click.echo(output_status(out_dir).format())
+
+
+@main.group(context_settings=CONTEXT_SETTINGS)
+def slurm() -> None:
+    """Pack on a SLURM cluster: a job array over the units plus a merge job.
+
+    Example:
+
+        packsft slurm submit data/ out/ --tokenizer ./tok --array-size 16 --partition cpu
+    """
+
+
+@slurm.command()
+@click.argument("data_dir", type=click.Path())
+@click.argument("out_dir", type=click.Path())
+@pack_options
+@unit_option
+@click.option("--array-size", type=click.IntRange(min=1), required=True, help="Array tasks (at most one per unit).")
+@click.option("--partition", help="SLURM partition for both jobs.")
+@click.option("--time", "time_limit", help="Time limit per task, e.g. 02:00:00.")
+@click.option("--cpus-per-task", type=click.IntRange(min=1), default=1, show_default=True, help="CPUs per array task.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Processes per array task (each gets cpus-per-task / workers tokenizer threads).")
+@click.option("--throttle", type=click.IntRange(min=1), help="At most this many array tasks run at once (sbatch --array=...%N).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier packsft output in OUT_DIR.")
+@user_errors
+def submit(data_dir: str, out_dir: str, config_file: str | None, data_format: str | None, unit_mib: float,
+           array_size: int, partition: str | None, time_limit: str | None, cpus_per_task: int, workers: int,
+           throttle: int | None, overwrite: bool, **flags: Any) -> None:
+    """Write OUT_DIR/slurm/*.sbatch, submit the pack array and an afterok merge job, print their ids.
+
+    Example:
+
+        packsft slurm submit data/ out/ --tokenizer ./tok --array-size 16 --cpus-per-task 8 --workers 2
+    """
+    from packsft.slurm import SlurmOptions
+    from packsft.slurm import submit as submit_jobs
+
+    config = resolve_config(config_file, format=data_format, **flags)
+    options = SlurmOptions(array_size, partition, time_limit, cpus_per_task, throttle, workers)
+    job = submit_jobs(data_dir, out_dir, config, options, unit_bytes=round(unit_mib * (1 << 20)), overwrite=overwrite)
+    click.echo(f"submitted pack array {job.pack_job} ({job.pack_script}) and merge job {job.merge_job} (afterok)")
+    click.echo(f"watch: squeue -j {job.pack_job},{job.merge_job}   |   packsft status {out_dir}")
 
 
 @main.command()

@@ -189,13 +189,17 @@ def read_conversations(
     source_filter: str | None = None,
     batch_size: int = 1024,
     display_name: str | None = None,
+    row_groups: tuple[int, int] | None = None,
 ) -> Iterator[tuple[list[Conversation], int]]:
-    """Yield (valid conversations, records filtered out by --source-filter) per batch of records."""
+    """Yield (valid conversations, records filtered out by --source-filter) per batch of records.
+
+    `row_groups` = [start, stop) reads only those parquet row groups; row numbers stay those of the file.
+    """
     name = display_name or str(source.path)
     validate = _validator(source)
     batch: list[Conversation] = []
     filtered = 0
-    for row, value, origin in _raw_records(source, name, batch_size):
+    for row, value, origin in _raw_records(source, name, batch_size, row_groups):
         source.rows_read = row + 1
         if source_filter is not None and origin != source_filter:
             filtered += 1
@@ -221,14 +225,19 @@ class _BadRecord:
     record: Any
 
 
-def _raw_records(source: InputFile, name: str, batch_size: int) -> Iterator[tuple[int, Any, Any]]:
+def _raw_records(
+    source: InputFile, name: str, batch_size: int, row_groups: tuple[int, int] | None = None
+) -> Iterator[tuple[int, Any, Any]]:
     """(row, field value, source value) of every record, parquet or JSON Lines."""
     column = source.column
     if source.parquet is not None:
         columns = [column] + ([SOURCE_COLUMN] if source.has_source else [])
-        row = 0
+        metadata = source.parquet.metadata
+        start, stop = row_groups if row_groups is not None else (0, metadata.num_row_groups)
+        row = sum(metadata.row_group(i).num_rows for i in range(start))
+        groups = list(range(start, stop))
         try:
-            for batch in source.parquet.iter_batches(batch_size=batch_size, columns=columns):
+            for batch in source.parquet.iter_batches(batch_size=batch_size, columns=columns, row_groups=groups):
                 values = batch.column(column).to_pylist()
                 origins = batch.column(SOURCE_COLUMN).to_pylist() if source.has_source else [None] * len(values)
                 for value, origin in zip(values, origins):
@@ -237,6 +246,8 @@ def _raw_records(source: InputFile, name: str, batch_size: int) -> Iterator[tupl
         except (pa.ArrowException, OSError) as exc:
             raise InputError(f"{name}: failed while reading row {row} ({_first_line(exc)})") from None
         return
+    if row_groups is not None:
+        raise InputError(f"{name}: JSON Lines files have no row groups; they are read whole")
     for row, record in _json_lines(source.path):
         if not isinstance(record, dict):
             yield row, _BadRecord(f"record is not a JSON object (got {type(record).__name__})", record), None

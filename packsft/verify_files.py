@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from packsft.writer import ARRAY_FILES, MANIFEST_JSON, PARQUET_FILE, SHARDS_DIR, sha256_file, shard_name
 
 EXPECTED_FILES = {"npy": ARRAY_FILES, "parquet": (PARQUET_FILE,), "both": (*ARRAY_FILES, PARQUET_FILE)}
-MANIFEST_FIELDS = ("rows", "inputs", "files")  # fields a manifest shares with its dataset.json entry
+MANIFEST_FIELDS = ("rows", "inputs", "files", "fingerprint")  # fields a manifest shares with its dataset.json entry
 
 
 @dataclass
@@ -65,8 +65,8 @@ def check_shard_files(
     manifest = _read_manifest(folder, problems)
     if manifest is not None:
         for key in MANIFEST_FIELDS:
-            if manifest.get(key) != entry[key]:
-                problems.append((MANIFEST_JSON, f"{key} disagrees with dataset.json{_first_difference(manifest.get(key), entry[key])}"))
+            if manifest.get(key) != entry.get(key):
+                problems.append((MANIFEST_JSON, f"{key} disagrees with dataset.json{_first_difference(manifest.get(key), entry.get(key))}"))
         unit = manifest.get("unit")
         if type(unit) is not int or shard_name(unit) != entry["name"]:
             problems.append((MANIFEST_JSON, f"unit is {_short(unit)}, the shard is {entry['name']}"))

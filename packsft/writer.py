@@ -132,8 +132,13 @@ def write_shard(
     vocab_size: int,
     output_format: str,
     manifest: dict[str, Any],
+    extra_files: dict[str, bytes] | None = None,
 ) -> dict[str, Any]:
-    """Write one shard folder atomically and return its manifest (with file hashes)."""
+    """Write one shard folder atomically and return its manifest (with file hashes).
+
+    `extra_files` (name -> bytes, e.g. the unit's rejects.jsonl) are written into the folder too,
+    before it is renamed into place, but are not listed in the manifest's `files`.
+    """
     final = out_dir / SHARDS_DIR / shard_name(index)
     tmp = out_dir / SHARDS_DIR / f".tmp-{shard_name(index)}-{os.getpid()}"
     dtype = storage_dtype(vocab_size)
@@ -158,6 +163,8 @@ def write_shard(
             write_parquet(tmp / PARQUET_FILE, tokens, chunks)
             path = tmp / PARQUET_FILE
             files[PARQUET_FILE] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
         full = {**manifest, "shard": shard_name(index), "rows": chunks.rows, "dtype": str(dtype), "files": files}
         atomic_write_json(tmp / MANIFEST_JSON, full)
         if final.exists():

@@ -187,11 +187,14 @@ def test_refuses_a_foreign_non_empty_out_dir_even_with_overwrite(data_dir, tmp_p
     assert (out / "precious.txt").read_text() == "keep me"
 
 
-def test_existing_output_needs_overwrite(data_dir, tmp_path, demo_tokenizer_dir):
+def test_existing_output_resumes_with_the_same_settings_and_needs_overwrite_for_others(data_dir, tmp_path, demo_tokenizer_dir):
     out = tmp_path / "out"
     assert pack(data_dir, out, demo_tokenizer_dir)[0] == 0
-    assert "Pass --overwrite" in _error(*pack(data_dir, out, demo_tokenizer_dir))
-    assert pack(data_dir, out, demo_tokenizer_dir, "--overwrite")[0] == 0
+    assert pack(data_dir, out, demo_tokenizer_dir)[0] == 0  # the same settings: nothing to redo
+    message = _error(*pack(data_dir, out, demo_tokenizer_dir, "--strategy", "aligned"))
+    assert "made differently (long 'split' -> 'truncate', strategy 'bestfit' -> 'aligned')" in message
+    assert "pass --overwrite to replace it" in message
+    assert pack(data_dir, out, demo_tokenizer_dir, "--strategy", "aligned", "--overwrite")[0] == 0
 
 
 def test_stats_on_incomplete_output(tmp_path):
@@ -241,4 +244,4 @@ def test_parquet_export_matches_the_arrays(data_dir, tmp_path, demo_tokenizer_di
 def test_parquet_only_output(data_dir, tmp_path, demo_tokenizer_dir):
     out = tmp_path / "out"
     assert pack(data_dir, out, demo_tokenizer_dir, "--output-format", "parquet")[0] == 0
-    assert sorted(p.name for p in (out / "shards" / "00000").iterdir()) == ["chunks.parquet", "manifest.json"]
+    assert sorted(p.name for p in (out / "shards" / "00000").iterdir()) == ["chunks.parquet", "manifest.json", "rejects.jsonl"]

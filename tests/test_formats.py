@@ -286,7 +286,7 @@ def test_a_bad_file_is_an_error_naming_it(tmp_path, demo_tokenizer_dir, name, co
     assert dataset["stats"]["files_skipped"] == 1 and dataset["stats"]["conversations_packed"] == 4
 
 
-def test_skipped_files_are_in_the_summary_and_leave_no_shard(tmp_path, demo_tokenizer_dir):
+def test_skipped_files_are_in_the_summary_and_leave_an_empty_shard(tmp_path, demo_tokenizer_dir):
     write_conversations(tmp_path / "d" / "a.parquet", [smoltalk(t) for t in TURNS])
     write_jsonl(tmp_path / "d" / "b.jsonl", [smoltalk(TURNS[0]), {"messages": None}], raw_lines={2: "{oops"})
     result = CliRunner().invoke(main, ["pack", str(tmp_path / "d"), str(tmp_path / "out"), "--tokenizer",
@@ -295,7 +295,9 @@ def test_skipped_files_are_in_the_summary_and_leave_no_shard(tmp_path, demo_toke
     assert "files skipped 1 (unreadable; see skipped_files in dataset.json)" in result.output
     assert f"packsft: skipping bad file: {tmp_path / 'd' / 'b.jsonl'}: line 3 is not valid JSON" in result.stderr
     dataset = json.loads((tmp_path / "out" / "dataset.json").read_text())
-    assert [shard["name"] for shard in dataset["shards"]] == ["00000"]
+    # The broken file's unit is complete but empty (so a rerun resumes instead of retrying it).
+    assert [(shard["name"], shard["rows"]) for shard in dataset["shards"]][1] == ("00001", 0)
+    assert [entry["path"] for entry in dataset["skipped_files"]] == ["b.jsonl"]
     assert dataset["stats"]["records_rejected"] == 0  # the skipped file's rejects are dropped with it
     assert (tmp_path / "out" / "rejects.jsonl").read_text() == ""
     tokens = np.load(tmp_path / "out" / "shards" / "00000" / ARRAY_FILES[0])
