@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from packsft.pack import Packing, linear_rows
-from packsft.render import concat_ranges
 from packsft.split import PieceTable
 
 
@@ -38,7 +37,10 @@ class Chunks:
 
 
 def build_chunks(pieces: PieceTable, packing: Packing, seq_length: int, pad_id: int) -> Chunks:
-    """Copy the pieces into rows as the packing says; the rest of each row is pad (mask 0)."""
+    """Copy the pieces into rows as the packing says; the rest of each row is pad (mask 0).
+
+    One slice copy per piece: a few thousand per unit, far cheaper than gathering token by token.
+    """
     capacity = seq_length + 1
     rows = packing.rows
     lengths = pieces.lengths[packing.order]
@@ -48,14 +50,12 @@ def build_chunks(pieces: PieceTable, packing: Packing, seq_length: int, pad_id: 
     run = np.cumsum(lengths) - lengths
     row_base = np.repeat(run[packing.row_offsets[:-1]] if rows else np.zeros(0, np.int64), pieces_per_row)
     columns = run - row_base
-    dest = concat_ranges(piece_rows * capacity + columns, lengths)
-    src = concat_ranges(pieces.offsets[packing.order], lengths)
-    tokens = np.full(rows * capacity, pad_id, np.int64)
-    flags = np.zeros(rows * capacity, np.uint8)
-    tokens[dest] = pieces.ids[src]
-    flags[dest] = pieces.flags[src]
-    tokens = tokens.reshape(rows, capacity)
-    flags = flags.reshape(rows, capacity)
+    tokens = np.full((rows, capacity), pad_id, np.int64)
+    flags = np.zeros((rows, capacity), np.uint8)
+    starts = pieces.offsets[packing.order]
+    for row, column, start, length in zip(piece_rows.tolist(), columns.tolist(), starts.tolist(), lengths.tolist()):
+        tokens[row, column : column + length] = pieces.ids[start : start + length]
+        flags[row, column : column + length] = pieces.flags[start : start + length]
     return Chunks(
         tokens=tokens,
         loss_mask=np.ascontiguousarray(flags[:, 1:]),
@@ -112,29 +112,38 @@ def segment_starts(chunks_segment_lengths: np.ndarray, row_segments: np.ndarray)
 
 
 def labels_with_bos_and_user(chunks: Chunks, bos_id: int | None, user_id: int | None) -> int | None:
-    """Trained labels that have a BOS and a user role token before them in their own segment."""
+    """Trained labels that have a BOS and a user role token before them in their own segment.
+
+    Per segment: find its first BOS and first user token (there are few of these, so only their
+    positions are searched), then count the trained labels after both with a cumulative sum.
+    """
     if bos_id is None or user_id is None or not chunks.rows:
         return None
     capacity = chunks.tokens.shape[1]
     flat = chunks.tokens.reshape(-1)
-    positions = np.arange(len(flat), dtype=np.int64)
     counts = np.diff(chunks.row_segments)
     seg_rows = np.repeat(np.arange(chunks.rows, dtype=np.int64), counts)
     seg_start = seg_rows * capacity + segment_starts(chunks.segment_lengths, chunks.row_segments)
-    # Segment start of every position (pads inherit the last segment; they are never trained).
-    start_at = np.full(len(flat), -1, np.int64)
-    start_at[seg_start] = seg_start
-    start_at = np.maximum.accumulate(start_at)
-    last_bos = np.maximum.accumulate(np.where(flat == bos_id, positions, -1))
-    last_user = np.maximum.accumulate(np.where(flat == user_id, positions, -1))
-    # Label tokens[r, i+1] sees context tokens[r, :i+1]: check at the context end i, in the label's segment.
-    mask = np.zeros(len(flat), bool)
-    mask.reshape(chunks.rows, capacity)[:, 1:] = chunks.loss_mask.astype(bool)
-    label_pos = np.flatnonzero(mask)
-    context_end = label_pos - 1
-    seg = start_at[label_pos]
-    ok = (last_bos[context_end] >= seg) & (last_user[context_end] >= seg)
-    return int(ok.sum())
+    seg_end = seg_start + chunks.segment_lengths
+    if not len(seg_start):
+        return 0
+
+    def first_in_segment(token_id: int) -> np.ndarray:
+        """Position of the first `token_id` in each segment, or the segment end when it has none."""
+        at = np.flatnonzero(flat == token_id)
+        segment = np.searchsorted(seg_start, at, side="right") - 1
+        inside = (segment >= 0) & (at < seg_end[np.maximum(segment, 0)])
+        first = seg_end.copy()
+        np.minimum.at(first, segment[inside], at[inside])
+        return first
+
+    # Label tokens[r, j] (j >= 1) sees tokens[r, :j]: it counts when both markers sit before j.
+    after = np.maximum(first_in_segment(bos_id), first_in_segment(user_id)) + 1
+    trained = np.zeros((chunks.rows, capacity), np.int64)
+    trained[:, 1:] = chunks.loss_mask
+    cumulative = np.concatenate([[0], np.cumsum(trained.reshape(-1))])
+    after = np.minimum(after, seg_end)
+    return int((cumulative[seg_end] - cumulative[after]).sum())
 
 
 def empty_chunks(seq_length: int) -> Chunks:

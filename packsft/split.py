@@ -85,44 +85,60 @@ def split_long(
     counts = SplitCounts()
     out_ids: list[np.ndarray] = []
     out_flags: list[np.ndarray] = []
-    out_conv: list[int] = []
+    out_lengths: list[np.ndarray] = []
+    out_conv: list[np.ndarray] = []
     prompted = _prompted_flags(batch)
-    for c in range(len(batch)):
-        start, end = int(batch.conv_offsets[c]), int(batch.conv_offsets[c + 1])
-        if end - start <= capacity:
-            out_ids.append(batch.ids[start:end])
-            out_flags.append(batch.flags[start:end])
-            out_conv.append(c)
-            counts.prompted_labels += int(prompted[start + 1 : end].sum())
-            counts.prompted_labels_complete += int(prompted[start + 1 : end].sum())
-            continue
+    prompted_cum = np.concatenate([[0], np.cumsum(prompted, dtype=np.int64)])
+    offsets, lengths = batch.conv_offsets, batch.lengths
+
+    def add_run(first: int, stop: int) -> None:
+        """Conversations first..stop-1 fit whole: one contiguous slice of the batch, no copy per piece."""
+        if first >= stop:
+            return
+        lo, hi = int(offsets[first]), int(offsets[stop])
+        out_ids.append(batch.ids[lo:hi])
+        out_flags.append(batch.flags[lo:hi])
+        out_lengths.append(lengths[first:stop])
+        out_conv.append(np.arange(first, stop, dtype=np.int64))
+        # A piece's first token is never a label (it starts the segment).
+        labels = int((prompted_cum[offsets[first + 1 : stop + 1]] - prompted_cum[offsets[first:stop] + 1]).sum())
+        counts.prompted_labels += labels
+        counts.prompted_labels_complete += labels
+
+    def add_piece(c: int, ids: np.ndarray, flags: np.ndarray) -> None:
+        out_ids.append(ids)
+        out_flags.append(flags)
+        out_lengths.append(np.asarray([len(ids)], np.int64))
+        out_conv.append(np.asarray([c], np.int64))
+
+    previous = 0
+    for c in np.flatnonzero(lengths > capacity).tolist():
+        add_run(previous, c)
+        previous = c + 1
+        start = int(offsets[c])
         if policy == "drop":
             counts.conversations_dropped_long += 1
             counts.per_conv_truncated.append(c)
-            continue
-        if policy == "truncate":
-            out_ids.append(batch.ids[start : start + capacity])
-            out_flags.append(batch.flags[start : start + capacity])
-            out_conv.append(c)
+        elif policy == "truncate":
+            add_piece(c, batch.ids[start : start + capacity], batch.flags[start : start + capacity])
             counts.conversations_truncated += 1
             counts.per_conv_truncated.append(c)
-            kept = int(prompted[start + 1 : start + capacity].sum())
+            kept = int(prompted_cum[start + capacity] - prompted_cum[start + 1])
             counts.prompted_labels += kept
             counts.prompted_labels_complete += kept
-            continue
-        pieces = _ConversationSplitter(batch, c, capacity, marker, prompted, counts, fill_cut).split()
-        counts.conversations_split += 1
-        counts.pieces_split += len(pieces)
-        for ids, flags in pieces:
-            out_ids.append(ids)
-            out_flags.append(flags)
-            out_conv.append(c)
-    lengths = np.fromiter(map(len, out_ids), np.int64, len(out_ids))
+        else:
+            pieces = _ConversationSplitter(batch, c, capacity, marker, prompted, counts, fill_cut).split()
+            counts.conversations_split += 1
+            counts.pieces_split += len(pieces)
+            for ids, flags in pieces:
+                add_piece(c, ids, flags)
+    add_run(previous, len(batch))
+    piece_lengths = np.concatenate(out_lengths) if out_lengths else np.zeros(0, np.int64)
     table = PieceTable(
         ids=np.concatenate(out_ids) if out_ids else np.zeros(0, np.int64),
         flags=np.concatenate(out_flags) if out_flags else np.zeros(0, np.uint8),
-        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        conv=np.asarray(out_conv, np.int64),
+        offsets=np.concatenate([[0], np.cumsum(piece_lengths)]).astype(np.int64),
+        conv=np.concatenate(out_conv) if out_conv else np.zeros(0, np.int64),
     )
     return table, counts
 

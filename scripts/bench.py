@@ -132,7 +132,8 @@ def bench_packing_stage(data_dir: Path) -> tuple[float, float]:
     from packsft.chunks import build_chunks
     from packsft.config import PackConfig
     from packsft.pack import pack_bestfit
-    from packsft.pipeline import plan_units, render_batch
+    from packsft.pipeline import render_batch
+    from packsft.plan import plan_units
     from packsft.reader import open_input, read_conversations
     from packsft.records import RejectLedger
     from packsft.render import RenderedBatch
@@ -145,7 +146,8 @@ def bench_packing_stage(data_dir: Path) -> tuple[float, float]:
     for unit in plan_units(data_dir):
         started = time.perf_counter()
         source = open_input(unit.path, "conversation")
-        batches = [render_batch(convs, tokenizer, config) for convs, _ in read_conversations(source, "conversation", RejectLedger())]
+        batches = [render_batch(convs, tokenizer, config)
+                   for convs, _ in read_conversations(source, "conversation", RejectLedger())]
         batch = RenderedBatch.concat(batches)
         batch = batch.select(batch.trainable_per_conversation() > 0)
         stage = time.perf_counter()
