@@ -94,7 +94,7 @@ def unit_option(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.argument("out_dir", type=click.Path())
 @pack_options
 @unit_option
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Processes packing units in parallel; the tokenizer's threads are divided among them.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Processes packing units in parallel (the tokenizer's threads are divided among them); 0 = one per CPU for inputs of 4 MiB or more, else 1. Output bytes do not depend on it.")
 @click.option("--num-shards", type=click.IntRange(min=1), help="Split the units among this many independent runs (array tasks). [default: $SLURM_ARRAY_TASK_COUNT or 1]")
 @click.option("--shard-index", type=click.IntRange(min=0), help="Which of the --num-shards runs this is. [default: $SLURM_ARRAY_TASK_ID or 0]")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier packsft output in OUT_DIR (without it, a run with the same settings resumes).")

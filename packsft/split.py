@@ -127,7 +127,7 @@ def split_long(
             counts.prompted_labels += kept
             counts.prompted_labels_complete += kept
         else:
-            pieces = _ConversationSplitter(batch, c, capacity, marker, prompted, counts, fill_cut).split()
+            pieces = _ConversationSplitter(batch, c, capacity, marker, prompted_cum, counts, fill_cut).split()
             counts.conversations_split += 1
             counts.pieces_split += len(pieces)
             for ids, flags in pieces:
@@ -172,15 +172,44 @@ def prompt_starts(batch: RenderedBatch) -> np.ndarray:
 
 
 def _prompted_flags(batch: RenderedBatch) -> np.ndarray:
-    """Per token: 1 where the token is trained and a user message prompts its turn."""
-    return ((prompt_starts(batch) >= 0) & batch.flags.astype(bool)).astype(np.uint8)
+    """Per token: 1 where the token is trained and a user message prompts its turn.
+
+    Same rule as `prompt_starts(batch) >= 0`, built cheaply: each conversation is tiled as
+    [head][message]...[message][tail], every tile gets one value, and one np.repeat spreads them.
+    """
+    n, msgs = len(batch), len(batch.msg_roles)
+    if not n or not msgs:
+        return ((prompt_starts(batch) >= 0) & batch.flags.astype(bool)).astype(np.uint8)
+    counts = np.diff(batch.conv_msg_offsets)
+    if (counts == 0).any():  # a conversation without messages: use the general rule
+        return ((prompt_starts(batch) >= 0) & batch.flags.astype(bool)).astype(np.uint8)
+    msg_conv = np.repeat(np.arange(n), counts)
+    is_user = batch.msg_roles == USER_CODE
+    user_cum = np.concatenate([[0], np.cumsum(is_user)])
+    first, last = batch.conv_msg_offsets[:-1], batch.conv_msg_offsets[1:] - 1
+    has_prompt = (user_cum[:-1] - user_cum[first][msg_conv]) > 0
+    eos_prompt = (user_cum[last + 1] - user_cum[first]) > 0
+    tiles = msgs + 2 * n
+    value = np.zeros(tiles, np.uint8)
+    length = np.zeros(tiles, np.int64)
+    msg_tile = np.arange(msgs) + 2 * msg_conv + 1
+    value[msg_tile] = has_prompt
+    length[msg_tile] = batch.msg_ends - batch.msg_starts
+    head_tile = first + 2 * np.arange(n)
+    length[head_tile] = batch.msg_starts[first] - batch.conv_offsets[:-1]
+    tail_tile = last + 2 * np.arange(n) + 2
+    value[tail_tile] = eos_prompt
+    length[tail_tile] = batch.conv_offsets[1:] - batch.msg_ends[last]
+    return np.repeat(value, length) & batch.flags
 
 
 class _ConversationSplitter:
     """Greedy splitting of one conversation (see the module docstring)."""
 
-    def __init__(self, batch, conv, capacity, marker, prompted, counts, fill_cut):
-        self.batch, self.capacity, self.marker, self.prompted, self.counts = batch, capacity, marker, prompted, counts
+    def __init__(self, batch, conv, capacity, marker, prompted_cum, counts, fill_cut):
+        self.batch, self.capacity, self.marker, self.counts = batch, capacity, marker, counts
+        # Prefix sums of the per-token "trained and prompted" flags: labels in [lo, hi) in O(1).
+        self.prompted_cum = prompted_cum
         self.fill_cut = fill_cut
         self.start, self.end = int(batch.conv_offsets[conv]), int(batch.conv_offsets[conv + 1])
         self.msgs = list(range(int(batch.conv_msg_offsets[conv]), int(batch.conv_msg_offsets[conv + 1])))
@@ -211,11 +240,11 @@ class _ConversationSplitter:
         if zero:
             flags = np.zeros(hi - lo, np.uint8)
         else:
-            labels = int(self.prompted[lo:hi].sum())
+            labels = int(self.prompted_cum[hi] - self.prompted_cum[lo])
             if zero_first and flags[0]:
                 flags = flags.copy()
                 flags[0] = 0
-                labels -= int(self.prompted[lo])
+                labels -= int(self.prompted_cum[lo + 1] - self.prompted_cum[lo])
             self.counts.prompted_labels += labels
             if self.prompt_whole:
                 self.counts.prompted_labels_complete += labels

@@ -235,3 +235,14 @@ def test_unprompted_mask_gives_every_trained_label_bos_and_a_question(spec, seq_
     chunks, _ = pack(batch, "bestfit", seq_length, "split", fill_cut)
     assert chunks.loss_mask.sum() == batch.flags.sum()
     assert labels_with_bos_and_user(chunks, BOS, USR) == chunks.loss_mask.sum()
+
+
+@settings(max_examples=100, deadline=None)
+@given(conversations_st, st.sampled_from(["keep", "mask"]), st.sampled_from(["all", "assistant_only"]))
+def test_fast_prompted_flags_follow_the_prompt_rule(spec, unprompted, mask):
+    from packsft.split import _prompted_flags, prompt_starts
+
+    conversations = [conversation(lengths, system, first) for lengths, system, first in spec]
+    batch = render_roles(conversations, FakeTokenizer(), mask=mask, unprompted=unprompted)
+    expected = ((prompt_starts(batch) >= 0) & batch.flags.astype(bool)).astype(np.uint8)
+    assert _prompted_flags(batch).tolist() == expected.tolist()
