@@ -30,10 +30,12 @@ DATA = SHARED / "data" / "sharegpt"
 GPT2 = SHARED / "tokenizers" / "gpt2"
 SEQ = 2048
 
+# Runs use the CLI's default --workers 0 (a process per CPU for inputs >= 4 MiB) unless they say otherwise.
 RUNS = [
     ("linear", "all", []),
     ("aligned", "assistant_only", []),
     ("bestfit", "assistant_only", ["--turn-cut", "0"]),
+    ("bestfit", "assistant_only", ["--workers", "1"]),
     ("bestfit", "assistant_only", []),
     ("bestfit", "assistant_only", ["--unprompted", "mask"]),
 ]
@@ -218,6 +220,8 @@ def main() -> None:
         "",
         "Wall time is the whole `packsft pack` process (Python start-up, tokenizer load, reading, rendering,",
         "packing, writing, hashing). tokens/s counts rendered tokens (content plus BOS, role tokens and EOS).",
+        "Runs without `--workers` use the default (0 = a process per CPU here: 2 workers with one tokenizer",
+        "thread each); the limit uses one tokenizer with its own thread pool on both cores.",
         "",
         "## What each strategy keeps",
         "",
@@ -239,6 +243,10 @@ def main() -> None:
         "  same row and piece (among labels that have one); BOS + user = trained labels with a BOS and a user",
         "  role token before them in their piece (the shared README's 'context' column).",
         "- `--unprompted mask` counts only prompted turns as trainable, so its retention is that of prompted tokens.",
+        "- Context completeness below 100% under `split` is the answers to questions longer than 3/4 of a row,",
+        "  which are kept by their end (`prompts_shortened`); 359 user messages in this data exceed a whole row.",
+        "",
+        "See also `BENCHMARKS-loader.md` (`scripts/bench_loader.py`) and `BENCHMARKS-scale.md` (`scripts/bench_scale.py`).",
         "",
     ]
     Path(args.out).write_text("\n".join(lines))
