@@ -318,8 +318,9 @@ AUTO_WORKERS_MIN_BYTES = 4 << 20
 def auto_workers(units: list[Unit]) -> int:
     """Workers for --workers 0: one process per available CPU (at most one per unit) for big inputs.
 
-    Separate single-threaded tokenizers in processes beat one tokenizer's thread pool: measured on
-    ShareGPT with GPT-2 on 2 cores, 2 workers run at ~1.2x the raw multi-threaded tokenizer, 1 at ~0.75x.
+    Separate single-threaded tokenizers in processes overlap the Python stages of one unit with the
+    tokenizing of another: on ShareGPT with GPT-2 on this project's 2-core machine, bestfit packs 8
+    shards in ~49 s with 2 workers against ~52 s with 1 (BENCHMARKS.md).
     """
     if sum(unit.bytes for unit in units) < AUTO_WORKERS_MIN_BYTES:
         return 1
