@@ -58,6 +58,7 @@ def pack_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--long", type=click.Choice(LONG_POLICIES), help="Conversations longer than a row. [default: split for bestfit, truncate for aligned]"),
         click.option("--unprompted", type=click.Choice(UNPROMPTED_POLICIES), help="Assistant turns no user message prompts: train, keep as context, or drop. [default: keep]"),
         click.option("--turn-cut", type=int, help="With --long split: cut an assistant turn mid-way (re-opened with its question) when a cut between messages would leave this many tokens of a row empty; 0 = only turns longer than a row. [default: 64]"),
+        click.option("--context-share", type=float, help="With --long split: the most of a row the repeated context (system message + question) may take; a longer question is kept by its end. Higher keeps more questions whole, at the cost of more repeated tokens. [default: 0.75]"),
         click.option("--source-filter", help="Keep only records whose 'source' column equals this."),
         click.option("--output-format", type=click.Choice(OUTPUT_FORMATS), help="Write .npy arrays, a parquet file, or both. [default: npy]"),
         click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the tokenizer to run code from its folder (off by default)."),

@@ -52,6 +52,7 @@ class PackConfig:
     long: str | None = None
     unprompted: str = "keep"
     turn_cut: int = 64
+    context_share: float = 0.75
     source_filter: str | None = None
     output_format: str = "npy"
     trust_remote_code: bool = False
@@ -92,6 +93,10 @@ class PackConfig:
             raise ConfigError(f"seq_length must be an integer >= 2, got {self.seq_length!r}")
         if not isinstance(self.turn_cut, int) or self.turn_cut < 0:
             raise ConfigError(f"turn_cut must be an integer >= 0, got {self.turn_cut!r}")
+        if isinstance(self.context_share, bool) or not isinstance(self.context_share, (int, float)) or not (
+            0 < self.context_share < 1
+        ):
+            raise ConfigError(f"context_share must be a number between 0 and 1, got {self.context_share!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
 

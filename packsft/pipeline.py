@@ -152,7 +152,8 @@ def pack_unit(
         dropped_convs: list[int] = []
     else:
         marker = _marker(tokenizer)
-        pieces, split_counts = split_long(batch, config.seq_length, config.long_policy, marker, config.turn_cut)
+        pieces, split_counts = split_long(batch, config.seq_length, config.long_policy, marker, config.turn_cut,
+                                           config.context_share)
         packer = pack_bestfit if config.strategy == "bestfit" else pack_aligned
         packing = packer(pieces.lengths, capacity)
         chunks = build_chunks(pieces, packing, config.seq_length, tokenizer.pad_id)

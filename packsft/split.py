@@ -71,6 +71,7 @@ def split_long(
     policy: str,
     marker: Callable[[int], list[int]] | None = None,
     fill_cut: int = DEFAULT_FILL_CUT,
+    context_share: float = CONTEXT_SHARE,
 ) -> tuple[PieceTable, SplitCounts]:
     """Cut `batch` into pieces of at most seq_length + 1 tokens.
 
@@ -80,6 +81,8 @@ def split_long(
         marker: token ids of the marker put where `n` tokens of a long prompt were cut away.
         fill_cut: cut a trained turn mid-way when a message-boundary cut would waste this many tokens
             or more of the row; 0 cuts inside a turn only when it alone exceeds a row.
+        context_share: the most of a row that copied context (system + question) may take; a longer
+            question is kept by its end. Higher keeps more questions whole and repeats more tokens.
     """
     capacity = seq_length + 1
     counts = SplitCounts()
@@ -127,7 +130,8 @@ def split_long(
             counts.prompted_labels += kept
             counts.prompted_labels_complete += kept
         else:
-            pieces = _ConversationSplitter(batch, c, capacity, marker, prompted_cum, counts, fill_cut).split()
+            pieces = _ConversationSplitter(batch, c, capacity, marker, prompted_cum, counts, fill_cut,
+                                           context_share).split()
             counts.conversations_split += 1
             counts.pieces_split += len(pieces)
             for ids, flags in pieces:
@@ -206,11 +210,12 @@ def _prompted_flags(batch: RenderedBatch) -> np.ndarray:
 class _ConversationSplitter:
     """Greedy splitting of one conversation (see the module docstring)."""
 
-    def __init__(self, batch, conv, capacity, marker, prompted_cum, counts, fill_cut):
+    def __init__(self, batch, conv, capacity, marker, prompted_cum, counts, fill_cut, context_share=CONTEXT_SHARE):
         self.batch, self.capacity, self.marker, self.counts = batch, capacity, marker, counts
         # Prefix sums of the per-token "trained and prompted" flags: labels in [lo, hi) in O(1).
         self.prompted_cum = prompted_cum
         self.fill_cut = fill_cut
+        self.context_share = context_share
         self.start, self.end = int(batch.conv_offsets[conv]), int(batch.conv_offsets[conv + 1])
         self.msgs = list(range(int(batch.conv_msg_offsets[conv]), int(batch.conv_msg_offsets[conv + 1])))
         self.head_end = int(batch.msg_starts[self.msgs[0]]) if self.msgs else self.end
@@ -320,7 +325,7 @@ class _ConversationSplitter:
                     rooms[prompt] += rooms[m]  # the system message did not fit at all
 
     def _context_budget(self) -> int:
-        return int(self.capacity * CONTEXT_SHARE)
+        return int(self.capacity * self.context_share)
 
     def _piece_trains(self) -> bool:
         return any(flags.any() for _, flags in self.parts)

@@ -246,3 +246,22 @@ def test_fast_prompted_flags_follow_the_prompt_rule(spec, unprompted, mask):
     batch = render_roles(conversations, FakeTokenizer(), mask=mask, unprompted=unprompted)
     expected = ((prompt_starts(batch) >= 0) & batch.flags.astype(bool)).astype(np.uint8)
     assert _prompted_flags(batch).tolist() == expected.tolist()
+
+
+def test_context_share_trades_whole_questions_for_repeated_tokens():
+    # A 30-token question answered by a 120-token turn, in rows of 51: the answer spans several pieces.
+    batch = render([conversation([30, 120])])
+    _, tight = split_long(batch, 50, "split", context_share=0.5)
+    pieces, roomy = split_long(batch, 50, "split", context_share=0.75)
+    assert tight.prompts_shortened > 0 and tight.prompted_labels_complete < tight.prompted_labels
+    assert roomy.prompts_shortened == 0 and roomy.prompted_labels_complete == roomy.prompted_labels
+    assert pieces.flags.sum() == batch.flags.sum()
+
+
+@pytest.mark.parametrize("share", [0, 1, 1.5, -0.1, True])
+def test_context_share_must_be_a_fraction(share):
+    from packsft.config import PackConfig
+    from packsft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="context_share must be a number between 0 and 1"):
+        PackConfig(context_share=share)
