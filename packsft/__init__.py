@@ -2,8 +2,8 @@
 
 The pipeline, one module per stage:
 
-    reader  ->  render  ->  split  ->  pack  ->  writer        (packsft pack)
-    parquet     ids+flags   pieces     rows      .npy + manifests
+    reader  ->  render  ->  split  ->  pack  ->  chunks  ->  writer     (unit.py, pipeline.py)
+    parquet     ids+flags   pieces     rows      arrays      .npy + manifests
                                                     |
                                           loader (PackedLoader), inspect, stats
 """

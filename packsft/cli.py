@@ -76,6 +76,7 @@ def main() -> None:
 
     Example:
 
+    \b
         packsft pack data/ out/ --tokenizer path/to/tokenizer
         packsft inspect out/ --chunk 0
         packsft stats out/
@@ -114,6 +115,8 @@ def pack(data_dir: str, out_dir: str, config_file: str | None, overwrite: bool, 
 
     Example:
 
+
+    \b
         packsft pack data/ out/ --tokenizer ./tok --strategy bestfit --mask assistant_only --workers 4
         packsft pack chats/ out/ --tokenizer ./qwen3 --template chat --input-format sharegpt
     """
@@ -144,6 +147,8 @@ def merge(out_dir: str) -> None:
 
     Example:
 
+
+    \b
         packsft merge out/
     """
     from packsft.outdir import merge as merge_output
@@ -160,6 +165,8 @@ def status(out_dir: str) -> None:
 
     Example:
 
+
+    \b
         packsft status out/
     """
     from packsft.outdir import status as output_status
@@ -173,6 +180,8 @@ def slurm() -> None:
 
     Example:
 
+
+    \b
         packsft slurm submit data/ out/ --tokenizer ./tok --array-size 16 --partition cpu
     """
 
@@ -197,6 +206,8 @@ def submit(data_dir: str, out_dir: str, config_file: str | None, data_format: st
 
     Example:
 
+
+    \b
         packsft slurm submit data/ out/ --tokenizer ./tok --array-size 16 --cpus-per-task 8 --workers 2
     """
     from packsft.slurm import SlurmOptions
@@ -221,6 +232,8 @@ def inspect(out_dir: str, chunks: tuple[int, ...], tokens: bool, tokenizer: str 
 
     Example:
 
+
+    \b
         packsft inspect out/ --chunk 0 --chunk 5
     """
     from packsft.output import PackedOutput
@@ -251,6 +264,8 @@ def report(out_dir: str, html_path: str, count: int | None, chunks: tuple[int, .
 
     Example:
 
+
+    \b
         packsft report out/ -o report.html --chunk 0 --chunk 7
     """
     from packsft.report import DEFAULT_CHUNKS, write_report
@@ -271,6 +286,8 @@ def stats(out_dir: str, as_json: bool) -> None:
 
     Example:
 
+
+    \b
         packsft stats out/ --json
     """
     from packsft.stats import format_summary
@@ -296,6 +313,8 @@ def verify(out_dir: str, deep: bool, sample: int) -> None:
 
     Example:
 
+
+    \b
         packsft verify out/ --deep
     """
     from packsft.verify import check_output
@@ -322,6 +341,8 @@ def demo(out_dir: str, overwrite: bool) -> None:
 
     Example:
 
+
+    \b
         packsft demo demo-out
     """
     from pathlib import Path

@@ -10,7 +10,7 @@
                         the counters chunks / trained_tokens_kept / nonpad_positions / bos_starts
     rejects.jsonl       one parsable line per rejected record counted
     --deep              re-packs a sample of units from their input files (when they are still there)
-                        in memory with pipeline.pack_unit and compares arrays and counters byte for byte
+                        in memory with unit.pack_unit and compares arrays and counters byte for byte
 
 Every problem names its file (and row, where one is at fault); nothing stops at the first problem.
 """

@@ -3,7 +3,7 @@
     dataset.json: data_dir, config, tokenizer fingerprint
           |  (inputs still there, same size; tokenizer loads with the same fingerprint)
           v
-    pipeline.pack_unit(unit) in memory  -->  tokens, loss_mask, segments, counters
+    unit.pack_unit(unit) in memory  -->  tokens, loss_mask, segments, counters
           |                                        ||  byte for byte
           v                                        ||
     shards/NNNNN/*.npy | chunks.parquet, manifest.json counters
@@ -31,9 +31,10 @@ def repack_and_compare(
     out_dir: Path, dataset: dict[str, Any], units: list[int], notes: list[str]
 ) -> tuple[list[tuple[str, str]], int]:
     """(problems as (file relative to OUT_DIR, message), units re-packed); reasons to skip go to notes."""
-    from packsft.pipeline import Unit, pack_unit
+    from packsft.plan import Unit
     from packsft.reader import open_input
     from packsft.tokenizer import load_tokenizer
+    from packsft.unit import pack_unit
 
     skip = "deep check skipped"
     try:

@@ -1,0 +1,235 @@
+"""One unit of work in memory: read -> render -> split -> pack -> chunks, with the unit's counters.
+
+    input rows --read--> Conversation batches --render--> RenderedBatch (ids, flags, message spans)
+      --drop untrainable/unprompted--> --split_long--> PieceTable --pack_*--> Packing --> Chunks
+
+No I/O besides reading the unit's input; pipeline.write_unit writes the shard.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from packsft.chunks import Chunks, build_chunks, build_linear_chunks, labels_with_bos_and_user
+from packsft.config import PackConfig
+from packsft.pack import pack_aligned, pack_bestfit
+from packsft.plan import Unit
+from packsft.reader import InputFile, read_conversations
+from packsft.records import ASSISTANT, TEXT, USER, Conversation, RejectLedger
+from packsft.render import RenderedBatch, render_roles, trained_unprompted
+from packsft.split import PieceTable, split_long
+from packsft.stats import LENGTH_BIN, LENGTH_BINS
+from packsft.tokenizer import PackTokenizer
+
+NO_SOURCE = "(none)"
+OMITTED_MARKER = "[… {n} tokens omitted] "
+
+
+def render_batch(conversations, tokenizer: PackTokenizer, config: PackConfig, *, renderer=None,
+                 reject: Callable[[Conversation, str], None] | None = None) -> RenderedBatch:
+    """Render with the configured template; `reject` receives conversations the chat template cannot render."""
+    if config.template == "chat":
+        from packsft.chat_template import render_chat
+
+        return render_chat(conversations, tokenizer, mask=config.mask, unprompted=config.unprompted,
+                           renderer=renderer, reject=reject)
+    return render_roles(conversations, tokenizer, mask=config.mask, unprompted=config.unprompted)
+
+
+def _record(conversation: Conversation) -> dict[str, Any]:
+    """The record as rejects.jsonl shows it."""
+    return {"messages": [{"role": role, "content": content} for role, content in conversation.messages]}
+
+
+def _reject_rendering(rejects: RejectLedger, failed: set[int], conversation: Conversation, reason: str) -> None:
+    failed.add(id(conversation))
+    rejects.reject(conversation.file, conversation.row, reason, _record(conversation))
+
+
+def _reject_untrainable(batch: RenderedBatch, conversations: list[Conversation], config: PackConfig,
+                        rejects: RejectLedger) -> tuple[RenderedBatch, int]:
+    """Send conversations without a trained token to the ledger (they only cost compute) and drop them.
+
+    Conversations --unprompted drop removes are not rejects; pack_unit counts them separately.
+    """
+    no_trained = (batch.trainable_per_conversation() == 0) & ~(batch.unprompted & (config.unprompted == "drop"))
+    for index in np.flatnonzero(no_trained).tolist():
+        conversation = conversations[index]
+        roles = {role for role, _ in conversation.messages}
+        no_assistant = config.mask == "assistant_only" and not roles & {ASSISTANT, TEXT}
+        reason = "no assistant message" if no_assistant else "no trained token"
+        rejects.reject(conversation.file, conversation.row, reason, _record(conversation))
+    return (batch.select(~no_trained) if no_trained.any() else batch), int(no_trained.sum())
+
+
+def pack_unit(
+    unit: Unit,
+    source: InputFile,
+    config: PackConfig,
+    tokenizer: PackTokenizer,
+    rejects: RejectLedger,
+    progress: tqdm | None = None,
+) -> tuple[Chunks, dict[str, Any]]:
+    """Pack one unit into chunks in memory; returns the chunks and the unit's counters."""
+    counters: Counter[str] = Counter()
+    batches = []
+    renderer = None
+    if config.template == "chat":
+        from packsft.chat_template import ChatRenderer
+
+        renderer = ChatRenderer(tokenizer)
+    for conversations, filtered in read_conversations(
+        source, config.format, rejects, source_filter=config.source_filter, batch_size=config.batch_size,
+        display_name=unit.name, row_groups=unit.row_groups,
+    ):
+        counters["records_filtered"] += filtered
+        counters["conversations_read"] += len(conversations)
+        failed: set[int] = set()
+        batch = render_batch(conversations, tokenizer, config, renderer=renderer,
+                             reject=functools.partial(_reject_rendering, rejects, failed))
+        rendered = [c for c in conversations if id(c) not in failed] if failed else conversations
+        batch, untrainable = _reject_untrainable(batch, rendered, config, rejects)
+        counters["conversations_dropped_no_trained"] += untrainable
+        batches.append(batch)
+        if progress is not None:
+            progress.update(len(conversations) + filtered)
+            counters["tokens_rendered"] += len(batch.ids)
+            progress.set_postfix_str(_rate(progress, counters["tokens_rendered"]), refresh=False)
+    batch = RenderedBatch.concat(batches) if batches else render_batch([], tokenizer, config)
+    counters["tokens_rendered"] = len(batch.ids)
+
+    # Conversations without a trained token went to the ledger per batch; drop unprompted ones if asked.
+    trainable = batch.trainable_per_conversation()
+    drop_unprompted = batch.unprompted & (config.unprompted == "drop")
+    counters["conversations_dropped_unprompted"] = int(drop_unprompted.sum())
+    keep = ~drop_unprompted
+    batch = batch.select(keep)
+    trainable = trainable[keep]
+    counters["trainable_tokens_available"] = int(trainable.sum())
+    counters["trained_unprompted"] = trained_unprompted(batch)
+    source_codes, source_names = _source_codes(batch.sources)
+    histogram = np.bincount(np.minimum(batch.lengths // LENGTH_BIN, LENGTH_BINS - 1), minlength=LENGTH_BINS)
+
+    capacity = config.seq_length + 1
+    if config.strategy == "linear":
+        chunks = build_linear_chunks(batch.ids, batch.flags, batch.conv_offsets, config.seq_length, tokenizer.pad_id)
+        counters["conversations_packed"] = len(batch)
+        counters["pieces"] = len(batch)
+        kept_per_conv = trainable.copy()
+        if len(batch):
+            kept_per_conv[0] -= int(batch.flags[0])  # the very first token is never a label
+        counters.update(_linear_context(batch, config.seq_length))
+        pad_share = np.zeros(len(batch))
+        if len(batch) and chunks.rows:
+            pad_share[-1] = chunks.rows * capacity - chunks.nonpad
+        truncated_convs: list[int] = []
+        dropped_convs: list[int] = []
+    else:
+        marker = _marker(tokenizer)
+        pieces, split_counts = split_long(batch, config.seq_length, config.long_policy, marker, config.turn_cut,
+                                           config.context_share)
+        packer = pack_bestfit if config.strategy == "bestfit" else pack_aligned
+        packing = packer(pieces.lengths, capacity)
+        chunks = build_chunks(pieces, packing, config.seq_length, tokenizer.pad_id)
+        counters.update(
+            {
+                key: getattr(split_counts, key)
+                for key in (
+                    "conversations_truncated", "conversations_dropped_long", "conversations_split", "pieces_split",
+                    "exchanges_split", "prompts_shortened", "prompted_labels", "prompted_labels_complete",
+                )
+            }
+        )
+        counters["conversations_packed"] = len(np.unique(pieces.conv))
+        counters["pieces"] = len(pieces)
+        kept_per_conv, pad_share = _piece_shares(pieces, packing.order, chunks, len(batch), capacity)
+        truncated_convs = split_counts.per_conv_truncated if config.long_policy == "truncate" else []
+        dropped_convs = split_counts.per_conv_truncated if config.long_policy == "drop" else []
+
+    counters["chunks"] = chunks.rows
+    counters["nonpad_positions"] = chunks.nonpad
+    counters["trained_tokens_kept"] = int(chunks.loss_mask.sum(dtype=np.int64))
+    if tokenizer.bos_id is not None:  # chat templates without a BOS leave it out: 'starts at BOS' is n/a
+        counters["bos_starts"] = int((chunks.tokens[:, 0] == tokenizer.bos_id).sum())
+    bos_user = labels_with_bos_and_user(chunks, tokenizer.bos_id, tokenizer.role_ids.get(USER))
+    if bos_user is not None:
+        counters["labels_with_bos_and_user"] = bos_user
+
+    per_source: dict[str, Counter[str]] = {}
+    for code, name in enumerate(source_names):
+        members = source_codes == code
+        per_source[name] = Counter(
+            conversations=int(members.sum()),
+            trainable=int(trainable[members].sum()),
+            kept=int(kept_per_conv[members].sum()),
+            tokens=int(batch.lengths[members].sum()),
+            pad_share=int(round(float(pad_share[members].sum()))),
+            truncated=int(np.isin(np.flatnonzero(members), truncated_convs).sum()),
+            dropped=int(np.isin(np.flatnonzero(members), dropped_convs).sum()),
+        )
+    totals: dict[str, Any] = dict(counters)
+    totals["records_rejected"] = rejects.total
+    totals["rejected_by_reason"] = dict(rejects.counts)
+    totals["per_source"] = {name: dict(c) for name, c in per_source.items()}
+    totals["length_histogram"] = histogram.astype(int).tolist()
+    return chunks, totals
+
+
+def _rate(progress: tqdm, tokens: int) -> str:
+    elapsed = progress.format_dict.get("elapsed") or 0
+    return f"{tokens / elapsed / 1e3:,.0f}k tok/s" if elapsed else ""
+
+
+def _source_codes(sources: list[str | None]) -> tuple[np.ndarray, list[str]]:
+    names = sorted({s if s is not None else NO_SOURCE for s in sources})
+    lookup = {name: i for i, name in enumerate(names)}
+    codes = np.fromiter((lookup[s if s is not None else NO_SOURCE] for s in sources), np.int64, len(sources))
+    return codes, names
+
+
+def _marker(tokenizer: PackTokenizer):
+    cache: dict[int, list[int]] = {}
+
+    def marker(n: int) -> list[int]:
+        if n not in cache:
+            cache[n] = tokenizer.encode_batch([OMITTED_MARKER.format(n=n)])[0]
+        return cache[n]
+
+    return marker
+
+
+def _piece_shares(pieces: PieceTable, order: np.ndarray, chunks: Chunks, conversations: int, capacity: int):
+    """Per conversation: trained labels kept, and its share of row padding (by tokens in the row)."""
+    kept = np.zeros(conversations, np.int64)
+    pad = np.zeros(conversations, np.float64)
+    if not len(pieces):
+        return kept, pad
+    piece_kept = np.add.reduceat(pieces.flags.astype(np.int64), pieces.offsets[:-1])
+    placed_kept = piece_kept[order]
+    row_first = chunks.row_segments[:-1][np.diff(chunks.row_segments) > 0]
+    placed_kept[row_first] -= pieces.flags[pieces.offsets[order[row_first]]]  # first token of a row: no label
+    lengths = pieces.lengths[order]
+    used = np.bincount(chunks.piece_rows, weights=lengths, minlength=chunks.rows)
+    row_pad = capacity - used
+    share = row_pad[chunks.piece_rows] * lengths / used[chunks.piece_rows]
+    np.add.at(kept, pieces.conv[order], placed_kept)
+    np.add.at(pad, pieces.conv[order], share)
+    return kept, pad
+
+
+def _linear_context(batch: RenderedBatch, seq_length: int) -> dict[str, int]:
+    """For stream packing: prompted trained labels, and those whose prompt lies wholly in the label's row."""
+    from packsft.split import prompt_starts
+
+    starts = prompt_starts(batch)
+    positions = np.flatnonzero((starts >= 0) & batch.flags.astype(bool))
+    positions = positions[positions >= 1]  # the first stream token is never a label
+    rows = (positions - 1) // seq_length
+    complete = starts[positions] >= rows * seq_length
+    return {"prompted_labels": len(positions), "prompted_labels_complete": int(complete.sum())}
