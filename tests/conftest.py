@@ -62,3 +62,24 @@ def conv(*turns: tuple[str, str], source: str | None = None) -> dict:
     if source is not None:
         record["source"] = source
     return record
+
+
+# Modules that damage outputs on purpose (to test that they are refused) or verify their own.
+_CORRUPTING_MODULES = {"test_verify", "test_safety", "test_loader", "test_fuzz"}
+
+
+@pytest.fixture(autouse=True)
+def every_output_verifies(request):
+    """After each test, `packsft verify` must pass on every complete output it left in its tmp_path."""
+    if request.node.module.__name__.split(".")[-1] in _CORRUPTING_MODULES or "tmp_path" not in request.fixturenames:
+        yield
+        return
+    tmp_path = request.getfixturevalue("tmp_path")
+    yield
+    from packsft.verify import verify_output
+
+    for dataset in sorted(tmp_path.rglob("dataset.json")):
+        if dataset.parent.name == "shards" or not (dataset.parent / ".packsft").exists():
+            continue
+        problems = verify_output(dataset.parent)
+        assert problems == [], f"{dataset.parent}: " + "; ".join(str(p) for p in problems)
