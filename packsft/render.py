@@ -162,8 +162,7 @@ def render_roles(
 
     # Per-message facts for the train flags.
     is_user = roles == USER_CODE
-    user_cum = np.concatenate([[0], np.cumsum(is_user)])
-    users_before = user_cum[:-1] - user_cum[first_msg][msg_conv]
+    users_before = count_users_before(roles, conv_msg_offsets, msg_conv)
     prev_role = np.full(len(roles), 255, np.uint8)
     not_first = np.ones(len(roles), bool)
     not_first[first_msg] = False
@@ -221,14 +220,18 @@ def render_roles(
     )
 
 
+def count_users_before(roles: np.ndarray, conv_msg_offsets: np.ndarray, msg_conv: np.ndarray) -> np.ndarray:
+    """Per message: how many user messages come before it in its conversation."""
+    user_cum = np.concatenate([[0], np.cumsum(roles == USER_CODE)])
+    return user_cum[:-1] - user_cum[conv_msg_offsets[:-1]][msg_conv]
+
+
 def trained_unprompted(batch: RenderedBatch) -> int:
     """Train flags set inside assistant turns that no user message prompts (the turn content only)."""
     if not len(batch.msg_roles):
         return 0
     msg_conv = np.repeat(np.arange(len(batch)), np.diff(batch.conv_msg_offsets))
-    is_user = batch.msg_roles == USER_CODE
-    user_cum = np.concatenate([[0], np.cumsum(is_user)])
-    users_before = user_cum[:-1] - user_cum[batch.conv_msg_offsets[:-1]][msg_conv]
+    users_before = count_users_before(batch.msg_roles, batch.conv_msg_offsets, msg_conv)
     selected = np.flatnonzero((batch.msg_roles == ASSISTANT_CODE) & (users_before == 0))
     if not len(selected):
         return 0
