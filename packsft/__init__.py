@@ -1,12 +1,36 @@
 """packsft: pack chat conversations into fixed-length, loss-masked token chunks, offline, once.
 
-The pipeline, one module per stage:
+The core stages sit at the top of the package, in the order data flows through them:
 
-    reader  ->  render  ->  split  ->  pack  ->  chunks  ->  writer     (unit.py, pipeline.py)
-    parquet     ids+flags   pieces     rows      arrays      .npy + manifests
-                                                    |
-                                          loader (PackedLoader), inspect, stats
+    reader -> records -> tokenizer -> render | chat_template -> split -> pack -> rows -> writer
+    files     Conversation  ids of roles  (ids, flags)            pieces   rows    arrays   shards
+                                                                                        |  layout.py
+    run/ (plan, units, workers, merge, SLURM)   verify/   report/ (inspect, HTML)   loader/ (torch)
+
+`layout.py` is the on-disk contract every reader and writer shares; `stats.py` turns the counters the
+stages return into the figures `packsft stats` prints.
 """
 
-__version__ = "0.1.0"
-FORMAT_VERSION = 1
+from packsft.config import PackConfig, resolve_config
+from packsft.errors import PacksftError
+from packsft.layout import FORMAT_VERSION, PackedOutput, read_dataset
+from packsft.run import merge, run_pack, status
+from packsft.tokenizer import PackTokenizer, load_tokenizer
+from packsft.verify import verify_output
+from packsft.version import __version__
+
+__all__ = [
+    "FORMAT_VERSION",
+    "PackConfig",
+    "PackTokenizer",
+    "PackedOutput",
+    "PacksftError",
+    "__version__",
+    "load_tokenizer",
+    "merge",
+    "read_dataset",
+    "resolve_config",
+    "run_pack",
+    "status",
+    "verify_output",
+]

@@ -10,7 +10,6 @@ from typing import Any
 
 import click
 
-import packsft
 from packsft.config import (
     FORMATS,
     INPUT_FORMATS,
@@ -23,6 +22,7 @@ from packsft.config import (
     resolve_config,
 )
 from packsft.errors import PacksftError
+from packsft.version import __version__
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -70,7 +70,7 @@ def pack_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
-@click.version_option(packsft.__version__, "--version", prog_name="packsft")
+@click.version_option(__version__, "--version", prog_name="packsft")
 def main() -> None:
     """Pack chat conversations into fixed-length, loss-masked token chunks, offline, once.
 
@@ -120,8 +120,8 @@ def pack(data_dir: str, out_dir: str, config_file: str | None, overwrite: bool, 
         packsft pack data/ out/ --tokenizer ./tok --strategy bestfit --mask assistant_only --workers 4
         packsft pack chats/ out/ --tokenizer ./qwen3 --template chat --input-format sharegpt
     """
-    from packsft.pipeline import run_pack
-    from packsft.slurm import array_task_from_env
+    from packsft.run.pipeline import run_pack
+    from packsft.run.slurm import array_task_from_env
     from packsft.stats import format_summary
 
     config = resolve_config(config_file, format=data_format, **flags)
@@ -151,7 +151,7 @@ def merge(out_dir: str) -> None:
     \b
         packsft merge out/
     """
-    from packsft.outdir import merge as merge_output
+    from packsft.run.outdir import merge as merge_output
     from packsft.stats import format_summary
 
     click.echo(format_summary(merge_output(out_dir)))
@@ -169,7 +169,7 @@ def status(out_dir: str) -> None:
     \b
         packsft status out/
     """
-    from packsft.outdir import status as output_status
+    from packsft.run.outdir import status as output_status
 
     click.echo(output_status(out_dir).format())
 
@@ -210,8 +210,8 @@ def submit(data_dir: str, out_dir: str, config_file: str | None, data_format: st
     \b
         packsft slurm submit data/ out/ --tokenizer ./tok --array-size 16 --cpus-per-task 8 --workers 2
     """
-    from packsft.slurm import SlurmOptions
-    from packsft.slurm import submit as submit_jobs
+    from packsft.run.slurm import SlurmOptions
+    from packsft.run.slurm import submit as submit_jobs
 
     config = resolve_config(config_file, format=data_format, **flags)
     options = SlurmOptions(array_size, partition, time_limit, cpus_per_task, throttle, workers)
@@ -236,8 +236,8 @@ def inspect(out_dir: str, chunks: tuple[int, ...], tokens: bool, tokenizer: str 
     \b
         packsft inspect out/ --chunk 0 --chunk 5
     """
-    from packsft.output import PackedOutput
-    from packsft.view import render_chunk, tokenizer_for
+    from packsft.layout import PackedOutput
+    from packsft.report.inspect import render_chunk, tokenizer_for
 
     if color is None:
         color = click.get_text_stream("stdout").isatty()
@@ -268,7 +268,7 @@ def report(out_dir: str, html_path: str, count: int | None, chunks: tuple[int, .
     \b
         packsft report out/ -o report.html --chunk 0 --chunk 7
     """
-    from packsft.report import DEFAULT_CHUNKS, write_report
+    from packsft.report.html import DEFAULT_CHUNKS, write_report
 
     if count is not None and chunks:
         raise click.UsageError("pass --chunks N or --chunk I, not both")
@@ -290,8 +290,8 @@ def stats(out_dir: str, as_json: bool) -> None:
     \b
         packsft stats out/ --json
     """
+    from packsft.layout import read_dataset
     from packsft.stats import format_summary
-    from packsft.writer import read_dataset
 
     dataset = read_dataset(out_dir)
     if as_json:
@@ -317,7 +317,7 @@ def verify(out_dir: str, deep: bool, sample: int) -> None:
     \b
         packsft verify out/ --deep
     """
-    from packsft.verify import check_output
+    from packsft.verify.checks import check_output
 
     report = check_output(out_dir, deep=deep, sample=sample)
     for note in report.notes:
@@ -349,10 +349,10 @@ def demo(out_dir: str, overwrite: bool) -> None:
 
     from packsft.config import PackConfig
     from packsft.demo import DATA_DIR, build_demo_tokenizer
-    from packsft.output import PackedOutput
-    from packsft.pipeline import run_pack
+    from packsft.layout import PackedOutput
+    from packsft.report.inspect import render_chunk, tokenizer_for
+    from packsft.run.pipeline import run_pack
     from packsft.stats import format_summary
-    from packsft.view import render_chunk, tokenizer_for
 
     root = Path(out_dir)
     tokenizer_dir = build_demo_tokenizer(root / "tokenizer")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from packsft.errors import ConfigError
+from packsft.records import parse_role_map
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -82,7 +83,6 @@ class PackConfig:
                 "use --input-format text (or auto) for documents"
             )
         if self.role_map is not None:
-            from packsft.records import parse_role_map
 
             parse_role_map(self.role_map)
         if self.long is not None and self.long not in LONG_POLICIES:

@@ -1,24 +1,11 @@
-"""Write shards and the dataset manifest: the on-disk contract the loader, inspect and verify read.
-
-    OUT_DIR/
-      .packsft                 marker: this folder is a packsft output (packsft may replace it)
-      dataset.json             written last: its presence means the output is complete
-      rejects.jsonl            every rejected record: file, row, reason, excerpt
-      shards/00000/
-        tokens.npy             (rows, L+1) uint16 if the vocabulary fits 65536 ids, else uint32
-        loss_mask.npy          (rows, L) uint8; loss_mask[r, i] = train flag of tokens[r, i+1]
-        segment_lengths.npy    int32, conversation-piece lengths, row after row
-        row_segments.npy       (rows+1,) int64 CSR offsets into segment_lengths
-        chunks.parquet         (with --output-format parquet|both) input_ids, loss_mask, seq_lengths
-        manifest.json          shapes, dtypes, sha256 of every file, the unit's counters
+"""Write shards and dataset.json atomically (the layout is in packsft/layout.py).
 
 Every file is written under a temporary name and renamed into place; a shard folder is renamed into
-place only when complete. Arrays are plain .npy (never pickled): `np.load(path, mmap_mode="r")`.
+place only when complete. Arrays are plain .npy (never pickled).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,30 +13,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from packsft.chunks import Chunks
+from packsft.config import PackConfig
 from packsft.errors import OutputError
-
-MARKER = ".packsft"
-DATASET_JSON = "dataset.json"
-MANIFEST_JSON = "manifest.json"
-REJECTS_JSONL = "rejects.jsonl"
-SHARDS_DIR = "shards"
-ARRAY_FILES = ("tokens.npy", "loss_mask.npy", "segment_lengths.npy", "row_segments.npy")
-PARQUET_FILE = "chunks.parquet"
-HASH_BLOCK = 1 << 20
-
-
-def shard_name(index: int) -> str:
-    return f"{index:05d}"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+from packsft.layout import (
+    FORMAT_VERSION,
+    MANIFEST_JSON,
+    MARKER,
+    PARQUET_FILE,
+    SHARDS_DIR,
+    sha256_file,
+    shard_name,
+    storage_dtype,
+)
+from packsft.rows import Chunks
+from packsft.stats import add_counters, summarize
+from packsft.tokenizer import PackTokenizer
+from packsft.version import __version__
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -109,10 +91,6 @@ def _save_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
     return {"shape": list(array.shape), "dtype": str(array.dtype), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def storage_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
-
-
 def narrow_tokens(tokens: np.ndarray, dtype: np.dtype, vocab_size: int) -> np.ndarray:
     """Cast token ids to the storage dtype, failing loudly if any id would not round-trip."""
     if tokens.size and (tokens.min() < 0 or tokens.max() >= min(vocab_size, np.iinfo(dtype).max + 1)):
@@ -158,7 +136,6 @@ def write_shard(
             for name, array in arrays.items():
                 files[name] = _save_npy(tmp / name, array)
         if output_format in ("parquet", "both"):
-            from packsft.export import write_parquet
 
             write_parquet(tmp / PARQUET_FILE, tokens, chunks)
             path = tmp / PARQUET_FILE
@@ -176,23 +153,73 @@ def write_shard(
     return full
 
 
-def read_manifest(out_dir: Path, index: int) -> dict[str, Any] | None:
-    path = out_dir / SHARDS_DIR / shard_name(index) / MANIFEST_JSON
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())
+def build_dataset_manifest(
+    manifests: list[dict[str, Any]],
+    config: PackConfig,
+    tokenizer: PackTokenizer | dict[str, Any],
+    data_dir: Path,
+    skipped: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """dataset.json from the shard manifests; `tokenizer` is a PackTokenizer or its identity().
+
+    `skipped` lists input files left out under --skip-bad-files (with why).
+    """
+    identity = tokenizer.identity() if isinstance(tokenizer, PackTokenizer) else tokenizer
+    skipped = (skipped or []) + [m["skipped"] for m in manifests if m.get("skipped")]
+    counters: dict[str, Any] = {}
+    for manifest in manifests:
+        add_counters(counters, manifest["counters"])
+    rows = sum(m["rows"] for m in manifests)
+    return {
+        "format_version": FORMAT_VERSION,
+        "packsft_version": __version__,
+        "config": config.to_dict(),
+        "data_dir": str(data_dir),
+        "tokenizer": identity,
+        "seq_length": config.seq_length,
+        "dtype": str(storage_dtype(identity["vocab_size"])),
+        "rows": rows,
+        "tokens": rows * (config.seq_length + 1),
+        "stats": summarize(counters, config.seq_length, len(skipped)),
+        "counters": counters,
+        "skipped_files": skipped,
+        "shards": [
+            {"name": m["shard"], "rows": m["rows"], "inputs": m["inputs"], "files": m["files"],
+             "fingerprint": m.get("fingerprint")}
+            for m in manifests
+        ],
+    }
 
 
-def read_dataset(out_dir: str | Path) -> dict[str, Any]:
-    """Read OUT_DIR/dataset.json, with a clear error if the output is missing or incomplete."""
-    out_dir = Path(out_dir)
-    path = out_dir / DATASET_JSON
-    if not out_dir.is_dir():
-        raise OutputError(f"{out_dir}: no such folder. Pass the OUT_DIR of a `packsft pack` run")
-    if not path.exists():
-        hint = "the pack did not finish; rerun it" if (out_dir / MARKER).exists() else "not a packsft output"
-        raise OutputError(f"{out_dir}: no {DATASET_JSON} ({hint})")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OutputError(f"{path}: not valid JSON ({exc}); the output is corrupt, pack it again") from None
+# chunks.parquet: one row per chunk, readable by `datasets.load_dataset("parquet", ...)` and TRL.
+def seq_lengths(chunks: Chunks, capacity: int) -> pa.ListArray:
+    counts = np.diff(chunks.row_segments)
+    used = np.add.reduceat(chunks.segment_lengths.astype(np.int64), chunks.row_segments[:-1]) if len(chunks.segment_lengths) else np.zeros(chunks.rows, np.int64)
+    used = np.where(counts > 0, used, 0)
+    pad = capacity - used
+    values, offsets = [], [0]
+    for r in range(chunks.rows):
+        row = chunks.segment_lengths[chunks.row_segments[r] : chunks.row_segments[r + 1]]
+        values.append(row)
+        if pad[r]:
+            values.append(np.asarray([pad[r]], np.int32))
+        offsets.append(offsets[-1] + len(row) + (1 if pad[r] else 0))
+    flat = np.concatenate(values).astype(np.int32) if values else np.zeros(0, np.int32)
+    return pa.ListArray.from_arrays(pa.array(np.asarray(offsets, np.int32)), pa.array(flat))
+
+
+def _fixed_lists(matrix: np.ndarray) -> pa.ListArray:
+    rows, width = matrix.shape
+    offsets = np.arange(rows + 1, dtype=np.int32) * width
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(matrix.reshape(-1)))
+
+
+def write_parquet(path: Path, tokens: np.ndarray, chunks: Chunks) -> None:
+    table = pa.table(
+        {
+            "input_ids": _fixed_lists(tokens),
+            "loss_mask": _fixed_lists(chunks.loss_mask),
+            "seq_lengths": seq_lengths(chunks, tokens.shape[1]),
+        }
+    )
+    pq.write_table(table, path, compression="zstd")

@@ -131,16 +131,16 @@ def bench_pack(data_dir: Path, strategy: str, mask: str, extra: list[str]) -> di
 
 def bench_packing_stage(data_dir: Path) -> tuple[float, float]:
     """Seconds in split + bestfit + chunk layout vs the whole unit, summed over units (in process)."""
-    from packsft.chunks import build_chunks
     from packsft.config import PackConfig
     from packsft.pack import pack_bestfit
-    from packsft.plan import plan_units
     from packsft.reader import open_input, read_conversations
     from packsft.records import RejectLedger
     from packsft.render import RenderedBatch
+    from packsft.rows import build_chunks
+    from packsft.run.plan import plan_units
+    from packsft.run.unit import render_batch
     from packsft.split import split_long
     from packsft.tokenizer import load_tokenizer
-    from packsft.unit import render_batch
 
     config = PackConfig(tokenizer=str(GPT2))
     tokenizer = load_tokenizer(str(GPT2))

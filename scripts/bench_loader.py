@@ -47,8 +47,8 @@ def machine() -> str:
 
 def ensure_packed(out_dir: Path) -> Path:
     from packsft.config import PackConfig
-    from packsft.pipeline import run_pack
-    from packsft.writer import read_dataset
+    from packsft.layout import read_dataset
+    from packsft.run.pipeline import run_pack
 
     if (out_dir / "dataset.json").exists():
         dataset = read_dataset(out_dir)
@@ -102,8 +102,8 @@ def bench_memmap(out_dir: Path, batch_size: int, widen: bool = False) -> dict:
     """
     import torch
 
-    from packsft.gather import epoch_order
-    from packsft.output import PackedOutput
+    from packsft.layout import PackedOutput
+    from packsft.loader.gather import epoch_order
 
     output = PackedOutput(out_dir)
     tokens = [output.array(s, "tokens") for s in range(len(output.shards))]
@@ -162,7 +162,7 @@ def bench_on_the_fly(conversations: int) -> dict:
 
 
 def main() -> None:
-    from packsft.output import PackedOutput
+    from packsft.layout import PackedOutput
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", default="/tmp/packsft-bench-sharegpt", help="packed output (packed here if absent)")

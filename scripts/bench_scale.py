@@ -130,7 +130,7 @@ def pack(data_dir: Path, out: Path, workers: int) -> dict:
 
 
 def bench_merge(out: Path) -> dict:
-    from packsft.outdir import merge
+    from packsft.run.outdir import merge
 
     times = []
     for _ in range(3):

@@ -22,8 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from packsft.config import PackConfig  # noqa: E402
-from packsft.output import PackedOutput  # noqa: E402
-from packsft.pipeline import run_pack  # noqa: E402
+from packsft.layout import PackedOutput  # noqa: E402
+from packsft.run.pipeline import run_pack  # noqa: E402
 from packsft.tokenizer import load_tokenizer  # noqa: E402
 
 

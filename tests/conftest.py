@@ -76,7 +76,7 @@ def every_output_verifies(request):
         return
     tmp_path = request.getfixturevalue("tmp_path")
     yield
-    from packsft.verify import verify_output
+    from packsft.verify.checks import verify_output
 
     for dataset in sorted(tmp_path.rglob("dataset.json")):
         if dataset.parent.name == "shards" or not (dataset.parent / ".packsft").exists():

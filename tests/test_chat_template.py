@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 from packsft.chat_template import ChatRenderer, render_chat
 from packsft.config import PackConfig
 from packsft.errors import TokenizerError
-from packsft.output import PackedOutput
-from packsft.pipeline import run_pack
+from packsft.layout import PackedOutput
 from packsft.records import Conversation, RecordRejected, validate_messages
 from packsft.render import RenderedBatch
+from packsft.report.inspect import render_chunk, tokenizer_for
+from packsft.run.pipeline import run_pack
 from packsft.split import split_long
 from packsft.tokenizer import load_tokenizer
-from packsft.view import render_chunk, tokenizer_for
 from tests.conftest import conv, write_conversations
 
 # ChatML with generation blocks (newlines as expressions: transformers renders with trim_blocks) around what the assistant says (content + <|im_end|>).

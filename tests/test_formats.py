@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from packsft.cli import main
 from packsft.config import PackConfig
 from packsft.errors import BadRecordError, ConfigError, InputError
-from packsft.pipeline import run_pack
+from packsft.layout import ARRAY_FILES
 from packsft.reader import list_input_files, open_input, read_conversations
 from packsft.records import RejectLedger
-from packsft.writer import ARRAY_FILES
+from packsft.run.pipeline import run_pack
 from tests.conftest import conv, write_conversations
 from tests.test_chat_template import chatml_dir  # noqa: F401  (fixture)
 

@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 
 from packsft.config import PackConfig
 from packsft.errors import InputError
-from packsft.pipeline import run_pack
+from packsft.layout import ARRAY_FILES
 from packsft.records import ROLE_ALIASES
-from packsft.verify import verify_output
-from packsft.writer import ARRAY_FILES
+from packsft.run.pipeline import run_pack
+from packsft.verify.checks import verify_output
 
 EXAMPLES = int(os.environ.get("PACKSFT_FUZZ_EXAMPLES", "100"))
 settings.register_profile(

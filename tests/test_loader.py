@@ -26,9 +26,9 @@ torch = pytest.importorskip("torch", reason="the loader tests need PyTorch (pip 
 from packsft.config import PackConfig  # noqa: E402
 from packsft.demo import build_demo_tokenizer, demo_conversations  # noqa: E402
 from packsft.errors import ConfigError, OutputError, ResumeError, TokenizerError  # noqa: E402
+from packsft.loader.mixture import MixturePlan  # noqa: E402
 from packsft.loader import MixtureLoader, PackedDataset, PackedLoader  # noqa: E402
-from packsft.mixture import MixturePlan  # noqa: E402
-from packsft.pipeline import run_pack  # noqa: E402
+from packsft.run.pipeline import run_pack  # noqa: E402
 from tests.conftest import write_conversations  # noqa: E402
 
 SEQ = 64
@@ -351,8 +351,9 @@ def test_without_torch_the_module_imports_and_construction_asks_to_install_it(be
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "import packsft.loader as loader\n"
+        "from packsft.errors import MissingDependencyError\n"
         "try:\n    loader.PackedDataset(sys.argv[1])\n"
-        "except loader.MissingDependencyError as exc:\n    print(type(exc).__mro__[1].__name__, exc)\n"
+        "except MissingDependencyError as exc:\n    print(type(exc).__mro__[1].__name__, exc)\n"
     )
     result = subprocess.run([sys.executable, "-c", code, str(bestfit)], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1], check=True)

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packsft.chunks import build_chunks, build_linear_chunks, segment_starts
 from packsft.pack import linear_rows, pack_aligned, pack_bestfit
 from packsft.records import Conversation
 from packsft.render import render_roles
+from packsft.rows import build_chunks, build_linear_chunks, segment_starts
 from packsft.split import split_long
 
 BOS, EOS, PAD, USR, ASST, SYS = 1, 2, 0, 3, 4, 5
@@ -228,7 +228,7 @@ def test_bestfit_places_every_piece_once_within_capacity(lengths, extra):
 @settings(max_examples=100, deadline=None)
 @given(conversations_st, st.integers(12, 160), st.sampled_from([0, 6, 64]))
 def test_unprompted_mask_gives_every_trained_label_bos_and_a_question(spec, seq_length, fill_cut):
-    from packsft.chunks import labels_with_bos_and_user
+    from packsft.rows import labels_with_bos_and_user
 
     conversations = [conversation(lengths, system, unprompted) for lengths, system, unprompted in spec]
     batch = render_roles(conversations, FakeTokenizer(), unprompted="mask")

@@ -22,10 +22,10 @@ import pytest
 from packsft.config import PackConfig
 from packsft.demo import DATA_DIR as DEMO_DATA
 from packsft.errors import OutputError
-from packsft.outdir import IncompleteOutputError, merge, status
-from packsft.parallel import PackInterrupted
-from packsft.pipeline import run_pack
-from packsft.plan import assign_units, plan_units, split_row_groups
+from packsft.run.outdir import IncompleteOutputError, merge, status
+from packsft.run.pipeline import run_pack
+from packsft.run.plan import assign_units, plan_units, split_row_groups
+from packsft.run.workers import PackInterrupted
 
 UNIT_BYTES = 4_000  # cuts the 20-row test files into a few row-group ranges
 FILES, ROWS_PER_FILE, ROW_GROUP = 6, 20, 5
@@ -185,9 +185,9 @@ def test_a_changed_input_file_redoes_only_its_units(tmp_path, data_dir, config, 
 
 
 def test_sigterm_stops_cleanly_and_a_rerun_finishes(tmp_path, data_dir, config, reference, monkeypatch):
-    import packsft.pipeline
+    import packsft.run.workers
 
-    write_unit = packsft.pipeline.write_unit
+    write_unit = packsft.run.workers.write_unit
 
     def write_then_terminate(*args, **kwargs):
         written = write_unit(*args, **kwargs)
@@ -195,12 +195,12 @@ def test_sigterm_stops_cleanly_and_a_rerun_finishes(tmp_path, data_dir, config, 
         return written
 
     out = tmp_path / "out"
-    monkeypatch.setattr(packsft.pipeline, "write_unit", write_then_terminate)
+    monkeypatch.setattr(packsft.run.workers, "write_unit", write_then_terminate)
     with pytest.raises(PackInterrupted) as stop:
         run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES)
     units = len(plan_units(data_dir, unit_bytes=UNIT_BYTES))
     assert str(stop.value).startswith(f"stopped by SIGTERM: 1 of {units} units are complete and kept. Rerun the same command to resume (packsft pack")
-    monkeypatch.setattr(packsft.pipeline, "write_unit", write_unit)
+    monkeypatch.setattr(packsft.run.workers, "write_unit", write_unit)
     assert run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES).skipped == 1
     assert_same_output(out, reference)
 

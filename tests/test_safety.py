@@ -15,7 +15,7 @@ import transformers
 from click.testing import CliRunner
 
 from packsft.cli import main
-from packsft.verify import verify_output
+from packsft.verify.checks import verify_output
 from tests.conftest import conv, write_conversations
 from tests.verify_helpers import assert_output_verifies
 

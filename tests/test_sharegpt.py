@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from packsft.config import PackConfig
-from packsft.output import PackedOutput
-from packsft.pipeline import run_pack
-from packsft.view import render_chunk, tokenizer_for
+from packsft.layout import PackedOutput
+from packsft.report.inspect import render_chunk, tokenizer_for
+from packsft.run.pipeline import run_pack
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from packsft.config import PackConfig
-from packsft.pipeline import run_pack
-from packsft.slurm import SlurmOptions, array_task_from_env, write_scripts
+from packsft.run.pipeline import run_pack
+from packsft.run.slurm import SlurmOptions, array_task_from_env, write_scripts
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = 2  # ShareGPT shards: 2 x 3 row groups at --unit-mib 1 = 6 units for 4 array tasks

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from packsft.cli import main
 from packsft.config import PackConfig
-from packsft.pipeline import run_pack
-from packsft.verify import check_output, verify_output
+from packsft.run.pipeline import run_pack
+from packsft.verify.checks import check_output, verify_output
 from tests.conftest import conv, write_conversations
 from tests.verify_helpers import assert_output_verifies, load_array, rewrite_array
 

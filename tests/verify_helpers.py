@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from packsft.verify import verify_output
-from packsft.writer import sha256_file
+from packsft.layout import sha256_file
+from packsft.verify.checks import verify_output
 
 
 def assert_output_verifies(out_dir: str | Path, deep: bool = False) -> None:

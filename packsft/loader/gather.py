@@ -30,10 +30,8 @@ from typing import Any
 
 import numpy as np
 
-import packsft
 from packsft.errors import OutputError
-from packsft.output import PackedOutput
-from packsft.writer import MANIFEST_JSON, SHARDS_DIR
+from packsft.layout import FORMAT_VERSION, MANIFEST_JSON, SHARDS_DIR, PackedOutput
 
 REQUIRED_KEYS = ("format_version", "seq_length", "dtype", "rows", "tokenizer", "shards")
 # Stream ids keep the row orders of different uses of one seed independent of each other.
@@ -95,9 +93,9 @@ def check_output(output: PackedOutput) -> list[dict[str, NpyFile]]:
     missing = [key for key in REQUIRED_KEYS if key not in dataset]
     if missing:
         raise OutputError(f"{where}: lacks {', '.join(missing)}; the output is incomplete, pack it again")
-    if dataset["format_version"] != packsft.FORMAT_VERSION:
+    if dataset["format_version"] != FORMAT_VERSION:
         raise OutputError(f"{where}: format version {dataset['format_version']}, this packsft reads "
-                          f"{packsft.FORMAT_VERSION}; pack the data again with this packsft")
+                          f"{FORMAT_VERSION}; pack the data again with this packsft")
     if sum(shard["rows"] for shard in dataset["shards"]) != dataset["rows"]:
         raise OutputError(f"{where}: the shards' rows do not add up to rows = {dataset['rows']}; the output is corrupt")
     length, token_dtype = dataset["seq_length"], np.dtype(dataset["dtype"])

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from packsft.errors import ConfigError, ResumeError
-from packsft.gather import DATASET_STREAM, MIXTURE_STREAM, epoch_order, uniform_stream
-from packsft.loader import PackedDataset, _BatchLoader, _Step
+from packsft.loader.batches import BatchLoader, Step
+from packsft.loader.dataset import PackedDataset
+from packsft.loader.gather import DATASET_STREAM, MIXTURE_STREAM, epoch_order, uniform_stream
 
 MIXTURE_BLOCK = 1 << 16
 
@@ -92,7 +93,7 @@ class MixturePlan:
             yield position, list(drawn), which, rows
 
 
-class MixtureLoader(_BatchLoader):
+class MixtureLoader(BatchLoader):
     """Batches drawn from several outputs by weight, forever; see the module docstring for the draw.
 
     Args:
@@ -118,11 +119,11 @@ class MixtureLoader(_BatchLoader):
                                 [d.fingerprint for d in datasets])
         self.rows_consumed, self.drawn = 0, [0] * len(datasets)
 
-    def _plan(self) -> Iterator[_Step]:
+    def _plan(self) -> Iterator[Step]:
         start = self.rows_consumed
         for position, drawn, which, rows in self.plan.steps(start, list(self.drawn), self.global_batch_size):
             mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
-            yield _Step(which[mine], rows[mine], {"rows_consumed": position, "drawn": drawn})
+            yield Step(which[mine], rows[mine], {"rows_consumed": position, "drawn": drawn})
 
     def _set_state(self, state: dict[str, Any]) -> None:
         self.rows_consumed, self.drawn = state["rows_consumed"], state["drawn"]

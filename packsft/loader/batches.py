@@ -26,101 +26,23 @@ prefetched, so a checkpoint taken between steps resumes exactly at the next batc
 from __future__ import annotations
 
 import queue
-import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from packsft.errors import ConfigError, MissingDependencyError, ResumeError, TokenizerError
-from packsft.gather import (
-    RowReader,
-    batch_segments,
-    check_output,
-    epoch_order,
-    output_fingerprint,
-)
-from packsft.output import PackedOutput
+from packsft.errors import ConfigError
+from packsft.loader.dataset import PackedDataset, torch_module
+from packsft.loader.gather import batch_segments
 
-if TYPE_CHECKING:
-    import torch
-
-TORCH_HINT = "pip install packsft[torch]"
-FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 POLL_SECONDS = 0.1  # how often a blocked background thread checks whether the loop was abandoned
 _DONE = object()
 
 
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        raise MissingDependencyError(f"the packsft loader needs PyTorch, which is not installed: {TORCH_HINT}") from None
-    return torch
-
-
-class PackedDataset:
-    """Map-style view over every shard of one output; `ds[i]` is row i as training tensors.
-
-    Args:
-        out_dir: a complete `packsft pack` output.
-        expect_tokenizer: a tokenizer fingerprint (64 hex digits) or a name/path to load; data
-            packed with any other tokenizer is refused.
-    """
-
-    def __init__(self, out_dir: str | Path, expect_tokenizer: str | None = None) -> None:
-        _torch()
-        self.output = PackedOutput(out_dir)
-        self.reader = RowReader(self.output, check_output(self.output))
-        dataset = self.output.dataset
-        self.seq_length: int = dataset["seq_length"]
-        self.dtype = np.dtype(dataset["dtype"])
-        self.vocab_size: int = dataset["tokenizer"].get("vocab_size", 0)
-        self.tokenizer_fingerprint: str = dataset["tokenizer"].get("fingerprint", "")
-        self.fingerprint = output_fingerprint(dataset)
-        if expect_tokenizer is not None:
-            self._check_tokenizer(expect_tokenizer)
-
-    def _check_tokenizer(self, expected: str) -> None:
-        if FINGERPRINT.fullmatch(expected):
-            found, what = expected, f"fingerprint {expected[:12]}"
-        else:
-            from packsft.tokenizer import load_tokenizer
-
-            template = self.output.dataset["tokenizer"].get("template", "roles")
-            found = load_tokenizer(expected, template).fingerprint
-            what = f"tokenizer {expected!r} (fingerprint {found[:12]})"
-        if found != self.tokenizer_fingerprint:
-            packed_with = self.output.dataset["tokenizer"].get("name")
-            raise TokenizerError(
-                f"{self.output.out_dir}: packed with tokenizer {packed_with!r} (fingerprint "
-                f"{self.tokenizer_fingerprint[:12]}), not {what}. Pack the data again with your tokenizer, "
-                "or train with the one it was packed with"
-            )
-
-    def __len__(self) -> int:
-        return len(self.output)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        torch = _torch()
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"row {index} out of range for {len(self)} rows")
-        tokens = np.empty((1, self.seq_length + 1), self.dtype)
-        mask = np.empty((1, self.seq_length), np.uint8)
-        self.reader.read(np.array([index % len(self)], dtype=np.int64), tokens, mask)
-        wide = torch.from_numpy(tokens[0].astype(np.int64))
-        return {"input_ids": wide[:-1], "labels": wide[1:], "loss_mask": torch.from_numpy(mask[0].astype(np.float32))}
-
-    def segment_lengths(self, index: int) -> np.ndarray:
-        """Lengths of the conversation pieces stored in row `index` (over its L+1 tokens)."""
-        return self.output.row(index).segment_lengths
-
-
 @dataclass
-class _Step:
+class Step:
     which: np.ndarray  # dataset index of each row of this rank's batch
     rows: np.ndarray  # row index within that dataset
     state: dict[str, Any]  # the loader's state once this batch has been handed out
@@ -135,12 +57,12 @@ class _Slot:
     event: Any = None  # CUDA event: the last copy out of this slot has finished
 
 
-class _BatchLoader:
+class BatchLoader:
     """What PackedLoader and MixtureLoader share: arguments, the background thread, the device side."""
 
     def __init__(self, datasets: list[PackedDataset], batch_size: int, rank: int, world_size: int, seed: int,
                  device: Any, pin_memory: bool | None, prefetch: int, segments: bool) -> None:
-        torch = _torch()
+        torch = torch_module()
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or prefetch < 1:
             raise ConfigError(f"need batch_size >= 1, world_size >= 1, 0 <= rank < world_size and prefetch >= 1; "
                               f"got batch_size={batch_size}, rank={rank}, world_size={world_size}, prefetch={prefetch}")
@@ -158,14 +80,14 @@ class _BatchLoader:
     def global_batch_size(self) -> int:
         return self.batch_size * self.world_size
 
-    def _plan(self) -> Iterator[_Step]:
+    def _plan(self) -> Iterator[Step]:
         raise NotImplementedError
 
     def _set_state(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
     def _new_slot(self) -> _Slot:
-        torch = _torch()
+        torch = torch_module()
         shapes = ((self.batch_size, self.seq_length + 1), (self.batch_size, self.seq_length))
         if self.pin_memory:
             host = [torch.empty(shape, dtype=dtype, pin_memory=True)
@@ -174,7 +96,7 @@ class _BatchLoader:
         tokens, mask = np.empty(shapes[0], self.dtype), np.empty(shapes[1], np.uint8)
         return _Slot(tokens, mask, torch.from_numpy(tokens), torch.from_numpy(mask))
 
-    def _fill(self, slot: _Slot, step: _Step) -> np.ndarray | None:
+    def _fill(self, slot: _Slot, step: Step) -> np.ndarray | None:
         """Read a step's rows into a slot; returns cu_seqlens when segments are asked for."""
         if slot.event is not None:
             slot.event.synchronize()  # the device may still be copying this slot's previous batch
@@ -191,7 +113,7 @@ class _BatchLoader:
 
     def _widen_on_host(self, slot: _Slot, rows: int, cu_seqlens: np.ndarray | None) -> dict[str, Any]:
         """The batch for a CPU device, built in the background thread (numpy casts are fast and drop the GIL)."""
-        torch = _torch()
+        torch = torch_module()
         tokens = slot.tokens[:rows]
         batch = {"input_ids": tokens[:, :-1].astype(np.int64), "labels": tokens[:, 1:].astype(np.int64),
                  "loss_mask": slot.mask[:rows].astype(np.float32)}
@@ -235,7 +157,7 @@ class _BatchLoader:
 
     def _to_device(self, slot: _Slot, rows: int, cu_seqlens: np.ndarray | None) -> dict[str, Any]:
         """Copy a slot in its stored dtypes to the (non-CPU) device, then widen there."""
-        torch = _torch()
+        torch = torch_module()
         length, device = self.seq_length, self.device
         tokens = slot.host_tokens[:rows].to(device, non_blocking=True)
         mask = slot.host_mask[:rows].to(device, non_blocking=True)
@@ -275,70 +197,3 @@ class _BatchLoader:
             stop.set()
             thread.join()
 
-
-class PackedLoader(_BatchLoader):
-    """Batches of one packed output for one rank; iterating runs the rest of the current epoch.
-
-    Each epoch visits a permutation seeded by (seed, epoch); step k hands rank r the rows
-    order[k*G + r*B : k*G + (r+1)*B] with G = batch_size * world_size, so ranks are disjoint and
-    together cover the epoch. With drop_last=False the last, shorter global batch is split into
-    world_size near-equal parts (a rank may get 0 rows when fewer rows than ranks remain).
-    """
-
-    def __init__(self, dataset_or_dir: PackedDataset | str | Path, batch_size: int, *, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, shuffle: bool = True, drop_last: bool = True,
-                 device: Any = None, pin_memory: bool | None = None, prefetch: int = 2, segments: bool = False) -> None:
-        dataset = dataset_or_dir if isinstance(dataset_or_dir, PackedDataset) else PackedDataset(dataset_or_dir)
-        super().__init__([dataset], batch_size, rank, world_size, seed, device, pin_memory, prefetch, segments)
-        self.dataset, self.shuffle, self.drop_last = dataset, shuffle, drop_last
-        if drop_last and len(dataset) < self.global_batch_size:
-            raise ConfigError(f"{dataset.output.out_dir} has {len(dataset)} rows, fewer than one global batch of "
-                              f"{self.global_batch_size}; lower batch_size or pass drop_last=False")
-        self.epoch, self.rows_consumed = 0, 0
-
-    def __len__(self) -> int:
-        """Steps in a whole epoch."""
-        steps, rest = divmod(len(self.dataset), self.global_batch_size)
-        return steps + (1 if rest and not self.drop_last else 0)
-
-    def _has_step(self, position: int) -> bool:
-        remaining = len(self.dataset) - position
-        return remaining >= self.global_batch_size or (not self.drop_last and remaining > 0)
-
-    def _plan(self) -> Iterator[_Step]:
-        epoch, position, size = self.epoch, self.rows_consumed, self.global_batch_size
-        order = epoch_order(len(self.dataset), self.seed, epoch, self.shuffle)
-        while self._has_step(position):
-            chunk = order[position : position + size]
-            if len(chunk) == size:
-                mine = chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-            else:
-                mine = np.array_split(chunk, self.world_size)[self.rank]
-            position += len(chunk)
-            state = (epoch, position) if self._has_step(position) else (epoch + 1, 0)
-            yield _Step(np.zeros(len(mine), dtype=np.int64), mine, {"epoch": state[0], "rows_consumed": state[1]})
-
-    def _set_state(self, state: dict[str, Any]) -> None:
-        self.epoch, self.rows_consumed = state["epoch"], state["rows_consumed"]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"fingerprint": self.dataset.fingerprint, "seed": self.seed, "epoch": self.epoch,
-                "rows_consumed": self.rows_consumed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume where `state` was saved (any world_size; exact when the global batch size is the same)."""
-        if state.get("fingerprint") != self.dataset.fingerprint:
-            raise ResumeError(f"the loader state belongs to another output (fingerprint {str(state.get('fingerprint'))[:12]}, "
-                              f"this one is {self.dataset.fingerprint[:12]}); resume with the data it was saved with")
-        self.seed, self.epoch, self.rows_consumed = int(state["seed"]), int(state["epoch"]), int(state["rows_consumed"])
-        if not self._has_step(self.rows_consumed):
-            self.epoch, self.rows_consumed = self.epoch + 1, 0
-
-
-def __getattr__(name: str) -> Any:
-    # MixtureLoader lives in packsft/mixture.py (which imports this module); offer it here too.
-    if name == "MixtureLoader":
-        from packsft.mixture import MixtureLoader
-
-        return MixtureLoader
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,21 +25,18 @@ from dataclasses import dataclass
 from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.context import BaseContext
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from packsft.config import PackConfig
 from packsft.errors import OutputError, PacksftError
-from packsft.plan import Unit, threads_per_worker
+from packsft.run.outdir import Plan, incomplete_units, resume_hint
+from packsft.run.plan import Unit, threads_per_worker
+from packsft.run.unit import write_unit
 from packsft.tokenizer import PackTokenizer, load_tokenizer
 
-if TYPE_CHECKING:
-    from packsft.outdir import Plan
-
-
 # Imported once by the fork server, so that each worker starts in well under a second.
-PRELOAD = ("packsft.pipeline", "transformers.models.auto.tokenization_auto", "transformers.tokenization_utils_fast")
+PRELOAD = ("packsft.run.pipeline", "transformers.models.auto.tokenization_auto", "transformers.tokenization_utils_fast")
 
 
 class PackInterrupted(PacksftError):
@@ -75,7 +72,6 @@ def _init_worker(job: UnitJob, threads: int) -> None:
 
 
 def _work(job: UnitJob, unit: Unit, fingerprint: str) -> int:
-    from packsft.pipeline import write_unit
 
     assert _worker_tokenizer is not None  # set by _init_worker
     write_unit(unit, fingerprint, job.out_dir, job.config, _worker_tokenizer, strict=job.strict,
@@ -87,7 +83,6 @@ def pack_units(
     units: list[Unit], fingerprints: list[str], job: UnitJob, tokenizer: PackTokenizer, workers: int, quiet: bool
 ) -> None:
     """Pack and write every unit; with workers > 1 in a process pool, largest units first."""
-    from packsft.pipeline import write_unit
 
     total = sum(unit.rows for unit in units)
     with tqdm(total=total, unit="conv", desc="packing", disable=quiet or not units, dynamic_ncols=True) as progress:
@@ -148,7 +143,6 @@ def stop_on_signals(out_dir: Path, plan: Plan) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt as stop:
-        from packsft.outdir import incomplete_units, resume_hint
 
         missing = incomplete_units(out_dir, plan)
         how = resume_hint(out_dir, plan, missing) if missing else f"packsft merge {shlex.quote(str(out_dir))}"

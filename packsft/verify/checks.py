@@ -24,14 +24,21 @@ from typing import Any
 
 import numpy as np
 
-import packsft
 from packsft.config import OUTPUT_FORMATS, STRATEGIES
 from packsft.errors import OutputError
-from packsft.invariants import check_shard_arrays
+from packsft.layout import (
+    DATASET_JSON,
+    FORMAT_VERSION,
+    MARKER,
+    PARQUET_FILE,
+    REJECTS_JSONL,
+    SHARDS_DIR,
+    storage_dtype,
+)
 from packsft.stats import add_counters, summarize
-from packsft.verify_deep import repack_and_compare
-from packsft.verify_files import ShardArrays, check_shard_files, check_shard_list
-from packsft.writer import DATASET_JSON, MARKER, PARQUET_FILE, REJECTS_JSONL, SHARDS_DIR, storage_dtype
+from packsft.verify.deep import repack_and_compare
+from packsft.verify.files import ShardArrays, check_shard_files, check_shard_list
+from packsft.verify.invariants import check_shard_arrays
 
 DEEP_SAMPLE_UNITS = 2
 DATASET_KEYS = ("format_version", "config", "tokenizer", "seq_length", "dtype", "rows", "tokens", "stats",
@@ -166,9 +173,9 @@ def _read_dataset(out_dir: Path, report: Report) -> dict[str, Any] | None:
     if schema:
         report.problems += [Problem(DATASET_JSON, message) for message in schema]
         return None
-    if dataset["format_version"] != packsft.FORMAT_VERSION:
+    if dataset["format_version"] != FORMAT_VERSION:
         report.problems.append(Problem(DATASET_JSON, f"format version {dataset['format_version']!r}; this packsft "
-                                       f"reads version {packsft.FORMAT_VERSION}"))
+                                       f"reads version {FORMAT_VERSION}"))
         return None
     return dataset
 

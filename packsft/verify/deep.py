@@ -22,19 +22,20 @@ import numpy as np
 
 from packsft.config import CONFIG_KEYS, PackConfig
 from packsft.errors import PacksftError
+from packsft.layout import ARRAY_FILES, MANIFEST_JSON, PARQUET_FILE, SHARDS_DIR
+from packsft.reader import open_input
 from packsft.records import RejectLedger
-from packsft.verify_files import ShardArrays, compare_arrays
-from packsft.writer import ARRAY_FILES, MANIFEST_JSON, PARQUET_FILE, SHARDS_DIR, narrow_tokens
+from packsft.run.plan import Unit
+from packsft.run.unit import pack_unit
+from packsft.tokenizer import load_tokenizer
+from packsft.verify.files import ShardArrays, compare_arrays
+from packsft.writer import narrow_tokens, seq_lengths
 
 
 def repack_and_compare(
     out_dir: Path, dataset: dict[str, Any], units: list[int], notes: list[str]
 ) -> tuple[list[tuple[str, str]], int]:
     """(problems as (file relative to OUT_DIR, message), units re-packed); reasons to skip go to notes."""
-    from packsft.plan import Unit
-    from packsft.reader import open_input
-    from packsft.tokenizer import load_tokenizer
-    from packsft.unit import pack_unit
 
     skip = "deep check skipped"
     try:
@@ -112,7 +113,6 @@ def repack_and_compare(
 def _compare_parquet(path: Path, fresh: dict[str, np.ndarray], chunks: Any, name: str, message: str) -> list[tuple[str, str]]:
     import pyarrow.parquet as pq
 
-    from packsft.export import seq_lengths
 
     table = pq.read_table(path)
     rows, capacity = fresh["tokens.npy"].shape

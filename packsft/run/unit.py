@@ -9,23 +9,30 @@ No I/O besides reading the unit's input; pipeline.write_unit writes the shard.
 from __future__ import annotations
 
 import functools
+import sys
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from packsft.chunks import Chunks, build_chunks, build_linear_chunks, labels_with_bos_and_user
+from packsft.chat_template import ChatRenderer, render_chat
 from packsft.config import PackConfig
+from packsft.errors import InputError, PacksftError
+from packsft.layout import REJECTS_JSONL
 from packsft.pack import pack_aligned, pack_bestfit
-from packsft.plan import Unit
-from packsft.reader import InputFile, read_conversations
-from packsft.records import ASSISTANT, TEXT, USER, Conversation, RejectLedger
+from packsft.reader import InputFile, open_input, read_conversations
+from packsft.records import ASSISTANT, TEXT, USER, Conversation, RejectLedger, parse_role_map
 from packsft.render import RenderedBatch, render_roles, trained_unprompted
-from packsft.split import PieceTable, split_long
+from packsft.rows import Chunks, build_chunks, build_linear_chunks, empty_chunks, labels_with_bos_and_user
+from packsft.run.outdir import failed_path
+from packsft.run.plan import Unit
+from packsft.split import PieceTable, prompt_starts, split_long
 from packsft.stats import LENGTH_BIN, LENGTH_BINS
 from packsft.tokenizer import PackTokenizer
+from packsft.writer import write_shard
 
 NO_SOURCE = "(none)"
 OMITTED_MARKER = "[… {n} tokens omitted] "
@@ -35,7 +42,6 @@ def render_batch(conversations, tokenizer: PackTokenizer, config: PackConfig, *,
                  reject: Callable[[Conversation, str], None] | None = None) -> RenderedBatch:
     """Render with the configured template; `reject` receives conversations the chat template cannot render."""
     if config.template == "chat":
-        from packsft.chat_template import render_chat
 
         return render_chat(conversations, tokenizer, mask=config.mask, unprompted=config.unprompted,
                            renderer=renderer, reject=reject)
@@ -81,7 +87,6 @@ def pack_unit(
     batches = []
     renderer = None
     if config.template == "chat":
-        from packsft.chat_template import ChatRenderer
 
         renderer = ChatRenderer(tokenizer)
     for conversations, filtered in read_conversations(
@@ -225,7 +230,6 @@ def _piece_shares(pieces: PieceTable, order: np.ndarray, chunks: Chunks, convers
 
 def _linear_context(batch: RenderedBatch, seq_length: int) -> dict[str, int]:
     """For stream packing: prompted trained labels, and those whose prompt lies wholly in the label's row."""
-    from packsft.split import prompt_starts
 
     starts = prompt_starts(batch)
     positions = np.flatnonzero((starts >= 0) & batch.flags.astype(bool))
@@ -233,3 +237,59 @@ def _linear_context(batch: RenderedBatch, seq_length: int) -> dict[str, int]:
     rows = (positions - 1) // seq_length
     complete = starts[positions] >= rows * seq_length
     return {"prompted_labels": len(positions), "prompted_labels_complete": int(complete.sum())}
+
+
+def write_unit(
+    unit: Unit,
+    fingerprint: str,
+    out_dir: Path,
+    config: PackConfig,
+    tokenizer: PackTokenizer,
+    *,
+    strict: bool = False,
+    skip_bad_files: bool = False,
+    progress: tqdm | None = None,
+) -> dict[str, Any]:
+    """Pack one unit and write its shard (with its rejects.jsonl); returns the shard manifest.
+
+    A failure is recorded in shards/.failed-NNNNN for `packsft status`, then raised. Under
+    --skip-bad-files a file that breaks while being read (truncated, a bad JSON line) becomes an empty
+    shard whose manifest says why; merge lists it in dataset.json `skipped_files`.
+    """
+    failed = failed_path(out_dir, unit.index)
+    try:
+        rejects = RejectLedger(strict=strict)
+        source = open_input(unit.path, config.format, config.input_format, parse_role_map(config.role_map))
+        inputs = {"path": unit.name, "bytes": unit.file_bytes, "row_groups": list(unit.row_groups or ()),
+                  "first_row": unit.first_row}
+        skipped = None
+        try:
+            chunks, counters = pack_unit(unit, source, config, tokenizer, rejects, progress)
+        except InputError as exc:
+            if not skip_bad_files:
+                raise
+            skipped = {"path": unit.name, "error": str(exc)}
+            if progress is not None:
+                progress.write(f"packsft: skipping bad file: {exc}", file=sys.stderr)
+            rejects = RejectLedger(strict=strict)
+            chunks = empty_chunks(config.seq_length)
+            counters = {key: 0 for key in ("chunks", "nonpad_positions", "trained_tokens_kept", "bos_starts")}
+        rows = source.num_rows if source.num_rows is not None else source.rows_read
+        manifest = {
+            "unit": unit.index,
+            "inputs": [{**inputs, "rows": unit.rows if unit.row_groups is not None else rows, **source.describe()}],
+            "tokenizer_fingerprint": tokenizer.fingerprint,
+            "fingerprint": fingerprint,
+            "config": config.to_dict(),
+            "counters": counters,
+            **({"skipped": skipped} if skipped else {}),
+        }
+        written = write_shard(out_dir, unit.index, chunks, vocab_size=tokenizer.vocab_size,
+                              output_format=config.output_format, manifest=manifest,
+                              extra_files={REJECTS_JSONL: rejects.to_jsonl().encode()})
+    except Exception as exc:
+        kind = "error" if isinstance(exc, PacksftError) else f"bug ({type(exc).__name__})"
+        failed.write_text(f"{kind}: {exc}\n")
+        raise
+    failed.unlink(missing_ok=True)
+    return written

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import click
 import numpy as np
 
-from packsft.output import PackedOutput
+from packsft.chat_template import ChatRenderer
+from packsft.errors import TokenizerError
+from packsft.layout import PackedOutput
 from packsft.tokenizer import PackTokenizer, load_tokenizer
 
 MAX_CHARS = 90
@@ -116,7 +118,6 @@ def _paint(line: str, trained: bool, color: bool) -> str:
 
 def _chat_user_header(tokenizer: PackTokenizer) -> str:
     """The text a chat template puts before a (second) user message, after the previous turn's end."""
-    from packsft.chat_template import ChatRenderer
 
     pieces = ChatRenderer(tokenizer).literals(("user", "user"))
     if not pieces:
@@ -172,7 +173,6 @@ def render_chunk(output: PackedOutput, index: int, tokenizer: PackTokenizer, *, 
 
 def tokenizer_for(output: PackedOutput, override: str | None = None) -> PackTokenizer:
     """Load the tokenizer an output was packed with (or `override`), refusing a different one."""
-    from packsft.errors import TokenizerError
 
     info = output.dataset["tokenizer"]
     tokenizer = load_tokenizer(override or info["name"], info["template"])

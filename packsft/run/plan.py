@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import packsft
 from packsft.config import PackConfig
 from packsft.errors import InputError
+from packsft.layout import FORMAT_VERSION
 from packsft.reader import list_input_files, open_input
 from packsft.records import parse_role_map
 
@@ -143,7 +143,7 @@ def fingerprint_config(config: PackConfig) -> dict[str, Any]:
 def unit_fingerprint(unit: Unit, config: PackConfig, tokenizer_fingerprint: str) -> str:
     """sha256 of everything that decides a unit's shard bytes."""
     payload = {
-        "format_version": packsft.FORMAT_VERSION,
+        "format_version": FORMAT_VERSION,
         "tokenizer": tokenizer_fingerprint,
         "config": fingerprint_config(config),
         "input": [unit.name, unit.file_bytes, unit.file_mtime_ns, unit.row_groups and list(unit.row_groups)],

@@ -25,20 +25,19 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import packsft
 from packsft.config import DEFAULT_LONG, PackConfig
 from packsft.errors import OutputError
-from packsft.plan import PLAN_JSON, PLAN_VERSION, Unit, assign_units, fingerprint_config
-from packsft.writer import (
-    DATASET_JSON,
-    MARKER,
-    REJECTS_JSONL,
-    SHARDS_DIR,
-    atomic_write_json,
-    prepare_output,
-    read_manifest,
-    shard_name,
+from packsft.layout import DATASET_JSON, MARKER, REJECTS_JSONL, SHARDS_DIR, read_manifest, shard_name
+from packsft.run.plan import (
+    DEFAULT_UNIT_BYTES,
+    PLAN_JSON,
+    PLAN_VERSION,
+    Unit,
+    assign_units,
+    fingerprint_config,
 )
+from packsft.version import __version__
+from packsft.writer import atomic_write_json, build_dataset_manifest, prepare_output
 
 FAILED_PREFIX = ".failed-"
 TMP_PREFIX = ".tmp-"
@@ -60,7 +59,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "plan_version": PLAN_VERSION, "packsft_version": packsft.__version__, "data_dir": self.data_dir,
+            "plan_version": PLAN_VERSION, "packsft_version": __version__, "data_dir": self.data_dir,
             "config": self.config, "tokenizer": self.tokenizer, "unit_bytes": self.unit_bytes,
             "units": [{**u.to_dict(), "fingerprint": f} for u, f in zip(self.units, self.fingerprints)],
             "slurm": self.slurm, "skipped_files": self.skipped_files,
@@ -171,7 +170,6 @@ def resume_hint(out_dir: Path, plan: Plan, missing: list[int]) -> str:
 
 def pack_flags(config: PackConfig, unit_bytes: int) -> list[str]:
     """The `pack` flags that reproduce `config` (only those that differ from the defaults)."""
-    from packsft.plan import DEFAULT_UNIT_BYTES
 
     defaults, flags = PackConfig(), []
     for f in fields(PackConfig):
@@ -191,7 +189,6 @@ class IncompleteOutputError(OutputError):
 
 def merge(out_dir: str | Path) -> dict[str, Any]:
     """Check every planned unit is complete, then write rejects.jsonl and dataset.json from the manifests."""
-    from packsft.pipeline import build_dataset_manifest
 
     out_dir = Path(out_dir)
     plan = read_plan(out_dir)

@@ -21,9 +21,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import packsft
 from packsft.config import PackConfig
 from packsft.errors import PacksftError
+from packsft.run.outdir import pack_flags, prepare_plan
+from packsft.run.pipeline import make_plan
+from packsft.run.plan import DEFAULT_UNIT_BYTES
 
 SLURM_DIR = "slurm"
 PACK_SCRIPT = "pack.sbatch"
@@ -77,7 +79,7 @@ def write_scripts(data_dir: Path, out_dir: Path, pack_flags: list[str], options:
     folder = out_dir.resolve() / SLURM_DIR
     (folder / "logs").mkdir(parents=True, exist_ok=True)
     python = shlex.quote(sys.executable)
-    package_parent = shlex.quote(str(Path(packsft.__file__).resolve().parent.parent))
+    package_parent = shlex.quote(str(Path(__file__).resolve().parents[2]))
     array = f"0-{options.array_size - 1}" + (f"%{options.throttle}" if options.throttle else "")
     out = shlex.quote(str(out_dir.resolve()))
     pack_cmd = shlex.join(["-m", "packsft", "pack", str(data_dir.resolve()), str(out_dir.resolve()), *pack_flags,
@@ -126,9 +128,6 @@ def sbatch(*args: str) -> str:
 def submit(data_dir: str | Path, out_dir: str | Path, config: PackConfig, options: SlurmOptions, *,
            unit_bytes: int | None = None, overwrite: bool = False) -> Submission:
     """Plan the output, write the scripts, submit the array and its merge job."""
-    from packsft.outdir import pack_flags, prepare_plan
-    from packsft.pipeline import make_plan
-    from packsft.plan import DEFAULT_UNIT_BYTES
 
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir)  # the tasks may start elsewhere
     unit_bytes = unit_bytes or DEFAULT_UNIT_BYTES

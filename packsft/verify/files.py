@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from packsft.writer import ARRAY_FILES, MANIFEST_JSON, PARQUET_FILE, SHARDS_DIR, sha256_file, shard_name
+from packsft.layout import ARRAY_FILES, MANIFEST_JSON, PARQUET_FILE, SHARDS_DIR, sha256_file, shard_name
 
 EXPECTED_FILES = {"npy": ARRAY_FILES, "parquet": (PARQUET_FILE,), "both": (*ARRAY_FILES, PARQUET_FILE)}
 MANIFEST_FIELDS = ("rows", "inputs", "files", "fingerprint")  # fields a manifest shares with its dataset.json entry

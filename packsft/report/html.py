@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-import packsft
-from packsft.charts import bar_chart, empty_chart, fraction_chart
-from packsft.output import PackedOutput
-from packsft.report_page import PAGE_TEMPLATE, summary_html
+from packsft.layout import PackedOutput
+from packsft.report.charts import bar_chart, empty_chart, fraction_chart
+from packsft.report.inspect import tokenizer_for
+from packsft.report.page import PAGE_TEMPLATE, summary_html
 from packsft.stats import LENGTH_BIN
-from packsft.view import tokenizer_for
+from packsft.version import __version__
 
 DEFAULT_CHUNKS = 5
 # Per-row figures read at most this many rows (evenly spaced) so a report of a huge output stays quick.
@@ -186,7 +186,7 @@ def write_report(out_dir: str | Path, html_path: str | Path, *, chunks: Sequence
     page = PAGE_TEMPLATE.substitute(
         title=_esc(f"packsft report: {Path(out_dir).resolve().name}"),
         out_dir=_esc(Path(out_dir).resolve()),
-        version=_esc(packsft.__version__),
+        version=_esc(__version__),
         summary=summary_html(dataset),
         charts=charts_html(output),
         chunk_count=len(indices),

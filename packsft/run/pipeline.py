@@ -12,25 +12,29 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tqdm import tqdm
-
-import packsft
-from packsft.chunks import empty_chunks
 from packsft.config import PackConfig
-from packsft.errors import ConfigError, InputError, OutputError, PacksftError
-from packsft.outdir import failed_path
-from packsft.plan import DEFAULT_UNIT_BYTES, Unit, assign_units, available_cpus, plan_inputs, unit_fingerprint
-from packsft.reader import open_input
-from packsft.records import RejectLedger, parse_role_map
-from packsft.stats import add_counters, summarize
+from packsft.errors import ConfigError, OutputError
+from packsft.layout import DATASET_JSON
+from packsft.run.outdir import (
+    Plan,
+    incomplete_units,
+    merge,
+    prepare_plan,
+    remove_temporaries,
+    unit_complete,
+)
+from packsft.run.plan import (
+    DEFAULT_UNIT_BYTES,
+    Unit,
+    assign_units,
+    available_cpus,
+    plan_inputs,
+    unit_fingerprint,
+)
+from packsft.run.workers import UnitJob, pack_units, stop_on_signals
 from packsft.tokenizer import PackTokenizer, load_tokenizer
-from packsft.unit import pack_unit
-from packsft.writer import DATASET_JSON, REJECTS_JSONL, storage_dtype, write_shard
-
-if TYPE_CHECKING:
-    from packsft.outdir import Plan
 
 
 @dataclass
@@ -41,62 +45,6 @@ class PackResult:
     packed: int = 0  # units packed by this run
     skipped: int = 0  # units of this run already complete from an earlier run
     missing: int = 0  # planned units not complete after this run (all array tasks together)
-
-
-def write_unit(
-    unit: Unit,
-    fingerprint: str,
-    out_dir: Path,
-    config: PackConfig,
-    tokenizer: PackTokenizer,
-    *,
-    strict: bool = False,
-    skip_bad_files: bool = False,
-    progress: tqdm | None = None,
-) -> dict[str, Any]:
-    """Pack one unit and write its shard (with its rejects.jsonl); returns the shard manifest.
-
-    A failure is recorded in shards/.failed-NNNNN for `packsft status`, then raised. Under
-    --skip-bad-files a file that breaks while being read (truncated, a bad JSON line) becomes an empty
-    shard whose manifest says why; merge lists it in dataset.json `skipped_files`.
-    """
-    failed = failed_path(out_dir, unit.index)
-    try:
-        rejects = RejectLedger(strict=strict)
-        source = open_input(unit.path, config.format, config.input_format, parse_role_map(config.role_map))
-        inputs = {"path": unit.name, "bytes": unit.file_bytes, "row_groups": list(unit.row_groups or ()),
-                  "first_row": unit.first_row}
-        skipped = None
-        try:
-            chunks, counters = pack_unit(unit, source, config, tokenizer, rejects, progress)
-        except InputError as exc:
-            if not skip_bad_files:
-                raise
-            skipped = {"path": unit.name, "error": str(exc)}
-            if progress is not None:
-                progress.write(f"packsft: skipping bad file: {exc}", file=sys.stderr)
-            rejects = RejectLedger(strict=strict)
-            chunks = empty_chunks(config.seq_length)
-            counters = {key: 0 for key in ("chunks", "nonpad_positions", "trained_tokens_kept", "bos_starts")}
-        rows = source.num_rows if source.num_rows is not None else source.rows_read
-        manifest = {
-            "unit": unit.index,
-            "inputs": [{**inputs, "rows": unit.rows if unit.row_groups is not None else rows, **source.describe()}],
-            "tokenizer_fingerprint": tokenizer.fingerprint,
-            "fingerprint": fingerprint,
-            "config": config.to_dict(),
-            "counters": counters,
-            **({"skipped": skipped} if skipped else {}),
-        }
-        written = write_shard(out_dir, unit.index, chunks, vocab_size=tokenizer.vocab_size,
-                              output_format=config.output_format, manifest=manifest,
-                              extra_files={REJECTS_JSONL: rejects.to_jsonl().encode()})
-    except Exception as exc:
-        kind = "error" if isinstance(exc, PacksftError) else f"bug ({type(exc).__name__})"
-        failed.write_text(f"{kind}: {exc}\n")
-        raise
-    failed.unlink(missing_ok=True)
-    return written
 
 
 # --workers 0 (auto) starts a process per CPU only for inputs this big: below it, starting the pool
@@ -121,7 +69,6 @@ def make_plan(
     skip_bad_files: bool = False,
 ) -> tuple[Plan, PackTokenizer]:
     """The plan of DATA_DIR for `config` (units and their fingerprints) and the loaded tokenizer."""
-    from packsft.outdir import Plan
 
     if out_dir.resolve() == data_dir.resolve() or data_dir.resolve() in out_dir.resolve().parents:
         raise OutputError(f"{out_dir}: OUT_DIR must not be inside DATA_DIR ({data_dir}); pick another folder")
@@ -158,8 +105,6 @@ def run_pack(
         skip_bad_files: list unreadable files in dataset.json `skipped_files` and go on, instead of
             stopping with an error naming the file.
     """
-    from packsft.outdir import incomplete_units, merge, prepare_plan, remove_temporaries, unit_complete
-    from packsft.parallel import UnitJob, pack_units, stop_on_signals
 
     started = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -195,41 +140,3 @@ def _say_detected(plan) -> None:
               file=sys.stderr)
     for entry in plan.skipped_files:
         print(f"packsft: skipping bad file: {entry['error']}", file=sys.stderr)
-
-
-def build_dataset_manifest(
-    manifests: list[dict[str, Any]],
-    config: PackConfig,
-    tokenizer: PackTokenizer | dict[str, Any],
-    data_dir: Path,
-    skipped: list[dict[str, str]] | None = None,
-) -> dict[str, Any]:
-    """dataset.json from the shard manifests; `tokenizer` is a PackTokenizer or its identity().
-
-    `skipped` lists input files left out under --skip-bad-files (with why).
-    """
-    identity = tokenizer.identity() if isinstance(tokenizer, PackTokenizer) else tokenizer
-    skipped = (skipped or []) + [m["skipped"] for m in manifests if m.get("skipped")]
-    counters: dict[str, Any] = {}
-    for manifest in manifests:
-        add_counters(counters, manifest["counters"])
-    rows = sum(m["rows"] for m in manifests)
-    return {
-        "format_version": packsft.FORMAT_VERSION,
-        "packsft_version": packsft.__version__,
-        "config": config.to_dict(),
-        "data_dir": str(data_dir),
-        "tokenizer": identity,
-        "seq_length": config.seq_length,
-        "dtype": str(storage_dtype(identity["vocab_size"])),
-        "rows": rows,
-        "tokens": rows * (config.seq_length + 1),
-        "stats": summarize(counters, config.seq_length, len(skipped)),
-        "counters": counters,
-        "skipped_files": skipped,
-        "shards": [
-            {"name": m["shard"], "rows": m["rows"], "inputs": m["inputs"], "files": m["files"],
-             "fingerprint": m.get("fingerprint")}
-            for m in manifests
-        ],
-    }

@@ -1,0 +1,15 @@
+"""Run a pack job: a deterministic plan of units, each packed into one shard, then merged.
+
+    plan.py      the units of work (a file, or a row-group range of a big one) and their fingerprints
+    unit.py      one unit in memory: read -> render -> split -> pack -> rows, then its shard written
+    workers.py   units in a pool of processes; SIGTERM/Ctrl-C stop cleanly
+    outdir.py    the output folder across runs: plan.json, resume, merge, status
+    pipeline.py  `packsft pack`: plan, pack the missing units, merge
+    slurm.py     the same plan as a SLURM array + an afterok merge job
+"""
+
+from packsft.run.outdir import Status, merge, status
+from packsft.run.pipeline import PackResult, run_pack
+from packsft.run.slurm import SlurmOptions, submit
+
+__all__ = ["PackResult", "SlurmOptions", "Status", "merge", "run_pack", "status", "submit"]
