@@ -49,6 +49,23 @@ class PackTokenizer:
         encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
         return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
 
+    def encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text encoded as ordinary text: message content, never control tokens.
+
+        A special-token string inside a text (`<|endoftext|>`, a role token, `<|im_start|>`) is split
+        into ordinary tokens like any other text, so the only control tokens in a row are the ones packsft
+        puts there. Texts without such strings get exactly the ids of `encode_batch`. This is the Hugging
+        Face tokenizer's `split_special_tokens=True`, switched on for this call only, because the same
+        tokenizer encodes chat-template renderings whose own special tokens must stay special.
+        """
+        backend = self.hf.backend_tokenizer
+        previous = backend.encode_special_tokens
+        backend.encode_special_tokens = True
+        try:
+            return self.encode_batch(texts)
+        finally:
+            backend.encode_special_tokens = previous
+
     @property
     def token_dtype(self) -> str:
         return "uint16" if self.vocab_size <= UINT16_VOCAB_LIMIT else "uint32"
