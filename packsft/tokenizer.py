@@ -22,6 +22,9 @@ BOS_TOKEN = "<|beginoftext|>"
 PAD_TOKEN = "<|pad|>"
 ROLE_TOKENS = {USER: "<|user|>", ASSISTANT: "<|assistant|>", SYSTEM: "<|system|>"}
 
+# Fingerprints of tokenizers whose fast encoder this process has proven: a second load skips the probes.
+_PROVEN: set[str] = set()
+
 # Token ids up to this bound fit a uint16 array; larger vocabularies are stored as uint32.
 UINT16_VOCAB_LIMIT = 1 << 16
 
@@ -185,6 +188,7 @@ def _with_encoder(
         return tokenizer
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    prove = prove and tokenizer.fingerprint not in _PROVEN
     try:
         fast = build_fast_encoder(serialized, tokenizer.encode_texts_hf if prove else None, threads)
     except FastEncoderRefused as refused:
@@ -194,6 +198,7 @@ def _with_encoder(
                 "Use --encoder auto or hf"
             ) from None
         return replace(tokenizer, encoder_note=f"the fast encoder does not reproduce this tokenizer: {refused}")
+    _PROVEN.add(tokenizer.fingerprint)
     return replace(tokenizer, encoder="fast", fast=fast)
 
 
