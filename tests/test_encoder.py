@@ -168,26 +168,31 @@ def _array_bytes(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in files}
 
 
+def _slice_of(sharegpt_dir: Path, folder: Path, conversations: int = 500) -> Path:
+    """The first conversations of a real shard, as a folder to pack."""
+    folder.mkdir()
+    pq.write_table(pq.read_table(sharegpt_dir / "shard_00002.parquet").slice(0, conversations), folder / "part.parquet")
+    return folder
+
+
 @pytest.mark.parametrize("strategy", ["bestfit", "aligned", "linear"])
 def test_fast_and_hf_outputs_are_byte_identical(tmp_path, gpt2_dir, sharegpt_dir, strategy):
-    table = pq.read_table(sharegpt_dir / "shard_00002.parquet").slice(0, 500)
-    (tmp_path / "data").mkdir()
-    pq.write_table(table, tmp_path / "data" / "part.parquet")
+    data = _slice_of(sharegpt_dir, tmp_path / "data")
     outputs = {}
     for encoder in ("hf", "fast"):
         config = PackConfig(tokenizer=str(gpt2_dir), strategy=strategy, encoder=encoder, output_format="both")
-        result = run_pack(tmp_path / "data", tmp_path / encoder, config, quiet=True, workers=1)
+        result = run_pack(data, tmp_path / encoder, config, quiet=True, workers=1)
         assert result.dataset["config"]["encoder"] == encoder
         outputs[encoder] = _array_bytes(tmp_path / encoder)
     assert outputs["fast"] == outputs["hf"] and len(outputs["hf"]) == 5
 
 
-@pytest.mark.slow
-def test_fast_and_hf_outputs_are_byte_identical_on_a_whole_shard_qwen3_chat(tmp_path, qwen3_dir, sharegpt_shard0):
+def test_fast_and_hf_outputs_are_byte_identical_qwen3_chat(tmp_path, qwen3_dir, sharegpt_dir):
+    data = _slice_of(sharegpt_dir, tmp_path / "data", conversations=200)
     outputs = {}
     for encoder in ("hf", "auto"):
         config = PackConfig(tokenizer=str(qwen3_dir), template="chat", encoder=encoder)
-        result = run_pack(sharegpt_shard0, tmp_path / encoder, config, quiet=True)
+        result = run_pack(data, tmp_path / encoder, config, quiet=True, workers=1)
         outputs[encoder] = _array_bytes(tmp_path / encoder)
         assert result.dataset["config"]["encoder"] == ("hf" if encoder == "hf" else "fast")
     assert outputs["auto"] == outputs["hf"]
