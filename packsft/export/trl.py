@@ -40,7 +40,7 @@ def write_shard(shard: ShardArrays, dest: Path, source: Source) -> list[Path]:
 def loading(dest: Path, source: Source) -> dict[str, Any]:
     return {
         "data_files": f"{dest}/train-*.parquet",
-        "sft_config": {"padding_free": True, "dataset_kwargs": {"skip_prepare_dataset": True}},
+        "sft_config": {"padding_free": True, "max_length": None, "dataset_kwargs": {"skip_prepare_dataset": True}},
         "max_position_needed": source.seq_length + 1,
     }
 
