@@ -97,3 +97,36 @@ def test_without_the_right_call_pieces_see_each_other(model, batch, call):
     later = [(row, start, end) for row, start, end in segments(batch) if start > 0]
     assert later
     assert all(float((wrong[row, start:end] - packed[row, start:end]).abs().max()) > 1e-3 for row, start, end in later)
+
+
+# --- transformers.Trainer through packsft.loader.hf ---------------------------------------------------
+
+
+@torch.no_grad()
+def test_trainer_batches_give_the_packed_masked_loss(model, packed, batch):
+    """collate_rows' batch (position_ids, shift_labels, use_cache=False) gives the loader's masked mean loss."""
+    from packsft.loader import PackedLoader, TrainerDataset, collate_rows
+
+    rows = TrainerDataset(packed)
+    loader_batch = next(iter(PackedLoader(packed, batch_size=ROWS, shuffle=False, segments=True)))
+    features = collate_rows([rows[i] for i in range(ROWS)])
+    assert "attention_mask" not in features and features["use_cache"] is False
+    assert torch.equal(features["position_ids"], loader_batch["position_ids"])
+    assert torch.equal(features["input_ids"], loader_batch["input_ids"])
+    loss = model(**features).loss
+    logits = model(input_ids=loader_batch["input_ids"], position_ids=loader_batch["position_ids"], use_cache=False).logits
+    expected = masked_loss_sum(logits, loader_batch["labels"], loader_batch["loss_mask"]) / loader_batch["loss_mask"].sum()
+    assert torch.allclose(loss, expected, rtol=1e-5)
+
+
+def test_trainer_trains_three_steps(packed, tmp_path):
+    from packsft.layout import read_dataset
+    from packsft.loader import TrainerDataset, collate_rows
+
+    model = tiny_model("llama", read_dataset(packed)["tokenizer"]["vocab_size"]).train()
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=2,
+                                          report_to=[], save_strategy="no", logging_steps=1, use_cpu=True, seed=0)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=TrainerDataset(packed), data_collator=collate_rows)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert trainer.state.global_step == 3 and len(losses) == 3 and all(np.isfinite(losses))
