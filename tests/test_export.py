@@ -237,7 +237,7 @@ def test_export_command(gpt2_out, tmp_path):
     dest = tmp_path / "trl"
     result = runner.invoke(main, ["export", str(gpt2_out), str(dest), "--to", "trl", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith(f"wrote 2 files (") and f"to {dest} in " in result.output
+    assert result.output.startswith("wrote 2 files (") and f"to {dest} in " in result.output
     again = runner.invoke(main, ["export", str(gpt2_out), str(dest), "--to", "trl"])
     assert again.exit_code == 1
     assert again.output == f"Error: {dest}: already holds a packsft export. Pass --overwrite to replace it\n"
