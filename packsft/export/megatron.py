@@ -1,7 +1,8 @@
 """`--to megatron`: Megatron-Bridge packed parquet and megatron-core indexed datasets, per shard.
 
-    DEST/shard_00000.idx.parquet        Megatron-Bridge packed SFT (matched: megatron-bridge's
-                                        GPTSFTPackedParquetDataset, data/datasets/packed_parquet.py):
+    DEST/shard_00000.idx.parquet        Megatron-Bridge packed SFT (matched: GPTSFTPackedParquetDataset in
+                                        megatron-bridge's data/datasets/packed_parquet.py and sft.py, 0.6;
+                                        it needs Python 3.12, so tests read it as its collate does):
                                         input_ids list<int32>, seq_start_id list<int32>, loss_mask list<uint8>
     DEST/shard_00000.bin / .idx         megatron-core IndexedDataset (matched: megatron-core 0.16.1,
                                         datasets/indexed_dataset.py): one sequence per piece, one
