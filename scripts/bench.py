@@ -241,6 +241,28 @@ def chat_lines(chat: dict | None, shards: int) -> list[str]:
     ]
 
 
+EXPORT_TARGETS = ("trl", "megatron", "olmo-core", "hf")
+
+
+def bench_export(data_dir: Path) -> list[str]:
+    """`packsft export` of the default bestfit output to each target: a fresh process each, wall seconds."""
+    lines = ["", "## Export to trainers' formats", "", "| target | wall s | files | MiB written |", "| --- | ---: | ---: | ---: |"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        subprocess.run([sys.executable, "-m", "packsft", "pack", str(data_dir), str(out), "--tokenizer", str(GPT2),
+                        "--seq-length", str(SEQ), "-q"], check=True)
+        for target in EXPORT_TARGETS:
+            dest = Path(tmp) / target
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "packsft", "export", str(out), str(dest), "--to", target, "-q"],
+                           check=True, stdout=subprocess.DEVNULL)
+            seconds = time.perf_counter() - started
+            files = json.loads((dest / "export.json").read_text())["files"]
+            lines.append(f"| {target} | {seconds:.1f} | {len(files)} | {sum(f['bytes'] for f in files) / 2**20:,.0f} |")
+    lines.append("\nWall time is the whole `packsft export` process (start-up, reading the arrays, writing, sha256 of every file).")
+    return lines
+
+
 def pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
@@ -271,6 +293,8 @@ def main() -> None:
             results.append(bench_pack(data_dir, strategy, mask, extra))
         print("qwen3 chat: packsft vs datasets + TRL ...", flush=True)
         chat = bench_chat(data_dir)
+        print("export ...", flush=True)
+        export_lines = bench_export(data_dir)
 
     limit = raw_tokens / raw_seconds
     baseline = base_tokens / base_seconds
@@ -339,6 +363,8 @@ def main() -> None:
         "- `--unprompted mask` counts only prompted turns as trainable, so its retention is that of prompted tokens.",
         "- Context completeness below 100% under `split` is the answers to questions longer than 3/4 of a row,",
         "  which are kept by their end (`prompts_shortened`); 359 user messages in this data exceed a whole row.",
+        "",
+        *export_lines,
         "",
         "See also `BENCHMARKS-loader.md` (`scripts/bench_loader.py`) and `BENCHMARKS-scale.md` (`scripts/bench_scale.py`).",
         "",
