@@ -65,8 +65,11 @@ def byte_decoder() -> dict[str, int]:
     return {chr(code): byte for byte, code in zip(printable, codes)}
 
 
-def read_bpe_spec(serialized: str) -> BpeSpec:
-    """The spec of a serialized HF tokenizer (`backend_tokenizer.to_str()`), or FastEncoderRefused."""
+def read_bpe_spec(serialized: str, check_order: bool = True) -> BpeSpec:
+    """The spec of a serialized HF tokenizer (`backend_tokenizer.to_str()`), or FastEncoderRefused.
+
+    `check_order=False` skips the merge-order check, for a tokenizer whose encoder is already proven.
+    """
     spec = json.loads(serialized)
     nfc = _normalizer(spec.get("normalizer"))
     pattern = _pattern(spec.get("pre_tokenizer"))
@@ -78,7 +81,8 @@ def read_bpe_spec(serialized: str) -> BpeSpec:
         ranks = {token.translate(table).encode("latin-1"): rank for token, rank in model["vocab"].items()}
     except UnicodeEncodeError:
         raise FastEncoderRefused("the vocabulary has tokens that are not byte-level (not a byte-level BPE)") from None
-    _check_merge_order(model)
+    if check_order:
+        _check_merge_order(model)
     if any(bytes([b]) not in ranks for b in range(256)):
         raise FastEncoderRefused("the vocabulary lacks some of the 256 byte tokens")
     content, special = {}, {}

@@ -6,6 +6,7 @@ is stored in `dataset.json`, so that an output can never be silently read with a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from packsft.config import ENCODERS
-from packsft.encoder import FastEncoder, FastEncoderRefused, build_fast_encoder
+from packsft.encoder import FastEncoder, FastEncoderRefused, build_fast_encoder, read_bpe_spec
 from packsft.errors import TokenizerError
 from packsft.records import ASSISTANT, SYSTEM, USER
+from packsft.tokenizer_cache import cache_key, read_entry, write_entry
 
 BOS_TOKEN = "<|beginoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -31,9 +33,14 @@ UINT16_VOCAB_LIMIT = 1 << 16
 
 @dataclass(frozen=True)
 class PackTokenizer:
-    """A loaded tokenizer plus the ids packsft needs. `hf` is the transformers tokenizer."""
+    """A tokenizer plus the ids packsft needs.
 
-    hf: Any
+    `backend` (a `tokenizers.Tokenizer`) encodes; `hf`, the transformers tokenizer, is loaded only when
+    something needs it (chat templates, decoding for inspect and reports): importing transformers
+    imports torch, seconds that `pack --template roles` does not spend (see tokenizer_cache.py).
+    """
+
+    backend: Any
     name: str
     template: str
     bos_id: int | None
@@ -43,11 +50,36 @@ class PackTokenizer:
     vocab_size: int
     files_sha256: dict[str, str] = field(default_factory=dict)
     fingerprint: str = ""
+    chat_template: str | dict[str, str] | None = None
+    trust_remote_code: bool = False
     # The content encoder in use: "fast" (encoder.FastEncoder, proven equal to HF at load) or "hf";
     # `encoder_note` says why auto chose HF. Neither is part of the identity: the ids are the same.
     encoder: str = "hf"
     encoder_note: str | None = None
-    fast: FastEncoder | None = field(default=None, repr=False, compare=False)
+    threads: int = 1
+    serialized: str = field(default="", repr=False, compare=False)
+    # What is built on first use: the transformers tokenizer ("hf") and the fast encoder ("fast").
+    _lazy: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def hf(self) -> Any:
+        """The transformers tokenizer with packsft's tokens added (loaded on first use, checked to be this one)."""
+        if "hf" not in self._lazy:
+            hf = _prepared_hf(self.name, self.template, self.trust_remote_code)
+            template = getattr(hf, "chat_template", None) or None
+            if _fingerprint(hf.backend_tokenizer.to_str(), template, self.special_ids) != self.fingerprint:
+                raise TokenizerError(f"tokenizer {self.name!r} changed since it was loaded (fingerprint differs); rerun")
+            self._lazy["hf"] = hf
+        return self._lazy["hf"]
+
+    @property
+    def fast(self) -> FastEncoder | None:
+        """The fast content encoder where it is in use (built on first use: a process that only plans needs none)."""
+        if self.encoder != "fast":
+            return None
+        if "fast" not in self._lazy:
+            self._lazy["fast"] = FastEncoder(read_bpe_spec(self.serialized, check_order=False), self.threads)
+        return self._lazy["fast"]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, exactly as `hf.encode(text, add_special_tokens=False)` gives them.
@@ -55,8 +87,7 @@ class PackTokenizer:
         One call into the Rust tokenizer for the whole batch: it runs on all cores and skips the
         per-call Python overhead of `encode`.
         """
-        backend = self.hf.backend_tokenizer
-        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
         return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
 
     def encode_texts(self, texts: list[str]) -> list[list[int]]:
@@ -69,19 +100,19 @@ class PackTokenizer:
         tokenizer encodes chat-template renderings whose own special tokens must stay special. The fast
         encoder, where in use, gives the same ids (proven at load) several times faster.
         """
-        if self.fast is not None:
-            return self.fast.encode_texts(texts)
+        fast = self.fast
+        if fast is not None:
+            return fast.encode_texts(texts)
         return self.encode_texts_hf(texts)
 
     def encode_texts_hf(self, texts: list[str]) -> list[list[int]]:
         """`encode_texts` computed by the HF tokenizer: the reference the fast encoder is proven against."""
-        backend = self.hf.backend_tokenizer
-        previous = backend.encode_special_tokens
-        backend.encode_special_tokens = True
+        previous = self.backend.encode_special_tokens
+        self.backend.encode_special_tokens = True
         try:
             return self.encode_batch(texts)
         finally:
-            backend.encode_special_tokens = previous
+            self.backend.encode_special_tokens = previous
 
     @property
     def token_dtype(self) -> str:
@@ -100,65 +131,120 @@ class PackTokenizer:
             "fingerprint": self.fingerprint,
             "files_sha256": self.files_sha256,
             "special_ids": self.special_ids,
-            "chat_template_sha256": chat_template_sha256(self.hf),
+            "chat_template_sha256": chat_template_sha256(self.chat_template),
         }
+
+    def state(self) -> dict[str, Any]:
+        """Everything a process needs to rebuild this tokenizer without transformers (JSON-able, picklable)."""
+        return {
+            "serialized": self.serialized, "template": self.template, "bos_id": self.bos_id,
+            "eos_id": self.eos_id, "pad_id": self.pad_id, "role_ids": self.role_ids,
+            "vocab_size": self.vocab_size, "files_sha256": self.files_sha256, "fingerprint": self.fingerprint,
+            "chat_template": self.chat_template,
+        }
+
+
+def tokenizer_from_state(
+    state: dict[str, Any], name: str, *, trust_remote_code: bool = False, encoder: str = "hf", threads: int = 1
+) -> PackTokenizer:
+    """A PackTokenizer rebuilt from `state()` (a worker, or the cache), its fingerprint checked.
+
+    `encoder` is taken as decided: "fast" only where the caller proved it for this fingerprint.
+    """
+    from tokenizers import Tokenizer
+
+    special = {"bos": state["bos_id"], "eos": state["eos_id"], "pad": state["pad_id"], **state["role_ids"]}
+    if _fingerprint(state["serialized"], state["chat_template"], special) != state["fingerprint"]:
+        raise TokenizerError(f"tokenizer {name!r}: the saved tokenizer state does not match its fingerprint")
+    return PackTokenizer(
+        backend=Tokenizer.from_str(state["serialized"]), name=name, template=state["template"],
+        bos_id=state["bos_id"], eos_id=state["eos_id"], pad_id=state["pad_id"], role_ids=dict(state["role_ids"]),
+        vocab_size=state["vocab_size"], files_sha256=dict(state["files_sha256"]), fingerprint=state["fingerprint"],
+        chat_template=state["chat_template"], trust_remote_code=trust_remote_code, encoder=encoder,
+        threads=threads, serialized=state["serialized"],
+    )
 
 
 def load_tokenizer(
     name_or_path: str, template: str = "roles", *, trust_remote_code: bool = False, encoder: str = "hf",
-    prove: bool = True, threads: int | None = None,
+    prove: bool = True, threads: int | None = None, cache: bool = True,
 ) -> PackTokenizer:
     """Load a fast tokenizer from a local folder (or the model hub, when online) and prepare it.
 
     Args:
         encoder: "hf" encodes content with the HF tokenizer; "fast" with encoder.FastEncoder, or raises
             TokenizerError where it is not proven equal; "auto" uses fast where proven, else HF.
-        prove: compare the fast encoder with HF on the probe set at load; a worker whose parent proved
-            it for the same tokenizer fingerprint skips that.
+        prove: compare the fast encoder with HF on the probe set at load (unless this process or the
+            cache already holds the verdict for this tokenizer fingerprint).
         threads: threads of the fast encoder (default: the CPUs this process may use).
+        cache: read and write the resolved tokenizer in the cache (tokenizer_cache.py): a folder loaded
+            before loads without importing transformers.
     """
     if encoder not in ENCODERS:
         raise TokenizerError(f"encoder {encoder!r} is not one of {', '.join(ENCODERS)}")
+    _check_path(name_or_path)
+    files = _hash_files(Path(name_or_path)) if Path(name_or_path).is_dir() else {}
+    # Hub names have no files to key on: they always load through transformers.
+    key = cache_key("tokenizer", {"files": files, "template": template, "trust_remote_code": trust_remote_code})
+    entry = read_entry("tokenizers", key) if cache and files else None
+    tokenizer = None
+    if entry is not None:
+        with contextlib.suppress(TokenizerError, KeyError, TypeError, ValueError):
+            tokenizer = tokenizer_from_state(entry, name_or_path, trust_remote_code=trust_remote_code)
+    if tokenizer is None:
+        tokenizer = _load_with_transformers(name_or_path, template, trust_remote_code, files)
+        if cache and files:
+            write_entry("tokenizers", key, tokenizer.state())
+    return _with_encoder(tokenizer, encoder, prove, threads, cache)
+
+
+def _load_with_transformers(name_or_path: str, template: str, trust_remote_code: bool, files: dict[str, str]) -> PackTokenizer:
+    """The tokenizer as transformers resolves it, with packsft's tokens and ids."""
+    hf = _prepared_hf(name_or_path, template, trust_remote_code)
+    if template == "roles":
+        role_ids = {role: hf.convert_tokens_to_ids(token) for role, token in ROLE_TOKENS.items()}
+        bos_id, pad_id = hf.bos_token_id, hf.pad_token_id
+    else:
+        role_ids = {}
+        bos_id = None
+        pad_id = hf.pad_token_id if hf.pad_token_id is not None else hf.eos_token_id
+    chat_template = getattr(hf, "chat_template", None) or None
+    serialized = hf.backend_tokenizer.to_str()
+    special = {"bos": bos_id, "eos": hf.eos_token_id, "pad": pad_id, **role_ids}
+    return PackTokenizer(
+        backend=hf.backend_tokenizer, name=name_or_path, template=template, bos_id=bos_id, eos_id=hf.eos_token_id,
+        pad_id=pad_id, role_ids=role_ids, vocab_size=len(hf), files_sha256=files,
+        fingerprint=_fingerprint(serialized, chat_template, special), chat_template=chat_template,
+        trust_remote_code=trust_remote_code, serialized=serialized, _lazy={"hf": hf},
+    )
+
+
+def _prepared_hf(name_or_path: str, template: str, trust_remote_code: bool) -> Any:
+    """The transformers tokenizer, with the role tokens added for `roles`, or checked to have a chat template."""
     hf = _load_hf(name_or_path, trust_remote_code)
     if template == "roles":
         hf.add_special_tokens(
             {"bos_token": BOS_TOKEN, "pad_token": PAD_TOKEN, "additional_special_tokens": list(ROLE_TOKENS.values())}
         )
-        role_ids = {role: hf.convert_tokens_to_ids(token) for role, token in ROLE_TOKENS.items()}
-        bos_id, pad_id = hf.bos_token_id, hf.pad_token_id
-    else:
-        if not getattr(hf, "chat_template", None):
-            raise TokenizerError(
-                f"tokenizer {name_or_path!r} has no chat template; use --template roles to render with role tokens"
-            )
-        role_ids = {}
-        bos_id = None
-        pad_id = hf.pad_token_id if hf.pad_token_id is not None else hf.eos_token_id
-
-    tokenizer = PackTokenizer(
-        hf=hf,
-        name=name_or_path,
-        template=template,
-        bos_id=bos_id,
-        eos_id=hf.eos_token_id,
-        pad_id=pad_id,
-        role_ids=role_ids,
-        vocab_size=len(hf),
-    )
-    serialized = hf.backend_tokenizer.to_str()
-    files = _hash_files(Path(name_or_path)) if Path(name_or_path).is_dir() else {}
-    tokenizer = replace(tokenizer, files_sha256=files, fingerprint=_fingerprint(tokenizer, serialized))
-    return _with_encoder(tokenizer, serialized, encoder, prove, threads)
+    elif not getattr(hf, "chat_template", None):
+        raise TokenizerError(
+            f"tokenizer {name_or_path!r} has no chat template; use --template roles to render with role tokens"
+        )
+    return hf
 
 
-def _load_hf(name_or_path: str, trust_remote_code: bool) -> Any:
-    """The transformers tokenizer, checked to be a fast one with an EOS token."""
+def _check_path(name_or_path: str) -> None:
     looks_like_path = os.sep in name_or_path or name_or_path.startswith(".") or Path(name_or_path).exists()
     if looks_like_path and not Path(name_or_path).is_dir():
         raise TokenizerError(
             f"tokenizer {name_or_path!r}: no such folder. Pass a folder holding tokenizer files "
             "(tokenizer.json, or vocab.json + merges.txt) or a model-hub name"
         )
+
+
+def _load_hf(name_or_path: str, trust_remote_code: bool) -> Any:
+    """The transformers tokenizer, checked to be a fast one with an EOS token."""
+    _check_path(name_or_path)
     # transformers prints an advisory about PyTorch on import; packsft never needs a model.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
@@ -181,30 +267,53 @@ def _load_hf(name_or_path: str, trust_remote_code: bool) -> Any:
 
 
 def _with_encoder(
-    tokenizer: PackTokenizer, serialized: str, encoder: str, prove: bool, threads: int | None
+    tokenizer: PackTokenizer, encoder: str, prove: bool, threads: int | None, cache: bool
 ) -> PackTokenizer:
     """The tokenizer with the content encoder `encoder` asks for (see load_tokenizer)."""
     if encoder == "hf":
         return tokenizer
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    prove = prove and tokenizer.fingerprint not in _PROVEN
-    try:
-        fast = build_fast_encoder(serialized, tokenizer.encode_texts_hf if prove else None, threads)
-    except FastEncoderRefused as refused:
+    tokenizer = replace(tokenizer, threads=threads, _lazy={k: v for k, v in tokenizer._lazy.items() if k == "hf"})
+    refused = _fast_verdict(tokenizer, prove, threads, cache)
+    if refused is not None:
         if encoder == "fast":
             raise TokenizerError(
                 f"--encoder fast: tokenizer {tokenizer.name!r} is not one the fast encoder reproduces ({refused}). "
                 "Use --encoder auto or hf"
             ) from None
         return replace(tokenizer, encoder_note=f"the fast encoder does not reproduce this tokenizer: {refused}")
-    _PROVEN.add(tokenizer.fingerprint)
-    return replace(tokenizer, encoder="fast", fast=fast)
+    return replace(tokenizer, encoder="fast")
 
 
-def chat_template_sha256(hf: Any) -> str | None:
-    """sha256 of the tokenizer's chat template text (None without one); several named templates hash together."""
-    template = getattr(hf, "chat_template", None)
+def _fast_verdict(tokenizer: PackTokenizer, prove: bool, threads: int, cache: bool) -> str | None:
+    """None where the fast encoder is proven equal to HF for this tokenizer, else why it is refused.
+
+    The proof runs once per tokenizer fingerprint and library versions: this process and the cache remember it.
+    """
+    if tokenizer.fingerprint in _PROVEN:
+        return None
+    key = cache_key("proof", {"fingerprint": tokenizer.fingerprint})
+    entry = read_entry("proofs", key) if cache else None
+    if entry is not None and isinstance(entry.get("refused"), (str, type(None))):
+        refused = entry["refused"]
+    else:
+        try:
+            fast = build_fast_encoder(tokenizer.serialized, tokenizer.encode_texts_hf if prove else None, threads)
+        except FastEncoderRefused as exc:
+            refused = str(exc)
+        else:
+            refused = None
+            tokenizer._lazy["fast"] = fast
+        if prove and cache:  # the key holds tiktoken's version ("absent" too): installing it is a miss
+            write_entry("proofs", key, {"refused": refused})
+    if refused is None:
+        _PROVEN.add(tokenizer.fingerprint)
+    return refused
+
+
+def chat_template_sha256(template: str | dict[str, str] | None) -> str | None:
+    """sha256 of a chat template text (None without one); several named templates hash together."""
     if not template:
         return None
     if isinstance(template, dict):
@@ -220,10 +329,10 @@ def _hash_files(folder: Path) -> dict[str, str]:
     }
 
 
-def _fingerprint(tokenizer: PackTokenizer, serialized: str) -> str:
+def _fingerprint(serialized: str, chat_template: str | dict[str, str] | None, special_ids: dict[str, Any]) -> str:
     """sha256 of the serialized tokenizer (`backend_tokenizer.to_str()`), chat template and special ids."""
     digest = hashlib.sha256()
     digest.update(serialized.encode("utf-8"))
-    digest.update((getattr(tokenizer.hf, "chat_template", None) or "").encode("utf-8"))
-    digest.update(json.dumps(tokenizer.special_ids, sort_keys=True).encode("utf-8"))
+    digest.update((chat_template or "").encode("utf-8"))
+    digest.update(json.dumps(special_ids, sort_keys=True).encode("utf-8"))
     return digest.hexdigest()

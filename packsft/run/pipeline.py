@@ -131,7 +131,7 @@ def run_pack(
     todo = [units[i] for i in mine if not unit_complete(out_dir, i, fingerprints[i])]
     if todo:
         (out_dir / DATASET_JSON).unlink(missing_ok=True)  # the output is no longer complete
-    job = UnitJob(out_dir, config, strict, tokenizer.fingerprint, skip_bad_files)
+    job = UnitJob(out_dir, config, strict, tokenizer.state(), skip_bad_files)
     with stop_on_signals(out_dir, plan):
         pack_units(todo, [fingerprints[u.index] for u in todo], job, tokenizer, workers or auto_workers(todo), quiet)
     missing = incomplete_units(out_dir, plan)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.context import BaseContext
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -33,10 +34,11 @@ from packsft.errors import OutputError, PacksftError
 from packsft.run.outdir import Plan, incomplete_units, resume_hint
 from packsft.run.plan import Unit, threads_per_worker
 from packsft.run.unit import write_unit
-from packsft.tokenizer import PackTokenizer, load_tokenizer
+from packsft.tokenizer import PackTokenizer, tokenizer_from_state
 
-# Imported once by the fork server, so that each worker starts in well under a second.
-PRELOAD = ("packsft.run.pipeline", "transformers.models.auto.tokenization_auto", "transformers.tokenization_utils_fast")
+# Imported once by the fork server, so that each worker starts in well under a second. Not transformers:
+# workers rebuild the parent's tokenizer from its state (tokenizers only); chat templates import it lazily.
+PRELOAD = ("packsft.run.pipeline", "tokenizers", "tiktoken", "tiktoken.core")
 
 
 class PackInterrupted(PacksftError):
@@ -45,12 +47,12 @@ class PackInterrupted(PacksftError):
 
 @dataclass(frozen=True)
 class UnitJob:
-    """What a worker needs besides the unit (picklable)."""
+    """What a worker needs besides the unit (picklable): the parent's tokenizer travels as its state."""
 
     out_dir: Path
     config: PackConfig
     strict: bool
-    tokenizer_fingerprint: str
+    tokenizer_state: dict[str, Any]
     skip_bad_files: bool = False
 
 
@@ -66,11 +68,9 @@ def _init_worker(job: UnitJob, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     config = job.config
-    # The parent proved the fast encoder for this tokenizer fingerprint (checked below): no second proof.
-    _worker_tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code,
-                                       encoder=config.encoder, prove=False, threads=threads)
-    if _worker_tokenizer.fingerprint != job.tokenizer_fingerprint:
-        raise OutputError(f"tokenizer {config.tokenizer!r} changed while packing; rerun to resume")
+    # The parent's tokenizer, rebuilt without transformers; the parent proved its encoder (config.encoder).
+    _worker_tokenizer = tokenizer_from_state(job.tokenizer_state, config.tokenizer, encoder=config.encoder,
+                                             trust_remote_code=config.trust_remote_code, threads=threads)
 
 
 def _work(job: UnitJob, unit: Unit, fingerprint: str) -> int:

@@ -1,0 +1,83 @@
+"""A small on-disk cache of resolved tokenizers and fast-encoder proofs, so `pack` starts without transformers.
+
+    tokenizer folder --sha256 of its files + template + library versions--> key
+      miss: transformers loads it (importing torch: seconds) -> TokenizerState -> cache/tokenizers/KEY.json
+      hit:  cache/tokenizers/KEY.json -> tokenizers.Tokenizer.from_str (milliseconds, no transformers)
+
+What transformers makes of a folder (the converted BPE, the added role tokens, the special ids) is a
+function of the folder's files and the library versions, so those are the key; an entry is checked
+against its own fingerprint when read, and anything unreadable is a miss. The fast encoder's proof
+(the probe set compared with HF, seconds) is cached the same way, keyed by the tokenizer fingerprint
+and the versions of tiktoken and tokenizers. `PACKSFT_CACHE` names the folder (default
+`$XDG_CACHE_HOME/packsft` or `~/.cache/packsft`); `PACKSFT_CACHE=off` turns the cache off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from packsft.version import __version__
+
+CACHE_ENV = "PACKSFT_CACHE"
+CACHE_OFF = ("", "0", "off", "none")
+# Bumped when what an entry holds changes meaning: older entries are then misses.
+CACHE_FORMAT = 1
+LIBRARIES = ("transformers", "tokenizers", "tiktoken")
+
+
+def cache_dir() -> Path | None:
+    """The cache folder, or None when PACKSFT_CACHE turns the cache off."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in CACHE_OFF else Path(value)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "packsft"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide what a tokenizer folder becomes (read without importing them)."""
+    versions = {"packsft": __version__, "format": str(CACHE_FORMAT)}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def cache_key(kind: str, facts: dict[str, Any]) -> str:
+    """sha256 of the facts an entry depends on, with the library versions added."""
+    payload = json.dumps({"kind": kind, **facts, "versions": library_versions()}, sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def read_entry(kind: str, key: str) -> dict[str, Any] | None:
+    """The cached entry, or None (no cache, no entry, or one that cannot be read)."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    try:
+        entry = json.loads((folder / kind / f"{key}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+def write_entry(kind: str, key: str, entry: dict[str, Any]) -> None:
+    """Store an entry atomically; a cache that cannot be written is silently skipped (it only saves time)."""
+    folder = cache_dir()
+    if folder is None:
+        return
+    path = folder / kind / f"{key}.json"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(entry, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
