@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,6 +21,14 @@ def require(path: Path, what: str) -> Path:
     if not path.exists():
         pytest.skip(f"{what} not found at {path} (the shared assets are only in the developer checkout and CI)")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tokenizer_cache(tmp_path_factory) -> Path:
+    """The tokenizer cache (packsft/tokenizer_cache.py) of this test session: never the user's own."""
+    folder = tmp_path_factory.mktemp("packsft-cache")
+    os.environ["PACKSFT_CACHE"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,127 @@
+"""Start-up: the tokenizer cache (packsft/tokenizer_cache.py) and a `pack` that never imports torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from packsft import tokenizer as tokenizer_module
+from packsft.errors import TokenizerError
+from packsft.tokenizer import load_tokenizer, tokenizer_from_state
+from packsft.tokenizer_cache import cache_dir, cache_key
+from tests.conftest import conv, write_conversations
+
+# Runs `packsft pack` in a fresh interpreter and prints the heavy modules it imported.
+PACK_AND_LIST_MODULES = textwrap.dedent(
+    """
+    import sys
+    from packsft.cli import main
+    try:
+        main(sys.argv[1:], standalone_mode=False)
+    finally:
+        print(sorted(name for name in ("torch", "transformers", "jinja2") if name in sys.modules))
+    """
+)
+
+
+def _entries(kind: str) -> list[Path]:
+    folder = cache_dir()
+    assert folder is not None
+    return sorted((folder / kind).glob("*.json"))
+
+
+def _copy_tokenizer(source: Path, folder: Path) -> Path:
+    """A private copy of a tokenizer folder: a file naming the copy makes its cache key this test's own."""
+    folder.mkdir()
+    for path in source.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "COPY.txt").write_text(str(folder))
+    return folder
+
+
+def test_a_cached_tokenizer_is_the_same_tokenizer(tmp_path, demo_tokenizer_dir):
+    folder = _copy_tokenizer(demo_tokenizer_dir, tmp_path / "tok")
+    before = set(_entries("tokenizers"))
+    cold = load_tokenizer(str(folder), "roles")
+    assert len(set(_entries("tokenizers")) - before) == 1
+    warm = load_tokenizer(str(folder), "roles")
+    assert "hf" in cold._lazy and "hf" not in warm._lazy  # the warm one never touched transformers
+    assert warm.identity() == cold.identity()
+    texts = ["Hello there, how are you?", "<|user|> is plain text here", ""]
+    assert warm.encode_texts_hf(texts) == cold.encode_texts_hf(texts)
+    assert warm.hf.convert_tokens_to_ids("<|assistant|>") == cold.role_ids["assistant"]
+
+
+def test_a_damaged_cache_entry_is_a_miss(tmp_path, demo_tokenizer_dir):
+    folder = _copy_tokenizer(demo_tokenizer_dir, tmp_path / "tok")
+    before = set(_entries("tokenizers"))
+    expected = load_tokenizer(str(folder), "roles").identity()
+    (entry,) = set(_entries("tokenizers")) - before
+    state = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**state, "eos_id": state["eos_id"] + 1}))
+    assert load_tokenizer(str(folder), "roles").identity() == expected
+    entry.write_text("{not json")
+    assert load_tokenizer(str(folder), "roles").identity() == expected
+    assert json.loads(entry.read_text())["eos_id"] == state["eos_id"]  # rewritten by the cold load
+
+
+def test_a_state_that_does_not_match_its_fingerprint_is_refused(demo_tokenizer_dir):
+    state = load_tokenizer(str(demo_tokenizer_dir), "roles").state()
+    with pytest.raises(TokenizerError) as refused:
+        tokenizer_from_state({**state, "pad_id": 0}, "demo")
+    assert str(refused.value) == "tokenizer 'demo': the saved tokenizer state does not match its fingerprint"
+
+
+def test_the_transformers_tokenizer_is_checked_when_loaded_late(tmp_path, demo_tokenizer_dir):
+    folder = _copy_tokenizer(demo_tokenizer_dir, tmp_path / "tok")
+    load_tokenizer(str(folder), "roles")
+    warm = load_tokenizer(str(folder), "roles")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|pad|>"}))
+    with pytest.raises(TokenizerError) as changed:
+        warm.hf  # noqa: B018 (the property loads it)
+    assert str(changed.value) == f"tokenizer {str(folder)!r} changed since it was loaded (fingerprint differs); rerun"
+
+
+def test_cache_off_writes_nothing(tmp_path, demo_tokenizer_dir, monkeypatch):
+    monkeypatch.setenv("PACKSFT_CACHE", "off")
+    assert cache_dir() is None
+    tokenizer = load_tokenizer(str(demo_tokenizer_dir), "roles", encoder="auto")
+    assert "hf" in tokenizer._lazy
+
+
+def test_the_fast_encoder_proof_is_cached(demo_tokenizer_dir, monkeypatch):
+    monkeypatch.setattr(tokenizer_module, "_PROVEN", set())  # forget this process's proofs
+    fingerprint = load_tokenizer(str(demo_tokenizer_dir), "roles").fingerprint
+    proof = cache_dir() / "proofs" / f"{cache_key('proof', {'fingerprint': fingerprint})}.json"
+    proof.unlink(missing_ok=True)
+    assert load_tokenizer(str(demo_tokenizer_dir), "roles", encoder="auto").encoder == "fast"
+    assert json.loads(proof.read_text()) == {"refused": None}
+    # The verdict is read back, not recomputed: a (made-up) cached refusal is what auto follows.
+    proof.write_text(json.dumps({"refused": "a cached refusal"}))
+    monkeypatch.setattr(tokenizer_module, "_PROVEN", set())
+    refused = load_tokenizer(str(demo_tokenizer_dir), "roles", encoder="auto")
+    assert (refused.encoder, refused.encoder_note) == (
+        "hf", "the fast encoder does not reproduce this tokenizer: a cached refusal")
+    proof.unlink()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_pack_with_role_tokens_imports_neither_torch_nor_transformers(tmp_path, demo_tokenizer_dir, workers):
+    data = write_conversations(tmp_path / "data" / "a.parquet", [conv(("user", "Hi"), ("assistant", "Hello there"))])
+    write_conversations(tmp_path / "data" / "b.parquet", [conv(("user", "Yo"), ("assistant", "OK then"))])
+    load_tokenizer(str(demo_tokenizer_dir), "roles", encoder="auto")  # a warm cache, as after a first run
+    args = ["pack", str(data.parent), str(tmp_path / "out"), "--tokenizer", str(demo_tokenizer_dir), "--quiet",
+            "--workers", workers]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", PACK_AND_LIST_MODULES, *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert json.loads((tmp_path / "out" / "dataset.json").read_text())["rows"] == 2  # one row per file (unit)
