@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer
+
 from packsft.config import ENCODERS
 from packsft.encoder import FastEncoder, FastEncoderRefused, build_fast_encoder, read_bpe_spec
 from packsft.errors import TokenizerError
@@ -35,12 +37,11 @@ UINT16_VOCAB_LIMIT = 1 << 16
 class PackTokenizer:
     """A tokenizer plus the ids packsft needs.
 
-    `backend` (a `tokenizers.Tokenizer`) encodes; `hf`, the transformers tokenizer, is loaded only when
-    something needs it (chat templates, decoding for inspect and reports): importing transformers
-    imports torch, seconds that `pack --template roles` does not spend (see tokenizer_cache.py).
+    `backend` (a `tokenizers.Tokenizer`, rebuilt from `serialized`) and `hf`, the transformers tokenizer,
+    are built only when something needs them: with the fast encoder proven, `pack --template roles`
+    needs neither (importing transformers imports torch: seconds; see tokenizer_cache.py).
     """
 
-    backend: Any
     name: str
     template: str
     bos_id: int | None
@@ -58,8 +59,16 @@ class PackTokenizer:
     encoder_note: str | None = None
     threads: int = 1
     serialized: str = field(default="", repr=False, compare=False)
-    # What is built on first use: the transformers tokenizer ("hf") and the fast encoder ("fast").
+    # What is built on first use: the Rust tokenizer ("backend"), the transformers tokenizer ("hf") and
+    # the fast encoder ("fast").
     _lazy: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def backend(self) -> Any:
+        """The `tokenizers.Tokenizer` that HF encodes with."""
+        if "backend" not in self._lazy:
+            self._lazy["backend"] = Tokenizer.from_str(self.serialized)
+        return self._lazy["backend"]
 
     @property
     def hf(self) -> Any:
@@ -151,13 +160,11 @@ def tokenizer_from_state(
 
     `encoder` is taken as decided: "fast" only where the caller proved it for this fingerprint.
     """
-    from tokenizers import Tokenizer
-
     special = {"bos": state["bos_id"], "eos": state["eos_id"], "pad": state["pad_id"], **state["role_ids"]}
     if _fingerprint(state["serialized"], state["chat_template"], special) != state["fingerprint"]:
         raise TokenizerError(f"tokenizer {name!r}: the saved tokenizer state does not match its fingerprint")
     return PackTokenizer(
-        backend=Tokenizer.from_str(state["serialized"]), name=name, template=state["template"],
+        name=name, template=state["template"],
         bos_id=state["bos_id"], eos_id=state["eos_id"], pad_id=state["pad_id"], role_ids=dict(state["role_ids"]),
         vocab_size=state["vocab_size"], files_sha256=dict(state["files_sha256"]), fingerprint=state["fingerprint"],
         chat_template=state["chat_template"], trust_remote_code=trust_remote_code, encoder=encoder,
@@ -212,10 +219,11 @@ def _load_with_transformers(name_or_path: str, template: str, trust_remote_code:
     serialized = hf.backend_tokenizer.to_str()
     special = {"bos": bos_id, "eos": hf.eos_token_id, "pad": pad_id, **role_ids}
     return PackTokenizer(
-        backend=hf.backend_tokenizer, name=name_or_path, template=template, bos_id=bos_id, eos_id=hf.eos_token_id,
+        name=name_or_path, template=template, bos_id=bos_id, eos_id=hf.eos_token_id,
         pad_id=pad_id, role_ids=role_ids, vocab_size=len(hf), files_sha256=files,
         fingerprint=_fingerprint(serialized, chat_template, special), chat_template=chat_template,
-        trust_remote_code=trust_remote_code, serialized=serialized, _lazy={"hf": hf},
+        trust_remote_code=trust_remote_code, serialized=serialized,
+        _lazy={"hf": hf, "backend": hf.backend_tokenizer},
     )
 
 
@@ -274,7 +282,7 @@ def _with_encoder(
         return tokenizer
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    tokenizer = replace(tokenizer, threads=threads, _lazy={k: v for k, v in tokenizer._lazy.items() if k == "hf"})
+    tokenizer = replace(tokenizer, threads=threads, _lazy={k: v for k, v in tokenizer._lazy.items() if k != "fast"})
     refused = _fast_verdict(tokenizer, prove, threads, cache)
     if refused is not None:
         if encoder == "fast":

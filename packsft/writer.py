@@ -6,11 +6,14 @@ place only when complete. Arrays are plain .npy (never pickled).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +27,6 @@ from packsft.layout import (
     MARKER,
     PARQUET_FILE,
     SHARDS_DIR,
-    sha256_file,
     shard_name,
     storage_dtype,
 )
@@ -83,12 +85,41 @@ def prepare_output(out_dir: Path, overwrite: bool) -> None:
         raise OutputError(f"{out_dir}: cannot create output ({exc.strerror or exc})") from None
 
 
-def _save_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
+class HashingFile(io.RawIOBase):
+    """A write-only file that hashes what passes through it: a shard's sha256s cost no second read of its files."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        super().__init__()
+        self._handle = handle
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.sha256.update(view)
+        self.size += len(view)
+        return self._handle.write(view)
+
+    def tell(self) -> int:
+        return self.size
+
+
+def _write_hashed(path: Path, write: Callable[[BinaryIO], None]) -> dict[str, Any]:
+    """Write a file through `write`, fsync it, and return its size and sha256 (hashed while written)."""
     with open(path, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
+        hashing = HashingFile(handle)
+        write(hashing)  # type: ignore[arg-type]
         handle.flush()
         os.fsync(handle.fileno())
-    return {"shape": list(array.shape), "dtype": str(array.dtype), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    return {"bytes": hashing.size, "sha256": hashing.sha256.hexdigest()}
+
+
+def _save_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
+    written = _write_hashed(path, lambda handle: np.save(handle, array, allow_pickle=False))
+    return {"shape": list(array.shape), "dtype": str(array.dtype), **written}
 
 
 def narrow_tokens(tokens: np.ndarray, dtype: np.dtype, vocab_size: int) -> np.ndarray:
@@ -137,9 +168,7 @@ def write_shard(
                 files[name] = _save_npy(tmp / name, array)
         if output_format in ("parquet", "both"):
 
-            write_parquet(tmp / PARQUET_FILE, tokens, chunks)
-            path = tmp / PARQUET_FILE
-            files[PARQUET_FILE] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            files[PARQUET_FILE] = _write_hashed(tmp / PARQUET_FILE, lambda handle: write_parquet(handle, tokens, chunks))
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
         full = {**manifest, "shard": shard_name(index), "rows": chunks.rows, "dtype": str(dtype), "files": files}
@@ -214,7 +243,7 @@ def _fixed_lists(matrix: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(matrix.reshape(-1)))
 
 
-def write_parquet(path: Path, tokens: np.ndarray, chunks: Chunks) -> None:
+def write_parquet(path: Path | BinaryIO, tokens: np.ndarray, chunks: Chunks) -> None:
     table = pa.table(
         {
             "input_ids": _fixed_lists(tokens),
