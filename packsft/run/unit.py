@@ -82,13 +82,65 @@ def pack_unit(
     rejects: RejectLedger,
     progress: tqdm | None = None,
 ) -> tuple[Chunks, dict[str, Any]]:
-    """Pack one unit into chunks in memory; returns the chunks and the unit's counters."""
-    counters: Counter[str] = Counter()
-    batches = []
-    renderer = None
-    if config.template == "chat":
+    """Pack one unit into chunks in memory; returns the chunks and the unit's counters.
 
-        renderer = ChatRenderer(tokenizer)
+    Memory: the rendered tokens, the pieces and the rows of a unit are its big arrays; each is dropped
+    as soon as the next exists and only its per-conversation figures are still needed.
+    """
+    counters: Counter[str] = Counter()
+    batch = _render_unit(unit, source, config, tokenizer, rejects, counters, progress)
+    counters["tokens_rendered"] = len(batch.ids)
+
+    # Conversations without a trained token went to the ledger per batch; drop unprompted ones if asked.
+    trainable = batch.trainable_per_conversation()
+    drop_unprompted = batch.unprompted & (config.unprompted == "drop")
+    counters["conversations_dropped_unprompted"] = int(drop_unprompted.sum())
+    keep = ~drop_unprompted
+    batch = batch.select(keep)
+    trainable = trainable[keep]
+    counters["trainable_tokens_available"] = int(trainable.sum())
+    counters["trained_unprompted"] = trained_unprompted(batch)
+    source_codes, source_names = _source_codes(batch.sources)
+    conv_lengths = batch.lengths
+    histogram = np.bincount(np.minimum(conv_lengths // LENGTH_BIN, LENGTH_BINS - 1), minlength=LENGTH_BINS)
+
+    chunks, kept_per_conv, pad_share, truncated_convs, dropped_convs = _pack_rendered(
+        batch, trainable, config, tokenizer, counters)
+    del batch  # the rendered tokens: only per-conversation figures are needed from here on
+    counters["chunks"] = chunks.rows
+    counters["nonpad_positions"] = chunks.nonpad
+    counters["trained_tokens_kept"] = int(chunks.loss_mask.sum(dtype=np.int64))
+    if tokenizer.bos_id is not None:  # chat templates without a BOS leave it out: 'starts at BOS' is n/a
+        counters["bos_starts"] = int((chunks.tokens[:, 0] == tokenizer.bos_id).sum())
+    bos_user = labels_with_bos_and_user(chunks, tokenizer.bos_id, tokenizer.role_ids.get(USER))
+    if bos_user is not None:
+        counters["labels_with_bos_and_user"] = bos_user
+
+    per_source: dict[str, Counter[str]] = {}
+    for code, name in enumerate(source_names):
+        members = source_codes == code
+        per_source[name] = Counter(
+            conversations=int(members.sum()),
+            trainable=int(trainable[members].sum()),
+            kept=int(kept_per_conv[members].sum()),
+            tokens=int(conv_lengths[members].sum()),
+            pad_share=int(round(float(pad_share[members].sum()))),
+            truncated=int(np.isin(np.flatnonzero(members), truncated_convs).sum()),
+            dropped=int(np.isin(np.flatnonzero(members), dropped_convs).sum()),
+        )
+    totals: dict[str, Any] = dict(counters)
+    totals["records_rejected"] = rejects.total
+    totals["rejected_by_reason"] = dict(rejects.counts)
+    totals["per_source"] = {name: dict(c) for name, c in per_source.items()}
+    totals["length_histogram"] = histogram.astype(int).tolist()
+    return chunks, totals
+
+
+def _render_unit(unit: Unit, source: InputFile, config: PackConfig, tokenizer: PackTokenizer, rejects: RejectLedger,
+                 counters: Counter[str], progress: tqdm | None) -> RenderedBatch:
+    """Read and render every record of the unit into one batch (untrainable conversations rejected)."""
+    batches = []
+    renderer = ChatRenderer(tokenizer) if config.template == "chat" else None
     for conversations, filtered in read_conversations(
         source, config.format, rejects, source_filter=config.source_filter, batch_size=config.batch_size,
         display_name=unit.name, row_groups=unit.row_groups,
@@ -106,21 +158,16 @@ def pack_unit(
             progress.update(len(conversations) + filtered)
             counters["tokens_rendered"] += len(batch.ids)
             progress.set_postfix_str(_rate(progress, counters["tokens_rendered"]), refresh=False)
-    batch = RenderedBatch.concat(batches) if batches else render_batch([], tokenizer, config)
-    counters["tokens_rendered"] = len(batch.ids)
+    return RenderedBatch.concat(batches) if batches else render_batch([], tokenizer, config)
 
-    # Conversations without a trained token went to the ledger per batch; drop unprompted ones if asked.
-    trainable = batch.trainable_per_conversation()
-    drop_unprompted = batch.unprompted & (config.unprompted == "drop")
-    counters["conversations_dropped_unprompted"] = int(drop_unprompted.sum())
-    keep = ~drop_unprompted
-    batch = batch.select(keep)
-    trainable = trainable[keep]
-    counters["trainable_tokens_available"] = int(trainable.sum())
-    counters["trained_unprompted"] = trained_unprompted(batch)
-    source_codes, source_names = _source_codes(batch.sources)
-    histogram = np.bincount(np.minimum(batch.lengths // LENGTH_BIN, LENGTH_BINS - 1), minlength=LENGTH_BINS)
 
+def _pack_rendered(batch: RenderedBatch, trainable: np.ndarray, config: PackConfig, tokenizer: PackTokenizer,
+                   counters: Counter[str]) -> tuple[Chunks, np.ndarray, np.ndarray, list[int], list[int]]:
+    """Split and pack the batch into chunks, as the strategy says.
+
+    Returns the chunks, per conversation its trained labels kept and its share of row padding, and the
+    conversations truncated and dropped.
+    """
     capacity = config.seq_length + 1
     if config.strategy == "linear":
         chunks = build_linear_chunks(batch.ids, batch.flags, batch.conv_offsets, config.seq_length, tokenizer.pad_id)
@@ -133,57 +180,27 @@ def pack_unit(
         pad_share = np.zeros(len(batch))
         if len(batch) and chunks.rows:
             pad_share[-1] = chunks.rows * capacity - chunks.nonpad
-        truncated_convs: list[int] = []
-        dropped_convs: list[int] = []
-    else:
-        marker = _marker(tokenizer)
-        pieces, split_counts = split_long(batch, config.seq_length, config.long_policy, marker, config.turn_cut,
-                                           config.context_share)
-        packer = pack_bestfit if config.strategy == "bestfit" else pack_aligned
-        packing = packer(pieces.lengths, capacity)
-        chunks = build_chunks(pieces, packing, config.seq_length, tokenizer.pad_id)
-        counters.update(
-            {
-                key: getattr(split_counts, key)
-                for key in (
-                    "conversations_truncated", "conversations_dropped_long", "conversations_split", "pieces_split",
-                    "exchanges_split", "prompts_shortened", "prompted_labels", "prompted_labels_complete",
-                )
-            }
-        )
-        counters["conversations_packed"] = len(np.unique(pieces.conv))
-        counters["pieces"] = len(pieces)
-        kept_per_conv, pad_share = _piece_shares(pieces, packing.order, chunks, len(batch), capacity)
-        truncated_convs = split_counts.per_conv_truncated if config.long_policy == "truncate" else []
-        dropped_convs = split_counts.per_conv_truncated if config.long_policy == "drop" else []
-
-    counters["chunks"] = chunks.rows
-    counters["nonpad_positions"] = chunks.nonpad
-    counters["trained_tokens_kept"] = int(chunks.loss_mask.sum(dtype=np.int64))
-    if tokenizer.bos_id is not None:  # chat templates without a BOS leave it out: 'starts at BOS' is n/a
-        counters["bos_starts"] = int((chunks.tokens[:, 0] == tokenizer.bos_id).sum())
-    bos_user = labels_with_bos_and_user(chunks, tokenizer.bos_id, tokenizer.role_ids.get(USER))
-    if bos_user is not None:
-        counters["labels_with_bos_and_user"] = bos_user
-
-    per_source: dict[str, Counter[str]] = {}
-    for code, name in enumerate(source_names):
-        members = source_codes == code
-        per_source[name] = Counter(
-            conversations=int(members.sum()),
-            trainable=int(trainable[members].sum()),
-            kept=int(kept_per_conv[members].sum()),
-            tokens=int(batch.lengths[members].sum()),
-            pad_share=int(round(float(pad_share[members].sum()))),
-            truncated=int(np.isin(np.flatnonzero(members), truncated_convs).sum()),
-            dropped=int(np.isin(np.flatnonzero(members), dropped_convs).sum()),
-        )
-    totals: dict[str, Any] = dict(counters)
-    totals["records_rejected"] = rejects.total
-    totals["rejected_by_reason"] = dict(rejects.counts)
-    totals["per_source"] = {name: dict(c) for name, c in per_source.items()}
-    totals["length_histogram"] = histogram.astype(int).tolist()
-    return chunks, totals
+        return chunks, kept_per_conv, pad_share, [], []
+    pieces, split_counts = split_long(batch, config.seq_length, config.long_policy, _marker(tokenizer),
+                                      config.turn_cut, config.context_share)
+    packer = pack_bestfit if config.strategy == "bestfit" else pack_aligned
+    packing = packer(pieces.lengths, capacity)
+    chunks = build_chunks(pieces, packing, config.seq_length, tokenizer.pad_id)
+    counters.update(
+        {
+            key: getattr(split_counts, key)
+            for key in (
+                "conversations_truncated", "conversations_dropped_long", "conversations_split", "pieces_split",
+                "exchanges_split", "prompts_shortened", "prompted_labels", "prompted_labels_complete",
+            )
+        }
+    )
+    counters["conversations_packed"] = len(np.unique(pieces.conv))
+    counters["pieces"] = len(pieces)
+    kept_per_conv, pad_share = _piece_shares(pieces, packing.order, chunks, len(batch), capacity)
+    truncated_convs = split_counts.per_conv_truncated if config.long_policy == "truncate" else []
+    dropped_convs = split_counts.per_conv_truncated if config.long_policy == "drop" else []
+    return chunks, kept_per_conv, pad_share, truncated_convs, dropped_convs
 
 
 def _rate(progress: tqdm, tokens: int) -> str:
