@@ -232,7 +232,7 @@ def _piece_shares(pieces: PieceTable, order: np.ndarray, chunks: Chunks, convers
     pad = np.zeros(conversations, np.float64)
     if not len(pieces):
         return kept, pad
-    piece_kept = np.add.reduceat(pieces.flags.astype(np.int64), pieces.offsets[:-1])
+    piece_kept = np.add.reduceat(pieces.flags, pieces.offsets[:-1], dtype=np.int64)
     placed_kept = piece_kept[order]
     row_first = chunks.row_segments[:-1][np.diff(chunks.row_segments) > 0]
     placed_kept[row_first] -= pieces.flags[pieces.offsets[order[row_first]]]  # first token of a row: no label

@@ -87,7 +87,11 @@ def pack_units(
     """Pack and write every unit; with workers > 1 in a process pool, largest units first."""
 
     total = sum(unit.rows for unit in units)
-    with tqdm(total=total, unit="conv", desc="packing", disable=quiet or not units, dynamic_ncols=True) as progress:
+    # No tqdm at all when quiet: even a disabled bar takes tqdm's process-shared lock, which a process
+    # killed while holding it (SIGKILL of a forked packer) leaves locked for every other.
+    bar = contextlib.nullcontext() if quiet or not units else tqdm(total=total, unit="conv", desc="packing",
+                                                                      dynamic_ncols=True)
+    with bar as progress:
         if workers == 1 or len(units) <= 1:
             for unit, fingerprint in zip(units, fingerprints):
                 write_unit(unit, fingerprint, job.out_dir, job.config, tokenizer, strict=job.strict,
@@ -102,7 +106,9 @@ def pack_units(
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    progress.update(future.result())  # re-raises a worker's error here
+                    rows = future.result()  # re-raises a worker's error here
+                    if progress is not None:
+                        progress.update(rows)
         except BrokenProcessPool:
             raise OutputError(
                 "a worker process died (out of memory?); completed units are kept. Rerun to resume, "
