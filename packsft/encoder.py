@@ -26,12 +26,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 from tokenizers.normalizers import NFC
 
 # GPT-2's pre-tokenizer regex, which the HF ByteLevel pre-tokenizer applies when `use_regex` is on.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # Texts per thread task: large enough that handing work to a thread costs little.
 THREAD_CHUNK = 256
+# Ids the fast encoder returns as int32 arrays (`encode_texts_flat`) must stay below this.
+MAX_TOKEN_ID = 1 << 31
 # Code points per probe text of the unicode sweep.
 PROBE_RUN = 512
 
@@ -83,6 +86,8 @@ def read_bpe_spec(serialized: str, check_order: bool = True) -> BpeSpec:
         raise FastEncoderRefused("the vocabulary has tokens that are not byte-level (not a byte-level BPE)") from None
     if check_order:
         _check_merge_order(model)
+    if max([*ranks.values(), *(a["id"] for a in spec.get("added_tokens") or [])], default=0) >= MAX_TOKEN_ID:
+        raise FastEncoderRefused("token ids do not fit 31 bits")
     if any(bytes([b]) not in ranks for b in range(256)):
         raise FastEncoderRefused("the vocabulary lacks some of the 256 byte tokens")
     content, special = {}, {}
@@ -181,7 +186,24 @@ class FastEncoder:
             encode = self._core.encode_ordinary
         return self._map(encode, texts)
 
-    def _map(self, encode: Callable[[str], list[int]], texts: list[str]) -> list[list[int]]:
+    def encode_texts_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`encode_texts` as one flat array of ids (int32) and each text's length: no Python int per token."""
+        core, allowed = self._core, self._content
+
+        def encode(text: str) -> np.ndarray:
+            try:
+                return core.encode_to_numpy(text, allowed_special=allowed, disallowed_special=())
+            except UnicodeEncodeError:  # lone surrogates: replaced as tiktoken's `encode` replaces them
+                text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+                return core.encode_to_numpy(text, allowed_special=allowed, disallowed_special=())
+
+        arrays = self._map(encode, texts)
+        lengths = np.fromiter(map(len, arrays), np.int64, len(arrays))
+        # Ids are below 2**31 (checked when the rank table was read): the uint32 buffer is reinterpreted, not copied.
+        ids = np.concatenate(arrays) if arrays else np.zeros(0, np.uint32)
+        return ids.view(np.int32), lengths
+
+    def _map(self, encode: Callable[[str], Any], texts: list[str]) -> list[Any]:
         if self._nfc is not None:
             # HF's own NFC (Python's unicodedata follows another Unicode version: U+0898 differs);
             # ASCII text is always NFC already, and most content is ASCII.

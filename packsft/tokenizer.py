@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from packsft.config import ENCODERS
@@ -28,6 +30,9 @@ ROLE_TOKENS = {USER: "<|user|>", ASSISTANT: "<|assistant|>", SYSTEM: "<|system|>
 
 # Fingerprints of tokenizers whose fast encoder this process has proven: a second load skips the probes.
 _PROVEN: set[str] = set()
+
+# Token ids in memory (rendering, splitting, packing): 4 bytes; the writer narrows to the storage dtype.
+TOKEN_ID_DTYPE = np.dtype(np.int32)
 
 # Token ids up to this bound fit a uint16 array; larger vocabularies are stored as uint32.
 UINT16_VOCAB_LIMIT = 1 << 16
@@ -113,6 +118,19 @@ class PackTokenizer:
         if fast is not None:
             return fast.encode_texts(texts)
         return self.encode_texts_hf(texts)
+
+    def encode_texts_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`encode_texts` as one flat TOKEN_ID_DTYPE array and the length of each text.
+
+        The fast encoder fills numpy buffers directly: a batch never becomes Python lists of ints
+        (~36 bytes per token), which is most of what rendering a batch allocates.
+        """
+        fast = self.fast
+        if fast is not None:
+            return fast.encode_texts_flat(texts)
+        encoded = self.encode_texts_hf(texts)
+        lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+        return np.fromiter(chain.from_iterable(encoded), TOKEN_ID_DTYPE, int(lengths.sum())), lengths
 
     def encode_texts_hf(self, texts: list[str]) -> list[list[int]]:
         """`encode_texts` computed by the HF tokenizer: the reference the fast encoder is proven against."""
