@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -90,6 +91,20 @@ def test_fast_encoder_threads_give_the_same_ids(gpt2_dir, sharegpt_dir):
     one = load_tokenizer(str(gpt2_dir), "roles", encoder="fast", threads=1)
     two = load_tokenizer(str(gpt2_dir), "roles", encoder="fast", threads=3)
     assert two.encode_texts(texts) == one.encode_texts(texts) == one.encode_texts_hf(texts)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_flat_encoding_equals_the_lists_for_both_encoders(gpt2_dir, sharegpt_dir, threads):
+    texts = sharegpt_texts(sharegpt_dir / "shard_00001.parquet", conversations=400) + ["a<|endoftext|>b", "x\ud800y", ""]
+    fast = load_tokenizer(str(gpt2_dir), "roles", encoder="fast", threads=threads)
+    hf = load_tokenizer(str(gpt2_dir), "roles", encoder="hf")
+    lists = fast.encode_texts(texts)
+    for tokenizer in (fast, hf):
+        ids, lengths = tokenizer.encode_texts_flat(texts[:-2] if tokenizer is hf else texts)  # HF refuses surrogates
+        expected = lists[:-2] if tokenizer is hf else lists
+        assert ids.dtype == np.int32 and lengths.tolist() == [len(x) for x in expected]
+        assert ids.tolist() == [i for x in expected for i in x]
+    assert lists[-2] == fast.encode_texts(["x\ufffdy"])[0]  # a lone surrogate is replaced, as tiktoken does
 
 
 def test_fingerprint_and_identity_do_not_depend_on_the_encoder(gpt2_dir, gpt2_fast):
