@@ -36,9 +36,11 @@ from packsft.run.plan import Unit, threads_per_worker
 from packsft.run.unit import write_unit
 from packsft.tokenizer import PackTokenizer, tokenizer_from_state
 
-# Imported once by the fork server, so that each worker starts in well under a second. Not transformers:
-# workers rebuild the parent's tokenizer from its state (tokenizers only); chat templates import it lazily.
+# Imported once by the fork server, so that each worker starts in well under a second. Workers rebuild
+# the parent's tokenizer from its state (tokenizers only); transformers (which imports torch: seconds)
+# is preloaded only for chat templates, which render through it.
 PRELOAD = ("packsft.run.pipeline", "tokenizers", "tiktoken", "tiktoken.core")
+PRELOAD_CHAT = ("transformers.models.auto.tokenization_auto", "transformers.tokenization_utils_fast")
 
 
 class PackInterrupted(PacksftError):
@@ -98,7 +100,7 @@ def pack_units(
                            skip_bad_files=job.skip_bad_files, progress=progress)
             return
         workers = min(workers, len(units))
-        pool = ProcessPoolExecutor(workers, mp_context=_worker_context(), initializer=_init_worker,
+        pool = ProcessPoolExecutor(workers, mp_context=_worker_context(job.config.template), initializer=_init_worker,
                                    initargs=(job, threads_per_worker(workers)))
         try:
             order = sorted(range(len(units)), key=lambda i: (-units[i].bytes, units[i].index))
@@ -120,13 +122,13 @@ def pack_units(
         pool.shutdown()
 
 
-def _worker_context() -> BaseContext:
+def _worker_context(template: str) -> BaseContext:
     """Workers fork from a clean server process that imported the tokenizer code once (fast starts,
     and no inherited tokenizer thread pool); spawned where there is no fork server."""
     if "forkserver" not in get_all_start_methods():
         return get_context("spawn")
     context = get_context("forkserver")
-    context.set_forkserver_preload(list(PRELOAD))
+    context.set_forkserver_preload(list(PRELOAD + (PRELOAD_CHAT if template == "chat" else ())))
     return context
 
 
