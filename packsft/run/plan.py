@@ -68,6 +68,19 @@ class Unit:
         groups = record.get("row_groups")
         return cls(**{**record, "path": Path(record["path"]), "row_groups": tuple(groups) if groups is not None else None})
 
+    def manifest_input(self) -> dict[str, Any]:
+        """What a shard manifest records of its input (`inputs[0]`, with the reader's rows and format added)."""
+        return {"path": self.name, "bytes": self.file_bytes, "row_groups": list(self.row_groups or ()),
+                "first_row": self.first_row}
+
+    @classmethod
+    def from_manifest_input(cls, index: int, data_dir: Path, record: dict[str, Any]) -> Unit:
+        """The unit a shard was packed from, rebuilt from its manifest's `inputs[0]` (for `verify --deep`)."""
+        groups = record.get("row_groups") or None  # [] records a whole file
+        return cls(index=index, path=data_dir / record["path"], name=record["path"],
+                   row_groups=(int(groups[0]), int(groups[1])) if groups else None,
+                   first_row=record.get("first_row", 0), rows=record.get("rows", 0), file_bytes=record["bytes"])
+
 
 def split_row_groups(sizes: list[int], parts: int) -> list[tuple[int, int]]:
     """Cut row groups (by their byte sizes) into `parts` contiguous ranges of about equal bytes.

@@ -74,6 +74,11 @@ def _reject_untrainable(batch: RenderedBatch, conversations: list[Conversation],
     return (batch.select(~no_trained) if no_trained.any() else batch), int(no_trained.sum())
 
 
+def open_unit(unit: Unit, config: PackConfig) -> InputFile:
+    """The unit's input file, opened as the pack reads it (format, input format, role map)."""
+    return open_input(unit.path, config.format, config.input_format, parse_role_map(config.role_map))
+
+
 def pack_unit(
     unit: Unit,
     source: InputFile,
@@ -259,9 +264,8 @@ def write_unit(
     failed = failed_path(out_dir, unit.index)
     try:
         rejects = RejectLedger(strict=strict)
-        source = open_input(unit.path, config.format, config.input_format, parse_role_map(config.role_map))
-        inputs = {"path": unit.name, "bytes": unit.file_bytes, "row_groups": list(unit.row_groups or ()),
-                  "first_row": unit.first_row}
+        source = open_unit(unit, config)
+        inputs = unit.manifest_input()
         skipped = None
         try:
             chunks, counters = pack_unit(unit, source, config, tokenizer, rejects, progress)
