@@ -84,6 +84,20 @@ def array_contract(rows: int, seq_length: int, token_dtype: np.dtype) -> dict[st
     }
 
 
+def segment_starts(segment_lengths: np.ndarray, row_segments: np.ndarray) -> np.ndarray:
+    """Start column of every segment in its row: the running length of the row's earlier segments."""
+    running = np.cumsum(segment_lengths, dtype=np.int64) - segment_lengths
+    if not len(running):
+        return running
+    return running - np.repeat(running[row_segments[:-1]], np.diff(row_segments))
+
+
+def row_lengths(segment_lengths: np.ndarray, row_segments: np.ndarray) -> np.ndarray:
+    """Positions each row's segments fill (the rest of its L+1 positions is padding)."""
+    running = np.concatenate([[0], np.cumsum(segment_lengths, dtype=np.int64)])
+    return running[row_segments[1:]] - running[row_segments[:-1]]
+
+
 @dataclass(frozen=True)
 class NpyHeader:
     """What a .npy header says: shape, dtype, order, and where the data starts."""
@@ -171,7 +185,7 @@ class Row:
 
     @property
     def segment_starts(self) -> np.ndarray:
-        return np.cumsum(self.segment_lengths) - self.segment_lengths
+        return segment_starts(self.segment_lengths, np.array([0, len(self.segment_lengths)]))
 
 
 class PackedOutput:

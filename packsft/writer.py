@@ -32,6 +32,7 @@ from packsft.layout import (
     SHARD_FILES,
     SHARDS_DIR,
     TOKENS_NPY,
+    row_lengths,
     sha256_file,
     shard_name,
     storage_dtype,
@@ -205,10 +206,7 @@ def build_dataset_manifest(
 
 # chunks.parquet: one row per chunk, readable by `datasets.load_dataset("parquet", ...)` and TRL.
 def seq_lengths(chunks: Chunks, capacity: int) -> pa.ListArray:
-    counts = np.diff(chunks.row_segments)
-    used = np.add.reduceat(chunks.segment_lengths.astype(np.int64), chunks.row_segments[:-1]) if len(chunks.segment_lengths) else np.zeros(chunks.rows, np.int64)
-    used = np.where(counts > 0, used, 0)
-    pad = capacity - used
+    pad = capacity - row_lengths(chunks.segment_lengths, chunks.row_segments)
     values, offsets = [], [0]
     for r in range(chunks.rows):
         row = chunks.segment_lengths[chunks.row_segments[r] : chunks.row_segments[r + 1]]

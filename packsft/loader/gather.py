@@ -41,6 +41,7 @@ from packsft.layout import (
     array_contract,
     contract_problems,
     read_npy_header,
+    segment_starts,
 )
 
 # Stream ids keep the row orders of different uses of one seed independent of each other.
@@ -220,11 +221,9 @@ class RowReader:
             if self._pieces is None:
                 offsets, ends = [np.zeros(1, dtype=np.int64)], []
                 for arrays in self.shards:
-                    starts = arrays["row_segments"].read_all()
-                    total = np.cumsum(arrays["segment_lengths"].read_all(), dtype=np.int64)
-                    row_start = np.concatenate([[0], total])[starts[:-1]]
-                    ends.append((total - np.repeat(row_start, np.diff(starts))).astype(np.int32))
-                    offsets.append(starts[1:] + offsets[-1][-1])
+                    row_segments, lengths = arrays["row_segments"].read_all(), arrays["segment_lengths"].read_all()
+                    ends.append((segment_starts(lengths, row_segments) + lengths).astype(np.int32))
+                    offsets.append(row_segments[1:] + offsets[-1][-1])
                 self._pieces = (np.concatenate(offsets), np.concatenate(ends))
             return self._pieces
 

@@ -20,13 +20,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from packsft.layout import (
+    LOSS_MASK_NPY,
+    ROW_SEGMENTS_NPY,
+    SEGMENT_LENGTHS_NPY,
+    TOKENS_NPY,
+    row_lengths,
+    segment_starts,
+)
+
 BLOCK_ROWS = 4096
 ROWS_REPORTED = 3  # per kind of violation
 
 
 @dataclass(frozen=True)
 class Violation:
-    array: str  # the file that holds the offending values, e.g. "loss_mask.npy"
+    array: str  # the file that holds the offending values, e.g. LOSS_MASK_NPY
     row: int | None  # row within the shard, None for a whole-array fact
     message: str
 
@@ -44,26 +53,22 @@ def check_offsets(segment_lengths: np.ndarray, row_segments: np.ndarray, rows: i
     """The CSR structure: offsets start at 0, end at len(segment_lengths), never decrease."""
     found = []
     if len(row_segments) != rows + 1:
-        found.append(Violation("row_segments.npy", None, f"holds {len(row_segments)} offsets for {rows} rows (expected {rows + 1})"))
+        found.append(Violation(ROW_SEGMENTS_NPY, None, f"holds {len(row_segments)} offsets for {rows} rows (expected {rows + 1})"))
         return found
     if row_segments[0] != 0:
-        found.append(Violation("row_segments.npy", None, f"starts at {int(row_segments[0])}, not 0"))
+        found.append(Violation(ROW_SEGMENTS_NPY, None, f"starts at {int(row_segments[0])}, not 0"))
     if row_segments[-1] != len(segment_lengths):
-        found.append(Violation("row_segments.npy", None,
+        found.append(Violation(ROW_SEGMENTS_NPY, None,
                                f"ends at {int(row_segments[-1])}, but segment_lengths holds {len(segment_lengths)} segments"))
     decreasing = np.flatnonzero(np.diff(row_segments) < 0)
-    found += _rows("row_segments.npy", decreasing, "offsets decrease (row_segments must be non-decreasing)")
+    found += _rows(ROW_SEGMENTS_NPY, decreasing, "offsets decrease (row_segments must be non-decreasing)")
     return found
 
 
 def row_usage(segment_lengths: np.ndarray, row_segments: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(positions used per row, row of every segment, start column of every segment); offsets must be valid."""
-    running = np.concatenate([[0], np.cumsum(segment_lengths, dtype=np.int64)])
-    used = running[row_segments[1:]] - running[row_segments[:-1]]
-    counts = np.diff(row_segments)
-    seg_rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-    starts = running[:-1] - np.repeat(running[row_segments[:-1]], counts)
-    return used, seg_rows, starts
+    seg_rows = np.repeat(np.arange(len(row_segments) - 1, dtype=np.int64), np.diff(row_segments))
+    return row_lengths(segment_lengths, row_segments), seg_rows, segment_starts(segment_lengths, row_segments)
 
 
 def check_shard_arrays(
@@ -91,11 +96,11 @@ def check_shard_arrays(
     if segments_ok:
         short = np.flatnonzero(segment_lengths < 1)
         seg_row_of = np.searchsorted(row_segments, short, side="right") - 1
-        found += _rows("segment_lengths.npy", seg_row_of, "a segment has length < 1")
+        found += _rows(SEGMENT_LENGTHS_NPY, seg_row_of, "a segment has length < 1")
         used, seg_rows, starts = row_usage(segment_lengths, row_segments)
-        found += _rows("segment_lengths.npy", np.flatnonzero(used > capacity),
+        found += _rows(SEGMENT_LENGTHS_NPY, np.flatnonzero(used > capacity),
                        f"segments add up to more than the row's {capacity} positions")
-        found += _rows("row_segments.npy", np.flatnonzero(np.diff(row_segments) == 0), "row holds no segment")
+        found += _rows(ROW_SEGMENTS_NPY, np.flatnonzero(np.diff(row_segments) == 0), "row holds no segment")
         segments_ok = not found
     bos_rows = strategy in ("aligned", "bestfit") and bos_id is not None
 
@@ -103,29 +108,29 @@ def check_shard_arrays(
         end = min(begin + BLOCK_ROWS, rows)
         block = np.asarray(tokens[begin:end])
         mask = np.asarray(loss_mask[begin:end])
-        found += _rows("tokens.npy", begin + np.flatnonzero((block >= vocab_size).any(axis=1)),
+        found += _rows(TOKENS_NPY, begin + np.flatnonzero((block >= vocab_size).any(axis=1)),
                        f"token id >= vocabulary size {vocab_size}")
-        found += _rows("loss_mask.npy", begin + np.flatnonzero((mask > 1).any(axis=1)), "loss_mask value other than 0 or 1")
+        found += _rows(LOSS_MASK_NPY, begin + np.flatnonzero((mask > 1).any(axis=1)), "loss_mask value other than 0 or 1")
         if bos_rows:
-            found += _rows("tokens.npy", begin + np.flatnonzero(block[:, 0] != bos_id), f"row does not start with BOS (id {bos_id})")
+            found += _rows(TOKENS_NPY, begin + np.flatnonzero(block[:, 0] != bos_id), f"row does not start with BOS (id {bos_id})")
         if segments_ok:
             pad = np.arange(capacity)[None, :] >= used[begin:end, None]
-            found += _rows("tokens.npy", begin + np.flatnonzero((pad & (block != pad_id)).any(axis=1)),
+            found += _rows(TOKENS_NPY, begin + np.flatnonzero((pad & (block != pad_id)).any(axis=1)),
                            f"position after the row's segments does not hold the pad id {pad_id}")
-            found += _rows("loss_mask.npy", begin + np.flatnonzero((pad[:, 1:] & (mask != 0)).any(axis=1)),
+            found += _rows(LOSS_MASK_NPY, begin + np.flatnonzero((pad[:, 1:] & (mask != 0)).any(axis=1)),
                            "a pad position is trained")
 
     if segments_ok and len(starts):
         inner = starts >= 1  # segments at column 0 are the row starts, checked above
         if bos_rows:
-            found += _rows("tokens.npy", seg_rows[inner][np.asarray(tokens[seg_rows[inner], starts[inner]]) != bos_id],
+            found += _rows(TOKENS_NPY, seg_rows[inner][np.asarray(tokens[seg_rows[inner], starts[inner]]) != bos_id],
                            f"a segment does not start with BOS (id {bos_id})")
         if strategy in ("aligned", "bestfit"):
             trained = np.asarray(loss_mask[seg_rows[inner], starts[inner] - 1]) != 0
-            found += _rows("loss_mask.npy", seg_rows[inner][trained], "the label at a segment start is trained")
+            found += _rows(LOSS_MASK_NPY, seg_rows[inner][trained], "the label at a segment start is trained")
     if segments_ok and strategy == "linear" and rows > 1:
-        found += _rows("segment_lengths.npy", np.flatnonzero(used[:-1] != capacity),
+        found += _rows(SEGMENT_LENGTHS_NPY, np.flatnonzero(used[:-1] != capacity),
                        "a linear row other than the last is not full")
         shared = np.asarray(tokens[1:, 0]) == np.asarray(tokens[:-1, -1])
-        found += _rows("tokens.npy", 1 + np.flatnonzero(~shared), "a linear row does not start with the previous row's last token")
+        found += _rows(TOKENS_NPY, 1 + np.flatnonzero(~shared), "a linear row does not start with the previous row's last token")
     return found
