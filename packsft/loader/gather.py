@@ -76,8 +76,8 @@ def open_npy(path: Path, shape: tuple[int, ...] | None, dtype: np.dtype, declare
     if not path.exists():
         raise OutputError(f"{path}: missing; the output is incomplete (pack it again, or `packsft verify`)")
     want = list(shape) if shape is not None else declared.get("shape")
-    fits = isinstance(want, list) and (shape is not None or len(want) == 1)
-    if not fits or (declared.get("shape"), declared.get("dtype")) != (want, str(dtype)):
+    if not isinstance(want, list) or len(want) != len(shape or (0,)) or declared.get("shape") != want \
+            or declared.get("dtype") != str(dtype):
         raise OutputError(f"{path}: dataset.json declares shape {declared.get('shape')} {declared.get('dtype')}, "
                           f"but the shard's row count needs {want} {dtype}; the output is corrupt, pack it again")
     try:

@@ -20,14 +20,14 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from packsft.config import PackConfig
 from packsft.errors import InputError
 from packsft.layout import FORMAT_VERSION
-from packsft.reader import list_input_files, open_input
+from packsft.reader import InputFile, list_input_files, open_input
 from packsft.records import parse_role_map
 
 # Compressed parquet bytes per unit. A unit is packed in memory (best-fit sees all of it), so this
@@ -130,23 +130,26 @@ def plan_inputs(
                 raise
             skipped.append({"path": name, "error": str(exc)})
             continue
-        stat = path.stat()
-        common = {"path": path, "name": name, "file_bytes": stat.st_size, "file_mtime_ns": stat.st_mtime_ns,
-                  "input_format": source.input_format, "detected": source.detected or ""}
-        if source.parquet is None:
-            units.append(Unit(index=len(units), bytes=stat.st_size, **common))
-            continue
-        metadata = source.parquet.metadata
-        groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
-        sizes = [sum(g.column(c).total_compressed_size for c in range(g.num_columns)) for g in groups]
-        rows = [g.num_rows for g in groups]
-        parts = max(1, math.ceil(sum(sizes) / unit_bytes))
-        for start, stop in split_row_groups(sizes, parts) if groups else [(0, 0)]:
-            units.append(
-                Unit(index=len(units), row_groups=(start, stop), first_row=sum(rows[:start]),
-                     rows=sum(rows[start:stop]), bytes=sum(sizes[start:stop]), **common)
-            )
+        units += _file_units(path, name, source, unit_bytes, first_index=len(units))
     return units, skipped
+
+
+def _file_units(path: Path, name: str, source: InputFile, unit_bytes: int, first_index: int) -> list[Unit]:
+    """The units of one input file: row-group ranges of about unit_bytes, or the whole file (JSON Lines)."""
+    stat = path.stat()
+    whole = Unit(index=first_index, path=path, name=name, bytes=stat.st_size, file_bytes=stat.st_size,
+                 file_mtime_ns=stat.st_mtime_ns, input_format=source.input_format, detected=source.detected or "")
+    if source.parquet is None:
+        return [whole]
+    metadata = source.parquet.metadata
+    groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+    sizes = [sum(g.column(c).total_compressed_size for c in range(g.num_columns)) for g in groups]
+    rows = [g.num_rows for g in groups]
+    parts = max(1, math.ceil(sum(sizes) / unit_bytes))
+    ranges = split_row_groups(sizes, parts) if groups else [(0, 0)]
+    return [replace(whole, index=first_index + k, row_groups=(start, stop), first_row=sum(rows[:start]),
+                    rows=sum(rows[start:stop]), bytes=sum(sizes[start:stop]))
+            for k, (start, stop) in enumerate(ranges)]
 
 
 def fingerprint_config(config: PackConfig) -> dict[str, Any]:

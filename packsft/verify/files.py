@@ -103,6 +103,7 @@ def check_shard_files(
         array = _open_npy(folder / name, listed[name], shapes[name], problems)
         if array is not None:
             arrays[name] = array
+    loaded: ShardArrays | None
     if len(arrays) == len(ARRAY_FILES):
         loaded = ShardArrays(*(arrays[name] for name in ARRAY_FILES))
     elif PARQUET_FILE in intact and not set(ARRAY_FILES) & set(wanted):
