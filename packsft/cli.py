@@ -19,6 +19,8 @@ from packsft.config import (
     STRATEGIES,
     TEMPLATES,
     UNPROMPTED_POLICIES,
+    Mask,
+    Strategy,
     resolve_config,
 )
 from packsft.errors import PacksftError
@@ -240,7 +242,7 @@ def inspect(out_dir: str, chunks: tuple[int, ...], tokens: bool, tokenizer: str 
     from packsft.report.inspect import render_chunk, tokenizer_for
 
     if color is None:
-        color = click.get_text_stream("stdout").isatty()
+        color = sys.stdout.isatty()
     output = PackedOutput(out_dir)
     tok = tokenizer_for(output, tokenizer)
     for index in chunks:
@@ -357,13 +359,13 @@ def demo(out_dir: str, overwrite: bool) -> None:
     root = Path(out_dir)
     tokenizer_dir = build_demo_tokenizer(root / "tokenizer")
     click.echo(f"demo tokenizer written to {tokenizer_dir}")
-    runs = [("linear", "all"), ("aligned", "assistant_only"), ("bestfit", "assistant_only")]
+    runs: list[tuple[Strategy, Mask]] = [("linear", "all"), ("aligned", "assistant_only"), ("bestfit", "assistant_only")]
     for strategy, mask in runs:
         config = PackConfig(tokenizer=str(tokenizer_dir), strategy=strategy, mask=mask, seq_length=512)
         result = run_pack(DATA_DIR, root / strategy, config, overwrite=overwrite, quiet=True)
         click.echo(f"\n=== {strategy} + {mask} -> {result.out_dir}")
-        click.echo(format_summary(result.dataset))
         output = PackedOutput(result.out_dir)
+        click.echo(format_summary(output.dataset))
         click.echo()
         click.echo(render_chunk(output, 0, tokenizer_for(output)))
     click.echo(f"\nnext: packsft inspect {root / 'bestfit'} --chunk 1 --tokens | packsft stats {root / 'bestfit'} --json")
