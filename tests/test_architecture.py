@@ -142,3 +142,16 @@ def test_every_public_name_imports(package):
     module = importlib.import_module(package)
     names = getattr(module, "__all__", [])
     assert [name for name in names if not hasattr(module, name)] == []
+
+
+def test_test_modules_import_helpers_not_each_other():
+    """Fixtures live in conftest.py, shared helpers in tests/helpers.py; a test module imports neither
+    conftest nor another test module (pytest would collect its tests twice, or its fixtures silently)."""
+    tests = Path(__file__).resolve().parent
+    offences = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            if module and (module.startswith("tests.test_") or module == "tests.conftest"):
+                offences.append(f"{path.name}:{node.lineno}: imports {module}")
+    assert offences == []

@@ -12,12 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from packsft import PackConfig
 from packsft.cli import main
-from packsft.config import PackConfig
-from packsft.run.pipeline import run_pack
-from packsft.verify.checks import check_output, verify_output
-from tests.conftest import conv, write_conversations
-from tests.verify_helpers import assert_output_verifies, load_array, rewrite_array
+from packsft.run import run_pack
+from packsft.verify import check_output, verify_output
+from tests.helpers import assert_output_verifies, conv, load_array, rewrite_array, write_conversations
 
 STRATEGIES = ("linear", "aligned", "bestfit")
 QA = [("What is two plus two?", "Four."), ("Name a colour.", "Blue, like the sky."), ("Why?", "Because. " * 9)]
