@@ -304,8 +304,8 @@ def stats(out_dir: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("out_dir", type=click.Path())
-@click.option("--deep", is_flag=True, help="Also re-pack a sample of input files (if still there) and compare byte for byte.")
-@click.option("--sample", type=click.IntRange(min=1), default=2, show_default=True, help="Input files (units) --deep re-packs.")
+@click.option("--deep", is_flag=True, help="Also re-pack a sample of units from their input files (if still there) and compare byte for byte.")
+@click.option("--sample", type=click.IntRange(min=1), default=2, show_default=True, help="Units --deep re-packs (spread from first to last).")
 @user_errors
 def verify(out_dir: str, deep: bool, sample: int) -> None:
     """Check a packed output: hashes, shapes, dtypes, masks, pads, segments and counts.
