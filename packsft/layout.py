@@ -214,11 +214,20 @@ class PackedOutput:
                         f"{self.out_dir}: written with --output-format parquet only; repack with npy or both to read it here"
                     )
                 raise OutputError(f"{path}: missing; the output is incomplete (rerun the pack, or `packsft verify`)")
-            try:
-                self._arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
-            except ValueError as exc:
-                raise OutputError(f"{path}: not a readable .npy array ({exc}); the output is corrupt") from None
+            self._arrays[key] = self._open(path, shard)
         return self._arrays[key]
+
+    def _open(self, path: Path, shard: int) -> np.ndarray:
+        """Memory-map one array once its header keeps the contract (a damaged file is named, not misread)."""
+        rows = self.dataset["shards"][shard]["rows"]
+        shape, dtype = array_contract(rows, self.seq_length, np.dtype(self.dataset["dtype"]))[path.name]
+        try:
+            found = contract_problems(read_npy_header(path), shape, dtype)
+            if not found:
+                return np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            found = [f"not a readable .npy array ({exc})"]
+        raise OutputError(f"{path}: {found[0]}; the output is corrupt (pack it again, or `packsft verify`)")
 
     def locate(self, index: int) -> tuple[int, int]:
         """(shard, row within shard) of global row `index`."""
