@@ -32,6 +32,8 @@ Strategy = Literal["linear", "aligned", "bestfit"]
 LongPolicy = Literal["split", "truncate", "drop"]
 Unprompted = Literal["keep", "mask", "drop"]
 OutputFormat = Literal["npy", "parquet", "both"]
+# Who encodes message content (see encoder.py): fast where proven equal to HF, or HF.
+Encoder = Literal["auto", "fast", "hf"]
 
 FORMATS: tuple[Format, ...] = get_args(Format)
 INPUT_FORMATS: tuple[InputFormat, ...] = get_args(InputFormat)
@@ -41,6 +43,7 @@ STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 LONG_POLICIES: tuple[LongPolicy, ...] = get_args(LongPolicy)
 UNPROMPTED_POLICIES: tuple[Unprompted, ...] = get_args(Unprompted)
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
+ENCODERS: tuple[Encoder, ...] = get_args(Encoder)
 
 # Conversations longer than a row: bestfit splits them (nothing lost); aligned keeps the seed's
 # truncation so that its figures stay comparable with the seed notebook.
@@ -71,6 +74,10 @@ class PackConfig:
     # Records tokenized per batch: big enough to keep the Rust tokenizer busy, small enough to
     # bound memory. It does not change the output bytes.
     batch_size: int = field(default=1024, compare=False)
+    # Who encodes message content: the fast BPE encoder (proven equal to HF at load) or HF. The ids
+    # are the same either way, so it is not part of a unit's fingerprint. A run stores the encoder it
+    # used ("fast" or "hf"; auto resolved) in dataset.json.
+    encoder: Encoder = field(default="auto", compare=False)
 
     def __post_init__(self) -> None:
         choices = {
@@ -81,6 +88,7 @@ class PackConfig:
             "strategy": STRATEGIES,
             "unprompted": UNPROMPTED_POLICIES,
             "output_format": OUTPUT_FORMATS,
+            "encoder": ENCODERS,
         }
         for key, allowed in choices.items():
             value = getattr(self, key)
