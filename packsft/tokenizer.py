@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field, replace
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -60,7 +60,7 @@ class PackTokenizer:
     trust_remote_code: bool = False
     # The content encoder in use: "fast" (encoder.FastEncoder, proven equal to HF at load) or "hf";
     # `encoder_note` says why auto chose HF. Neither is part of the identity: the ids are the same.
-    encoder: str = "hf"
+    encoder: Literal["fast", "hf"] = "hf"
     encoder_note: str | None = None
     threads: int = 1
     serialized: str = field(default="", repr=False, compare=False)

@@ -15,7 +15,7 @@ from packsft import tokenizer as tokenizer_module
 from packsft.errors import TokenizerError
 from packsft.tokenizer import load_tokenizer, tokenizer_from_state
 from packsft.tokenizer_cache import cache_dir, cache_key
-from tests.conftest import conv, write_conversations
+from tests.helpers import conv, write_conversations
 
 # Runs `packsft pack` in a fresh interpreter and prints the heavy modules it imported.
 PACK_AND_LIST_MODULES = textwrap.dedent(

@@ -30,7 +30,7 @@ from typing import Any
 from tqdm import tqdm
 
 from packsft.config import PackConfig
-from packsft.errors import OutputError, PacksftError
+from packsft.errors import OutputError, PackInterrupted
 from packsft.run.outdir import Plan, incomplete_units, resume_hint
 from packsft.run.plan import Unit, threads_per_worker
 from packsft.run.unit import write_unit
@@ -41,10 +41,6 @@ from packsft.tokenizer import PackTokenizer, tokenizer_from_state
 # is preloaded only for chat templates, which render through it.
 PRELOAD = ("packsft.run.pipeline", "tokenizers", "tiktoken", "tiktoken.core")
 PRELOAD_CHAT = ("transformers.models.auto.tokenization_auto", "transformers.tokenization_utils_fast")
-
-
-class PackInterrupted(PacksftError):
-    """The run was stopped by a signal; completed units are kept and a rerun resumes."""
 
 
 @dataclass(frozen=True)
