@@ -133,22 +133,23 @@ def _save_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
 
 def narrow_tokens(tokens: np.ndarray, dtype: np.dtype, vocab_size: int) -> np.ndarray:
     """Cast token ids to the storage dtype, failing loudly if any id would not round-trip."""
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= min(vocab_size, np.iinfo(dtype).max + 1)):
-        bad = int(tokens.max()) if tokens.max() >= vocab_size else int(tokens.min())
+    low, high = (int(tokens.min()), int(tokens.max())) if tokens.size else (0, 0)
+    if low < 0 or high >= min(vocab_size, np.iinfo(dtype).max + 1):
+        bad = high if high >= vocab_size else low
         raise OutputError(
             f"token id {bad} does not fit {dtype} storage for a vocabulary of {vocab_size}; "
             "the tokenizer produced an id outside its vocabulary"
         )
-    return tokens.astype(dtype)
+    return tokens.astype(dtype, copy=False)
 
 
 def stored_arrays(chunks: Chunks, tokens: np.ndarray) -> dict[str, np.ndarray]:
     """The .npy arrays of a shard in their stored dtypes; `tokens` are already narrowed (narrow_tokens)."""
     return {
         TOKENS_NPY: tokens,
-        LOSS_MASK_NPY: chunks.loss_mask.astype(MASK_DTYPE),
-        SEGMENT_LENGTHS_NPY: chunks.segment_lengths.astype(SEGMENT_DTYPE),
-        ROW_SEGMENTS_NPY: chunks.row_segments.astype(OFFSET_DTYPE),
+        LOSS_MASK_NPY: chunks.loss_mask.astype(MASK_DTYPE, copy=False),  # no copy of what is stored as it is
+        SEGMENT_LENGTHS_NPY: chunks.segment_lengths.astype(SEGMENT_DTYPE, copy=False),
+        ROW_SEGMENTS_NPY: chunks.row_segments.astype(OFFSET_DTYPE, copy=False),
     }
 
 
