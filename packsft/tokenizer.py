@@ -210,7 +210,9 @@ def load_tokenizer(
     _check_path(name_or_path)
     files = _hash_files(Path(name_or_path)) if Path(name_or_path).is_dir() else {}
     # Hub names have no files to key on: they always load through transformers.
-    key = cache_key("tokenizer", {"files": files, "template": template, "trust_remote_code": trust_remote_code})
+    # The tokens packsft adds are part of the key: an edit to them is a miss, not a stale tokenizer.
+    key = cache_key("tokenizer", {"files": files, "template": template, "trust_remote_code": trust_remote_code,
+                                  "added": [BOS_TOKEN, PAD_TOKEN, ROLE_TOKENS]})
     entry = read_entry("tokenizers", key) if cache and files else None
     tokenizer = None
     if entry is not None:
