@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,22 @@ class PackTokenizer:
         """
         backend = self.hf.backend_tokenizer
         encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
+
+    def encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text as ordinary text: a special-token string in it is NOT a special token.
+
+        Message content must never become a control token (`<|endoftext|>` in a message would end the
+        conversation for the model), so the special tokens' strings are tokenized like any other text
+        (HF's `split_special_tokens=True`). Text without such strings gets exactly the ids of
+        `encode_batch`. One call into the Rust tokenizer for the whole batch.
+        """
+        if not texts:
+            return []
+        plain = _PLAIN_BACKENDS.get(self.hf)
+        if plain is None:
+            plain = _PLAIN_BACKENDS[self.hf] = plain_text_backend(self.hf)
+        encode = getattr(plain, "encode_batch_fast", plain.encode_batch)
         return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
 
     @property
@@ -124,6 +141,23 @@ def load_tokenizer(name_or_path: str, template: str = "roles", *, trust_remote_c
     )
     files = _hash_files(Path(name_or_path)) if Path(name_or_path).is_dir() else {}
     return PackTokenizer(**{**tokenizer.__dict__, "files_sha256": files, "fingerprint": _fingerprint(tokenizer)})
+
+
+# Copies of backend tokenizers that encode special-token strings as text, per loaded hf tokenizer.
+_PLAIN_BACKENDS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def plain_text_backend(hf: Any) -> Any:
+    """A copy of hf's Rust tokenizer that tokenizes special-token strings as ordinary text.
+
+    A copy, because `encode_special_tokens` is a setting of the tokenizer object and the original must
+    keep encoding a chat template's own special tokens as special.
+    """
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+    plain.encode_special_tokens = True
+    return plain
 
 
 def chat_template_sha256(hf: Any) -> str | None:

@@ -27,7 +27,7 @@ class FakeTokenizer:
     pad_id: int = PAD
     role_ids: dict = field(default_factory=lambda: {"user": USR, "assistant": ASST, "system": SYS})
 
-    def encode_batch(self, texts):
+    def encode_texts(self, texts):
         out = []
         for text in texts:
             n, k = map(int, text.split(":"))
@@ -84,8 +84,8 @@ CORPUS = [
 ]
 
 
-def pack(batch, strategy, seq_length, long, fill_cut=64):
-    pieces, counts = split_long(batch, seq_length, long, fill_cut=fill_cut)
+def pack(batch, strategy, seq_length, long, fill_cut=0):
+    pieces, counts = split_long(batch, seq_length, long, turn_cut=fill_cut)
     packer = pack_bestfit if strategy == "bestfit" else pack_aligned
     return build_chunks(pieces, packer(pieces.lengths, seq_length + 1), seq_length, PAD), counts
 
