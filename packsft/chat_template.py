@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from packsft.records import ASSISTANT, TEXT, USER, Conversation, RecordRejected
-from packsft.render import ROLE_CODES, RenderedBatch
+from packsft.render import ROLE_CODES, RenderedBatch, count_special_strings
 from packsft.tokenizer import PackTokenizer, plain_text_backend
 
 # Private-use characters: no template transforms them, no real content contains this pattern.
@@ -224,6 +224,7 @@ def render_chat(
         sources=[c.source for c in kept],
         unprompted=conv_unprompted,
         msg_headers=np.asarray(headers, np.int64),
+        special_strings=count_special_strings([content for c in conversations for _, content in c.messages], tokenizer),
     )
 
 

@@ -13,6 +13,8 @@ read without copying.
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 from itertools import chain
 
@@ -47,6 +49,8 @@ class RenderedBatch:
     # Header tokens at the start of each message span (before its content), for chat templates.
     # None means the role-token layout: one role token per message, which also ends the previous turn.
     msg_headers: np.ndarray | None = None
+    # Messages whose content held a special-token string (encoded as plain text), over all rendered.
+    special_strings: int = 0
 
     def __len__(self) -> int:
         return len(self.conv_offsets) - 1
@@ -81,6 +85,7 @@ class RenderedBatch:
             sources=[self.sources[i] for i in index.tolist()],
             unprompted=self.unprompted[index],
             msg_headers=None if self.msg_headers is None else self.msg_headers[msg_src],
+            special_strings=self.special_strings,
         )
 
     @staticmethod
@@ -110,6 +115,7 @@ class RenderedBatch:
             if all(b.msg_headers is None for b in batches)
             else np.concatenate([b.msg_headers if b.msg_headers is not None else np.ones(len(b.msg_starts), np.int64)
                                  for b in batches]),
+            special_strings=sum(b.special_strings for b in batches),
         )
 
 
@@ -217,7 +223,27 @@ def render_roles(
         msg_roles=roles,
         sources=[c.source for c in conversations],
         unprompted=conv_unprompted,
+        special_strings=count_special_strings(texts, tokenizer),
     )
+
+
+def count_special_strings(texts: list[str], tokenizer: PackTokenizer) -> int:
+    """How many texts contain a special token's string (`<|endoftext|>`, a role token, `<|im_start|>`).
+
+    Such content is encoded as plain text; `stats` reports the count (`special_strings_in_content`) so a
+    dataset full of template strings is seen.
+    """
+    hf = getattr(tokenizer, "hf", None)
+    if hf is None or not texts:
+        return 0
+    strings = {t.content for t in hf.added_tokens_decoder.values() if t.special} | set(hf.all_special_tokens)
+    pattern = _special_pattern(tuple(sorted(s for s in strings if s)))
+    return sum(1 for text in texts if pattern.search(text)) if pattern else 0
+
+
+@functools.lru_cache(maxsize=8)
+def _special_pattern(strings: tuple[str, ...]) -> re.Pattern[str] | None:
+    return re.compile("|".join(re.escape(s) for s in sorted(strings, key=len, reverse=True))) if strings else None
 
 
 def count_users_before(roles: np.ndarray, conv_msg_offsets: np.ndarray, msg_conv: np.ndarray) -> np.ndarray:

@@ -181,6 +181,21 @@ def prompt_starts(batch: RenderedBatch) -> np.ndarray:
     return starts
 
 
+def message_starts(batch: RenderedBatch) -> np.ndarray:
+    """Per token: where its own message starts (flat position). The head (BOS) belongs to the first
+    message and the EOS to the last, the turn it ends; a conversation without messages starts at 0."""
+    starts = np.repeat(batch.conv_offsets[:-1], batch.lengths)
+    if not len(batch.msg_roles):
+        return starts
+    span_lens = batch.msg_ends - batch.msg_starts
+    starts[concat_ranges(batch.msg_starts, span_lens)] = np.repeat(batch.msg_starts, span_lens)
+    nonempty = np.diff(batch.conv_msg_offsets) > 0
+    last = (batch.conv_msg_offsets[1:] - 1)[nonempty]
+    tail_lens = (batch.conv_offsets[1:][nonempty] - batch.msg_ends[last])
+    starts[concat_ranges(batch.msg_ends[last], tail_lens)] = np.repeat(batch.msg_starts[last], tail_lens)
+    return starts
+
+
 def _prompted_flags(batch: RenderedBatch) -> np.ndarray:
     """Per token: 1 where the token is trained and a user message prompts its turn.
 

@@ -51,6 +51,7 @@ def summary_html(dataset: dict[str, Any]) -> str:
         ("starts at BOS", _pct(s.get("bos_start_fraction"))),
         ("trained retention", _pct(s.get("trained_retention"))),
         ("context completeness", _pct(s.get("context_completeness"))),
+        ("turn prefix completeness", _pct(s.get("turn_prefix_completeness"))),
         ("BOS + user before", _pct(s.get("labels_with_bos_and_user"))),
     ]
     parts = ['<div class="cards">']
