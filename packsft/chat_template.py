@@ -64,7 +64,11 @@ class ChatRenderer:
         (rare) is re-encoded: the text between the template's own special tokens is tokenized as plain
         text, which is exactly how the tokenizer treats that text when no special string is in it.
         """
-        encodings = self.tokenizer.hf.backend_tokenizer.encode_batch(texts, add_special_tokens=False) if texts else []
+        backend = self.tokenizer.hf.backend_tokenizer
+        # transformers leaves this switch as its last call set it (split_special_tokens=True keeps it on);
+        # the template's own special tokens must be special here.
+        backend.encode_special_tokens = False
+        encodings = backend.encode_batch(texts, add_special_tokens=False) if texts else []
         out = []
         for text, encoding, located in zip(texts, encodings, spans):
             ids = np.asarray(encoding.ids, np.int64)
