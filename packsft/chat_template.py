@@ -180,23 +180,7 @@ def render_chat(
     of the batch (without `reject`, RecordRejected is raised).
     """
     renderer = renderer or ChatRenderer(tokenizer)
-    kept, texts, spans = [], [], []
-    for conv in conversations:
-        if conv.messages[0][0] == TEXT:
-            text = conv.messages[0][1]
-            texts.append(text + tokenizer.hf.eos_token)
-            spans.append([(0, len(text))])
-        else:
-            try:
-                text, located = renderer.locate(conv.messages)
-            except RecordRejected as bad:
-                if reject is None:
-                    raise
-                reject(conv, bad.reason)
-                continue
-            texts.append(text)
-            spans.append(located)
-        kept.append(conv)
+    kept, texts, spans = _render_all(conversations, tokenizer, renderer, reject)
     encodings = renderer.encode(texts, spans)
 
     ids_parts, flag_parts, starts, ends, headers = [], [], [], [], []
@@ -230,6 +214,31 @@ def render_chat(
         msg_headers=np.asarray(headers, np.int64),
         special_strings=count_special_strings([content for c in conversations for _, content in c.messages], tokenizer),
     )
+
+
+def _render_all(
+    conversations: list[Conversation], tokenizer: PackTokenizer, renderer: ChatRenderer,
+    reject: Callable[[Conversation, str], None] | None,
+) -> tuple[list[Conversation], list[str], list[list[tuple[int, int]]]]:
+    """The conversations the template renders faithfully, their texts and content spans."""
+    kept, texts, spans = [], [], []
+    for conv in conversations:
+        if conv.messages[0][0] == TEXT:
+            text = conv.messages[0][1]
+            texts.append(text + tokenizer.hf.eos_token)
+            spans.append([(0, len(text))])
+        else:
+            try:
+                text, located = renderer.locate(conv.messages)
+            except RecordRejected as bad:
+                if reject is None:
+                    raise
+                reject(conv, bad.reason)
+                continue
+            texts.append(text)
+            spans.append(located)
+        kept.append(conv)
+    return kept, texts, spans
 
 
 def _flags_and_spans(
