@@ -37,10 +37,23 @@ import numpy as np
 
 from packsft.records import ASSISTANT, TEXT, USER, Conversation, RecordRejected
 from packsft.render import ROLE_CODES, RenderedBatch, count_special_strings
-from packsft.tokenizer import PackTokenizer, plain_text_backend
+from packsft.tokenizer import PackTokenizer
 
 # Private-use characters: no template transforms them, no real content contains this pattern.
 PLACEHOLDER = "\ue000{index}\ue001"
+
+
+def plain_text_backend(hf: Any) -> Any:
+    """A copy of hf's Rust tokenizer that tokenizes special-token strings as ordinary text.
+
+    A copy, because `encode_special_tokens` is a setting of the tokenizer object and the original must
+    keep encoding the template's own special tokens as special.
+    """
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+    plain.encode_special_tokens = True
+    return plain
 
 
 class ChatRenderer:
