@@ -66,7 +66,7 @@ class PackConfig:
     seq_length: int = DEFAULT_SEQ_LENGTH
     long: LongPolicy | None = None
     unprompted: Unprompted = "keep"
-    turn_cut: int = 64
+    turn_cut: int = 0  # split.DEFAULT_TURN_CUT: never cut a turn that fits in a row
     context_share: float = 0.75
     source_filter: str | None = None
     output_format: OutputFormat = "npy"

@@ -43,7 +43,7 @@ SEQ = 2048
 RUNS = [
     ("linear", "all", [], False),
     ("aligned", "assistant_only", [], False),
-    ("bestfit", "assistant_only", ["--turn-cut", "0"], False),
+    ("bestfit", "assistant_only", ["--turn-cut", "64"], False),  # the old default: fills rows by beheading turns
     ("bestfit", "assistant_only", ["--workers", "1"], False),
     ("bestfit", "assistant_only", ["--encoder", "hf"], False),
     ("bestfit", "assistant_only", [], True),
@@ -353,22 +353,27 @@ def main() -> None:
         "",
         "## What each strategy keeps",
         "",
-        "| run | chunks | fill | trained fraction | retention | context completeness | BOS + user before label | starts at BOS | split / truncated | turns cut |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| run | chunks | fill | trained fraction | retention | context completeness | turn prefix completeness | "
+        "rows per M trained labels | BOS + user before label | starts at BOS | split / truncated | turns cut |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         s = r["stats"]
         name = f"{r['strategy']} + {r['mask']} {r['extra']}".strip()
         lines.append(
             f"| {name} | {s['chunks']:,} | {pct(s['fill'])} | {pct(s['trained_fraction'])} | {pct(s['trained_retention'])} | "
-            f"{pct(s['context_completeness'])} | {pct(s['labels_with_bos_and_user'])} | {pct(s['bos_start_fraction'])} | "
+            f"{pct(s['context_completeness'])} | {pct(s.get('turn_prefix_completeness'))} | "
+            f"{1e6 * s['chunks'] / max(s['trained_tokens_kept'], 1):,.1f} | "
+            f"{pct(s['labels_with_bos_and_user'])} | {pct(s['bos_start_fraction'])} | "
             f"{s['conversations_split']:,} / {s['conversations_truncated']:,} | {s['exchanges_split']:,} |"
         )
     lines += [
         "",
         "- fill = non-pad positions / all stored positions; retention = trained labels kept / trainable tokens",
         "  rendered; context completeness = trained labels whose prompting user message is entirely in the",
-        "  same row and piece (among labels that have one); BOS + user = trained labels with a BOS and a user",
+        "  same row and piece (among labels that have one); turn prefix completeness = trained labels whose own",
+        "  message is in the same piece from its first token (no answer trained without its start); BOS + user",
+        "  = trained labels with a BOS and a user",
         "  role token before them in their piece (the shared README's 'context' column).",
         "- `--unprompted mask` counts only prompted turns as trainable, so its retention is that of prompted tokens.",
         "- Context completeness below 100% under `split` is the answers to questions longer than 3/4 of a row,",

@@ -24,7 +24,9 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory, sharegpt_dir, gpt2_dir):
-    return pack_sample(tmp_path_factory.mktemp("fidelity"), sharegpt_dir, gpt2_dir, seq_length=SEQ)
+    # --turn-cut 64 fills rows with the starts of turns: at this short L the default (no turn cut to fill
+    # a row) leaves most rows one or two pieces, and these tests need rows of several pieces.
+    return pack_sample(tmp_path_factory.mktemp("fidelity"), sharegpt_dir, gpt2_dir, seq_length=SEQ, turn_cut=64)
 
 
 @pytest.fixture(scope="module")

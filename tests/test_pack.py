@@ -84,8 +84,8 @@ CORPUS = [
 ]
 
 
-def pack(batch, strategy, seq_length, long, fill_cut=64):
-    pieces, counts = split_long(batch, seq_length, long, fill_cut=fill_cut)
+def pack(batch, strategy, seq_length, long, fill_cut=0):
+    pieces, counts = split_long(batch, seq_length, long, turn_cut=fill_cut)
     packer = pack_bestfit if strategy == "bestfit" else pack_aligned
     return build_chunks(pieces, packer(pieces.lengths, seq_length + 1), seq_length, PAD), counts
 

@@ -70,6 +70,7 @@ def _per_message(tokenizer, conversation):
     ids = [tokenizer.bos_id]
     for role, content in conversation.messages:
         ids.append(tokenizer.role_ids[role])
+        # Content is plain text: a special-token string in it is not a special token.
         ids.extend(tokenizer.hf.encode(content, add_special_tokens=False, split_special_tokens=True))
     return ids + [tokenizer.eos_id]
 

@@ -85,6 +85,7 @@ def _cards(dataset: dict[str, Any], s: dict[str, Any]) -> str:
         ("starts at BOS", _pct(s.get("bos_start_fraction"))),
         ("trained retention", _pct(s.get("trained_retention"))),
         ("context completeness", _pct(s.get("context_completeness"))),
+        ("turn prefix completeness", _pct(s.get("turn_prefix_completeness"))),
         ("BOS + user before", _pct(s.get("labels_with_bos_and_user"))),
     ]
     body = "".join(f'<div class="card"><b>{value}</b><span>{_esc(name)}</span></div>' for name, value in cards)

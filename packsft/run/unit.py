@@ -29,7 +29,7 @@ from packsft.render import RenderedBatch, render_roles, trained_unprompted
 from packsft.rows import Chunks, build_chunks, build_linear_chunks, empty_chunks, labels_with_bos_and_user
 from packsft.run.outdir import failed_path
 from packsft.run.plan import Unit
-from packsft.split import PieceTable, prompt_starts, split_long
+from packsft.split import PieceTable, message_starts, prompt_starts, split_long
 from packsft.stats import LENGTH_BIN, LENGTH_BINS
 from packsft.tokenizer import PackTokenizer
 from packsft.writer import write_shard
@@ -80,7 +80,8 @@ def open_unit(unit: Unit, config: PackConfig) -> InputFile:
 
 
 SPLIT_COUNTERS = ("conversations_truncated", "conversations_dropped_long", "conversations_split", "pieces_split",
-                  "exchanges_split", "prompts_shortened", "prompted_labels", "prompted_labels_complete")
+                  "exchanges_split", "prompts_shortened", "prompted_labels", "prompted_labels_complete",
+                  "turn_labels_whole")
 
 
 @dataclass
@@ -128,6 +129,7 @@ def pack_unit(
     counters = {
         **_read_counters(read),
         "tokens_rendered": len(read.batch.ids),
+        "special_strings_in_content": read.batch.special_strings,
         "conversations_dropped_unprompted": int(drop_unprompted.sum()),
         "trainable_tokens_available": int(trainable.sum()),
         "trained_unprompted": trained_unprompted(batch),
@@ -293,7 +295,11 @@ def _linear_context(batch: RenderedBatch, seq_length: int) -> dict[str, int]:
     positions = positions[positions >= 1]  # the first stream token is never a label
     rows = (positions - 1) // seq_length
     complete = starts[positions] >= rows * seq_length
-    return {"prompted_labels": len(positions), "prompted_labels_complete": int(complete.sum())}
+    trained = np.flatnonzero(batch.flags.astype(bool))
+    trained = trained[trained >= 1]
+    whole = message_starts(batch)[trained] >= (trained - 1) // seq_length * seq_length
+    return {"prompted_labels": len(positions), "prompted_labels_complete": int(complete.sum()),
+            "turn_labels_whole": int(whole.sum())}
 
 
 def write_unit(

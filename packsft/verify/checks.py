@@ -40,7 +40,7 @@ from packsft.layout import (
 from packsft.stats import add_counters, summarize
 from packsft.verify.deep import repack_and_compare
 from packsft.verify.files import ShardArrays, check_shard_files, check_shard_list
-from packsft.verify.invariants import check_shard_arrays
+from packsft.verify.invariants import ControlIds, check_control_tokens, check_shard_arrays
 
 DEEP_SAMPLE_UNITS = 2
 DATASET_KEYS = ("format_version", "config", "tokenizer", "seq_length", "dtype", "rows", "tokens", "stats",
@@ -193,6 +193,12 @@ def _check_rows(report: Report, shard_dir: str, arrays: ShardArrays, manifest: d
         chunk = None if v.row is None else first_chunk + v.row
         file = v.array if arrays.segment_lengths is not None else PARQUET_FILE
         report.problems.append(Problem(f"{shard_dir}/{file}", v.message, v.row, chunk))
+    control = ControlIds.of(special, dataset["config"].get("template"))
+    if control is not None and arrays.segment_lengths is not None and not report.problems:
+        for v in check_control_tokens(arrays.tokens, arrays.loss_mask, np.asarray(arrays.segment_lengths),
+                                      np.asarray(arrays.row_segments), control=control, mask=dataset["config"].get("mask")):
+            chunk = None if v.row is None else first_chunk + v.row
+            report.problems.append(Problem(f"{shard_dir}/{v.array}", v.message, v.row, chunk))
     counters = manifest.get("counters", {})
     found = {"chunks": len(arrays.tokens), "trained_tokens_kept": int(arrays.loss_mask.sum(dtype=np.int64))}
     if arrays.segment_lengths is not None:

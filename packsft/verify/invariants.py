@@ -159,3 +159,79 @@ def _check_segment_starts(tokens: np.ndarray, loss_mask: np.ndarray, layout: Row
     trained = np.asarray(loss_mask[rows, starts - 1]) != 0
     found += _rows(LOSS_MASK_NPY, rows[trained], "the label at a segment start is trained")
     return found
+
+
+@dataclass(frozen=True)
+class ControlIds:
+    """The control tokens of the role-token format (`--template roles`), from dataset.json special_ids."""
+
+    bos: int | None
+    eos: int
+    pad: int
+    user: int
+    assistant: int
+    system: int
+
+    @staticmethod
+    def of(special_ids: dict[str, int | None], template: str | None) -> ControlIds | None:
+        """None for chat-template outputs or when an id is missing (nothing to check against)."""
+        needed = ("eos", "pad", "user", "assistant", "system")
+        if template != "roles" or any(special_ids.get(key) is None for key in needed):
+            return None
+        return ControlIds(special_ids.get("bos"), *(int(special_ids[key]) for key in needed))  # type: ignore[arg-type]
+
+
+def check_control_tokens(
+    tokens: np.ndarray,
+    loss_mask: np.ndarray,
+    segment_lengths: np.ndarray,
+    row_segments: np.ndarray,
+    *,
+    control: ControlIds,
+    mask: str,
+) -> list[Violation]:
+    """Control tokens only where the role-token format puts them; content never encodes to one.
+
+    Inside a segment: a BOS only at its start, an EOS only at its end, never a pad; under
+    `assistant_only` the token after a `<|user|>` or `<|system|>` role token is never trained (a role
+    token inside an assistant message, from content such as "hi <|user|> there", would be).
+    Offsets must already be valid (`check_offsets`). Rows are read in blocks.
+    """
+    found = []
+    for begin in range(0, len(tokens), BLOCK_ROWS):
+        end = min(begin + BLOCK_ROWS, len(tokens))
+        lo, hi = int(row_segments[begin]), int(row_segments[end])
+        for v in _control_block(np.asarray(tokens[begin:end]), np.asarray(loss_mask[begin:end]),
+                                segment_lengths[lo:hi], row_segments[begin : end + 1] - lo, control, mask):
+            found.append(Violation(v.array, None if v.row is None else begin + v.row, v.message))
+    return found
+
+
+def _control_block(tokens: np.ndarray, loss_mask: np.ndarray, segment_lengths: np.ndarray,
+                   row_segments: np.ndarray, control: ControlIds, mask: str) -> list[Violation]:
+    rows, capacity = tokens.shape
+    used, starts = row_lengths(segment_lengths, row_segments), segment_starts(segment_lengths, row_segments)
+    seg_rows = np.repeat(np.arange(rows, dtype=np.int64), np.diff(row_segments))
+    is_start = np.zeros((rows, capacity), bool)
+    is_last = np.zeros((rows, capacity), bool)
+    is_start[seg_rows, starts] = True
+    is_last[seg_rows, np.minimum(starts + segment_lengths - 1, capacity - 1)] = True
+    inside = np.arange(capacity)[None, :] < used[:, None]
+    found = []
+    if control.bos is not None:
+        found += _rows("tokens.npy", np.flatnonzero((inside & ~is_start & (tokens == control.bos)).any(axis=1)),
+                       f"a BOS token (id {control.bos}) inside a segment: message content became a control token")
+    found += _rows("tokens.npy", np.flatnonzero((inside & ~is_last & (tokens == control.eos)).any(axis=1)),
+                   f"an EOS token (id {control.eos}) before the end of its segment: message content became a control token")
+    if control.pad not in (control.eos, control.bos):
+        found += _rows("tokens.npy", np.flatnonzero((inside & (tokens == control.pad)).any(axis=1)),
+                       f"a pad token (id {control.pad}) inside a segment")
+    if mask == "assistant_only":
+        ids = (control.bos, control.eos, control.pad, control.user, control.assistant, control.system)
+        is_control = np.isin(tokens, [i for i in ids if i is not None])
+        opens_untrained = np.isin(tokens[:, :-1], [control.user, control.system]) & ~is_last[:, :-1] & inside[:, :-1]
+        bad = opens_untrained & ~is_control[:, 1:] & (np.asarray(loss_mask) != 0)
+        found += _rows("loss_mask.npy", np.flatnonzero(bad.any(axis=1)),
+                       "the token after a <|user|> or <|system|> role token is trained: a role token inside an "
+                       "assistant message (message content became a control token)")
+    return found
