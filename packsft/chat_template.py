@@ -37,7 +37,7 @@ import numpy as np
 
 from packsft.records import ASSISTANT, TEXT, USER, Conversation, RecordRejected
 from packsft.render import ROLE_CODES, RenderedBatch, count_special_strings
-from packsft.tokenizer import PackTokenizer
+from packsft.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 
 # Private-use characters: no template transforms them, no real content contains this pattern.
 PLACEHOLDER = "\ue000{index}\ue001"
@@ -84,7 +84,7 @@ class ChatRenderer:
         encodings = backend.encode_batch(texts, add_special_tokens=False) if texts else []
         out = []
         for text, encoding, located in zip(texts, encodings, spans):
-            ids = np.asarray(encoding.ids, np.int64)
+            ids = np.asarray(encoding.ids, TOKEN_ID_DTYPE)
             offsets = np.asarray(encoding.offsets, np.int64).reshape(-1, 2)
             from_content = self._special_in_content(ids, offsets, located)
             if from_content.any():
@@ -115,7 +115,7 @@ class ChatRenderer:
         for k, (start, end) in zip(keep.tolist() + [None], cuts + [(len(text), len(text))]):
             if start > cursor:
                 piece = self.plain.encode(text[cursor:start], add_special_tokens=False)
-                id_parts.append(np.asarray(piece.ids, np.int64))
+                id_parts.append(np.asarray(piece.ids, TOKEN_ID_DTYPE))
                 offset_parts.append(np.asarray(piece.offsets, np.int64).reshape(-1, 2) + cursor)
             if k is not None:
                 id_parts.append(ids[k : k + 1])
@@ -217,7 +217,7 @@ def render_chat(
 
     msg_counts = np.fromiter((len(c.messages) for c in kept), np.int64, len(kept))
     return RenderedBatch(
-        ids=np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int64),
+        ids=np.concatenate(ids_parts) if ids_parts else np.zeros(0, TOKEN_ID_DTYPE),
         flags=np.concatenate(flag_parts) if flag_parts else np.zeros(0, np.uint8),
         conv_offsets=np.concatenate([[0], np.cumsum(conv_lens)]).astype(np.int64),
         conv_msg_offsets=np.concatenate([[0], np.cumsum(msg_counts)]).astype(np.int64),

@@ -16,12 +16,11 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
 
 from packsft.records import ASSISTANT, SYSTEM, TEXT, USER, Conversation
-from packsft.tokenizer import PackTokenizer
+from packsft.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 
 ROLE_CODES = {SYSTEM: 0, USER: 1, ASSISTANT: 2, TEXT: 3}
 SYSTEM_CODE, USER_CODE, ASSISTANT_CODE, TEXT_CODE = 0, 1, 2, 3
@@ -37,7 +36,7 @@ class RenderedBatch:
     EOS after the last belong to the conversation, not to a message).
     """
 
-    ids: np.ndarray  # int64
+    ids: np.ndarray  # TOKEN_ID_DTYPE (int32: 4 bytes a token)
     flags: np.ndarray  # uint8, 1 = train on this token as a label
     conv_offsets: np.ndarray  # int64, len n+1
     conv_msg_offsets: np.ndarray  # int64, len n+1
@@ -119,6 +118,14 @@ class RenderedBatch:
         )
 
 
+def flag_totals(flags: np.ndarray) -> np.ndarray:
+    """[0, cumsum(flags)...] of 0/1 flags: int32 (4 bytes a token, not 8) wherever the total fits."""
+    dtype = np.int32 if len(flags) < np.iinfo(np.int32).max else np.int64
+    totals = np.zeros(len(flags) + 1, dtype)
+    np.cumsum(flags, dtype=dtype, out=totals[1:])
+    return totals
+
+
 def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenation of arange(s, s + n) for each (s, n), without a Python loop."""
     before = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, np.int64)
@@ -143,9 +150,10 @@ def render_roles(
     msg_counts = np.fromiter((len(c.messages) for c in conversations), np.int64, n)
     roles = np.fromiter((ROLE_CODES[role] for c in conversations for role, _ in c.messages), np.uint8)
     texts = [content for c in conversations for _, content in c.messages]
-    encoded = tokenizer.encode_texts(texts) if texts else []
-    content_lens = np.fromiter(map(len, encoded), np.int64, len(encoded))
-    content = np.fromiter(chain.from_iterable(encoded), np.int64, int(content_lens.sum()))
+    if texts:
+        content, content_lens = tokenizer.encode_texts_flat(texts)
+    else:
+        content, content_lens = np.zeros(0, TOKEN_ID_DTYPE), np.zeros(0, np.int64)
 
     conv_msg_offsets = np.zeros(n + 1, np.int64)
     np.cumsum(msg_counts, out=conv_msg_offsets[1:])
@@ -196,10 +204,10 @@ def _lay_out(
     is_text = roles == TEXT_CODE
     role_lens = (~is_text).astype(np.int64)
     total = int(conv_offsets[-1])
-    ids = np.empty(total, np.int64)
+    ids = np.empty(total, TOKEN_ID_DTYPE)
     flags = np.zeros(total, np.uint8)
     has_role = ~is_text
-    role_ids = np.array([tokenizer.role_ids.get(role, -1) for role in (SYSTEM, USER, ASSISTANT)] + [-1], np.int64)
+    role_ids = np.array([tokenizer.role_ids.get(role, -1) for role in (SYSTEM, USER, ASSISTANT)] + [-1], TOKEN_ID_DTYPE)
     ids[msg_starts[has_role]] = role_ids[roles[has_role]]
     flags[msg_starts[has_role]] = role_flag[has_role]
     content_offsets = np.concatenate([[0], np.cumsum(content_lens)])
@@ -290,5 +298,5 @@ def trained_unprompted(batch: RenderedBatch) -> int:
     selected = np.flatnonzero((batch.msg_roles == ASSISTANT_CODE) & (users_before == 0))
     if not len(selected):
         return 0
-    flag_cum = np.concatenate([[0], np.cumsum(batch.flags, dtype=np.int64)])
+    flag_cum = flag_totals(batch.flags)
     return int((flag_cum[batch.msg_ends[selected]] - flag_cum[batch.msg_starts[selected]]).sum())

@@ -18,11 +18,12 @@ import numpy as np
 from packsft.layout import segment_starts
 from packsft.pack import Packing, linear_rows
 from packsft.split import PieceTable
+from packsft.tokenizer import TOKEN_ID_DTYPE
 
 
 @dataclass
 class Chunks:
-    tokens: np.ndarray  # int64 (rows, L+1); narrowed to the storage dtype by the writer
+    tokens: np.ndarray  # (rows, L+1) in the pieces' dtype (TOKEN_ID_DTYPE); narrowed to storage by the writer
     loss_mask: np.ndarray  # uint8 (rows, L)
     segment_lengths: np.ndarray  # int32
     row_segments: np.ndarray  # int64, len rows+1
@@ -51,7 +52,7 @@ def build_chunks(pieces: PieceTable, packing: Packing, seq_length: int, pad_id: 
     run = np.cumsum(lengths) - lengths
     row_base = np.repeat(run[packing.row_offsets[:-1]] if rows else np.zeros(0, np.int64), pieces_per_row)
     columns = run - row_base
-    tokens = np.full((rows, capacity), pad_id, np.int64)
+    tokens = np.full((rows, capacity), pad_id, pieces.ids.dtype)
     flags = np.zeros((rows, capacity), np.uint8)
     starts = pieces.offsets[packing.order]
     for row, column, start, length in zip(piece_rows.tolist(), columns.tolist(), starts.tolist(), lengths.tolist()):
@@ -75,11 +76,11 @@ def build_linear_chunks(
     rows = linear_rows(total, seq_length)
     padded = rows * seq_length + 1 if rows else 0
     window = np.arange(rows, dtype=np.int64)[:, None] * seq_length + np.arange(capacity, dtype=np.int64)
-    stream_ids = np.full(padded, pad_id, np.int64)
+    stream_ids = np.full(padded, pad_id, ids.dtype)
     stream_flags = np.zeros(padded, np.uint8)
     stream_ids[:total] = ids[:padded]
     stream_flags[:total] = flags[:padded]
-    tokens = stream_ids[window] if rows else np.zeros((0, capacity), np.int64)
+    tokens = stream_ids[window] if rows else np.zeros((0, capacity), ids.dtype)
     row_flags = stream_flags[window] if rows else np.zeros((0, capacity), np.uint8)
 
     # Segments: a row is cut at every conversation start inside it (its first segment may be the
@@ -133,17 +134,19 @@ def labels_with_bos_and_user(chunks: Chunks, bos_id: int | None, user_id: int | 
 
     # Label tokens[r, j] (j >= 1) sees tokens[r, :j]: it counts when both markers sit before j.
     after = np.maximum(first_in_segment(bos_id), first_in_segment(user_id)) + 1
-    trained = np.zeros((chunks.rows, capacity), np.int64)
-    trained[:, 1:] = chunks.loss_mask
-    cumulative = np.concatenate([[0], np.cumsum(trained.reshape(-1))])
+    # before[r, j] counts the trained labels of tokens[r, 1..j]; a segment lies within one row, so the labels
+    # of its positions [a, e) are before[e - 1] - before[a - 1] in the flat view (4 bytes a position).
+    before = np.zeros((chunks.rows, capacity), np.int32)
+    np.cumsum(chunks.loss_mask, axis=1, dtype=np.int32, out=before[:, 1:])
+    flat_before = before.reshape(-1)
     after = np.minimum(after, seg_end)
-    return int((cumulative[seg_end] - cumulative[after]).sum())
+    return int((flat_before[seg_end - 1] - flat_before[after - 1]).sum(dtype=np.int64))
 
 
 def empty_chunks(seq_length: int) -> Chunks:
     """No rows (a unit whose input was skipped, or that held nothing to train)."""
     return Chunks(
-        tokens=np.zeros((0, seq_length + 1), np.int64),
+        tokens=np.zeros((0, seq_length + 1), TOKEN_ID_DTYPE),
         loss_mask=np.zeros((0, seq_length), np.uint8),
         segment_lengths=np.zeros(0, np.int32),
         row_segments=np.zeros(1, np.int64),

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from packsft.render import SYSTEM_CODE, USER_CODE, RenderedBatch, concat_ranges
+from packsft.render import SYSTEM_CODE, USER_CODE, RenderedBatch, concat_ranges, flag_totals
+from packsft.tokenizer import TOKEN_ID_DTYPE
 
 # Copied context (system + prompting user message, or the text before a continuation) may take at most
 # this share of a row; a longer prompt is shortened from the left (its end, where the question usually is).
@@ -243,8 +244,8 @@ class _Prefix:
     @staticmethod
     def of(batch: RenderedBatch) -> _Prefix:
         return _Prefix(
-            prompted=np.concatenate([[0], np.cumsum(_prompted_flags(batch), dtype=np.int64)]),
-            trained=np.concatenate([[0], np.cumsum(batch.flags, dtype=np.int64)]),
+            prompted=flag_totals(_prompted_flags(batch)),
+            trained=flag_totals(batch.flags),
         )
 
     def labels(self, lo: int, hi: int) -> tuple[int, int]:
@@ -295,7 +296,7 @@ class _Collector:
     def table(self) -> PieceTable:
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
         return PieceTable(
-            ids=np.concatenate(self.ids) if self.ids else np.zeros(0, np.int64),
+            ids=np.concatenate(self.ids) if self.ids else np.zeros(0, TOKEN_ID_DTYPE),
             flags=np.concatenate(self.flags) if self.flags else np.zeros(0, np.uint8),
             offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
             conv=np.concatenate(self.conv) if self.conv else np.zeros(0, np.int64),
@@ -433,7 +434,7 @@ class ConversationSplitter:
     def _add_marker(self, omitted: int) -> None:
         ids = self.marker(omitted) if self.marker else []
         if ids:
-            self.parts.append((np.asarray(ids, np.int64), np.zeros(len(ids), np.uint8)))
+            self.parts.append((np.asarray(ids, TOKEN_ID_DTYPE), np.zeros(len(ids), np.uint8)))
             self.length += len(ids)
 
     def _add_end_of(self, lo: int, hi: int, room: int, *, zero: bool) -> int:
