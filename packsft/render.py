@@ -270,11 +270,10 @@ def count_special_strings(texts: list[str], tokenizer: PackTokenizer) -> int:
     Such content is encoded as plain text; `stats` reports the count (`special_strings_in_content`) so a
     dataset full of template strings is seen.
     """
-    hf = getattr(tokenizer, "hf", None)
-    if hf is None or not texts:
+    strings = getattr(tokenizer, "special_tokens", None)
+    if not strings or not texts:
         return 0
-    strings = {t.content for t in hf.added_tokens_decoder.values() if t.special} | set(hf.all_special_tokens)
-    pattern = _special_pattern(tuple(sorted(s for s in strings if s)))
+    pattern = _special_pattern(tuple(strings))
     return sum(1 for text in texts if pattern.search(text)) if pattern else 0
 
 

@@ -57,6 +57,9 @@ class PackTokenizer:
     files_sha256: dict[str, str] = field(default_factory=dict)
     fingerprint: str = ""
     chat_template: str | dict[str, str] | None = None
+    # The strings of the special tokens (added special tokens and the special-tokens map), as transformers
+    # lists them: content holding one is counted (render.count_special_strings) without loading transformers.
+    special_tokens: tuple[str, ...] = ()
     trust_remote_code: bool = False
     # The content encoder in use: "fast" (encoder.FastEncoder, proven equal to HF at load) or "hf";
     # `encoder_note` says why auto chose HF. Neither is part of the identity: the ids are the same.
@@ -128,9 +131,7 @@ class PackTokenizer:
         fast = self.fast
         if fast is not None:
             return fast.encode_texts_flat(texts)
-        encoded = self.encode_texts_hf(texts)
-        lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
-        return np.fromiter(chain.from_iterable(encoded), TOKEN_ID_DTYPE, int(lengths.sum())), lengths
+        return flatten_ids(self.encode_texts_hf(texts))
 
     def encode_texts_hf(self, texts: list[str]) -> list[list[int]]:
         """`encode_texts` computed by the HF tokenizer: the reference the fast encoder is proven against."""
@@ -167,8 +168,14 @@ class PackTokenizer:
             "serialized": self.serialized, "template": self.template, "bos_id": self.bos_id,
             "eos_id": self.eos_id, "pad_id": self.pad_id, "role_ids": self.role_ids,
             "vocab_size": self.vocab_size, "files_sha256": self.files_sha256, "fingerprint": self.fingerprint,
-            "chat_template": self.chat_template,
+            "chat_template": self.chat_template, "special_tokens": list(self.special_tokens),
         }
+
+
+def flatten_ids(encoded: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Lists of ids as one flat TOKEN_ID_DTYPE array and the length of each list (encode_texts_flat's shape)."""
+    lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+    return np.fromiter(chain.from_iterable(encoded), TOKEN_ID_DTYPE, int(lengths.sum())), lengths
 
 
 def tokenizer_from_state(
@@ -185,7 +192,8 @@ def tokenizer_from_state(
         name=name, template=state["template"],
         bos_id=state["bos_id"], eos_id=state["eos_id"], pad_id=state["pad_id"], role_ids=dict(state["role_ids"]),
         vocab_size=state["vocab_size"], files_sha256=dict(state["files_sha256"]), fingerprint=state["fingerprint"],
-        chat_template=state["chat_template"], trust_remote_code=trust_remote_code, encoder=encoder,
+        chat_template=state["chat_template"], special_tokens=tuple(state["special_tokens"]),
+        trust_remote_code=trust_remote_code, encoder=encoder,
         threads=threads, serialized=state["serialized"],
     )
 
@@ -242,9 +250,15 @@ def _load_with_transformers(name_or_path: str, template: str, trust_remote_code:
         name=name_or_path, template=template, bos_id=bos_id, eos_id=hf.eos_token_id,
         pad_id=pad_id, role_ids=role_ids, vocab_size=len(hf), files_sha256=files,
         fingerprint=_fingerprint(serialized, chat_template, special), chat_template=chat_template,
+        special_tokens=_special_token_strings(hf),
         trust_remote_code=trust_remote_code, serialized=serialized,
         _lazy={"hf": hf, "backend": hf.backend_tokenizer},
     )
+
+
+def _special_token_strings(hf: Any) -> tuple[str, ...]:
+    strings = {t.content for t in hf.added_tokens_decoder.values() if t.special} | set(hf.all_special_tokens)
+    return tuple(sorted(s for s in strings if s))
 
 
 def _prepared_hf(name_or_path: str, template: str, trust_remote_code: bool) -> Any:

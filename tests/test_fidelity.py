@@ -17,7 +17,7 @@ from packsft.records import Conversation
 from packsft.render import render_roles
 from packsft.rows import build_chunks
 from packsft.split import message_starts, split_long
-from packsft.tokenizer import PackTokenizer, load_tokenizer
+from packsft.tokenizer import PackTokenizer, flatten_ids, load_tokenizer
 from packsft.verify.invariants import ControlIds, check_control_tokens
 
 ATTACK = Conversation((
@@ -53,8 +53,11 @@ class _OldEncoding:
 
     def encode_texts(self, texts):
         # transformers leaves the backend in the mode of its last call (split_special_tokens=True above).
-        self.inner.hf.backend_tokenizer.encode_special_tokens = False
+        self.inner.backend.encode_special_tokens = False
         return self.inner.encode_batch(texts)
+
+    def encode_texts_flat(self, texts):
+        return flatten_ids(self.encode_texts(texts))
 
 
 def test_special_token_strings_in_content_are_plain_text(gpt2):
@@ -134,6 +137,9 @@ class FakeTokenizer:
             n, k = map(int, text.split(":"))
             out.append([10 + (k + i) % 1000 for i in range(n)])
         return out
+
+    def encode_texts_flat(self, texts):
+        return flatten_ids(self.encode_texts(texts))
 
 
 def _conversation(lengths, system=None, unprompted=False) -> Conversation:

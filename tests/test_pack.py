@@ -14,6 +14,7 @@ from packsft.records import Conversation
 from packsft.render import render_roles
 from packsft.rows import build_chunks, build_linear_chunks, segment_starts
 from packsft.split import split_long
+from packsft.tokenizer import flatten_ids
 
 BOS, EOS, PAD, USR, ASST, SYS = 1, 2, 0, 3, 4, 5
 
@@ -33,6 +34,9 @@ class FakeTokenizer:
             n, k = map(int, text.split(":"))
             out.append([10 + (k + i) % 1000 for i in range(n)])
         return out
+
+    def encode_texts_flat(self, texts):
+        return flatten_ids(self.encode_texts(texts))
 
 
 def conversation(lengths: list[int], system: int | None = None, unprompted: bool = False) -> Conversation:
