@@ -122,15 +122,20 @@ def pack(data_dir: str, out_dir: str, config_file: str | None, overwrite: bool, 
     """
     from packsft.run.pipeline import run_pack
     from packsft.run.slurm import array_task_from_env
-    from packsft.stats import format_summary
 
     config = resolve_config(config_file, format=data_format, **flags)
     num_shards, shard_index = array_task_from_env(num_shards, shard_index)
     result = run_pack(data_dir, out_dir, config, overwrite=overwrite, quiet=quiet, strict=strict, workers=workers,
                       num_shards=num_shards, shard_index=shard_index, unit_bytes=round(unit_mib * (1 << 20)),
                       skip_bad_files=skip_bad_files)
-    if quiet:
-        return
+    if not quiet:
+        echo_pack_result(result, out_dir)
+
+
+def echo_pack_result(result: Any, out_dir: str) -> None:
+    """The summary of a finished pack, or what is left to the other array tasks."""
+    from packsft.stats import format_summary
+
     if result.dataset is not None:
         click.echo(format_summary(result.dataset))
         click.echo(f"wrote {result.out_dir} in {result.seconds:.1f}s ({result.packed} units packed, {result.skipped} already done)")
@@ -218,6 +223,55 @@ def submit(data_dir: str, out_dir: str, config_file: str | None, data_format: st
     job = submit_jobs(data_dir, out_dir, config, options, unit_bytes=round(unit_mib * (1 << 20)), overwrite=overwrite)
     click.echo(f"submitted pack array {job.pack_job} ({job.pack_script}) and merge job {job.merge_job} (afterok)")
     click.echo(f"watch: squeue -j {job.pack_job},{job.merge_job}   |   packsft status {out_dir}")
+
+
+@main.group(context_settings=CONTEXT_SETTINGS)
+def ray() -> None:
+    """Pack on a Ray cluster: one Ray task per unit, then the merge (needs `pip install packsft[ray]`).
+
+    Example:
+
+
+    \b
+        packsft ray submit data/ out/ --tokenizer ./tok --address 10.0.0.1:6379
+    """
+
+
+@ray.command("submit")
+@click.argument("data_dir", type=click.Path())
+@click.argument("out_dir", type=click.Path())
+@pack_options
+@unit_option
+@click.option("--address", help="The Ray cluster, e.g. HEAD:6379 or auto. [default: $RAY_ADDRESS, else a cluster running on this machine, else a new one here]")
+@click.option("--num-cpus-per-task", type=click.IntRange(min=1), default=1, show_default=True, help="CPUs Ray reserves per unit (the task's tokenizer threads).")
+@click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True, help="Times Ray reruns a unit whose worker or node died.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier packsft output in OUT_DIR (without it, a run with the same settings resumes).")
+@click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping and counting it.")
+@click.option("--skip-bad-files", is_flag=True, help="Skip unreadable input files (listed in dataset.json) instead of stopping.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
+@user_errors
+def ray_submit(data_dir: str, out_dir: str, config_file: str | None, data_format: str | None, unit_mib: float,
+               address: str | None, num_cpus_per_task: int, max_retries: int, overwrite: bool, strict: bool,
+               skip_bad_files: bool, quiet: bool, **flags: Any) -> None:
+    """Pack DATA_DIR into OUT_DIR with one Ray task per unit, show progress over units, then merge.
+
+    This process is the Ray driver and waits for the result. DATA_DIR and OUT_DIR must be on storage
+    every node mounts at the same path. Rerunning the same command resumes from the complete units.
+
+    Example:
+
+
+    \b
+        packsft ray submit /nfs/chats /nfs/packed --tokenizer /nfs/tok --address 10.0.0.1:6379
+    """
+    from packsft.run.ray import RayOptions, run_ray
+
+    config = resolve_config(config_file, format=data_format, **flags)
+    options = RayOptions(address, num_cpus_per_task, max_retries)
+    result = run_ray(data_dir, out_dir, config, options, overwrite=overwrite, quiet=quiet, strict=strict,
+                     unit_bytes=round(unit_mib * (1 << 20)), skip_bad_files=skip_bad_files)
+    if not quiet:
+        echo_pack_result(result, out_dir)
 
 
 @main.command()

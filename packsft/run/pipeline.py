@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ class PackResult:
     skipped: int = 0  # units of this run already complete from an earlier run
     missing: int = 0  # planned units not complete after this run (all array tasks together)
 
+
+# Packs the units a run still needs (units, their fingerprints, the job, quiet) once plan.json is written;
+# the default is pack_units in local processes, packsft.run.ray.RayUnitRunner sends each to a Ray task.
+UnitRunner = Callable[[list[Unit], list[str], UnitJob, bool], None]
 
 # --workers 0 (auto) starts a process per CPU only for inputs this big: below it, starting the pool
 # costs more than it saves.
@@ -94,6 +99,7 @@ def run_pack(
     shard_index: int = 0,
     unit_bytes: int = DEFAULT_UNIT_BYTES,
     skip_bad_files: bool = False,
+    runner: UnitRunner | None = None,
 ) -> PackResult:
     """Pack the units of DATA_DIR assigned to `shard_index` into OUT_DIR; resume what is already there.
 
@@ -104,6 +110,7 @@ def run_pack(
         strict: stop at the first bad record (`file:row: reason`) instead of skipping and counting it.
         skip_bad_files: list unreadable files in dataset.json `skipped_files` and go on, instead of
             stopping with an error naming the file.
+        runner: packs the units elsewhere (a Ray cluster) instead of in `workers` local processes.
     """
 
     started = time.perf_counter()
@@ -124,8 +131,12 @@ def run_pack(
     if todo:
         (out_dir / DATASET_JSON).unlink(missing_ok=True)  # the output is no longer complete
     job = UnitJob(out_dir, config, strict, tokenizer.fingerprint, skip_bad_files)
+    todo_fingerprints = [fingerprints[u.index] for u in todo]
     with stop_on_signals(out_dir, plan):
-        pack_units(todo, [fingerprints[u.index] for u in todo], job, tokenizer, workers or auto_workers(todo), quiet)
+        if runner is None:
+            pack_units(todo, todo_fingerprints, job, tokenizer, workers or auto_workers(todo), quiet)
+        else:
+            runner(todo, todo_fingerprints, job, quiet)
     missing = incomplete_units(out_dir, plan)
     dataset = merge(out_dir) if num_shards == 1 and not missing else None
     return PackResult(out_dir, dataset, time.perf_counter() - started, len(todo), len(mine) - len(todo), len(missing))

@@ -65,10 +65,16 @@ def _init_worker(job: UnitJob, threads: int) -> None:
     # The parent decides when to stop; a Ctrl-C reaches the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _worker_tokenizer = load_job_tokenizer(job)
+
+
+def load_job_tokenizer(job: UnitJob) -> PackTokenizer:
+    """The job's tokenizer, loaded in a worker; refused when it is not the one the plan fingerprinted."""
     config = job.config
-    _worker_tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code)
-    if _worker_tokenizer.fingerprint != job.tokenizer_fingerprint:
+    tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code)
+    if tokenizer.fingerprint != job.tokenizer_fingerprint:
         raise OutputError(f"tokenizer {config.tokenizer!r} changed while packing; rerun to resume")
+    return tokenizer
 
 
 def _work(job: UnitJob, unit: Unit, fingerprint: str) -> int:
