@@ -44,6 +44,7 @@ INSTALL_HINT = "pip install 'packsft[ray]'"
 # Ray's own retries of a task whose worker or node died (preemption, OOM kill); a unit is idempotent.
 DEFAULT_MAX_RETRIES = 3
 URL_MARK = "://"  # s3://, gs://, hf://: object-store locations, not paths every node mounts
+PROBE_TIMEOUT_S = 10  # a cluster's GCS port that does not accept a connection in this time is not there
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,9 @@ def run_ray(
     paths (DATA_DIR, OUT_DIR, a tokenizer folder) are made absolute here, because Ray workers do not
     start in this process's folder.
     """
+    out_dir = _shared_output_path(out_dir)
     ray = import_ray()
     options = options or RayOptions()
-    out_dir = _shared_output_path(out_dir)
     if config.tokenizer and Path(config.tokenizer).exists():
         config = dataclasses.replace(config, tokenizer=str(Path(config.tokenizer).resolve()))
     connected_here = not ray.is_initialized()
@@ -124,15 +125,21 @@ def _shared_output_path(out_dir: str | Path) -> Path:
 
 
 def _connect(ray: ModuleType, address: str | None) -> None:
+    where = address or os.environ.get("RAY_ADDRESS") or ""
+    how = ("Start it with `ray start --head` (and `ray start --address HEAD:PORT` on the other nodes), "
+           "or pass --address HEAD:PORT")
+    host, _, port = where.rpartition(":")
+    if host and port.isdigit() and URL_MARK not in where:
+        # ray.init retries an address nobody listens on for many minutes; a refused port fails here.
+        try:
+            socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+        except OSError as exc:
+            raise OutputError(f"cannot reach the Ray cluster at {where} ({exc.strerror or exc}). {how}") from None
     try:
-        ray.init(address=address, logging_level="WARNING", configure_logging=True)
+        ray.init(address=address, logging_level="WARNING")
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = address or os.environ.get("RAY_ADDRESS") or "this machine"
-        raise OutputError(
-            f"cannot connect to the Ray cluster at {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
-            "Start it with `ray start --head` (and `ray start --address HEAD:PORT` on the other nodes), "
-            "or pass --address HEAD:PORT"
-        ) from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OutputError(f"cannot connect to the Ray cluster at {where or 'this machine'}: {reason}. {how}") from None
 
 
 class RayUnitRunner:
