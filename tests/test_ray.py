@@ -40,7 +40,7 @@ POLL_S = 0.2
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """(address, worker node session id) of a head + worker node started by .ci/ray-up.sh."""
+    """(address, {"head": session id, "worker": session id}) of the nodes .ci/ray-up.sh started."""
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'packsft[ray]'; CI installs it)")
     state = tmp_path_factory.mktemp("ray")
     up = subprocess.run([str(ROOT / ".ci" / "ray-up.sh"), str(state)], capture_output=True, text=True,
@@ -50,8 +50,8 @@ def ray_cluster(tmp_path_factory):
             pytest.skip(f"Ray cannot be started here: {up.stderr.strip().splitlines()[-1]}")
         assert up.returncode == 0, up.stderr + "".join(p.read_text() for p in state.glob("*.log"))
         address = up.stdout.strip().splitlines()[-1].removeprefix("RAY_ADDRESS=")
-        sessions = dict(line.split() for line in (state / "pids").read_text().splitlines())
-        yield address, int(sessions["worker"])
+        sessions = {node: int(sid) for node, sid in (line.split() for line in (state / "pids").read_text().splitlines())}
+        yield address, sessions
     finally:
         subprocess.run([str(ROOT / ".ci" / "ray-down.sh"), str(state)], timeout=120)
 
@@ -72,9 +72,9 @@ def local_output(tmp_path_factory, ray_data, gpt2_dir):
     return out
 
 
-def submit_command(data: Path, out: Path, gpt2_dir: Path, address: str) -> list[str]:
+def submit_command(data: Path, out: Path, gpt2_dir: Path, address: str, *flags: str) -> list[str]:
     return [sys.executable, "-m", "packsft", "ray", "submit", str(data), str(out), "--tokenizer", str(gpt2_dir),
-            "--unit-mib", str(UNIT_MIB), "--address", address]
+            "--unit-mib", str(UNIT_MIB), "--address", address, *flags]
 
 
 def assert_same_output(out: Path, expected: Path) -> None:
@@ -109,15 +109,16 @@ def session_pids(session: int) -> list[int]:
     return pids
 
 
-def packing_in_session(session: int) -> bool:
-    """A Ray worker of this node is running a unit (Ray titles it ray::pack_unit_task meanwhile)."""
-    for pid in session_pids(session):
+def packing_pids(*sessions: int) -> list[int]:
+    """Ray workers of these nodes that are packing a unit (Ray titles them ray::pack_unit_task meanwhile)."""
+    found = []
+    for pid in (pid for session in sessions for pid in session_pids(session)):
         try:
-            if b"pack_unit_task" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return True
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::pack_unit_task"):
+                found.append(pid)
         except OSError:
             continue
-    return False
+    return found
 
 
 def test_without_ray_the_command_says_how_to_install_it(tmp_path, monkeypatch):
@@ -172,18 +173,38 @@ def test_a_rerun_after_the_driver_died_resumes(ray_cluster, ray_data, local_outp
 
 
 def test_a_unit_whose_node_died_is_retried_by_ray(ray_cluster, ray_data, local_output, gpt2_dir, tmp_path):
-    address, worker_session = ray_cluster
+    address, sessions = ray_cluster
     out = tmp_path / "out"
     driver = subprocess.Popen(submit_command(ray_data, out, gpt2_dir, address), cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: packing_in_session(worker_session), "unit running on the worker node", driver)
-        for pid in session_pids(worker_session):  # the whole node: raylet, object store, workers
+        wait_until(lambda: packing_pids(sessions["worker"]), "unit running on the worker node", driver)
+        for pid in session_pids(sessions["worker"]):  # the whole node: raylet, object store, workers
             os.kill(pid, signal.SIGKILL)
         stdout, stderr = driver.communicate(timeout=RUN_TIMEOUT_S)
     finally:
         driver.kill()
+    # The driver never resubmits a unit: finishing in this one run means Ray reran the lost one.
     assert driver.returncode == 0, stderr
-    assert stdout.splitlines()[-1].endswith(f"({UNITS} units packed, 0 already done)")  # no rerun needed
-    assert "will be retried" in stderr  # Ray's own line about the lost task
+    assert stdout.splitlines()[-1].endswith(f"({UNITS} units packed, 0 already done)"), stdout
     assert_same_output(out, local_output)
+
+
+def test_without_retries_a_lost_unit_stops_the_run_and_says_how_to_resume(ray_cluster, ray_data, gpt2_dir, tmp_path):
+    address, sessions = ray_cluster  # after the test above only the head is left; either node will do
+    out = tmp_path / "out"
+    driver = subprocess.Popen(submit_command(ray_data, out, gpt2_dir, address, "--max-retries", "0"), cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: packing_pids(*sessions.values()), "unit running", driver)
+        for pid in packing_pids(*sessions.values()):  # the worker process only (as the OOM killer does)
+            os.kill(pid, signal.SIGKILL)
+        _, stderr = driver.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        driver.kill()
+    assert driver.returncode == 1
+    error = stderr.splitlines()[-1]
+    assert re.fullmatch(r"Error: unit 0000\d \(shard_0000[0-2]\.parquet\) was lost with its Ray worker or node, "
+                        r"0 retries included \(\w+Error: .*\); completed units are kept\. Rerun the same command "
+                        r"to resume \(with a smaller --unit-mib if workers ran out of memory\)", error), error
+    assert not (out / DATASET_JSON).exists()

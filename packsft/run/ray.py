@@ -182,9 +182,9 @@ class RayUnitRunner:
         except ray.exceptions.RayError as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise OutputError(
-                f"unit {shard_name(unit.index)} ({unit.name}) was lost {self.options.max_retries + 1} times "
-                f"({type(exc).__name__}: {reason}); completed units are kept. Rerun the same command to resume "
-                "(with a smaller --unit-mib if the workers ran out of memory)"
+                f"unit {shard_name(unit.index)} ({unit.name}) was lost with its Ray worker or node, "
+                f"{self.options.max_retries} retries included ({type(exc).__name__}: {reason}); completed units "
+                "are kept. Rerun the same command to resume (with a smaller --unit-mib if workers ran out of memory)"
             ) from None
 
 
