@@ -27,6 +27,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -158,18 +159,45 @@ def ray_cluster(state: Path, cpus_per_node: int):
         subprocess.run([str(ROOT / ".ci" / "ray-down.sh"), str(state)], check=False)
 
 
-def sessions_cpu_s(sessions: list[int]) -> float:
-    """CPU seconds of the Ray nodes' processes (daemons and workers; reaped workers count in their parent)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and os.getsid(int(entry)) in sessions:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-        except (OSError, ProcessLookupError):
-            continue
-    return total / ticks
+class SessionsCpu:
+    """CPU seconds the processes of some sessions (the Ray nodes: daemons and workers) use while open.
+
+    Sampled every 0.2 s per process, because a raylet does not collect its exited workers' times (no
+    cutime to read at the end); a worker's last fraction of a sample interval is lost.
+    """
+
+    def __init__(self, sessions: list[int]) -> None:
+        self.sessions, self.seen, self.first = set(sessions), {}, {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.cpu_s = 0.0
+
+    def _sample(self) -> dict[tuple[int, str], int]:
+        ticks = {}
+        for entry in os.listdir("/proc"):
+            try:
+                if entry.isdigit() and os.getsid(int(entry)) in self.sessions:
+                    fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                    ticks[(int(entry), fields[19])] = int(fields[11]) + int(fields[12])  # key: pid, start time
+            except (OSError, ProcessLookupError):
+                continue
+        return ticks
+
+    def _run(self) -> None:
+        while not self.done.wait(0.2):
+            self.seen.update(self._sample())
+
+    def __enter__(self) -> SessionsCpu:
+        self.first = self._sample()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+        self.seen.update(self._sample())
+        used = sum(ticks - self.first.get(key, 0) for key, ticks in self.seen.items())
+        self.cpu_s = used / os.sysconf("SC_CLK_TCK")
 
 
 def bench_ray(data_dir: Path, tmp: Path) -> dict | None:
@@ -184,10 +212,10 @@ def bench_ray(data_dir: Path, tmp: Path) -> dict | None:
         flags = ("--unit-mib", str(unit_mib))
         local = pack(data_dir, tmp / f"local-{unit_mib}", cores, *flags)
         with ray_cluster(tmp / f"ray-state-{unit_mib}", max(1, cores // 2)) as (address, sessions):
-            cpu_before = sessions_cpu_s(sessions)
-            remote = pack(data_dir, tmp / f"ray-{unit_mib}", cores, *flags, "--address", address,
-                          command=("ray", "submit"))
-            remote["cpu_s"] += sessions_cpu_s(sessions) - cpu_before
+            with SessionsCpu(sessions) as cluster:
+                remote = pack(data_dir, tmp / f"ray-{unit_mib}", cores, *flags, "--address", address,
+                              command=("ray", "submit"))
+            remote["cpu_s"] += cluster.cpu_s
         results[unit_mib] = {"local": local, "ray": remote, "same": local["shards"] == remote["shards"],
                              "slots": 2 * max(1, cores // 2)}
         print("ray", unit_mib, {k: v["wall_s"] for k, v in results[unit_mib].items() if isinstance(v, dict)}, flush=True)
@@ -265,24 +293,26 @@ def ray_section(ray_runs: dict | None) -> list[str]:
     if ray_runs is None:
         return ["Not measured: Ray is not installed (`pip install 'packsft[ray]'`)."]
     lines = [
-        "| --unit-mib | units | run | wall s | units/s | CPU s | overhead per unit, slot-s | outputs identical |",
-        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+        "| --unit-mib | units | run | wall s | units/s | CPU s | overhead per unit: slot-s (wall) | CPU-s | outputs identical |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for unit_mib, r in ray_runs.items():
         local, remote, slots = r["local"], r["ray"], r["slots"]
         overhead = (remote["wall_s"] - local["wall_s"]) * slots / remote["units"]
+        overhead_cpu = (remote["cpu_s"] - local["cpu_s"]) / remote["units"]
         lines += [
             f"| {unit_mib} | {local['units']} | `pack --workers {slots}` | {local['wall_s']:.1f} | "
-            f"{local['units'] / local['wall_s']:.2f} | {local['cpu_s']:.1f} | | |",
+            f"{local['units'] / local['wall_s']:.2f} | {local['cpu_s']:.1f} | | | |",
             f"| {unit_mib} | {remote['units']} | `ray submit`, 2 nodes x {slots // 2} CPU | {remote['wall_s']:.1f} | "
-            f"{remote['units'] / remote['wall_s']:.2f} | {remote['cpu_s']:.1f} | {overhead:.2f} | "
+            f"{remote['units'] / remote['wall_s']:.2f} | {remote['cpu_s']:.1f} | {overhead:.2f} | {overhead_cpu:.2f} | "
             f"{'yes' if r['same'] else 'NO'} |",
         ]
     return lines + [
         "",
         "Both on this machine, the Ray cluster started by `.ci/ray-up.sh` before the run (not timed): its "
         "wall time includes connecting the driver, starting one Ray worker per task slot (Python, imports, "
-        "tokenizer) and the merge. Overhead per unit = (Ray wall - local wall) x task slots / units; CPU s "
+        "tokenizer) and the merge. Overhead per unit = (Ray - local) x task slots / units in wall seconds, "
+        "and (Ray - local) / units in CPU seconds, which other load on the machine does not inflate; CPU s "
         "for Ray adds the nodes' processes (raylets, GCS, agents, workers) to the driver's.",
     ]
 
