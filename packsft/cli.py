@@ -385,6 +385,33 @@ def verify(out_dir: str, deep: bool, sample: int) -> None:
 
 
 @main.command()
+@click.argument("out_dir", type=click.Path())
+@click.argument("dest", type=click.Path())
+@click.option("--to", "target", type=click.Choice(["trl", "megatron", "olmo-core", "hf"]), required=True,
+              help="The trainer's format: TRL SFTTrainer, Megatron (Bridge parquet + core .bin/.idx), OLMo-core numpy, HF datasets parquet.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier packsft export in DEST.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def export(out_dir: str, dest: str, target: str, overwrite: bool, quiet: bool) -> None:
+    """Write OUT_DIR in a trainer's own format into DEST, from the stored arrays (no re-tokenizing).
+
+    DEST/export.json names the source output's fingerprint, the library version matched and every file.
+
+    Example:
+
+
+    \b
+        packsft export out/ out-trl/ --to trl
+        packsft export out/ out-olmo/ --to olmo-core
+    """
+    from packsft.export import export_output
+
+    result = export_output(out_dir, dest, target, overwrite=overwrite, quiet=quiet)
+    click.echo(f"wrote {result.files} files ({result.bytes / 2**20:.1f} MiB, {result.rows} rows) to {result.dest} "
+               f"in {result.seconds:.1f}s; see {result.dest}/export.json")
+
+
+@main.command()
 @click.argument("out_dir", type=click.Path(), default="demo-out")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo output in OUT_DIR.")
 @user_errors

@@ -160,6 +160,28 @@ def bench_packing_stage(data_dir: Path) -> tuple[float, float]:
     return packing, total
 
 
+EXPORT_TARGETS = ("trl", "megatron", "olmo-core", "hf")
+
+
+def bench_export(data_dir: Path) -> list[str]:
+    """`packsft export` of the default bestfit output to each target: a fresh process each, wall seconds."""
+    lines = ["", "## Export to trainers' formats", "", "| target | wall s | files | MiB written |", "| --- | ---: | ---: | ---: |"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        subprocess.run([sys.executable, "-m", "packsft", "pack", str(data_dir), str(out), "--tokenizer", str(GPT2),
+                        "--seq-length", str(SEQ), "-q"], check=True)
+        for target in EXPORT_TARGETS:
+            dest = Path(tmp) / target
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "packsft", "export", str(out), str(dest), "--to", target, "-q"],
+                           check=True, stdout=subprocess.DEVNULL)
+            seconds = time.perf_counter() - started
+            files = json.loads((dest / "export.json").read_text())["files"]
+            lines.append(f"| {target} | {seconds:.1f} | {len(files)} | {sum(f['bytes'] for f in files) / 2**20:,.0f} |")
+    lines.append("\nWall time is the whole `packsft export` process (start-up, reading the arrays, writing, sha256 of every file).")
+    return lines
+
+
 def pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
@@ -186,6 +208,8 @@ def main() -> None:
         for strategy, mask, extra in RUNS:
             print(f"pack {strategy} {mask} {' '.join(extra)} ...", flush=True)
             results.append(bench_pack(data_dir, strategy, mask, extra))
+        print("export ...", flush=True)
+        export_lines = bench_export(data_dir)
 
     limit = raw_tokens / raw_seconds
     baseline = base_tokens / base_seconds
@@ -245,6 +269,8 @@ def main() -> None:
         "- `--unprompted mask` counts only prompted turns as trainable, so its retention is that of prompted tokens.",
         "- Context completeness below 100% under `split` is the answers to questions longer than 3/4 of a row,",
         "  which are kept by their end (`prompts_shortened`); 359 user messages in this data exceed a whole row.",
+        "",
+        *export_lines,
         "",
         "See also `BENCHMARKS-loader.md` (`scripts/bench_loader.py`) and `BENCHMARKS-scale.md` (`scripts/bench_scale.py`).",
         "",
