@@ -17,7 +17,7 @@ for node in worker head; do
     pids=$(session_pids "$sid")
     [ -n "$pids" ] || continue
     kill -TERM $pids 2>/dev/null
-    for _ in $(seq 50); do [ -z "$(session_pids "$sid")" ] && break; sleep 0.2; done
+    for _ in $(seq 25); do [ -z "$(session_pids "$sid")" ] && break; sleep 0.2; done
     pids=$(session_pids "$sid")
     [ -n "$pids" ] && kill -KILL $pids 2>/dev/null
 done
