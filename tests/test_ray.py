@@ -24,11 +24,15 @@ from click.testing import CliRunner
 
 from packsft.cli import main
 from packsft.config import PackConfig
+from packsft.demo import DATA_DIR as DEMO_DATA
 from packsft.errors import OutputError
 from packsft.layout import DATASET_JSON, REJECTS_JSONL, SHARDS_DIR
 from packsft.run.outdir import status
 from packsft.run.pipeline import run_pack
-from packsft.run.ray import run_ray
+from packsft.run.plan import plan_units
+from packsft.run.ray import pack_unit_task, run_ray
+from packsft.run.workers import UnitJob
+from packsft.version import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = 3  # ShareGPT shards: 3 x 3 row groups at --unit-mib 1 = 9 units
@@ -135,6 +139,36 @@ def packing_pids(*sessions: int) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def test_the_task_body_writes_what_a_local_run_writes(tmp_path, demo_tokenizer_dir):
+    """pack_unit_task as Ray would run it, here in this process: same bytes, and a lost attempt's leftovers go."""
+    config = PackConfig(tokenizer=str(demo_tokenizer_dir), seq_length=512)
+    run_pack(DEMO_DATA, tmp_path / "local", config, quiet=True, workers=1)
+    out = tmp_path / "tasks"
+
+    def in_process(units, fingerprints, job, quiet):
+        for unit, fingerprint in zip(units, fingerprints):
+            (out / SHARDS_DIR / f".tmp-{unit.index:05d}-999999").mkdir(parents=True)  # a killed attempt's folder
+            assert pack_unit_task(job, unit, fingerprint, __version__) == unit.rows
+
+    result = run_pack(DEMO_DATA, out, config, quiet=True, runner=in_process)
+    assert result.packed == len(plan_units(DEMO_DATA, config)) and result.dataset is not None
+    assert_same_shards(out, tmp_path / "local", result.packed)
+
+
+def test_a_task_refuses_another_packsft_or_an_output_it_cannot_see(tmp_path, demo_tokenizer_dir):
+    config = PackConfig(tokenizer=str(demo_tokenizer_dir), seq_length=512)
+    unit = plan_units(DEMO_DATA, config)[0]
+    job = UnitJob(tmp_path / "out", config, False, "fingerprint")
+    with pytest.raises(OutputError) as error:
+        pack_unit_task(job, unit, "fingerprint", "0.0.1")
+    assert str(error.value) == (f"node {os.uname().nodename} runs packsft {__version__} but the driver 0.0.1: "
+                                "install the same packsft on every node of the cluster")
+    with pytest.raises(OutputError) as error:
+        pack_unit_task(job, unit, "fingerprint", __version__)
+    assert str(error.value) == (f"node {os.uname().nodename} does not see {tmp_path}/out/plan.json: OUT_DIR must be "
+                                "on storage every node mounts at the same path (NFS, a shared volume)")
 
 
 def test_without_ray_the_command_says_how_to_install_it(tmp_path, monkeypatch):

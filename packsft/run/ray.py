@@ -44,6 +44,9 @@ INSTALL_HINT = "pip install 'packsft[ray]'"
 # Ray's own retries of a task whose worker or node died (preemption, OOM kill); a unit is idempotent.
 DEFAULT_MAX_RETRIES = 3
 URL_MARK = "://"  # s3://, gs://, hf://: object-store locations, not paths every node mounts
+# The driver collects finished units in batches (at most every WAIT_S seconds), not one ray.wait per
+# unit over all pending ones, which would cost O(units^2) for big plans.
+WAIT_BATCH, WAIT_S = 256, 1.0
 PROBE_TIMEOUT_S = 10  # a cluster's GCS port that does not accept a connection in this time is not there
 
 
@@ -164,9 +167,10 @@ class RayUnitRunner:
         try:
             with tqdm(total=len(units), unit="unit", desc="packing on ray", disable=quiet, dynamic_ncols=True) as bar:
                 while pending:
-                    (ready,), _ = ray.wait(list(pending), num_returns=1)
-                    self._check(ray, ready, pending.pop(ready))
-                    bar.update(1)
+                    ready, _ = ray.wait(list(pending), num_returns=min(len(pending), WAIT_BATCH), timeout=WAIT_S)
+                    for ref in ready:
+                        self._check(ray, ref, pending.pop(ref))
+                        bar.update(1)
         finally:
             for ref in pending:  # a failed unit or Ctrl-C: stop the others (completed shards are kept)
                 ray.cancel(ref, force=True)
