@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from packsft.config import (
+    ENCODERS,
     FORMATS,
     INPUT_FORMATS,
     LONG_POLICIES,
@@ -63,6 +64,7 @@ def pack_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--output-format", type=click.Choice(OUTPUT_FORMATS), help="Write .npy arrays, a parquet file, or both. [default: npy]"),
         click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the tokenizer to run code from its folder (off by default)."),
         click.option("--batch-size", type=int, help="Records tokenized per batch (memory vs speed; output unchanged). [default: 1024]"),
+        click.option("--encoder", type=click.Choice(ENCODERS), help="Content encoder: fast (tiktoken, proven equal to the HF tokenizer at load, else an error), hf, or auto (fast where proven, else hf; output unchanged). [default: auto]"),
     ]
     for option in reversed(options):
         command = option(command)

@@ -30,6 +30,8 @@ STRATEGIES = ("linear", "aligned", "bestfit")
 LONG_POLICIES = ("split", "truncate", "drop")
 UNPROMPTED_POLICIES = ("keep", "mask", "drop")
 OUTPUT_FORMATS = ("npy", "parquet", "both")
+# Who encodes message content (see encoder.py): fast where proven equal to HF, or HF.
+ENCODERS = ("auto", "fast", "hf")
 
 # Conversations longer than a row: bestfit splits them (nothing lost); aligned keeps the seed's
 # truncation so that its figures stay comparable with the seed notebook.
@@ -60,6 +62,10 @@ class PackConfig:
     # Records tokenized per batch: big enough to keep the Rust tokenizer busy, small enough to
     # bound memory. It does not change the output bytes.
     batch_size: int = field(default=1024, compare=False)
+    # Who encodes message content: the fast BPE encoder (proven equal to HF at load) or HF. The ids
+    # are the same either way, so it is not part of a unit's fingerprint. A run stores the encoder it
+    # used ("fast" or "hf"; auto resolved) in dataset.json.
+    encoder: str = field(default="auto", compare=False)
 
     def __post_init__(self) -> None:
         choices = {
@@ -70,6 +76,7 @@ class PackConfig:
             "strategy": STRATEGIES,
             "unprompted": UNPROMPTED_POLICIES,
             "output_format": OUTPUT_FORMATS,
+            "encoder": ENCODERS,
         }
         for key, allowed in choices.items():
             value = getattr(self, key)

@@ -11,7 +11,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +73,18 @@ def make_plan(
     data_dir: Path, out_dir: Path, config: PackConfig, unit_bytes: int = DEFAULT_UNIT_BYTES,
     skip_bad_files: bool = False,
 ) -> tuple[Plan, PackTokenizer]:
-    """The plan of DATA_DIR for `config` (units and their fingerprints) and the loaded tokenizer."""
+    """The plan of DATA_DIR for `config` (units and their fingerprints) and the loaded tokenizer.
+
+    The plan's config names the encoder the tokenizer got (`auto` resolved to `fast` or `hf`).
+    """
 
     if out_dir.resolve() == data_dir.resolve() or data_dir.resolve() in out_dir.resolve().parents:
         raise OutputError(f"{out_dir}: OUT_DIR must not be inside DATA_DIR ({data_dir}); pick another folder")
     # Every file is opened and its schema checked before anything is written.
     units, skipped = plan_inputs(data_dir, config, unit_bytes, skip_bad_files=skip_bad_files)
-    tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code)
+    tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code,
+                               encoder=config.encoder)
+    config = replace(config, encoder=tokenizer.encoder)
     fingerprints = [unit_fingerprint(unit, config, tokenizer.fingerprint) for unit in units]
     plan = Plan(str(data_dir), config.to_dict(), tokenizer.identity(), unit_bytes, units, fingerprints,
                 skipped_files=skipped)
@@ -123,6 +128,9 @@ def run_pack(
     prepare_plan(out_dir, plan, overwrite)
     if not quiet:
         _say_detected(plan)
+    if tokenizer.encoder_note and not quiet:
+        print(f"packsft: encoding content with the HF tokenizer ({tokenizer.encoder_note})", file=sys.stderr)
+    config = replace(config, encoder=tokenizer.encoder)  # workers take the proven encoder as it is
     units, fingerprints = plan.units, plan.fingerprints
 
     mine = assign_units(units, num_shards)[shard_index]

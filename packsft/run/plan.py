@@ -38,7 +38,7 @@ DEFAULT_UNIT_BYTES = 8 << 20
 PLAN_JSON = "plan.json"
 PLAN_VERSION = 1
 # Config keys that change speed or memory but never the output bytes.
-NOT_IN_FINGERPRINT = ("batch_size",)
+NOT_IN_FINGERPRINT = ("batch_size", "encoder")
 
 
 @dataclass(frozen=True)

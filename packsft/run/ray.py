@@ -163,7 +163,7 @@ class RayUnitRunner:
                                       "TOKENIZERS_PARALLELISM": "true" if threads > 1 else "false"}},
         )
         order = sorted(range(len(units)), key=lambda i: (-units[i].bytes, units[i].index))
-        pending = {task.remote(job, units[i], fingerprints[i], __version__): units[i] for i in order}
+        pending = {task.remote(job, units[i], fingerprints[i], __version__, threads): units[i] for i in order}
         try:
             with tqdm(total=len(units), unit="unit", desc="packing on ray", disable=quiet, dynamic_ncols=True) as bar:
                 while pending:
@@ -192,12 +192,16 @@ class RayUnitRunner:
             ) from None
 
 
-# The tokenizers a Ray worker process loaded, by (name, template, fingerprint): a worker packs many units.
-_node_tokenizers: dict[tuple[str, str, str], PackTokenizer] = {}
+# The tokenizers a Ray worker process loaded, by (name, template, encoder, fingerprint): a worker packs many units.
+_node_tokenizers: dict[tuple[str, str, str, str], PackTokenizer] = {}
 
 
-def pack_unit_task(job: UnitJob, unit: Unit, fingerprint: str, driver_version: str) -> int:
-    """Runs in a Ray worker on any node: pack one unit and write its shard; returns its rows."""
+def pack_unit_task(job: UnitJob, unit: Unit, fingerprint: str, driver_version: str, threads: int = 1) -> int:
+    """Runs in a Ray worker on any node: pack one unit and write its shard; returns its rows.
+
+    The fast encoder is proven again in each worker (once): the driver's proof was made with the
+    driver's libraries, which another node need not share.
+    """
     host = socket.gethostname()
     if driver_version != __version__:
         raise OutputError(f"node {host} runs packsft {__version__} but the driver {driver_version}: "
@@ -205,9 +209,9 @@ def pack_unit_task(job: UnitJob, unit: Unit, fingerprint: str, driver_version: s
     if not (job.out_dir / PLAN_JSON).exists():
         raise OutputError(f"node {host} does not see {job.out_dir / PLAN_JSON}: OUT_DIR must be on storage every "
                           "node mounts at the same path (NFS, a shared volume)")
-    key = (job.config.tokenizer, job.config.template, job.tokenizer_fingerprint)
+    key = (job.config.tokenizer, job.config.template, job.config.encoder, job.tokenizer_fingerprint)
     if key not in _node_tokenizers:
-        _node_tokenizers[key] = load_job_tokenizer(job)
+        _node_tokenizers[key] = load_job_tokenizer(job, threads, prove=True)
     remove_temporaries(job.out_dir, [unit.index])  # what an attempt lost with its worker left behind
     write_unit(unit, fingerprint, job.out_dir, job.config, _node_tokenizers[key], strict=job.strict,
                skip_bad_files=job.skip_bad_files)

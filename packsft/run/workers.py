@@ -65,13 +65,20 @@ def _init_worker(job: UnitJob, threads: int) -> None:
     # The parent decides when to stop; a Ctrl-C reaches the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _worker_tokenizer = load_job_tokenizer(job)
+    # The parent proved the fast encoder for this tokenizer fingerprint (checked below): no second proof.
+    _worker_tokenizer = load_job_tokenizer(job, threads, prove=False)
 
 
-def load_job_tokenizer(job: UnitJob) -> PackTokenizer:
-    """The job's tokenizer, loaded in a worker; refused when it is not the one the plan fingerprinted."""
+def load_job_tokenizer(job: UnitJob, threads: int, *, prove: bool) -> PackTokenizer:
+    """The job's tokenizer, loaded in a worker; refused when it is not the one the plan fingerprinted.
+
+    Args:
+        prove: compare the fast encoder with HF again, where the parent's proof does not carry over
+            (a worker on another machine may have other library versions).
+    """
     config = job.config
-    tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code)
+    tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code,
+                               encoder=config.encoder, prove=prove, threads=threads)
     if tokenizer.fingerprint != job.tokenizer_fingerprint:
         raise OutputError(f"tokenizer {config.tokenizer!r} changed while packing; rerun to resume")
     return tokenizer
