@@ -21,6 +21,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 DEFAULT_SEQ_LENGTH = 2048
 DEFAULT_TOKENIZER = "gpt2"
+DEFAULT_MAX_REJECT_FRACTION = 0.1
 
 FORMATS = ("conversation", "text")
 INPUT_FORMATS = ("auto", "smoltalk", "sharegpt", "openai", "text")
@@ -60,6 +61,10 @@ class PackConfig:
     # Records tokenized per batch: big enough to keep the Rust tokenizer busy, small enough to
     # bound memory. It does not change the output bytes.
     batch_size: int = field(default=1024, compare=False)
+    # The most rejected records (of those read) a run may have and still write dataset.json. Real
+    # data rejects a handful (ShareGPT: 0.9%, mostly empty conversations); a tenth or more means the
+    # records are not in the shape packsft reads. It decides whether a run succeeds, not its bytes.
+    max_reject_fraction: float = field(default=DEFAULT_MAX_REJECT_FRACTION, compare=False)
 
     def __post_init__(self) -> None:
         choices = {
@@ -99,6 +104,9 @@ class PackConfig:
             raise ConfigError(f"context_share must be a number between 0 and 1, got {self.context_share!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        fraction = self.max_reject_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+            raise ConfigError(f"max_reject_fraction must be a number from 0 to 1, got {fraction!r}")
 
     @property
     def long_policy(self) -> str | None:

@@ -31,3 +31,7 @@ class MissingDependencyError(PacksftError):
 
 class ResumeError(PacksftError):
     """A loader state does not belong to this data or this loader."""
+
+
+class UnusableOutputError(PacksftError):
+    """A run packed nothing, or rejected more of its records than --max-reject-fraction allows."""

@@ -26,8 +26,9 @@ from typing import Any
 
 from packsft.config import PackConfig
 from packsft.errors import InputError
+from packsft.inputs import InputListing, Location, as_location, file_info, list_inputs
 from packsft.layout import FORMAT_VERSION
-from packsft.reader import list_input_files, open_input
+from packsft.reader import open_input
 from packsft.records import parse_role_map
 
 # Compressed parquet bytes per unit. A unit is packed in memory (best-fit sees all of it), so this
@@ -38,7 +39,7 @@ DEFAULT_UNIT_BYTES = 8 << 20
 PLAN_JSON = "plan.json"
 PLAN_VERSION = 1
 # Config keys that change speed or memory but never the output bytes.
-NOT_IN_FINGERPRINT = ("batch_size",)
+NOT_IN_FINGERPRINT = ("batch_size", "max_reject_fraction")
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,8 @@ class Unit:
     """One unit of work: a range of row groups of one input file, and the shard it becomes."""
 
     index: int
-    path: Path
-    name: str  # the path relative to DATA_DIR, as recorded in manifests
+    path: Location  # a local Path, or the URL of a remote file
+    name: str  # the path relative to the inputs' root (data_dir), as recorded in manifests
     row_groups: tuple[int, int] | None = None  # [start, stop); None = the whole file
     first_row: int = 0  # row number (in the file) of the unit's first row
     rows: int = 0
@@ -56,6 +57,7 @@ class Unit:
     file_mtime_ns: int = 0
     input_format: str = ""  # the format read (auto-detected unless --input-format named it)
     detected: str = ""  # what auto detected it from, e.g. "'conversations' key"; "" when not auto
+    json_text: bool = False  # conversations stored as JSON text, decoded per record
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
@@ -66,7 +68,8 @@ class Unit:
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Unit:
         groups = record.get("row_groups")
-        return cls(**{**record, "path": Path(record["path"]), "row_groups": tuple(groups) if groups is not None else None})
+        return cls(**{**record, "path": as_location(record["path"]),
+                      "row_groups": tuple(groups) if groups is not None else None})
 
 
 def split_row_groups(sizes: list[int], parts: int) -> list[tuple[int, int]]:
@@ -88,28 +91,29 @@ def split_row_groups(sizes: list[int], parts: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:]))
 
 
-def plan_units(data_dir: str | Path, config: PackConfig | None = None, unit_bytes: int = DEFAULT_UNIT_BYTES) -> list[Unit]:
-    """The units of DATA_DIR (see plan_inputs); a bad input file raises InputError."""
-    return plan_inputs(data_dir, config, unit_bytes)[0]
+def plan_units(data: str | Path | list[str], config: PackConfig | None = None,
+               unit_bytes: int = DEFAULT_UNIT_BYTES) -> list[Unit]:
+    """The units of DATA (see plan_inputs); a bad input file raises InputError."""
+    return plan_inputs(data, config, unit_bytes)[0]
 
 
 def plan_inputs(
-    data_dir: str | Path,
+    data: str | Path | list[str] | InputListing,
     config: PackConfig | None = None,
     unit_bytes: int = DEFAULT_UNIT_BYTES,
     *,
     skip_bad_files: bool = False,
 ) -> tuple[list[Unit], list[dict[str, str]]]:
-    """The units of DATA_DIR: sorted files, parquet ones cut into row-group ranges of about unit_bytes
-    (a JSON Lines file is one unit: it has no row groups). Also returns the files skipped as unreadable
-    (only with skip_bad_files; otherwise a bad file raises)."""
+    """The units of DATA (folders, globs, files or URLs; see inputs.py): files sorted by name, parquet
+    ones cut into row-group ranges of about unit_bytes (a JSON Lines file is one unit: it has no row
+    groups). Also returns the files skipped as unreadable (only with skip_bad_files; otherwise a bad
+    file raises). Each file is opened once, so planning is linear in the number of files."""
     config = config or PackConfig()
     aliases = parse_role_map(config.role_map)
-    data_dir = Path(data_dir)
+    listing = data if isinstance(data, InputListing) else list_inputs(data)
     units: list[Unit] = []
     skipped: list[dict[str, str]] = []
-    for path in list_input_files(data_dir):
-        name = path.relative_to(data_dir).as_posix()
+    for name, path in listing.files:
         try:
             source = open_input(path, config.format, config.input_format, aliases)
         except InputError as exc:
@@ -117,11 +121,12 @@ def plan_inputs(
                 raise
             skipped.append({"path": name, "error": str(exc)})
             continue
-        stat = path.stat()
-        common = {"path": path, "name": name, "file_bytes": stat.st_size, "file_mtime_ns": stat.st_mtime_ns,
-                  "input_format": source.input_format, "detected": source.detected or ""}
+        size, mtime_ns = file_info(path)
+        common = {"path": path, "name": name, "file_bytes": size, "file_mtime_ns": mtime_ns,
+                  "input_format": source.input_format, "detected": source.detected or "",
+                  "json_text": source.json_text}
         if source.parquet is None:
-            units.append(Unit(index=len(units), bytes=stat.st_size, **common))
+            units.append(Unit(index=len(units), bytes=size, **common))
             continue
         metadata = source.parquet.metadata
         groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
