@@ -235,15 +235,19 @@ def _merge_rejects(out_dir: Path, units: int) -> None:
     """Concatenate the per-unit reject lists in unit order, streaming (never all in memory)."""
     target = out_dir / REJECTS_JSONL
     tmp = out_dir / f".{REJECTS_JSONL}.tmp-{socket.gethostname()}-{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        for index in range(units):
-            part = out_dir / SHARDS_DIR / shard_name(index) / REJECTS_JSONL
-            if part.exists():
-                with open(part, "rb") as source:
-                    shutil.copyfileobj(source, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "wb") as handle:
+            for index in range(units):
+                part = out_dir / SHARDS_DIR / shard_name(index) / REJECTS_JSONL
+                if part.exists():
+                    with open(part, "rb") as source:
+                        shutil.copyfileobj(source, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{target}: cannot write ({exc.strerror or exc}); check free space and permissions") from None
 
 
 @dataclass
