@@ -120,6 +120,14 @@ class PackConfig:
 
 
 CONFIG_KEYS = frozenset(f.name for f in dataclasses.fields(PackConfig))
+# Keys that change speed, memory or whether a run is accepted, never the output bytes (compare=False):
+# a resumed run may change them, so they are left out of fingerprints and of config comparisons.
+BYTES_NEUTRAL_KEYS = frozenset(f.name for f in dataclasses.fields(PackConfig) if not f.compare)
+
+
+def bytes_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config (PackConfig.to_dict()) without the keys that never change the output bytes."""
+    return {key: value for key, value in config.items() if key not in BYTES_NEUTRAL_KEYS}
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

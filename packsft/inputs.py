@@ -151,15 +151,16 @@ def _filesystem(url: str) -> tuple[Any, str]:
 
 
 def _remote_files(spec: str) -> tuple[str, list[str]]:
+    """(root URL of the argument, URLs of its input files); roots and files in fsspec's own URL form."""
     fs, path = _filesystem(spec)
     scheme = spec.partition("://")[0]
     try:
         if GLOB_CHARS & set(path):
-            paths, root = fs.glob(path), spec[: len(spec) - len(path)] + "/".join(_until_magic(tuple(path.split("/"))))
+            paths, root = fs.glob(path), "/".join(_until_magic(tuple(path.split("/"))))
         elif fs.isdir(path):
-            paths, root = fs.find(path), spec
+            paths, root = fs.find(path), path
         elif fs.isfile(path):
-            paths, root = [path], spec.rsplit("/", 1)[0]
+            paths, root = [path], path.rsplit("/", 1)[0]
         else:
             raise InputError(f"{spec}: no such file or folder")
     except OSError as exc:
@@ -167,7 +168,7 @@ def _remote_files(spec: str) -> tuple[str, list[str]]:
     urls = [_url(fs, scheme, p) for p in sorted(paths) if is_input_name(p)]
     if not urls:
         raise InputError(f"{spec}: no *.parquet, *.jsonl or *.jsonl.gz files there")
-    return root.rstrip("/"), urls
+    return _url(fs, scheme, root.rstrip("/")), urls
 
 
 def _url(fs: Any, scheme: str, path: str) -> str:

@@ -223,7 +223,7 @@ def merge(out_dir: str | Path, max_reject_fraction: float | None = None) -> dict
     for extra in _shard_dirs(out_dir):  # shards of an earlier plan that had more units
         if not extra.name.isdigit() or int(extra.name) >= len(plan.units):
             shutil.rmtree(extra, ignore_errors=True)
-    dataset = build_dataset_manifest(manifests, plan.pack_config(), plan.tokenizer, Path(plan.data_dir),
+    dataset = build_dataset_manifest(manifests, plan.pack_config(), plan.tokenizer, plan.data_dir,
                                      plan.skipped_files)
     limit = plan.pack_config().max_reject_fraction if max_reject_fraction is None else max_reject_fraction
     check_outcome(out_dir, dataset, limit)

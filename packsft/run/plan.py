@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from packsft.config import PackConfig
+from packsft.config import PackConfig, bytes_config
 from packsft.errors import InputError
 from packsft.inputs import InputListing, Location, as_location, file_info, list_inputs
 from packsft.layout import FORMAT_VERSION
@@ -38,8 +38,6 @@ from packsft.records import parse_role_map
 DEFAULT_UNIT_BYTES = 8 << 20
 PLAN_JSON = "plan.json"
 PLAN_VERSION = 1
-# Config keys that change speed or memory but never the output bytes.
-NOT_IN_FINGERPRINT = ("batch_size", "max_reject_fraction")
 
 
 @dataclass(frozen=True)
@@ -142,7 +140,7 @@ def plan_inputs(
 
 
 def fingerprint_config(config: PackConfig) -> dict[str, Any]:
-    return {key: value for key, value in config.to_dict().items() if key not in NOT_IN_FINGERPRINT}
+    return bytes_config(config.to_dict())
 
 
 def unit_fingerprint(unit: Unit, config: PackConfig, tokenizer_fingerprint: str) -> str:
