@@ -13,8 +13,9 @@ from click.testing import CliRunner
 from packsft.cli import main
 from packsft.config import PackConfig
 from packsft.errors import BadRecordError, ConfigError, InputError
+from packsft.inputs import list_inputs
 from packsft.layout import ARRAY_FILES
-from packsft.reader import list_input_files, open_input, read_conversations
+from packsft.reader import open_input, read_conversations
 from packsft.records import RejectLedger
 from packsft.run.pipeline import run_pack
 from tests.conftest import conv, write_conversations
@@ -137,7 +138,7 @@ def test_input_files_are_listed_recursively_and_sorted(tmp_path):
     for name in ["b/x.jsonl.gz", "a.parquet", "b/a.jsonl", "c.json", "notes.txt", "b/c.parquet"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
-    assert [p.relative_to(tmp_path).as_posix() for p in list_input_files(tmp_path)] == [
+    assert [name for name, _ in list_inputs(tmp_path).files] == [
         "a.parquet", "b/a.jsonl", "b/c.parquet", "b/x.jsonl.gz"]
 
 
