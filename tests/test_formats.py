@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from packsft.cli import main
 from packsft.config import PackConfig
-from packsft.errors import BadRecordError, ConfigError, InputError
+from packsft.errors import BadRecordError, ConfigError, InputError, UnusableOutputError
 from packsft.inputs import list_inputs
 from packsft.layout import ARRAY_FILES
 from packsft.reader import open_input, read_conversations
@@ -51,6 +51,7 @@ def write_jsonl(path: Path, records: list, raw_lines: dict[int, str] | None = No
 
 def pack(data_dir: Path, out: Path, tokenizer: Path, **config) -> dict:
     config.setdefault("seq_length", 64)
+    config.setdefault("max_reject_fraction", 1.0)  # these tests count rejects on purpose
     skip = config.pop("skip_bad_files", False)
     strict = config.pop("strict", False)
     result = run_pack(data_dir, out, PackConfig(tokenizer=str(tokenizer), **config), quiet=True,
@@ -125,8 +126,8 @@ def test_explicit_input_format_must_match_the_file(tmp_path, demo_tokenizer_dir)
 def test_role_map_extends_the_aliases(tmp_path, demo_tokenizer_dir):
     records = [{"conversations": [{"from": "Person", "value": "Hi"}, {"from": "robot", "value": "Hello!"}]}]
     write_jsonl(tmp_path / "d" / "a.jsonl", records)
-    without = pack(tmp_path / "d", tmp_path / "o1", demo_tokenizer_dir)
-    assert without["stats"]["rejected_by_reason"] == {"message has unknown role": 1}
+    with pytest.raises(UnusableOutputError, match="nothing packed .*message has unknown role: 1"):
+        pack(tmp_path / "d", tmp_path / "o1", demo_tokenizer_dir)
     mapped = pack(tmp_path / "d", tmp_path / "o2", demo_tokenizer_dir, role_map="person=user, robot=assistant")
     assert mapped["stats"]["conversations_packed"] == 1 and mapped["stats"]["records_rejected"] == 0
     with pytest.raises(ConfigError) as error:
