@@ -24,6 +24,7 @@ from packsft.layout import ARRAY_FILES
 from packsft.run.pipeline import run_pack
 from packsft.run.plan import plan_inputs
 from packsft.run.slurm import resolve_shards
+from packsft.verify.checks import check_output
 from tests.conftest import conv, write_conversations
 from tests.verify_helpers import assert_output_verifies
 
@@ -263,6 +264,9 @@ def test_remote_urls_are_read_through_fsspec(tree, tmp_path, demo_tokenizer_dir)
     assert [s["inputs"][0]["path"] for s in result.dataset["shards"]] == ["b/two.parquet", "c/three.jsonl"]
     assert result.dataset["data_dir"] == "memory:///silent-bucket/data"  # fsspec writes the memory root so
     assert arrays(tmp_path / "remote-out") == arrays(tmp_path / "local-out")
+    report = check_output(tmp_path / "remote-out", deep=True)
+    assert report.ok and report.notes == [
+        "deep check skipped: the inputs are remote (memory:///silent-bucket/data); --deep re-packs local inputs only"]
 
 
 def test_a_remote_scheme_without_its_filesystem_library_says_what_to_install(monkeypatch):

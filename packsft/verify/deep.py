@@ -22,6 +22,7 @@ import numpy as np
 
 from packsft.config import CONFIG_KEYS, PackConfig
 from packsft.errors import PacksftError
+from packsft.inputs import is_url
 from packsft.layout import ARRAY_FILES, MANIFEST_JSON, PARQUET_FILE, SHARDS_DIR
 from packsft.reader import open_input
 from packsft.records import RejectLedger
@@ -45,6 +46,9 @@ def repack_and_compare(
         return [], 0
     if config.trust_remote_code:
         notes.append(f"{skip}: the tokenizer needs remote code, which verify never runs")
+        return [], 0
+    if is_url(dataset.get("data_dir", "")):
+        notes.append(f"{skip}: the inputs are remote ({dataset['data_dir']}); --deep re-packs local inputs only")
         return [], 0
     data_dir = Path(dataset.get("data_dir", ""))
     todo = []
