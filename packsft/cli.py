@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from packsft.config import (
+    ENCODERS,
     FORMATS,
     INPUT_FORMATS,
     LONG_POLICIES,
@@ -64,6 +65,7 @@ def pack_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the tokenizer to run code from its folder (off by default)."),
         click.option("--batch-size", type=int, help="Records tokenized per batch (memory vs speed; output unchanged). [default: 1024]"),
         click.option("--max-reject-fraction", type=float, help="Fail (exit 1, no dataset.json) when more than this share of the records read is rejected; a run that packs nothing always fails. [default: 0.1]"),
+        click.option("--encoder", type=click.Choice(ENCODERS), help="Content encoder: fast (tiktoken, proven equal to the HF tokenizer at load, else an error), hf, or auto (fast where proven, else hf; output unchanged). [default: auto]"),
     ]
     for option in reversed(options):
         command = option(command)
@@ -336,6 +338,33 @@ def verify(out_dir: str, deep: bool, sample: int) -> None:
         click.echo(f"{len(report.problems)} problem(s) found in {out_dir}", err=True)
         sys.exit(1)
     click.echo(report.summary())
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path())
+@click.argument("dest", type=click.Path())
+@click.option("--to", "target", type=click.Choice(["trl", "megatron", "olmo-core", "hf"]), required=True,
+              help="The trainer's format: TRL SFTTrainer, Megatron (Bridge parquet + core .bin/.idx), OLMo-core numpy, HF datasets parquet.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier packsft export in DEST.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def export(out_dir: str, dest: str, target: str, overwrite: bool, quiet: bool) -> None:
+    """Write OUT_DIR in a trainer's own format into DEST, from the stored arrays (no re-tokenizing).
+
+    DEST/export.json names the source output's fingerprint, the library version matched and every file.
+
+    Example:
+
+
+    \b
+        packsft export out/ out-trl/ --to trl
+        packsft export out/ out-olmo/ --to olmo-core
+    """
+    from packsft.export import export_output
+
+    result = export_output(out_dir, dest, target, overwrite=overwrite, quiet=quiet)
+    click.echo(f"wrote {result.files} files ({result.bytes / 2**20:.1f} MiB, {result.rows} rows) to {result.dest} "
+               f"in {result.seconds:.1f}s; see {result.dest}/export.json")
 
 
 @main.command()

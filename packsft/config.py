@@ -31,6 +31,8 @@ STRATEGIES = ("linear", "aligned", "bestfit")
 LONG_POLICIES = ("split", "truncate", "drop")
 UNPROMPTED_POLICIES = ("keep", "mask", "drop")
 OUTPUT_FORMATS = ("npy", "parquet", "both")
+# Who encodes message content (see encoder.py): fast where proven equal to HF, or HF.
+ENCODERS = ("auto", "fast", "hf")
 
 # Conversations longer than a row: bestfit splits them (nothing lost); aligned keeps the seed's
 # truncation so that its figures stay comparable with the seed notebook.
@@ -65,6 +67,10 @@ class PackConfig:
     # data rejects a handful (ShareGPT: 0.9%, mostly empty conversations); a tenth or more means the
     # records are not in the shape packsft reads. It decides whether a run succeeds, not its bytes.
     max_reject_fraction: float = field(default=DEFAULT_MAX_REJECT_FRACTION, compare=False)
+    # Who encodes message content: the fast BPE encoder (proven equal to HF at load) or HF. The ids
+    # are the same either way, so it is not part of a unit's fingerprint. A run stores the encoder it
+    # used ("fast" or "hf"; auto resolved) in dataset.json.
+    encoder: str = field(default="auto", compare=False)
 
     def __post_init__(self) -> None:
         choices = {
@@ -75,6 +81,7 @@ class PackConfig:
             "strategy": STRATEGIES,
             "unprompted": UNPROMPTED_POLICIES,
             "output_format": OUTPUT_FORMATS,
+            "encoder": ENCODERS,
         }
         for key, allowed in choices.items():
             value = getattr(self, key)

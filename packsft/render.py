@@ -137,7 +137,7 @@ def render_roles(
     msg_counts = np.fromiter((len(c.messages) for c in conversations), np.int64, n)
     roles = np.fromiter((ROLE_CODES[role] for c in conversations for role, _ in c.messages), np.uint8)
     texts = [content for c in conversations for _, content in c.messages]
-    encoded = tokenizer.encode_batch(texts) if texts else []
+    encoded = tokenizer.encode_texts(texts) if texts else []
     content_lens = np.fromiter(map(len, encoded), np.int64, len(encoded))
     content = np.fromiter(chain.from_iterable(encoded), np.int64, int(content_lens.sum()))
 

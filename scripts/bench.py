@@ -2,11 +2,16 @@
 """Benchmark packsft on the shared ShareGPT shards with GPT-2 at L=2048, and write BENCHMARKS.md.
 
 Measured in one run, on this machine:
-  (a) the tokenizer's raw batch throughput on the same message texts (the pipeline's limit);
-  (b) `packsft pack` end to end per strategy (a fresh process each, peak RSS from the OS);
+  (a) the raw content-encoding limits on the same message texts: HF `encode_batch` (all threads) and
+      the fast encoder (tiktoken, all threads and one);
+  (b) `packsft pack` end to end per strategy (a fresh process each, peak RSS from the OS), with
+      `--encoder hf` and the default auto, and peak RSS per token of the largest unit (`--workers 1`);
   (c) an on-the-fly baseline in the seed's style: one `encode` call per message in a Python loop and a
       Python list buffer cut into chunks;
-  (d) the packing stage alone (split + pack + chunk layout) as a share of pack time.
+  (d) the packing stage alone (split + pack + chunk layout) as a share of pack time;
+  (e) qwen3 with its chat template: `packsft pack --template chat` against the peer pipeline a user would
+      run instead (`datasets` map(num_proc=2) with apply_chat_template(tokenize=True), then TRL
+      `pack_dataset(..., strategy="bfd")`; needs `pip install datasets trl`, skipped without them).
 
 Usage: python scripts/bench.py [--shards N] [--out BENCHMARKS.md]
 """
@@ -28,6 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DATA = SHARED / "data" / "sharegpt"
 GPT2 = SHARED / "tokenizers" / "gpt2"
+QWEN3 = SHARED / "tokenizers" / "qwen3"
+# The memory target: peak RSS <= this base + MEM_BYTES_PER_TOKEN per rendered token of the largest unit.
+MEM_BASE_BYTES = 0.3 * 2**30
+MEM_BYTES_PER_TOKEN = 40
 SEQ = 2048
 
 # Runs use the CLI's default --workers 0 (a process per CPU for inputs >= 4 MiB) unless they say otherwise.
@@ -36,6 +45,7 @@ RUNS = [
     ("aligned", "assistant_only", []),
     ("bestfit", "assistant_only", ["--turn-cut", "0"]),
     ("bestfit", "assistant_only", ["--workers", "1"]),
+    ("bestfit", "assistant_only", ["--encoder", "hf"]),
     ("bestfit", "assistant_only", []),
     ("bestfit", "assistant_only", ["--unprompted", "mask"]),
 ]
@@ -65,13 +75,69 @@ def load_texts(data_dir: Path) -> list[list[str]]:
     return batches
 
 
-def bench_tokenizer(batches: list[list[str]]) -> tuple[int, float]:
+def bench_encoder(batches: list[list[str]], encoder: str, threads: int | None = None) -> tuple[int, float]:
+    """Content tokens and seconds to encode every batch: HF `encode_batch`, or the fast encoder."""
     from packsft.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(str(GPT2))
+    tokenizer = load_tokenizer(str(GPT2), encoder=encoder, threads=threads)
+    encode = tokenizer.encode_batch if encoder == "hf" else tokenizer.encode_texts
+    encode(batches[0][:64])  # start thread pools outside the timing
     started = time.perf_counter()
-    tokens = sum(len(ids) for batch in batches for ids in tokenizer.encode_batch(batch))
+    tokens = sum(len(ids) for batch in batches for ids in encode(batch))
     return tokens, time.perf_counter() - started
+
+
+PEER = """
+import glob, os, sys
+import datasets
+from transformers import AutoTokenizer
+from trl import pack_dataset
+
+data_dir, tokenizer_dir, seq = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+
+def tokenize(record):
+    ids = tokenizer.apply_chat_template(record["messages"], tokenize=True)
+    return {"input_ids": list(ids["input_ids"] if hasattr(ids, "keys") else ids)}
+
+files = sorted(glob.glob(os.path.join(data_dir, "*.parquet")))
+data = datasets.load_dataset("parquet", data_files=files, split="train")
+data = data.map(tokenize, remove_columns=data.column_names, num_proc=2)
+packed = pack_dataset(data, seq, strategy="bfd")
+print(sum(len(ids) for ids in packed["input_ids"]))
+"""
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB of the largest child process) of a command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - started
+    return seconds, max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
+
+
+def bench_chat(data_dir: Path) -> dict | None:
+    """qwen3 chat: packsft (default encoder) vs the peer pipeline, wall time and peak RSS, same data."""
+    try:
+        import datasets  # noqa: F401
+        import trl  # noqa: F401
+    except ImportError:
+        print("  (skipped: pip install datasets trl)", flush=True)
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        packsft = run_measured([sys.executable, "-m", "packsft", "pack", str(data_dir), str(out), "--tokenizer",
+                                str(QWEN3), "--template", "chat", "--seq-length", str(SEQ), "-q"])
+        encoder = json.loads((out / "dataset.json").read_text())["config"]["encoder"]
+        env = {**os.environ, "HF_DATASETS_CACHE": str(Path(tmp) / "cache"), "HF_HUB_OFFLINE": "1"}
+        peer = run_measured([sys.executable, "-c", PEER, str(data_dir), str(QWEN3), str(SEQ)], env)
+    return {"packsft": packsft, "peer": peer, "encoder": encoder}
+
+
+def largest_unit_tokens(out: Path) -> int:
+    manifests = (out / "shards").glob("*/manifest.json")
+    return max(json.loads(m.read_text())["counters"]["tokens_rendered"] for m in manifests)
 
 
 def bench_baseline(data_dir: Path, conversations: int = 600) -> tuple[int, float]:
@@ -121,11 +187,13 @@ def bench_pack(data_dir: Path, strategy: str, mask: str, extra: list[str]) -> di
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         dataset = json.loads((out / "dataset.json").read_text())
         disk = sum(p.stat().st_size for p in (out / "shards").rglob("*.npy"))
+        unit_tokens = largest_unit_tokens(out)
     stats = dataset["stats"]
     return {
         "strategy": strategy, "mask": mask, "extra": " ".join(extra), "seconds": seconds,
         "tokens": stats["tokens_rendered"], "peak_rss_mib": max(peak, before) / 1024,
-        "bytes_per_token": disk / max(stats["tokens_rendered"], 1), "stats": stats,
+        "bytes_per_token": disk / max(stats["tokens_rendered"], 1), "stats": stats, "unit_tokens": unit_tokens,
+        "encoder": dataset["config"].get("encoder", "hf"),
     }
 
 
@@ -160,6 +228,41 @@ def bench_packing_stage(data_dir: Path) -> tuple[float, float]:
     return packing, total
 
 
+def chat_lines(chat: dict | None, shards: int) -> list[str]:
+    if chat is None:
+        return ["", "qwen3 chat vs the peer pipeline: skipped (pip install datasets trl)."]
+    (ours, our_rss), (peer, peer_rss) = chat["packsft"], chat["peer"]
+    return [
+        "",
+        f"qwen3 with `--template chat` ({shards} shards, L={SEQ}, encoder {chat['encoder']}): packsft **{ours:.1f}s**, "
+        f"{our_rss:,.0f} MiB peak RSS; the peer pipeline (`datasets` map(num_proc=2) + apply_chat_template, "
+        f"TRL `pack_dataset(strategy='bfd')`) **{peer:.1f}s**, {peer_rss:,.0f} MiB: packsft is **{peer / ours:.2f}x** "
+        "as fast (target >= 1.5x). The peer computes no assistant masks and truncates; packsft splits.",
+    ]
+
+
+EXPORT_TARGETS = ("trl", "megatron", "olmo-core", "hf")
+
+
+def bench_export(data_dir: Path) -> list[str]:
+    """`packsft export` of the default bestfit output to each target: a fresh process each, wall seconds."""
+    lines = ["", "## Export to trainers' formats", "", "| target | wall s | files | MiB written |", "| --- | ---: | ---: | ---: |"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        subprocess.run([sys.executable, "-m", "packsft", "pack", str(data_dir), str(out), "--tokenizer", str(GPT2),
+                        "--seq-length", str(SEQ), "-q"], check=True)
+        for target in EXPORT_TARGETS:
+            dest = Path(tmp) / target
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "packsft", "export", str(out), str(dest), "--to", target, "-q"],
+                           check=True, stdout=subprocess.DEVNULL)
+            seconds = time.perf_counter() - started
+            files = json.loads((dest / "export.json").read_text())["files"]
+            lines.append(f"| {target} | {seconds:.1f} | {len(files)} | {sum(f['bytes'] for f in files) / 2**20:,.0f} |")
+    lines.append("\nWall time is the whole `packsft export` process (start-up, reading the arrays, writing, sha256 of every file).")
+    return lines
+
+
 def pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
@@ -175,9 +278,11 @@ def main() -> None:
         data_dir = Path(tmp)
         for path in sorted(DATA.glob("*.parquet"))[: args.shards]:
             (data_dir / path.name).symlink_to(path)
-        print("tokenizer limit ...", flush=True)
+        print("encoder limits ...", flush=True)
         texts = load_texts(data_dir)
-        raw_tokens, raw_seconds = bench_tokenizer(texts)
+        raw_tokens, raw_seconds = bench_encoder(texts, "hf")
+        fast_tokens, fast_seconds = bench_encoder(texts, "fast")
+        fast1_tokens, fast1_seconds = bench_encoder(texts, "fast", threads=1)
         print("on-the-fly baseline ...", flush=True)
         base_tokens, base_seconds = bench_baseline(data_dir)
         print("packing stage ...", flush=True)
@@ -186,6 +291,10 @@ def main() -> None:
         for strategy, mask, extra in RUNS:
             print(f"pack {strategy} {mask} {' '.join(extra)} ...", flush=True)
             results.append(bench_pack(data_dir, strategy, mask, extra))
+        print("qwen3 chat: packsft vs datasets + TRL ...", flush=True)
+        chat = bench_chat(data_dir)
+        print("export ...", flush=True)
+        export_lines = bench_export(data_dir)
 
     limit = raw_tokens / raw_seconds
     baseline = base_tokens / base_seconds
@@ -199,29 +308,38 @@ def main() -> None:
         "",
         "## Throughput",
         "",
-        f"- Tokenizer limit (raw `encode_batch` of the same message texts, 1024 records per call): "
+        f"- Tokenizer limit (raw HF `encode_batch` of the same message texts, 1024 records per call, all threads): "
         f"**{limit / 1e3:,.0f}k tokens/s** ({raw_tokens:,} content tokens in {raw_seconds:.1f}s).",
+        f"- Fast-encoder limit (`encode_texts` with tiktoken, same texts): **{fast_tokens / fast_seconds / 1e3:,.0f}k "
+        f"tokens/s** on all threads, {fast1_tokens / fast1_seconds / 1e3:,.0f}k on one.",
         f"- On-the-fly baseline (the seed's style: `encode` per message in a Python loop, Python list buffer; "
         f"first 600 conversations): **{baseline / 1e3:,.0f}k tokens/s**.",
         f"- Packing stage (split + best-fit + chunk layout, in process): {stage_seconds:.2f}s of {unit_seconds:.1f}s "
         f"per-unit time = **{100 * stage_seconds / unit_seconds:.1f}%** (target < 5%).",
         "",
-        "| run | wall s | tokens/s | pack / limit | pack / baseline | peak RSS MiB | disk bytes/token |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| run | encoder | wall s | tokens/s | pack / HF limit | pack / fast limit | pack / baseline | peak RSS MiB | "
+        "RSS over 0.3 GiB per unit token | disk bytes/token |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    fast_limit = fast_tokens / fast_seconds
     for r in results:
         rate = r["tokens"] / r["seconds"]
         name = f"{r['strategy']} + {r['mask']} {r['extra']}".strip()
+        over = (r["peak_rss_mib"] * 2**20 - MEM_BASE_BYTES) / r["unit_tokens"]
         lines.append(
-            f"| {name} | {r['seconds']:.1f} | {rate / 1e3:,.0f}k | {rate / limit:.2f} | {rate / baseline:.1f}x | "
-            f"{r['peak_rss_mib']:,.0f} | {r['bytes_per_token']:.2f} |"
+            f"| {name} | {r['encoder']} | {r['seconds']:.1f} | {rate / 1e3:,.0f}k | {rate / limit:.2f} | "
+            f"{rate / fast_limit:.2f} | {rate / baseline:.1f}x | {r['peak_rss_mib']:,.0f} | {over:.0f} B | "
+            f"{r['bytes_per_token']:.2f} |"
         )
+    lines += chat_lines(chat, args.shards)
     lines += [
         "",
         "Wall time is the whole `packsft pack` process (Python start-up, tokenizer load, reading, rendering,",
         "packing, writing, hashing). tokens/s counts rendered tokens (content plus BOS, role tokens and EOS).",
         "Runs without `--workers` use the default (0 = a process per CPU here: 2 workers with one tokenizer",
-        "thread each); the limit uses one tokenizer with its own thread pool on both cores.",
+        "thread each); the limits use one encoder with its own threads on all cores. Encoder auto is the",
+        "default; targets: pack / HF limit >= 1.5, pack / fast limit >= 0.8 (stretch). The RSS column is",
+        "(peak RSS - 0.3 GiB) / rendered tokens of the largest unit (target <= 40 B).",
         "",
         "## What each strategy keeps",
         "",
@@ -245,6 +363,8 @@ def main() -> None:
         "- `--unprompted mask` counts only prompted turns as trainable, so its retention is that of prompted tokens.",
         "- Context completeness below 100% under `split` is the answers to questions longer than 3/4 of a row,",
         "  which are kept by their end (`prompts_shortened`); 359 user messages in this data exceed a whole row.",
+        "",
+        *export_lines,
         "",
         "See also `BENCHMARKS-loader.md` (`scripts/bench_loader.py`) and `BENCHMARKS-scale.md` (`scripts/bench_scale.py`).",
         "",

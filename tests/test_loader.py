@@ -26,8 +26,8 @@ torch = pytest.importorskip("torch", reason="the loader tests need PyTorch (pip 
 from packsft.config import PackConfig  # noqa: E402
 from packsft.demo import build_demo_tokenizer, demo_conversations  # noqa: E402
 from packsft.errors import ConfigError, OutputError, ResumeError, TokenizerError  # noqa: E402
-from packsft.loader.mixture import MixturePlan  # noqa: E402
 from packsft.loader import MixtureLoader, PackedDataset, PackedLoader  # noqa: E402
+from packsft.loader.mixture import MixturePlan  # noqa: E402
 from packsft.run.pipeline import run_pack  # noqa: E402
 from tests.conftest import write_conversations  # noqa: E402
 

@@ -27,7 +27,7 @@ class FakeTokenizer:
     pad_id: int = PAD
     role_ids: dict = field(default_factory=lambda: {"user": USR, "assistant": ASST, "system": SYS})
 
-    def encode_batch(self, texts):
+    def encode_texts(self, texts):
         out = []
         for text in texts:
             n, k = map(int, text.split(":"))

@@ -70,7 +70,7 @@ def _per_message(tokenizer, conversation):
     ids = [tokenizer.bos_id]
     for role, content in conversation.messages:
         ids.append(tokenizer.role_ids[role])
-        ids.extend(tokenizer.hf.encode(content, add_special_tokens=False))
+        ids.extend(tokenizer.hf.encode(content, add_special_tokens=False, split_special_tokens=True))
     return ids + [tokenizer.eos_id]
 
 

@@ -5,10 +5,12 @@
     batches.py   what every loader shares: background reads, device copies, varlen fields
     packed.py    PackedLoader: one output, per rank, exactly resumable
     mixture.py   MixtureLoader: weighted draws over several outputs
+    hf.py        TrainerDataset + collate_rows: transformers.Trainer with per-piece position_ids
 """
 
 from packsft.loader.dataset import PackedDataset
+from packsft.loader.hf import TrainerDataset, collate_rows
 from packsft.loader.mixture import MixtureLoader
 from packsft.loader.packed import PackedLoader
 
-__all__ = ["MixtureLoader", "PackedDataset", "PackedLoader"]
+__all__ = ["MixtureLoader", "PackedDataset", "PackedLoader", "TrainerDataset", "collate_rows"]

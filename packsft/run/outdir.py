@@ -189,6 +189,8 @@ def pack_flags(config: PackConfig, unit_bytes: int) -> list[str]:
         value = getattr(config, f.name)
         if value == getattr(defaults, f.name) or value is None or (f.name == "long" and value == DEFAULT_LONG[config.strategy]):
             continue
+        if f.name == "encoder":  # the plan holds the encoder auto chose; a rerun chooses again, same bytes
+            continue
         flag = "--" + f.name.replace("_", "-")
         flags += [flag] if value is True else [flag, str(value)]
     if unit_bytes != DEFAULT_UNIT_BYTES:

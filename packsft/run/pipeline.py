@@ -11,7 +11,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,10 @@ def make_plan(
     skip_bad_files: bool = False,
 ) -> tuple[Plan, PackTokenizer]:
     """The plan of DATA (folders, globs, files or URLs) for `config` (units and their fingerprints)
-    and the loaded tokenizer."""
+    and the loaded tokenizer.
+
+    The plan's config names the encoder the tokenizer got (`auto` resolved to `fast` or `hf`).
+    """
 
     specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
     listing = list_inputs(specs)
@@ -82,7 +85,9 @@ def make_plan(
             raise OutputError(f"{out_dir}: OUT_DIR must not be inside DATA_DIR ({spec}); pick another folder")
     # Every file is opened and its schema checked before anything is written.
     units, skipped = plan_inputs(listing, config, unit_bytes, skip_bad_files=skip_bad_files)
-    tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code)
+    tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code,
+                               encoder=config.encoder)
+    config = replace(config, encoder=tokenizer.encoder)
     fingerprints = [unit_fingerprint(unit, config, tokenizer.fingerprint) for unit in units]
     inputs = [spec if is_url(spec) else str(Path(spec).resolve()) for spec in specs]
     plan = Plan(listing.root, config.to_dict(), tokenizer.identity(), unit_bytes, units, fingerprints,
@@ -126,6 +131,9 @@ def run_pack(
     prepare_plan(out_dir, plan, overwrite)
     if not quiet:
         _say_detected(plan)
+    if tokenizer.encoder_note and not quiet:
+        print(f"packsft: encoding content with the HF tokenizer ({tokenizer.encoder_note})", file=sys.stderr)
+    config = replace(config, encoder=tokenizer.encoder)  # workers take the proven encoder as it is
     units, fingerprints = plan.units, plan.fingerprints
 
     mine = assign_units(units, num_shards)[shard_index]

@@ -204,7 +204,7 @@ def _marker(tokenizer: PackTokenizer):
 
     def marker(n: int) -> list[int]:
         if n not in cache:
-            cache[n] = tokenizer.encode_batch([OMITTED_MARKER.format(n=n)])[0]
+            cache[n] = tokenizer.encode_texts([OMITTED_MARKER.format(n=n)])[0]
         return cache[n]
 
     return marker

@@ -66,7 +66,9 @@ def _init_worker(job: UnitJob, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     config = job.config
-    _worker_tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code)
+    # The parent proved the fast encoder for this tokenizer fingerprint (checked below): no second proof.
+    _worker_tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code,
+                                       encoder=config.encoder, prove=False, threads=threads)
     if _worker_tokenizer.fingerprint != job.tokenizer_fingerprint:
         raise OutputError(f"tokenizer {config.tokenizer!r} changed while packing; rerun to resume")
 

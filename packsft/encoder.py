@@ -1,0 +1,248 @@
+"""A fast content encoder for byte-level BPE tokenizers, used only where it is proven equal to HF.
+
+    tokenizer.json (as HF loaded it) --read_bpe_spec--> BpeSpec (ranks, regex, NFC?, added tokens)
+      --refuse anything not reproduced--> tiktoken CoreBPE --probe set vs HF, id for id--> FastEncoder
+
+GPT-2, Llama 3, Qwen 2/3 and their kin are a byte-level BPE behind a regex pre-tokenizer. `tiktoken`
+runs exactly that (one regex, rank-ordered merges) in Rust several times faster than the HF
+`tokenizers` pipeline, which also computes offsets, normalizes, and runs a generic pre-tokenizer chain.
+Equality is not assumed: `build_fast_encoder` refuses a tokenizer whose normalizer, pre-tokenizer,
+model options or added tokens it does not reproduce, and then compares its ids with HF's on a built-in
+probe set (unicode classes, whitespace runs, numbers, contractions, emoji, CJK, combining marks, code,
+special-token strings); a single difference refuses it. `verify --deep` re-encodes with HF anyway.
+
+Why rank order is enough: tiktoken merges, at each step, the adjacent pair whose concatenation has the
+lowest rank; HF merges the pair listed first in `merges`. With ranks = token ids these agree when the
+ids of merge results increase in merge order (checked), as for every tokenizer trained this way.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from tokenizers.normalizers import NFC
+
+# GPT-2's pre-tokenizer regex, which the HF ByteLevel pre-tokenizer applies when `use_regex` is on.
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# Texts per thread task: large enough that handing work to a thread costs little.
+THREAD_CHUNK = 256
+# Code points per probe text of the unicode sweep.
+PROBE_RUN = 512
+
+
+class FastEncoderRefused(Exception):
+    """The tokenizer is not one the fast encoder reproduces exactly (the message says why)."""
+
+
+@dataclass(frozen=True)
+class BpeSpec:
+    """What a byte-level BPE tokenizer does to a text, read from its serialized form."""
+
+    ranks: dict[bytes, int]
+    pattern: str
+    nfc: bool
+    content_tokens: dict[str, int]  # non-special added tokens: matched in content too
+    special_tokens: dict[str, int]  # special added tokens: control tokens, never from content
+
+
+@lru_cache(maxsize=1)
+def byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-ins for the 256 bytes (how byte-level vocabularies spell bytes), inverted."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return {chr(code): byte for byte, code in zip(printable, codes)}
+
+
+def read_bpe_spec(serialized: str) -> BpeSpec:
+    """The spec of a serialized HF tokenizer (`backend_tokenizer.to_str()`), or FastEncoderRefused."""
+    spec = json.loads(serialized)
+    nfc = _normalizer(spec.get("normalizer"))
+    pattern = _pattern(spec.get("pre_tokenizer"))
+    model = spec.get("model") or {}
+    _check_model(model)
+    # str.translate maps the stand-ins to code points 0..255, which latin-1 writes as those bytes.
+    table = str.maketrans(byte_decoder())
+    try:
+        ranks = {token.translate(table).encode("latin-1"): rank for token, rank in model["vocab"].items()}
+    except UnicodeEncodeError:
+        raise FastEncoderRefused("the vocabulary has tokens that are not byte-level (not a byte-level BPE)") from None
+    _check_merge_order(model)
+    if any(bytes([b]) not in ranks for b in range(256)):
+        raise FastEncoderRefused("the vocabulary lacks some of the 256 byte tokens")
+    content, special = {}, {}
+    for added in spec.get("added_tokens") or []:
+        if added.get("lstrip") or added.get("rstrip") or added.get("single_word"):
+            raise FastEncoderRefused(f"added token {added['content']!r} strips spaces or matches single words only")
+        if nfc and unicodedata.normalize("NFC", added["content"]) != added["content"]:
+            raise FastEncoderRefused(f"added token {added['content']!r} changes under the normalizer")
+        (special if added.get("special") else content)[added["content"]] = added["id"]
+    names = sorted({**content, **special})
+    # HF finds added tokens leftmost-longest, tiktoken leftmost-first: equal unless one is a prefix of another.
+    if any(b.startswith(a) for a, b in zip(names, names[1:])):
+        raise FastEncoderRefused("an added token is a prefix of another")
+    return BpeSpec(ranks, pattern, nfc, content, special)
+
+
+def _normalizer(normalizer: dict[str, Any] | None) -> bool:
+    """True for NFC (reproduced with unicodedata), False for none; anything else is refused."""
+    if normalizer is None or (normalizer.get("type") == "Sequence" and not normalizer.get("normalizers")):
+        return False
+    if normalizer.get("type") == "NFC":
+        return True
+    raise FastEncoderRefused(f"normalizer {normalizer.get('type')!r} is not reproduced")
+
+
+def _pattern(pre: dict[str, Any] | None) -> str:
+    """The one regex of a byte-level pre-tokenizer, as tiktoken takes it."""
+    steps = pre.get("pretokenizers", []) if pre and pre.get("type") == "Sequence" else [pre]
+    if not steps or not steps[-1] or steps[-1].get("type") != "ByteLevel":
+        raise FastEncoderRefused("the pre-tokenizer does not end in ByteLevel (not a byte-level BPE)")
+    if steps[-1].get("add_prefix_space"):
+        raise FastEncoderRefused("the ByteLevel pre-tokenizer adds a prefix space")
+    if len(steps) == 1 and steps[0].get("use_regex", True):
+        return GPT2_PATTERN
+    split = steps[0]
+    if (
+        len(steps) == 2
+        and not steps[1].get("use_regex", True)
+        and split.get("type") == "Split"
+        and "Regex" in (split.get("pattern") or {})
+        and split.get("behavior") == "Isolated"
+        and not split.get("invert")
+    ):
+        return split["pattern"]["Regex"]
+    kinds = ", ".join(str(step.get("type")) for step in steps if step)
+    raise FastEncoderRefused(f"pre-tokenizer ({kinds}) is not one regex split + ByteLevel")
+
+
+def _check_model(model: dict[str, Any]) -> None:
+    if model.get("type") != "BPE":
+        raise FastEncoderRefused(f"model {model.get('type')!r} is not BPE")
+    if model.get("dropout") or model.get("byte_fallback") or model.get("continuing_subword_prefix") or model.get(
+        "end_of_word_suffix"
+    ):
+        raise FastEncoderRefused("BPE options (dropout, byte fallback, subword prefix/suffix) are not reproduced")
+
+
+def _check_merge_order(model: dict[str, Any]) -> None:
+    """Ranks are token ids; that equals HF's merge order only if merge results are numbered in it."""
+    vocab, previous = model["vocab"], -1
+    for merge in model["merges"]:
+        left, right = merge if isinstance(merge, list) else merge.split(" ", 1)
+        rank = vocab.get(left + right)
+        if rank is None or rank <= previous:
+            raise FastEncoderRefused("token ids do not follow the merge order")
+        previous = rank
+
+
+class FastEncoder:
+    """Encodes texts with tiktoken, as the HF tokenizer it was proven against does.
+
+    One per process: it holds the Rust rank table and a small thread pool (`threads` > 1).
+    """
+
+    def __init__(self, spec: BpeSpec, threads: int = 1) -> None:
+        import tiktoken
+
+        self.spec = spec
+        self._core = tiktoken.Encoding(
+            "packsft-fast", pat_str=spec.pattern, mergeable_ranks=spec.ranks,
+            special_tokens={**spec.content_tokens, **spec.special_tokens},
+        )
+        self._content = frozenset(spec.content_tokens)
+        self._nfc = NFC() if spec.nfc else None
+        self._threads = threads
+        self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
+
+    def encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """Ids of each text as ordinary text (special-token strings in it are plain text)."""
+        if self._content:
+            core, allowed = self._core, self._content
+
+            def encode(text: str) -> list[int]:
+                return core.encode(text, allowed_special=allowed, disallowed_special=())
+        else:
+            encode = self._core.encode_ordinary
+        return self._map(encode, texts)
+
+    def _map(self, encode: Callable[[str], list[int]], texts: list[str]) -> list[list[int]]:
+        if self._nfc is not None:
+            # HF's own NFC (Python's unicodedata follows another Unicode version: U+0898 differs);
+            # ASCII text is always NFC already, and most content is ASCII.
+            normalize = self._nfc.normalize_str
+            texts = [text if text.isascii() else normalize(text) for text in texts]
+        if self._pool is None or len(texts) < 2 * THREAD_CHUNK:
+            return [encode(text) for text in texts]
+        chunks = [texts[i:i + THREAD_CHUNK] for i in range(0, len(texts), THREAD_CHUNK)]
+        return [ids for chunk in self._pool.map(lambda part: [encode(t) for t in part], chunks) for ids in chunk]
+
+
+def probe_texts() -> list[str]:
+    """Texts where a byte-level BPE reimplementation would differ first, if it differed at all."""
+    probes = [
+        "Hello world", " leading space", "trailing space ", "  two  spaces  ", "\t\ttabs\tand\n\nnewlines\r\n",
+        "x\n \n  \n", "   \n\n   end", "a\u00a0b\u2003c\u3000d", "\u200b\u200d\ufeff",
+        "I'm you're he's we've they'll I'd can't DON'T It'S", "'s 're 'Ve",
+        "0 12 345 6789 1234567890 3.14159 -42 1e10 ١٢٣ ۴۵۶ ४५६ ⅠⅡⅢ ½ ²³",
+        "emoji 😀😃🙂 👍🏽 👨‍👩‍👧‍👦 🇫🇷 ❤️ ✓✗",
+        "中文字符，标点。日本語のテキスト、カタカナ。한국어 텍스트입니다.",
+        "combining: e\u0301 a\u0308 n\u0303 \u1100\u1161\u11a8 Å Å ﬁ ｆｕｌｌ",
+        "Ελληνικά Русский текст עברית العربية हिन्दी ไทย ქართული",
+        "def f(x):\n    return {'a': [1, 2]}  # comment\n\tif x != y: pass\n",
+        "<html><body class=\"x\">&amp;</body></html> SELECT * FROM t WHERE id=1;",
+        "!!! ??? ... --- *** ``` ~~~ @@ ## $$ %% ^^ && (( )) [[ ]] {{ }} || \\\\ // ;; ::",
+        "<|endoftext|> <|im_start|>user\n<|im_end|> <think></think> <s>[INST] </s> <|user|>",
+        "",
+    ]
+    # Every code point of planes 0 and 1 after a letter and before a digit, so that the regex's unicode
+    # classes (letter, number, whitespace) are compared on all of them, not on a sample; and the BMP's
+    # code points in a row, so that the normalizer composes and reorders neighbouring marks (U+0898
+    # U+0899 is where Python's unicodedata and HF's NFC disagree). Unicode versions differ exactly there.
+    chars = [chr(c) for c in range(0x20, 0x20000) if not 0xD800 <= c < 0xE000]
+    probes += [" x" + "1 x".join(chars[i:i + PROBE_RUN]) for i in range(0, len(chars), PROBE_RUN)]
+    bmp = chars[: chars.index(chr(0x10000))]
+    probes += ["".join(bmp[i:i + PROBE_RUN]) for i in range(0, len(bmp), PROBE_RUN)]
+    return probes
+
+
+def first_difference(fast: FastEncoder, hf_encode: Callable[[list[str]], list[list[int]]]) -> str | None:
+    """None when the fast encoder gives HF's ids on every probe; else a description of the first miss."""
+    probes = probe_texts()
+    for text, mine, theirs in zip(probes, fast.encode_texts(probes), hf_encode(probes)):
+        if mine != theirs:
+            at = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+            return f"probe {text[:40]!r}: token {at} is {mine[at:at + 3]} (fast) vs {theirs[at:at + 3]} (HF)"
+    return None
+
+
+def build_fast_encoder(
+    serialized: str, hf_encode: Callable[[list[str]], list[list[int]]] | None, threads: int = 1
+) -> FastEncoder:
+    """The fast encoder for this tokenizer, proven equal to `hf_encode` on the probe set, or FastEncoderRefused.
+
+    Args:
+        serialized: the HF tokenizer as loaded (`backend_tokenizer.to_str()`), added tokens included.
+        hf_encode: HF's content encoding (special-token strings as plain text), the reference; None
+            skips the proof (a worker whose parent proved the same tokenizer).
+    """
+    try:
+        import tiktoken  # noqa: F401
+    except ImportError:
+        raise FastEncoderRefused("tiktoken is not installed (pip install tiktoken)") from None
+    encoder = FastEncoder(read_bpe_spec(serialized), threads)
+    difference = None if hf_encode is None else first_difference(encoder, hf_encode)
+    if difference is not None:
+        raise FastEncoderRefused(f"it differs from the HF tokenizer on {difference}")
+    return encoder
