@@ -68,16 +68,16 @@ class ChatRenderer:
         """The template text around each content: n+1 pieces, or None if a content is not rendered once."""
         if roles not in self.skeletons:
             skeleton = self.render_text([(role, PLACEHOLDER.format(index=i)) for i, role in enumerate(roles)])
-            pieces, cursor = [], 0
+            pieces: list[str] = []
+            cursor = 0
             for i in range(len(roles)):
                 mark = PLACEHOLDER.format(index=i)
                 at = skeleton.find(mark, cursor)
                 if at < 0 or skeleton.count(mark) != 1:
-                    pieces = None
                     break
                 pieces.append(skeleton[cursor:at])
                 cursor = at + len(mark)
-            self.skeletons[roles] = None if pieces is None else pieces + [skeleton[cursor:]]
+            self.skeletons[roles] = pieces + [skeleton[cursor:]] if len(pieces) == len(roles) else None
         return self.skeletons[roles]
 
     def locate(self, messages: Sequence[tuple[str, str]]) -> tuple[str, list[tuple[int, int]]]:
@@ -143,7 +143,9 @@ def render_chat(
         kept.append(conv)
     encodings = tokenizer.hf.backend_tokenizer.encode_batch(texts, add_special_tokens=False) if texts else []
 
-    ids_parts, flag_parts, starts, ends, headers = [], [], [], [], []
+    ids_parts, flag_parts, headers = [], [], []
+    starts: list[int] = []
+    ends: list[int] = []
     conv_lens = np.zeros(len(kept), np.int64)
     conv_unprompted = np.zeros(len(kept), bool)
     base = 0

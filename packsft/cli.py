@@ -20,6 +20,8 @@ from packsft.config import (
     STRATEGIES,
     TEMPLATES,
     UNPROMPTED_POLICIES,
+    Mask,
+    Strategy,
     resolve_config,
 )
 from packsft.errors import PacksftError
@@ -134,9 +136,9 @@ def pack(data: tuple[str, ...], out_dir: str, config_file: str | None, overwrite
     config = resolve_config(config_file, format=data_format, **flags)
     if num_shards is None and not quiet and (note := array_note()):
         click.echo(note, err=True)
-    num_shards, shard_index = resolve_shards(num_shards, shard_index)
+    shards, index = resolve_shards(num_shards, shard_index)
     result = run_pack(list(data), out_dir, config, overwrite=overwrite, quiet=quiet, strict=strict, workers=workers,
-                      num_shards=num_shards, shard_index=shard_index, unit_bytes=round(unit_mib * (1 << 20)),
+                      num_shards=shards, shard_index=index, unit_bytes=round(unit_mib * (1 << 20)),
                       skip_bad_files=skip_bad_files)
     if quiet:
         return
@@ -250,7 +252,7 @@ def inspect(out_dir: str, chunks: tuple[int, ...], tokens: bool, tokenizer: str 
     from packsft.report.inspect import render_chunk, tokenizer_for
 
     if color is None:
-        color = click.get_text_stream("stdout").isatty()
+        color = sys.stdout.isatty()
     output = PackedOutput(out_dir)
     tok = tokenizer_for(output, tokenizer)
     for index in chunks:
@@ -312,8 +314,8 @@ def stats(out_dir: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("out_dir", type=click.Path())
-@click.option("--deep", is_flag=True, help="Also re-pack a sample of input files (if still there) and compare byte for byte.")
-@click.option("--sample", type=click.IntRange(min=1), default=2, show_default=True, help="Input files (units) --deep re-packs.")
+@click.option("--deep", is_flag=True, help="Also re-pack a sample of units from their input files (if still there) and compare byte for byte.")
+@click.option("--sample", type=click.IntRange(min=1), default=2, show_default=True, help="Units --deep re-packs (spread from first to last).")
 @user_errors
 def verify(out_dir: str, deep: bool, sample: int) -> None:
     """Check a packed output: hashes, shapes, dtypes, masks, pads, segments and counts.
@@ -394,13 +396,13 @@ def demo(out_dir: str, overwrite: bool) -> None:
     root = Path(out_dir)
     tokenizer_dir = build_demo_tokenizer(root / "tokenizer")
     click.echo(f"demo tokenizer written to {tokenizer_dir}")
-    runs = [("linear", "all"), ("aligned", "assistant_only"), ("bestfit", "assistant_only")]
+    runs: list[tuple[Strategy, Mask]] = [("linear", "all"), ("aligned", "assistant_only"), ("bestfit", "assistant_only")]
     for strategy, mask in runs:
         config = PackConfig(tokenizer=str(tokenizer_dir), strategy=strategy, mask=mask, seq_length=512)
         result = run_pack(DATA_DIR, root / strategy, config, overwrite=overwrite, quiet=True)
         click.echo(f"\n=== {strategy} + {mask} -> {result.out_dir}")
-        click.echo(format_summary(result.dataset))
         output = PackedOutput(result.out_dir)
+        click.echo(format_summary(output.dataset))
         click.echo()
         click.echo(render_chunk(output, 0, tokenizer_for(output)))
     click.echo(f"\nnext: packsft inspect {root / 'bestfit'} --chunk 1 --tokens | packsft stats {root / 'bestfit'} --json")

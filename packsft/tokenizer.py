@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from packsft.config import ENCODERS
 from packsft.encoder import FastEncoder, FastEncoderRefused, build_fast_encoder
@@ -49,7 +49,7 @@ class PackTokenizer:
     fingerprint: str = ""
     # The content encoder in use: "fast" (encoder.FastEncoder, proven equal to HF at load) or "hf";
     # `encoder_note` says why auto chose HF. Neither is part of the identity: the ids are the same.
-    encoder: str = "hf"
+    encoder: Literal["fast", "hf"] = "hf"
     encoder_note: str | None = None
     fast: FastEncoder | None = field(default=None, repr=False, compare=False)
 

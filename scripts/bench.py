@@ -77,7 +77,7 @@ def load_texts(data_dir: Path) -> list[list[str]]:
 
 def bench_encoder(batches: list[list[str]], encoder: str, threads: int | None = None) -> tuple[int, float]:
     """Content tokens and seconds to encode every batch: HF `encode_batch`, or the fast encoder."""
-    from packsft.tokenizer import load_tokenizer
+    from packsft import load_tokenizer
 
     tokenizer = load_tokenizer(str(GPT2), encoder=encoder, threads=threads)
     encode = tokenizer.encode_batch if encoder == "hf" else tokenizer.encode_texts
@@ -144,7 +144,7 @@ def bench_baseline(data_dir: Path, conversations: int = 600) -> tuple[int, float
     """The seed's on-the-fly path: encode per message in Python, pack with a Python buffer."""
     import pyarrow.parquet as pq
 
-    from packsft.tokenizer import load_tokenizer
+    from packsft import load_tokenizer
 
     tokenizer = load_tokenizer(str(GPT2))
     hf = tokenizer.hf
@@ -199,7 +199,7 @@ def bench_pack(data_dir: Path, strategy: str, mask: str, extra: list[str]) -> di
 
 def bench_packing_stage(data_dir: Path) -> tuple[float, float]:
     """Seconds in split + bestfit + chunk layout vs the whole unit, summed over units (in process)."""
-    from packsft.config import PackConfig
+    from packsft import PackConfig, load_tokenizer
     from packsft.pack import pack_bestfit
     from packsft.reader import open_input, read_conversations
     from packsft.records import RejectLedger
@@ -208,7 +208,6 @@ def bench_packing_stage(data_dir: Path) -> tuple[float, float]:
     from packsft.run.plan import plan_units
     from packsft.run.unit import render_batch
     from packsft.split import split_long
-    from packsft.tokenizer import load_tokenizer
 
     config = PackConfig(tokenizer=str(GPT2))
     tokenizer = load_tokenizer(str(GPT2))

@@ -12,8 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from packsft.cli import main
-from tests.conftest import conv, write_conversations
-from tests.verify_helpers import assert_output_verifies
+from tests.helpers import assert_output_verifies, conv, write_conversations
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

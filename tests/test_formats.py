@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from packsft import PackConfig
 from packsft.cli import main
-from packsft.config import PackConfig
 from packsft.errors import BadRecordError, ConfigError, InputError, UnusableOutputError
 from packsft.inputs import list_inputs
 from packsft.layout import ARRAY_FILES
 from packsft.reader import open_input, read_conversations
 from packsft.records import RejectLedger
-from packsft.run.pipeline import run_pack
-from tests.conftest import conv, write_conversations
-from tests.test_chat_template import chatml_dir  # noqa: F401  (fixture)
+from packsft.run import run_pack
+from tests.helpers import conv, write_conversations
 
 TURNS = [
     [("system", "Be nice."), ("user", "What is two plus two?"), ("assistant", "Four.")],
@@ -77,7 +76,7 @@ def arrays(out: Path) -> dict[str, bytes]:
         ("a.parquet", lambda p: write_conversations(p, [sharegpt(t) for t in TURNS])),
     ],
 )
-def test_every_format_packs_to_the_same_chunks(tmp_path, demo_tokenizer_dir, chatml_dir, template, name, write):  # noqa: F811
+def test_every_format_packs_to_the_same_chunks(tmp_path, demo_tokenizer_dir, chatml_dir, template, name, write):
     tokenizer = chatml_dir if template == "chat" else demo_tokenizer_dir
     write_conversations(tmp_path / "ref" / "a.parquet", [smoltalk(t) for t in TURNS])
     write(tmp_path / "other" / name)

@@ -23,12 +23,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from packsft.config import PackConfig
+from packsft import PackConfig
 from packsft.errors import InputError, UnusableOutputError
 from packsft.layout import ARRAY_FILES
 from packsft.records import ROLE_ALIASES
-from packsft.run.pipeline import run_pack
-from packsft.verify.checks import verify_output
+from packsft.run import run_pack
+from packsft.verify import verify_output
 
 EXAMPLES = int(os.environ.get("PACKSFT_FUZZ_EXAMPLES", "100"))
 settings.register_profile(
@@ -176,22 +176,6 @@ def test_every_parquet_record_packs_and_verifies_or_is_rejected_with_a_reason(de
 # --- JSON Lines: lone surrogates and shapes parquet cannot hold ---------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def jsonl_unsupported(demo_tokenizer_dir) -> str | None:
-    """None if the reader packs a *.jsonl file, else the reason it does not."""
-    tokenizer = demo_tokenizer_dir
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "data").mkdir()
-        line = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
-        (Path(tmp) / "data" / "x.jsonl").write_text(json.dumps(line) + "\n")
-        try:
-            result = run_pack(Path(tmp) / "data", Path(tmp) / "out", PackConfig(tokenizer=str(tokenizer), seq_length=16),
-                              quiet=True)
-        except InputError as exc:
-            return str(exc).split(": ", 1)[-1]  # without the temporary path
-        return None if result.dataset["stats"]["conversations_read"] == 1 else "the .jsonl record was not read"
-
-
 surrogates = st.characters(categories=["Cs"])
 json_text = st.one_of(texts, st.builds(lambda a, s, b: a + s + b, st.text(max_size=5), surrogates, st.text(max_size=5)))
 json_message = st.one_of(
@@ -212,10 +196,7 @@ json_records = st.one_of(
 
 @FUZZ
 @given(records=st.lists(json_records, min_size=1, max_size=8), options=pack_configs)
-def test_every_jsonl_record_packs_and_verifies_or_is_rejected_with_a_reason(demo_tokenizer_dir, jsonl_unsupported,
-                                                                          records, options):
-    if jsonl_unsupported:
-        pytest.skip(f"JSON Lines input is not supported by this reader yet ({jsonl_unsupported})")
+def test_every_jsonl_record_packs_and_verifies_or_is_rejected_with_a_reason(demo_tokenizer_dir, records, options):
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         data.mkdir()

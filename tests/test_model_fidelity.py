@@ -64,7 +64,7 @@ def masked_loss_sum(logits, labels, mask):
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def model(request, packed):
-    from packsft.layout import read_dataset
+    from packsft import read_dataset
 
     return tiny_model(request.param, read_dataset(packed)["tokenizer"]["vocab_size"])
 
@@ -120,7 +120,7 @@ def test_trainer_batches_give_the_packed_masked_loss(model, packed, batch):
 
 
 def test_trainer_trains_three_steps(packed, tmp_path):
-    from packsft.layout import read_dataset
+    from packsft import read_dataset
     from packsft.loader import TrainerDataset, collate_rows
 
     model = tiny_model("llama", read_dataset(packed)["tokenizer"]["vocab_size"]).train()

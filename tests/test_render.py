@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from packsft import load_tokenizer
 from packsft.records import Conversation
 from packsft.render import RenderedBatch, render_roles
-from packsft.tokenizer import load_tokenizer
 
 BOS, EOS, PAD, USR, ASST, SYS = 50257, 50256, 50258, 50259, 50260, 50261
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from packsft.config import PackConfig
-from packsft.layout import PackedOutput
-from packsft.report.inspect import render_chunk, tokenizer_for
-from packsft.run.pipeline import run_pack
+from packsft import PackConfig, PackedOutput
+from packsft.report import render_chunk, tokenizer_for
+from packsft.run import run_pack
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from packsft import PackConfig
 from packsft.cli import main
-from packsft.config import PackConfig
 from packsft.errors import ConfigError, InputError
 from packsft.inputs import list_inputs
 from packsft.layout import ARRAY_FILES
@@ -25,8 +25,7 @@ from packsft.run.pipeline import run_pack
 from packsft.run.plan import plan_inputs
 from packsft.run.slurm import resolve_shards
 from packsft.verify.checks import check_output
-from tests.conftest import conv, write_conversations
-from tests.verify_helpers import assert_output_verifies
+from tests.helpers import assert_output_verifies, conv, write_conversations
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = [conv(("user", f"Question {i}?"), ("assistant", f"Answer number {i}. " * (i % 4 + 1))) for i in range(9)]

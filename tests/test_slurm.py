@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from packsft.config import PackConfig
-from packsft.run.pipeline import run_pack
+from packsft import PackConfig
+from packsft.run import run_pack
 from packsft.run.slurm import SlurmOptions, resolve_shards, write_scripts
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -31,7 +31,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -57,6 +57,16 @@ class _Slot:
     host_tokens: Any  # torch views of the same memory (pinned when copying to CUDA)
     host_mask: Any
     event: Any = None  # CUDA event: the last copy out of this slot has finished
+
+
+class Ready(NamedTuple):
+    """A batch handed from the background thread to the training loop, in order."""
+
+    batch: dict[str, Any] | None  # already widened on the host (CPU device), else None
+    slot: _Slot | None  # rows still to copy to the device (non-CPU device), else None
+    rows: int
+    cu_seqlens: np.ndarray | None
+    state: dict[str, Any]  # the loader's state once this batch has been handed out
 
 
 class BatchLoader:
@@ -150,9 +160,9 @@ class BatchLoader:
                 if self.device.type == "cpu":
                     batch = self._widen_on_host(slot, rows, cu_seqlens)
                     free.put(slot)
-                    put((batch, None, rows, None, step.state))
+                    put(Ready(batch, None, rows, None, step.state))
                 else:
-                    put((None, slot, rows, cu_seqlens, step.state))
+                    put(Ready(None, slot, rows, cu_seqlens, step.state))
             put(_DONE)
         except BaseException as exc:  # handed to the main thread, which raises it
             put(exc)
@@ -187,11 +197,11 @@ class BatchLoader:
             while (item := ready.get()) is not _DONE:
                 if isinstance(item, BaseException):
                     raise item
-                batch, slot, rows, cu_seqlens, state = item
-                if batch is None:
-                    batch = self._to_device(slot, rows, cu_seqlens)
-                    free.put(slot)
-                self._set_state(state)
+                batch = item.batch
+                if item.slot is not None:
+                    batch = self._to_device(item.slot, item.rows, item.cu_seqlens)
+                    free.put(item.slot)
+                self._set_state(item.state)
                 yield batch
         finally:  # the loop ended, broke, raised, or the iterator was dropped (closed by the collector)
             reader.close()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from packsft.config import DEFAULT_LONG, PackConfig
-from packsft.errors import OutputError
+from packsft.errors import IncompleteOutputError, OutputError
 from packsft.inputs import is_url
 from packsft.layout import DATASET_JSON, MARKER, REJECTS_JSONL, SHARDS_DIR, read_manifest, shard_name
 from packsft.run.outcome import check_outcome
@@ -198,10 +198,6 @@ def pack_flags(config: PackConfig, unit_bytes: int) -> list[str]:
     return flags
 
 
-class IncompleteOutputError(OutputError):
-    """Some planned units have no complete shard yet."""
-
-
 def merge(out_dir: str | Path, max_reject_fraction: float | None = None) -> dict[str, Any]:
     """Check every planned unit is complete, then write rejects.jsonl and dataset.json from the manifests.
 
@@ -220,7 +216,9 @@ def merge(out_dir: str | Path, max_reject_fraction: float | None = None) -> dict
             f"{out_dir}: {len(missing)} of {len(plan.units)} units are not complete (units {names}{more}); "
             f"pack them with: {commands}"
         )
-    manifests = [read_manifest(out_dir, unit.index) for unit in plan.units]
+    manifests = [m for unit in plan.units if (m := read_manifest(out_dir, unit.index)) is not None]
+    if len(manifests) != len(plan.units):
+        raise IncompleteOutputError(f"{out_dir}: a shard was removed while merging; run `packsft merge {out_dir}` again")
     _merge_rejects(out_dir, len(plan.units))
     for extra in _shard_dirs(out_dir):  # shards of an earlier plan that had more units
         if not extra.name.isdigit() or int(extra.name) >= len(plan.units):

@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from packsft.config import PackConfig, bytes_config
 from packsft.errors import InputError
 from packsft.inputs import InputListing, Location, as_location, file_info, list_inputs
 from packsft.layout import FORMAT_VERSION
-from packsft.reader import open_input
+from packsft.reader import InputFile, open_input
 from packsft.records import parse_role_map
 
 # Compressed parquet bytes per unit. A unit is packed in memory (best-fit sees all of it), so this
@@ -68,6 +68,19 @@ class Unit:
         groups = record.get("row_groups")
         return cls(**{**record, "path": as_location(record["path"]),
                       "row_groups": tuple(groups) if groups is not None else None})
+
+    def manifest_input(self) -> dict[str, Any]:
+        """What a shard manifest records of its input (`inputs[0]`, with the reader's rows and format added)."""
+        return {"path": self.name, "bytes": self.file_bytes, "row_groups": list(self.row_groups or ()),
+                "first_row": self.first_row}
+
+    @classmethod
+    def from_manifest_input(cls, index: int, data_dir: Path, record: dict[str, Any]) -> Unit:
+        """The unit a shard was packed from, rebuilt from its manifest's `inputs[0]` (for `verify --deep`)."""
+        groups = record.get("row_groups") or None  # [] records a whole file
+        return cls(index=index, path=data_dir / record["path"], name=record["path"],
+                   row_groups=(int(groups[0]), int(groups[1])) if groups else None,
+                   first_row=record.get("first_row", 0), rows=record.get("rows", 0), file_bytes=record["bytes"])
 
 
 def split_row_groups(sizes: list[int], parts: int) -> list[tuple[int, int]]:
@@ -119,24 +132,26 @@ def plan_inputs(
                 raise
             skipped.append({"path": name, "error": str(exc)})
             continue
-        size, mtime_ns = file_info(path)
-        common = {"path": path, "name": name, "file_bytes": size, "file_mtime_ns": mtime_ns,
-                  "input_format": source.input_format, "detected": source.detected or "",
-                  "json_text": source.json_text}
-        if source.parquet is None:
-            units.append(Unit(index=len(units), bytes=size, **common))
-            continue
-        metadata = source.parquet.metadata
-        groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
-        sizes = [sum(g.column(c).total_compressed_size for c in range(g.num_columns)) for g in groups]
-        rows = [g.num_rows for g in groups]
-        parts = max(1, math.ceil(sum(sizes) / unit_bytes))
-        for start, stop in split_row_groups(sizes, parts) if groups else [(0, 0)]:
-            units.append(
-                Unit(index=len(units), row_groups=(start, stop), first_row=sum(rows[:start]),
-                     rows=sum(rows[start:stop]), bytes=sum(sizes[start:stop]), **common)
-            )
+        units += _file_units(path, name, source, unit_bytes, first_index=len(units))
     return units, skipped
+
+
+def _file_units(path: Location, name: str, source: InputFile, unit_bytes: int, first_index: int) -> list[Unit]:
+    """The units of one input file: row-group ranges of about unit_bytes, or the whole file (JSON Lines)."""
+    size, mtime_ns = file_info(path)
+    whole = Unit(index=first_index, path=path, name=name, bytes=size, file_bytes=size, file_mtime_ns=mtime_ns,
+                 input_format=source.input_format, detected=source.detected or "", json_text=source.json_text)
+    if source.parquet is None:
+        return [whole]
+    metadata = source.parquet.metadata
+    groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+    sizes = [sum(g.column(c).total_compressed_size for c in range(g.num_columns)) for g in groups]
+    rows = [g.num_rows for g in groups]
+    parts = max(1, math.ceil(sum(sizes) / unit_bytes))
+    ranges = split_row_groups(sizes, parts) if groups else [(0, 0)]
+    return [replace(whole, index=first_index + k, row_groups=(start, stop), first_row=sum(rows[:start]),
+                    rows=sum(rows[start:stop]), bytes=sum(sizes[start:stop]))
+            for k, (start, stop) in enumerate(ranges)]
 
 
 def fingerprint_config(config: PackConfig) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from packsft.config import PackConfig
-from packsft.errors import OutputError, PacksftError
+from packsft.errors import OutputError, PackInterrupted
 from packsft.run.outdir import Plan, incomplete_units, resume_hint
 from packsft.run.plan import Unit, threads_per_worker
 from packsft.run.unit import write_unit
@@ -37,10 +37,6 @@ from packsft.tokenizer import PackTokenizer, load_tokenizer
 
 # Imported once by the fork server, so that each worker starts in well under a second.
 PRELOAD = ("packsft.run.pipeline", "transformers.models.auto.tokenization_auto", "transformers.tokenization_utils_fast")
-
-
-class PackInterrupted(PacksftError):
-    """The run was stopped by a signal; completed units are kept and a rerun resumes."""
 
 
 @dataclass(frozen=True)
