@@ -39,3 +39,7 @@ class IncompleteOutputError(OutputError):
 
 class PackInterrupted(PacksftError):
     """The run was stopped by a signal; completed units are kept and a rerun resumes."""
+
+
+class UnusableOutputError(PacksftError):
+    """A run packed nothing, or rejected more of its records than --max-reject-fraction allows."""
