@@ -31,15 +31,29 @@ conversation head is a leading BOS token when the rendering starts with one (emp
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from packsft.records import ASSISTANT, TEXT, USER, Conversation, RecordRejected
-from packsft.render import ROLE_CODES, RenderedBatch
+from packsft.render import ROLE_CODES, RenderedBatch, count_special_strings
 from packsft.tokenizer import PackTokenizer
 
 # Private-use characters: no template transforms them, no real content contains this pattern.
 PLACEHOLDER = "\ue000{index}\ue001"
+
+
+def plain_text_backend(hf: Any) -> Any:
+    """A copy of hf's Rust tokenizer that tokenizes special-token strings as ordinary text.
+
+    A copy, because `encode_special_tokens` is a setting of the tokenizer object and the original must
+    keep encoding the template's own special tokens as special.
+    """
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+    plain.encode_special_tokens = True
+    return plain
 
 
 class ChatRenderer:
@@ -53,6 +67,61 @@ class ChatRenderer:
         )
         self.bos_id = hf.bos_token_id
         self.skeletons: dict[tuple[str, ...], list[str] | None] = {}
+        self.plain: Any = None  # plain_text_backend(hf), built when a content holds a special-token string
+
+    def encode(self, texts: list[str], spans: list[list[tuple[int, int]]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Token ids and character offsets of each rendered text; special-token strings that came from
+        a message's content (inside `spans`) are ordinary text, the template's own stay special.
+
+        One batch call into the Rust tokenizer. Only a rendering whose content produced a special token
+        (rare) is re-encoded: the text between the template's own special tokens is tokenized as plain
+        text, which is exactly how the tokenizer treats that text when no special string is in it.
+        """
+        backend = self.tokenizer.hf.backend_tokenizer
+        # transformers leaves this switch as its last call set it (split_special_tokens=True keeps it on);
+        # the template's own special tokens must be special here.
+        backend.encode_special_tokens = False
+        encodings = backend.encode_batch(texts, add_special_tokens=False) if texts else []
+        out = []
+        for text, encoding, located in zip(texts, encodings, spans):
+            ids = np.asarray(encoding.ids, np.int64)
+            offsets = np.asarray(encoding.offsets, np.int64).reshape(-1, 2)
+            from_content = self._special_in_content(ids, offsets, located)
+            if from_content.any():
+                ids, offsets = self._encode_plain_between(text, ids, offsets, from_content)
+            out.append((ids, offsets))
+        return out
+
+    def _special_in_content(self, ids: np.ndarray, offsets: np.ndarray, located: list[tuple[int, int]]) -> np.ndarray:
+        """Per token: a special token whose characters lie inside a message content."""
+        special = np.isin(ids, self.special_ids)
+        if not special.any() or not located:
+            return np.zeros(len(ids), bool)
+        bounds = np.asarray(located, np.int64).reshape(-1, 2)
+        inside = np.zeros(len(ids), bool)
+        for at in np.flatnonzero(special).tolist():
+            start, end = offsets[at]
+            inside[at] = bool(((bounds[:, 0] <= start) & (end <= bounds[:, 1]) & (bounds[:, 0] < bounds[:, 1])).any())
+        return inside
+
+    def _encode_plain_between(self, text: str, ids: np.ndarray, offsets: np.ndarray,
+                              from_content: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Keep the template's special tokens; tokenize the text between them as plain text."""
+        if self.plain is None:
+            self.plain = plain_text_backend(self.tokenizer.hf)
+        keep = np.flatnonzero(np.isin(ids, self.special_ids) & ~from_content)
+        cuts = [(int(offsets[k, 0]), int(offsets[k, 1])) for k in keep.tolist()]
+        id_parts, offset_parts, cursor = [], [], 0
+        for k, (start, end) in zip(keep.tolist() + [None], cuts + [(len(text), len(text))]):
+            if start > cursor:
+                piece = self.plain.encode(text[cursor:start], add_special_tokens=False)
+                id_parts.append(np.asarray(piece.ids, np.int64))
+                offset_parts.append(np.asarray(piece.offsets, np.int64).reshape(-1, 2) + cursor)
+            if k is not None:
+                id_parts.append(ids[k : k + 1])
+                offset_parts.append(offsets[k : k + 1])
+            cursor = max(cursor, end)
+        return np.concatenate(id_parts), np.concatenate(offset_parts)
 
     def render_text(self, messages: Sequence[tuple[str, str]]) -> str:
         """The template's text for these messages; a template that raises rejects the record."""
@@ -68,16 +137,16 @@ class ChatRenderer:
         """The template text around each content: n+1 pieces, or None if a content is not rendered once."""
         if roles not in self.skeletons:
             skeleton = self.render_text([(role, PLACEHOLDER.format(index=i)) for i, role in enumerate(roles)])
-            pieces, cursor = [], 0
+            pieces: list[str] = []
+            cursor = 0
             for i in range(len(roles)):
                 mark = PLACEHOLDER.format(index=i)
                 at = skeleton.find(mark, cursor)
                 if at < 0 or skeleton.count(mark) != 1:
-                    pieces = None
                     break
                 pieces.append(skeleton[cursor:at])
                 cursor = at + len(mark)
-            self.skeletons[roles] = None if pieces is None else pieces + [skeleton[cursor:]]
+            self.skeletons[roles] = pieces + [skeleton[cursor:]] if len(pieces) == len(roles) else None
         return self.skeletons[roles]
 
     def locate(self, messages: Sequence[tuple[str, str]]) -> tuple[str, list[tuple[int, int]]]:
@@ -124,32 +193,16 @@ def render_chat(
     of the batch (without `reject`, RecordRejected is raised).
     """
     renderer = renderer or ChatRenderer(tokenizer)
-    kept, texts, spans = [], [], []
-    for conv in conversations:
-        if conv.messages[0][0] == TEXT:
-            text = conv.messages[0][1]
-            texts.append(text + tokenizer.hf.eos_token)
-            spans.append([(0, len(text))])
-        else:
-            try:
-                text, located = renderer.locate(conv.messages)
-            except RecordRejected as bad:
-                if reject is None:
-                    raise
-                reject(conv, bad.reason)
-                continue
-            texts.append(text)
-            spans.append(located)
-        kept.append(conv)
-    encodings = tokenizer.hf.backend_tokenizer.encode_batch(texts, add_special_tokens=False) if texts else []
+    kept, texts, spans = _render_all(conversations, tokenizer, renderer, reject)
+    encodings = renderer.encode(texts, spans)
 
-    ids_parts, flag_parts, starts, ends, headers = [], [], [], [], []
+    ids_parts, flag_parts, headers = [], [], []
+    starts: list[int] = []
+    ends: list[int] = []
     conv_lens = np.zeros(len(kept), np.int64)
     conv_unprompted = np.zeros(len(kept), bool)
     base = 0
-    for c, (conv, encoding, located) in enumerate(zip(kept, encodings, spans)):
-        ids = np.asarray(encoding.ids, np.int64)
-        offsets = np.asarray(encoding.offsets, np.int64).reshape(-1, 2)
+    for c, (conv, (ids, offsets), located) in enumerate(zip(kept, encodings, spans)):
         flags, (msg_starts, msg_ends, msg_headers, is_unprompted) = _flags_and_spans(
             ids, offsets, conv, located, renderer, mask, unprompted
         )
@@ -174,7 +227,33 @@ def render_chat(
         sources=[c.source for c in kept],
         unprompted=conv_unprompted,
         msg_headers=np.asarray(headers, np.int64),
+        special_strings=count_special_strings([content for c in conversations for _, content in c.messages], tokenizer),
     )
+
+
+def _render_all(
+    conversations: list[Conversation], tokenizer: PackTokenizer, renderer: ChatRenderer,
+    reject: Callable[[Conversation, str], None] | None,
+) -> tuple[list[Conversation], list[str], list[list[tuple[int, int]]]]:
+    """The conversations the template renders faithfully, their texts and content spans."""
+    kept, texts, spans = [], [], []
+    for conv in conversations:
+        if conv.messages[0][0] == TEXT:
+            text = conv.messages[0][1]
+            texts.append(text + tokenizer.hf.eos_token)
+            spans.append([(0, len(text))])
+        else:
+            try:
+                text, located = renderer.locate(conv.messages)
+            except RecordRejected as bad:
+                if reject is None:
+                    raise
+                reject(conv, bad.reason)
+                continue
+            texts.append(text)
+            spans.append(located)
+        kept.append(conv)
+    return kept, texts, spans
 
 
 def _flags_and_spans(

@@ -9,7 +9,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from packsft.errors import ConfigError
 from packsft.records import parse_role_map
@@ -21,22 +21,35 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 DEFAULT_SEQ_LENGTH = 2048
 DEFAULT_TOKENIZER = "gpt2"
+DEFAULT_MAX_REJECT_FRACTION = 0.1
 
-FORMATS = ("conversation", "text")
-INPUT_FORMATS = ("auto", "smoltalk", "sharegpt", "openai", "text")
-TEMPLATES = ("roles", "chat")
-MASK_POLICIES = ("all", "assistant_only")
-STRATEGIES = ("linear", "aligned", "bestfit")
-LONG_POLICIES = ("split", "truncate", "drop")
-UNPROMPTED_POLICIES = ("keep", "mask", "drop")
-OUTPUT_FORMATS = ("npy", "parquet", "both")
+# Each option's values are written once, as a Literal type the type checker enforces; the tuples the
+# CLI offers and __post_init__ checks are read from them.
+Format = Literal["conversation", "text"]
+InputFormat = Literal["auto", "smoltalk", "sharegpt", "openai", "text"]
+Template = Literal["roles", "chat"]
+Mask = Literal["all", "assistant_only"]
+Strategy = Literal["linear", "aligned", "bestfit"]
+LongPolicy = Literal["split", "truncate", "drop"]
+Unprompted = Literal["keep", "mask", "drop"]
+OutputFormat = Literal["npy", "parquet", "both"]
 # Who encodes message content (see encoder.py): fast where proven equal to HF, or HF.
-ENCODERS = ("auto", "fast", "hf")
+Encoder = Literal["auto", "fast", "hf"]
+
+FORMATS: tuple[Format, ...] = get_args(Format)
+INPUT_FORMATS: tuple[InputFormat, ...] = get_args(InputFormat)
+TEMPLATES: tuple[Template, ...] = get_args(Template)
+MASK_POLICIES: tuple[Mask, ...] = get_args(Mask)
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+LONG_POLICIES: tuple[LongPolicy, ...] = get_args(LongPolicy)
+UNPROMPTED_POLICIES: tuple[Unprompted, ...] = get_args(Unprompted)
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
+ENCODERS: tuple[Encoder, ...] = get_args(Encoder)
 
 # Conversations longer than a row: bestfit splits them (nothing lost); aligned keeps the seed's
 # truncation so that its figures stay comparable with the seed notebook.
 # Linear packing streams conversations across rows, so nothing is ever too long for it (None).
-DEFAULT_LONG = {"bestfit": "split", "aligned": "truncate", "linear": None}
+DEFAULT_LONG: dict[Strategy, LongPolicy | None] = {"bestfit": "split", "aligned": "truncate", "linear": None}
 
 
 @dataclass(frozen=True)
@@ -44,28 +57,32 @@ class PackConfig:
     """Everything that decides the bytes of a packed output (and nothing that does not)."""
 
     tokenizer: str = DEFAULT_TOKENIZER
-    format: str = "conversation"
+    format: Format = "conversation"
     # The record shape; `format` is the family it belongs to (see reader.py). `text` implies format text.
-    input_format: str = "auto"
+    input_format: InputFormat = "auto"
     role_map: str | None = None  # "from=to,..." added to records.ROLE_ALIASES
-    template: str = "roles"
-    mask: str = "assistant_only"
-    strategy: str = "bestfit"
+    template: Template = "roles"
+    mask: Mask = "assistant_only"
+    strategy: Strategy = "bestfit"
     seq_length: int = DEFAULT_SEQ_LENGTH
-    long: str | None = None
-    unprompted: str = "keep"
-    turn_cut: int = 64
+    long: LongPolicy | None = None
+    unprompted: Unprompted = "keep"
+    turn_cut: int = 0  # split.DEFAULT_TURN_CUT: never cut a turn that fits in a row
     context_share: float = 0.75
     source_filter: str | None = None
-    output_format: str = "npy"
+    output_format: OutputFormat = "npy"
     trust_remote_code: bool = False
     # Records tokenized per batch: big enough to keep the Rust tokenizer busy, small enough to
     # bound memory. It does not change the output bytes.
     batch_size: int = field(default=1024, compare=False)
+    # The most rejected records (of those read) a run may have and still write dataset.json. Real
+    # data rejects a handful (ShareGPT: 0.9%, mostly empty conversations); a tenth or more means the
+    # records are not in the shape packsft reads. It decides whether a run succeeds, not its bytes.
+    max_reject_fraction: float = field(default=DEFAULT_MAX_REJECT_FRACTION, compare=False)
     # Who encodes message content: the fast BPE encoder (proven equal to HF at load) or HF. The ids
     # are the same either way, so it is not part of a unit's fingerprint. A run stores the encoder it
     # used ("fast" or "hf"; auto resolved) in dataset.json.
-    encoder: str = field(default="auto", compare=False)
+    encoder: Encoder = field(default="auto", compare=False)
 
     def __post_init__(self) -> None:
         choices = {
@@ -106,9 +123,12 @@ class PackConfig:
             raise ConfigError(f"context_share must be a number between 0 and 1, got {self.context_share!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        fraction = self.max_reject_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+            raise ConfigError(f"max_reject_fraction must be a number from 0 to 1, got {fraction!r}")
 
     @property
-    def long_policy(self) -> str | None:
+    def long_policy(self) -> LongPolicy | None:
         """The policy for conversations longer than a row, with the strategy's default filled in."""
         return self.long or DEFAULT_LONG[self.strategy]
 
@@ -119,6 +139,14 @@ class PackConfig:
 
 
 CONFIG_KEYS = frozenset(f.name for f in dataclasses.fields(PackConfig))
+# Keys that change speed, memory or whether a run is accepted, never the output bytes (compare=False):
+# a resumed run may change them, so they are left out of fingerprints and of config comparisons.
+BYTES_NEUTRAL_KEYS = frozenset(f.name for f in dataclasses.fields(PackConfig) if not f.compare)
+
+
+def bytes_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config (PackConfig.to_dict()) without the keys that never change the output bytes."""
+    return {key: value for key, value in config.items() if key not in BYTES_NEUTRAL_KEYS}
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -81,7 +81,8 @@ def read_bpe_spec(serialized: str) -> BpeSpec:
     _check_merge_order(model)
     if any(bytes([b]) not in ranks for b in range(256)):
         raise FastEncoderRefused("the vocabulary lacks some of the 256 byte tokens")
-    content, special = {}, {}
+    content: dict[str, int] = {}
+    special: dict[str, int] = {}
     for added in spec.get("added_tokens") or []:
         if added.get("lstrip") or added.get("rstrip") or added.get("single_word"):
             raise FastEncoderRefused(f"added token {added['content']!r} strips spaces or matches single words only")
@@ -106,7 +107,7 @@ def _normalizer(normalizer: dict[str, Any] | None) -> bool:
 
 def _pattern(pre: dict[str, Any] | None) -> str:
     """The one regex of a byte-level pre-tokenizer, as tiktoken takes it."""
-    steps = pre.get("pretokenizers", []) if pre and pre.get("type") == "Sequence" else [pre]
+    steps: list[Any] = pre.get("pretokenizers", []) if pre and pre.get("type") == "Sequence" else [pre]
     if not steps or not steps[-1] or steps[-1].get("type") != "ByteLevel":
         raise FastEncoderRefused("the pre-tokenizer does not end in ByteLevel (not a byte-level BPE)")
     if steps[-1].get("add_prefix_space"):

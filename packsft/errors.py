@@ -31,3 +31,15 @@ class MissingDependencyError(PacksftError):
 
 class ResumeError(PacksftError):
     """A loader state does not belong to this data or this loader."""
+
+
+class IncompleteOutputError(OutputError):
+    """Some planned units have no complete shard yet (merge waits for them)."""
+
+
+class PackInterrupted(PacksftError):
+    """The run was stopped by a signal; completed units are kept and a rerun resumes."""
+
+
+class UnusableOutputError(PacksftError):
+    """A run packed nothing, or rejected more of its records than --max-reject-fraction allows."""

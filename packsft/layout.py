@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,24 @@ DATASET_JSON = "dataset.json"
 MANIFEST_JSON = "manifest.json"
 REJECTS_JSONL = "rejects.jsonl"
 SHARDS_DIR = "shards"
-ARRAY_FILES = ("tokens.npy", "loss_mask.npy", "segment_lengths.npy", "row_segments.npy")
+TOKENS_NPY = "tokens.npy"
+LOSS_MASK_NPY = "loss_mask.npy"
+SEGMENT_LENGTHS_NPY = "segment_lengths.npy"
+ROW_SEGMENTS_NPY = "row_segments.npy"
+ARRAY_FILES = (TOKENS_NPY, LOSS_MASK_NPY, SEGMENT_LENGTHS_NPY, ROW_SEGMENTS_NPY)
 PARQUET_FILE = "chunks.parquet"
+# The files a shard holds, by --output-format.
+SHARD_FILES = {"npy": ARRAY_FILES, "parquet": (PARQUET_FILE,), "both": (*ARRAY_FILES, PARQUET_FILE)}
 HASH_BLOCK = 1 << 20
 UINT16_VOCAB = 1 << 16  # ids below this fit uint16 storage
+TOKEN_DTYPES = ("uint16", "uint32")
+MASK_DTYPE = np.dtype(np.uint8)
+SEGMENT_DTYPE = np.dtype(np.int32)
+OFFSET_DTYPE = np.dtype(np.int64)
+# What every reader of an output needs from dataset.json (verify checks the rest of it too).
+READ_KEYS = ("format_version", "seq_length", "dtype", "rows", "tokenizer", "shards")
+# .npy format versions np.save writes for our arrays (2.0 only for headers over 64 KiB).
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 def shard_name(index: int) -> str:
@@ -57,6 +72,87 @@ def sha256_file(path: Path) -> str:
 
 def storage_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= UINT16_VOCAB else np.dtype(np.uint32)
+
+
+def array_contract(rows: int, seq_length: int, token_dtype: np.dtype) -> dict[str, tuple[tuple[int, ...] | None, np.dtype]]:
+    """Shape and dtype of each array of a shard of `rows` rows; shape None is 1-D of any length."""
+    return {
+        TOKENS_NPY: ((rows, seq_length + 1), token_dtype),
+        LOSS_MASK_NPY: ((rows, seq_length), MASK_DTYPE),
+        SEGMENT_LENGTHS_NPY: (None, SEGMENT_DTYPE),
+        ROW_SEGMENTS_NPY: ((rows + 1,), OFFSET_DTYPE),
+    }
+
+
+def segment_starts(segment_lengths: np.ndarray, row_segments: np.ndarray) -> np.ndarray:
+    """Start column of every segment in its row: the running length of the row's earlier segments."""
+    running = np.cumsum(segment_lengths, dtype=np.int64) - segment_lengths
+    if not len(running):
+        return running
+    return running - np.repeat(running[row_segments[:-1]], np.diff(row_segments))
+
+
+def row_lengths(segment_lengths: np.ndarray, row_segments: np.ndarray) -> np.ndarray:
+    """Positions each row's segments fill (the rest of its L+1 positions is padding)."""
+    running = np.concatenate([[0], np.cumsum(segment_lengths, dtype=np.int64)])
+    return running[row_segments[1:]] - running[row_segments[:-1]]
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    """What a .npy header says: shape, dtype, order, and where the data starts."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+    offset: int
+
+    @property
+    def end(self) -> int:
+        """The file size the header implies (data offset + data bytes)."""
+        return self.offset + math.prod(self.shape) * self.dtype.itemsize
+
+
+def read_npy_header(path: Path) -> NpyHeader:
+    """Read the header of a .npy file without touching its data (an object dtype is read, never unpickled).
+
+    Raises ValueError with numpy's reason when the file is not a .npy array of a version packsft writes.
+    """
+    with open(path, "rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            if version not in _NPY_HEADER_READERS:
+                raise ValueError(f".npy format version {version[0]}.{version[1]}; packsft writes 1.0 and 2.0")
+            shape, fortran_order, dtype = _NPY_HEADER_READERS[version](handle)
+        except ValueError:
+            raise
+        except Exception as exc:  # a damaged header also raises SyntaxError, TokenError, ...
+            raise ValueError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        return NpyHeader(tuple(shape), dtype, bool(fortran_order), handle.tell())
+
+
+def contract_problems(header: NpyHeader, shape: tuple[int, ...] | None, dtype: np.dtype) -> list[str]:
+    """How a .npy header departs from the contract (shape None: any 1-D); empty when it keeps it."""
+    if header.dtype.hasobject:
+        return ["holds pickled Python objects: refused, never unpickled"]
+    found = []
+    if header.dtype != dtype:
+        found.append(f"dtype is {header.dtype}, the format stores {dtype}")
+    if (shape is not None and header.shape != shape) or (shape is None and len(header.shape) != 1):
+        found.append(f"shape is {list(header.shape)}, expected {list(shape) if shape else '1-D'}")
+    if len(header.shape) > 1 and header.fortran_order:
+        found.append("stored in Fortran order; the format stores rows contiguously")
+    return found
+
+
+def check_dataset(dataset: Any, path: Path) -> None:
+    """Refuse a dataset.json that lacks what readers need, or is of another format version."""
+    missing = [key for key in READ_KEYS if not isinstance(dataset, dict) or key not in dataset]
+    if missing:
+        raise OutputError(f"{path}: lacks {', '.join(missing)}; the output is incomplete, pack it again")
+    if dataset["format_version"] != FORMAT_VERSION:
+        raise OutputError(f"{path}: format version {dataset['format_version']}, this packsft reads "
+                          f"{FORMAT_VERSION}; pack the data again with this packsft")
 
 
 def read_manifest(out_dir: Path, index: int) -> dict[str, Any] | None:
@@ -89,7 +185,7 @@ class Row:
 
     @property
     def segment_starts(self) -> np.ndarray:
-        return np.cumsum(self.segment_lengths) - self.segment_lengths
+        return segment_starts(self.segment_lengths, np.array([0, len(self.segment_lengths)]))
 
 
 class PackedOutput:
@@ -98,6 +194,7 @@ class PackedOutput:
     def __init__(self, out_dir: str | Path) -> None:
         self.out_dir = Path(out_dir)
         self.dataset: dict[str, Any] = read_dataset(self.out_dir)
+        check_dataset(self.dataset, self.out_dir / DATASET_JSON)
         self.seq_length: int = self.dataset["seq_length"]
         self.shards = [shard["name"] for shard in self.dataset["shards"]]
         rows = [shard["rows"] for shard in self.dataset["shards"]]
@@ -117,11 +214,20 @@ class PackedOutput:
                         f"{self.out_dir}: written with --output-format parquet only; repack with npy or both to read it here"
                     )
                 raise OutputError(f"{path}: missing; the output is incomplete (rerun the pack, or `packsft verify`)")
-            try:
-                self._arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
-            except ValueError as exc:
-                raise OutputError(f"{path}: not a readable .npy array ({exc}); the output is corrupt") from None
+            self._arrays[key] = self._open(path, shard)
         return self._arrays[key]
+
+    def _open(self, path: Path, shard: int) -> np.ndarray:
+        """Memory-map one array once its header keeps the contract (a damaged file is named, not misread)."""
+        rows = self.dataset["shards"][shard]["rows"]
+        shape, dtype = array_contract(rows, self.seq_length, np.dtype(self.dataset["dtype"]))[path.name]
+        try:
+            found = contract_problems(read_npy_header(path), shape, dtype)
+            if not found:
+                return np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            found = [f"not a readable .npy array ({exc})"]
+        raise OutputError(f"{path}: {found[0]}; the output is corrupt (pack it again, or `packsft verify`)")
 
     def locate(self, index: int) -> tuple[int, int]:
         """(shard, row within shard) of global row `index`."""

@@ -13,6 +13,8 @@ read without copying.
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 from itertools import chain
 
@@ -47,6 +49,8 @@ class RenderedBatch:
     # Header tokens at the start of each message span (before its content), for chat templates.
     # None means the role-token layout: one role token per message, which also ends the previous turn.
     msg_headers: np.ndarray | None = None
+    # Messages whose content held a special-token string (encoded as plain text), over all rendered.
+    special_strings: int = 0
 
     def __len__(self) -> int:
         return len(self.conv_offsets) - 1
@@ -81,6 +85,7 @@ class RenderedBatch:
             sources=[self.sources[i] for i in index.tolist()],
             unprompted=self.unprompted[index],
             msg_headers=None if self.msg_headers is None else self.msg_headers[msg_src],
+            special_strings=self.special_strings,
         )
 
     @staticmethod
@@ -110,6 +115,7 @@ class RenderedBatch:
             if all(b.msg_headers is None for b in batches)
             else np.concatenate([b.msg_headers if b.msg_headers is not None else np.ones(len(b.msg_starts), np.int64)
                                  for b in batches]),
+            special_strings=sum(b.special_strings for b in batches),
         )
 
 
@@ -145,7 +151,6 @@ def render_roles(
     np.cumsum(msg_counts, out=conv_msg_offsets[1:])
     msg_conv = np.repeat(np.arange(n), msg_counts)
     first_msg = conv_msg_offsets[:-1]
-    last_msg = conv_msg_offsets[1:] - 1
     is_text = roles == TEXT_CODE
     conv_is_text = is_text[first_msg] if n else np.zeros(0, bool)
 
@@ -160,7 +165,65 @@ def render_roles(
     msg_starts = conv_offsets[msg_conv] + heads[msg_conv] + span_cum[:-1] - span_cum[first_msg][msg_conv]
     msg_ends = msg_starts + span_lens
 
-    # Per-message facts for the train flags.
+    role_flag, content_flag, eos_flag, conv_unprompted = _train_flags(
+        roles, conv_msg_offsets, msg_conv, conv_is_text, mask=mask, unprompted=unprompted
+    )
+
+    ids, flags = _lay_out(tokenizer, conv_offsets, heads == 1, msg_starts, roles, content, content_lens,
+                          (role_flag, content_flag, eos_flag))
+
+    return RenderedBatch(
+        ids=ids,
+        flags=flags,
+        conv_offsets=conv_offsets,
+        conv_msg_offsets=conv_msg_offsets,
+        msg_starts=msg_starts.astype(np.int64),
+        msg_ends=msg_ends.astype(np.int64),
+        msg_roles=roles,
+        sources=[c.source for c in conversations],
+        unprompted=conv_unprompted,
+        special_strings=count_special_strings(texts, tokenizer),
+    )
+
+
+def _lay_out(
+    tokenizer: PackTokenizer, conv_offsets: np.ndarray, has_bos: np.ndarray, msg_starts: np.ndarray,
+    roles: np.ndarray, content: np.ndarray, content_lens: np.ndarray,
+    train: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Write BOS, role tokens, contents and EOS (and their flags) to their places in the flat table."""
+    role_flag, content_flag, eos_flag = train
+    is_text = roles == TEXT_CODE
+    role_lens = (~is_text).astype(np.int64)
+    total = int(conv_offsets[-1])
+    ids = np.empty(total, np.int64)
+    flags = np.zeros(total, np.uint8)
+    has_role = ~is_text
+    role_ids = np.array([tokenizer.role_ids.get(role, -1) for role in (SYSTEM, USER, ASSISTANT)] + [-1], np.int64)
+    ids[msg_starts[has_role]] = role_ids[roles[has_role]]
+    flags[msg_starts[has_role]] = role_flag[has_role]
+    content_offsets = np.concatenate([[0], np.cumsum(content_lens)])
+    dest = np.arange(len(content), dtype=np.int64) + np.repeat(msg_starts + role_lens - content_offsets[:-1], content_lens)
+    ids[dest] = content
+    flags[dest] = np.repeat(content_flag, content_lens)
+    bos_at = conv_offsets[:-1][has_bos]
+    ids[bos_at] = tokenizer.bos_id if tokenizer.bos_id is not None else -1
+    flags[bos_at] = 0
+    ids[conv_offsets[1:] - 1] = tokenizer.eos_id
+    flags[conv_offsets[1:] - 1] = eos_flag
+
+    return ids, flags
+
+
+def _train_flags(
+    roles: np.ndarray, conv_msg_offsets: np.ndarray, msg_conv: np.ndarray, conv_is_text: np.ndarray,
+    *, mask: str, unprompted: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per message: the flag of its role token and of its content; per conversation: the EOS flag and
+    whether it opens with an assistant turn no user message prompts."""
+    n = len(conv_msg_offsets) - 1
+    first_msg, last_msg = conv_msg_offsets[:-1], conv_msg_offsets[1:] - 1
+    is_text = roles == TEXT_CODE
     is_user = roles == USER_CODE
     users_before = count_users_before(roles, conv_msg_offsets, msg_conv)
     prev_role = np.full(len(roles), 255, np.uint8)
@@ -190,34 +253,26 @@ def render_roles(
     content_flag = content_flag | is_text
     eos_flag = eos_flag | conv_is_text
 
-    total = int(conv_offsets[-1])
-    ids = np.empty(total, np.int64)
-    flags = np.zeros(total, np.uint8)
-    has_role = ~is_text
-    role_ids = np.array([tokenizer.role_ids.get(role, -1) for role in (SYSTEM, USER, ASSISTANT)] + [-1], np.int64)
-    ids[msg_starts[has_role]] = role_ids[roles[has_role]]
-    flags[msg_starts[has_role]] = role_flag[has_role]
-    content_offsets = np.concatenate([[0], np.cumsum(content_lens)])
-    dest = np.arange(len(content), dtype=np.int64) + np.repeat(msg_starts + role_lens - content_offsets[:-1], content_lens)
-    ids[dest] = content
-    flags[dest] = np.repeat(content_flag, content_lens)
-    bos_at = conv_offsets[:-1][heads == 1]
-    ids[bos_at] = tokenizer.bos_id if tokenizer.bos_id is not None else -1
-    flags[bos_at] = 0
-    ids[conv_offsets[1:] - 1] = tokenizer.eos_id
-    flags[conv_offsets[1:] - 1] = eos_flag
+    return role_flag, content_flag, eos_flag, conv_unprompted
 
-    return RenderedBatch(
-        ids=ids,
-        flags=flags,
-        conv_offsets=conv_offsets,
-        conv_msg_offsets=conv_msg_offsets,
-        msg_starts=msg_starts.astype(np.int64),
-        msg_ends=msg_ends.astype(np.int64),
-        msg_roles=roles,
-        sources=[c.source for c in conversations],
-        unprompted=conv_unprompted,
-    )
+
+def count_special_strings(texts: list[str], tokenizer: PackTokenizer) -> int:
+    """How many texts contain a special token's string (`<|endoftext|>`, a role token, `<|im_start|>`).
+
+    Such content is encoded as plain text; `stats` reports the count (`special_strings_in_content`) so a
+    dataset full of template strings is seen.
+    """
+    hf = getattr(tokenizer, "hf", None)
+    if hf is None or not texts:
+        return 0
+    strings = {t.content for t in hf.added_tokens_decoder.values() if t.special} | set(hf.all_special_tokens)
+    pattern = _special_pattern(tuple(sorted(s for s in strings if s)))
+    return sum(1 for text in texts if pattern.search(text)) if pattern else 0
+
+
+@functools.lru_cache(maxsize=8)
+def _special_pattern(strings: tuple[str, ...]) -> re.Pattern[str] | None:
+    return re.compile("|".join(re.escape(s) for s in sorted(strings, key=len, reverse=True))) if strings else None
 
 
 def count_users_before(roles: np.ndarray, conv_msg_offsets: np.ndarray, msg_conv: np.ndarray) -> np.ndarray:

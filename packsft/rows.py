@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from packsft.layout import segment_starts
 from packsft.pack import Packing, linear_rows
 from packsft.split import PieceTable
 
@@ -102,13 +103,6 @@ def build_linear_chunks(
         row_segments=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         piece_rows=np.zeros(0, np.int64),
     )
-
-
-def segment_starts(chunks_segment_lengths: np.ndarray, row_segments: np.ndarray) -> np.ndarray:
-    """Start column of every segment (the running length within its row)."""
-    run = np.cumsum(chunks_segment_lengths, dtype=np.int64) - chunks_segment_lengths
-    counts = np.diff(row_segments)
-    return run - np.repeat(run[row_segments[:-1]] if len(counts) else np.zeros(0, np.int64), counts) if len(run) else run
 
 
 def labels_with_bos_and_user(chunks: Chunks, bos_id: int | None, user_id: int | None) -> int | None:

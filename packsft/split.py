@@ -7,9 +7,20 @@ boundaries, and every piece after the first is re-opened with its context, re-re
     piece 2:  BOS SYS.. USR q1.. | ASST a2.. USR q3.. ASST a3.. EOS
               `--- context, 0 --'  `--- original flags (first role token 0: piece 1 trained it)
 
-When one user+assistant exchange alone does not fit, the user message is kept (shortened from the
-left with a marker if it takes more than half a row) and the assistant message is cut across pieces,
-each re-opened with the same context. Nothing trainable is lost; each trained label sees its question.
+Where to close a piece: not always at the last message boundary that fits. That leaves holes of 1-250
+tokens at the end of rows, which few whole conversations fit. Among the last `LOOKBACK` boundaries that
+fit, the splitter picks the one whose hole the still-free short conversations of the batch fill best
+(`FillerPool`: best-fit with up to `FILLERS_PER_HOLE` of them), and reserves those conversations.
+
+A turn is never cut to fill a row (`turn_cut=0`, the default): the model would learn the second half
+of an answer without its first half. Only a turn longer than a row is cut; each continuation is
+re-opened with the question AND the immediately preceding tokens of the same turn (masked, after an
+`[… N tokens omitted]` marker; up to `CONTINUATION_SHARE` of the row, within `context_share`), so every continuation label
+sees the text right before it. `turn_cut=N` (N > 0) restores the old trade: cut a trained turn to fill
+a row whenever a boundary cut would leave N or more tokens empty (higher fill, beheaded turns).
+
+A question that takes more than `context_share` of a row is kept by its end, after the marker. Nothing
+trainable is lost; each trained label sees its question (or its end).
 
 Chat-template renderings (`msg_headers` set) differ in two ways: a message opens with several header
 tokens instead of one role token (kept whole wherever the role token is kept), and a turn's end-of-turn
@@ -21,18 +32,32 @@ Cost: O(tokens) copies for the conversations that are cut; conversations that fi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
 from packsft.render import SYSTEM_CODE, USER_CODE, RenderedBatch, concat_ranges
 
-# Copied context (system + prompting user message) may take at most this share of a row; a longer
-# prompt is shortened from the left (its end, where the question usually is, is kept).
+# Copied context (system + prompting user message, or the text before a continuation) may take at most
+# this share of a row; a longer prompt is shortened from the left (its end, where the question usually is).
 CONTEXT_SHARE = 0.75
-# Cut an assistant turn mid-way to fill a piece when a cut at the message boundary would leave at least
-# this many tokens of the row empty. The continuation is re-opened with the turn's question.
-DEFAULT_FILL_CUT = 64
+# Cut a trained turn mid-way to fill a row when a message-boundary cut would leave at least this many
+# tokens empty; 0 (the default) never cuts a turn that fits in a row.
+DEFAULT_TURN_CUT = 0
+# The text before a cut inside a turn, repeated (masked) at the start of its continuation, takes at most
+# this share of the row (and the whole context at most CONTEXT_SHARE). Measured on ShareGPT (8 shards,
+# GPT-2, L=2048): 1/8 (256 tokens) costs 0.3% more rows than none; the full CONTEXT_SHARE costs 2.7%
+# (continuations then add only a quarter of a row of new labels each).
+CONTINUATION_SHARE = 0.125
+# How many message boundaries before the last one that fits are considered when closing a piece.
+# Measured on ShareGPT (8 shards, GPT-2, L=2048): 1 saves 1.3% of rows over the last boundary; looking
+# further back moves more messages into later pieces, whose repeated context costs more than it fills.
+LOOKBACK = 1
+# How many whole conversations may fill one hole when judging a cut.
+FILLERS_PER_HOLE = 3
+
+Marker = Callable[[int], list[int]]
+Piece = tuple[np.ndarray, np.ndarray]  # (ids, flags)
 
 
 @dataclass
@@ -54,6 +79,8 @@ class PieceTable:
 
 @dataclass
 class SplitCounts:
+    """What splitting did; counts add (`a + b`), so each conversation's splitter returns its own."""
+
     conversations_truncated: int = 0
     conversations_dropped_long: int = 0
     conversations_split: int = 0
@@ -62,89 +89,73 @@ class SplitCounts:
     prompts_shortened: int = 0
     prompted_labels: int = 0  # trained labels whose turn has a prompting user message
     prompted_labels_complete: int = 0  # ... whose prompt is entirely inside the same piece
+    turn_labels_whole: int = 0  # trained labels whose own message is in the same piece from its first token
     per_conv_truncated: list[int] = field(default_factory=list)
 
+    def __add__(self, other: SplitCounts) -> SplitCounts:
+        return SplitCounts(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
-def split_long(
-    batch: RenderedBatch,
-    seq_length: int,
-    policy: str,
-    marker: Callable[[int], list[int]] | None = None,
-    fill_cut: int = DEFAULT_FILL_CUT,
-    context_share: float = CONTEXT_SHARE,
-) -> tuple[PieceTable, SplitCounts]:
-    """Cut `batch` into pieces of at most seq_length + 1 tokens.
 
-    Args:
-        policy: "split" (cut at message boundaries, re-open with context), "truncate" (keep the first
-            L+1 tokens) or "drop" (discard the conversation).
-        marker: token ids of the marker put where `n` tokens of a long prompt were cut away.
-        fill_cut: cut a trained turn mid-way when a message-boundary cut would waste this many tokens
-            or more of the row; 0 cuts inside a turn only when it alone exceeds a row.
-        context_share: the most of a row that copied context (system + question) may take; a longer
-            question is kept by its end. Higher keeps more questions whole and repeats more tokens.
+class FillerPool:
+    """Lengths of the pieces still free to fill holes at the end of rows, as best-fit decreasing would.
+
+    A segment tree over lengths 0..capacity answers "the longest free piece of at most x tokens" in
+    O(log capacity).
     """
-    capacity = seq_length + 1
-    counts = SplitCounts()
-    out_ids: list[np.ndarray] = []
-    out_flags: list[np.ndarray] = []
-    out_lengths: list[np.ndarray] = []
-    out_conv: list[np.ndarray] = []
-    prompted = _prompted_flags(batch)
-    prompted_cum = np.concatenate([[0], np.cumsum(prompted, dtype=np.int64)])
-    offsets, lengths = batch.conv_offsets, batch.lengths
 
-    def add_run(first: int, stop: int) -> None:
-        """Conversations first..stop-1 fit whole: one contiguous slice of the batch, no copy per piece."""
-        if first >= stop:
-            return
-        lo, hi = int(offsets[first]), int(offsets[stop])
-        out_ids.append(batch.ids[lo:hi])
-        out_flags.append(batch.flags[lo:hi])
-        out_lengths.append(lengths[first:stop])
-        out_conv.append(np.arange(first, stop, dtype=np.int64))
-        # A piece's first token is never a label (it starts the segment).
-        labels = int((prompted_cum[offsets[first + 1 : stop + 1]] - prompted_cum[offsets[first:stop] + 1]).sum())
-        counts.prompted_labels += labels
-        counts.prompted_labels_complete += labels
+    def __init__(self, lengths: np.ndarray, capacity: int) -> None:
+        self.size = 1
+        while self.size < capacity + 1:
+            self.size *= 2
+        self.count = np.bincount(np.minimum(lengths, capacity), minlength=self.size).tolist()
+        self.best = [-1] * (2 * self.size)  # per node: the longest length with a free piece below it
+        for x, n in enumerate(self.count):
+            if n:
+                self.best[self.size + x] = x
+        for node in range(self.size - 1, 0, -1):
+            self.best[node] = max(self.best[2 * node], self.best[2 * node + 1])
 
-    def add_piece(c: int, ids: np.ndarray, flags: np.ndarray) -> None:
-        out_ids.append(ids)
-        out_flags.append(flags)
-        out_lengths.append(np.asarray([len(ids)], np.int64))
-        out_conv.append(np.asarray([c], np.int64))
+    def _update(self, x: int, delta: int) -> None:
+        self.count[x] += delta
+        node = self.size + x
+        self.best[node] = x if self.count[x] else -1
+        node //= 2
+        while node:
+            self.best[node] = max(self.best[2 * node], self.best[2 * node + 1])
+            node //= 2
 
-    previous = 0
-    for c in np.flatnonzero(lengths > capacity).tolist():
-        add_run(previous, c)
-        previous = c + 1
-        start = int(offsets[c])
-        if policy == "drop":
-            counts.conversations_dropped_long += 1
-            counts.per_conv_truncated.append(c)
-        elif policy == "truncate":
-            add_piece(c, batch.ids[start : start + capacity], batch.flags[start : start + capacity])
-            counts.conversations_truncated += 1
-            counts.per_conv_truncated.append(c)
-            kept = int(prompted_cum[start + capacity] - prompted_cum[start + 1])
-            counts.prompted_labels += kept
-            counts.prompted_labels_complete += kept
-        else:
-            pieces = _ConversationSplitter(batch, c, capacity, marker, prompted_cum, counts, fill_cut,
-                                           context_share).split()
-            counts.conversations_split += 1
-            counts.pieces_split += len(pieces)
-            for ids, flags in pieces:
-                add_piece(c, ids, flags)
-    add_run(previous, len(batch))
-    piece_lengths = np.concatenate(out_lengths) if out_lengths else np.zeros(0, np.int64)
-    table = PieceTable(
-        ids=np.concatenate(out_ids) if out_ids else np.zeros(0, np.int64),
-        flags=np.concatenate(out_flags) if out_flags else np.zeros(0, np.uint8),
-        offsets=np.concatenate([[0], np.cumsum(piece_lengths)]).astype(np.int64),
-        conv=np.concatenate(out_conv) if out_conv else np.zeros(0, np.int64),
-    )
-    return table, counts
+    def longest_at_most(self, x: int) -> int:
+        """The longest free length <= x, or -1."""
+        lo, hi, found = self.size, self.size + min(x, self.size - 1) + 1, -1
+        while lo < hi:
+            if lo & 1:
+                found, lo = max(found, self.best[lo]), lo + 1
+            if hi & 1:
+                hi -= 1
+                found = max(found, self.best[hi])
+            lo, hi = lo // 2, hi // 2
+        return found
+
+    def add(self, length: int) -> None:
+        self._update(length, 1)
+
+    def take(self, lengths: list[int]) -> None:
+        for length in lengths:
+            self._update(length, -1)
+
+    def fill(self, hole: int) -> list[int]:
+        """The pieces best-fit would put into a hole of this size (longest that fits, repeatedly)."""
+        chosen: list[int] = []
+        while hole > 0 and len(chosen) < FILLERS_PER_HOLE:
+            length = self.longest_at_most(hole)
+            if length <= 0:
+                break
+            self._update(length, -1)
+            chosen.append(length)
+            hole -= length
+        for length in chosen:
+            self._update(length, 1)
+        return chosen
 
 
 def prompt_starts(batch: RenderedBatch) -> np.ndarray:
@@ -172,6 +183,21 @@ def prompt_starts(batch: RenderedBatch) -> np.ndarray:
     starts[batch.conv_offsets[1:][nonempty] - 1] = np.where(
         at_or_before >= 0, batch.msg_starts[np.maximum(at_or_before, 0)], -1
     )
+    return starts
+
+
+def message_starts(batch: RenderedBatch) -> np.ndarray:
+    """Per token: where its own message starts (flat position). The head (BOS) belongs to the first
+    message and the EOS to the last, the turn it ends; a conversation without messages starts at 0."""
+    starts = np.repeat(batch.conv_offsets[:-1], batch.lengths)
+    if not len(batch.msg_roles):
+        return starts
+    span_lens = batch.msg_ends - batch.msg_starts
+    starts[concat_ranges(batch.msg_starts, span_lens)] = np.repeat(batch.msg_starts, span_lens)
+    nonempty = np.diff(batch.conv_msg_offsets) > 0
+    last = (batch.conv_msg_offsets[1:] - 1)[nonempty]
+    tail_lens = (batch.conv_offsets[1:][nonempty] - batch.msg_ends[last])
+    starts[concat_ranges(batch.msg_ends[last], tail_lens)] = np.repeat(batch.msg_starts[last], tail_lens)
     return starts
 
 
@@ -207,52 +233,200 @@ def _prompted_flags(batch: RenderedBatch) -> np.ndarray:
     return np.repeat(value, length) & batch.flags
 
 
-class _ConversationSplitter:
-    """Greedy splitting of one conversation (see the module docstring)."""
+@dataclass(frozen=True)
+class _Prefix:
+    """Prefix sums over the batch's tokens: labels in [lo, hi) in O(1)."""
 
-    def __init__(self, batch, conv, capacity, marker, prompted_cum, counts, fill_cut, context_share=CONTEXT_SHARE):
-        self.batch, self.capacity, self.marker, self.counts = batch, capacity, marker, counts
-        # Prefix sums of the per-token "trained and prompted" flags: labels in [lo, hi) in O(1).
-        self.prompted_cum = prompted_cum
-        self.fill_cut = fill_cut
-        self.context_share = context_share
-        self.start, self.end = int(batch.conv_offsets[conv]), int(batch.conv_offsets[conv + 1])
-        self.msgs = list(range(int(batch.conv_msg_offsets[conv]), int(batch.conv_msg_offsets[conv + 1])))
-        self.head_end = int(batch.msg_starts[self.msgs[0]]) if self.msgs else self.end
-        self.pieces: list[tuple[np.ndarray, np.ndarray]] = []
-        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
-        self.length = 0
-        self.has_body = False
-        # Whether the user message that prompts what is being added is wholly in the current piece.
-        self.prompt_whole = True
+    prompted: np.ndarray  # trained and prompted by a user message
+    trained: np.ndarray  # trained
+
+    @staticmethod
+    def of(batch: RenderedBatch) -> _Prefix:
+        return _Prefix(
+            prompted=np.concatenate([[0], np.cumsum(_prompted_flags(batch), dtype=np.int64)]),
+            trained=np.concatenate([[0], np.cumsum(batch.flags, dtype=np.int64)]),
+        )
+
+    def labels(self, lo: int, hi: int) -> tuple[int, int]:
+        """(prompted, trained) labels among tokens lo..hi-1."""
+        return int(self.prompted[hi] - self.prompted[lo]), int(self.trained[hi] - self.trained[lo])
+
+
+@dataclass
+class _Collector:
+    """The pieces made so far, as lists of arrays joined once at the end."""
+
+    batch: RenderedBatch
+    prefix: _Prefix
+    ids: list[np.ndarray] = field(default_factory=list)
+    flags: list[np.ndarray] = field(default_factory=list)
+    lengths: list[np.ndarray] = field(default_factory=list)
+    conv: list[np.ndarray] = field(default_factory=list)
+
+    def add_run(self, first: int, stop: int) -> SplitCounts:
+        """Conversations first..stop-1 fit whole: one contiguous slice of the batch, no copy per piece."""
+        if first >= stop:
+            return SplitCounts()
+        offsets = self.batch.conv_offsets
+        lo, hi = int(offsets[first]), int(offsets[stop])
+        self.ids.append(self.batch.ids[lo:hi])
+        self.flags.append(self.batch.flags[lo:hi])
+        self.lengths.append(self.batch.lengths[first:stop])
+        self.conv.append(np.arange(first, stop, dtype=np.int64))
+        # A piece's first token is never a label (it starts the segment).
+        prompted = int((self.prefix.prompted[offsets[first + 1 : stop + 1]] - self.prefix.prompted[offsets[first:stop] + 1]).sum())
+        trained = int((self.prefix.trained[offsets[first + 1 : stop + 1]] - self.prefix.trained[offsets[first:stop] + 1]).sum())
+        return SplitCounts(prompted_labels=prompted, prompted_labels_complete=prompted, turn_labels_whole=trained)
+
+    def add_piece(self, c: int, ids: np.ndarray, flags: np.ndarray) -> None:
+        self.ids.append(ids)
+        self.flags.append(flags)
+        self.lengths.append(np.asarray([len(ids)], np.int64))
+        self.conv.append(np.asarray([c], np.int64))
+
+    def add_truncated(self, c: int, capacity: int) -> SplitCounts:
+        """The first L+1 tokens of conversation c; every label kept starts in its own message's piece."""
+        start = int(self.batch.conv_offsets[c])
+        self.add_piece(c, self.batch.ids[start : start + capacity], self.batch.flags[start : start + capacity])
+        prompted, trained = self.prefix.labels(start + 1, start + capacity)
+        return SplitCounts(conversations_truncated=1, per_conv_truncated=[c], prompted_labels=prompted,
+                           prompted_labels_complete=prompted, turn_labels_whole=trained)
+
+    def table(self) -> PieceTable:
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
+        return PieceTable(
+            ids=np.concatenate(self.ids) if self.ids else np.zeros(0, np.int64),
+            flags=np.concatenate(self.flags) if self.flags else np.zeros(0, np.uint8),
+            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            conv=np.concatenate(self.conv) if self.conv else np.zeros(0, np.int64),
+        )
+
+
+def split_long(
+    batch: RenderedBatch,
+    seq_length: int,
+    policy: str,
+    marker: Marker | None = None,
+    turn_cut: int = DEFAULT_TURN_CUT,
+    context_share: float = CONTEXT_SHARE,
+) -> tuple[PieceTable, SplitCounts]:
+    """Cut `batch` into pieces of at most seq_length + 1 tokens.
+
+    Args:
+        policy: "split" (cut at message boundaries, re-open with context), "truncate" (keep the first
+            L+1 tokens) or "drop" (discard the conversation).
+        marker: token ids of the marker put where `n` tokens of a long prompt were cut away.
+        turn_cut: 0 cuts inside a turn only when it alone exceeds a row; N > 0 also cuts a trained turn
+            to fill a row when a boundary cut would leave N or more tokens empty (beheads turns).
+        context_share: the most of a row that copied context (system + question) may take; a longer
+            question is kept by its end. Higher keeps more questions whole and repeats more tokens.
+    """
+    capacity = seq_length + 1
+    prefix = _Prefix.of(batch)
+    out = _Collector(batch, prefix)
+    lengths = batch.lengths
+    long = np.flatnonzero(lengths > capacity).tolist()
+    pool = FillerPool(lengths[lengths <= capacity], capacity) if policy == "split" and long else None
+    counts, previous = SplitCounts(), 0
+    for c in long:
+        counts += out.add_run(previous, c)
+        previous = c + 1
+        if policy == "drop":
+            counts += SplitCounts(conversations_dropped_long=1, per_conv_truncated=[c])
+        elif policy == "truncate":
+            counts += out.add_truncated(c, capacity)
+        else:
+            splitter = ConversationSplitter(batch, c, capacity, prefix, marker, turn_cut, context_share, pool)
+            pieces, conv_counts = splitter.split()
+            counts += conv_counts
+            for ids, flags in pieces:
+                out.add_piece(c, ids, flags)
+    counts += out.add_run(previous, len(batch))
+    return out.table(), counts
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """The state before a whole message was added to a piece: a place the piece may be closed instead."""
+
+    index: int  # position in the conversation's message list
+    parts: int
+    length: int
+    trained: int
+    prompt_whole: bool
+    counts: SplitCounts
+
+
+@dataclass
+class ConversationSplitter:
+    """Splits one conversation into pieces (see the module docstring); `split()` returns them and its counts."""
+
+    batch: RenderedBatch
+    conv: int
+    capacity: int
+    prefix: _Prefix
+    marker: Marker | None = None
+    turn_cut: int = DEFAULT_TURN_CUT
+    context_share: float = CONTEXT_SHARE
+    pool: FillerPool | None = None  # short pieces of the batch still free to fill holes; reserved as used
+    counts: SplitCounts = field(default_factory=SplitCounts, init=False)
+    pieces: list[Piece] = field(default_factory=list, init=False)
+    parts: list[Piece] = field(default_factory=list, init=False)
+    marks: list[_Mark] = field(default_factory=list, init=False)
+    length: int = field(default=0, init=False)  # tokens in the open piece
+    trained: int = field(default=0, init=False)  # trained labels in the open piece
+    has_body: bool = field(default=False, init=False)  # the open piece holds more than copied context
+    prompt_whole: bool = field(default=True, init=False)  # the prompting user message is wholly in the piece
+    msg_whole: bool = field(default=True, init=False)  # the message being added started in this piece
+
+    def __post_init__(self) -> None:
+        b, c = self.batch, self.conv
+        self.start, self.end = int(b.conv_offsets[c]), int(b.conv_offsets[c + 1])
+        self.msgs = list(range(int(b.conv_msg_offsets[c]), int(b.conv_msg_offsets[c + 1])))
+        self.head_end = int(b.msg_starts[self.msgs[0]]) if self.msgs else self.end
         # Role-token layout: a message's first token is its whole header and ends the previous turn.
-        self.role_tokens = batch.msg_headers is None
+        self.role_tokens = b.msg_headers is None
+
+    # -- facts about messages -------------------------------------------------------------------------
+    def _span(self, m: int) -> tuple[int, int]:
+        return int(self.batch.msg_starts[m]), int(self.batch.msg_ends[m])
 
     def _header(self, m: int) -> int:
         """Tokens of message m's header, kept whole when a message is shortened or cut."""
-        lo, hi = int(self.batch.msg_starts[m]), int(self.batch.msg_ends[m])
+        lo, hi = self._span(m)
         if self.role_tokens:
             return min(1, hi - lo)
-        return min(max(int(self.batch.msg_headers[m]), 0), hi - lo, self.capacity // 4)
+        headers = self.batch.msg_headers
+        assert headers is not None
+        return min(max(int(headers[m]), 0), hi - lo, self.capacity // 4)
 
-    # -- piece assembly -------------------------------------------------------------------------
+    def _tail(self, i: int) -> int:
+        """What must follow message i in its piece: the EOS after the last, else the next role token."""
+        return self.end - self._span(self.msgs[i])[1] if i == len(self.msgs) - 1 else int(self.role_tokens)
+
+    def _context_budget(self) -> int:
+        return int(self.capacity * self.context_share)
+
+    # -- piece assembly -------------------------------------------------------------------------------
     def _add(self, lo: int, hi: int, *, zero: bool = False, zero_first: bool = False) -> None:
         """Append ids[lo:hi]; `zero` masks it all (copied context), `zero_first` masks its first token
-        (a role token whose turn-end label the previous piece already trained)."""
+        (a role token whose turn-end label the previous piece already trained; a piece's first token)."""
         if hi <= lo:
             return
         flags = self.batch.flags[lo:hi]
         if zero:
             flags = np.zeros(hi - lo, np.uint8)
         else:
-            labels = int(self.prompted_cum[hi] - self.prompted_cum[lo])
-            if zero_first and flags[0]:
+            prompted, trained = self.prefix.labels(lo, hi)
+            if (zero_first or not self.length) and flags[0]:
                 flags = flags.copy()
                 flags[0] = 0
-                labels -= int(self.prompted_cum[lo + 1] - self.prompted_cum[lo])
-            self.counts.prompted_labels += labels
-            if self.prompt_whole:
-                self.counts.prompted_labels_complete += labels
+                first_prompted, _ = self.prefix.labels(lo, lo + 1)
+                prompted, trained = prompted - first_prompted, trained - 1
+            self.counts.prompted_labels += prompted
+            self.counts.prompted_labels_complete += prompted if self.prompt_whole else 0
+            self.counts.turn_labels_whole += trained if self.msg_whole else 0
+            self.trained += trained
         self.parts.append((self.batch.ids[lo:hi], flags))
         self.length += hi - lo
 
@@ -262,136 +436,223 @@ class _ConversationSplitter:
             self.parts.append((np.asarray(ids, np.int64), np.zeros(len(ids), np.uint8)))
             self.length += len(ids)
 
+    def _add_end_of(self, lo: int, hi: int, room: int, *, zero: bool) -> int:
+        """As much of the end of ids[lo:hi] as fits in `room`, after a marker when some is left out.
+
+        Returns the tokens left out.
+        """
+        content = hi - lo
+        marker = len(self.marker(content)) if self.marker and room < content else 0
+        if room < marker + 1:
+            marker = 0
+        keep = min(room - marker, content)
+        while marker and self.marker and len(self.marker(content - keep)) > room - keep and keep > 0:
+            keep -= 1  # the marker for the real count came out longer than the one it was sized by
+        if marker:
+            self._add_marker(content - keep)
+        self._add(hi - keep, hi, zero=zero)
+        return content - keep
+
     def _add_shortened(self, m: int, room: int, *, zero: bool, zero_first: bool = False) -> bool:
         """Message m's header, a marker, and as much of the end of its content as fits in `room`.
 
         Returns False (and adds nothing) when not even the header and one token fit.
         """
-        lo, hi = int(self.batch.msg_starts[m]), int(self.batch.msg_ends[m])
+        lo, hi = self._span(m)
         head = self._header(m)
-        content = hi - lo - head
-        if room < head + min(content, 1):
+        if room < head + min(hi - lo - head, 1):
             return False
-        marker = len(self.marker(content)) if self.marker else 0
-        if room < head + marker + 1:
-            marker = 0
-        keep = min(room - head - marker, content)
         self._add(lo, lo + head, zero=zero, zero_first=zero_first)
-        if marker:
-            self._add_marker(content - keep)
-        self._add(hi - keep, hi, zero=zero)
+        self._add_end_of(lo + head, hi, room - head, zero=zero)
         self.counts.prompts_shortened += 1
         return True
 
     def _close(self) -> None:
-        ids, flags = np.concatenate([p[0] for p in self.parts]), np.concatenate([p[1] for p in self.parts])
-        # A piece starts a segment, whose first label is never trained (chat pieces may lack a BOS).
-        flags[:1] = 0
+        ids = np.concatenate([p[0] for p in self.parts])
+        flags = np.concatenate([p[1] for p in self.parts])
         self.pieces.append((ids, flags))
-        self.parts, self.length, self.has_body = [], 0, False
+        self.parts, self.marks, self.length, self.trained, self.has_body = [], [], 0, 0, False
 
-    def _open(self, first_msg: int, reserve: int) -> None:
-        """Start a piece whose body begins at message `first_msg`: BOS + system + prompting user, mask 0.
+    def _context(self, first_msg: int, reserve: int) -> list[tuple[int, int]]:
+        """(message, room) of the system and prompting user messages that re-open a piece at `first_msg`.
 
-        The context leaves at least `reserve` tokens of the row for the body.
+        The context leaves at least `reserve` tokens of the row for the body; when both do not fit, the
+        question matters more than the system message: the system message gets at most a quarter.
         """
         b = self.batch
-        self._add(self.start, self.head_end, zero=True)
         system = next((m for m in self.msgs if m < first_msg and b.msg_roles[m] == SYSTEM_CODE), None)
         prompt = None
         if b.msg_roles[first_msg] != USER_CODE:
             prompt = next((m for m in reversed(self.msgs) if m < first_msg and b.msg_roles[m] == USER_CODE), None)
-        budget = min(self._context_budget(), self.capacity - reserve) - self.length
+        head = self.head_end - self.start
+        budget = min(self._context_budget(), self.capacity - reserve) - head
         size = {m: int(b.msg_ends[m] - b.msg_starts[m]) for m in (system, prompt) if m is not None}
-        # When both do not fit, the question matters more than the system message: the system message
-        # gets at most a quarter of the budget.
         rooms = dict(size)
         if sum(size.values()) > budget:
             if system is not None:
                 rooms[system] = min(size[system], budget // 4 if prompt is not None else budget)
             if prompt is not None:
                 rooms[prompt] = budget - (rooms[system] if system is not None else 0)
+        return [(m, rooms[m]) for m in (system, prompt) if m is not None]
+
+    def _open(self, first_msg: int, reserve: int) -> None:
+        """Start a piece whose body begins at message `first_msg`: BOS + system + prompting user, mask 0."""
+        self._add(self.start, self.head_end, zero=True)
         self.prompt_whole = True
-        for m in (system, prompt):
-            if m is None:
-                continue
-            if size[m] <= rooms[m]:
-                self._add(int(b.msg_starts[m]), int(b.msg_ends[m]), zero=True)
+        context = self._context(first_msg, reserve)
+        carry = 0
+        for k, (m, room) in enumerate(context):
+            lo, hi = self._span(m)
+            room += carry
+            if hi - lo <= room:
+                self._add(lo, hi, zero=True)
             else:
-                added = self._add_shortened(m, rooms[m], zero=True)
-                if m == prompt:
+                added = self._add_shortened(m, room, zero=True)
+                if k == len(context) - 1 and self.batch.msg_roles[m] == USER_CODE:
                     self.prompt_whole = False
-                elif not added and prompt is not None:
-                    rooms[prompt] += rooms[m]  # the system message did not fit at all
-
-    def _context_budget(self) -> int:
-        return int(self.capacity * self.context_share)
-
-    def _piece_trains(self) -> bool:
-        return any(flags.any() for _, flags in self.parts)
+                elif not added:
+                    carry = room  # the system message did not fit at all: the question gets its room
 
     def _continuing(self) -> bool:
         """True at the start of a piece that continues the conversation: its first role token was
         trained as the previous piece's turn end (role-token layout only)."""
         return self.role_tokens and not self.has_body and bool(self.pieces)
 
-    # -- the greedy walk ------------------------------------------------------------------------
-    def split(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        b, cap = self.batch, self.capacity
+    # -- the walk -------------------------------------------------------------------------------------
+    def split(self) -> tuple[list[Piece], SplitCounts]:
+        """The pieces of the conversation and what splitting it did."""
         self._add(self.start, self.head_end)
-        hi = self.head_end
-        for i, m in enumerate(self.msgs):
-            lo, hi = int(b.msg_starts[m]), int(b.msg_ends[m])
-            # EOS, or room for the next message's role token that ends this turn (none for chat).
-            tail = self.end - hi if i == len(self.msgs) - 1 else int(self.role_tokens)
-            trained = bool(b.flags[lo + self._header(m) : hi].any())
-            if b.msg_roles[m] == USER_CODE:
-                self.prompt_whole = True
-            if self.length + (hi - lo) + tail <= cap:
-                self._add(lo, hi, zero_first=self._continuing())
-                self.has_body = True
-                continue
-            gap = cap - self.length - tail - self._header(m)
-            # Fill this piece with the start of the turn rather than leave `gap` tokens of padding, or
-            # rather than close a piece that trains nothing (its context would only be repeated).
-            if self.has_body and trained and gap > 0 and (
-                (self.fill_cut and gap >= self.fill_cut) or not self._piece_trains()
-            ):
-                self._cut_across(m, tail)
-                continue
-            if self.has_body:
-                # Close here; this message's role token ends the previous turn, trained in this piece.
-                if self.role_tokens:
-                    self._add(lo, lo + 1)
-                self._close()
-                self._open(m, reserve=self._header(m) + tail + 1)
-                if self.length + (hi - lo) + tail <= cap:
-                    self._add(lo, hi, zero_first=self.role_tokens)
-                    self.has_body = True
-                    continue
-            if trained:
-                self._cut_across(m, tail)
-            else:
-                # An untrained message (a long question) that cannot fit whole: keep its end, so the
-                # answer still sees the question it asks (usually at the end), and mark the cut.
-                room = min(max(self._context_budget() - self.length, self._header(m) + 1), cap - self.length - tail)
-                self._add_shortened(m, room, zero=False, zero_first=self._continuing())
-                self.prompt_whole = False
-                self.has_body = True
-        self._add(hi, self.end)
+        i = 0
+        while i < len(self.msgs):
+            i = self._step(i)
+        last_end = self._span(self.msgs[-1])[1] if self.msgs else self.head_end
+        self._add(last_end, self.end)
+        self._reserve_fillers(self.length)
         self._close()
-        return self.pieces
+        self.counts.conversations_split = 1
+        self.counts.pieces_split = len(self.pieces)
+        return self.pieces, self.counts
+
+    def _step(self, i: int) -> int:
+        """Add message i (or close the piece before it, or before an earlier message); the next index."""
+        m = self.msgs[i]
+        lo, hi = self._span(m)
+        tail = self._tail(i)
+        if self.batch.msg_roles[m] == USER_CODE:
+            self.prompt_whole = True
+        if self.length + (hi - lo) + tail <= self.capacity:
+            self._add_whole(i)
+            return i + 1
+        trained = bool(self.batch.flags[lo + self._header(m) : hi].any())
+        gap = self.capacity - self.length - tail - self._header(m)
+        # Fill the row with the start of the turn (only under --turn-cut N), or rather than close a
+        # piece that trains nothing (its context would only be repeated).
+        if self.has_body and trained and gap > 0 and ((self.turn_cut and gap >= self.turn_cut) or not self.trained):
+            self._cut_across(m, tail)
+            return i + 1
+        if self.has_body:
+            j = self._choose_close(i)
+            self._close_before(j)
+            if j < i:
+                return j  # walk again from message j, in the new piece
+            if self.length + (hi - lo) + tail <= self.capacity:
+                self._add_whole(i)
+                return i + 1
+        if trained:
+            self._cut_across(m, tail)
+        else:
+            # An untrained message (a long question) that cannot fit whole: keep its end, so the
+            # answer still sees the question it asks (usually at the end), and mark the cut.
+            room = min(max(self._context_budget() - self.length, self._header(m) + 1),
+                       self.capacity - self.length - tail)
+            self.msg_whole = False
+            self._add_shortened(m, room, zero=False, zero_first=self._continuing())
+            self.prompt_whole = False
+            self.has_body = True
+        return i + 1
+
+    def _add_whole(self, i: int) -> None:
+        if self.has_body:
+            self.marks.append(_Mark(i, len(self.parts), self.length, self.trained, self.prompt_whole,
+                                    replace(self.counts)))
+        lo, hi = self._span(self.msgs[i])
+        self.msg_whole = True
+        self._add(lo, hi, zero_first=self._continuing())
+        self.has_body = True
+
+    def _choose_close(self, i: int) -> int:
+        """The message before which to close the open piece: of the last boundaries that fit, the one
+        whose hole the free short pieces fill best (ties: the latest); then those pieces are reserved.
+
+        Boundaries whose next piece would have to shorten its question, or whose piece would train
+        nothing, are not considered.
+        """
+        if self.pool is None:
+            return i
+        closing = int(self.role_tokens)
+        candidates = [(i, self.length)] + [
+            (mark.index, mark.length) for mark in reversed(self.marks[-LOOKBACK:])
+            if mark.trained and not self._would_shorten(mark.index)
+        ]
+        best = None
+        for j, length in candidates:
+            hole = self.capacity - length - closing
+            fillers = self.pool.fill(hole)
+            left = hole - sum(fillers) + self._context_length(j)
+            if best is None or left < best[0]:
+                best = (left, j, fillers)
+        assert best is not None
+        _, j, fillers = best
+        self.pool.take(fillers)
+        if j < i:
+            self._rollback(next(mark for mark in self.marks if mark.index == j))
+        return j
+
+    def _context_length(self, j: int) -> int:
+        reserve = self._header(self.msgs[j]) + self._tail(j) + 1
+        return sum(min(self._span(m)[1] - self._span(m)[0], room) for m, room in self._context(self.msgs[j], reserve))
+
+    def _would_shorten(self, j: int) -> bool:
+        """Whether a piece re-opened at message j would shorten its context."""
+        reserve = self._header(self.msgs[j]) + self._tail(j) + 1
+        return any(self._span(m)[1] - self._span(m)[0] > room for m, room in self._context(self.msgs[j], reserve))
+
+    def _rollback(self, mark: _Mark) -> None:
+        del self.parts[mark.parts :]
+        self.length, self.trained, self.prompt_whole = mark.length, mark.trained, mark.prompt_whole
+        self.counts = mark.counts
+
+    def _reserve_fillers(self, length: int) -> None:
+        """A finished piece: longer than half a row, it takes fillers from the pool; else it is one."""
+        if self.pool is None:
+            return
+        if 2 * length > self.capacity:
+            self.pool.take(self.pool.fill(self.capacity - length))
+        else:
+            self.pool.add(length)
+
+    def _close_before(self, j: int) -> None:
+        """Close the piece before message j and re-open it with j's context. In the role-token layout
+        j's role token ends the previous turn: the closed piece trains it as its last label."""
+        m = self.msgs[j]
+        lo, _ = self._span(m)
+        if self.role_tokens:
+            self.msg_whole = True
+            self._add(lo, lo + 1)
+        self._close()
+        self._open(m, reserve=self._header(m) + self._tail(j) + 1)
 
     def _cut_across(self, m: int, tail: int) -> None:
-        """Add message m, cutting its content across as many pieces as needed, each re-opened with context."""
-        b, cap = self.batch, self.capacity
-        lo, hi = int(b.msg_starts[m]), int(b.msg_ends[m])
+        """Add message m, cutting its content across as many pieces as needed. Each continuation is
+        re-opened with the context, the message's header and the text right before the cut (masked)."""
+        lo, hi = self._span(m)
         head = self._header(m)
         self.counts.exchanges_split += 1
+        self.msg_whole = True
         self._add(lo, lo + head, zero_first=self._continuing())
         pos = lo + head
         while True:
-            room = cap - self.length - tail
+            room = self.capacity - self.length - tail
             if hi - pos <= room:
                 self._add(pos, hi)
                 self.has_body = True
@@ -402,3 +663,8 @@ class _ConversationSplitter:
             self._close()
             self._open(m, reserve=head + tail + 1)
             self._add(lo, lo + head, zero=True)
+            before = min(self._context_budget() - self.length, self.capacity - self.length - tail - 1,
+                         int(self.capacity * CONTINUATION_SHARE))
+            if before > 0:
+                self._add_end_of(lo + head, pos, before, zero=True)
+            self.msg_whole = False

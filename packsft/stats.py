@@ -62,6 +62,11 @@ def summarize(counters: dict[str, Any], seq_length: int, files_skipped: int = 0)
         "trained_retention": _ratio(c["trained_tokens_kept"], c["trainable_tokens_available"]),
         "trained_unprompted": c["trained_unprompted"],
         "context_completeness": _ratio(c["prompted_labels_complete"], c["prompted_labels"]),
+        # Trained labels whose own message is in the same piece from its first token (no beheaded turn).
+        "turn_prefix_completeness": _ratio(c["turn_labels_whole"], c["trained_tokens_kept"])
+        if "turn_labels_whole" in c
+        else None,
+        "special_strings_in_content": c["special_strings_in_content"],
         "labels_with_bos_and_user": _ratio(c["labels_with_bos_and_user"], c["trained_tokens_kept"])
         if "labels_with_bos_and_user" in c
         else None,
@@ -95,6 +100,11 @@ def warnings(summary: dict[str, Any], config: dict[str, Any]) -> list[str]:
             f"{share:.1%} of trained tokens are assistant turns no user message prompts "
             "(conversations that open with the assistant); --unprompted mask keeps them as context only"
         )
+    if summary.get("special_strings_in_content"):
+        notes.append(
+            f"{summary['special_strings_in_content']} messages contained special-token strings "
+            "(e.g. <|endoftext|>); they were encoded as plain text"
+        )
     if summary["conversations_truncated"]:
         notes.append(
             f"{summary['conversations_truncated']} conversations were truncated; --long split keeps every trained token"
@@ -123,6 +133,7 @@ def format_summary(dataset: dict[str, Any]) -> str:
         f"  trained retention    {pct(s['trained_retention'])}   "
         f"({s['trained_tokens_kept']:,} of {s['trainable_tokens_available']:,} trainable tokens kept)",
         f"  context completeness {pct(s['context_completeness'])}   (prompted labels whose question is in the same piece)",
+        f"  turn prefix complete {pct(s.get('turn_prefix_completeness'))}   (trained labels whose own turn is in the same piece from its start)",
         f"  BOS + user before    {pct(s['labels_with_bos_and_user'])}   (trained labels with BOS and a user turn before them in their piece)",
         "",
         f"  conversations read {s['conversations_read']:,}, packed {s['conversations_packed']:,}, "

@@ -6,12 +6,16 @@ is stored in `dataset.json`, so that an output can never be silently read with a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import threading
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from packsft.config import ENCODERS
 from packsft.encoder import FastEncoder, FastEncoderRefused, build_fast_encoder
@@ -45,7 +49,7 @@ class PackTokenizer:
     fingerprint: str = ""
     # The content encoder in use: "fast" (encoder.FastEncoder, proven equal to HF at load) or "hf";
     # `encoder_note` says why auto chose HF. Neither is part of the identity: the ids are the same.
-    encoder: str = "hf"
+    encoder: Literal["fast", "hf"] = "hf"
     encoder_note: str | None = None
     fast: FastEncoder | None = field(default=None, repr=False, compare=False)
 
@@ -161,14 +165,24 @@ def _load_hf(name_or_path: str, trust_remote_code: bool) -> Any:
         )
     # transformers prints an advisory about PyTorch on import; packsft never needs a model.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    offline = None if looks_like_path else hub_unavailable()
     try:
         from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-        hf = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        # Without the hub only the local cache is tried: the hub client would retry for about a minute.
+        hf = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
+                                           **({"local_files_only": True} if offline else {}))
     except Exception as exc:  # transformers raises many types (OSError, ValueError, HTTP errors)
         reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        if offline:
+            raise TokenizerError(
+                f"cannot load tokenizer {name_or_path!r}: it is a model-hub name, {offline}, and it is not in "
+                "the local Hugging Face cache. Pass a local tokenizer folder: --tokenizer path/to/folder (holding "
+                "tokenizer.json, or vocab.json + merges.txt; on a machine that reaches the hub, "
+                f"AutoTokenizer.from_pretrained({name_or_path!r}).save_pretrained('folder') writes one)"
+            ) from None
         raise TokenizerError(
             f"cannot load tokenizer {name_or_path!r}: {reason}. Pass a local tokenizer folder, "
             "or a model-hub name on a machine that can reach the hub"
@@ -200,6 +214,39 @@ def _with_encoder(
         return replace(tokenizer, encoder_note=f"the fast encoder does not reproduce this tokenizer: {refused}")
     _PROVEN.add(tokenizer.fingerprint)
     return replace(tokenizer, encoder="fast", fast=fast)
+
+
+# How long to wait for the model hub to answer before treating it as unreachable.
+HUB_PROBE_SECONDS = 3.0
+
+
+@functools.lru_cache(maxsize=1)
+def hub_unavailable() -> str | None:
+    """Why the model hub cannot be used now (offline mode set, or no answer within a few seconds), or None.
+
+    One HEAD request to the hub endpoint (HF_ENDPOINT, through the usual proxy variables), in a thread
+    so that a hanging name lookup is bounded too; any HTTP answer counts as reachable.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set"
+    endpoint = constants.ENDPOINT
+    answered = threading.Event()
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_SECONDS)
+        except urllib.error.HTTPError:
+            pass  # an HTTP error status is an answer
+        except (OSError, ValueError):
+            return
+        answered.set()
+
+    thread = threading.Thread(target=probe, name="packsft-hub-probe", daemon=True)
+    thread.start()
+    thread.join(HUB_PROBE_SECONDS)
+    return None if answered.is_set() else f"the hub ({endpoint}) did not answer within {HUB_PROBE_SECONDS:g} s"
 
 
 def chat_template_sha256(hf: Any) -> str | None:

@@ -20,10 +20,19 @@ from packsft.config import PackConfig
 from packsft.errors import OutputError
 from packsft.layout import (
     FORMAT_VERSION,
+    LOSS_MASK_NPY,
     MANIFEST_JSON,
     MARKER,
+    MASK_DTYPE,
+    OFFSET_DTYPE,
     PARQUET_FILE,
+    ROW_SEGMENTS_NPY,
+    SEGMENT_DTYPE,
+    SEGMENT_LENGTHS_NPY,
+    SHARD_FILES,
     SHARDS_DIR,
+    TOKENS_NPY,
+    row_lengths,
     sha256_file,
     shard_name,
     storage_dtype,
@@ -102,6 +111,16 @@ def narrow_tokens(tokens: np.ndarray, dtype: np.dtype, vocab_size: int) -> np.nd
     return tokens.astype(dtype)
 
 
+def stored_arrays(chunks: Chunks, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    """The .npy arrays of a shard in their stored dtypes; `tokens` are already narrowed (narrow_tokens)."""
+    return {
+        TOKENS_NPY: tokens,
+        LOSS_MASK_NPY: chunks.loss_mask.astype(MASK_DTYPE),
+        SEGMENT_LENGTHS_NPY: chunks.segment_lengths.astype(SEGMENT_DTYPE),
+        ROW_SEGMENTS_NPY: chunks.row_segments.astype(OFFSET_DTYPE),
+    }
+
+
 def write_shard(
     out_dir: Path,
     index: int,
@@ -126,17 +145,11 @@ def write_shard(
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         files: dict[str, Any] = {}
-        if output_format in ("npy", "both"):
-            arrays = {
-                "tokens.npy": tokens,
-                "loss_mask.npy": chunks.loss_mask.astype(np.uint8),
-                "segment_lengths.npy": chunks.segment_lengths.astype(np.int32),
-                "row_segments.npy": chunks.row_segments.astype(np.int64),
-            }
-            for name, array in arrays.items():
+        wanted = SHARD_FILES[output_format]
+        if TOKENS_NPY in wanted:
+            for name, array in stored_arrays(chunks, tokens).items():
                 files[name] = _save_npy(tmp / name, array)
-        if output_format in ("parquet", "both"):
-
+        if PARQUET_FILE in wanted:
             write_parquet(tmp / PARQUET_FILE, tokens, chunks)
             path = tmp / PARQUET_FILE
             files[PARQUET_FILE] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
@@ -157,7 +170,7 @@ def build_dataset_manifest(
     manifests: list[dict[str, Any]],
     config: PackConfig,
     tokenizer: PackTokenizer | dict[str, Any],
-    data_dir: Path,
+    data_dir: str | Path,  # a folder, or the URL prefix of remote inputs
     skipped: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """dataset.json from the shard manifests; `tokenizer` is a PackTokenizer or its identity().
@@ -193,10 +206,7 @@ def build_dataset_manifest(
 
 # chunks.parquet: one row per chunk, readable by `datasets.load_dataset("parquet", ...)` and TRL.
 def seq_lengths(chunks: Chunks, capacity: int) -> pa.ListArray:
-    counts = np.diff(chunks.row_segments)
-    used = np.add.reduceat(chunks.segment_lengths.astype(np.int64), chunks.row_segments[:-1]) if len(chunks.segment_lengths) else np.zeros(chunks.rows, np.int64)
-    used = np.where(counts > 0, used, 0)
-    pad = capacity - used
+    pad = capacity - row_lengths(chunks.segment_lengths, chunks.row_segments)
     values, offsets = [], [0]
     for r in range(chunks.rows):
         row = chunks.segment_lengths[chunks.row_segments[r] : chunks.row_segments[r + 1]]

@@ -43,7 +43,7 @@ SEQ = 2048
 RUNS = [
     ("linear", "all", []),
     ("aligned", "assistant_only", []),
-    ("bestfit", "assistant_only", ["--turn-cut", "0"]),
+    ("bestfit", "assistant_only", ["--turn-cut", "64"]),  # the old default: fills rows by beheading turns
     ("bestfit", "assistant_only", ["--workers", "1"]),
     ("bestfit", "assistant_only", ["--encoder", "hf"]),
     ("bestfit", "assistant_only", []),
@@ -77,7 +77,7 @@ def load_texts(data_dir: Path) -> list[list[str]]:
 
 def bench_encoder(batches: list[list[str]], encoder: str, threads: int | None = None) -> tuple[int, float]:
     """Content tokens and seconds to encode every batch: HF `encode_batch`, or the fast encoder."""
-    from packsft.tokenizer import load_tokenizer
+    from packsft import load_tokenizer
 
     tokenizer = load_tokenizer(str(GPT2), encoder=encoder, threads=threads)
     encode = tokenizer.encode_batch if encoder == "hf" else tokenizer.encode_texts
@@ -144,7 +144,7 @@ def bench_baseline(data_dir: Path, conversations: int = 600) -> tuple[int, float
     """The seed's on-the-fly path: encode per message in Python, pack with a Python buffer."""
     import pyarrow.parquet as pq
 
-    from packsft.tokenizer import load_tokenizer
+    from packsft import load_tokenizer
 
     tokenizer = load_tokenizer(str(GPT2))
     hf = tokenizer.hf
@@ -199,7 +199,7 @@ def bench_pack(data_dir: Path, strategy: str, mask: str, extra: list[str]) -> di
 
 def bench_packing_stage(data_dir: Path) -> tuple[float, float]:
     """Seconds in split + bestfit + chunk layout vs the whole unit, summed over units (in process)."""
-    from packsft.config import PackConfig
+    from packsft import PackConfig, load_tokenizer
     from packsft.pack import pack_bestfit
     from packsft.reader import open_input, read_conversations
     from packsft.records import RejectLedger
@@ -208,7 +208,6 @@ def bench_packing_stage(data_dir: Path) -> tuple[float, float]:
     from packsft.run.plan import plan_units
     from packsft.run.unit import render_batch
     from packsft.split import split_long
-    from packsft.tokenizer import load_tokenizer
 
     config = PackConfig(tokenizer=str(GPT2))
     tokenizer = load_tokenizer(str(GPT2))
@@ -343,22 +342,27 @@ def main() -> None:
         "",
         "## What each strategy keeps",
         "",
-        "| run | chunks | fill | trained fraction | retention | context completeness | BOS + user before label | starts at BOS | split / truncated | turns cut |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| run | chunks | fill | trained fraction | retention | context completeness | turn prefix completeness | "
+        "rows per M trained labels | BOS + user before label | starts at BOS | split / truncated | turns cut |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         s = r["stats"]
         name = f"{r['strategy']} + {r['mask']} {r['extra']}".strip()
         lines.append(
             f"| {name} | {s['chunks']:,} | {pct(s['fill'])} | {pct(s['trained_fraction'])} | {pct(s['trained_retention'])} | "
-            f"{pct(s['context_completeness'])} | {pct(s['labels_with_bos_and_user'])} | {pct(s['bos_start_fraction'])} | "
+            f"{pct(s['context_completeness'])} | {pct(s.get('turn_prefix_completeness'))} | "
+            f"{1e6 * s['chunks'] / max(s['trained_tokens_kept'], 1):,.1f} | "
+            f"{pct(s['labels_with_bos_and_user'])} | {pct(s['bos_start_fraction'])} | "
             f"{s['conversations_split']:,} / {s['conversations_truncated']:,} | {s['exchanges_split']:,} |"
         )
     lines += [
         "",
         "- fill = non-pad positions / all stored positions; retention = trained labels kept / trainable tokens",
         "  rendered; context completeness = trained labels whose prompting user message is entirely in the",
-        "  same row and piece (among labels that have one); BOS + user = trained labels with a BOS and a user",
+        "  same row and piece (among labels that have one); turn prefix completeness = trained labels whose own",
+        "  message is in the same piece from its first token (no answer trained without its start); BOS + user",
+        "  = trained labels with a BOS and a user",
         "  role token before them in their piece (the shared README's 'context' column).",
         "- `--unprompted mask` counts only prompted turns as trainable, so its retention is that of prompted tokens.",
         "- Context completeness below 100% under `split` is the answers to questions longer than 3/4 of a row,",

@@ -46,9 +46,8 @@ def machine() -> str:
 
 
 def ensure_packed(out_dir: Path) -> Path:
-    from packsft.config import PackConfig
-    from packsft.layout import read_dataset
-    from packsft.run.pipeline import run_pack
+    from packsft import PackConfig, read_dataset
+    from packsft.run import run_pack
 
     if (out_dir / "dataset.json").exists():
         dataset = read_dataset(out_dir)
@@ -102,7 +101,7 @@ def bench_memmap(out_dir: Path, batch_size: int, widen: bool = False) -> dict:
     """
     import torch
 
-    from packsft.layout import PackedOutput
+    from packsft import PackedOutput
     from packsft.loader.gather import epoch_order
 
     output = PackedOutput(out_dir)
@@ -131,7 +130,7 @@ def bench_on_the_fly(conversations: int) -> dict:
     """The seed's style: encode per message in Python, stream-pack a Python list into int64 rows."""
     import pyarrow.parquet as pq
 
-    from packsft.tokenizer import load_tokenizer
+    from packsft import load_tokenizer
 
     tokenizer = load_tokenizer(str(GPT2))
     hf, roles = tokenizer.hf, tokenizer.role_ids
@@ -162,7 +161,7 @@ def bench_on_the_fly(conversations: int) -> dict:
 
 
 def main() -> None:
-    from packsft.layout import PackedOutput
+    from packsft import PackedOutput
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", default="/tmp/packsft-bench-sharegpt", help="packed output (packed here if absent)")

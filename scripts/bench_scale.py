@@ -57,7 +57,7 @@ def shard_dir(folder: Path, count: int) -> Path:
 def raw_tokenizer(data_dir: Path) -> dict:
     import pyarrow.parquet as pq
 
-    from packsft.tokenizer import load_tokenizer
+    from packsft import load_tokenizer
 
     batches = []
     for path in sorted(data_dir.glob("*.parquet")):
@@ -223,7 +223,7 @@ def bench_ray(data_dir: Path, tmp: Path) -> dict | None:
 
 
 def bench_merge(out: Path) -> dict:
-    from packsft.run.outdir import merge
+    from packsft.run import merge
 
     times = []
     for _ in range(3):

@@ -21,10 +21,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from packsft.config import PackConfig  # noqa: E402
-from packsft.layout import PackedOutput  # noqa: E402
-from packsft.run.pipeline import run_pack  # noqa: E402
-from packsft.tokenizer import load_tokenizer  # noqa: E402
+from packsft import (
+    PackConfig,  # noqa: E402
+    PackedOutput,  # noqa: E402
+    load_tokenizer,  # noqa: E402
+)
+from packsft.run import run_pack  # noqa: E402
 
 
 def check(out: Path, strategy: str, header_id: int) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from packsft.tokenizer import load_tokenizer
+from packsft import load_tokenizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TOKENIZERS = [("gpt2", "roles"), ("qwen3", "chat")]

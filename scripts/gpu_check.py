@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from packsft.config import PackConfig
+from packsft import PackConfig
 from packsft.loader import PackedLoader
 from packsft.run import run_pack
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from packsft.demo import build_demo_tokenizer
+from tests.helpers import CHATML
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 GPT2_DIR = SHARED / "tokenizers" / "gpt2"
@@ -25,6 +24,19 @@ def require(path: Path, what: str) -> Path:
 @pytest.fixture(scope="session")
 def demo_tokenizer_dir(tmp_path_factory) -> Path:
     return build_demo_tokenizer(tmp_path_factory.mktemp("demo-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def chatml_dir(tmp_path_factory, demo_tokenizer_dir):
+    """The demo tokenizer plus <|im_start|>/<|im_end|> and the CHATML template."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("chatml")
+    hf = AutoTokenizer.from_pretrained(demo_tokenizer_dir)
+    hf.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "eos_token": "<|im_end|>"})
+    hf.chat_template = CHATML
+    hf.save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -50,20 +62,6 @@ def sharegpt_shard0(tmp_path_factory, sharegpt_dir) -> Path:
     return folder
 
 
-def write_conversations(path: Path, records: list[dict], row_group_size: int | None = None) -> Path:
-    """Write records (dicts with 'messages' and optionally 'source') to a parquet file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(records), path, row_group_size=row_group_size)
-    return path
-
-
-def conv(*turns: tuple[str, str], source: str | None = None) -> dict:
-    record: dict = {"messages": [{"role": role, "content": content} for role, content in turns]}
-    if source is not None:
-        record["source"] = source
-    return record
-
-
 # Modules that damage outputs on purpose (to test that they are refused) or verify their own.
 _CORRUPTING_MODULES = {"test_verify", "test_safety", "test_loader", "test_fuzz"}
 
@@ -76,7 +74,7 @@ def every_output_verifies(request):
         return
     tmp_path = request.getfixturevalue("tmp_path")
     yield
-    from packsft.verify.checks import verify_output
+    from packsft.verify import verify_output
 
     for dataset in sorted(tmp_path.rglob("dataset.json")):
         if dataset.parent.name == "shards" or not (dataset.parent / ".packsft").exists():

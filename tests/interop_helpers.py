@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from packsft.config import PackConfig
+from packsft import PackConfig
 from packsft.run import run_pack
 
 SAMPLE_RECORDS = 160

@@ -15,37 +15,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from packsft import PackConfig, PackedOutput, load_tokenizer
 from packsft.chat_template import ChatRenderer, render_chat
-from packsft.config import PackConfig
 from packsft.errors import TokenizerError
-from packsft.layout import PackedOutput
 from packsft.records import Conversation, RecordRejected, validate_messages
 from packsft.render import RenderedBatch
-from packsft.report.inspect import render_chunk, tokenizer_for
-from packsft.run.pipeline import run_pack
+from packsft.report import render_chunk, tokenizer_for
+from packsft.run import run_pack
 from packsft.split import split_long
-from packsft.tokenizer import load_tokenizer
-from tests.conftest import conv, write_conversations
-
-# ChatML with generation blocks (newlines as expressions: transformers renders with trim_blocks) around what the assistant says (content + <|im_end|>).
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n"
-    "{% if m.role == 'assistant' %}{% generation %}{{ m.content }}<|im_end|>{% endgeneration %}{{ '\n' }}"
-    "{% else %}{{ m.content }}<|im_end|>{{ '\n' }}{% endif %}{% endfor %}"
-)
-
-
-@pytest.fixture(scope="session")
-def chatml_dir(tmp_path_factory, demo_tokenizer_dir):
-    """The demo tokenizer plus <|im_start|>/<|im_end|> and the CHATML template."""
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("chatml")
-    hf = AutoTokenizer.from_pretrained(demo_tokenizer_dir)
-    hf.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "eos_token": "<|im_end|>"})
-    hf.chat_template = CHATML
-    hf.save_pretrained(folder)
-    return folder
+from tests.helpers import CHATML, conv, write_conversations
 
 
 @pytest.fixture(scope="session")

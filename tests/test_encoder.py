@@ -10,12 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from packsft import PackConfig, load_tokenizer
 from packsft.cli import main
-from packsft.config import PackConfig
 from packsft.encoder import GPT2_PATTERN, FastEncoder, FastEncoderRefused, first_difference, read_bpe_spec
-from packsft.run.pipeline import run_pack
-from packsft.tokenizer import load_tokenizer
-from tests.conftest import conv, write_conversations
+from packsft.run import run_pack
+from tests.helpers import conv, write_conversations
 
 REAL_CONVERSATIONS = 300
 

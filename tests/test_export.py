@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from packsft import PackedOutput, load_tokenizer
 from packsft.cli import main
 from packsft.export import EXPORT_JSON, TARGETS, export_output
-from packsft.layout import PackedOutput
 from packsft.loader.gather import output_fingerprint
-from packsft.tokenizer import load_tokenizer
 from tests.interop_helpers import pack_sample
 
 SEQ = 128

@@ -23,13 +23,13 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the loader tests need PyTorch (pip install packsft[torch])")
 
-from packsft.config import PackConfig  # noqa: E402
+from packsft import PackConfig  # noqa: E402
 from packsft.demo import build_demo_tokenizer, demo_conversations  # noqa: E402
 from packsft.errors import ConfigError, OutputError, ResumeError, TokenizerError  # noqa: E402
 from packsft.loader import MixtureLoader, PackedDataset, PackedLoader  # noqa: E402
 from packsft.loader.mixture import MixturePlan  # noqa: E402
-from packsft.run.pipeline import run_pack  # noqa: E402
-from tests.conftest import write_conversations  # noqa: E402
+from packsft.run import run_pack  # noqa: E402
+from tests.helpers import write_conversations  # noqa: E402
 
 SEQ = 64
 README = Path(__file__).resolve().parents[1] / "README.md"

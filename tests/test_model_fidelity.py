@@ -24,7 +24,9 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory, sharegpt_dir, gpt2_dir):
-    return pack_sample(tmp_path_factory.mktemp("fidelity"), sharegpt_dir, gpt2_dir, seq_length=SEQ)
+    # --turn-cut 64 fills rows with the starts of turns: at this short L the default (no turn cut to fill
+    # a row) leaves most rows one or two pieces, and these tests need rows of several pieces.
+    return pack_sample(tmp_path_factory.mktemp("fidelity"), sharegpt_dir, gpt2_dir, seq_length=SEQ, turn_cut=64)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def masked_loss_sum(logits, labels, mask):
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def model(request, packed):
-    from packsft.layout import read_dataset
+    from packsft import read_dataset
 
     return tiny_model(request.param, read_dataset(packed)["tokenizer"]["vocab_size"])
 
@@ -120,7 +122,7 @@ def test_trainer_batches_give_the_packed_masked_loss(model, packed, batch):
 
 
 def test_trainer_trains_three_steps(packed, tmp_path):
-    from packsft.layout import read_dataset
+    from packsft import read_dataset
     from packsft.loader import TrainerDataset, collate_rows
 
     model = tiny_model("llama", read_dataset(packed)["tokenizer"]["vocab_size"]).train()

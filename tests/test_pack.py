@@ -84,8 +84,8 @@ CORPUS = [
 ]
 
 
-def pack(batch, strategy, seq_length, long, fill_cut=64):
-    pieces, counts = split_long(batch, seq_length, long, fill_cut=fill_cut)
+def pack(batch, strategy, seq_length, long, fill_cut=0):
+    pieces, counts = split_long(batch, seq_length, long, turn_cut=fill_cut)
     packer = pack_bestfit if strategy == "bestfit" else pack_aligned
     return build_chunks(pieces, packer(pieces.lengths, seq_length + 1), seq_length, PAD), counts
 
@@ -260,7 +260,7 @@ def test_context_share_trades_whole_questions_for_repeated_tokens():
 
 @pytest.mark.parametrize("share", [0, 1, 1.5, -0.1, True])
 def test_context_share_must_be_a_fraction(share):
-    from packsft.config import PackConfig
+    from packsft import PackConfig
     from packsft.errors import ConfigError
 
     with pytest.raises(ConfigError, match="context_share must be a number between 0 and 1"):

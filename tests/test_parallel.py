@@ -19,13 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from packsft.config import PackConfig
+from packsft import PackConfig
 from packsft.demo import DATA_DIR as DEMO_DATA
-from packsft.errors import OutputError
-from packsft.run.outdir import IncompleteOutputError, merge, status
-from packsft.run.pipeline import run_pack
+from packsft.errors import IncompleteOutputError, OutputError, PackInterrupted
+from packsft.run import merge, run_pack, status
 from packsft.run.plan import assign_units, plan_units, split_row_groups
-from packsft.run.workers import PackInterrupted
 
 UNIT_BYTES = 4_000  # cuts the 20-row test files into a few row-group ranges
 FILES, ROWS_PER_FILE, ROW_GROUP = 6, 20, 5

@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from packsft import load_tokenizer
 from packsft.records import Conversation
 from packsft.render import RenderedBatch, render_roles
-from packsft.tokenizer import load_tokenizer
 
 BOS, EOS, PAD, USR, ASST, SYS = 50257, 50256, 50258, 50259, 50260, 50261
 
@@ -70,6 +70,7 @@ def _per_message(tokenizer, conversation):
     ids = [tokenizer.bos_id]
     for role, content in conversation.messages:
         ids.append(tokenizer.role_ids[role])
+        # Content is plain text: a special-token string in it is not a special token.
         ids.extend(tokenizer.hf.encode(content, add_special_tokens=False, split_special_tokens=True))
     return ids + [tokenizer.eos_id]
 

@@ -13,16 +13,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from packsft import PackConfig, PackedOutput
 from packsft.cli import main
-from packsft.config import PackConfig
 from packsft.demo import DATA_DIR
-from packsft.layout import PackedOutput
+from packsft.report import render_chunk, tokenizer_for
 from packsft.report.charts import bar_chart, fraction_chart
 from packsft.report.html import row_figures, write_report
-from packsft.report.inspect import render_chunk, tokenizer_for
 from packsft.report.page import summary_html
-from packsft.run.pipeline import run_pack
-from tests.conftest import conv, write_conversations
+from packsft.run import run_pack
+from tests.helpers import conv, write_conversations
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +17,8 @@ import transformers
 from click.testing import CliRunner
 
 from packsft.cli import main
-from packsft.verify.checks import verify_output
-from tests.conftest import conv, write_conversations
-from tests.verify_helpers import assert_output_verifies
+from packsft.verify import verify_output
+from tests.helpers import assert_output_verifies, conv, write_conversations
 
 PACKAGE = Path(__file__).resolve().parents[1] / "packsft"
 RECORDS = [conv(("user", f"Question {i}?"), ("assistant", f"Answer number {i}. " * (i % 5 + 1))) for i in range(12)]
@@ -198,14 +199,34 @@ def test_permission_error_while_clearing_an_earlier_output(data_dir, tmp_path, d
     assert message == f"Error: {out}: cannot clear the earlier output (Permission denied); check permissions"
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores file permissions")
+# Root bypasses file permissions through two capabilities; a process without them is refused like any user.
+DAC_CAPABILITIES = "-dac_override,-dac_read_search"
+
+
+def run_without_permission_override(*args: str) -> subprocess.CompletedProcess:
+    """`python -m packsft ARGS` in a process that file permissions apply to.
+
+    CI runs as root, which ignores permissions: there the child drops the capabilities that let root
+    bypass them (setpriv, util-linux), so the refusal is tested on every run instead of skipped.
+    """
+    command = [sys.executable, "-m", "packsft", *args]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.fail("running as root without setpriv (util-linux): cannot test a permission error")
+        command = [setpriv, f"--bounding-set={DAC_CAPABILITIES}", f"--inh-caps={DAC_CAPABILITIES}", *command]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file permissions")
 def test_read_only_out_dir(data_dir, tmp_path, demo_tokenizer_dir):
     out = tmp_path / "out"
     out.mkdir()
     out.chmod(0o555)
     try:
-        message = one_line_error(pack(data_dir, out, demo_tokenizer_dir))
+        result = run_without_permission_override("pack", str(data_dir), str(out), "--tokenizer", str(demo_tokenizer_dir),
+                                                 "--seq-length", "32", "-q")
     finally:
         out.chmod(0o755)
-    assert message == f"Error: {out}: cannot create output (Permission denied)"
-    assert not (out / "dataset.json").exists()
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", f"Error: {out}: cannot create output (Permission denied)\n")
+    assert list(out.iterdir()) == []

@@ -8,15 +8,15 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from packsft import PackConfig
 from packsft.cli import main
-from packsft.config import PackConfig
-from packsft.run.pipeline import run_pack
-from packsft.verify.checks import check_output, verify_output
-from tests.conftest import conv, write_conversations
-from tests.verify_helpers import assert_output_verifies, load_array, rewrite_array
+from packsft.run import run_pack
+from packsft.verify import check_output, verify_output
+from tests.helpers import assert_output_verifies, conv, load_array, rewrite_array, write_conversations
 
 STRATEGIES = ("linear", "aligned", "bestfit")
 QA = [("What is two plus two?", "Four."), ("Name a colour.", "Blue, like the sky."), ("Why?", "Because. " * 9)]
@@ -296,7 +296,8 @@ def test_rejects_jsonl_is_split_on_newlines_only(tmp_path, demo_tokenizer_dir):
     """Found by the fuzzer: an excerpt holding U+2028 is one JSON line (now written escaped, as JSON
     Lines readers that split on U+2028 expect), and verify counts it as one."""
     write_conversations(tmp_path / "d" / "x.parquet", [conv(("robot", "a\u2028b\x1cc\x85")), records(0)[0]])
-    run_pack(tmp_path / "d", tmp_path / "out", PackConfig(tokenizer=str(demo_tokenizer_dir), seq_length=48), quiet=True)
+    run_pack(tmp_path / "d", tmp_path / "out", PackConfig(tokenizer=str(demo_tokenizer_dir), seq_length=48,
+                                                           max_reject_fraction=0.5), quiet=True)
     text = (tmp_path / "out" / "rejects.jsonl").read_text()
     assert "\\u2028" in text and "\u2028" not in text
     assert json.loads(text.splitlines()[0])["excerpt"].count("\u2028") == 1
@@ -337,3 +338,51 @@ def test_flipped_bytes_in_dataset_json_never_crash_verify(packed, tmp_path):
         else:
             verify_output(out)
     path.write_bytes(original)
+
+
+# --- --deep on units that are parts of a file, and on options that change how records read ---------------
+
+
+def unit_bytes_for(path: Path, units: int) -> int:
+    """A --unit-mib (in bytes) that cuts the parquet file at path into `units` units."""
+    metadata = pq.ParquetFile(path).metadata
+    groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+    total = sum(g.column(c).total_compressed_size for g in groups for c in range(g.num_columns))
+    return total // units + 1
+
+
+def sharegpt_records(count: int) -> list[dict]:
+    """ShareGPT-shaped records whose roles only --role-map person=user,robot=assistant makes known."""
+    rng = random.Random(count)
+    out = []
+    for i in range(count):
+        turns = [{"from": "Person", "value": f"Question {i}: {rng.choice(QA)[0]}"},
+                 {"from": "robot", "value": f"Answer {i}. {rng.choice(QA)[1] * rng.randint(1, 3)}"}]
+        out.append({"conversations": turns})
+    return out
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_deep_repacks_each_unit_of_a_file_cut_into_several(tmp_path, demo_tokenizer_dir, strategy):
+    """One parquet file above the unit size is cut into units of row groups; --deep re-packs each unit
+    from its own row groups (it once re-packed the whole file for each and reported false corruptions)."""
+    path = write_conversations(tmp_path / "d" / "big.parquet", [r for seed in range(4) for r in records(seed)],
+                               row_group_size=10)
+    config = PackConfig(tokenizer=str(demo_tokenizer_dir), strategy=strategy, seq_length=48, output_format="both")
+    result = run_pack(tmp_path / "d", tmp_path / "out", config, quiet=True, unit_bytes=unit_bytes_for(path, 3))
+    inputs = [shard["inputs"][0] for shard in result.dataset["shards"]]
+    assert [(i["path"], i["row_groups"]) for i in inputs] == [("big.parquet", [0, 2]), ("big.parquet", [2, 4]),
+                                                              ("big.parquet", [4, 6])]
+    report = check_output(tmp_path / "out", deep=True, sample=3)
+    assert [str(p) for p in report.problems] == [] and report.notes == []
+    assert report.repacked == 3
+
+
+def test_deep_repacks_with_the_role_map_of_the_pack(tmp_path, demo_tokenizer_dir):
+    path = write_conversations(tmp_path / "d" / "chat.parquet", sharegpt_records(40), row_group_size=8)
+    config = PackConfig(tokenizer=str(demo_tokenizer_dir), seq_length=48, role_map="person=user, robot=assistant")
+    result = run_pack(tmp_path / "d", tmp_path / "out", config, quiet=True, unit_bytes=unit_bytes_for(path, 2))
+    assert len(result.dataset["shards"]) == 2
+    assert result.dataset["stats"]["conversations_packed"] == 40 and result.dataset["stats"]["records_rejected"] == 0
+    report = check_output(tmp_path / "out", deep=True)
+    assert [str(p) for p in report.problems] == [] and report.notes == [] and report.repacked == 2

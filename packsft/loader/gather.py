@@ -31,9 +31,19 @@ from typing import Any
 import numpy as np
 
 from packsft.errors import OutputError
-from packsft.layout import FORMAT_VERSION, MANIFEST_JSON, SHARDS_DIR, PackedOutput
+from packsft.layout import (
+    DATASET_JSON,
+    MANIFEST_JSON,
+    ROW_SEGMENTS_NPY,
+    SEGMENT_LENGTHS_NPY,
+    SHARDS_DIR,
+    PackedOutput,
+    array_contract,
+    contract_problems,
+    read_npy_header,
+    segment_starts,
+)
 
-REQUIRED_KEYS = ("format_version", "seq_length", "dtype", "rows", "tokenizer", "shards")
 # Stream ids keep the row orders of different uses of one seed independent of each other.
 EPOCH_STREAM = 0
 MIXTURE_STREAM = 1
@@ -58,47 +68,37 @@ class NpyFile:
         return np.fromfile(self.path, dtype=self.dtype, offset=self.offset).reshape(self.shape)
 
 
-def open_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype, declared: dict[str, Any] | None) -> NpyFile:
-    """Check one .npy file against the shape and dtype the output declares; return where its data is."""
+def open_npy(path: Path, shape: tuple[int, ...] | None, dtype: np.dtype, declared: dict[str, Any] | None) -> NpyFile:
+    """Check one .npy file against the contract (shape None: 1-D) and what dataset.json declares."""
     if declared is None:
         raise OutputError(f"{path}: not listed in dataset.json; the output was packed without .npy arrays "
                           "(--output-format parquet) or is corrupt. Pack it again with --output-format npy")
     if not path.exists():
         raise OutputError(f"{path}: missing; the output is incomplete (pack it again, or `packsft verify`)")
-    want = (list(shape), str(dtype))
-    if (declared.get("shape"), declared.get("dtype")) != want:
+    want = list(shape) if shape is not None else declared.get("shape")
+    if not isinstance(want, list) or len(want) != len(shape or (0,)) or declared.get("shape") != want \
+            or declared.get("dtype") != str(dtype):
         raise OutputError(f"{path}: dataset.json declares shape {declared.get('shape')} {declared.get('dtype')}, "
-                          f"but the shard's row count needs {want[0]} {want[1]}; the output is corrupt, pack it again")
-    with open(path, "rb") as handle:
-        try:
-            version = np.lib.format.read_magic(handle)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            found_shape, fortran, found_dtype = read_header(handle)
-        except ValueError as exc:
-            raise OutputError(f"{path}: not a readable .npy array ({exc}); the output is corrupt, pack it again") from None
-        offset = handle.tell()
-    if tuple(found_shape) != tuple(shape) or found_dtype != dtype or fortran:
-        raise OutputError(f"{path}: holds shape {list(found_shape)} {found_dtype}, expected {list(shape)} {dtype} "
+                          f"but the shard's row count needs {want} {dtype}; the output is corrupt, pack it again")
+    try:
+        header = read_npy_header(path)
+    except ValueError as exc:
+        raise OutputError(f"{path}: not a readable .npy array ({exc}); the output is corrupt, pack it again") from None
+    if contract_problems(header, tuple(want), dtype):
+        raise OutputError(f"{path}: holds shape {list(header.shape)} {header.dtype}, expected {want} {dtype} "
                           "as dataset.json declares; the output is corrupt, pack it again")
-    size, expected = path.stat().st_size, offset + math.prod(shape) * dtype.itemsize
-    if size != expected:
-        raise OutputError(f"{path}: {size} bytes, expected {expected} for shape {list(shape)} {dtype} "
+    size = path.stat().st_size
+    if size != header.end:
+        raise OutputError(f"{path}: {size} bytes, expected {header.end} for shape {want} {dtype} "
                           "(truncated or overwritten); the output is corrupt, pack it again")
-    return NpyFile(path, offset, tuple(shape), dtype)
+    return NpyFile(path, header.offset, header.shape, dtype)
 
 
 def check_output(output: PackedOutput) -> list[dict[str, NpyFile]]:
-    """Check dataset.json and every shard's arrays against it; return the arrays of each shard."""
-    dataset, where = output.dataset, output.out_dir / "dataset.json"
-    missing = [key for key in REQUIRED_KEYS if key not in dataset]
-    if missing:
-        raise OutputError(f"{where}: lacks {', '.join(missing)}; the output is incomplete, pack it again")
-    if dataset["format_version"] != FORMAT_VERSION:
-        raise OutputError(f"{where}: format version {dataset['format_version']}, this packsft reads "
-                          f"{FORMAT_VERSION}; pack the data again with this packsft")
+    """Check every shard's arrays against dataset.json (PackedOutput checked its keys and version)."""
+    dataset, where = output.dataset, output.out_dir / DATASET_JSON
     if sum(shard["rows"] for shard in dataset["shards"]) != dataset["rows"]:
         raise OutputError(f"{where}: the shards' rows do not add up to rows = {dataset['rows']}; the output is corrupt")
-    length, token_dtype = dataset["seq_length"], np.dtype(dataset["dtype"])
     fingerprint = dataset["tokenizer"].get("fingerprint")
     shards = []
     for shard in dataset["shards"]:
@@ -110,22 +110,22 @@ def check_output(output: PackedOutput) -> list[dict[str, NpyFile]]:
         if manifest.get("rows") != shard["rows"] or manifest.get("tokenizer_fingerprint") != fingerprint:
             raise OutputError(f"{folder}/{MANIFEST_JSON}: rows or tokenizer differ from dataset.json; the shard "
                               "comes from another pack run. Pack the output again")
-        rows, files = shard["rows"], shard.get("files", {})
-        arrays = {
-            "tokens": open_npy(folder / "tokens.npy", (rows, length + 1), token_dtype, files.get("tokens.npy")),
-            "loss_mask": open_npy(folder / "loss_mask.npy", (rows, length), np.dtype(np.uint8), files.get("loss_mask.npy")),
-            "row_segments": open_npy(folder / "row_segments.npy", (rows + 1,), np.dtype(np.int64), files.get("row_segments.npy")),
-        }
-        segments = files.get("segment_lengths.npy") or {}
-        arrays["segment_lengths"] = open_npy(folder / "segment_lengths.npy", tuple(segments.get("shape", (-1,))),
-                                             np.dtype(np.int32), files.get("segment_lengths.npy"))
-        stored = np.fromfile(arrays["row_segments"].path, dtype=np.int64, count=1,
-                             offset=arrays["row_segments"].offset + rows * 8)
-        if int(stored[0]) != arrays["segment_lengths"].shape[0]:
-            raise OutputError(f"{folder}: row_segments.npy ends at {int(stored[0])} but segment_lengths.npy holds "
-                              f"{arrays['segment_lengths'].shape[0]} pieces; the output is corrupt, pack it again")
-        shards.append(arrays)
+        shards.append(_open_shard(folder, shard, dataset["seq_length"], np.dtype(dataset["dtype"])))
     return shards
+
+
+def _open_shard(folder: Path, shard: dict[str, Any], seq_length: int, token_dtype: np.dtype) -> dict[str, NpyFile]:
+    """A shard's checked arrays by name without .npy; row_segments must end where segment_lengths does."""
+    files = shard.get("files", {})
+    contract = array_contract(shard["rows"], seq_length, token_dtype)
+    arrays = {name.removesuffix(".npy"): open_npy(folder / name, shape, dtype, files.get(name))
+              for name, (shape, dtype) in contract.items()}
+    offsets = arrays["row_segments"]
+    stored = np.fromfile(offsets.path, dtype=offsets.dtype, count=1, offset=offsets.offset + shard["rows"] * offsets.dtype.itemsize)
+    if int(stored[0]) != arrays["segment_lengths"].shape[0]:
+        raise OutputError(f"{folder}: {ROW_SEGMENTS_NPY} ends at {int(stored[0])} but {SEGMENT_LENGTHS_NPY} holds "
+                          f"{arrays['segment_lengths'].shape[0]} pieces; the output is corrupt, pack it again")
+    return arrays
 
 
 def output_fingerprint(dataset: dict[str, Any]) -> str:
@@ -221,11 +221,9 @@ class RowReader:
             if self._pieces is None:
                 offsets, ends = [np.zeros(1, dtype=np.int64)], []
                 for arrays in self.shards:
-                    starts = arrays["row_segments"].read_all()
-                    total = np.cumsum(arrays["segment_lengths"].read_all(), dtype=np.int64)
-                    row_start = np.concatenate([[0], total])[starts[:-1]]
-                    ends.append((total - np.repeat(row_start, np.diff(starts))).astype(np.int32))
-                    offsets.append(starts[1:] + offsets[-1][-1])
+                    row_segments, lengths = arrays["row_segments"].read_all(), arrays["segment_lengths"].read_all()
+                    ends.append((segment_starts(lengths, row_segments) + lengths).astype(np.int32))
+                    offsets.append(row_segments[1:] + offsets[-1][-1])
                 self._pieces = (np.concatenate(offsets), np.concatenate(ends))
             return self._pieces
 

@@ -81,14 +81,17 @@ def bar_chart(
         f'<text class="title" x="{LEFT + plot_w / 2:.1f}" y="{HEIGHT - 6}" text-anchor="middle">{_esc(x_title)}</text>'
     )
     if marker is not None:
-        x = x_of(marker[0])
-        parts.append(f'<line class="marker" x1="{x:.1f}" y1="{TOP - 8}" x2="{x:.1f}" y2="{TOP + plot_h}"/>')
-        # Label on the side with room, so a marker near the right edge is not clipped.
-        anchor, dx = ("start", 4) if x < LEFT + plot_w / 2 else ("end", -4)
-        parts.append(f'<text class="marker-label" x="{x + dx:.1f}" y="{TOP - 10}" text-anchor="{anchor}">'
-                     f'{_esc(marker[1])}</text>')
+        parts.append(_marker(x_of(marker[0]), marker[1]))
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _marker(x: float, text: str) -> str:
+    """A dashed vertical line at x with its label on the side that has room (never clipped at the edge)."""
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    anchor, dx = ("start", 4) if x < LEFT + plot_w / 2 else ("end", -4)
+    return (f'<line class="marker" x1="{x:.1f}" y1="{TOP - 8}" x2="{x:.1f}" y2="{TOP + plot_h}"/>'
+            f'<text class="marker-label" x="{x + dx:.1f}" y="{TOP - 10}" text-anchor="{anchor}">{_esc(text)}</text>')
 
 
 def fraction_chart(values: np.ndarray, *, x_title: str, bins: int = 20) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from packsft.layout import PackedOutput
+from packsft.layout import PackedOutput, row_lengths
 from packsft.report.charts import bar_chart, empty_chart, fraction_chart
 from packsft.report.inspect import tokenizer_for
 from packsft.report.page import PAGE_TEMPLATE, summary_html
@@ -59,9 +59,8 @@ def row_figures(output: PackedOutput, max_rows: int = MAX_SAMPLE_ROWS) -> tuple[
         if not len(pick):
             continue
         local = rows[pick] - lo
-        offsets = np.asarray(output.array(shard, "row_segments"))
-        ends = np.concatenate([[0], np.cumsum(output.array(shard, "segment_lengths"), dtype=np.int64)])
-        fill[pick] = (ends[offsets[local + 1]] - ends[offsets[local]]) / (L + 1)
+        used = row_lengths(np.asarray(output.array(shard, "segment_lengths")), np.asarray(output.array(shard, "row_segments")))
+        fill[pick] = used[local] / (L + 1)
         trained[pick] = output.array(shard, "loss_mask")[local].sum(axis=1, dtype=np.int64) / L
     return rows, fill, trained
 

@@ -42,31 +42,6 @@ def summary_html(dataset: dict[str, Any]) -> str:
     s = dataset.get("stats") or {}
     c = dataset.get("counters") or {}
     cfg = dataset.get("config") or {}
-    tok = dataset.get("tokenizer") or {}
-    cards = [
-        ("rows", _num(dataset.get("rows", s.get("chunks")))),
-        ("tokens per row (L+1)", _num((dataset.get("seq_length") or 0) + 1)),
-        ("fill", _pct(s.get("fill"))),
-        ("trained fraction", _pct(s.get("trained_fraction"))),
-        ("starts at BOS", _pct(s.get("bos_start_fraction"))),
-        ("trained retention", _pct(s.get("trained_retention"))),
-        ("context completeness", _pct(s.get("context_completeness"))),
-        ("BOS + user before", _pct(s.get("labels_with_bos_and_user"))),
-    ]
-    parts = ['<div class="cards">']
-    parts += [f'<div class="card"><b>{value}</b><span>{_esc(name)}</span></div>' for name, value in cards]
-    parts.append("</div>")
-    fingerprint = tok.get("fingerprint") or ""
-    special = tok.get("special_ids") or {}
-    tokenizer_rows = [
-        ("name", _esc(tok.get("name", "n/a"))),
-        ("template", _esc(tok.get("template", "n/a"))),
-        ("vocabulary", _num(tok.get("vocab_size"))),
-        ("fingerprint", _esc(fingerprint[:12] or "n/a")),
-        ("special ids", _esc(", ".join(f"{k} {v}" for k, v in sorted(special.items())) or "n/a")),
-        ("dtype", _esc(dataset.get("dtype", "n/a"))),
-        ("tokens stored", _num(dataset.get("tokens"))),
-    ]
 
     def counted(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return [(label, _num(s.get(key, c.get(key)))) for label, key in pairs]
@@ -85,31 +60,65 @@ def summary_html(dataset: dict[str, Any]) -> str:
     ])
     reasons = s.get("rejected_by_reason", c.get("rejected_by_reason")) or {}
     reason_rows = [(reason, _num(n)) for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
-    parts.append('<div class="columns">')
-    parts.append(f"<div><h3>Config</h3>{_table([(k, _esc(v)) for k, v in sorted(cfg.items())])}</div>")
-    parts.append(f"<div><h3>Tokenizer</h3>{_table(tokenizer_rows)}</div>")
-    parts.append(f"<div><h3>Conversations</h3>{_table(conversation_rows)}</div>")
-    parts.append(f"<div><h3>Pieces and tokens</h3>{_table(piece_rows)}<h3>Rejects by reason</h3>"
-                 f"{_table(reason_rows) if reason_rows else '<p>none</p>'}</div>")
-    parts.append("</div>")
-    per_source = s.get("per_source") or {}
-    if per_source:
-        head = "".join(f"<th>{h}</th>" for h in ("source", "conversations", "fill", "retention", "kept / trainable",
-                                                 "truncated", "dropped"))
-        body = "".join(
-            f"<tr><td>{_esc(name)}</td><td>{_num(row.get('conversations'))}</td><td>{_pct(row.get('fill'))}</td>"
-            f"<td>{_pct(row.get('trained_retention'))}</td><td>{_num(row.get('trained_tokens_kept'))} / "
-            f"{_num(row.get('trainable_tokens_available'))}</td><td>{_num(row.get('truncated'))}</td>"
-            f"<td>{_num(row.get('dropped'))}</td></tr>"
-            for name, row in per_source.items()
-        )
-        parts.append(f'<h3>Per source</h3><table class="grid"><tr>{head}</tr>{body}</table>')
+    parts = [_cards(dataset, s), '<div class="columns">',
+             f"<div><h3>Config</h3>{_table([(k, _esc(v)) for k, v in sorted(cfg.items())])}</div>",
+             f"<div><h3>Tokenizer</h3>{_table(_tokenizer_rows(dataset))}</div>",
+             f"<div><h3>Conversations</h3>{_table(conversation_rows)}</div>",
+             f"<div><h3>Pieces and tokens</h3>{_table(piece_rows)}<h3>Rejects by reason</h3>"
+             f"{_table(reason_rows) if reason_rows else '<p>none</p>'}</div>", "</div>",
+             _per_source_table(s.get("per_source") or {})]
     try:
         notes = warnings(s, cfg)
     except (KeyError, TypeError):  # an older or partial stats block: no warnings rather than no report
         notes = []
     parts += [f'<p class="warning">warning: {_esc(note)}</p>' for note in notes]
     return "".join(parts)
+
+
+def _cards(dataset: dict[str, Any], s: dict[str, Any]) -> str:
+    """The headline figures, one card each."""
+    cards = [
+        ("rows", _num(dataset.get("rows", s.get("chunks")))),
+        ("tokens per row (L+1)", _num((dataset.get("seq_length") or 0) + 1)),
+        ("fill", _pct(s.get("fill"))),
+        ("trained fraction", _pct(s.get("trained_fraction"))),
+        ("starts at BOS", _pct(s.get("bos_start_fraction"))),
+        ("trained retention", _pct(s.get("trained_retention"))),
+        ("context completeness", _pct(s.get("context_completeness"))),
+        ("turn prefix completeness", _pct(s.get("turn_prefix_completeness"))),
+        ("BOS + user before", _pct(s.get("labels_with_bos_and_user"))),
+    ]
+    body = "".join(f'<div class="card"><b>{value}</b><span>{_esc(name)}</span></div>' for name, value in cards)
+    return f'<div class="cards">{body}</div>'
+
+
+def _tokenizer_rows(dataset: dict[str, Any]) -> list[tuple[str, str]]:
+    tok = dataset.get("tokenizer") or {}
+    special = tok.get("special_ids") or {}
+    return [
+        ("name", _esc(tok.get("name", "n/a"))),
+        ("template", _esc(tok.get("template", "n/a"))),
+        ("vocabulary", _num(tok.get("vocab_size"))),
+        ("fingerprint", _esc((tok.get("fingerprint") or "")[:12] or "n/a")),
+        ("special ids", _esc(", ".join(f"{k} {v}" for k, v in sorted(special.items())) or "n/a")),
+        ("dtype", _esc(dataset.get("dtype", "n/a"))),
+        ("tokens stored", _num(dataset.get("tokens"))),
+    ]
+
+
+def _per_source_table(per_source: dict[str, Any]) -> str:
+    if not per_source:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("source", "conversations", "fill", "retention", "kept / trainable",
+                                             "truncated", "dropped"))
+    body = "".join(
+        f"<tr><td>{_esc(name)}</td><td>{_num(row.get('conversations'))}</td><td>{_pct(row.get('fill'))}</td>"
+        f"<td>{_pct(row.get('trained_retention'))}</td><td>{_num(row.get('trained_tokens_kept'))} / "
+        f"{_num(row.get('trainable_tokens_available'))}</td><td>{_num(row.get('truncated'))}</td>"
+        f"<td>{_num(row.get('dropped'))}</td></tr>"
+        for name, row in per_source.items()
+    )
+    return f'<h3>Per source</h3><table class="grid"><tr>{head}</tr>{body}</table>'
 
 
 PAGE_TEMPLATE = Template("""<!doctype html>

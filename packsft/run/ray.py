@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 from packsft.config import PackConfig
 from packsft.errors import MissingDependencyError, OutputError, PacksftError
+from packsft.inputs import is_url
 from packsft.layout import shard_name
 from packsft.run.outdir import remove_temporaries
 from packsft.run.pipeline import PackResult, run_pack
@@ -43,7 +45,6 @@ from packsft.version import __version__
 INSTALL_HINT = "pip install 'packsft[ray]'"
 # Ray's own retries of a task whose worker or node died (preemption, OOM kill); a unit is idempotent.
 DEFAULT_MAX_RETRIES = 3
-URL_MARK = "://"  # s3://, gs://, hf://: object-store locations, not paths every node mounts
 # The driver collects finished units in batches (at most every WAIT_S seconds), not one ray.wait per
 # unit over all pending ones, which would cost O(units^2) for big plans.
 WAIT_BATCH, WAIT_S = 256, 1.0
@@ -78,7 +79,7 @@ def import_ray() -> ModuleType:
 
 
 def run_ray(
-    data_dir: str | Path,
+    data: str | Path | Sequence[str | Path],
     out_dir: str | Path,
     config: PackConfig,
     options: RayOptions | None = None,
@@ -89,11 +90,12 @@ def run_ray(
     unit_bytes: int = DEFAULT_UNIT_BYTES,
     skip_bad_files: bool = False,
 ) -> PackResult:
-    """Pack DATA_DIR into OUT_DIR with one Ray task per missing unit, then merge (dataset.json).
+    """Pack DATA (what run_pack reads: folders, globs, files, URLs) into OUT_DIR with one Ray task per
+    missing unit, then merge (dataset.json).
 
     Connects to the cluster first, so an unreachable cluster fails before anything is written. Local
-    paths (DATA_DIR, OUT_DIR, a tokenizer folder) are made absolute here, because Ray workers do not
-    start in this process's folder.
+    paths (DATA, OUT_DIR, a tokenizer folder) are made absolute here, because Ray workers do not start
+    in this process's folder; URLs go to the reader unchanged.
     """
     out_dir = _shared_output_path(out_dir)
     ray = import_ray()
@@ -104,7 +106,7 @@ def run_ray(
     if connected_here:
         _connect(ray, options.address)
     try:
-        return run_pack(_shared_input_path(data_dir), out_dir, config, overwrite=overwrite, quiet=quiet,
+        return run_pack(_shared_inputs(data), out_dir, config, overwrite=overwrite, quiet=quiet,
                         strict=strict, unit_bytes=unit_bytes, skip_bad_files=skip_bad_files,
                         runner=RayUnitRunner(options))
     finally:
@@ -112,13 +114,14 @@ def run_ray(
             ray.shutdown()
 
 
-def _shared_input_path(data_dir: str | Path) -> str | Path:
-    """A local input path made absolute; a URL (s3://...) passed on unchanged for the reader to open."""
-    return data_dir if URL_MARK in str(data_dir) else Path(data_dir).resolve()
+def _shared_inputs(data: str | Path | Sequence[str | Path]) -> list[str]:
+    """Local inputs (folders, files, globs) made absolute; URLs (s3://...) unchanged for the reader."""
+    specs = [data] if isinstance(data, (str, Path)) else data
+    return [str(spec) if is_url(spec) else str(Path(spec).resolve()) for spec in specs]
 
 
 def _shared_output_path(out_dir: str | Path) -> Path:
-    if URL_MARK in str(out_dir):
+    if is_url(out_dir):
         raise OutputError(
             f"{out_dir}: OUT_DIR must be a folder every Ray node mounts (NFS, a shared volume), not an object "
             "store: shards are written under a temporary name and renamed into place, which object stores "
@@ -132,7 +135,7 @@ def _connect(ray: ModuleType, address: str | None) -> None:
     how = ("Start it with `ray start --head` (and `ray start --address HEAD:PORT` on the other nodes), "
            "or pass --address HEAD:PORT")
     host, _, port = where.rpartition(":")
-    if host and port.isdigit() and URL_MARK not in where:
+    if host and port.isdigit() and not is_url(where):
         # ray.init retries an address nobody listens on for many minutes; a refused port fails here.
         try:
             socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()

@@ -8,10 +8,11 @@ No I/O besides reading the unit's input; pipeline.write_unit writes the shard.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from packsft.render import RenderedBatch, render_roles, trained_unprompted
 from packsft.rows import Chunks, build_chunks, build_linear_chunks, empty_chunks, labels_with_bos_and_user
 from packsft.run.outdir import failed_path
 from packsft.run.plan import Unit
-from packsft.split import PieceTable, prompt_starts, split_long
+from packsft.split import PieceTable, message_starts, prompt_starts, split_long
 from packsft.stats import LENGTH_BIN, LENGTH_BINS
 from packsft.tokenizer import PackTokenizer
 from packsft.writer import write_shard
@@ -74,6 +75,41 @@ def _reject_untrainable(batch: RenderedBatch, conversations: list[Conversation],
     return (batch.select(~no_trained) if no_trained.any() else batch), int(no_trained.sum())
 
 
+def open_unit(unit: Unit, config: PackConfig) -> InputFile:
+    """The unit's input file, opened as the pack reads it (format, input format, role map)."""
+    return open_input(unit.path, config.format, config.input_format, parse_role_map(config.role_map))
+
+
+SPLIT_COUNTERS = ("conversations_truncated", "conversations_dropped_long", "conversations_split", "pieces_split",
+                  "exchanges_split", "prompts_shortened", "prompted_labels", "prompted_labels_complete",
+                  "turn_labels_whole")
+
+
+@dataclass
+class ReadUnit:
+    """The unit's records rendered into one batch, and what happened to the others on the way."""
+
+    batch: RenderedBatch
+    batches: int  # record batches read
+    read: int  # conversations read
+    filtered: int  # records --source-filter left out
+    untrainable: int  # conversations without a trained token (rejected)
+
+
+@dataclass
+class PackedUnit:
+    """The rows of a unit and, per conversation, what packing kept of it."""
+
+    chunks: Chunks
+    pieces: int
+    conversations_packed: int
+    kept: np.ndarray  # trained labels kept, per conversation
+    pad_share: np.ndarray  # share of row padding (by tokens in the row), per conversation
+    truncated: list[int] = field(default_factory=list)  # conversations cut short by --long truncate
+    dropped: list[int] = field(default_factory=list)  # ... left out by --long drop
+    counters: dict[str, int] = field(default_factory=dict)  # the splitter's (or linear packing's) counts
+
+
 def pack_unit(
     unit: Unit,
     source: InputFile,
@@ -83,107 +119,122 @@ def pack_unit(
     progress: tqdm | None = None,
 ) -> tuple[Chunks, dict[str, Any]]:
     """Pack one unit into chunks in memory; returns the chunks and the unit's counters."""
-    counters: Counter[str] = Counter()
-    batches = []
-    renderer = None
-    if config.template == "chat":
+    read = read_unit(unit, source, config, tokenizer, rejects, progress)
+    trainable = read.batch.trainable_per_conversation()
+    drop_unprompted = read.batch.unprompted & (config.unprompted == "drop")
+    batch, trainable = read.batch.select(~drop_unprompted), trainable[~drop_unprompted]
+    packed = pack_linear(batch, trainable, config, tokenizer) if config.strategy == "linear" else \
+        pack_pieces(batch, config, tokenizer)
+    counters = {
+        **_read_counters(read),
+        "tokens_rendered": len(read.batch.ids),
+        "special_strings_in_content": read.batch.special_strings,
+        "conversations_dropped_unprompted": int(drop_unprompted.sum()),
+        "trainable_tokens_available": int(trainable.sum()),
+        "trained_unprompted": trained_unprompted(batch),
+        "conversations_packed": packed.conversations_packed,
+        "pieces": packed.pieces,
+        **packed.counters,
+        **chunk_counters(packed.chunks, tokenizer),
+        "records_rejected": rejects.total,
+        "rejected_by_reason": dict(rejects.counts),
+        "per_source": source_counters(batch, trainable, packed),
+        "length_histogram": np.bincount(np.minimum(batch.lengths // LENGTH_BIN, LENGTH_BINS - 1),
+                                        minlength=LENGTH_BINS).astype(int).tolist(),
+    }
+    return packed.chunks, counters
 
-        renderer = ChatRenderer(tokenizer)
-    for conversations, filtered in read_conversations(
+
+def read_unit(unit: Unit, source: InputFile, config: PackConfig, tokenizer: PackTokenizer, rejects: RejectLedger,
+              progress: tqdm | None = None) -> ReadUnit:
+    """Read and render the unit batch by batch; unrenderable and untrainable conversations go to `rejects`."""
+    renderer = ChatRenderer(tokenizer) if config.template == "chat" else None
+    batches, read, filtered, untrainable, tokens = [], 0, 0, 0, 0
+    for conversations, left_out in read_conversations(
         source, config.format, rejects, source_filter=config.source_filter, batch_size=config.batch_size,
         display_name=unit.name, row_groups=unit.row_groups,
     ):
-        counters["records_filtered"] += filtered
-        counters["conversations_read"] += len(conversations)
         failed: set[int] = set()
         batch = render_batch(conversations, tokenizer, config, renderer=renderer,
                              reject=functools.partial(_reject_rendering, rejects, failed))
         rendered = [c for c in conversations if id(c) not in failed] if failed else conversations
-        batch, untrainable = _reject_untrainable(batch, rendered, config, rejects)
-        counters["conversations_dropped_no_trained"] += untrainable
+        batch, rejected = _reject_untrainable(batch, rendered, config, rejects)
         batches.append(batch)
+        read, filtered, untrainable, tokens = (read + len(conversations), filtered + left_out,
+                                               untrainable + rejected, tokens + len(batch.ids))
         if progress is not None:
-            progress.update(len(conversations) + filtered)
-            counters["tokens_rendered"] += len(batch.ids)
-            progress.set_postfix_str(_rate(progress, counters["tokens_rendered"]), refresh=False)
+            progress.update(len(conversations) + left_out)
+            progress.set_postfix_str(_rate(progress, tokens), refresh=False)
     batch = RenderedBatch.concat(batches) if batches else render_batch([], tokenizer, config)
-    counters["tokens_rendered"] = len(batch.ids)
+    return ReadUnit(batch, len(batches), read, filtered, untrainable)
 
-    # Conversations without a trained token went to the ledger per batch; drop unprompted ones if asked.
-    trainable = batch.trainable_per_conversation()
-    drop_unprompted = batch.unprompted & (config.unprompted == "drop")
-    counters["conversations_dropped_unprompted"] = int(drop_unprompted.sum())
-    keep = ~drop_unprompted
-    batch = batch.select(keep)
-    trainable = trainable[keep]
-    counters["trainable_tokens_available"] = int(trainable.sum())
-    counters["trained_unprompted"] = trained_unprompted(batch)
-    source_codes, source_names = _source_codes(batch.sources)
-    histogram = np.bincount(np.minimum(batch.lengths // LENGTH_BIN, LENGTH_BINS - 1), minlength=LENGTH_BINS)
 
-    capacity = config.seq_length + 1
-    if config.strategy == "linear":
-        chunks = build_linear_chunks(batch.ids, batch.flags, batch.conv_offsets, config.seq_length, tokenizer.pad_id)
-        counters["conversations_packed"] = len(batch)
-        counters["pieces"] = len(batch)
-        kept_per_conv = trainable.copy()
-        if len(batch):
-            kept_per_conv[0] -= int(batch.flags[0])  # the very first token is never a label
-        counters.update(_linear_context(batch, config.seq_length))
-        pad_share = np.zeros(len(batch))
-        if len(batch) and chunks.rows:
-            pad_share[-1] = chunks.rows * capacity - chunks.nonpad
-        truncated_convs: list[int] = []
-        dropped_convs: list[int] = []
-    else:
-        marker = _marker(tokenizer)
-        pieces, split_counts = split_long(batch, config.seq_length, config.long_policy, marker, config.turn_cut,
-                                           config.context_share)
-        packer = pack_bestfit if config.strategy == "bestfit" else pack_aligned
-        packing = packer(pieces.lengths, capacity)
-        chunks = build_chunks(pieces, packing, config.seq_length, tokenizer.pad_id)
-        counters.update(
-            {
-                key: getattr(split_counts, key)
-                for key in (
-                    "conversations_truncated", "conversations_dropped_long", "conversations_split", "pieces_split",
-                    "exchanges_split", "prompts_shortened", "prompted_labels", "prompted_labels_complete",
-                )
-            }
-        )
-        counters["conversations_packed"] = len(np.unique(pieces.conv))
-        counters["pieces"] = len(pieces)
-        kept_per_conv, pad_share = _piece_shares(pieces, packing.order, chunks, len(batch), capacity)
-        truncated_convs = split_counts.per_conv_truncated if config.long_policy == "truncate" else []
-        dropped_convs = split_counts.per_conv_truncated if config.long_policy == "drop" else []
+def _read_counters(read: ReadUnit) -> dict[str, int]:
+    # A unit that yields no record batch (an empty file) has never had these counters: keep it so, so that
+    # its manifest stays as earlier versions wrote it.
+    if not read.batches:
+        return {}
+    return {"records_filtered": read.filtered, "conversations_read": read.read,
+            "conversations_dropped_no_trained": read.untrainable}
 
-    counters["chunks"] = chunks.rows
-    counters["nonpad_positions"] = chunks.nonpad
-    counters["trained_tokens_kept"] = int(chunks.loss_mask.sum(dtype=np.int64))
+
+def pack_linear(batch: RenderedBatch, trainable: np.ndarray, config: PackConfig, tokenizer: PackTokenizer) -> PackedUnit:
+    """Stream the conversations across rows (nothing is too long; the last row holds all the padding)."""
+    chunks = build_linear_chunks(batch.ids, batch.flags, batch.conv_offsets, config.seq_length, tokenizer.pad_id)
+    kept = trainable.copy()
+    if len(batch):
+        kept[0] -= int(batch.flags[0])  # the very first token is never a label
+    pad_share = np.zeros(len(batch))
+    if len(batch) and chunks.rows:
+        pad_share[-1] = chunks.rows * (config.seq_length + 1) - chunks.nonpad
+    return PackedUnit(chunks, len(batch), len(batch), kept, pad_share, counters=_linear_context(batch, config.seq_length))
+
+
+def pack_pieces(batch: RenderedBatch, config: PackConfig, tokenizer: PackTokenizer) -> PackedUnit:
+    """Split long conversations into pieces, pack the pieces into rows (best-fit or aligned)."""
+    policy = config.long_policy or "split"  # None only for linear packing, which never splits
+    pieces, split_counts = split_long(batch, config.seq_length, policy, _marker(tokenizer), config.turn_cut,
+                                      config.context_share)
+    packer = pack_bestfit if config.strategy == "bestfit" else pack_aligned
+    packing = packer(pieces.lengths, config.seq_length + 1)
+    chunks = build_chunks(pieces, packing, config.seq_length, tokenizer.pad_id)
+    kept, pad_share = _piece_shares(pieces, packing.order, chunks, len(batch), config.seq_length + 1)
+    return PackedUnit(
+        chunks, len(pieces), len(np.unique(pieces.conv)), kept, pad_share,
+        truncated=split_counts.per_conv_truncated if policy == "truncate" else [],
+        dropped=split_counts.per_conv_truncated if policy == "drop" else [],
+        counters={key: getattr(split_counts, key) for key in SPLIT_COUNTERS},
+    )
+
+
+def chunk_counters(chunks: Chunks, tokenizer: PackTokenizer) -> dict[str, int]:
+    """What the rows hold: chunks, non-pad positions, trained labels, BOS starts, BOS + user labels."""
+    counters = {"chunks": chunks.rows, "nonpad_positions": chunks.nonpad,
+                "trained_tokens_kept": int(chunks.loss_mask.sum(dtype=np.int64))}
     if tokenizer.bos_id is not None:  # chat templates without a BOS leave it out: 'starts at BOS' is n/a
         counters["bos_starts"] = int((chunks.tokens[:, 0] == tokenizer.bos_id).sum())
     bos_user = labels_with_bos_and_user(chunks, tokenizer.bos_id, tokenizer.role_ids.get(USER))
     if bos_user is not None:
         counters["labels_with_bos_and_user"] = bos_user
+    return counters
 
-    per_source: dict[str, Counter[str]] = {}
-    for code, name in enumerate(source_names):
-        members = source_codes == code
-        per_source[name] = Counter(
+
+def source_counters(batch: RenderedBatch, trainable: np.ndarray, packed: PackedUnit) -> dict[str, dict[str, int]]:
+    """Per source: conversations, trainable and kept labels, tokens, pad share, truncated, dropped."""
+    codes, names = _source_codes(batch.sources)
+    per_source = {}
+    for code, name in enumerate(names):
+        members = codes == code
+        per_source[name] = dict(
             conversations=int(members.sum()),
             trainable=int(trainable[members].sum()),
-            kept=int(kept_per_conv[members].sum()),
+            kept=int(packed.kept[members].sum()),
             tokens=int(batch.lengths[members].sum()),
-            pad_share=int(round(float(pad_share[members].sum()))),
-            truncated=int(np.isin(np.flatnonzero(members), truncated_convs).sum()),
-            dropped=int(np.isin(np.flatnonzero(members), dropped_convs).sum()),
+            pad_share=int(round(float(packed.pad_share[members].sum()))),
+            truncated=int(np.isin(np.flatnonzero(members), packed.truncated).sum()),
+            dropped=int(np.isin(np.flatnonzero(members), packed.dropped).sum()),
         )
-    totals: dict[str, Any] = dict(counters)
-    totals["records_rejected"] = rejects.total
-    totals["rejected_by_reason"] = dict(rejects.counts)
-    totals["per_source"] = {name: dict(c) for name, c in per_source.items()}
-    totals["length_histogram"] = histogram.astype(int).tolist()
-    return chunks, totals
+    return per_source
 
 
 def _rate(progress: tqdm, tokens: int) -> str:
@@ -236,7 +287,11 @@ def _linear_context(batch: RenderedBatch, seq_length: int) -> dict[str, int]:
     positions = positions[positions >= 1]  # the first stream token is never a label
     rows = (positions - 1) // seq_length
     complete = starts[positions] >= rows * seq_length
-    return {"prompted_labels": len(positions), "prompted_labels_complete": int(complete.sum())}
+    trained = np.flatnonzero(batch.flags.astype(bool))
+    trained = trained[trained >= 1]
+    whole = message_starts(batch)[trained] >= (trained - 1) // seq_length * seq_length
+    return {"prompted_labels": len(positions), "prompted_labels_complete": int(complete.sum()),
+            "turn_labels_whole": int(whole.sum())}
 
 
 def write_unit(
@@ -259,9 +314,8 @@ def write_unit(
     failed = failed_path(out_dir, unit.index)
     try:
         rejects = RejectLedger(strict=strict)
-        source = open_input(unit.path, config.format, config.input_format, parse_role_map(config.role_map))
-        inputs = {"path": unit.name, "bytes": unit.file_bytes, "row_groups": list(unit.row_groups or ()),
-                  "first_row": unit.first_row}
+        source = open_unit(unit, config)
+        inputs = unit.manifest_input()
         skipped = None
         try:
             chunks, counters = pack_unit(unit, source, config, tokenizer, rejects, progress)
@@ -289,7 +343,8 @@ def write_unit(
                               extra_files={REJECTS_JSONL: rejects.to_jsonl().encode()})
     except Exception as exc:
         kind = "error" if isinstance(exc, PacksftError) else f"bug ({type(exc).__name__})"
-        failed.write_text(f"{kind}: {exc}\n")
+        with contextlib.suppress(OSError):  # a full disk may refuse even this note; the error still goes up
+            failed.write_text(f"{kind}: {exc}\n")
         raise
     failed.unlink(missing_ok=True)
     return written

@@ -29,16 +29,18 @@ from packsft.errors import OutputError
 from packsft.layout import (
     DATASET_JSON,
     FORMAT_VERSION,
+    MANIFEST_JSON,
     MARKER,
     PARQUET_FILE,
     REJECTS_JSONL,
     SHARDS_DIR,
+    TOKEN_DTYPES,
     storage_dtype,
 )
 from packsft.stats import add_counters, summarize
 from packsft.verify.deep import repack_and_compare
 from packsft.verify.files import ShardArrays, check_shard_files, check_shard_list
-from packsft.verify.invariants import check_shard_arrays
+from packsft.verify.invariants import ControlIds, check_control_tokens, check_shard_arrays
 
 DEEP_SAMPLE_UNITS = 2
 DATASET_KEYS = ("format_version", "config", "tokenizer", "seq_length", "dtype", "rows", "tokens", "stats",
@@ -56,8 +58,8 @@ def _schema_problems(dataset: dict[str, Any]) -> list[str]:
     found = []
     if not _is_int(dataset["seq_length"]) or dataset["seq_length"] < 2:
         found.append(f"seq_length is {dataset['seq_length']!r}, not an integer >= 2")
-    if dataset["dtype"] not in ("uint16", "uint32"):
-        found.append(f"dtype is {dataset['dtype']!r}, not uint16 or uint32")
+    if dataset["dtype"] not in TOKEN_DTYPES:
+        found.append(f"dtype is {dataset['dtype']!r}, not {' or '.join(TOKEN_DTYPES)}")
     if not isinstance(config, dict) or config.get("strategy") not in STRATEGIES or config.get("output_format") not in OUTPUT_FORMATS:
         found.append("config has no valid strategy or output_format")
     if not isinstance(tokenizer, dict) or not _is_int(tokenizer.get("vocab_size")) or not isinstance(tokenizer.get("special_ids"), dict):
@@ -191,6 +193,12 @@ def _check_rows(report: Report, shard_dir: str, arrays: ShardArrays, manifest: d
         chunk = None if v.row is None else first_chunk + v.row
         file = v.array if arrays.segment_lengths is not None else PARQUET_FILE
         report.problems.append(Problem(f"{shard_dir}/{file}", v.message, v.row, chunk))
+    control = ControlIds.of(special, dataset["config"].get("template"))
+    if control is not None and arrays.segment_lengths is not None and not report.problems:
+        for v in check_control_tokens(arrays.tokens, arrays.loss_mask, np.asarray(arrays.segment_lengths),
+                                      np.asarray(arrays.row_segments), control=control, mask=dataset["config"].get("mask")):
+            chunk = None if v.row is None else first_chunk + v.row
+            report.problems.append(Problem(f"{shard_dir}/{v.array}", v.message, v.row, chunk))
     counters = manifest.get("counters", {})
     found = {"chunks": len(arrays.tokens), "trained_tokens_kept": int(arrays.loss_mask.sum(dtype=np.int64))}
     if arrays.segment_lengths is not None:
@@ -199,7 +207,7 @@ def _check_rows(report: Report, shard_dir: str, arrays: ShardArrays, manifest: d
         found["bos_starts"] = int((np.asarray(arrays.tokens[:, 0]) == special["bos"]).sum())
     for key, value in found.items():
         if counters.get(key) != value:
-            report.problems.append(Problem(f"{shard_dir}/manifest.json",
+            report.problems.append(Problem(f"{shard_dir}/{MANIFEST_JSON}",
                                            f"counters.{key} is {counters.get(key)!r}, the arrays hold {value}"))
 
 

@@ -1,9 +1,9 @@
 """`packsft verify --deep`: re-pack sampled units from their inputs and compare with what is on disk.
 
-    dataset.json: data_dir, config, tokenizer fingerprint
+    dataset.json: data_dir, config, tokenizer fingerprint; shards[i].inputs[0]: file, row groups
           |  (inputs still there, same size; tokenizer loads with the same fingerprint)
           v
-    unit.pack_unit(unit) in memory  -->  tokens, loss_mask, segments, counters
+    unit.pack_unit(the unit's row groups, the pack's config)  -->  tokens, loss_mask, segments, counters
           |                                        ||  byte for byte
           v                                        ||
     shards/NNNNN/*.npy | chunks.parquet, manifest.json counters
@@ -19,106 +19,137 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from packsft.config import CONFIG_KEYS, PackConfig
 from packsft.errors import PacksftError
-from packsft.layout import ARRAY_FILES, MANIFEST_JSON, PARQUET_FILE, SHARDS_DIR
-from packsft.reader import open_input
+from packsft.inputs import is_url
+from packsft.layout import (
+    ARRAY_FILES,
+    DATASET_JSON,
+    LOSS_MASK_NPY,
+    MANIFEST_JSON,
+    PARQUET_FILE,
+    SHARDS_DIR,
+    TOKENS_NPY,
+)
 from packsft.records import RejectLedger
+from packsft.rows import Chunks
 from packsft.run.plan import Unit
-from packsft.run.unit import pack_unit
-from packsft.tokenizer import load_tokenizer
+from packsft.run.unit import open_unit, pack_unit
+from packsft.tokenizer import PackTokenizer, load_tokenizer
 from packsft.verify.files import ShardArrays, compare_arrays
-from packsft.writer import narrow_tokens, seq_lengths
+from packsft.writer import narrow_tokens, seq_lengths, stored_arrays
+
+SKIP = "deep check skipped"
+Problems = list[tuple[str, str]]  # (file relative to OUT_DIR, message)
 
 
-def repack_and_compare(
-    out_dir: Path, dataset: dict[str, Any], units: list[int], notes: list[str]
-) -> tuple[list[tuple[str, str]], int]:
-    """(problems as (file relative to OUT_DIR, message), units re-packed); reasons to skip go to notes."""
-
-    skip = "deep check skipped"
-    try:
-        config = PackConfig(**{k: v for k, v in dataset["config"].items() if k in CONFIG_KEYS})
-    except (PacksftError, TypeError) as exc:
-        notes.append(f"{skip}: the stored config does not load ({exc})")
+def repack_and_compare(out_dir: Path, dataset: dict[str, Any], units: list[int], notes: list[str]) -> tuple[Problems, int]:
+    """(problems, units re-packed) for the shards at indices `units`; reasons to skip go to notes."""
+    config = _stored_config(dataset, notes)
+    todo = _repackable_units(dataset, units, notes) if config is not None else []
+    tokenizer = _packing_tokenizer(config, dataset, notes) if config is not None and todo else None
+    if config is None or tokenizer is None:
         return [], 0
-    if config.trust_remote_code:
-        notes.append(f"{skip}: the tokenizer needs remote code, which verify never runs")
-        return [], 0
-    data_dir = Path(dataset.get("data_dir", ""))
-    todo = []
-    for index in units:
-        entry = dataset["shards"][index]
-        if len(entry["inputs"]) != 1:
-            notes.append(f"{skip} for shard {entry['name']}: it was packed from {len(entry['inputs'])} inputs")
-            continue
-        source = entry["inputs"][0]
-        path = data_dir / source["path"]
-        if not path.is_file():
-            notes.append(f"{skip} for shard {entry['name']}: input {path} is gone")
-        elif path.stat().st_size != source["bytes"]:
-            notes.append(f"{skip} for shard {entry['name']}: input {path} changed size since packing")
-        else:
-            todo.append((index, entry, path))
-    if not todo:
-        return [], 0
-    try:
-        tokenizer = load_tokenizer(config.tokenizer, config.template)
-    except PacksftError as exc:
-        notes.append(f"{skip}: {exc}")
-        return [], 0
-    if tokenizer.fingerprint != dataset["tokenizer"].get("fingerprint"):
-        notes.append(f"{skip}: tokenizer {config.tokenizer!r} changed since packing (fingerprint differs)")
-        return [], 0
-    problems: list[tuple[str, str]] = []
-    identity = json.loads(json.dumps(tokenizer.identity()))
-    edited = sorted(k for k in set(identity) | set(dataset["tokenizer"]) if identity.get(k) != dataset["tokenizer"].get(k))
-    if edited:  # same fingerprint, so the tokenizer is the same: dataset.json was edited
-        problems.append(("dataset.json", f"tokenizer {', '.join(edited)} differ from the tokenizer it names"))
-
-    dtype = np.dtype(dataset["dtype"])
-    for index, entry, path in todo:
-        shard_dir = f"{SHARDS_DIR}/{entry['name']}"
-        try:
-            chunks, counters = pack_unit(Unit(index, path, entry["inputs"][0]["path"]), open_input(path, config.format),
-                                         config, tokenizer, RejectLedger())
-            tokens = narrow_tokens(chunks.tokens, dtype, tokenizer.vocab_size)
-        except PacksftError as exc:
-            problems.append((shard_dir, f"re-packing {path} failed: {exc}"))
-            continue
-        fresh = {
-            "tokens.npy": tokens,
-            "loss_mask.npy": chunks.loss_mask.astype(np.uint8),
-            "segment_lengths.npy": chunks.segment_lengths.astype(np.int32),
-            "row_segments.npy": chunks.row_segments.astype(np.int64),
-        }
-        differs = f"differs from a fresh pack of {entry['inputs'][0]['path']}"
-        folder = out_dir / shard_dir
-        files = entry["files"]
-        if all(name in files for name in ARRAY_FILES):
-            stored = ShardArrays(*(np.load(folder / name, mmap_mode="r", allow_pickle=False) for name in ARRAY_FILES))
-            problems += [(f"{shard_dir}/{name}", text) for name, text in compare_arrays(stored, fresh, _literal(differs))]
-        if PARQUET_FILE in files:
-            problems += _compare_parquet(folder / PARQUET_FILE, fresh, chunks, f"{shard_dir}/{PARQUET_FILE}", differs)
-        manifest = json.loads((folder / MANIFEST_JSON).read_text(encoding="utf-8"))
-        recounted = json.loads(json.dumps(counters))
-        if recounted != manifest.get("counters"):
-            keys = sorted(k for k in set(recounted) | set(manifest.get("counters", {}))
-                          if recounted.get(k) != manifest.get("counters", {}).get(k))
-            problems.append((f"{shard_dir}/{MANIFEST_JSON}", f"counters {differs} ({', '.join(keys)})"))
+    problems = _edited_tokenizer_identity(tokenizer, dataset)
+    for unit in todo:
+        problems += _compare_unit(out_dir, dataset, unit, config, tokenizer)
     return problems, len(todo)
 
 
-def _compare_parquet(path: Path, fresh: dict[str, np.ndarray], chunks: Any, name: str, message: str) -> list[tuple[str, str]]:
-    import pyarrow.parquet as pq
+def _stored_config(dataset: dict[str, Any], notes: list[str]) -> PackConfig | None:
+    try:
+        config = PackConfig(**{k: v for k, v in dataset["config"].items() if k in CONFIG_KEYS})
+    except (PacksftError, TypeError) as exc:
+        notes.append(f"{SKIP}: the stored config does not load ({exc})")
+        return None
+    if config.trust_remote_code:
+        notes.append(f"{SKIP}: the tokenizer needs remote code, which verify never runs")
+        return None
+    return config
 
 
+def _repackable_units(dataset: dict[str, Any], indices: list[int], notes: list[str]) -> list[Unit]:
+    """The units of the shards at `indices` whose input is still there, unchanged in size.
+
+    A unit is rebuilt from its manifest's input record (row-group range included): a big file is cut
+    into several units, and each must be re-packed from its own rows only.
+    """
+    if is_url(dataset.get("data_dir", "")):
+        notes.append(f"{SKIP}: the inputs are remote ({dataset['data_dir']}); --deep re-packs local inputs only")
+        return []
+    data_dir = Path(dataset.get("data_dir", ""))
+    units = []
+    for index in indices:
+        entry = dataset["shards"][index]
+        if len(entry["inputs"]) != 1:
+            notes.append(f"{SKIP} for shard {entry['name']}: it was packed from {len(entry['inputs'])} inputs")
+            continue
+        unit = Unit.from_manifest_input(index, data_dir, entry["inputs"][0])
+        path = Path(unit.path)  # local: remote inputs were noted above
+        if not path.is_file():
+            notes.append(f"{SKIP} for shard {entry['name']}: input {path} is gone")
+        elif path.stat().st_size != unit.file_bytes:
+            notes.append(f"{SKIP} for shard {entry['name']}: input {path} changed size since packing")
+        else:
+            units.append(unit)
+    return units
+
+
+def _packing_tokenizer(config: PackConfig, dataset: dict[str, Any], notes: list[str]) -> PackTokenizer | None:
+    """The tokenizer the output names, if it still loads with the fingerprint the output records."""
+    try:
+        tokenizer = load_tokenizer(config.tokenizer, config.template)
+    except PacksftError as exc:
+        notes.append(f"{SKIP}: {exc}")
+        return None
+    if tokenizer.fingerprint != dataset["tokenizer"].get("fingerprint"):
+        notes.append(f"{SKIP}: tokenizer {config.tokenizer!r} changed since packing (fingerprint differs)")
+        return None
+    return tokenizer
+
+
+def _edited_tokenizer_identity(tokenizer: PackTokenizer, dataset: dict[str, Any]) -> Problems:
+    """Same fingerprint, so the same tokenizer: any other difference means dataset.json was edited."""
+    identity = json.loads(json.dumps(tokenizer.identity()))
+    stored = dataset["tokenizer"]
+    edited = sorted(k for k in set(identity) | set(stored) if identity.get(k) != stored.get(k))
+    return [(DATASET_JSON, f"tokenizer {', '.join(edited)} differ from the tokenizer it names")] if edited else []
+
+
+def _compare_unit(out_dir: Path, dataset: dict[str, Any], unit: Unit, config: PackConfig,
+                  tokenizer: PackTokenizer) -> Problems:
+    """Re-pack one unit in memory and compare its arrays, parquet and counters with its shard."""
+    entry = dataset["shards"][unit.index]
+    shard_dir = f"{SHARDS_DIR}/{entry['name']}"
+    try:
+        chunks, counters = pack_unit(unit, open_unit(unit, config), config, tokenizer, RejectLedger())
+        fresh = stored_arrays(chunks, narrow_tokens(chunks.tokens, np.dtype(dataset["dtype"]), tokenizer.vocab_size))
+    except PacksftError as exc:
+        return [(shard_dir, f"re-packing {unit.path} failed: {exc}")]
+    differs = f"differs from a fresh pack of {unit.name}"
+    folder = out_dir / shard_dir
+    problems: Problems = []
+    if all(name in entry["files"] for name in ARRAY_FILES):
+        stored = ShardArrays(*(np.load(folder / name, mmap_mode="r", allow_pickle=False) for name in ARRAY_FILES))
+        problems += [(f"{shard_dir}/{name}", text) for name, text in compare_arrays(stored, fresh, _literal(differs))]
+    if PARQUET_FILE in entry["files"]:
+        problems += _compare_parquet(folder / PARQUET_FILE, fresh, chunks, f"{shard_dir}/{PARQUET_FILE}", differs)
+    manifest = json.loads((folder / MANIFEST_JSON).read_text(encoding="utf-8"))
+    stored_counters, recounted = manifest.get("counters", {}), json.loads(json.dumps(counters))
+    if recounted != stored_counters:
+        keys = sorted(k for k in set(recounted) | set(stored_counters) if recounted.get(k) != stored_counters.get(k))
+        problems.append((f"{shard_dir}/{MANIFEST_JSON}", f"counters {differs} ({', '.join(keys)})"))
+    return problems
+
+
+def _compare_parquet(path: Path, fresh: dict[str, np.ndarray], chunks: Chunks, name: str, message: str) -> Problems:
     table = pq.read_table(path)
-    rows, capacity = fresh["tokens.npy"].shape
+    rows, capacity = fresh[TOKENS_NPY].shape
     stored = {
-        "tokens.npy": table.column("input_ids").combine_chunks().flatten().to_numpy(zero_copy_only=False),
-        "loss_mask.npy": table.column("loss_mask").combine_chunks().flatten().to_numpy(zero_copy_only=False),
+        TOKENS_NPY: table.column("input_ids").combine_chunks().flatten().to_numpy(zero_copy_only=False),
+        LOSS_MASK_NPY: table.column("loss_mask").combine_chunks().flatten().to_numpy(zero_copy_only=False),
     }
     want = {key: fresh[key].reshape(-1) for key in stored}
     problems = [(name, f"{column.removesuffix('.npy')} {message}") for column in stored

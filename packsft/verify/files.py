@@ -20,9 +20,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from packsft.layout import ARRAY_FILES, MANIFEST_JSON, PARQUET_FILE, SHARDS_DIR, sha256_file, shard_name
+from packsft.config import bytes_config
+from packsft.layout import (
+    ARRAY_FILES,
+    LOSS_MASK_NPY,
+    MANIFEST_JSON,
+    PARQUET_FILE,
+    SHARD_FILES,
+    SHARDS_DIR,
+    TOKENS_NPY,
+    array_contract,
+    contract_problems,
+    read_npy_header,
+    sha256_file,
+    shard_name,
+)
 
-EXPECTED_FILES = {"npy": ARRAY_FILES, "parquet": (PARQUET_FILE,), "both": (*ARRAY_FILES, PARQUET_FILE)}
 MANIFEST_FIELDS = ("rows", "inputs", "files", "fingerprint")  # fields a manifest shares with its dataset.json entry
 
 
@@ -73,9 +86,12 @@ def check_shard_files(
         expected = {"shard": entry["name"], "dtype": dataset["dtype"], "config": dataset["config"],
                     "tokenizer_fingerprint": dataset["tokenizer"].get("fingerprint")}
         for key, value in expected.items():
-            if manifest.get(key) != value:
-                problems.append((MANIFEST_JSON, f"{key} is {_short(manifest.get(key))}, dataset.json says {_short(value)}"))
-    wanted = EXPECTED_FILES.get(dataset["config"].get("output_format", "npy"), ARRAY_FILES)
+            found = manifest.get(key)
+            if key == "config" and isinstance(found, dict) and isinstance(value, dict):
+                found, value = bytes_config(found), bytes_config(value)  # a resumed run may change those keys
+            if found != value:
+                problems.append((MANIFEST_JSON, f"{key} is {_short(found)}, dataset.json says {_short(value)}"))
+    wanted = SHARD_FILES.get(dataset["config"].get("output_format", "npy"), ARRAY_FILES)
     listed = entry["files"] if isinstance(entry["files"], dict) else {}
     for name in sorted(set(wanted) - set(listed)):
         problems.append((name, "not listed in dataset.json (the output format writes it)"))
@@ -85,17 +101,13 @@ def check_shard_files(
     # damaged header cannot pile follow-up errors onto the one that matters.
     intact = {name for name in sorted(set(wanted) & set(listed)) if _check_bytes(folder / name, listed[name], problems)}
     rows, seq_length = entry["rows"], dataset["seq_length"]
-    shapes = {
-        "tokens.npy": ((rows, seq_length + 1), dataset["dtype"]),
-        "loss_mask.npy": ((rows, seq_length), "uint8"),
-        "segment_lengths.npy": (None, "int32"),
-        "row_segments.npy": ((rows + 1,), "int64"),
-    }
+    shapes = array_contract(rows, seq_length, np.dtype(dataset["dtype"]))
     arrays = {}
     for name in [n for n in ARRAY_FILES if n in intact]:
         array = _open_npy(folder / name, listed[name], shapes[name], problems)
         if array is not None:
             arrays[name] = array
+    loaded: ShardArrays | None
     if len(arrays) == len(ARRAY_FILES):
         loaded = ShardArrays(*(arrays[name] for name in ARRAY_FILES))
     elif PARQUET_FILE in intact and not set(ARRAY_FILES) & set(wanted):
@@ -105,7 +117,7 @@ def check_shard_files(
     if loaded is not None and arrays and PARQUET_FILE in intact:
         from_parquet = _read_parquet(folder / PARQUET_FILE, rows, seq_length + 1, problems)
         if from_parquet is not None:
-            differ = compare_arrays(from_parquet, {"tokens.npy": loaded.tokens, "loss_mask.npy": loaded.loss_mask},
+            differ = compare_arrays(from_parquet, {TOKENS_NPY: loaded.tokens, LOSS_MASK_NPY: loaded.loss_mask},
                                     "differs from {name}")
             problems += [(PARQUET_FILE, text) for _, text in differ]
     return manifest, loaded, problems, len(intact)
@@ -144,36 +156,25 @@ def _check_bytes(path: Path, meta: Any, problems: list[tuple[str, str]]) -> bool
     return True
 
 
-def _open_npy(path: Path, meta: dict[str, Any], contract: tuple[tuple[int, ...] | None, str],
+def _open_npy(path: Path, meta: dict[str, Any], contract: tuple[tuple[int, ...] | None, np.dtype],
               problems: list[tuple[str, str]]) -> np.ndarray | None:
+    """Memory-map one array if its header keeps the contract and agrees with the manifest."""
     try:
-        with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-            header_dtype = read_header[version](handle)[2] if version in read_header else None
-        if header_dtype is not None and header_dtype.hasobject:
-            problems.append((path.name, "holds pickled Python objects: refused, never unpickled"))
-            return None
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # a bad header raises ValueError, SyntaxError, TokenError, ...
+        header = read_npy_header(path)
+    except ValueError as exc:
+        problems.append((path.name, f"not a readable .npy array ({exc})"))
+        return None
+    found = contract_problems(header, *contract)
+    if not header.dtype.hasobject and (list(header.shape) != meta.get("shape") or str(header.dtype) != meta.get("dtype")):
+        found.insert(0, f"holds {header.dtype} {list(header.shape)}, the manifest says {meta.get('dtype')} {meta.get('shape')}")
+    problems += [(path.name, message) for message in found]
+    if found:
+        return None
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:  # e.g. fewer data bytes than the header promises
         problems.append((path.name, f"not a readable .npy array ({str(exc).splitlines()[0]})"))
         return None
-    shape, dtype = contract
-    found = True
-    if list(array.shape) != meta.get("shape") or str(array.dtype) != meta.get("dtype"):
-        problems.append((path.name, f"holds {array.dtype} {list(array.shape)}, the manifest says "
-                                    f"{meta.get('dtype')} {meta.get('shape')}"))
-        found = False
-    if str(array.dtype) != dtype:
-        problems.append((path.name, f"dtype is {array.dtype}, the format stores {dtype}"))
-        found = False
-    if (shape is not None and array.shape != shape) or (shape is None and array.ndim != 1):
-        problems.append((path.name, f"shape is {list(array.shape)}, expected {list(shape) if shape else '1-D'}"))
-        found = False
-    if array.ndim > 1 and not array.flags.c_contiguous:
-        problems.append((path.name, "stored in Fortran order; the format stores rows contiguously"))
-        found = False
-    return array if found else None
 
 
 def _read_parquet(path: Path, rows: int, capacity: int, problems: list[tuple[str, str]]) -> ShardArrays | None:

@@ -1,4 +1,9 @@
-"""Helpers for tests that check or corrupt packed outputs: `assert_output_verifies`, `rewrite_array`."""
+"""Helpers shared by the test modules (fixtures live in conftest.py): records, parquet files, outputs.
+
+    conv / write_conversations      records and a parquet file of them
+    assert_output_verifies          fail with every problem `packsft verify` finds
+    rewrite_array / load_array      damage a shard's array consistently, to test the semantic checks
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,32 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from packsft import verify_output
 from packsft.layout import sha256_file
-from packsft.verify.checks import verify_output
+
+# ChatML with generation blocks (newlines as expressions: transformers renders with trim_blocks) around what the assistant says (content + <|im_end|>).
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{% if m.role == 'assistant' %}{% generation %}{{ m.content }}<|im_end|>{% endgeneration %}{{ '\n' }}"
+    "{% else %}{{ m.content }}<|im_end|>{{ '\n' }}{% endif %}{% endfor %}"
+)
+
+
+def write_conversations(path: Path, records: list[dict], row_group_size: int | None = None) -> Path:
+    """Write records (dicts with 'messages' and optionally 'source') to a parquet file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(records), path, row_group_size=row_group_size)
+    return path
+
+
+def conv(*turns: tuple[str, str], source: str | None = None) -> dict:
+    record: dict = {"messages": [{"role": role, "content": content} for role, content in turns]}
+    if source is not None:
+        record["source"] = source
+    return record
 
 
 def assert_output_verifies(out_dir: str | Path, deep: bool = False) -> None:
