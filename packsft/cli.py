@@ -66,6 +66,7 @@ def pack_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--output-format", type=click.Choice(OUTPUT_FORMATS), help="Write .npy arrays, a parquet file, or both. [default: npy]"),
         click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the tokenizer to run code from its folder (off by default)."),
         click.option("--batch-size", type=int, help="Records tokenized per batch (memory vs speed; output unchanged). [default: 1024]"),
+        click.option("--max-reject-fraction", type=float, help="Fail (exit 1, no dataset.json) when more than this share of the records read is rejected; a run that packs nothing always fails. [default: 0.1]"),
         click.option("--encoder", type=click.Choice(ENCODERS), help="Content encoder: fast (tiktoken, proven equal to the HF tokenizer at load, else an error), hf, or auto (fast where proven, else hf; output unchanged). [default: auto]"),
     ]
     for option in reversed(options):
@@ -96,26 +97,29 @@ def unit_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @main.command()
-@click.argument("data_dir", type=click.Path())
+@click.argument("data", nargs=-1, required=True)
 @click.argument("out_dir", type=click.Path())
 @pack_options
 @unit_option
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Processes packing units in parallel (the tokenizer's threads are divided among them); 0 = one per CPU for inputs of 4 MiB or more, else 1. Output bytes do not depend on it.")
-@click.option("--num-shards", type=click.IntRange(min=1), help="Split the units among this many independent runs (array tasks). [default: $SLURM_ARRAY_TASK_COUNT or 1]")
-@click.option("--shard-index", type=click.IntRange(min=0), help="Which of the --num-shards runs this is. [default: $SLURM_ARRAY_TASK_ID or 0]")
+@click.option("--num-shards", help="Split the units among this many independent runs (array tasks); 'from-env' takes the count and this run's index from $SLURM_ARRAY_TASK_COUNT/_ID. [default: 1]")
+@click.option("--shard-index", type=click.IntRange(min=0), help="Which of the --num-shards runs this is. [default: 0]")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier packsft output in OUT_DIR (without it, a run with the same settings resumes).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping and counting it.")
 @click.option("--skip-bad-files", is_flag=True, help="Skip unreadable input files (listed in dataset.json) instead of stopping.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
 @user_errors
-def pack(data_dir: str, out_dir: str, config_file: str | None, overwrite: bool, strict: bool, skip_bad_files: bool,
-         quiet: bool, data_format: str | None, unit_mib: float, workers: int, num_shards: int | None,
+def pack(data: tuple[str, ...], out_dir: str, config_file: str | None, overwrite: bool, strict: bool, skip_bad_files: bool,
+         quiet: bool, data_format: str | None, unit_mib: float, workers: int, num_shards: str | None,
          shard_index: int | None, **flags: Any) -> None:
-    """Read conversations under DATA_DIR, render, pack and write chunks to OUT_DIR.
+    """Read conversations from DATA, render, pack and write chunks to OUT_DIR.
+
+    DATA is one or more folders (read recursively), globs (quoted; ** recurses), *.parquet /
+    *.jsonl[.gz] files, or hf:// / s3:// / gs:// URLs (through fsspec and its backend).
 
     Rerunning the same command resumes: complete units are kept, the rest are packed. With
-    --num-shards/--shard-index (or inside a SLURM array) only that run's units are packed and
-    `packsft merge` writes dataset.json once all are done.
+    --num-shards/--shard-index (or --num-shards from-env in a SLURM array) only that run's units are
+    packed and `packsft merge` writes dataset.json once all are done.
 
     Example:
 
@@ -123,18 +127,26 @@ def pack(data_dir: str, out_dir: str, config_file: str | None, overwrite: bool, 
     \b
         packsft pack data/ out/ --tokenizer ./tok --strategy bestfit --mask assistant_only --workers 4
         packsft pack chats/ out/ --tokenizer ./qwen3 --template chat --input-format sharegpt
+        packsft pack 'data/**/train-*.parquet' extra.jsonl out/ --tokenizer ./tok
     """
     from packsft.run.pipeline import run_pack
-    from packsft.run.slurm import array_task_from_env
-    from packsft.stats import format_summary
+    from packsft.run.slurm import array_note, resolve_shards
 
     config = resolve_config(config_file, format=data_format, **flags)
-    num_shards, shard_index = array_task_from_env(num_shards, shard_index)
-    result = run_pack(data_dir, out_dir, config, overwrite=overwrite, quiet=quiet, strict=strict, workers=workers,
-                      num_shards=num_shards, shard_index=shard_index, unit_bytes=round(unit_mib * (1 << 20)),
+    if num_shards is None and not quiet and (note := array_note()):
+        click.echo(note, err=True)
+    shards, index = resolve_shards(num_shards, shard_index)
+    result = run_pack(list(data), out_dir, config, overwrite=overwrite, quiet=quiet, strict=strict, workers=workers,
+                      num_shards=shards, shard_index=index, unit_bytes=round(unit_mib * (1 << 20)),
                       skip_bad_files=skip_bad_files)
-    if quiet:
-        return
+    if not quiet:
+        echo_pack_result(result, out_dir)
+
+
+def echo_pack_result(result: Any, out_dir: str) -> None:
+    """The summary of a finished pack, or what is left to the other array tasks."""
+    from packsft.stats import format_summary
+
     if result.dataset is not None:
         click.echo(format_summary(result.dataset))
         click.echo(f"wrote {result.out_dir} in {result.seconds:.1f}s ({result.packed} units packed, {result.skipped} already done)")
@@ -145,8 +157,9 @@ def pack(data_dir: str, out_dir: str, config_file: str | None, overwrite: bool, 
 
 @main.command()
 @click.argument("out_dir", type=click.Path())
+@click.option("--max-reject-fraction", type=float, help="Override the pack's --max-reject-fraction (accept more rejects).")
 @user_errors
-def merge(out_dir: str) -> None:
+def merge(out_dir: str, max_reject_fraction: float | None) -> None:
     """Check every planned unit of OUT_DIR is complete and write dataset.json (metadata only, no copying).
 
     Example:
@@ -158,7 +171,7 @@ def merge(out_dir: str) -> None:
     from packsft.run.outdir import merge as merge_output
     from packsft.stats import format_summary
 
-    click.echo(format_summary(merge_output(out_dir)))
+    click.echo(format_summary(merge_output(out_dir, max_reject_fraction)))
 
 
 @main.command()
@@ -191,7 +204,7 @@ def slurm() -> None:
 
 
 @slurm.command()
-@click.argument("data_dir", type=click.Path())
+@click.argument("data", nargs=-1, required=True)
 @click.argument("out_dir", type=click.Path())
 @pack_options
 @unit_option
@@ -203,7 +216,7 @@ def slurm() -> None:
 @click.option("--throttle", type=click.IntRange(min=1), help="At most this many array tasks run at once (sbatch --array=...%N).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier packsft output in OUT_DIR.")
 @user_errors
-def submit(data_dir: str, out_dir: str, config_file: str | None, data_format: str | None, unit_mib: float,
+def submit(data: tuple[str, ...], out_dir: str, config_file: str | None, data_format: str | None, unit_mib: float,
            array_size: int, partition: str | None, time_limit: str | None, cpus_per_task: int, workers: int,
            throttle: int | None, overwrite: bool, **flags: Any) -> None:
     """Write OUT_DIR/slurm/*.sbatch, submit the pack array and an afterok merge job, print their ids.
@@ -219,9 +232,59 @@ def submit(data_dir: str, out_dir: str, config_file: str | None, data_format: st
 
     config = resolve_config(config_file, format=data_format, **flags)
     options = SlurmOptions(array_size, partition, time_limit, cpus_per_task, throttle, workers)
-    job = submit_jobs(data_dir, out_dir, config, options, unit_bytes=round(unit_mib * (1 << 20)), overwrite=overwrite)
+    job = submit_jobs(list(data), out_dir, config, options, unit_bytes=round(unit_mib * (1 << 20)), overwrite=overwrite)
     click.echo(f"submitted pack array {job.pack_job} ({job.pack_script}) and merge job {job.merge_job} (afterok)")
     click.echo(f"watch: squeue -j {job.pack_job},{job.merge_job}   |   packsft status {out_dir}")
+
+
+@main.group(context_settings=CONTEXT_SETTINGS)
+def ray() -> None:
+    """Pack on a Ray cluster: one Ray task per unit, then the merge (needs `pip install packsft[ray]`).
+
+    Example:
+
+
+    \b
+        packsft ray submit data/ out/ --tokenizer ./tok --address 10.0.0.1:6379
+    """
+
+
+@ray.command("submit")
+@click.argument("data", nargs=-1, required=True)
+@click.argument("out_dir", type=click.Path())
+@pack_options
+@unit_option
+@click.option("--address", help="The Ray cluster, e.g. HEAD:6379 or auto. [default: $RAY_ADDRESS, else a cluster running on this machine, else a new one here]")
+@click.option("--num-cpus-per-task", type=click.IntRange(min=1), default=1, show_default=True, help="CPUs Ray reserves per unit (the task's tokenizer threads).")
+@click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True, help="Times Ray reruns a unit whose worker or node died.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier packsft output in OUT_DIR (without it, a run with the same settings resumes).")
+@click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping and counting it.")
+@click.option("--skip-bad-files", is_flag=True, help="Skip unreadable input files (listed in dataset.json) instead of stopping.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
+@user_errors
+def ray_submit(data: tuple[str, ...], out_dir: str, config_file: str | None, data_format: str | None, unit_mib: float,
+               address: str | None, num_cpus_per_task: int, max_retries: int, overwrite: bool, strict: bool,
+               skip_bad_files: bool, quiet: bool, **flags: Any) -> None:
+    """Pack DATA into OUT_DIR with one Ray task per unit, show progress over units, then merge.
+
+    DATA is what `packsft pack` reads (folders, globs, files, URLs). This process is the Ray driver
+    and waits for the result. Local DATA and OUT_DIR must be on storage every node mounts at the same
+    path. Rerunning the same command resumes from the complete units.
+
+    Example:
+
+
+    \b
+        packsft ray submit /nfs/chats /nfs/packed --tokenizer /nfs/tok --address 10.0.0.1:6379
+    """
+    from packsft.run.ray import RayOptions, run_ray
+
+    config = resolve_config(config_file, format=data_format, **flags)
+    options = RayOptions(address, num_cpus_per_task, max_retries)
+    result = run_ray(list(data), out_dir, config, options, overwrite=overwrite, quiet=quiet, strict=strict,
+                     unit_bytes=round(unit_mib * (1 << 20)), skip_bad_files=skip_bad_files)
+    if not quiet:
+        echo_pack_result(result, out_dir)
 
 
 @main.command()

@@ -21,6 +21,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 DEFAULT_SEQ_LENGTH = 2048
 DEFAULT_TOKENIZER = "gpt2"
+DEFAULT_MAX_REJECT_FRACTION = 0.1
 
 # Each option's values are written once, as a Literal type the type checker enforces; the tuples the
 # CLI offers and __post_init__ checks are read from them.
@@ -74,6 +75,10 @@ class PackConfig:
     # Records tokenized per batch: big enough to keep the Rust tokenizer busy, small enough to
     # bound memory. It does not change the output bytes.
     batch_size: int = field(default=1024, compare=False)
+    # The most rejected records (of those read) a run may have and still write dataset.json. Real
+    # data rejects a handful (ShareGPT: 0.9%, mostly empty conversations); a tenth or more means the
+    # records are not in the shape packsft reads. It decides whether a run succeeds, not its bytes.
+    max_reject_fraction: float = field(default=DEFAULT_MAX_REJECT_FRACTION, compare=False)
     # Who encodes message content: the fast BPE encoder (proven equal to HF at load) or HF. The ids
     # are the same either way, so it is not part of a unit's fingerprint. A run stores the encoder it
     # used ("fast" or "hf"; auto resolved) in dataset.json.
@@ -118,6 +123,9 @@ class PackConfig:
             raise ConfigError(f"context_share must be a number between 0 and 1, got {self.context_share!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        fraction = self.max_reject_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+            raise ConfigError(f"max_reject_fraction must be a number from 0 to 1, got {fraction!r}")
 
     @property
     def long_policy(self) -> LongPolicy | None:
@@ -131,6 +139,14 @@ class PackConfig:
 
 
 CONFIG_KEYS = frozenset(f.name for f in dataclasses.fields(PackConfig))
+# Keys that change speed, memory or whether a run is accepted, never the output bytes (compare=False):
+# a resumed run may change them, so they are left out of fingerprints and of config comparisons.
+BYTES_NEUTRAL_KEYS = frozenset(f.name for f in dataclasses.fields(PackConfig) if not f.compare)
+
+
+def bytes_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config (PackConfig.to_dict()) without the keys that never change the output bytes."""
+    return {key: value for key, value in config.items() if key not in BYTES_NEUTRAL_KEYS}
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -26,7 +26,7 @@ class OutputError(PacksftError):
 
 
 class MissingDependencyError(PacksftError):
-    """An optional dependency (PyTorch, for the loader) is not installed."""
+    """An optional dependency (PyTorch for the loader, Ray for `packsft ray`) is not installed."""
 
 
 class ResumeError(PacksftError):
@@ -39,3 +39,7 @@ class IncompleteOutputError(OutputError):
 
 class PackInterrupted(PacksftError):
     """The run was stopped by a signal; completed units are kept and a rerun resumes."""
+
+
+class UnusableOutputError(PacksftError):
+    """A run packed nothing, or rejected more of its records than --max-reject-fraction allows."""

@@ -1,6 +1,6 @@
 """Read records from parquet and JSON Lines files, streaming (never a whole file in memory).
 
-    DATA_DIR/**/*.parquet|*.jsonl|*.jsonl.gz (sorted) -> list[Conversation] per batch (bad records -> RejectLedger)
+    input file (inputs.py lists them: folders, globs, URLs) -> list[Conversation] per batch (bad records -> RejectLedger)
 
 Input formats (`--input-format`), one record each:
 
@@ -11,7 +11,10 @@ Input formats (`--input-format`), one record each:
 
 `auto` decides per file from the parquet columns, or from the keys of the first JSON Lines record
 (`messages` -> smoltalk for parquet, openai for JSON Lines; `conversations` -> sharegpt; `text` ->
-text), and says what it chose. `--format text` limits auto to `text`; `--format conversation` (the
+text), and says what it chose. A conversation field held as a string (a parquet string column, or a
+string under the JSON Lines key) is JSON text, as many datasets store it: `'[{"role": "user", ...}]'`.
+It is decoded per record (text that is not JSON is a rejected record) and packs exactly as the same
+conversations stored as structs. `--format text` limits auto to `text`; `--format conversation` (the
 default) to the three conversation shapes. Rows are 0-based: a parquet row, or a JSON Lines line
 index (blank lines are skipped but keep their number, so row r is line r+1).
 """
@@ -19,6 +22,7 @@ index (blank lines are skipped but keep their number, so row r is line r+1).
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import zlib
 from collections.abc import Iterator, Mapping
@@ -30,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from packsft.errors import InputError
+from packsft.inputs import Location, file_info, location_name, open_binary
 from packsft.records import (
     ROLE_ALIASES,
     Conversation,
@@ -43,39 +48,20 @@ from packsft.records import (
 FIELD = {"smoltalk": "messages", "openai": "messages", "sharegpt": "conversations", "text": "text"}
 MESSAGE_KEYS = {"smoltalk": ("role", "content"), "openai": ("role", "content"), "sharegpt": ("from", "value")}
 SOURCE_COLUMN = "source"
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
-
-
-def is_input_file(path: Path) -> bool:
-    return path.is_file() and (path.name.endswith(".parquet") or path.name.endswith(JSONL_SUFFIXES))
-
-
-def list_input_files(data_dir: str | Path) -> list[Path]:
-    """Every *.parquet, *.jsonl and *.jsonl.gz under data_dir, recursively, sorted (the order defines the output)."""
-    data_dir = Path(data_dir)
-    if not data_dir.exists():
-        raise InputError(f"{data_dir}: no such folder. Pass the folder that holds your *.parquet files")
-    if not data_dir.is_dir():
-        raise InputError(f"{data_dir}: not a folder. Pass the folder that holds your *.parquet files")
-    files = sorted(path for path in data_dir.rglob("*") if is_input_file(path))
-    if not files:
-        raise InputError(
-            f"{data_dir}: no parquet or JSON Lines files under it. Pass the folder that holds *.parquet or *.jsonl[.gz]"
-        )
-    return files
 
 
 @dataclass
 class InputFile:
     """An opened, schema-checked input file and the input format chosen for it."""
 
-    path: Path
+    path: Location
     input_format: str  # smoltalk | sharegpt | openai | text
     detected: str | None  # why auto chose it ("'messages' column"), None when given explicitly
     parquet: pq.ParquetFile | None = None
     has_source: bool = False
     rows_read: int = 0  # JSON Lines row count is only known once read
     role_aliases: Mapping[str, str] = field(default_factory=lambda: ROLE_ALIASES)
+    json_text: bool = False  # the conversations are JSON text in a string column/key, parsed per record
 
     @property
     def column(self) -> str:
@@ -87,37 +73,48 @@ class InputFile:
 
     def describe(self) -> dict[str, Any]:
         """What the shard manifest records about this input's format."""
-        return {"input_format": self.input_format, "detected": self.detected}
+        described: dict[str, Any] = {"input_format": self.input_format, "detected": self.detected}
+        if self.json_text:
+            described["json_text"] = True
+        return described
 
 
 def open_input(
-    path: Path, data_format: str = "conversation", input_format: str = "auto",
+    path: Location, data_format: str = "conversation", input_format: str = "auto",
     role_aliases: Mapping[str, str] = ROLE_ALIASES,
 ) -> InputFile:
-    """Open an input file, choose its input format and check it has the field that format reads."""
+    """Open an input file (local, or a URL), choose its input format and check it has the field that format reads."""
     try:
-        size = path.stat().st_size
+        size = file_info(path)[0]
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if size == 0:
         raise InputError(f"{path}: empty file (0 bytes)")
-    if path.name.endswith(".parquet"):
+    if location_name(path).endswith(".parquet"):
         try:
-            parquet = pq.ParquetFile(path)
-            names = parquet.schema_arrow.names
+            parquet = pq.ParquetFile(path if isinstance(path, Path) else open_binary(path))
+            schema = parquet.schema_arrow
         except (pa.ArrowException, OSError) as exc:
             raise InputError(f"{path}: not a readable parquet file ({_first_line(exc)})") from None
-        chosen, why = _choose(path, names, "column", data_format, input_format, jsonl=False)
-        return InputFile(path, chosen, why, parquet, SOURCE_COLUMN in names, role_aliases=role_aliases)
+        chosen, why = _choose(path, schema.names, "column", data_format, input_format, jsonl=False)
+        column_type = schema.field(FIELD[chosen]).type
+        json_text = chosen != "text" and (pa.types.is_string(column_type) or pa.types.is_large_string(column_type))
+        return InputFile(path, chosen, _json_why(why, json_text), parquet, SOURCE_COLUMN in schema.names,
+                         role_aliases=role_aliases, json_text=json_text)
     first = _first_record(path)
     if not isinstance(first, dict):
         raise InputError(f"{path}: the first record is not a JSON object (got {type(first).__name__}); "
                          "JSON Lines input holds one object per line")
     chosen, why = _choose(path, list(first), "key", data_format, input_format, jsonl=True)
-    return InputFile(path, chosen, why, role_aliases=role_aliases)
+    json_text = chosen != "text" and isinstance(first[FIELD[chosen]], str)
+    return InputFile(path, chosen, _json_why(why, json_text), role_aliases=role_aliases, json_text=json_text)
 
 
-def _choose(path: Path, names: list[str], kind: str, data_format: str, input_format: str, *, jsonl: bool):
+def _json_why(why: str | None, json_text: bool) -> str | None:
+    return f"{why} of JSON text" if why and json_text else why
+
+
+def _choose(path: Location, names: list[str], kind: str, data_format: str, input_format: str, *, jsonl: bool):
     found = f"({kind}s found: {', '.join(names) or 'none'})"
     if input_format != "auto":
         if FIELD[input_format] not in names:
@@ -136,7 +133,10 @@ def _choose(path: Path, names: list[str], kind: str, data_format: str, input_for
     raise InputError(f"{path}: no 'messages' or 'conversations' {kind} for --format conversation {found}{hint}")
 
 
-def _open_text(path: Path) -> IO[str]:
+def _open_text(path: Location) -> IO[str]:
+    if isinstance(path, str):  # a URL
+        binary = open_binary(path)
+        return gzip.open(binary, "rt", encoding="utf-8") if path.endswith(".gz") else io.TextIOWrapper(binary, "utf-8")
     if path.name.endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8")
     return open(path, encoding="utf-8")
@@ -146,7 +146,7 @@ def _open_text(path: Path) -> IO[str]:
 _READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+def _json_lines(path: Location) -> Iterator[tuple[int, Any]]:
     """(row, decoded record) for every non-blank line; an undecodable line is an error naming the file."""
     row = 0
     try:
@@ -159,11 +159,11 @@ def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
                 except json.JSONDecodeError as exc:
                     raise InputError(f"{path}: line {row + 1} is not valid JSON ({exc.msg})") from None
     except _READ_ERRORS as exc:
-        what = "gzip file" if path.name.endswith(".gz") else "UTF-8 text file"
+        what = "gzip file" if location_name(path).endswith(".gz") else "UTF-8 text file"
         raise InputError(f"{path}: not a readable {what}, failed near line {row + 1} ({_first_line(exc)})") from None
 
 
-def _first_record(path: Path) -> Any:
+def _first_record(path: Location) -> Any:
     for _, record in _json_lines(path):
         return record
     raise InputError(f"{path}: no records (only blank lines)")
@@ -239,6 +239,8 @@ def _raw_records(
         try:
             for batch in source.parquet.iter_batches(batch_size=batch_size, columns=columns, row_groups=groups):
                 values = batch.column(column).to_pylist()
+                if source.json_text:
+                    values = [_parse_json_text(value, column) for value in values]
                 origins = batch.column(SOURCE_COLUMN).to_pylist() if source.has_source else [None] * len(values)
                 for value, origin in zip(values, origins):
                     yield row, value, origin
@@ -255,7 +257,18 @@ def _raw_records(
             yield row, _BadRecord(f"record has no {column!r} field", record), None
         else:
             origin = record.get(SOURCE_COLUMN)
-            yield row, record[column], origin if isinstance(origin, str) else None
+            value = _parse_json_text(record[column], column) if source.json_text else record[column]
+            yield row, value, origin if isinstance(origin, str) else None
+
+
+def _parse_json_text(value: Any, column: str) -> Any:
+    """A conversation stored as JSON text, decoded; text that is not JSON becomes a rejected record."""
+    if not isinstance(value, str):
+        return value  # null, or already structured: validation says what is wrong with it
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        return _BadRecord(f"{column} is not valid JSON (got {exc.msg} at character {exc.pos})", value)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,9 +7,13 @@ is stored in `dataset.json`, so that an output can never be silently read with a
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+import threading
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field, replace
 from itertools import chain
 from pathlib import Path
@@ -275,28 +279,40 @@ def _prepared_hf(name_or_path: str, template: str, trust_remote_code: bool) -> A
     return hf
 
 
-def _check_path(name_or_path: str) -> None:
+def _check_path(name_or_path: str) -> bool:
+    """True when the name is a path (then it must be a folder), False for a model-hub name."""
     looks_like_path = os.sep in name_or_path or name_or_path.startswith(".") or Path(name_or_path).exists()
     if looks_like_path and not Path(name_or_path).is_dir():
         raise TokenizerError(
             f"tokenizer {name_or_path!r}: no such folder. Pass a folder holding tokenizer files "
             "(tokenizer.json, or vocab.json + merges.txt) or a model-hub name"
         )
+    return looks_like_path
 
 
 def _load_hf(name_or_path: str, trust_remote_code: bool) -> Any:
     """The transformers tokenizer, checked to be a fast one with an EOS token."""
-    _check_path(name_or_path)
+    looks_like_path = _check_path(name_or_path)
     # transformers prints an advisory about PyTorch on import; packsft never needs a model.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    offline = None if looks_like_path else hub_unavailable()
     try:
         from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-        hf = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        # Without the hub only the local cache is tried: the hub client would retry for about a minute.
+        hf = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
+                                           **({"local_files_only": True} if offline else {}))
     except Exception as exc:  # transformers raises many types (OSError, ValueError, HTTP errors)
         reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        if offline:
+            raise TokenizerError(
+                f"cannot load tokenizer {name_or_path!r}: it is a model-hub name, {offline}, and it is not in "
+                "the local Hugging Face cache. Pass a local tokenizer folder: --tokenizer path/to/folder (holding "
+                "tokenizer.json, or vocab.json + merges.txt; on a machine that reaches the hub, "
+                f"AutoTokenizer.from_pretrained({name_or_path!r}).save_pretrained('folder') writes one)"
+            ) from None
         raise TokenizerError(
             f"cannot load tokenizer {name_or_path!r}: {reason}. Pass a local tokenizer folder, "
             "or a model-hub name on a machine that can reach the hub"
@@ -352,6 +368,39 @@ def _fast_verdict(tokenizer: PackTokenizer, prove: bool, threads: int, cache: bo
     if refused is None:
         _PROVEN.add(tokenizer.fingerprint)
     return refused
+
+
+# How long to wait for the model hub to answer before treating it as unreachable.
+HUB_PROBE_SECONDS = 3.0
+
+
+@functools.lru_cache(maxsize=1)
+def hub_unavailable() -> str | None:
+    """Why the model hub cannot be used now (offline mode set, or no answer within a few seconds), or None.
+
+    One HEAD request to the hub endpoint (HF_ENDPOINT, through the usual proxy variables), in a thread
+    so that a hanging name lookup is bounded too; any HTTP answer counts as reachable.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set"
+    endpoint = constants.ENDPOINT
+    answered = threading.Event()
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_SECONDS)
+        except urllib.error.HTTPError:
+            pass  # an HTTP error status is an answer
+        except (OSError, ValueError):
+            return
+        answered.set()
+
+    thread = threading.Thread(target=probe, name="packsft-hub-probe", daemon=True)
+    thread.start()
+    thread.join(HUB_PROBE_SECONDS)
+    return None if answered.is_set() else f"the hub ({endpoint}) did not answer within {HUB_PROBE_SECONDS:g} s"
 
 
 def chat_template_sha256(template: str | dict[str, str] | None) -> str | None:

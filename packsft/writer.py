@@ -200,7 +200,7 @@ def build_dataset_manifest(
     manifests: list[dict[str, Any]],
     config: PackConfig,
     tokenizer: PackTokenizer | dict[str, Any],
-    data_dir: Path,
+    data_dir: str | Path,  # a folder, or the URL prefix of remote inputs
     skipped: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """dataset.json from the shard manifests; `tokenizer` is a PackTokenizer or its identity().

@@ -8,7 +8,10 @@ Measured in one run, on this machine:
       and the whole process tree (summed PSS, sampled every 0.1 s);
   (d) `packsft merge` on the 8-shard output (in-process, and the CLI with its imports);
   (e) a projection for 1B tokens on one 64-core node and on 16 such nodes, from the measured CPU
-      seconds per token (independent of other load on a shared machine) and from wall time.
+      seconds per token (independent of other load on a shared machine) and from wall time;
+  (f) `packsft ray submit` on a two-node Ray cluster on this machine (.ci/ray-up.sh, half the cores
+      per node) against `packsft pack --workers <cores>`: units/s and Ray's overhead per unit, at
+      --unit-mib 1 and 8 (skipped, and said so, where Ray is not installed).
 
 Usage: python scripts/bench_scale.py [--out BENCHMARKS-scale.md]
 """
@@ -16,6 +19,7 @@ Usage: python scripts/bench_scale.py [--out BENCHMARKS-scale.md]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -23,6 +27,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,8 +37,14 @@ SHARED = ROOT.parent / "shared"
 DATA = SHARED / "data" / "sharegpt"
 GPT2 = SHARED / "tokenizers" / "gpt2"
 PR_SET_CHILD_SUBREAPER = 36
+RAY_UNIT_MIB = (1, 8)  # 24 and 8 units of the 8 shards: the difference shows the cost per unit
 TARGET_TOKENS = 1e9
 NODE_CORES, NODES = 64, 16
+
+
+def set_child_subreaper(on: bool) -> None:
+    """Orphaned descendants (the fork server) become this process's children, so their CPU time counts."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
 
 
 def shard_dir(folder: Path, count: int) -> Path:
@@ -120,13 +131,95 @@ def measure(command: list[str]) -> dict:
     }
 
 
-def pack(data_dir: Path, out: Path, workers: int) -> dict:
-    result = measure([sys.executable, "-m", "packsft", "pack", str(data_dir), str(out), "--tokenizer", str(GPT2),
-                      "--seq-length", "2048", "--strategy", "bestfit", "--workers", str(workers), "-q", "--overwrite"])
+def pack(data_dir: Path, out: Path, workers: int, *flags: str, command: tuple[str, ...] = ("pack",)) -> dict:
+    result = measure([sys.executable, "-m", "packsft", *command, str(data_dir), str(out), "--tokenizer", str(GPT2),
+                      "--seq-length", "2048", "--strategy", "bestfit", *flags, "-q", "--overwrite",
+                      *(["--workers", str(workers)] if command == ("pack",) else [])])
     dataset = json.loads((out / "dataset.json").read_text())
     result.update(tokens_rendered=dataset["counters"]["tokens_rendered"], rows=dataset["rows"],
-                  units=len(dataset["shards"]))
+                  units=len(dataset["shards"]), shards=dataset["shards"])
     return result
+
+
+@contextlib.contextmanager
+def ray_cluster(state: Path, cpus_per_node: int):
+    """(address, session ids) of a head + worker node on this machine, stopped on exit."""
+    env = {**os.environ, "PYTHON": sys.executable, "RAY_NODE_CPUS": str(cpus_per_node)}
+    # The nodes outlive ray-up.sh: they must not become this process's children, or measure() would
+    # wait for them when it reaps a run's orphans.
+    set_child_subreaper(False)
+    up = subprocess.run([str(ROOT / ".ci" / "ray-up.sh"), str(state)], capture_output=True, text=True, env=env)
+    set_child_subreaper(True)
+    try:
+        if up.returncode != 0:
+            raise SystemExit(f".ci/ray-up.sh failed: {up.stderr.strip()}")
+        sessions = [int(line.split()[1]) for line in (state / "pids").read_text().splitlines()]
+        yield up.stdout.strip().splitlines()[-1].removeprefix("RAY_ADDRESS="), sessions
+    finally:
+        subprocess.run([str(ROOT / ".ci" / "ray-down.sh"), str(state)], check=False)
+
+
+class SessionsCpu:
+    """CPU seconds the processes of some sessions (the Ray nodes: daemons and workers) use while open.
+
+    Sampled every 0.2 s per process, because a raylet does not collect its exited workers' times (no
+    cutime to read at the end); a worker's last fraction of a sample interval is lost.
+    """
+
+    def __init__(self, sessions: list[int]) -> None:
+        self.sessions, self.seen, self.first = set(sessions), {}, {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.cpu_s = 0.0
+
+    def _sample(self) -> dict[tuple[int, str], int]:
+        ticks = {}
+        for entry in os.listdir("/proc"):
+            try:
+                if entry.isdigit() and os.getsid(int(entry)) in self.sessions:
+                    fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                    ticks[(int(entry), fields[19])] = int(fields[11]) + int(fields[12])  # key: pid, start time
+            except (OSError, ProcessLookupError):
+                continue
+        return ticks
+
+    def _run(self) -> None:
+        while not self.done.wait(0.2):
+            self.seen.update(self._sample())
+
+    def __enter__(self) -> SessionsCpu:
+        self.first = self._sample()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+        self.seen.update(self._sample())
+        used = sum(ticks - self.first.get(key, 0) for key, ticks in self.seen.items())
+        self.cpu_s = used / os.sysconf("SC_CLK_TCK")
+
+
+def bench_ray(data_dir: Path, tmp: Path) -> dict | None:
+    """Local `--workers <cores>` vs `ray submit` on a 2-node cluster with as many task slots, per unit size."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return None
+    cores = os.cpu_count() or 2
+    results = {}
+    for unit_mib in RAY_UNIT_MIB:
+        flags = ("--unit-mib", str(unit_mib))
+        local = pack(data_dir, tmp / f"local-{unit_mib}", cores, *flags)
+        with ray_cluster(tmp / f"ray-state-{unit_mib}", max(1, cores // 2)) as (address, sessions):
+            with SessionsCpu(sessions) as cluster:
+                remote = pack(data_dir, tmp / f"ray-{unit_mib}", cores, *flags, "--address", address,
+                              command=("ray", "submit"))
+            remote["cpu_s"] += cluster.cpu_s
+        results[unit_mib] = {"local": local, "ray": remote, "same": local["shards"] == remote["shards"],
+                             "slots": 2 * max(1, cores // 2)}
+        print("ray", unit_mib, {k: v["wall_s"] for k, v in results[unit_mib].items() if isinstance(v, dict)}, flush=True)
+    return results
 
 
 def bench_merge(out: Path) -> dict:
@@ -176,8 +269,7 @@ def main() -> None:
     args = parser.parse_args()
     if not DATA.exists() or not GPT2.exists():
         raise SystemExit(f"needs {DATA} and {GPT2}")
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    set_child_subreaper(True)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         tmp = Path(tmp)
         data = {n: shard_dir(tmp / f"data{n}", n) for n in (2, 8)}
@@ -192,10 +284,40 @@ def main() -> None:
                    for f in ("tokens.npy", "loss_mask.npy", "segment_lengths.npy", "row_segments.npy"))
         merge = bench_merge(tmp / "out8-2")
         print("merge", merge, flush=True)
-    write_report(Path(args.out), raw, runs, merge, same)
+        ray_runs = bench_ray(data[8], tmp)
+    write_report(Path(args.out), raw, runs, merge, same, ray_runs)
 
 
-def write_report(path: Path, raw: dict, runs: dict, merge: dict, same: bool) -> None:
+def ray_section(ray_runs: dict | None) -> list[str]:
+    """Units/s and Ray's overhead per unit: the extra task-slot seconds per unit against local workers."""
+    if ray_runs is None:
+        return ["Not measured: Ray is not installed (`pip install 'packsft[ray]'`)."]
+    lines = [
+        "| --unit-mib | units | run | wall s | units/s | CPU s | overhead per unit: slot-s (wall) | CPU-s | outputs identical |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for unit_mib, r in ray_runs.items():
+        local, remote, slots = r["local"], r["ray"], r["slots"]
+        overhead = (remote["wall_s"] - local["wall_s"]) * slots / remote["units"]
+        overhead_cpu = (remote["cpu_s"] - local["cpu_s"]) / remote["units"]
+        lines += [
+            f"| {unit_mib} | {local['units']} | `pack --workers {slots}` | {local['wall_s']:.1f} | "
+            f"{local['units'] / local['wall_s']:.2f} | {local['cpu_s']:.1f} | | | |",
+            f"| {unit_mib} | {remote['units']} | `ray submit`, 2 nodes x {slots // 2} CPU | {remote['wall_s']:.1f} | "
+            f"{remote['units'] / remote['wall_s']:.2f} | {remote['cpu_s']:.1f} | {overhead:.2f} | {overhead_cpu:.2f} | "
+            f"{'yes' if r['same'] else 'NO'} |",
+        ]
+    return lines + [
+        "",
+        "Both on this machine, the Ray cluster started by `.ci/ray-up.sh` before the run (not timed): its "
+        "wall time includes connecting the driver, starting one Ray worker per task slot (Python, imports, "
+        "tokenizer) and the merge. Overhead per unit = (Ray - local) x task slots / units in wall seconds, "
+        "and (Ray - local) / units in CPU seconds, which other load on the machine does not inflate; CPU s "
+        "for Ray adds the nodes' processes (raylets, GCS, agents, workers) to the driver's.",
+    ]
+
+
+def write_report(path: Path, raw: dict, runs: dict, merge: dict, same: bool, ray_runs: dict | None = None) -> None:
     raw_rate = raw["tokens"] / raw["wall_s"]
     lines = [
         "# Scale-out benchmark (`python scripts/bench_scale.py`)",
@@ -247,6 +369,10 @@ def write_report(path: Path, raw: dict, runs: dict, merge: dict, same: bool) -> 
         f"({merge['merge_s'] / merge['units'] * 1e3:.1f} ms per unit: reads manifests, concatenates the "
         f"per-unit rejects, writes dataset.json; no array byte copied); {merge['cli_wall_s']:.1f} s as a CLI "
         "command including Python start-up and imports.",
+        "",
+        "## Ray vs local workers (8 shards)",
+        "",
+        *ray_section(ray_runs),
         "",
         "## Projection: 1B tokens",
         "",

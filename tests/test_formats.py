@@ -12,9 +12,10 @@ from click.testing import CliRunner
 
 from packsft import PackConfig
 from packsft.cli import main
-from packsft.errors import BadRecordError, ConfigError, InputError
+from packsft.errors import BadRecordError, ConfigError, InputError, UnusableOutputError
+from packsft.inputs import list_inputs
 from packsft.layout import ARRAY_FILES
-from packsft.reader import list_input_files, open_input, read_conversations
+from packsft.reader import open_input, read_conversations
 from packsft.records import RejectLedger
 from packsft.run import run_pack
 from tests.helpers import conv, write_conversations
@@ -49,6 +50,7 @@ def write_jsonl(path: Path, records: list, raw_lines: dict[int, str] | None = No
 
 def pack(data_dir: Path, out: Path, tokenizer: Path, **config) -> dict:
     config.setdefault("seq_length", 64)
+    config.setdefault("max_reject_fraction", 1.0)  # these tests count rejects on purpose
     skip = config.pop("skip_bad_files", False)
     strict = config.pop("strict", False)
     result = run_pack(data_dir, out, PackConfig(tokenizer=str(tokenizer), **config), quiet=True,
@@ -123,8 +125,8 @@ def test_explicit_input_format_must_match_the_file(tmp_path, demo_tokenizer_dir)
 def test_role_map_extends_the_aliases(tmp_path, demo_tokenizer_dir):
     records = [{"conversations": [{"from": "Person", "value": "Hi"}, {"from": "robot", "value": "Hello!"}]}]
     write_jsonl(tmp_path / "d" / "a.jsonl", records)
-    without = pack(tmp_path / "d", tmp_path / "o1", demo_tokenizer_dir)
-    assert without["stats"]["rejected_by_reason"] == {"message has unknown role": 1}
+    with pytest.raises(UnusableOutputError, match="nothing packed .*message has unknown role: 1"):
+        pack(tmp_path / "d", tmp_path / "o1", demo_tokenizer_dir)
     mapped = pack(tmp_path / "d", tmp_path / "o2", demo_tokenizer_dir, role_map="person=user, robot=assistant")
     assert mapped["stats"]["conversations_packed"] == 1 and mapped["stats"]["records_rejected"] == 0
     with pytest.raises(ConfigError) as error:
@@ -136,7 +138,7 @@ def test_input_files_are_listed_recursively_and_sorted(tmp_path):
     for name in ["b/x.jsonl.gz", "a.parquet", "b/a.jsonl", "c.json", "notes.txt", "b/c.parquet"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
-    assert [p.relative_to(tmp_path).as_posix() for p in list_input_files(tmp_path)] == [
+    assert [name for name, _ in list_inputs(tmp_path).files] == [
         "a.parquet", "b/a.jsonl", "b/c.parquet", "b/x.jsonl.gz"]
 
 

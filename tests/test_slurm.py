@@ -18,7 +18,7 @@ import pytest
 
 from packsft import PackConfig
 from packsft.run import run_pack
-from packsft.run.slurm import SlurmOptions, array_task_from_env, write_scripts
+from packsft.run.slurm import SlurmOptions, resolve_shards, write_scripts
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = 2  # ShareGPT shards: 2 x 3 row groups at --unit-mib 1 = 6 units for 4 array tasks
@@ -59,14 +59,13 @@ def test_the_array_script_runs_this_python_on_its_task_shard(tmp_path):
     assert os.access(pack, os.X_OK) and os.access(merge, os.X_OK)
 
 
-def test_shard_defaults_come_from_the_array_task(monkeypatch):
-    monkeypatch.delenv("SLURM_ARRAY_TASK_COUNT", raising=False)
-    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
-    assert array_task_from_env(None, None) == (1, 0)
+def test_shards_come_from_the_array_task_only_when_asked(monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
-    assert array_task_from_env(None, None) == (4, 2)
-    assert array_task_from_env(8, 5) == (8, 5)  # flags win
+    monkeypatch.delenv("SLURM_ARRAY_TASK_MIN", raising=False)
+    assert resolve_shards(None, None) == (1, 0)  # an array over several datasets packs each one whole
+    assert resolve_shards("from-env", None) == (4, 2)
+    assert resolve_shards(8, 5) == (8, 5)  # flags win
 
 
 def wait_for(jobs: list[str], env: dict[str, str]) -> None:

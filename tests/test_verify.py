@@ -296,7 +296,8 @@ def test_rejects_jsonl_is_split_on_newlines_only(tmp_path, demo_tokenizer_dir):
     """Found by the fuzzer: an excerpt holding U+2028 is one JSON line (now written escaped, as JSON
     Lines readers that split on U+2028 expect), and verify counts it as one."""
     write_conversations(tmp_path / "d" / "x.parquet", [conv(("robot", "a\u2028b\x1cc\x85")), records(0)[0]])
-    run_pack(tmp_path / "d", tmp_path / "out", PackConfig(tokenizer=str(demo_tokenizer_dir), seq_length=48), quiet=True)
+    run_pack(tmp_path / "d", tmp_path / "out", PackConfig(tokenizer=str(demo_tokenizer_dir), seq_length=48,
+                                                           max_reject_fraction=0.5), quiet=True)
     text = (tmp_path / "out" / "rejects.jsonl").read_text()
     assert "\\u2028" in text and "\u2028" not in text
     assert json.loads(text.splitlines()[0])["excerpt"].count("\u2028") == 1

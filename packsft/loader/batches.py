@@ -25,8 +25,10 @@ prefetched, so a checkpoint taken between steps resumes exactly at the next batc
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -190,9 +192,7 @@ class BatchLoader:
         free: queue.Queue = queue.Queue()
         for _ in range(self.prefetch + 2):  # prefetched + one being filled + one being copied
             free.put(self._new_slot())
-        stop = threading.Event()
-        thread = threading.Thread(target=self._produce, args=(ready, free, stop), name="packsft-loader", daemon=True)
-        thread.start()
+        reader = _BackgroundReader(self._produce, ready, free)
         try:
             while (item := ready.get()) is not _DONE:
                 if isinstance(item, BaseException):
@@ -203,7 +203,41 @@ class BatchLoader:
                     free.put(item.slot)
                 self._set_state(item.state)
                 yield batch
-        finally:
-            stop.set()
-            thread.join()
+        finally:  # the loop ended, broke, raised, or the iterator was dropped (closed by the collector)
+            reader.close()
+
+
+class _BackgroundReader:
+    """The thread that fills batches for one iteration, stopped and joined before the interpreter exits.
+
+    A daemon thread still running when Python finalizes is killed inside whatever C++ call it is in,
+    and the process aborts (`terminate called without an active exception`, exit 134): the common
+    `it = iter(loader); next(it)` per step, then exit at max_steps, did that. So every reader is also
+    closed from an atexit hook, which runs while threads can still finish; the hook is registered
+    with the first reader, after torch was imported, so that it runs before torch's own exit hooks.
+    """
+
+    _live: weakref.WeakSet[_BackgroundReader] = weakref.WeakSet()
+    _hooked = False
+
+    def __init__(self, produce: Any, ready: queue.Queue, free: queue.Queue) -> None:
+        if not _BackgroundReader._hooked:
+            atexit.register(_BackgroundReader.close_all)
+            _BackgroundReader._hooked = True
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=produce, args=(ready, free, self.stop), name="packsft-loader",
+                                       daemon=True)
+        _BackgroundReader._live.add(self)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()  # the thread sees it within POLL_SECONDS, also when blocked on a full queue
+        if self.thread is not threading.current_thread():
+            self.thread.join()
+        _BackgroundReader._live.discard(self)
+
+    @staticmethod
+    def close_all() -> None:
+        for reader in list(_BackgroundReader._live):
+            reader.close()
 

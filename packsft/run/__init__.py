@@ -6,10 +6,12 @@
     outdir.py    the output folder across runs: plan.json, resume, merge, status
     pipeline.py  `packsft pack`: plan, pack the missing units, merge
     slurm.py     the same plan as a SLURM array + an afterok merge job
+    ray.py       the same plan as one Ray task per unit, then the merge (needs packsft[ray])
 """
 
 from packsft.run.outdir import Status, merge, status
 from packsft.run.pipeline import PackResult, run_pack
+from packsft.run.ray import RayOptions, run_ray
 from packsft.run.slurm import SlurmOptions, submit
 
-__all__ = ["PackResult", "SlurmOptions", "Status", "merge", "run_pack", "status", "submit"]
+__all__ = ["PackResult", "RayOptions", "SlurmOptions", "Status", "merge", "run_pack", "run_ray", "status", "submit"]

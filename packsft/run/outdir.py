@@ -27,7 +27,9 @@ from typing import Any
 
 from packsft.config import DEFAULT_LONG, PackConfig
 from packsft.errors import IncompleteOutputError, OutputError
+from packsft.inputs import is_url
 from packsft.layout import DATASET_JSON, MARKER, REJECTS_JSONL, SHARDS_DIR, read_manifest, shard_name
+from packsft.run.outcome import check_outcome
 from packsft.run.plan import (
     DEFAULT_UNIT_BYTES,
     PLAN_JSON,
@@ -56,29 +58,40 @@ class Plan:
     fingerprints: list[str]
     slurm: dict[str, Any] | None = None  # set by `packsft slurm submit`: scripts and array size
     skipped_files: list[dict[str, str]] = field(default_factory=list)  # unreadable, under --skip-bad-files
+    inputs: list[str] = field(default_factory=list)  # the DATA arguments (absolute); [data_dir] if empty
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "plan_version": PLAN_VERSION, "packsft_version": __version__, "data_dir": self.data_dir,
             "config": self.config, "tokenizer": self.tokenizer, "unit_bytes": self.unit_bytes,
             "units": [{**u.to_dict(), "fingerprint": f} for u, f in zip(self.units, self.fingerprints)],
-            "slurm": self.slurm, "skipped_files": self.skipped_files,
+            "slurm": self.slurm, "skipped_files": self.skipped_files, "inputs": self.data_inputs,
         }
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Plan:
         units = [Unit.from_dict({k: v for k, v in u.items() if k != "fingerprint"}) for u in record["units"]]
         return cls(record["data_dir"], record["config"], record["tokenizer"], record["unit_bytes"], units,
-                   [u["fingerprint"] for u in record["units"]], record.get("slurm"), record.get("skipped_files", []))
+                   [u["fingerprint"] for u in record["units"]], record.get("slurm"), record.get("skipped_files", []),
+                   record.get("inputs", []))
+
+    @property
+    def data_inputs(self) -> list[str]:
+        """The DATA arguments of the run (plans written before they were recorded hold data_dir only)."""
+        return self.inputs or [self.data_dir]
 
     def identity(self) -> dict[str, Any]:
         """What a resumed run must share with the plan (inputs may change: changed units are redone)."""
-        return {"data_dir": str(Path(self.data_dir).resolve()), "config": fingerprint_config(self.pack_config()),
+        return {"inputs": [_resolved(spec) for spec in self.data_inputs], "config": fingerprint_config(self.pack_config()),
                 "tokenizer": self.tokenizer["fingerprint"], "unit_bytes": self.unit_bytes}
 
     def pack_config(self) -> PackConfig:
         known = {f.name for f in fields(PackConfig)}
         return PackConfig(**{k: v for k, v in self.config.items() if k in known})
+
+
+def _resolved(spec: str) -> str:
+    return spec if is_url(spec) else str(Path(spec).resolve())
 
 
 def read_plan(out_dir: Path) -> Plan:
@@ -165,7 +178,7 @@ def resume_hint(out_dir: Path, plan: Plan, missing: list[int]) -> str:
         wanted = [str(t) for t, indices in enumerate(tasks) if set(indices) & set(missing)]
         return (f"sbatch --array={','.join(wanted)} {shlex.quote(plan.slurm['pack_script'])}, then once those "
                 f"tasks finish: packsft merge {shlex.quote(str(out_dir))}")
-    return shlex.join(["packsft", "pack", plan.data_dir, str(out_dir), *pack_flags(plan.pack_config(), plan.unit_bytes)])
+    return shlex.join(["packsft", "pack", *plan.data_inputs, str(out_dir), *pack_flags(plan.pack_config(), plan.unit_bytes)])
 
 
 def pack_flags(config: PackConfig, unit_bytes: int) -> list[str]:
@@ -185,8 +198,12 @@ def pack_flags(config: PackConfig, unit_bytes: int) -> list[str]:
     return flags
 
 
-def merge(out_dir: str | Path) -> dict[str, Any]:
-    """Check every planned unit is complete, then write rejects.jsonl and dataset.json from the manifests."""
+def merge(out_dir: str | Path, max_reject_fraction: float | None = None) -> dict[str, Any]:
+    """Check every planned unit is complete, then write rejects.jsonl and dataset.json from the manifests.
+
+    An output with no chunks, or with more rejects than `max_reject_fraction` (default: the plan's
+    config), is refused (outcome.py) and gets no dataset.json.
+    """
 
     out_dir = Path(out_dir)
     plan = read_plan(out_dir)
@@ -206,8 +223,10 @@ def merge(out_dir: str | Path) -> dict[str, Any]:
     for extra in _shard_dirs(out_dir):  # shards of an earlier plan that had more units
         if not extra.name.isdigit() or int(extra.name) >= len(plan.units):
             shutil.rmtree(extra, ignore_errors=True)
-    dataset = build_dataset_manifest(manifests, plan.pack_config(), plan.tokenizer, Path(plan.data_dir),
+    dataset = build_dataset_manifest(manifests, plan.pack_config(), plan.tokenizer, plan.data_dir,
                                      plan.skipped_files)
+    limit = plan.pack_config().max_reject_fraction if max_reject_fraction is None else max_reject_fraction
+    check_outcome(out_dir, dataset, limit)
     atomic_write_json(out_dir / DATASET_JSON, dataset)
     return dataset
 
@@ -216,15 +235,19 @@ def _merge_rejects(out_dir: Path, units: int) -> None:
     """Concatenate the per-unit reject lists in unit order, streaming (never all in memory)."""
     target = out_dir / REJECTS_JSONL
     tmp = out_dir / f".{REJECTS_JSONL}.tmp-{socket.gethostname()}-{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        for index in range(units):
-            part = out_dir / SHARDS_DIR / shard_name(index) / REJECTS_JSONL
-            if part.exists():
-                with open(part, "rb") as source:
-                    shutil.copyfileobj(source, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "wb") as handle:
+            for index in range(units):
+                part = out_dir / SHARDS_DIR / shard_name(index) / REJECTS_JSONL
+                if part.exists():
+                    with open(part, "rb") as source:
+                        shutil.copyfileobj(source, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{target}: cannot write ({exc.strerror or exc}); check free space and permissions") from None
 
 
 @dataclass

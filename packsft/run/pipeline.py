@@ -10,12 +10,14 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from packsft.config import PackConfig
 from packsft.errors import ConfigError, OutputError
+from packsft.inputs import is_url, list_inputs
 from packsft.layout import DATASET_JSON
 from packsft.run.outdir import (
     Plan,
@@ -47,6 +49,10 @@ class PackResult:
     missing: int = 0  # planned units not complete after this run (all array tasks together)
 
 
+# Packs the units a run still needs (units, their fingerprints, the job, quiet) once plan.json is written;
+# the default is pack_units in local processes, packsft.run.ray.RayUnitRunner sends each to a Ray task.
+UnitRunner = Callable[[list[Unit], list[str], UnitJob, bool], None]
+
 # --workers 0 (auto) starts a process per CPU only for inputs this big: below it, starting the pool
 # costs more than it saves.
 AUTO_WORKERS_MIN_BYTES = 4 << 20
@@ -65,29 +71,36 @@ def auto_workers(units: list[Unit]) -> int:
 
 
 def make_plan(
-    data_dir: Path, out_dir: Path, config: PackConfig, unit_bytes: int = DEFAULT_UNIT_BYTES,
+    data: str | Path | Sequence[str | Path], out_dir: Path, config: PackConfig, unit_bytes: int = DEFAULT_UNIT_BYTES,
     skip_bad_files: bool = False,
 ) -> tuple[Plan, PackTokenizer]:
-    """The plan of DATA_DIR for `config` (units and their fingerprints) and the loaded tokenizer.
+    """The plan of DATA (folders, globs, files or URLs) for `config` (units and their fingerprints)
+    and the loaded tokenizer.
 
     The plan's config names the encoder the tokenizer got (`auto` resolved to `fast` or `hf`).
     """
 
-    if out_dir.resolve() == data_dir.resolve() or data_dir.resolve() in out_dir.resolve().parents:
-        raise OutputError(f"{out_dir}: OUT_DIR must not be inside DATA_DIR ({data_dir}); pick another folder")
+    specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
+    listing = list_inputs(specs)
+    for spec in specs:
+        folder = Path(spec)
+        if not is_url(spec) and folder.is_dir() and (out_dir.resolve() == folder.resolve()
+                                                     or folder.resolve() in out_dir.resolve().parents):
+            raise OutputError(f"{out_dir}: OUT_DIR must not be inside DATA_DIR ({spec}); pick another folder")
     # Every file is opened and its schema checked before anything is written.
-    units, skipped = plan_inputs(data_dir, config, unit_bytes, skip_bad_files=skip_bad_files)
+    units, skipped = plan_inputs(listing, config, unit_bytes, skip_bad_files=skip_bad_files)
     tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code,
                                encoder=config.encoder)
     config = replace(config, encoder=tokenizer.encoder)
     fingerprints = [unit_fingerprint(unit, config, tokenizer.fingerprint) for unit in units]
-    plan = Plan(str(data_dir), config.to_dict(), tokenizer.identity(), unit_bytes, units, fingerprints,
-                skipped_files=skipped)
+    inputs = [spec if is_url(spec) else str(Path(spec).resolve()) for spec in specs]
+    plan = Plan(listing.root, config.to_dict(), tokenizer.identity(), unit_bytes, units, fingerprints,
+                skipped_files=skipped, inputs=inputs)
     return plan, tokenizer
 
 
 def run_pack(
-    data_dir: str | Path,
+    data: str | Path | Sequence[str | Path],
     out_dir: str | Path,
     config: PackConfig,
     *,
@@ -99,8 +112,10 @@ def run_pack(
     shard_index: int = 0,
     unit_bytes: int = DEFAULT_UNIT_BYTES,
     skip_bad_files: bool = False,
+    runner: UnitRunner | None = None,
 ) -> PackResult:
-    """Pack the units of DATA_DIR assigned to `shard_index` into OUT_DIR; resume what is already there.
+    """Pack the units of DATA (a folder, glob, files or URLs; or a list of them) assigned to `shard_index`
+    into OUT_DIR; resume what is already there.
 
     With num_shards == 1 (every unit is this run's), dataset.json is written at the end; array tasks
     leave that to `packsft merge`. Output bytes never depend on workers, num_shards or interruptions.
@@ -109,15 +124,16 @@ def run_pack(
         strict: stop at the first bad record (`file:row: reason`) instead of skipping and counting it.
         skip_bad_files: list unreadable files in dataset.json `skipped_files` and go on, instead of
             stopping with an error naming the file.
+        runner: packs the units elsewhere (a Ray cluster) instead of in `workers` local processes.
     """
 
     started = time.perf_counter()
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir = Path(out_dir)
     if not 0 <= shard_index < num_shards:
         raise ConfigError(f"--shard-index {shard_index} must be in 0..{num_shards - 1} for --num-shards {num_shards}")
     if workers < 0:
         raise ConfigError(f"--workers must be 0 (auto) or more, got {workers}")
-    plan, tokenizer = make_plan(data_dir, out_dir, config, unit_bytes, skip_bad_files)
+    plan, tokenizer = make_plan(data, out_dir, config, unit_bytes, skip_bad_files)
     prepare_plan(out_dir, plan, overwrite)
     if not quiet:
         _say_detected(plan)
@@ -131,20 +147,33 @@ def run_pack(
     todo = [units[i] for i in mine if not unit_complete(out_dir, i, fingerprints[i])]
     if todo:
         (out_dir / DATASET_JSON).unlink(missing_ok=True)  # the output is no longer complete
-    job = UnitJob(out_dir, config, strict, tokenizer.state(), skip_bad_files)
+    job = UnitJob(out_dir, config, strict, tokenizer.fingerprint, skip_bad_files)
+    todo_fingerprints = [fingerprints[u.index] for u in todo]
     with stop_on_signals(out_dir, plan):
-        pack_units(todo, [fingerprints[u.index] for u in todo], job, tokenizer, workers or auto_workers(todo), quiet)
+        if runner is None:
+            pack_units(todo, todo_fingerprints, job, tokenizer, workers or auto_workers(todo), quiet)
+        else:
+            runner(todo, todo_fingerprints, job, quiet)
     missing = incomplete_units(out_dir, plan)
     dataset = merge(out_dir) if num_shards == 1 and not missing else None
     return PackResult(out_dir, dataset, time.perf_counter() - started, len(todo), len(mine) - len(todo), len(missing))
 
 
 def _say_detected(plan) -> None:
-    """One stderr line per input format auto chose (and per skipped file), e.g. `sharegpt for 8 files`."""
-    files = {unit.name: unit for unit in plan.units if unit.detected}
-    chosen: Counter[tuple[str, str]] = Counter((unit.input_format, unit.detected) for unit in files.values())
+    """One stderr line per input format auto chose (and per skipped file), e.g. `sharegpt for 8 files`;
+    conversations stored as JSON text are named too, also when --input-format was given."""
+    files = {unit.name: unit for unit in plan.units}
+    chosen: Counter[tuple[str, str]] = Counter((unit.input_format, unit.detected) for unit in files.values()
+                                               if unit.detected)
     for (name, why), count in sorted(chosen.items()):
-        print(f"packsft: input format {name} (auto, from the {why}) for {count} file{'s' * (count != 1)}",
+        print(f"packsft: input format {name} (auto, from the {why}) for {_files(count)}", file=sys.stderr)
+    given = Counter(unit.input_format for unit in files.values() if unit.json_text and not unit.detected)
+    for name, count in sorted(given.items()):
+        print(f"packsft: input format {name}, conversations as JSON text (decoded per record) in {_files(count)}",
               file=sys.stderr)
     for entry in plan.skipped_files:
         print(f"packsft: skipping bad file: {entry['error']}", file=sys.stderr)
+
+
+def _files(count: int) -> str:
+    return f"{count} file{'s' * (count != 1)}"

@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from packsft.config import PackConfig
+from packsft.config import PackConfig, bytes_config
 from packsft.errors import InputError
+from packsft.inputs import InputListing, Location, as_location, file_info, list_inputs
 from packsft.layout import FORMAT_VERSION
-from packsft.reader import InputFile, list_input_files, open_input
+from packsft.reader import InputFile, open_input
 from packsft.records import parse_role_map
 
 # Compressed parquet bytes per unit. A unit is packed in memory (best-fit sees all of it), so this
@@ -37,8 +38,6 @@ from packsft.records import parse_role_map
 DEFAULT_UNIT_BYTES = 8 << 20
 PLAN_JSON = "plan.json"
 PLAN_VERSION = 1
-# Config keys that change speed or memory but never the output bytes.
-NOT_IN_FINGERPRINT = ("batch_size", "encoder")
 
 
 @dataclass(frozen=True)
@@ -46,8 +45,8 @@ class Unit:
     """One unit of work: a range of row groups of one input file, and the shard it becomes."""
 
     index: int
-    path: Path
-    name: str  # the path relative to DATA_DIR, as recorded in manifests
+    path: Location  # a local Path, or the URL of a remote file
+    name: str  # the path relative to the inputs' root (data_dir), as recorded in manifests
     row_groups: tuple[int, int] | None = None  # [start, stop); None = the whole file
     first_row: int = 0  # row number (in the file) of the unit's first row
     rows: int = 0
@@ -56,6 +55,7 @@ class Unit:
     file_mtime_ns: int = 0
     input_format: str = ""  # the format read (auto-detected unless --input-format named it)
     detected: str = ""  # what auto detected it from, e.g. "'conversations' key"; "" when not auto
+    json_text: bool = False  # conversations stored as JSON text, decoded per record
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
@@ -66,7 +66,8 @@ class Unit:
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Unit:
         groups = record.get("row_groups")
-        return cls(**{**record, "path": Path(record["path"]), "row_groups": tuple(groups) if groups is not None else None})
+        return cls(**{**record, "path": as_location(record["path"]),
+                      "row_groups": tuple(groups) if groups is not None else None})
 
     def manifest_input(self) -> dict[str, Any]:
         """What a shard manifest records of its input (`inputs[0]`, with the reader's rows and format added)."""
@@ -101,28 +102,29 @@ def split_row_groups(sizes: list[int], parts: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:]))
 
 
-def plan_units(data_dir: str | Path, config: PackConfig | None = None, unit_bytes: int = DEFAULT_UNIT_BYTES) -> list[Unit]:
-    """The units of DATA_DIR (see plan_inputs); a bad input file raises InputError."""
-    return plan_inputs(data_dir, config, unit_bytes)[0]
+def plan_units(data: str | Path | list[str], config: PackConfig | None = None,
+               unit_bytes: int = DEFAULT_UNIT_BYTES) -> list[Unit]:
+    """The units of DATA (see plan_inputs); a bad input file raises InputError."""
+    return plan_inputs(data, config, unit_bytes)[0]
 
 
 def plan_inputs(
-    data_dir: str | Path,
+    data: str | Path | list[str] | InputListing,
     config: PackConfig | None = None,
     unit_bytes: int = DEFAULT_UNIT_BYTES,
     *,
     skip_bad_files: bool = False,
 ) -> tuple[list[Unit], list[dict[str, str]]]:
-    """The units of DATA_DIR: sorted files, parquet ones cut into row-group ranges of about unit_bytes
-    (a JSON Lines file is one unit: it has no row groups). Also returns the files skipped as unreadable
-    (only with skip_bad_files; otherwise a bad file raises)."""
+    """The units of DATA (folders, globs, files or URLs; see inputs.py): files sorted by name, parquet
+    ones cut into row-group ranges of about unit_bytes (a JSON Lines file is one unit: it has no row
+    groups). Also returns the files skipped as unreadable (only with skip_bad_files; otherwise a bad
+    file raises). Each file is opened once, so planning is linear in the number of files."""
     config = config or PackConfig()
     aliases = parse_role_map(config.role_map)
-    data_dir = Path(data_dir)
+    listing = data if isinstance(data, InputListing) else list_inputs(data)
     units: list[Unit] = []
     skipped: list[dict[str, str]] = []
-    for path in list_input_files(data_dir):
-        name = path.relative_to(data_dir).as_posix()
+    for name, path in listing.files:
         try:
             source = open_input(path, config.format, config.input_format, aliases)
         except InputError as exc:
@@ -134,11 +136,11 @@ def plan_inputs(
     return units, skipped
 
 
-def _file_units(path: Path, name: str, source: InputFile, unit_bytes: int, first_index: int) -> list[Unit]:
+def _file_units(path: Location, name: str, source: InputFile, unit_bytes: int, first_index: int) -> list[Unit]:
     """The units of one input file: row-group ranges of about unit_bytes, or the whole file (JSON Lines)."""
-    stat = path.stat()
-    whole = Unit(index=first_index, path=path, name=name, bytes=stat.st_size, file_bytes=stat.st_size,
-                 file_mtime_ns=stat.st_mtime_ns, input_format=source.input_format, detected=source.detected or "")
+    size, mtime_ns = file_info(path)
+    whole = Unit(index=first_index, path=path, name=name, bytes=size, file_bytes=size, file_mtime_ns=mtime_ns,
+                 input_format=source.input_format, detected=source.detected or "", json_text=source.json_text)
     if source.parquet is None:
         return [whole]
     metadata = source.parquet.metadata
@@ -153,7 +155,7 @@ def _file_units(path: Path, name: str, source: InputFile, unit_bytes: int, first
 
 
 def fingerprint_config(config: PackConfig) -> dict[str, Any]:
-    return {key: value for key, value in config.to_dict().items() if key not in NOT_IN_FINGERPRINT}
+    return bytes_config(config.to_dict())
 
 
 def unit_fingerprint(unit: Unit, config: PackConfig, tokenizer_fingerprint: str) -> str:

@@ -18,11 +18,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from packsft.config import PackConfig
-from packsft.errors import PacksftError
+from packsft.errors import ConfigError, PacksftError
+from packsft.inputs import is_url
 from packsft.run.outdir import pack_flags, prepare_plan
 from packsft.run.pipeline import make_plan
 from packsft.run.plan import DEFAULT_UNIT_BYTES
@@ -54,14 +56,43 @@ class Submission:
     merge_script: Path
 
 
-def array_task_from_env(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:
-    """--num-shards/--shard-index, defaulting to SLURM_ARRAY_TASK_COUNT/_ID inside an array task."""
+# `--num-shards from-env`: take the array task from SLURM's variables, only when asked to.
+SHARDS_FROM_ENV = "from-env"
+
+
+def resolve_shards(num_shards: int | str | None, shard_index: int | None) -> tuple[int, int]:
+    """(num_shards, shard_index) from --num-shards/--shard-index; (1, 0) when neither is given.
+
+    SLURM's array variables are read only for `--num-shards from-env`: an array over several datasets
+    (one per task) must not silently pack a share of each. The task's place is its id minus the
+    array's first id, so `--array=1-4` and `--array=0-3` both count tasks 0..3.
+    """
+    if num_shards != SHARDS_FROM_ENV:
+        count = str(num_shards) if num_shards is not None else "1"
+        if not count.isdigit() or int(count) < 1:
+            raise ConfigError(f"--num-shards {num_shards!r}: expected a count of 1 or more, or {SHARDS_FROM_ENV}")
+        return int(count), (shard_index if shard_index is not None else 0)
     env = os.environ
-    if num_shards is None:
-        num_shards = int(env["SLURM_ARRAY_TASK_COUNT"]) if env.get("SLURM_ARRAY_TASK_COUNT", "").isdigit() else 1
-    if shard_index is None:
-        shard_index = int(env["SLURM_ARRAY_TASK_ID"]) if env.get("SLURM_ARRAY_TASK_ID", "").isdigit() and num_shards > 1 else 0
-    return num_shards, shard_index
+    count, task, first = (env.get(f"SLURM_ARRAY_TASK_{key}", "") for key in ("COUNT", "ID", "MIN"))
+    if not (count.isdigit() and task.isdigit()):
+        raise ConfigError("--num-shards from-env: SLURM_ARRAY_TASK_COUNT/SLURM_ARRAY_TASK_ID are not set "
+                          "(not inside a SLURM array task); pass --num-shards N --shard-index I")
+    index = int(task) - (int(first) if first.isdigit() else 0)
+    if shard_index is not None and shard_index != index:
+        raise ConfigError(f"--shard-index {shard_index} disagrees with the array task ({index}); drop one of them")
+    if not 0 <= index < int(count):
+        raise ConfigError(f"--num-shards from-env: array task {task} is not one of {count} consecutive tasks "
+                          "(an array like --array=1,3); pass --num-shards N --shard-index I")
+    return int(count), index
+
+
+def array_note() -> str | None:
+    """A note for a run inside a SLURM array that packs every unit because no sharding was asked for."""
+    count, task = os.environ.get("SLURM_ARRAY_TASK_COUNT", ""), os.environ.get("SLURM_ARRAY_TASK_ID", "")
+    if not count.isdigit() or int(count) < 2:
+        return None
+    return (f"packsft: SLURM array task {task} of {count}: packing every unit of the input (to split the "
+            f"units among the array's tasks instead, pass --num-shards {SHARDS_FROM_ENV})")
 
 
 def _header(job_name: str, options: SlurmOptions, log: Path, cpus: int) -> list[str]:
@@ -74,15 +105,21 @@ def _header(job_name: str, options: SlurmOptions, log: Path, cpus: int) -> list[
     return lines
 
 
-def write_scripts(data_dir: Path, out_dir: Path, pack_flags: list[str], options: SlurmOptions) -> tuple[Path, Path]:
-    """Write OUT/slurm/pack.sbatch (the array) and OUT/slurm/merge.sbatch; returns their paths."""
+def write_scripts(data: str | Path | Sequence[str | Path], out_dir: Path, pack_flags: list[str],
+                  options: SlurmOptions) -> tuple[Path, Path]:
+    """Write OUT/slurm/pack.sbatch (the array) and OUT/slurm/merge.sbatch; returns their paths.
+
+    `data` is the pack's DATA argument(s); local ones are made absolute (tasks may start elsewhere).
+    """
     folder = out_dir.resolve() / SLURM_DIR
     (folder / "logs").mkdir(parents=True, exist_ok=True)
     python = shlex.quote(sys.executable)
     package_parent = shlex.quote(str(Path(__file__).resolve().parents[2]))
     array = f"0-{options.array_size - 1}" + (f"%{options.throttle}" if options.throttle else "")
     out = shlex.quote(str(out_dir.resolve()))
-    pack_cmd = shlex.join(["-m", "packsft", "pack", str(data_dir.resolve()), str(out_dir.resolve()), *pack_flags,
+    inputs = [str(spec) if is_url(spec) else str(Path(spec).resolve())
+              for spec in ([data] if isinstance(data, (str, Path)) else data)]
+    pack_cmd = shlex.join(["-m", "packsft", "pack", *inputs, str(out_dir.resolve()), *pack_flags,
                            "--num-shards", str(options.array_size), "--workers", str(options.workers), "--quiet"])
     common = ["set -euo pipefail", f"export PYTHONPATH={package_parent}${{PYTHONPATH:+:$PYTHONPATH}}"]
     pack = [
@@ -125,20 +162,20 @@ def sbatch(*args: str) -> str:
     return result.stdout.strip().split(";")[0]
 
 
-def submit(data_dir: str | Path, out_dir: str | Path, config: PackConfig, options: SlurmOptions, *,
-           unit_bytes: int | None = None, overwrite: bool = False) -> Submission:
+def submit(data: str | Path | Sequence[str | Path], out_dir: str | Path, config: PackConfig,
+           options: SlurmOptions, *, unit_bytes: int | None = None, overwrite: bool = False) -> Submission:
     """Plan the output, write the scripts, submit the array and its merge job."""
 
-    data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir)  # the tasks may start elsewhere
+    out_dir = Path(out_dir)
     unit_bytes = unit_bytes or DEFAULT_UNIT_BYTES
-    plan, _ = make_plan(data_dir, out_dir, config, unit_bytes)
+    plan, _ = make_plan(data, out_dir, config, unit_bytes)
     options = SlurmOptions(**{**options.__dict__, "array_size": max(1, min(options.array_size, len(plan.units)))})
     flags = pack_flags(config, unit_bytes)
     folder = out_dir.resolve() / SLURM_DIR
     plan.slurm = {"array_size": options.array_size, "pack_script": str(folder / PACK_SCRIPT),
                   "merge_script": str(folder / MERGE_SCRIPT)}
     prepare_plan(out_dir, plan, overwrite)  # before the scripts: --overwrite clears the folder
-    pack_script, merge_script = write_scripts(data_dir, out_dir, flags, options)
+    pack_script, merge_script = write_scripts(plan.data_inputs, out_dir, flags, options)
     pack_job = sbatch(str(pack_script))
     merge_job = sbatch(f"--dependency=afterok:{pack_job}", "--kill-on-invalid-dep=yes", str(merge_script))
     return Submission(pack_job, merge_job, pack_script, merge_script)

@@ -8,6 +8,7 @@ No I/O besides reading the unit's input; pipeline.write_unit writes the shard.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from collections.abc import Callable
@@ -351,7 +352,8 @@ def write_unit(
                               extra_files={REJECTS_JSONL: rejects.to_jsonl().encode()})
     except Exception as exc:
         kind = "error" if isinstance(exc, PacksftError) else f"bug ({type(exc).__name__})"
-        failed.write_text(f"{kind}: {exc}\n")
+        with contextlib.suppress(OSError):  # a full disk may refuse even this note; the error still goes up
+            failed.write_text(f"{kind}: {exc}\n")
         raise
     failed.unlink(missing_ok=True)
     return written

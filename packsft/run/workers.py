@@ -19,9 +19,9 @@ import shlex
 import signal
 import threading
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.context import BaseContext
 from pathlib import Path
@@ -34,7 +34,7 @@ from packsft.errors import OutputError, PackInterrupted
 from packsft.run.outdir import Plan, incomplete_units, resume_hint
 from packsft.run.plan import Unit, threads_per_worker
 from packsft.run.unit import write_unit
-from packsft.tokenizer import PackTokenizer, tokenizer_from_state
+from packsft.tokenizer import PackTokenizer, load_tokenizer, tokenizer_from_state
 
 # Imported once by the fork server, so that each worker starts in well under a second. Workers rebuild
 # the parent's tokenizer from its state (tokenizers only); transformers (which imports torch: seconds)
@@ -45,13 +45,18 @@ PRELOAD_CHAT = ("transformers.models.auto.tokenization_auto", "transformers.toke
 
 @dataclass(frozen=True)
 class UnitJob:
-    """What a worker needs besides the unit (picklable): the parent's tokenizer travels as its state."""
+    """What a worker needs besides the unit (picklable).
+
+    `tokenizer_state` (PackTokenizer.state()) is the parent's tokenizer, attached for local workers only:
+    megabytes that a remote runner would ship with every task.
+    """
 
     out_dir: Path
     config: PackConfig
     strict: bool
-    tokenizer_state: dict[str, Any]
+    tokenizer_fingerprint: str
     skip_bad_files: bool = False
+    tokenizer_state: dict[str, Any] | None = None
 
 
 _worker_tokenizer: PackTokenizer | None = None
@@ -65,10 +70,30 @@ def _init_worker(job: UnitJob, threads: int) -> None:
     # The parent decides when to stop; a Ctrl-C reaches the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The parent proved the fast encoder for this tokenizer fingerprint (checked below): no second proof.
+    _worker_tokenizer = load_job_tokenizer(job, threads, prove=False)
+
+
+def load_job_tokenizer(job: UnitJob, threads: int, *, prove: bool) -> PackTokenizer:
+    """The job's tokenizer, loaded in a worker; refused when it is not the one the plan fingerprinted.
+
+    A local worker rebuilds the parent's own tokenizer from `job.tokenizer_state` (no transformers, no
+    second proof); elsewhere it is loaded (from this machine's tokenizer cache where it is warm).
+
+    Args:
+        prove: compare the fast encoder with HF again, where the parent's proof does not carry over
+            (a worker on another machine may have other library versions).
+    """
     config = job.config
-    # The parent's tokenizer, rebuilt without transformers; the parent proved its encoder (config.encoder).
-    _worker_tokenizer = tokenizer_from_state(job.tokenizer_state, config.tokenizer, encoder=config.encoder,
-                                             trust_remote_code=config.trust_remote_code, threads=threads)
+    if job.tokenizer_state is not None:
+        tokenizer = tokenizer_from_state(job.tokenizer_state, config.tokenizer, encoder=config.encoder,
+                                         trust_remote_code=config.trust_remote_code, threads=threads)
+    else:
+        tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code,
+                                   encoder=config.encoder, prove=prove, threads=threads)
+    if tokenizer.fingerprint != job.tokenizer_fingerprint:
+        raise OutputError(f"tokenizer {config.tokenizer!r} changed while packing; rerun to resume")
+    return tokenizer
 
 
 def _work(job: UnitJob, unit: Unit, fingerprint: str) -> int:
@@ -97,16 +122,15 @@ def pack_units(
             return
         workers = min(workers, len(units))
         pool = ProcessPoolExecutor(workers, mp_context=_worker_context(job.config.template), initializer=_init_worker,
-                                   initargs=(job, threads_per_worker(workers)))
+                                   initargs=(replace(job, tokenizer_state=tokenizer.state()), threads_per_worker(workers)))
         try:
             order = sorted(range(len(units)), key=lambda i: (-units[i].bytes, units[i].index))
-            pending = {pool.submit(_work, job, units[i], fingerprints[i]) for i in order}
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    rows = future.result()  # re-raises a worker's error here
-                    if progress is not None:
-                        progress.update(rows)
+            # as_completed waits on all futures at once: wait(FIRST_COMPLETED) in a loop re-arms every
+            # pending future per completion, quadratic in the number of units (10,000 small files).
+            for future in as_completed([pool.submit(_work, job, units[i], fingerprints[i]) for i in order]):
+                rows = future.result()  # re-raises a worker's error here
+                if progress is not None:
+                    progress.update(rows)
         except BrokenProcessPool:
             raise OutputError(
                 "a worker process died (out of memory?); completed units are kept. Rerun to resume, "

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from packsft.config import CONFIG_KEYS, PackConfig
 from packsft.errors import PacksftError
+from packsft.inputs import is_url
 from packsft.layout import (
     ARRAY_FILES,
     DATASET_JSON,
@@ -75,6 +76,9 @@ def _repackable_units(dataset: dict[str, Any], indices: list[int], notes: list[s
     A unit is rebuilt from its manifest's input record (row-group range included): a big file is cut
     into several units, and each must be re-packed from its own rows only.
     """
+    if is_url(dataset.get("data_dir", "")):
+        notes.append(f"{SKIP}: the inputs are remote ({dataset['data_dir']}); --deep re-packs local inputs only")
+        return []
     data_dir = Path(dataset.get("data_dir", ""))
     units = []
     for index in indices:
@@ -83,10 +87,11 @@ def _repackable_units(dataset: dict[str, Any], indices: list[int], notes: list[s
             notes.append(f"{SKIP} for shard {entry['name']}: it was packed from {len(entry['inputs'])} inputs")
             continue
         unit = Unit.from_manifest_input(index, data_dir, entry["inputs"][0])
-        if not unit.path.is_file():
-            notes.append(f"{SKIP} for shard {entry['name']}: input {unit.path} is gone")
-        elif unit.path.stat().st_size != unit.file_bytes:
-            notes.append(f"{SKIP} for shard {entry['name']}: input {unit.path} changed size since packing")
+        path = Path(unit.path)  # local: remote inputs were noted above
+        if not path.is_file():
+            notes.append(f"{SKIP} for shard {entry['name']}: input {path} is gone")
+        elif path.stat().st_size != unit.file_bytes:
+            notes.append(f"{SKIP} for shard {entry['name']}: input {path} changed size since packing")
         else:
             units.append(unit)
     return units

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from packsft.config import bytes_config
 from packsft.layout import (
     ARRAY_FILES,
     LOSS_MASK_NPY,
@@ -85,8 +86,11 @@ def check_shard_files(
         expected = {"shard": entry["name"], "dtype": dataset["dtype"], "config": dataset["config"],
                     "tokenizer_fingerprint": dataset["tokenizer"].get("fingerprint")}
         for key, value in expected.items():
-            if manifest.get(key) != value:
-                problems.append((MANIFEST_JSON, f"{key} is {_short(manifest.get(key))}, dataset.json says {_short(value)}"))
+            found = manifest.get(key)
+            if key == "config" and isinstance(found, dict) and isinstance(value, dict):
+                found, value = bytes_config(found), bytes_config(value)  # a resumed run may change those keys
+            if found != value:
+                problems.append((MANIFEST_JSON, f"{key} is {_short(found)}, dataset.json says {_short(value)}"))
     wanted = SHARD_FILES.get(dataset["config"].get("output_format", "npy"), ARRAY_FILES)
     listed = entry["files"] if isinstance(entry["files"], dict) else {}
     for name in sorted(set(wanted) - set(listed)):
