@@ -76,6 +76,7 @@ def test_no_pickle_anywhere_in_packsft():
 
 @pytest.fixture
 def remote_code_calls(monkeypatch) -> list:
+    monkeypatch.setenv("PACKSFT_CACHE", "off")  # every load goes through transformers, as a first run's does
     calls = []
     original = transformers.AutoTokenizer.from_pretrained
 
