@@ -197,7 +197,7 @@ def tokenizer_from_state(
         bos_id=state["bos_id"], eos_id=state["eos_id"], pad_id=state["pad_id"], role_ids=dict(state["role_ids"]),
         vocab_size=state["vocab_size"], files_sha256=dict(state["files_sha256"]), fingerprint=state["fingerprint"],
         chat_template=state["chat_template"], special_tokens=tuple(state["special_tokens"]),
-        trust_remote_code=trust_remote_code, encoder=encoder,
+        trust_remote_code=trust_remote_code, encoder="fast" if encoder == "fast" else "hf",
         threads=threads, serialized=state["serialized"],
     )
 
@@ -424,6 +424,7 @@ def _fingerprint(serialized: str, chat_template: str | dict[str, str] | None, sp
     """sha256 of the serialized tokenizer (`backend_tokenizer.to_str()`), chat template and special ids."""
     digest = hashlib.sha256()
     digest.update(serialized.encode("utf-8"))
-    digest.update((chat_template or "").encode("utf-8"))
+    template = json.dumps(chat_template, sort_keys=True) if isinstance(chat_template, dict) else chat_template or ""
+    digest.update(template.encode("utf-8"))
     digest.update(json.dumps(special_ids, sort_keys=True).encode("utf-8"))
     return digest.hexdigest()

@@ -127,7 +127,7 @@ def pack_unit(
     trainable = read.batch.trainable_per_conversation()
     drop_unprompted = read.batch.unprompted & (config.unprompted == "drop")
     batch, trainable = read.batch.select(~drop_unprompted), trainable[~drop_unprompted]
-    counters = {
+    counters: dict[str, Any] = {
         **_read_counters(read),
         "tokens_rendered": len(read.batch.ids),
         "special_strings_in_content": read.batch.special_strings,
