@@ -104,12 +104,17 @@ data_dir, tokenizer_dir, seq = sys.argv[1], sys.argv[2], int(sys.argv[3])
 tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
 
 def tokenize(record):
-    ids = tokenizer.apply_chat_template(record["messages"], tokenize=True)
+    # A user skips records the template refuses (ShareGPT has some), as packsft rejects them.
+    try:
+        ids = tokenizer.apply_chat_template(record["messages"], tokenize=True)
+    except Exception:
+        return {"input_ids": []}
     return {"input_ids": list(ids["input_ids"] if hasattr(ids, "keys") else ids)}
 
 files = sorted(glob.glob(os.path.join(data_dir, "*.parquet")))
 data = datasets.load_dataset("parquet", data_files=files, split="train")
 data = data.map(tokenize, remove_columns=data.column_names, num_proc=2)
+data = data.filter(lambda record: len(record["input_ids"]) > 0, num_proc=2)
 packed = pack_dataset(data, seq, strategy="bfd")
 print(sum(len(ids) for ids in packed["input_ids"]))
 """
