@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from packsft import verify_output
 from packsft.layout import sha256_file
+from packsft.tokenizer import flatten_ids
 
 # ChatML with generation blocks (newlines as expressions: transformers renders with trim_blocks) around what the assistant says (content + <|im_end|>).
 CHATML = (
@@ -62,3 +63,24 @@ def rewrite_array(out_dir: Path, shard: int, name: str, array: np.ndarray) -> No
 
 def load_array(out_dir: Path, shard: int, name: str) -> np.ndarray:
     return np.load(out_dir / "shards" / f"{shard:05d}" / name, allow_pickle=False)
+
+
+# Ids of the stand-in tokenizer below: pad, BOS, EOS and the three role tokens.
+BOS, EOS, PAD, USR, ASST, SYS = 1, 2, 0, 3, 4, 5
+
+
+class FakeTokenizer:
+    """A stand-in tokenizer for rendering tests: content 'n:k' encodes to n tokens 10 + (k + i) % 1000 (never special)."""
+
+    bos_id, eos_id, pad_id = BOS, EOS, PAD
+    role_ids = {"user": USR, "assistant": ASST, "system": SYS}
+
+    def encode_texts(self, texts):
+        out = []
+        for text in texts:
+            n, k = map(int, text.split(":"))
+            out.append([10 + (k + i) % 1000 for i in range(n)])
+        return out
+
+    def encode_texts_flat(self, texts):
+        return flatten_ids(self.encode_texts(texts))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -14,29 +12,7 @@ from packsft.records import Conversation
 from packsft.render import render_roles
 from packsft.rows import build_chunks, build_linear_chunks, segment_starts
 from packsft.split import split_long
-from packsft.tokenizer import flatten_ids
-
-BOS, EOS, PAD, USR, ASST, SYS = 1, 2, 0, 3, 4, 5
-
-
-@dataclass(frozen=True)
-class FakeTokenizer:
-    """Content 'n:k' encodes to n tokens with ids k, k+1, ... (ids >= 10, never special)."""
-
-    bos_id: int = BOS
-    eos_id: int = EOS
-    pad_id: int = PAD
-    role_ids: dict = field(default_factory=lambda: {"user": USR, "assistant": ASST, "system": SYS})
-
-    def encode_texts(self, texts):
-        out = []
-        for text in texts:
-            n, k = map(int, text.split(":"))
-            out.append([10 + (k + i) % 1000 for i in range(n)])
-        return out
-
-    def encode_texts_flat(self, texts):
-        return flatten_ids(self.encode_texts(texts))
+from tests.helpers import BOS, PAD, SYS, USR, FakeTokenizer
 
 
 def conversation(lengths: list[int], system: int | None = None, unprompted: bool = False) -> Conversation:
