@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -45,17 +46,25 @@ from packsft.tokenizer import PackTokenizer
 from packsft.version import __version__
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def atomic_write_stream(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write `path` through `write(handle)` under a temporary name, fsync it, then rename it into place.
+
+    The temporary name carries the host and pid: array tasks on several machines may share the folder.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc}); check free space and permissions") from None
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write_stream(path, lambda handle: handle.write(data))
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:

@@ -17,13 +17,11 @@ array bytes, so it takes seconds for any size of output.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
-import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from packsft.config import DEFAULT_LONG, PackConfig
 from packsft.errors import IncompleteOutputError, OutputError
@@ -39,7 +37,7 @@ from packsft.run.plan import (
     fingerprint_config,
 )
 from packsft.version import __version__
-from packsft.writer import atomic_write_json, build_dataset_manifest, prepare_output
+from packsft.writer import atomic_write_json, atomic_write_stream, build_dataset_manifest, prepare_output
 
 FAILED_PREFIX = ".failed-"
 TMP_PREFIX = ".tmp-"
@@ -233,21 +231,15 @@ def merge(out_dir: str | Path, max_reject_fraction: float | None = None) -> dict
 
 def _merge_rejects(out_dir: Path, units: int) -> None:
     """Concatenate the per-unit reject lists in unit order, streaming (never all in memory)."""
-    target = out_dir / REJECTS_JSONL
-    tmp = out_dir / f".{REJECTS_JSONL}.tmp-{socket.gethostname()}-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as handle:
-            for index in range(units):
-                part = out_dir / SHARDS_DIR / shard_name(index) / REJECTS_JSONL
-                if part.exists():
-                    with open(part, "rb") as source:
-                        shutil.copyfileobj(source, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{target}: cannot write ({exc.strerror or exc}); check free space and permissions") from None
+
+    def concatenate(handle: BinaryIO) -> None:
+        for index in range(units):
+            part = out_dir / SHARDS_DIR / shard_name(index) / REJECTS_JSONL
+            if part.exists():
+                with open(part, "rb") as source:
+                    shutil.copyfileobj(source, handle)
+
+    atomic_write_stream(out_dir / REJECTS_JSONL, concatenate)
 
 
 @dataclass
