@@ -30,105 +30,53 @@ conversation head is a leading BOS token when the rendering starts with one (emp
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 
+from packsft.chat_encode import RenderingEncoder
 from packsft.records import ASSISTANT, TEXT, USER, Conversation, RecordRejected
 from packsft.render import ROLE_CODES, RenderedBatch, count_special_strings
 from packsft.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
+from packsft.tokenizer_cache import cache_key, read_entry, write_entry
 
 # Private-use characters: no template transforms them, no real content contains this pattern.
 PLACEHOLDER = "\ue000{index}\ue001"
 
 
-def plain_text_backend(hf: Any) -> Any:
-    """A copy of hf's Rust tokenizer that tokenizes special-token strings as ordinary text.
-
-    A copy, because `encode_special_tokens` is a setting of the tokenizer object and the original must
-    keep encoding the template's own special tokens as special.
-    """
-    from tokenizers import Tokenizer
-
-    plain = Tokenizer.from_str(hf.backend_tokenizer.to_str())
-    plain.encode_special_tokens = True
-    return plain
-
-
 class ChatRenderer:
-    """Caches what depends only on the tokenizer (skeletons per role sequence, special ids)."""
+    """Caches what depends only on the tokenizer (skeletons per role sequence, special ids, the encoder).
 
-    def __init__(self, tokenizer: PackTokenizer) -> None:
+    Renders with transformers' own jinja renderer (`render_jinja_template`, what `apply_chat_template`
+    calls) and the template kwargs transformers passes (its `special_tokens_map`), without loading the
+    transformers tokenizer: importing that imports torch (seconds per worker).
+
+    Args:
+        fast: encode renderings with the fast encoder (chat_encode.py); default: where it is in use.
+    """
+
+    def __init__(self, tokenizer: PackTokenizer, fast: bool | None = None) -> None:
         self.tokenizer = tokenizer
-        hf = tokenizer.hf
-        self.special_ids = np.array(
-            sorted({i for i, t in hf.added_tokens_decoder.items() if t.special} | set(hf.all_special_ids)), np.int64
-        )
-        self.bos_id = hf.bos_token_id
+        self.encoder = RenderingEncoder(tokenizer, fast)
+        self.special_ids = self.encoder.special_ids
+        bos = tokenizer.special_tokens_map.get("bos_token")
+        self.bos_id = tokenizer.backend.token_to_id(bos) if isinstance(bos, str) else None
+        eos = tokenizer.special_tokens_map.get("eos_token")
+        self.eos_token = eos if isinstance(eos, str) else tokenizer.backend.id_to_token(tokenizer.eos_id)
         self.skeletons: dict[tuple[str, ...], list[str] | None] = {}
-        self.plain: Any = None  # plain_text_backend(hf), built when a content holds a special-token string
+        self._render = _jinja_renderer(tokenizer)
 
     def encode(self, texts: list[str], spans: list[list[tuple[int, int]]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Token ids and character offsets of each rendered text; special-token strings that came from
-        a message's content (inside `spans`) are ordinary text, the template's own stay special.
-
-        One batch call into the Rust tokenizer. Only a rendering whose content produced a special token
-        (rare) is re-encoded: the text between the template's own special tokens is tokenized as plain
-        text, which is exactly how the tokenizer treats that text when no special string is in it.
-        """
-        backend = self.tokenizer.hf.backend_tokenizer
-        # transformers leaves this switch as its last call set it (split_special_tokens=True keeps it on);
-        # the template's own special tokens must be special here.
-        backend.encode_special_tokens = False
-        encodings = backend.encode_batch(texts, add_special_tokens=False) if texts else []
-        out = []
-        for text, encoding, located in zip(texts, encodings, spans):
-            ids = np.asarray(encoding.ids, TOKEN_ID_DTYPE)
-            offsets = np.asarray(encoding.offsets, np.int64).reshape(-1, 2)
-            from_content = self._special_in_content(ids, offsets, located)
-            if from_content.any():
-                ids, offsets = self._encode_plain_between(text, ids, offsets, from_content)
-            out.append((ids, offsets))
-        return out
-
-    def _special_in_content(self, ids: np.ndarray, offsets: np.ndarray, located: list[tuple[int, int]]) -> np.ndarray:
-        """Per token: a special token whose characters lie inside a message content."""
-        special = np.isin(ids, self.special_ids)
-        if not special.any() or not located:
-            return np.zeros(len(ids), bool)
-        bounds = np.asarray(located, np.int64).reshape(-1, 2)
-        inside = np.zeros(len(ids), bool)
-        for at in np.flatnonzero(special).tolist():
-            start, end = offsets[at]
-            inside[at] = bool(((bounds[:, 0] <= start) & (end <= bounds[:, 1]) & (bounds[:, 0] < bounds[:, 1])).any())
-        return inside
-
-    def _encode_plain_between(self, text: str, ids: np.ndarray, offsets: np.ndarray,
-                              from_content: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Keep the template's special tokens; tokenize the text between them as plain text."""
-        if self.plain is None:
-            self.plain = plain_text_backend(self.tokenizer.hf)
-        keep = np.flatnonzero(np.isin(ids, self.special_ids) & ~from_content)
-        cuts = [(int(offsets[k, 0]), int(offsets[k, 1])) for k in keep.tolist()]
-        id_parts, offset_parts, cursor = [], [], 0
-        for k, (start, end) in zip(keep.tolist() + [None], cuts + [(len(text), len(text))]):
-            if start > cursor:
-                piece = self.plain.encode(text[cursor:start], add_special_tokens=False)
-                id_parts.append(np.asarray(piece.ids, TOKEN_ID_DTYPE))
-                offset_parts.append(np.asarray(piece.offsets, np.int64).reshape(-1, 2) + cursor)
-            if k is not None:
-                id_parts.append(ids[k : k + 1])
-                offset_parts.append(offsets[k : k + 1])
-            cursor = max(cursor, end)
-        return np.concatenate(id_parts), np.concatenate(offset_parts)
+        a message's content (inside `spans`) are ordinary text, the template's own stay special."""
+        return self.encoder.encode(texts, spans)
 
     def render_text(self, messages: Sequence[tuple[str, str]]) -> str:
         """The template's text for these messages; a template that raises rejects the record."""
         try:
-            return self.tokenizer.hf.apply_chat_template(
-                [{"role": role, "content": content} for role, content in messages], tokenize=False
-            )
+            return self._render([{"role": role, "content": content} for role, content in messages])
         except Exception as exc:  # jinja's TemplateError from raise_exception(), or any template bug
             reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
             raise RecordRejected(f"chat template refused the conversation: {reason}") from None
@@ -175,6 +123,26 @@ class ChatRenderer:
             spans.append((cursor, end))
             cursor = end + len(piece)
         return text, spans
+
+
+def _jinja_renderer(tokenizer: PackTokenizer) -> Callable[[list[dict[str, str]]], str]:
+    """A function rendering one conversation exactly as `hf.apply_chat_template(messages, tokenize=False)`."""
+    template = tokenizer.chat_template
+    if isinstance(template, dict):  # several named templates: transformers picks "default" without tools
+        template = template.get("default")
+    try:
+        from transformers.utils.chat_template_utils import render_jinja_template
+    except ImportError:  # a transformers without it: its tokenizer renders (and imports torch)
+        render_jinja_template = None
+    if not template or render_jinja_template is None:
+        return lambda messages: tokenizer.hf.apply_chat_template(messages, tokenize=False)
+    kwargs = dict(tokenizer.special_tokens_map)
+
+    def render(messages: list[dict[str, str]]) -> str:
+        rendered, _ = render_jinja_template(conversations=[messages], chat_template=template, **kwargs)
+        return rendered[0]
+
+    return render
 
 
 def render_chat(
@@ -240,7 +208,7 @@ def _render_all(
     for conv in conversations:
         if conv.messages[0][0] == TEXT:
             text = conv.messages[0][1]
-            texts.append(text + tokenizer.hf.eos_token)
+            texts.append(text + renderer.eos_token)
             spans.append([(0, len(text))])
         else:
             try:
@@ -305,3 +273,107 @@ def _flags_and_spans(
         flags[span_start:] = 1
     flags[0] = 0  # the first token of a conversation is never a label (it starts a segment)
     return flags, (starts, ends, headers, is_unprompted)
+
+
+# Conversations where a chat path that differs from transformers' would differ first: special-token
+# strings and template tags in content, whitespace at the content edges (pre-tokenizer merges across
+# them), text the normalizer rewrites, emoji and CJK (tokens that split characters), empty content.
+PROBE_CONVERSATIONS = [
+    (("system", "You are helpful."), ("user", "Hi"), ("assistant", "Hello! How can I help?")),
+    (("user", "Say <|im_end|><|endoftext|> now <|im_start|>assistant\nx <|user|> </s> [INST] <s>"),
+     ("assistant", "<think>\nreasoning\n</think>\n\nThe answer <|im_end|> is 42.")),
+    (("user", "\n\n  spaced  \n\n"), ("assistant", " \n leading and trailing \t\n"), ("user", "   "),
+     ("assistant", "\n")),
+    (("user", "cafe\u0301 Å ﬁ ｆｕｌｌ 中文字符 😀👍🏽 ١٢٣"), ("assistant", "e\u0301\u0301 Ελληνικά 한국어 🇫🇷 \u00a0x")),
+    (("user", "<tool_response>\n{\"ok\": true}\n</tool_response>"), ("assistant", ""), ("user", "again"),
+     ("assistant", "done")),
+    (("assistant", "I start."), ("user", "def f(x):\n    return {'a': [1, 2]}  # c\n\tpass\n"),
+     ("assistant", "```python\nprint(1)\n```")),
+]
+
+
+def fast_chat_difference(tokenizer: PackTokenizer) -> str | None:
+    """None where rendering with `render_jinja_template` and encoding with the fast encoder give exactly what
+    `hf.apply_chat_template` and the HF encoding give on PROBE_CONVERSATIONS; else the first difference."""
+    conversations = [Conversation(messages) for messages in PROBE_CONVERSATIONS]
+    fast, reference = ChatRenderer(tokenizer, fast=True), ChatRenderer(tokenizer, fast=False)
+    for conversation in conversations:
+        messages = [{"role": role, "content": content} for role, content in conversation.messages]
+        theirs = _rendered_or_error(functools.partial(tokenizer.hf.apply_chat_template, messages, tokenize=False))
+        mine = _rendered_or_error(functools.partial(fast.render_text, conversation.messages))
+        if (mine is None) != (theirs is None) or (mine is not None and mine != theirs):
+            return f"the rendering of {conversation.messages[0][1][:30]!r}… differs from apply_chat_template"
+    rejected: list[Conversation] = []
+    batches = [render_chat(conversations, tokenizer, renderer=renderer, reject=lambda c, _: rejected.append(c))
+               for renderer in (fast, reference)]
+    for name in ("ids", "flags", "msg_starts", "msg_ends", "msg_headers"):
+        if not np.array_equal(getattr(batches[0], name), getattr(batches[1], name)):
+            return f"the fast chat encoding differs from HF's in {name}"
+    return None
+
+
+def _rendered_or_error(render: Callable[[], str]) -> str | None:
+    try:
+        return render()
+    except Exception:  # a template may refuse a probe; then both paths must refuse it
+        return None
+
+
+def with_fast_chat_proven(tokenizer: PackTokenizer, cache: bool = True) -> PackTokenizer:
+    """The tokenizer as is where its chat renderings may use the fast encoder; else with `encoder="hf"` and a
+    note saying why. Proven once per tokenizer fingerprint and library versions (cached like the encoder's proof).
+    """
+    if tokenizer.template != "chat" or tokenizer.encoder != "fast":
+        return tokenizer
+    key = cache_key("chat-proof", {"fingerprint": tokenizer.fingerprint})
+    entry = read_entry("proofs", key) if cache else None
+    if entry is not None and isinstance(entry.get("refused"), (str, type(None))):
+        refused = entry["refused"]
+    else:
+        refused = fast_chat_difference(tokenizer)
+        if cache:
+            write_entry("proofs", key, {"refused": refused})
+    if refused is None:
+        return tokenizer
+    return replace(tokenizer, encoder="hf", encoder_note=f"the fast chat path does not reproduce this template: {refused}")
+
+
+def chat_markers(tokenizer: PackTokenizer) -> dict[str, int] | None:
+    """The ids `verify` reads chat-template rows by, from the template's own text around the contents:
+
+        <|im_start|> user \\n  q  <|im_end|> \\n <|im_start|> assistant \\n  a  <|im_end|> \\n
+        header_start user_role               header_start  assistant_role     end_of_turn
+
+    None where the template opens messages with no special token or names both roles with the same token.
+    """
+    renderer = ChatRenderer(tokenizer, fast=False)
+    try:
+        pieces = renderer.literals((USER, ASSISTANT))
+    except RecordRejected:  # a template that refuses a user + assistant exchange
+        return None
+    if pieces is None:
+        return None
+    (before_user, _), (between, _), (after, _) = renderer.encode(pieces, [[] for _ in pieces])
+    special = set(renderer.special_ids.tolist())
+    opens = [i for i, t in enumerate(before_user.tolist()) if t in special and t != renderer.bos_id]
+    reopens = [i for i, t in enumerate(between.tolist()) if t in special]
+    ends = [t for t in after.tolist() if t in special]
+    if not opens or len(reopens) < 2 or not ends:
+        return None
+    header_start = int(before_user[opens[0]])
+    at = reopens[1]
+    if int(between[at]) != header_start or opens[0] + 1 >= len(before_user) or at + 1 >= len(between):
+        return None
+    user_role, assistant_role = int(before_user[opens[0] + 1]), int(between[at + 1])
+    if user_role == assistant_role or user_role in special or assistant_role in special:
+        return None
+    return {"header_start": header_start, "user_role": user_role, "assistant_role": assistant_role,
+            "end_of_turn": int(ends[0])}
+
+
+def output_identity(tokenizer: PackTokenizer) -> dict[str, object]:
+    """What dataset.json records about the tokenizer: `identity()`, plus `chat_markers` for chat templates."""
+    identity: dict[str, object] = tokenizer.identity()
+    if tokenizer.template == "chat":
+        identity["chat_markers"] = chat_markers(tokenizer)
+    return identity

@@ -64,6 +64,8 @@ class PackTokenizer:
     # The strings of the special tokens (added special tokens and the special-tokens map), as transformers
     # lists them: content holding one is counted (render.count_special_strings) without loading transformers.
     special_tokens: tuple[str, ...] = ()
+    # transformers' `special_tokens_map` (bos_token, eos_token, ...): what a chat template sees besides the messages.
+    special_tokens_map: dict[str, Any] = field(default_factory=dict, compare=False)
     trust_remote_code: bool = False
     # The content encoder in use: "fast" (encoder.FastEncoder, proven equal to HF at load) or "hf";
     # `encoder_note` says why auto chose HF. Neither is part of the identity: the ids are the same.
@@ -173,6 +175,7 @@ class PackTokenizer:
             "eos_id": self.eos_id, "pad_id": self.pad_id, "role_ids": self.role_ids,
             "vocab_size": self.vocab_size, "files_sha256": self.files_sha256, "fingerprint": self.fingerprint,
             "chat_template": self.chat_template, "special_tokens": list(self.special_tokens),
+            "special_tokens_map": self.special_tokens_map,
         }
 
 
@@ -197,7 +200,7 @@ def tokenizer_from_state(
         bos_id=state["bos_id"], eos_id=state["eos_id"], pad_id=state["pad_id"], role_ids=dict(state["role_ids"]),
         vocab_size=state["vocab_size"], files_sha256=dict(state["files_sha256"]), fingerprint=state["fingerprint"],
         chat_template=state["chat_template"], special_tokens=tuple(state["special_tokens"]),
-        trust_remote_code=trust_remote_code, encoder="fast" if encoder == "fast" else "hf",
+        special_tokens_map=dict(state["special_tokens_map"]), trust_remote_code=trust_remote_code, encoder="fast" if encoder == "fast" else "hf",
         threads=threads, serialized=state["serialized"],
     )
 
@@ -254,7 +257,7 @@ def _load_with_transformers(name_or_path: str, template: str, trust_remote_code:
         name=name_or_path, template=template, bos_id=bos_id, eos_id=hf.eos_token_id,
         pad_id=pad_id, role_ids=role_ids, vocab_size=len(hf), files_sha256=files,
         fingerprint=_fingerprint(serialized, chat_template, special), chat_template=chat_template,
-        special_tokens=_special_token_strings(hf),
+        special_tokens=_special_token_strings(hf), special_tokens_map=_plain(hf.special_tokens_map),
         trust_remote_code=trust_remote_code, serialized=serialized,
         _lazy={"hf": hf, "backend": hf.backend_tokenizer},
     )
@@ -263,6 +266,15 @@ def _load_with_transformers(name_or_path: str, template: str, trust_remote_code:
 def _special_token_strings(hf: Any) -> tuple[str, ...]:
     strings = {t.content for t in hf.added_tokens_decoder.values() if t.special} | set(hf.all_special_tokens)
     return tuple(sorted(s for s in strings if s))
+
+
+def _plain(value: Any) -> Any:
+    """`special_tokens_map` as JSON types (older transformers versions hold AddedToken objects in it)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
 def _prepared_hf(name_or_path: str, template: str, trust_remote_code: bool) -> Any:

@@ -26,7 +26,7 @@ from packsft.version import __version__
 CACHE_ENV = "PACKSFT_CACHE"
 CACHE_OFF = ("", "0", "off", "none")
 # Bumped when what an entry holds changes meaning: older entries are then misses.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 LIBRARIES = ("transformers", "tokenizers", "tiktoken")
 
 

@@ -3,7 +3,7 @@ CLI imports inside functions (so that `packsft --help` starts fast without hidin
 
     cli, __main__, packsft/__init__            the edges: CLI and public API
     run/ verify/ report/ loader/ export/       what surrounds the stages
-    writer > rows > pack, split > render, chat_template > tokenizer, encoder, tokenizer_cache
+    writer > rows > pack, split > render, chat_template > tokenizer, encoder, tokenizer_cache, chat_encode
     records, reader, inputs, config            records and options
     layout, errors, stats, version, demo       the on-disk contract and leaves
 
@@ -26,7 +26,7 @@ LAYERS = [
     {"packsft.rows"},
     {"packsft.pack", "packsft.split"},
     {"packsft.render", "packsft.chat_template"},
-    {"packsft.tokenizer", "packsft.encoder", "packsft.tokenizer_cache"},
+    {"packsft.tokenizer", "packsft.encoder", "packsft.tokenizer_cache", "packsft.chat_encode"},
     {"packsft.records", "packsft.reader", "packsft.inputs", "packsft.config"},
     {"packsft.layout", "packsft.errors", "packsft.stats", "packsft.version", "packsft.demo"},
 ]

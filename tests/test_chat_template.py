@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -99,34 +100,26 @@ def test_unprompted_mask_and_mask_all(chatml):
 
 
 def test_template_that_rewrites_content_is_located_as_rendered(chatml):
-    renderer = ChatRenderer(chatml)
-    renderer.tokenizer.hf.chat_template = "{% for m in messages %}[{{ m.role }}]{{ m.content | trim }}<|im_end|>{% endfor %}"
-    try:
-        text, spans = renderer.locate((("user", "  q  "), ("assistant", "\n a \n")))
-        assert text == "[user]q<|im_end|>[assistant]a<|im_end|>"
-        assert [text[s:e] for s, e in spans] == ["q", "a"]
-        renderer.tokenizer.hf.chat_template = "{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}"
-        with pytest.raises(RecordRejected, match="chat template does not render every message once"):
-            ChatRenderer(chatml).locate((("user", "q"), ("assistant", "a")))
-    finally:
-        renderer.tokenizer.hf.chat_template = CHATML
+    trimming = replace(chatml, chat_template="{% for m in messages %}[{{ m.role }}]{{ m.content | trim }}<|im_end|>{% endfor %}")
+    text, spans = ChatRenderer(trimming).locate((("user", "  q  "), ("assistant", "\n a \n")))
+    assert text == "[user]q<|im_end|>[assistant]a<|im_end|>"
+    assert [text[s:e] for s, e in spans] == ["q", "a"]
+    users_only = replace(chatml, chat_template="{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}")
+    with pytest.raises(RecordRejected, match="chat template does not render every message once"):
+        ChatRenderer(users_only).locate((("user", "q"), ("assistant", "a")))
 
 
 def test_a_template_that_raises_rejects_the_record(chatml):
-    renderer = ChatRenderer(chatml)
-    chatml.hf.chat_template = (
+    strict = replace(chatml, chat_template=(
         "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}"
         "{% endif %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>{% endfor %}"
-    )
-    try:
-        rejected = []
-        batch = render_chat([conversation(("system", "s"), ("user", "q"), ("assistant", "a")),
-                             conversation(("user", "q"), ("assistant", "a"))], chatml, renderer=renderer,
-                            reject=lambda c, reason: rejected.append(reason))
-        assert rejected == ["chat template refused the conversation: System role not supported"]
-        assert len(batch) == 1 and trained_runs(batch, 0, chatml) == ["a<|im_end|>"]
-    finally:
-        chatml.hf.chat_template = CHATML
+    ))
+    rejected = []
+    batch = render_chat([conversation(("system", "s"), ("user", "q"), ("assistant", "a")),
+                         conversation(("user", "q"), ("assistant", "a"))], strict, renderer=ChatRenderer(strict),
+                        reject=lambda c, reason: rejected.append(reason))
+    assert rejected == ["chat template refused the conversation: System role not supported"]
+    assert len(batch) == 1 and trained_runs(batch, 0, chatml) == ["a<|im_end|>"]
 
 
 def test_split_keeps_chat_headers_whole(chatml):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from packsft.chat_template import output_identity, with_fast_chat_proven
 from packsft.config import PackConfig
 from packsft.errors import ConfigError, OutputError
 from packsft.inputs import is_url, list_inputs
@@ -91,10 +92,11 @@ def make_plan(
     units, skipped = plan_inputs(listing, config, unit_bytes, skip_bad_files=skip_bad_files)
     tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code,
                                encoder=config.encoder)
+    tokenizer = with_fast_chat_proven(tokenizer)
     config = replace(config, encoder=tokenizer.encoder)
     fingerprints = [unit_fingerprint(unit, config, tokenizer.fingerprint) for unit in units]
     inputs = [spec if is_url(spec) else str(Path(spec).resolve()) for spec in specs]
-    plan = Plan(listing.root, config.to_dict(), tokenizer.identity(), unit_bytes, units, fingerprints,
+    plan = Plan(listing.root, config.to_dict(), output_identity(tokenizer), unit_bytes, units, fingerprints,
                 skipped_files=skipped, inputs=inputs)
     return plan, tokenizer
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from packsft.chat_template import with_fast_chat_proven
 from packsft.config import PackConfig
 from packsft.errors import OutputError, PackInterrupted
 from packsft.run.outdir import Plan, incomplete_units, resume_hint
@@ -37,10 +38,10 @@ from packsft.run.unit import write_unit
 from packsft.tokenizer import PackTokenizer, load_tokenizer, tokenizer_from_state
 
 # Imported once by the fork server, so that each worker starts in well under a second. Workers rebuild
-# the parent's tokenizer from its state (tokenizers only); transformers (which imports torch: seconds)
-# is preloaded only for chat templates, which render through it.
+# the parent's tokenizer from its state (tokenizers only). For chat templates, transformers' jinja renderer
+# is preloaded too (~1.5 s to import; not its tokenizer classes, which import torch: seconds more).
 PRELOAD = ("packsft.run.pipeline", "tokenizers", "tiktoken", "tiktoken.core")
-PRELOAD_CHAT = ("transformers.models.auto.tokenization_auto", "transformers.tokenization_utils_fast")
+PRELOAD_CHAT = ("transformers.utils.chat_template_utils", "jinja2.sandbox")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ def load_job_tokenizer(job: UnitJob, threads: int, *, prove: bool) -> PackTokeni
     else:
         tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code,
                                    encoder=config.encoder, prove=prove, threads=threads)
+        if prove:
+            tokenizer = with_fast_chat_proven(tokenizer)
     if tokenizer.fingerprint != job.tokenizer_fingerprint:
         raise OutputError(f"tokenizer {config.tokenizer!r} changed while packing; rerun to resume")
     return tokenizer

@@ -40,7 +40,13 @@ from packsft.layout import (
 from packsft.stats import add_counters, summarize
 from packsft.verify.deep import repack_and_compare
 from packsft.verify.files import ShardArrays, check_shard_files, check_shard_list
-from packsft.verify.invariants import ControlIds, check_control_tokens, check_shard_arrays
+from packsft.verify.invariants import (
+    ChatMarkers,
+    ControlIds,
+    check_chat_turns,
+    check_control_tokens,
+    check_shard_arrays,
+)
 
 DEEP_SAMPLE_UNITS = 2
 DATASET_KEYS = ("format_version", "config", "tokenizer", "seq_length", "dtype", "rows", "tokens", "stats",
@@ -197,6 +203,14 @@ def _check_rows(report: Report, shard_dir: str, arrays: ShardArrays, manifest: d
     if control is not None and arrays.segment_lengths is not None and not report.problems:
         for v in check_control_tokens(arrays.tokens, arrays.loss_mask, np.asarray(arrays.segment_lengths),
                                       np.asarray(arrays.row_segments), control=control, mask=dataset["config"].get("mask")):
+            chunk = None if v.row is None else first_chunk + v.row
+            report.problems.append(Problem(f"{shard_dir}/{v.array}", v.message, v.row, chunk))
+    markers = ChatMarkers.of(dataset["tokenizer"].get("chat_markers"), dataset["config"].get("template"))
+    if (markers is not None and dataset["config"].get("mask") == "assistant_only"
+            and arrays.segment_lengths is not None and not report.problems):
+        for v in check_chat_turns(arrays.tokens, arrays.loss_mask, np.asarray(arrays.segment_lengths),
+                                  np.asarray(arrays.row_segments), markers=markers,
+                                  unprompted=dataset["config"].get("unprompted", "keep")):
             chunk = None if v.row is None else first_chunk + v.row
             report.problems.append(Problem(f"{shard_dir}/{v.array}", v.message, v.row, chunk))
     counters = manifest.get("counters", {})

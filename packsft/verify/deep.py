@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from packsft.chat_template import output_identity
 from packsft.config import CONFIG_KEYS, PackConfig
 from packsft.errors import PacksftError
 from packsft.inputs import is_url
@@ -112,7 +113,7 @@ def _packing_tokenizer(config: PackConfig, dataset: dict[str, Any], notes: list[
 
 def _edited_tokenizer_identity(tokenizer: PackTokenizer, dataset: dict[str, Any]) -> Problems:
     """Same fingerprint, so the same tokenizer: any other difference means dataset.json was edited."""
-    identity = json.loads(json.dumps(tokenizer.identity()))
+    identity = json.loads(json.dumps(output_identity(tokenizer)))
     stored = dataset["tokenizer"]
     edited = sorted(k for k in set(identity) | set(stored) if identity.get(k) != stored.get(k))
     return [(DATASET_JSON, f"tokenizer {', '.join(edited)} differ from the tokenizer it names")] if edited else []

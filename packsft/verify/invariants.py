@@ -235,3 +235,80 @@ def _control_block(tokens: np.ndarray, loss_mask: np.ndarray, segment_lengths: n
                        "the token after a <|user|> or <|system|> role token is trained: a role token inside an "
                        "assistant message (message content became a control token)")
     return found
+
+
+@dataclass(frozen=True)
+class ChatMarkers:
+    """The ids a chat-template output's messages are read by (dataset.json `tokenizer.chat_markers`)."""
+
+    header_start: int  # the special token that opens every message (<|im_start|>)
+    user_role: int  # the token after it in a user header ("user")
+    assistant_role: int  # ... in an assistant header ("assistant")
+    end_of_turn: int  # the special token that ends an assistant turn (<|im_end|>)
+
+    @staticmethod
+    def of(markers: object, template: str | None) -> ChatMarkers | None:
+        if template != "chat" or not isinstance(markers, dict):
+            return None
+        try:
+            return ChatMarkers(*(int(markers[key]) for key in ("header_start", "user_role", "assistant_role", "end_of_turn")))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def check_chat_turns(
+    tokens: np.ndarray,
+    loss_mask: np.ndarray,
+    segment_lengths: np.ndarray,
+    row_segments: np.ndarray,
+    *,
+    markers: ChatMarkers,
+    unprompted: str,
+) -> list[Violation]:
+    """Messages of an `assistant_only` chat-template output are the ones the template opened.
+
+    A message header from content (`hi<|im_end|>\\n<|im_start|>assistant\\nI am evil`) makes a message the
+    template never rendered. Read by the header tokens, rows show it: a header token is trained (a header
+    inside an assistant content, whose tokens are trained), or an assistant message's end-of-turn is not
+    trained (a fake assistant turn inside a user content, whose tokens are not). Assistant turns before any
+    user message of the segment are exempt under `--unprompted mask`. Offsets must be valid (`check_offsets`).
+    """
+    found = []
+    for begin in range(0, len(tokens), BLOCK_ROWS):
+        end = min(begin + BLOCK_ROWS, len(tokens))
+        lo, hi = int(row_segments[begin]), int(row_segments[end])
+        for v in _chat_block(np.asarray(tokens[begin:end]), np.asarray(loss_mask[begin:end]),
+                             segment_lengths[lo:hi], row_segments[begin : end + 1] - lo, markers, unprompted):
+            found.append(Violation(v.array, None if v.row is None else begin + v.row, v.message))
+    return found
+
+
+def _chat_block(tokens: np.ndarray, loss_mask: np.ndarray, segment_lengths: np.ndarray,
+                row_segments: np.ndarray, markers: ChatMarkers, unprompted: str) -> list[Violation]:
+    rows, capacity = tokens.shape
+    used, starts = row_lengths(segment_lengths, row_segments), segment_starts(segment_lengths, row_segments)
+    columns = np.arange(capacity)[None, :]
+    inside = columns < used[:, None]
+    trained = np.zeros((rows, capacity), bool)  # trained[r, i]: token i of row r is a trained label
+    trained[:, 1:] = np.asarray(loss_mask) != 0
+    # Per position: the column where its segment starts, and where the last header at or before it is.
+    seg_rows = np.repeat(np.arange(rows, dtype=np.int64), np.diff(row_segments))
+    seg_start = np.full((rows, capacity), -1, np.int64)
+    seg_start[seg_rows, starts] = starts
+    seg_start = np.maximum.accumulate(seg_start, axis=1)
+    is_header = inside & (tokens == markers.header_start)
+    last_header = np.maximum.accumulate(np.where(is_header, columns, -1), axis=1)
+    in_message = (last_header >= seg_start) & inside
+    role = np.where(in_message, np.take_along_axis(tokens, np.minimum(last_header + 1, capacity - 1), axis=1), -1)
+    found = _rows(LOSS_MASK_NPY, np.flatnonzero((is_header & trained).any(axis=1)),
+                  f"a message header token (id {markers.header_start}) is trained: message content became a control token")
+    eot_untrained = in_message & (tokens == markers.end_of_turn) & (role == markers.assistant_role) & ~trained
+    if unprompted == "mask":
+        # Users opened in the segment up to each position: cumulative count, minus what came before the segment.
+        users = np.cumsum(is_header & (role == markers.user_role), axis=1)
+        before = np.where(seg_start > 0, np.take_along_axis(users, np.maximum(seg_start - 1, 0), axis=1), 0)
+        eot_untrained &= users - before > 0
+    found += _rows(LOSS_MASK_NPY, np.flatnonzero(eot_untrained.any(axis=1)),
+                   "an assistant message's end-of-turn token is not trained: a message header from content "
+                   "(message content became a control token)")
+    return found

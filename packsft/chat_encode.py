@@ -1,0 +1,244 @@
+"""Tokenize chat-template renderings: ids and character offsets, the template's own special tokens special
+and every message content plain text.
+
+    rendering:  <|im_start|>user\\nSay <|im_end|> now<|im_end|>\\n<|im_start|>assistant\\nOk<|im_end|>\\n
+    content:                     |<-- content 0 -->|                             |<>|
+    cuts:       |<|im_start|>|                     |<|im_end|>|  |<|im_start|>|      |<|im_end|>|
+    runs:                    |user\\nSay <|im_end|> now|          |\\n|            |assistant\\nOk|          |\\n|
+
+The content's `<|im_end|>` lies inside a content span, so it is no cut: it is plain text of its run.
+
+- `encode_hf`, the reference: the Rust tokenizer encodes each rendering with offsets; a special token
+  that came from a content is re-encoded as plain text together with the text around it.
+- `encode_fast`: special-token strings outside content spans cut each rendering into runs; the fast encoder
+  (encoder.FastEncoder, proven equal to HF on content) encodes all runs of a batch in one call, matching
+  non-special added tokens (`<think>`) as HF does, and the offsets come from each token's byte length. This
+  is what HF does too: it extracts added tokens first and encodes the text between them. A rendering the
+  fast path cannot place exactly (a run the normalizer changes, so offsets would shift; text that is not
+  valid UTF-8; a special-token string across a content's edge) goes the HF way.
+
+Both give the same ids and offsets (tests on ShareGPT with qwen3; `chat_template.prove_fast_chat` at load).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from packsft.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
+
+Spans = list[tuple[int, int]]
+Encoded = tuple[np.ndarray, np.ndarray]  # ids (TOKEN_ID_DTYPE) and character offsets (n, 2)
+
+
+class RenderingEncoder:
+    """Encodes renderings of one tokenizer; `fast` uses the fast encoder (default: where it is proven)."""
+
+    def __init__(self, tokenizer: PackTokenizer, fast: bool | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.backend = tokenizer.backend
+        added = self.backend.get_added_tokens_decoder()
+        strings = {token.content for token in added.values() if token.special} | set(tokenizer.special_tokens)
+        self.special_ids = np.array(
+            sorted({i for s in strings if (i := self.backend.token_to_id(s)) is not None}), np.int64
+        )
+        self.plain: Any = None  # the Rust tokenizer with special-token strings as text, built on first need
+        self.fast = tokenizer.fast if fast is None or fast else None
+        if fast and self.fast is None:
+            raise ValueError("the fast encoder is not in use for this tokenizer")
+        if self.fast is not None:
+            spec = self.fast.spec
+            self.cut_ids = spec.special_tokens
+            names = sorted(spec.special_tokens, key=len, reverse=True)  # leftmost-longest, as HF matches
+            self.cut_pattern = re.compile("|".join(map(re.escape, names))) if names else None
+            self.byte_lengths = _byte_lengths(spec.ranks, {**spec.content_tokens, **spec.special_tokens})
+            self.nfc = spec.nfc
+
+    def encode(self, texts: list[str], spans: list[Spans]) -> list[Encoded]:
+        """Ids and offsets of each rendering; `spans` are the character spans of its message contents."""
+        if self.fast is None:
+            return self.encode_hf(texts, spans)
+        return self.encode_fast(texts, spans)
+
+    def encode_hf(self, texts: list[str], spans: list[Spans]) -> list[Encoded]:
+        """The reference: one batch call into the Rust tokenizer, then plain text where a content made a special token."""
+        # transformers leaves this switch as its last call set it; the template's own special tokens must be special.
+        self.backend.encode_special_tokens = False
+        encodings = self.backend.encode_batch(texts, add_special_tokens=False) if texts else []
+        out = []
+        for text, encoding, located in zip(texts, encodings, spans):
+            ids = np.asarray(encoding.ids, TOKEN_ID_DTYPE)
+            offsets = np.asarray(encoding.offsets, np.int64).reshape(-1, 2)
+            from_content = self._special_in_content(ids, offsets, located)
+            if from_content.any():
+                ids, offsets = self._encode_plain_between(text, ids, offsets, from_content)
+            out.append((ids, offsets))
+        return out
+
+    def encode_fast(self, texts: list[str], spans: list[Spans]) -> list[Encoded]:
+        """`encode_hf`'s ids and offsets, by the fast encoder over the runs between the template's special tokens.
+
+        All runs of the batch are encoded in one call; the tokens are then placed with array operations:
+        item k of the batch (a run or a template token, renderings one after another) lands at
+        `item_at[k]` in the batch's output.
+        """
+        assert self.fast is not None
+        item_lo, item_hi, item_cut, item_text = [], [], [], []
+        fallback: list[int] = []
+        runs: list[str] = []
+        for index, (text, located) in enumerate(zip(texts, spans)):
+            layout = self._layout(text, located)
+            if layout is None or not all(self._exact(text[lo:hi]) for lo, hi, cut in layout if cut < 0):
+                fallback.append(index)
+                continue
+            for lo, hi, cut in layout:
+                item_lo.append(lo)
+                item_hi.append(hi)
+                item_cut.append(cut)
+                item_text.append(index)
+                if cut < 0:
+                    runs.append(text[lo:hi])
+        ids, lengths = self.fast.encode_texts_flat(runs)
+        cuts = np.asarray(item_cut, np.int64)
+        is_run = cuts < 0
+        item_len = np.ones(len(cuts), np.int64)
+        item_len[is_run] = lengths
+        item_at = np.cumsum(item_len) - item_len
+        starts = np.asarray(item_lo, np.int64)
+        # Run tokens: destination, and character offsets (bytes within the run, plus where the run starts).
+        byte_lengths = self.byte_lengths[ids]
+        byte_ends = _offsets_within_runs(byte_lengths, lengths)
+        run_first = np.cumsum(lengths) - lengths
+        dest = np.arange(len(ids), dtype=np.int64) + np.repeat(item_at[is_run] - run_first, lengths)
+        out_ids = np.empty(int(item_len.sum()), TOKEN_ID_DTYPE)
+        out_offsets = np.empty((len(out_ids), 2), np.int64)
+        out_ids[dest] = ids
+        out_ids[item_at[~is_run]] = cuts[~is_run]
+        token_lo = np.repeat(starts[is_run], lengths)
+        out_offsets[dest, 0] = byte_ends - byte_lengths + token_lo
+        out_offsets[dest, 1] = byte_ends + token_lo
+        out_offsets[item_at[~is_run], 0] = starts[~is_run]
+        out_offsets[item_at[~is_run], 1] = np.asarray(item_hi, np.int64)[~is_run]
+        # Runs with characters of several bytes: byte offsets to character offsets.
+        run_at, run_lo = item_at[is_run], starts[is_run]
+        for r, run in enumerate(runs):
+            if not run.isascii():
+                tokens = slice(int(run_first[r]), int(run_first[r] + lengths[r]))
+                out_offsets[run_at[r]:run_at[r] + lengths[r]] = _char_offsets(
+                    run, int(run_lo[r]), byte_ends[tokens], byte_lengths[tokens])
+        # Split the batch's output per rendering; fallback renderings go the HF way.
+        tokens_per_text = np.zeros(len(texts), np.int64)
+        np.add.at(tokens_per_text, np.asarray(item_text, np.int64), item_len)
+        bounds = np.cumsum(tokens_per_text)
+        slow = iter(self.encode_hf([texts[i] for i in fallback], [spans[i] for i in fallback]))
+        fallen = set(fallback)
+        return [next(slow) if i in fallen else (out_ids[bounds[i] - tokens_per_text[i]:bounds[i]],
+                                                out_offsets[bounds[i] - tokens_per_text[i]:bounds[i]])
+                for i in range(len(texts))]
+
+    def _layout(self, text: str, located: Spans) -> list[tuple[int, int, int]] | None:
+        """The rendering as runs and the template's special tokens, or None where a special string crosses a content edge."""
+        layout: list[tuple[int, int, int]] = []
+        cursor = 0
+        matches = self.cut_pattern.finditer(text) if self.cut_pattern is not None else ()
+        for match in matches:
+            start, end = match.span()
+            inside = False
+            for cs, ce in located:
+                if cs < end and start < ce:  # overlaps a content
+                    if not (cs <= start and end <= ce):
+                        return None
+                    inside = True
+                    break
+            if inside:
+                continue
+            if start > cursor:
+                layout.append((cursor, start, -1))
+            layout.append((start, end, self.cut_ids[match.group()]))
+            cursor = end
+        if len(text) > cursor:
+            layout.append((cursor, len(text), -1))
+        return layout
+
+    def _exact(self, run: str) -> bool:
+        """True when the fast path places this run's offsets exactly (its characters are what gets encoded)."""
+        if run.isascii():
+            return True
+        try:
+            run.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: replaced before encoding, so offsets would shift
+            return False
+        return not self.nfc or self.fast._nfc.normalize_str(run) == run  # type: ignore[union-attr]
+
+    def _special_in_content(self, ids: np.ndarray, offsets: np.ndarray, located: Spans) -> np.ndarray:
+        """Per token: a special token whose characters lie inside a message content."""
+        special = np.isin(ids, self.special_ids)
+        if not special.any() or not located:
+            return np.zeros(len(ids), bool)
+        bounds = np.asarray(located, np.int64).reshape(-1, 2)
+        inside = np.zeros(len(ids), bool)
+        for at in np.flatnonzero(special).tolist():
+            start, end = offsets[at]
+            inside[at] = bool(((bounds[:, 0] <= start) & (end <= bounds[:, 1]) & (bounds[:, 0] < bounds[:, 1])).any())
+        return inside
+
+    def _encode_plain_between(self, text: str, ids: np.ndarray, offsets: np.ndarray,
+                              from_content: np.ndarray) -> Encoded:
+        """Keep the template's special tokens; tokenize the text between them as plain text."""
+        if self.plain is None:
+            self.plain = plain_text_backend(self.tokenizer.serialized)
+        keep = np.flatnonzero(np.isin(ids, self.special_ids) & ~from_content)
+        cuts = [(int(offsets[k, 0]), int(offsets[k, 1])) for k in keep.tolist()]
+        id_parts, offset_parts, cursor = [], [], 0
+        for k, (start, end) in zip(keep.tolist() + [None], cuts + [(len(text), len(text))]):
+            if start > cursor:
+                piece = self.plain.encode(text[cursor:start], add_special_tokens=False)
+                id_parts.append(np.asarray(piece.ids, TOKEN_ID_DTYPE))
+                offset_parts.append(np.asarray(piece.offsets, np.int64).reshape(-1, 2) + cursor)
+            if k is not None:
+                id_parts.append(ids[k : k + 1])
+                offset_parts.append(offsets[k : k + 1])
+            cursor = max(cursor, end)
+        return np.concatenate(id_parts), np.concatenate(offset_parts)
+
+
+def plain_text_backend(serialized: str) -> Any:
+    """A Rust tokenizer that tokenizes special-token strings as ordinary text.
+
+    A copy, because `encode_special_tokens` is a setting of the tokenizer object and the original must
+    keep encoding the template's own special tokens as special.
+    """
+    plain = Tokenizer.from_str(serialized)
+    plain.encode_special_tokens = True
+    return plain
+
+
+def _byte_lengths(ranks: dict[bytes, int], added: dict[str, int]) -> np.ndarray:
+    """Per token id, the number of UTF-8 bytes it stands for."""
+    size = max([*ranks.values(), *added.values()]) + 1
+    lengths = np.zeros(size, np.int64)
+    lengths[np.fromiter(ranks.values(), np.int64, len(ranks))] = np.fromiter(map(len, ranks), np.int64, len(ranks))
+    for content, token in added.items():
+        lengths[token] = len(content.encode("utf-8"))
+    return lengths
+
+
+def _offsets_within_runs(byte_lengths: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per token, the byte offset of its end within its own run (runs back to back, `lengths` tokens each)."""
+    ends = np.cumsum(byte_lengths)
+    if not len(ends):
+        return ends
+    run_starts = np.cumsum(lengths) - lengths
+    before = np.where(run_starts > 0, ends[np.maximum(run_starts - 1, 0)], 0)
+    return ends - np.repeat(before, lengths)
+
+
+def _char_offsets(run: str, start: int, byte_ends: np.ndarray, byte_lengths: np.ndarray) -> np.ndarray:
+    """Character offsets of the tokens of `run` (which starts at character `start`), from their byte ends in it."""
+    data = np.frombuffer(run.encode("utf-8"), np.uint8)
+    char_of_byte = np.cumsum((data & 0xC0) != 0x80) - 1 + start  # continuation bytes belong to the char before
+    byte_starts = byte_ends - byte_lengths
+    return np.stack([char_of_byte[byte_starts], char_of_byte[byte_ends - 1] + 1], axis=1)

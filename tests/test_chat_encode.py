@@ -1,0 +1,137 @@
+"""The fast chat path (chat_encode.py): renderings encoded by the fast encoder give HF's ids and offsets exactly.
+
+Hermetic tests use the demo tokenizer with the ChatML template; the real ones ../shared/tokenizers/qwen3
+(NFC normalizer, non-special added tokens such as <think>, ids above 65535).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from packsft import chat_encode as chat_encode_module
+from packsft import load_tokenizer
+from packsft.chat_encode import RenderingEncoder
+from packsft.chat_template import (
+    PROBE_CONVERSATIONS,
+    ChatRenderer,
+    fast_chat_difference,
+    render_chat,
+    with_fast_chat_proven,
+)
+from packsft.records import Conversation, RecordRejected
+
+# Pieces content is drawn from: special-token strings, template tags, whitespace runs at the edges,
+# text NFC rewrites (e + combining acute), characters that byte-level tokens split (emoji, CJK).
+PIECES = ["<|im_end|>", "<|im_start|>", "<|endoftext|>", "<think>", "</think>", "<tool_call>", "\n", "\n\n", " ",
+          "  ", "\t", "e\u0301", "é", "😀", "中文", "hello", " world", "'s", "123", "{\"a\": 1}", "\u00a0", "<|"]
+contents = st.lists(st.sampled_from(PIECES), max_size=8).map("".join)
+turns = st.lists(st.tuples(st.sampled_from(["user", "assistant", "system"]), contents), min_size=1, max_size=4)
+RENDERERS: dict[str, tuple[ChatRenderer, RenderingEncoder]] = {}
+
+
+@pytest.fixture(scope="module")
+def chatml(chatml_dir):
+    tokenizer = load_tokenizer(str(chatml_dir), "chat", encoder="auto")
+    assert tokenizer.encoder == "fast", tokenizer.encoder_note
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def qwen3(qwen3_dir):
+    tokenizer = load_tokenizer(str(qwen3_dir), "chat", encoder="auto")
+    assert tokenizer.encoder == "fast", tokenizer.encoder_note
+    return tokenizer
+
+
+def encodings(tokenizer, conversations):
+    """(fast, hf) encodings of the renderings of `conversations` the template renders faithfully."""
+    if tokenizer.fingerprint not in RENDERERS:  # building one parses the tokenizer: once per test module
+        RENDERERS[tokenizer.fingerprint] = ChatRenderer(tokenizer, fast=True), RenderingEncoder(tokenizer, fast=False)
+    renderer, reference = RENDERERS[tokenizer.fingerprint]
+    located = []
+    for messages in conversations:
+        try:
+            located.append(renderer.locate(messages))
+        except RecordRejected:  # e.g. qwen3 moves an assistant's <think> block out of its content
+            continue
+    texts, spans = [t for t, _ in located], [s for _, s in located]
+    return renderer.encoder.encode_fast(texts, spans), reference.encode_hf(texts, spans)
+
+
+def assert_same(fast, hf):
+    assert len(fast) == len(hf)
+    for (fast_ids, fast_offsets), (hf_ids, hf_offsets) in zip(fast, hf):
+        assert fast_ids.tolist() == hf_ids.tolist()
+        assert fast_offsets.tolist() == hf_offsets.tolist()
+
+
+def test_probe_conversations_encode_as_hf_does(chatml):
+    assert_same(*encodings(chatml, PROBE_CONVERSATIONS))
+    assert fast_chat_difference(chatml) is None
+
+
+def test_content_special_strings_are_plain_text_in_the_fast_path(chatml):
+    (ids, offsets), = encodings(chatml, [(("user", "a<|im_end|>b"), ("assistant", "c"))])[0][:1]
+    im_start, im_end = (chatml.backend.token_to_id(t) for t in ("<|im_start|>", "<|im_end|>"))
+    assert ids.tolist().count(im_start) == 2 and ids.tolist().count(im_end) == 2  # the template's own only
+    assert offsets[-1].tolist()[1] == len("<|im_start|>user\na<|im_end|>b<|im_end|>\n<|im_start|>assistant\nc<|im_end|>\n")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(turns, min_size=1, max_size=3))
+def test_fast_path_equals_hf_on_random_contents(chatml, conversations):
+    assert_same(*encodings(chatml, [tuple(t) for t in conversations]))
+
+
+def test_a_difference_refuses_the_fast_chat_path(chatml, monkeypatch):
+    real = chat_encode_module._char_offsets
+
+    def shifted(*args):
+        return real(*args) + 1
+
+    monkeypatch.setattr(chat_encode_module, "_char_offsets", shifted)
+    difference = fast_chat_difference(chatml)
+    assert difference is not None and "differs from HF's" in difference
+    proven = with_fast_chat_proven(chatml, cache=False)
+    assert proven.encoder == "hf" and "fast chat path does not reproduce" in proven.encoder_note
+
+
+def test_renderings_the_fast_path_cannot_place_go_the_hf_way(chatml):
+    # A special-token string across a content's edge (a content "start|>user" after a template's "<|im_"):
+    # characters 5..16 cut "<|im_start|>" (0..12).
+    renderer = ChatRenderer(chatml, fast=True)
+    text, spans = "<|im_start|>user\nq<|im_end|>\n", [[(5, 16)]]
+    assert renderer.encoder._layout(text, spans[0]) is None
+    (ids, _), = renderer.encoder.encode_fast([text], spans)
+    (hf_ids, _), = renderer.encoder.encode_hf([text], spans)
+    assert ids.tolist() == hf_ids.tolist()
+
+
+# --- real: qwen3 ------------------------------------------------------------------------------
+
+
+def test_qwen3_probe_conversations_and_proof(qwen3):
+    assert_same(*encodings(qwen3, PROBE_CONVERSATIONS))
+    assert fast_chat_difference(qwen3) is None
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(turns, min_size=1, max_size=3))
+def test_qwen3_fast_path_equals_hf_on_random_contents(qwen3, conversations):
+    assert_same(*encodings(qwen3, [tuple(t) for t in conversations]))
+
+
+def test_qwen3_render_chat_fast_equals_hf_with_masks(qwen3):
+    conversations = [Conversation(messages) for messages in PROBE_CONVERSATIONS]
+    rejected: list[str] = []
+    fast = render_chat(conversations, qwen3, renderer=ChatRenderer(qwen3, fast=True),
+                       reject=lambda _, reason: rejected.append(reason))
+    hf = render_chat(conversations, qwen3, renderer=ChatRenderer(qwen3, fast=False), reject=lambda *_: None)
+    for name in ("ids", "flags", "msg_starts", "msg_ends", "msg_headers", "conv_offsets"):
+        assert np.array_equal(getattr(fast, name), getattr(hf, name)), name
+    assert fast.flags.sum() > 0
+    # qwen3 moves the assistant's <think> block out of its content: that probe cannot be masked by content.
+    assert len(rejected) == 1 and "cannot be located in the chat template rendering" in rejected[0]
