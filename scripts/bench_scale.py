@@ -258,8 +258,8 @@ def projection(raw: dict, runs: dict, merge: dict) -> list[str]:
         "ShareGPT-like parquet in and ~3 GB of uint16 tokens + uint8 masks out, small against the compute; "
         "`--unit-mib` set so that every worker gets units (1B tokens at the default 8 MiB is ~120 units: "
         "use ~4 MiB on one node, ~1 MiB across 16 nodes; smaller units give best-fit fewer conversations "
-        "to choose from); memory per worker ~0.3 GiB + ~160 bytes per token of its unit (0.9 GiB at the "
-        "3.7 MB units above, ~1.6 GiB at 8 MiB), so 64 workers need 64-100 GiB.",
+        "to choose from); memory per worker ~0.1 GiB + ~50 bytes per token of its unit (BENCHMARKS.md: "
+        "327 MiB at the 3.7 MB units above, under 1 GiB at 8 MiB), so 64 workers need 20-60 GiB.",
     ]
 
 

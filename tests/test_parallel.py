@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import signal
 import time
 from pathlib import Path
@@ -252,3 +253,23 @@ def test_cli_status_and_merge_on_a_partial_output(tmp_path, data_dir, config):
     assert report.exit_code == 0 and report.output.splitlines()[-2] == "to pack only the missing units:"
     assert runner.invoke(main, ["pack", str(data_dir), str(out), *common, "--workers", "2"]).exit_code == 0
     assert (out / "dataset.json").exists() and runner.invoke(main, ["merge", str(out)]).exit_code == 0
+
+
+class _LostClusterRunner:
+    """A pipeline.UnitRunner standing in for Ray's: it records its plan entry, then every unit is lost."""
+
+    plan_entry = {"address": "10.0.0.1:6379"}
+
+    def __call__(self, units, fingerprints, job, quiet) -> None:
+        pass
+
+
+def test_resume_hint_of_a_ray_run_names_ray_submit(tmp_path, data_dir, config):
+    out = tmp_path / "out"
+    result = run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES, runner=_LostClusterRunner())
+    assert result.dataset is None
+    command = (f"packsft ray submit {data_dir} {out} --address 10.0.0.1:6379 --tokenizer {config.tokenizer} "
+               "--seq-length 256 --unit-mib 0.0038147")
+    assert status(out).format().splitlines()[-1] == f"  {command}"
+    with pytest.raises(OutputError, match=re.escape(command)):
+        merge(out)

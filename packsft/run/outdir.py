@@ -57,13 +57,14 @@ class Plan:
     slurm: dict[str, Any] | None = None  # set by `packsft slurm submit`: scripts and array size
     skipped_files: list[dict[str, str]] = field(default_factory=list)  # unreadable, under --skip-bad-files
     inputs: list[str] = field(default_factory=list)  # the DATA arguments (absolute); [data_dir] if empty
+    ray: dict[str, Any] | None = None  # set by `packsft ray submit`: the cluster address it was given
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "plan_version": PLAN_VERSION, "packsft_version": __version__, "data_dir": self.data_dir,
             "config": self.config, "tokenizer": self.tokenizer, "unit_bytes": self.unit_bytes,
             "units": [{**u.to_dict(), "fingerprint": f} for u, f in zip(self.units, self.fingerprints)],
-            "slurm": self.slurm, "skipped_files": self.skipped_files, "inputs": self.data_inputs,
+            "slurm": self.slurm, "skipped_files": self.skipped_files, "inputs": self.data_inputs, "ray": self.ray,
         }
 
     @classmethod
@@ -71,7 +72,7 @@ class Plan:
         units = [Unit.from_dict({k: v for k, v in u.items() if k != "fingerprint"}) for u in record["units"]]
         return cls(record["data_dir"], record["config"], record["tokenizer"], record["unit_bytes"], units,
                    [u["fingerprint"] for u in record["units"]], record.get("slurm"), record.get("skipped_files", []),
-                   record.get("inputs", []))
+                   record.get("inputs", []), record.get("ray"))
 
     @property
     def data_inputs(self) -> list[str]:
@@ -116,6 +117,7 @@ def prepare_plan(out_dir: Path, plan: Plan, overwrite: bool) -> None:
                 "Rerun with the same settings to resume it, or pass --overwrite to replace it"
             )
         plan.slurm = plan.slurm or earlier.slurm
+        plan.ray = plan.ray or earlier.ray
         if earlier.to_dict() == plan.to_dict():
             return  # array tasks starting together find the plan `slurm submit` wrote: nothing to write
     elif (out_dir / DATASET_JSON).exists() or any(_shard_dirs(out_dir)):
@@ -176,7 +178,11 @@ def resume_hint(out_dir: Path, plan: Plan, missing: list[int]) -> str:
         wanted = [str(t) for t, indices in enumerate(tasks) if set(indices) & set(missing)]
         return (f"sbatch --array={','.join(wanted)} {shlex.quote(plan.slurm['pack_script'])}, then once those "
                 f"tasks finish: packsft merge {shlex.quote(str(out_dir))}")
-    return shlex.join(["packsft", "pack", *plan.data_inputs, str(out_dir), *pack_flags(plan.pack_config(), plan.unit_bytes)])
+    flags = pack_flags(plan.pack_config(), plan.unit_bytes)
+    if plan.ray is not None:
+        address = ["--address", plan.ray["address"]] if plan.ray.get("address") else []
+        return shlex.join(["packsft", "ray", "submit", *plan.data_inputs, str(out_dir), *address, *flags])
+    return shlex.join(["packsft", "pack", *plan.data_inputs, str(out_dir), *flags])
 
 
 def pack_flags(config: PackConfig, unit_bytes: int) -> list[str]:

@@ -136,6 +136,7 @@ def run_pack(
     if workers < 0:
         raise ConfigError(f"--workers must be 0 (auto) or more, got {workers}")
     plan, tokenizer = make_plan(data, out_dir, config, unit_bytes, skip_bad_files)
+    plan.ray = getattr(runner, "plan_entry", None)  # how a rerun resumes: `packsft ray submit`, not `pack`
     prepare_plan(out_dir, plan, overwrite)
     if not quiet:
         _say_detected(plan)

@@ -33,7 +33,8 @@ from packsft.records import parse_role_map
 
 # Compressed parquet bytes per unit. A unit is packed in memory (best-fit sees all of it), so this
 # bounds a worker's memory: measured on ShareGPT with GPT-2, 1 MiB of parquet is ~1M tokens and a
-# worker peaks at ~0.3 GiB + ~160 bytes per token of its unit, so 8 MiB stays under 2 GiB. Best-fit
+# worker peaks at ~0.1 GiB + ~50 bytes per token of its unit (BENCHMARKS.md: 327 MiB for a unit of
+# 3.7M tokens), so 8 MiB stays under 1 GiB. Best-fit
 # over ~8M tokens (~4k rows of 2048) loses nothing measurable against larger units.
 DEFAULT_UNIT_BYTES = 8 << 20
 PLAN_JSON = "plan.json"

@@ -153,6 +153,7 @@ class RayUnitRunner:
 
     def __init__(self, options: RayOptions) -> None:
         self.options = options
+        self.plan_entry = {"address": options.address}  # plan.json `ray`: resume hints name `ray submit`
 
     def __call__(self, units: list[Unit], fingerprints: list[str], job: UnitJob, quiet: bool) -> None:
         if not units:
