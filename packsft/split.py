@@ -643,6 +643,17 @@ class ConversationSplitter:
         self._close()
         self._open(m, reserve=self._header(m) + self._tail(j) + 1)
 
+    def _cut_before_untrained_rest(self, pos: int, room: int, hi: int) -> int:
+        """Where to cut ids[pos:hi] within `room`: there, unless what follows the cut trains nothing (a chat
+        template's separator after the end-of-turn). Then the cut moves before the turn's last label, so the
+        continuation, which repeats the turn's header and text as context, trains that label: a repeated
+        turn with no label in its piece would read like a turn the template never rendered (verify)."""
+        flags = self.batch.flags
+        if flags[pos + room : hi].any():
+            return room
+        labels = np.flatnonzero(flags[pos : pos + room])
+        return int(labels[-1]) if len(labels) and labels[-1] > 0 else room
+
     def _cut_across(self, m: int, tail: int) -> None:
         """Add message m, cutting its content across as many pieces as needed. Each continuation is
         re-opened with the context, the message's header and the text right before the cut (masked)."""
@@ -659,6 +670,7 @@ class ConversationSplitter:
                 self.has_body = True
                 return
             room = max(room, 1)  # only a row too small for its own context gets here
+            room = self._cut_before_untrained_rest(pos, room, hi)
             self._add(pos, pos + room)
             pos += room
             self._close()

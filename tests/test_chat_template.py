@@ -17,13 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from packsft import PackConfig, PackedOutput, load_tokenizer
-from packsft.chat_template import ChatRenderer, render_chat
+from packsft.chat_template import ChatRenderer, chat_markers, render_chat
 from packsft.errors import TokenizerError
+from packsft.pack import pack_bestfit
 from packsft.records import Conversation, RecordRejected, validate_messages
 from packsft.render import RenderedBatch
 from packsft.report import render_chunk, tokenizer_for
+from packsft.rows import build_chunks
 from packsft.run import run_pack
 from packsft.split import split_long
+from packsft.verify.invariants import ChatMarkers, check_chat_turns
 from tests.helpers import CHATML, conv, write_conversations
 
 
@@ -154,6 +157,27 @@ def test_split_never_loses_a_trained_token(chatml, turns, seq_length):
     assert int(pieces.flags.sum()) == int(batch.flags.sum())
     assert (pieces.lengths <= seq_length + 1).all()
     assert not pieces.flags[pieces.offsets[:-1]].any()  # no piece starts with a trained label
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    turns=st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), st.integers(0, 60)), min_size=1,
+                   max_size=8),
+    seq_length=st.integers(24, 120),
+    turn_cut=st.sampled_from([0, 4]),
+    unprompted=st.sampled_from(["keep", "mask"]),
+)
+def test_split_rows_pass_verify_chat_check(chatml, turns, seq_length, turn_cut, unprompted):
+    """Rows of any split read as the template rendered them: every repeated or cut assistant turn keeps a
+    label in its piece (a cut right after <|im_end|> used to leave a piece repeating a whole turn untrained)."""
+    item = conversation(*[(role, " ".join(["answer"] * n)) for role, n in turns])
+    batch = render_chat([item], chatml, unprompted=unprompted)
+    pieces, _ = split_long(batch, seq_length, "split", turn_cut=turn_cut)
+    rows = build_chunks(pieces, pack_bestfit(pieces.lengths, seq_length + 1), seq_length, chatml.pad_id)
+    markers = ChatMarkers.of(chat_markers(chatml), "chat")
+    assert markers is not None
+    assert check_chat_turns(rows.tokens, rows.loss_mask, rows.segment_lengths, rows.row_segments,
+                            markers=markers, unprompted=unprompted) == []
 
 
 def test_tokenizer_without_chat_template_names_the_alternative(demo_tokenizer_dir):
