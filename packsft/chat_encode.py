@@ -81,63 +81,59 @@ class RenderingEncoder:
     def encode_fast(self, texts: list[str], spans: list[Spans]) -> list[Encoded]:
         """`encode_hf`'s ids and offsets, by the fast encoder over the runs between the template's special tokens.
 
-        All runs of the batch are encoded in one call; the tokens are then placed with array operations:
-        item k of the batch (a run or a template token, renderings one after another) lands at
-        `item_at[k]` in the batch's output.
+        All runs of the batch are encoded in one call and placed with array operations (`_place`);
+        renderings the fast path cannot place exactly go the HF way.
         """
-        assert self.fast is not None
-        item_lo, item_hi, item_cut, item_text = [], [], [], []
+        items: list[tuple[int, int, int, int]] = []  # (text, start, end, template token id or -1 for a run)
         fallback: list[int] = []
-        runs: list[str] = []
         for index, (text, located) in enumerate(zip(texts, spans)):
             layout = self._layout(text, located)
             if layout is None or not all(self._exact(text[lo:hi]) for lo, hi, cut in layout if cut < 0):
                 fallback.append(index)
-                continue
-            for lo, hi, cut in layout:
-                item_lo.append(lo)
-                item_hi.append(hi)
-                item_cut.append(cut)
-                item_text.append(index)
-                if cut < 0:
-                    runs.append(text[lo:hi])
-        ids, lengths = self.fast.encode_texts_flat(runs)
-        cuts = np.asarray(item_cut, np.int64)
+            else:
+                items.extend((index, lo, hi, cut) for lo, hi, cut in layout)
+        out_ids, out_offsets, per_text = self._place(texts, items)
+        bounds = np.cumsum(per_text)
+        slow = dict(zip(fallback, self.encode_hf([texts[i] for i in fallback], [spans[i] for i in fallback])))
+        return [slow[i] if i in slow else (out_ids[bounds[i] - per_text[i]:bounds[i]],
+                                           out_offsets[bounds[i] - per_text[i]:bounds[i]])
+                for i in range(len(texts))]
+
+    def _place(self, texts: list[str], items: list[tuple[int, int, int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ids and character offsets of `items` back to back, and how many tokens each text got.
+
+        Item k (a run or a template token) lands at `item_at[k]`; a run's tokens get their byte ends in the
+        run from their byte lengths, plus where the run starts (bytes are characters in ASCII runs; other
+        runs are mapped to characters one by one).
+        """
+        assert self.fast is not None
+        table = np.asarray(items, np.int64).reshape(-1, 4)
+        text_of, starts, ends, cuts = table.T
         is_run = cuts < 0
+        runs = [texts[t][lo:hi] for t, lo, hi, cut in items if cut < 0]
+        ids, lengths = self.fast.encode_texts_flat(runs)
         item_len = np.ones(len(cuts), np.int64)
         item_len[is_run] = lengths
         item_at = np.cumsum(item_len) - item_len
-        starts = np.asarray(item_lo, np.int64)
-        # Run tokens: destination, and character offsets (bytes within the run, plus where the run starts).
         byte_lengths = self.byte_lengths[ids]
         byte_ends = _offsets_within_runs(byte_lengths, lengths)
         run_first = np.cumsum(lengths) - lengths
         dest = np.arange(len(ids), dtype=np.int64) + np.repeat(item_at[is_run] - run_first, lengths)
         out_ids = np.empty(int(item_len.sum()), TOKEN_ID_DTYPE)
         out_offsets = np.empty((len(out_ids), 2), np.int64)
-        out_ids[dest] = ids
-        out_ids[item_at[~is_run]] = cuts[~is_run]
+        out_ids[dest], out_ids[item_at[~is_run]] = ids, cuts[~is_run]
         token_lo = np.repeat(starts[is_run], lengths)
-        out_offsets[dest, 0] = byte_ends - byte_lengths + token_lo
-        out_offsets[dest, 1] = byte_ends + token_lo
-        out_offsets[item_at[~is_run], 0] = starts[~is_run]
-        out_offsets[item_at[~is_run], 1] = np.asarray(item_hi, np.int64)[~is_run]
-        # Runs with characters of several bytes: byte offsets to character offsets.
+        out_offsets[dest, 0], out_offsets[dest, 1] = byte_ends - byte_lengths + token_lo, byte_ends + token_lo
+        out_offsets[item_at[~is_run], 0], out_offsets[item_at[~is_run], 1] = starts[~is_run], ends[~is_run]
         run_at, run_lo = item_at[is_run], starts[is_run]
         for r, run in enumerate(runs):
             if not run.isascii():
                 tokens = slice(int(run_first[r]), int(run_first[r] + lengths[r]))
                 out_offsets[run_at[r]:run_at[r] + lengths[r]] = _char_offsets(
                     run, int(run_lo[r]), byte_ends[tokens], byte_lengths[tokens])
-        # Split the batch's output per rendering; fallback renderings go the HF way.
-        tokens_per_text = np.zeros(len(texts), np.int64)
-        np.add.at(tokens_per_text, np.asarray(item_text, np.int64), item_len)
-        bounds = np.cumsum(tokens_per_text)
-        slow = iter(self.encode_hf([texts[i] for i in fallback], [spans[i] for i in fallback]))
-        fallen = set(fallback)
-        return [next(slow) if i in fallen else (out_ids[bounds[i] - tokens_per_text[i]:bounds[i]],
-                                                out_offsets[bounds[i] - tokens_per_text[i]:bounds[i]])
-                for i in range(len(texts))]
+        per_text = np.zeros(len(texts), np.int64)
+        np.add.at(per_text, text_of, item_len)
+        return out_ids, out_offsets, per_text
 
     def _layout(self, text: str, located: Spans) -> list[tuple[int, int, int]] | None:
         """The rendering as runs and the template's special tokens, or None where a special string crosses a content edge."""
