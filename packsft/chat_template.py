@@ -14,8 +14,10 @@ only), so masks come from the full rendering of each conversation:
    copies contents verbatim (the usual case) splicing the contents into the skeleton gives back the
    rendering exactly; otherwise (a template that rewrites a content, e.g. strips it) the literal pieces
    are matched in order and the content is what lies between them, as rendered.
-2. The rendered texts are tokenized in one batch by the Rust tokenizer, with character offsets and
-   without added special tokens: the template text already holds any BOS it wants (`{{ bos_token }}`).
+2. The rendered texts are tokenized with character offsets and without added special tokens (the template
+   text already holds any BOS it wants, `{{ bos_token }}`): by the fast encoder where it is proven for this
+   template (`with_fast_chat_proven`), else by the Rust tokenizer; chat_encode.py does both, and keeps
+   special-token strings from contents plain text.
 3. Train flags (`mask="assistant_only"`): tokens overlapping an assistant content span, plus its
    end-of-turn tokens. End-of-turn rule: after the content, up to and including the first *special*
    token (hf `added_tokens_decoder[id].special`) that the template emits before the next message's
