@@ -362,11 +362,14 @@ def chat_markers(tokenizer: PackTokenizer) -> dict[str, int] | None:
     ends = [t for t in after.tolist() if t in special]
     if not opens or len(reopens) < 2 or not ends:
         return None
-    header_start = int(before_user[opens[0]])
+    # The user's own header is the last one before its content: a template may open with a system
+    # message of its own (Llama 3.1's knowledge cutoff) when the conversation has none.
+    opened = opens[-1]
+    header_start = int(before_user[opened])
     at = reopens[1]
-    if int(between[at]) != header_start or opens[0] + 1 >= len(before_user) or at + 1 >= len(between):
+    if int(between[at]) != header_start or opened + 1 >= len(before_user) or at + 1 >= len(between):
         return None
-    user_role, assistant_role = int(before_user[opens[0] + 1]), int(between[at + 1])
+    user_role, assistant_role = int(before_user[opened + 1]), int(between[at + 1])
     if user_role == assistant_role or user_role in special or assistant_role in special:
         return None
     return {"header_start": header_start, "user_role": user_role, "assistant_role": assistant_role,

@@ -267,3 +267,17 @@ def test_qwen3_packs_with_uint32_ids_in_every_strategy(tmp_path, qwen3, qwen3_di
         trained = tokens[:, 1:][output.array(0, "loss_mask") == 1]
         assert int((trained == 151644).sum()) == 0  # never a header token
     shutil.rmtree(tmp_path / "data")
+
+
+def test_chat_markers_read_the_users_own_header(chatml):
+    """A template that opens with a system message of its own (as Llama 3.1 does) still names the user role."""
+    markers = chat_markers(chatml)
+    assert markers is not None
+    user = chatml.backend.encode("user", add_special_tokens=False).ids[0]
+    assistant = chatml.backend.encode("assistant", add_special_tokens=False).ids[0]
+    assert markers == {"header_start": chatml.backend.token_to_id("<|im_start|>"), "user_role": user,
+                       "assistant_role": assistant, "end_of_turn": chatml.backend.token_to_id("<|im_end|>")}
+    auto_system = replace(chatml, chat_template=(
+        "{% if messages[0].role != 'system' %}<|im_start|>system\nYou are helpful.<|im_end|>\n{% endif %}" + CHATML))
+    assert chat_markers(auto_system) == markers
+    assert chat_markers(replace(chatml, chat_template="{% for m in messages %}{{ m.content }}\n{% endfor %}")) is None
