@@ -83,6 +83,10 @@ class PackConfig:
     # are the same either way, so it is not part of a unit's fingerprint. A run stores the encoder it
     # used ("fast" or "hf"; auto resolved) in dataset.json.
     encoder: Encoder = field(default="auto", compare=False)
+    # Pack consecutive whole input files smaller than a unit together (up to --unit-mib): many small files
+    # then fill rows as one big file does. Not part of the config fingerprint: a grouped unit's
+    # fingerprint names all its files, so the bytes of every other unit stay as they are.
+    group_files: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         choices = {

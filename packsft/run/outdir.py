@@ -81,8 +81,10 @@ class Plan:
 
     def identity(self) -> dict[str, Any]:
         """What a resumed run must share with the plan (inputs may change: changed units are redone)."""
-        return {"inputs": [_resolved(spec) for spec in self.data_inputs], "config": fingerprint_config(self.pack_config()),
-                "tokenizer": self.tokenizer["fingerprint"], "unit_bytes": self.unit_bytes}
+        config = self.pack_config()
+        return {"inputs": [_resolved(spec) for spec in self.data_inputs], "config": fingerprint_config(config),
+                "tokenizer": self.tokenizer["fingerprint"], "unit_bytes": self.unit_bytes,
+                "group_files": config.group_files}
 
     def pack_config(self) -> PackConfig:
         known = {f.name for f in fields(PackConfig)}

@@ -54,6 +54,10 @@ class PackResult:
 # the default is pack_units in local processes, packsft.run.ray.RayUnitRunner sends each to a Ray task.
 UnitRunner = Callable[[list[Unit], list[str], UnitJob, bool], None]
 
+# The hint to pass --group-files: at least this many input files, each under 1/SMALL_FILE_SHARE of a unit.
+SMALL_FILES_HINT = 16
+SMALL_FILE_SHARE = 4
+
 # --workers 0 (auto) starts a process per CPU only for inputs this big: below it, starting the pool
 # costs more than it saves.
 AUTO_WORKERS_MIN_BYTES = 4 << 20
@@ -165,7 +169,7 @@ def run_pack(
 def _say_detected(plan) -> None:
     """One stderr line per input format auto chose (and per skipped file), e.g. `sharegpt for 8 files`;
     conversations stored as JSON text are named too, also when --input-format was given."""
-    files = {unit.name: unit for unit in plan.units}
+    files = {part.name: part for unit in plan.units for part in unit.parts}
     chosen: Counter[tuple[str, str]] = Counter((unit.input_format, unit.detected) for unit in files.values()
                                                if unit.detected)
     for (name, why), count in sorted(chosen.items()):
@@ -176,6 +180,10 @@ def _say_detected(plan) -> None:
               file=sys.stderr)
     for entry in plan.skipped_files:
         print(f"packsft: skipping bad file: {entry['error']}", file=sys.stderr)
+    small = sum(1 for unit in plan.units if not unit.more and unit.file_bytes * SMALL_FILE_SHARE <= plan.unit_bytes)
+    if small >= SMALL_FILES_HINT and not plan.pack_config().group_files:
+        print(f"packsft: {small} input files are each under 1/{SMALL_FILE_SHARE} of a unit (--unit-mib) and pack alone, "
+              "each with its own mostly empty last row; --group-files packs them together", file=sys.stderr)
 
 
 def _files(count: int) -> str:

@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ PLAN_VERSION = 1
 
 @dataclass(frozen=True)
 class Unit:
-    """One unit of work: a range of row groups of one input file, and the shard it becomes."""
+    """One unit of work: a range of row groups of one input file (or, under --group-files, several whole
+    small files: this one and `more`), and the shard it becomes."""
 
     index: int
     path: Location  # a local Path, or the URL of a remote file
@@ -51,29 +52,58 @@ class Unit:
     row_groups: tuple[int, int] | None = None  # [start, stop); None = the whole file
     first_row: int = 0  # row number (in the file) of the unit's first row
     rows: int = 0
-    bytes: int = 0  # compressed bytes of the unit's row groups
+    bytes: int = 0  # compressed bytes of the unit's row groups (with `more`: of all its files)
     file_bytes: int = 0
     file_mtime_ns: int = 0
     input_format: str = ""  # the format read (auto-detected unless --input-format named it)
     detected: str = ""  # what auto detected it from, e.g. "'conversations' key"; "" when not auto
     json_text: bool = False  # conversations stored as JSON text, decoded per record
+    more: tuple[Unit, ...] = ()  # further whole files packed into the same shard, in name order
+
+    @property
+    def parts(self) -> tuple[Unit, ...]:
+        """The files the unit reads, in order: itself, then `more`."""
+        return (self, *self.more)
+
+    @property
+    def total_rows(self) -> int:
+        """Rows of all its files (parquet; JSON Lines files count 0 until read)."""
+        return sum(part.rows for part in self.parts)
+
+    @property
+    def label(self) -> str:
+        """How messages name the unit: its file, and how many more it holds."""
+        return f"{self.name} (+{len(self.more)} files)" if self.more else self.name
 
     def to_dict(self) -> dict[str, Any]:
-        record = asdict(self)
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "more"}
         record["path"] = str(self.path)
         record["row_groups"] = list(self.row_groups) if self.row_groups is not None else None
+        if self.more:  # plans without grouped files read as they always did
+            record["more"] = [part.to_dict() for part in self.more]
         return record
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Unit:
         groups = record.get("row_groups")
-        return cls(**{**record, "path": as_location(record["path"]),
+        more = tuple(cls.from_dict(part) for part in record.get("more", ()))
+        return cls(**{**record, "path": as_location(record["path"]), "more": more,
                       "row_groups": tuple(groups) if groups is not None else None})
 
+    def manifest_inputs(self) -> list[dict[str, Any]]:
+        """What a shard manifest records of its inputs (`inputs`, with the reader's rows and format added)."""
+        return [part.manifest_input() for part in self.parts]
+
     def manifest_input(self) -> dict[str, Any]:
-        """What a shard manifest records of its input (`inputs[0]`, with the reader's rows and format added)."""
+        """What a shard manifest records of this file (an entry of `inputs`)."""
         return {"path": self.name, "bytes": self.file_bytes, "row_groups": list(self.row_groups or ()),
                 "first_row": self.first_row}
+
+    @classmethod
+    def from_manifest_inputs(cls, index: int, data_dir: Path, records: list[dict[str, Any]]) -> Unit:
+        """The unit a shard was packed from, rebuilt from its manifest's `inputs` (for `verify --deep`)."""
+        first, *more = (cls.from_manifest_input(index, data_dir, record) for record in records)
+        return replace(first, more=tuple(more))
 
     @classmethod
     def from_manifest_input(cls, index: int, data_dir: Path, record: dict[str, Any]) -> Unit:
@@ -134,7 +164,7 @@ def plan_inputs(
             skipped.append({"path": name, "error": str(exc)})
             continue
         units += _file_units(path, name, source, unit_bytes, first_index=len(units))
-    return units, skipped
+    return (group_small_files(units, unit_bytes) if config.group_files else units), skipped
 
 
 def _file_units(path: Location, name: str, source: InputFile, unit_bytes: int, first_index: int) -> list[Unit]:
@@ -165,9 +195,36 @@ def unit_fingerprint(unit: Unit, config: PackConfig, tokenizer_fingerprint: str)
         "format_version": FORMAT_VERSION,
         "tokenizer": tokenizer_fingerprint,
         "config": fingerprint_config(config),
-        "input": [unit.name, unit.file_bytes, unit.file_mtime_ns, unit.row_groups and list(unit.row_groups)],
+        "input": _fingerprint_input(unit),
     }
+    if unit.more:  # only grouped units have this key: the fingerprints of other units stay as they were
+        payload["more"] = [_fingerprint_input(part) for part in unit.more]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _fingerprint_input(unit: Unit) -> list[Any]:
+    return [unit.name, unit.file_bytes, unit.file_mtime_ns, unit.row_groups and list(unit.row_groups)]
+
+
+def group_small_files(units: list[Unit], unit_bytes: int) -> list[Unit]:
+    """Units of consecutive whole files packed together up to about `unit_bytes` (`--group-files`).
+
+    Each small file alone is a unit whose best-fit sees only its own conversations, and whose last row
+    is mostly padding: 110 files of 20 ShareGPT conversations pack at 90.2% fill, one file of them at 97.8%.
+    A file cut into row-group ranges (bigger than a unit) is never grouped.
+    """
+    def small(unit: Unit) -> bool:  # a whole file of at most a unit (never cut into row-group ranges)
+        return unit.file_bytes <= unit_bytes and unit.first_row == 0
+
+    grouped: list[Unit] = []
+    for unit in units:
+        last = grouped[-1] if grouped else None
+        if last is not None and small(unit) and small(last) and last.bytes + unit.bytes <= unit_bytes:
+            grouped[-1] = replace(last, more=(*last.more, replace(unit, index=last.index)),
+                                  bytes=last.bytes + unit.bytes)
+        else:
+            grouped.append(replace(unit, index=len(grouped)))
+    return grouped
 
 
 def assign_units(units: list[Unit], num_shards: int) -> list[list[int]]:

@@ -37,7 +37,7 @@ from packsft.layout import shard_name
 from packsft.run.outdir import remove_temporaries
 from packsft.run.pipeline import PackResult, run_pack
 from packsft.run.plan import DEFAULT_UNIT_BYTES, PLAN_JSON, Unit
-from packsft.run.unit import write_unit
+from packsft.run.unit import records_read, write_unit
 from packsft.run.workers import UnitJob, load_job_tokenizer
 from packsft.tokenizer import PackTokenizer
 from packsft.version import __version__
@@ -190,7 +190,7 @@ class RayUnitRunner:
         except ray.exceptions.RayError as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise OutputError(
-                f"unit {shard_name(unit.index)} ({unit.name}) was lost with its Ray worker or node, "
+                f"unit {shard_name(unit.index)} ({unit.label}) was lost with its Ray worker or node, "
                 f"{self.options.max_retries} retries included ({type(exc).__name__}: {reason}); completed units "
                 "are kept. Rerun the same command to resume (with a smaller --unit-mib if workers ran out of memory)"
             ) from None
@@ -217,6 +217,6 @@ def pack_unit_task(job: UnitJob, unit: Unit, fingerprint: str, driver_version: s
     if key not in _node_tokenizers:
         _node_tokenizers[key] = load_job_tokenizer(job, threads, prove=True)
     remove_temporaries(job.out_dir, [unit.index])  # what an attempt lost with its worker left behind
-    write_unit(unit, fingerprint, job.out_dir, job.config, _node_tokenizers[key], strict=job.strict,
-               skip_bad_files=job.skip_bad_files)
-    return unit.rows
+    written = write_unit(unit, fingerprint, job.out_dir, job.config, _node_tokenizers[key], strict=job.strict,
+                         skip_bad_files=job.skip_bad_files)
+    return records_read(written)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,9 +76,11 @@ def _reject_untrainable(batch: RenderedBatch, conversations: list[Conversation],
     return (batch.select(~no_trained) if no_trained.any() else batch), int(no_trained.sum())
 
 
-def open_unit(unit: Unit, config: PackConfig) -> InputFile:
-    """The unit's input file, opened as the pack reads it (format, input format, role map)."""
-    return open_input(unit.path, config.format, config.input_format, parse_role_map(config.role_map))
+def open_unit(unit: Unit, config: PackConfig) -> list[InputFile]:
+    """The unit's input files (one unless --group-files grouped several), opened as the pack reads them
+    (format, input format, role map)."""
+    aliases = parse_role_map(config.role_map)
+    return [open_input(part.path, config.format, config.input_format, aliases) for part in unit.parts]
 
 
 SPLIT_COUNTERS = ("conversations_truncated", "conversations_dropped_long", "conversations_split", "pieces_split",
@@ -112,7 +115,7 @@ class PackedUnit:
 
 def pack_unit(
     unit: Unit,
-    source: InputFile,
+    sources: list[InputFile],
     config: PackConfig,
     tokenizer: PackTokenizer,
     rejects: RejectLedger,
@@ -123,7 +126,7 @@ def pack_unit(
     Memory: the rendered tokens are the unit's biggest array after the rows; they are let go as soon as
     the rows exist, before the row statistics (see scripts/bench.py for the peak per token).
     """
-    read = read_unit(unit, source, config, tokenizer, rejects, progress)
+    read = read_unit(unit, sources, config, tokenizer, rejects, progress)
     trainable = read.batch.trainable_per_conversation()
     drop_unprompted = read.batch.unprompted & (config.unprompted == "drop")
     batch, trainable = read.batch.select(~drop_unprompted), trainable[~drop_unprompted]
@@ -154,15 +157,18 @@ def pack_unit(
     return packed.chunks, counters
 
 
-def read_unit(unit: Unit, source: InputFile, config: PackConfig, tokenizer: PackTokenizer, rejects: RejectLedger,
-              progress: tqdm | None = None) -> ReadUnit:
-    """Read and render the unit batch by batch; unrenderable and untrainable conversations go to `rejects`."""
+def read_unit(unit: Unit, sources: list[InputFile], config: PackConfig, tokenizer: PackTokenizer,
+              rejects: RejectLedger, progress: tqdm | None = None) -> ReadUnit:
+    """Read and render the unit batch by batch, file after file; unrenderable and untrainable conversations
+    go to `rejects`."""
     renderer = ChatRenderer(tokenizer) if config.template == "chat" else None
     batches, read, filtered, untrainable, tokens = [], 0, 0, 0, 0
-    for conversations, left_out in read_conversations(
-        source, config.format, rejects, source_filter=config.source_filter, batch_size=config.batch_size,
-        display_name=unit.name, row_groups=unit.row_groups,
-    ):
+    records = itertools.chain.from_iterable(
+        read_conversations(source, config.format, rejects, source_filter=config.source_filter,
+                           batch_size=config.batch_size, display_name=part.name, row_groups=part.row_groups)
+        for part, source in zip(unit.parts, sources)
+    )
+    for conversations, left_out in records:
         failed: set[int] = set()
         batch = render_batch(conversations, tokenizer, config, renderer=renderer,
                              reject=functools.partial(_reject_rendering, rejects, failed))
@@ -303,6 +309,17 @@ def _linear_context(batch: RenderedBatch, seq_length: int) -> dict[str, int]:
             "turn_labels_whole": int(whole.sum())}
 
 
+def records_read(manifest: dict[str, Any]) -> int:
+    """Rows a written shard's inputs held (what a progress bar over records advances by)."""
+    return sum(int(record.get("rows") or 0) for record in manifest.get("inputs", []))
+
+
+def _manifest_input(part: Unit, source: InputFile) -> dict[str, Any]:
+    """A shard manifest's record of one input file: where, which rows, and how it was read."""
+    rows = source.num_rows if source.num_rows is not None else source.rows_read
+    return {**part.manifest_input(), "rows": part.rows if part.row_groups is not None else rows, **source.describe()}
+
+
 def write_unit(
     unit: Unit,
     fingerprint: str,
@@ -323,24 +340,22 @@ def write_unit(
     failed = failed_path(out_dir, unit.index)
     try:
         rejects = RejectLedger(strict=strict)
-        source = open_unit(unit, config)
-        inputs = unit.manifest_input()
+        sources = open_unit(unit, config)
         skipped = None
         try:
-            chunks, counters = pack_unit(unit, source, config, tokenizer, rejects, progress)
+            chunks, counters = pack_unit(unit, sources, config, tokenizer, rejects, progress)
         except InputError as exc:
             if not skip_bad_files:
                 raise
-            skipped = {"path": unit.name, "error": str(exc)}
+            skipped = {"path": unit.label, "error": str(exc)}
             if progress is not None:
                 progress.write(f"packsft: skipping bad file: {exc}", file=sys.stderr)
             rejects = RejectLedger(strict=strict)
             chunks = empty_chunks(config.seq_length)
             counters = {key: 0 for key in ("chunks", "nonpad_positions", "trained_tokens_kept", "bos_starts")}
-        rows = source.num_rows if source.num_rows is not None else source.rows_read
         manifest = {
             "unit": unit.index,
-            "inputs": [{**inputs, "rows": unit.rows if unit.row_groups is not None else rows, **source.describe()}],
+            "inputs": [_manifest_input(part, source) for part, source in zip(unit.parts, sources)],
             "tokenizer_fingerprint": tokenizer.fingerprint,
             "fingerprint": fingerprint,
             "config": config.to_dict(),

@@ -34,7 +34,7 @@ from packsft.config import PackConfig
 from packsft.errors import OutputError, PackInterrupted
 from packsft.run.outdir import Plan, incomplete_units, resume_hint
 from packsft.run.plan import Unit, threads_per_worker
-from packsft.run.unit import write_unit
+from packsft.run.unit import records_read, write_unit
 from packsft.tokenizer import PackTokenizer, load_tokenizer, tokenizer_from_state
 
 # Imported once by the fork server, so that each worker starts in well under a second. Workers rebuild
@@ -102,9 +102,9 @@ def load_job_tokenizer(job: UnitJob, threads: int, *, prove: bool) -> PackTokeni
 def _work(job: UnitJob, unit: Unit, fingerprint: str) -> int:
 
     assert _worker_tokenizer is not None  # set by _init_worker
-    write_unit(unit, fingerprint, job.out_dir, job.config, _worker_tokenizer, strict=job.strict,
-               skip_bad_files=job.skip_bad_files)
-    return unit.rows
+    written = write_unit(unit, fingerprint, job.out_dir, job.config, _worker_tokenizer, strict=job.strict,
+                         skip_bad_files=job.skip_bad_files)
+    return records_read(written)
 
 
 def pack_units(
@@ -112,7 +112,7 @@ def pack_units(
 ) -> None:
     """Pack and write every unit; with workers > 1 in a process pool, largest units first."""
 
-    total = sum(unit.rows for unit in units)
+    total = sum(unit.total_rows for unit in units)
     # No tqdm at all when quiet: even a disabled bar takes tqdm's process-shared lock, which a process
     # killed while holding it (SIGKILL of a forked packer) leaves locked for every other.
     bar = contextlib.nullcontext() if quiet or not units else tqdm(total=total, unit="conv", desc="packing",

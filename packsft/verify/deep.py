@@ -84,18 +84,27 @@ def _repackable_units(dataset: dict[str, Any], indices: list[int], notes: list[s
     units = []
     for index in indices:
         entry = dataset["shards"][index]
-        if len(entry["inputs"]) != 1:
-            notes.append(f"{SKIP} for shard {entry['name']}: it was packed from {len(entry['inputs'])} inputs")
+        if not entry["inputs"]:
+            notes.append(f"{SKIP} for shard {entry['name']}: its manifest names no input")
             continue
-        unit = Unit.from_manifest_input(index, data_dir, entry["inputs"][0])
-        path = Path(unit.path)  # local: remote inputs were noted above
-        if not path.is_file():
-            notes.append(f"{SKIP} for shard {entry['name']}: input {path} is gone")
-        elif path.stat().st_size != unit.file_bytes:
-            notes.append(f"{SKIP} for shard {entry['name']}: input {path} changed size since packing")
+        unit = Unit.from_manifest_inputs(index, data_dir, entry["inputs"])  # several under --group-files
+        changed = _changed_input(unit)
+        if changed:
+            notes.append(f"{SKIP} for shard {entry['name']}: {changed}")
         else:
             units.append(unit)
     return units
+
+
+def _changed_input(unit: Unit) -> str | None:
+    """Why the unit's files cannot be re-packed as they were (gone, or another size), or None."""
+    for part in unit.parts:
+        path = Path(part.path)  # local: remote inputs were noted above
+        if not path.is_file():
+            return f"input {path} is gone"
+        if path.stat().st_size != part.file_bytes:
+            return f"input {path} changed size since packing"
+    return None
 
 
 def _packing_tokenizer(config: PackConfig, dataset: dict[str, Any], notes: list[str]) -> PackTokenizer | None:
@@ -128,8 +137,8 @@ def _compare_unit(out_dir: Path, dataset: dict[str, Any], unit: Unit, config: Pa
         chunks, counters = pack_unit(unit, open_unit(unit, config), config, tokenizer, RejectLedger())
         fresh = stored_arrays(chunks, narrow_tokens(chunks.tokens, np.dtype(dataset["dtype"]), tokenizer.vocab_size))
     except PacksftError as exc:
-        return [(shard_dir, f"re-packing {unit.path} failed: {exc}")]
-    differs = f"differs from a fresh pack of {unit.name}"
+        return [(shard_dir, f"re-packing {unit.label} failed: {exc}")]
+    differs = f"differs from a fresh pack of {unit.label}"
     folder = out_dir / shard_dir
     problems: Problems = []
     if all(name in entry["files"] for name in ARRAY_FILES):
