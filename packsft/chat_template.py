@@ -357,19 +357,18 @@ def chat_markers(tokenizer: PackTokenizer) -> dict[str, int] | None:
         return None
     (before_user, _), (between, _), (after, _) = renderer.encode(pieces, [[] for _ in pieces])
     special = set(renderer.special_ids.tolist())
-    opens = [i for i, t in enumerate(before_user.tolist()) if t in special and t != renderer.bos_id]
     reopens = [i for i, t in enumerate(between.tolist()) if t in special]
     ends = [t for t in after.tolist() if t in special]
-    if not opens or len(reopens) < 2 or not ends:
+    if len(reopens) < 2 or not ends or reopens[1] + 1 >= len(between):
         return None
-    # The user's own header is the last one before its content: a template may open with a system
-    # message of its own (Llama 3.1's knowledge cutoff) when the conversation has none.
-    opened = opens[-1]
-    header_start = int(before_user[opened])
-    at = reopens[1]
-    if int(between[at]) != header_start or opened + 1 >= len(before_user) or at + 1 >= len(between):
+    # The header start is the first special token after the user's end of turn; the user's own header is its
+    # last occurrence before the user content (a template may first open a system message of its own, as
+    # Llama 3.1 does with its knowledge cutoff when the conversation has none).
+    header_start = int(between[reopens[1]])
+    opened = [i for i, t in enumerate(before_user.tolist()) if t == header_start]
+    if not opened or opened[-1] + 1 >= len(before_user):
         return None
-    user_role, assistant_role = int(before_user[opened + 1]), int(between[at + 1])
+    user_role, assistant_role = int(before_user[opened[-1] + 1]), int(between[reopens[1] + 1])
     if user_role == assistant_role or user_role in special or assistant_role in special:
         return None
     return {"header_start": header_start, "user_role": user_role, "assistant_role": assistant_role,

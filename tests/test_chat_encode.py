@@ -11,17 +11,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from packsft import PackConfig, load_tokenizer
 from packsft import chat_encode as chat_encode_module
-from packsft import load_tokenizer
 from packsft.chat_encode import RenderingEncoder
 from packsft.chat_template import (
     PROBE_CONVERSATIONS,
     ChatRenderer,
+    chat_markers,
     fast_chat_difference,
     render_chat,
     with_fast_chat_proven,
 )
 from packsft.records import Conversation, RecordRejected
+from packsft.run import run_pack
+from tests.helpers import assert_output_verifies, conv, write_conversations
 
 # Pieces content is drawn from: special-token strings, template tags, whitespace runs at the edges,
 # text NFC rewrites (e + combining acute), characters that byte-level tokens split (emoji, CJK).
@@ -135,3 +138,54 @@ def test_qwen3_render_chat_fast_equals_hf_with_masks(qwen3):
     assert fast.flags.sum() > 0
     # qwen3 moves the assistant's <think> block out of its content: that probe cannot be masked by content.
     assert len(rejected) == 1 and "cannot be located in the chat template rendering" in rejected[0]
+
+
+# Llama 3's layout: a BOS from the template, headers between two special tokens, <|eot_id|> ends a turn.
+LLAMA3 = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n"
+    "{{ m.content | trim }}<|eot_id|>{% endfor %}"
+)
+
+
+@pytest.fixture(scope="module")
+def llama3_style(tmp_path_factory, demo_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("llama3-style")
+    hf = AutoTokenizer.from_pretrained(demo_tokenizer_dir)
+    hf.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                           "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]})
+    hf.chat_template = LLAMA3
+    hf.save_pretrained(folder)
+    tokenizer = load_tokenizer(str(folder), "chat", encoder="auto")
+    assert tokenizer.encoder == "fast", tokenizer.encoder_note
+    return tokenizer
+
+
+def test_llama3_style_template_fast_path_masks_and_markers(llama3_style, tmp_path):
+    assert fast_chat_difference(llama3_style) is None
+    conversations = [Conversation((("system", " Be brief. "), ("user", "Hi <|eot_id|> there"), ("assistant", "Hello!\n"))),
+                     Conversation((("user", "q"), ("assistant", "a"), ("user", "again"), ("assistant", "b")))]
+    fast = render_chat(conversations, llama3_style, renderer=ChatRenderer(llama3_style, fast=True))
+    hf = render_chat(conversations, llama3_style, renderer=ChatRenderer(llama3_style, fast=False))
+    for name in ("ids", "flags", "msg_starts", "msg_ends", "msg_headers", "conv_offsets"):
+        assert np.array_equal(getattr(fast, name), getattr(hf, name)), name
+    backend = llama3_style.backend
+    first = fast.ids[: fast.conv_offsets[1]].tolist()
+    assert first[0] == backend.token_to_id("<|begin_of_text|>") and first.count(backend.token_to_id("<|eot_id|>")) == 3
+    # Trained: the assistant contents (trimmed by the template) and their <|eot_id|>, nothing else.
+    trained = [backend.decode(fast.ids[fast.conv_offsets[c]:fast.conv_offsets[c + 1]][
+        fast.flags[fast.conv_offsets[c]:fast.conv_offsets[c + 1]] == 1].tolist(), skip_special_tokens=False)
+        for c in range(2)]
+    assert trained == ["Hello!<|eot_id|>", "a<|eot_id|>b<|eot_id|>"]
+    user, assistant = (backend.encode(role, add_special_tokens=False).ids[0] for role in ("user", "assistant"))
+    assert chat_markers(llama3_style) == {"header_start": backend.token_to_id("<|start_header_id|>"), "user_role": user,
+                                          "assistant_role": assistant, "end_of_turn": backend.token_to_id("<|eot_id|>")}
+    # Packed with splits (L=32) and verified, the chat check reading rows by <|start_header_id|>.
+    records = [conv(("user", f"Question {i}?"), ("assistant", " ".join(["answer"] * (i % 9 + 1)))) for i in range(40)]
+    write_conversations(tmp_path / "data" / "part.parquet", records)
+    config = PackConfig(tokenizer=llama3_style.name, template="chat", seq_length=32)
+    result = run_pack(tmp_path / "data", tmp_path / "out", config, quiet=True, workers=1)
+    assert result.dataset is not None and result.dataset["stats"]["trained_retention"] == 1.0
+    assert result.dataset["stats"]["conversations_split"] > 0
+    assert_output_verifies(tmp_path / "out", deep=True)
