@@ -106,8 +106,22 @@ def validate_messages(
         normalised = role_aliases.get(role.strip().lower())
         if normalised is None:
             raise RecordRejected(f"message {index} has unknown role {role!r}")
+        if not _valid_unicode(content):
+            raise RecordRejected(f"message {index} content is not valid Unicode (a lone surrogate, from a JSON "
+                                 "\\ud800-\\udfff escape); no tokenizer can encode it unchanged")
         messages.append((normalised, content))
     return tuple(messages)
+
+
+def _valid_unicode(text: str) -> bool:
+    """False for text holding a lone surrogate (JSON decodes a lone "\\ud83d" into one; UTF-8 cannot hold it)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validate_text(raw: Any) -> tuple[tuple[str, str], ...]:
@@ -117,6 +131,9 @@ def validate_text(raw: Any) -> tuple[tuple[str, str], ...]:
         raise RecordRejected(f"text is not a string (got {type(raw).__name__})")
     if not raw:
         raise RecordRejected("empty text")
+    if not _valid_unicode(raw):
+        raise RecordRejected("text is not valid Unicode (a lone surrogate, from a JSON \\ud800-\\udfff escape); "
+                             "no tokenizer can encode it unchanged")
     return ((TEXT, raw),)
 
 

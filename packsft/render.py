@@ -139,7 +139,8 @@ def render_roles(
     mask: str = "assistant_only",
     unprompted: str = "keep",
 ) -> RenderedBatch:
-    """Render with the seed's role tokens. Text documents (role TEXT) render as content + EOS, all trained.
+    """Render with the seed's role tokens. Text documents (role TEXT) render as BOS + content + EOS, all but
+    the BOS trained.
 
     Args:
         mask: "all" trains every token but BOS; "assistant_only" trains assistant turns and their ends.
@@ -162,11 +163,12 @@ def render_roles(
     is_text = roles == TEXT_CODE
     conv_is_text = is_text[first_msg] if n else np.zeros(0, bool)
 
-    # Layout: [BOS] then per message [role token] content, then EOS. Text documents have no BOS and
-    # no role token.
+    # Layout: [BOS] then per message [role token] content, then EOS. Text documents have no role token;
+    # they open with BOS too, so that their first token is never trained as the continuation of whatever
+    # precedes them in a row (a label across two documents) and every segment starts at BOS.
     role_lens = (~is_text).astype(np.int64)
     span_lens = role_lens + content_lens
-    heads = (~conv_is_text).astype(np.int64)
+    heads = np.ones(n, np.int64)
     span_cum = np.concatenate([[0], np.cumsum(span_lens)])
     conv_lens = heads + (span_cum[conv_msg_offsets[1:]] - span_cum[first_msg]) + 1
     conv_offsets = np.concatenate([[0], np.cumsum(conv_lens)]).astype(np.int64)

@@ -18,7 +18,7 @@ from packsft.layout import ARRAY_FILES
 from packsft.reader import open_input, read_conversations
 from packsft.records import RejectLedger
 from packsft.run import run_pack
-from tests.helpers import conv, write_conversations
+from tests.helpers import assert_output_verifies, conv, write_conversations
 
 TURNS = [
     [("system", "Be nice."), ("user", "What is two plus two?"), ("assistant", "Four.")],
@@ -111,6 +111,16 @@ def test_text_format_from_json_lines(tmp_path, demo_tokenizer_dir):
     write_jsonl(tmp_path / "d" / "docs.jsonl", [{"text": "A short document."}, {"text": "Another one here."}])
     dataset = pack(tmp_path / "d", tmp_path / "out", demo_tokenizer_dir, input_format="text", strategy="linear")
     assert dataset["config"]["format"] == "text" and dataset["stats"]["conversations_read"] == 2
+
+
+@pytest.mark.parametrize("strategy", ["bestfit", "aligned", "linear"])
+def test_text_documents_pack_and_verify_in_every_strategy(tmp_path, demo_tokenizer_dir, strategy):
+    docs = [{"text": " ".join(["word"] * (3 + 7 * i % 40))} for i in range(30)]
+    write_jsonl(tmp_path / "d" / "docs.jsonl", docs)
+    dataset = pack(tmp_path / "d", tmp_path / "out", demo_tokenizer_dir, input_format="text", strategy=strategy,
+                   seq_length=32)
+    assert dataset["stats"]["conversations_read"] == 30 and dataset["stats"]["chunks"] > 1
+    assert_output_verifies(tmp_path / "out", deep=True)  # every document opens with BOS, its label untrained
 
 
 def test_explicit_input_format_must_match_the_file(tmp_path, demo_tokenizer_dir):

@@ -128,11 +128,14 @@ pack_configs = st.builds(
     mask=st.sampled_from(["assistant_only", "all"]),
     unprompted=st.sampled_from(["keep", "mask", "drop"]),
     turn_cut=st.sampled_from([0, 1, 64]),
+    # chat: the ChatML demo tokenizer, rendered by the fast chat path; verify --deep re-packs with HF.
+    template=st.sampled_from(["roles", "chat"]),
 ).map(_without_long_for_linear)
 
 
-def check_pack(data: Path, out: Path, tokenizer: Path, options: dict, total: int, valid: int | None) -> None:
-    """Pack, verify (deep), load; and account for every record."""
+def check_pack(data: Path, out: Path, tokenizers: dict[str, Path], options: dict, total: int, valid: int | None) -> None:
+    """Pack, verify (deep), load; and account for every record. `tokenizers` by template (roles, chat)."""
+    tokenizer = tokenizers[options["template"]]
     try:  # rejects are what this test is about: any share of them is accepted
         result = run_pack(data, out, PackConfig(tokenizer=str(tokenizer), max_reject_fraction=1.0, **options),
                           quiet=True)
@@ -162,7 +165,8 @@ def check_pack(data: Path, out: Path, tokenizer: Path, options: dict, total: int
 
 @FUZZ
 @given(files=st.lists(input_files(), min_size=1, max_size=3), options=pack_configs)
-def test_every_parquet_record_packs_and_verifies_or_is_rejected_with_a_reason(demo_tokenizer_dir, files, options):
+def test_every_parquet_record_packs_and_verifies_or_is_rejected_with_a_reason(demo_tokenizer_dir, chatml_dir, files,
+                                                                             options):
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         data.mkdir()
@@ -170,7 +174,7 @@ def test_every_parquet_record_packs_and_verifies_or_is_rejected_with_a_reason(de
             pq.write_table(table, data / f"part-{index}.parquet")
         valid = sum(expected_valid(value) for _, table in files for value in table.column("messages").to_pylist())
         total = sum(table.num_rows for _, table in files)
-        check_pack(data, Path(tmp) / "out", demo_tokenizer_dir, options, total, valid)
+        check_pack(data, Path(tmp) / "out", {"roles": demo_tokenizer_dir, "chat": chatml_dir}, options, total, valid)
 
 
 # --- JSON Lines: lone surrogates and shapes parquet cannot hold ---------------------------------------------
@@ -196,7 +200,8 @@ json_records = st.one_of(
 
 @FUZZ
 @given(records=st.lists(json_records, min_size=1, max_size=8), options=pack_configs)
-def test_every_jsonl_record_packs_and_verifies_or_is_rejected_with_a_reason(demo_tokenizer_dir, records, options):
+def test_every_jsonl_record_packs_and_verifies_or_is_rejected_with_a_reason(demo_tokenizer_dir, chatml_dir, records,
+                                                                           options):
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         data.mkdir()
@@ -207,7 +212,8 @@ def test_every_jsonl_record_packs_and_verifies_or_is_rejected_with_a_reason(demo
             # The format of a file is detected from its first record: a file that does not open with a
             # conversation is a bad file, refused with an error naming it (never a crash, never partial output).
             with pytest.raises(InputError, match=r"records\.jsonl: "):
-                run_pack(data, Path(tmp) / "out", PackConfig(tokenizer=str(demo_tokenizer_dir), **options), quiet=True)
+                tokenizer = chatml_dir if options["template"] == "chat" else demo_tokenizer_dir
+                run_pack(data, Path(tmp) / "out", PackConfig(tokenizer=str(tokenizer), **options), quiet=True)
             assert not (Path(tmp) / "out" / "dataset.json").exists()
             return
-        check_pack(data, Path(tmp) / "out", demo_tokenizer_dir, options, len(records), None)
+        check_pack(data, Path(tmp) / "out", {"roles": demo_tokenizer_dir, "chat": chatml_dir}, options, len(records), None)

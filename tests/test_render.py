@@ -60,10 +60,12 @@ def test_unprompted_mask_keeps_the_turn_as_context(gpt2):
     assert masked.flags[first_user + 1 :].tolist() == keep.flags[first_user + 1 :].tolist()
 
 
-def test_text_documents_are_content_plus_eos_all_trained(gpt2):
-    batch = render_roles([Conversation((("text", "Hello world"),))], gpt2)
-    assert batch.ids.tolist() == [15496, 995, EOS]
-    assert batch.flags.tolist() == [1, 1, 1]
+def test_text_documents_are_bos_content_eos_all_but_bos_trained(gpt2):
+    # The BOS keeps a document's first token from being trained as the continuation of the document
+    # before it in a row (bestfit rows failed verify without it).
+    batch = render_roles([Conversation((("text", "Hello world"),)), Conversation((("text", "Hi"),))], gpt2)
+    assert batch.ids.tolist() == [gpt2.bos_id, 15496, 995, EOS, gpt2.bos_id, 17250, EOS]
+    assert batch.flags.tolist() == [0, 1, 1, 1, 0, 1, 1]
 
 
 def _per_message(tokenizer, conversation):
