@@ -55,7 +55,7 @@ def test_group_small_files_packs_consecutive_small_files_up_to_a_unit():
     assert [[part.name for part in unit.parts] for unit in grouped] == [["a", "b"], ["c"], ["big"], ["big"], ["d", "e"]]
     assert [unit.index for unit in grouped] == [0, 1, 2, 3, 4]
     assert [unit.bytes for unit in grouped] == [90, 30, 250, 250, 100]
-    assert grouped[0].label == "a (+1 files)" and grouped[1].label == "c"
+    assert grouped[0].label == "a (+1 file)" and grouped[1].label == "c"
     assert Unit.from_dict(grouped[0].to_dict()) == grouped[0]
     assert "more" not in grouped[1].to_dict()  # plans without groups are written as before
 

@@ -73,7 +73,8 @@ class Unit:
     @property
     def label(self) -> str:
         """How messages name the unit: its file, and how many more it holds."""
-        return f"{self.name} (+{len(self.more)} files)" if self.more else self.name
+        count = len(self.more)
+        return f"{self.name} (+{count} file{'s' * (count != 1)})" if count else self.name
 
     def to_dict(self) -> dict[str, Any]:
         record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "more"}
@@ -89,10 +90,6 @@ class Unit:
         more = tuple(cls.from_dict(part) for part in record.get("more", ()))
         return cls(**{**record, "path": as_location(record["path"]), "more": more,
                       "row_groups": tuple(groups) if groups is not None else None})
-
-    def manifest_inputs(self) -> list[dict[str, Any]]:
-        """What a shard manifest records of its inputs (`inputs`, with the reader's rows and format added)."""
-        return [part.manifest_input() for part in self.parts]
 
     def manifest_input(self) -> dict[str, Any]:
         """What a shard manifest records of this file (an entry of `inputs`)."""
