@@ -16,8 +16,8 @@ only), so masks come from the full rendering of each conversation:
    are matched in order and the content is what lies between them, as rendered.
 2. The rendered texts are tokenized with character offsets and without added special tokens (the template
    text already holds any BOS it wants, `{{ bos_token }}`): by the fast encoder where it is proven for this
-   template (`with_fast_chat_proven`), else by the Rust tokenizer; chat_encode.py does both, and keeps
-   special-token strings from contents plain text.
+   template (`with_chat_path_proven`, which also checks the renderer), else by the Rust tokenizer;
+   chat_encode.py does both, and keeps special-token strings from contents plain text.
 3. Train flags (`mask="assistant_only"`): tokens overlapping an assistant content span, plus its
    end-of-turn tokens. End-of-turn rule: after the content, up to and including the first *special*
    token (hf `added_tokens_decoder[id].special`) that the template emits before the next message's
@@ -136,7 +136,7 @@ def _jinja_renderer(tokenizer: PackTokenizer) -> Callable[[list[dict[str, str]]]
         from transformers.utils.chat_template_utils import render_jinja_template
     except ImportError:  # a transformers without it: its tokenizer renders (and imports torch)
         render_jinja_template = None
-    if not template or render_jinja_template is None:
+    if not template or render_jinja_template is None or tokenizer.chat_renderer == "hf":
         return lambda messages: tokenizer.hf.apply_chat_template(messages, tokenize=False)
     kwargs = dict(tokenizer.special_tokens_map)
 
@@ -294,20 +294,27 @@ PROBE_CONVERSATIONS = [
 ]
 
 
-def fast_chat_difference(tokenizer: PackTokenizer) -> str | None:
-    """None where rendering with `render_jinja_template` and encoding with the fast encoder give exactly what
-    `hf.apply_chat_template` and the HF encoding give on PROBE_CONVERSATIONS; else the first difference."""
-    conversations = [Conversation(messages) for messages in PROBE_CONVERSATIONS]
-    fast, reference = ChatRenderer(tokenizer, fast=True), ChatRenderer(tokenizer, fast=False)
-    for conversation in conversations:
-        messages = [{"role": role, "content": content} for role, content in conversation.messages]
-        theirs = _rendered_or_error(functools.partial(tokenizer.hf.apply_chat_template, messages, tokenize=False))
-        mine = _rendered_or_error(functools.partial(fast.render_text, conversation.messages))
+def chat_rendering_difference(tokenizer: PackTokenizer) -> str | None:
+    """None where packsft's renderer (`render_jinja_template`) renders PROBE_CONVERSATIONS exactly as
+    `hf.apply_chat_template` does (or refuses the same ones); else the first difference."""
+    renderer = ChatRenderer(tokenizer, fast=False)
+    for messages in PROBE_CONVERSATIONS:
+        chat = [{"role": role, "content": content} for role, content in messages]
+        theirs = _rendered_or_error(functools.partial(tokenizer.hf.apply_chat_template, chat, tokenize=False))
+        mine = _rendered_or_error(functools.partial(renderer.render_text, messages))
         if (mine is None) != (theirs is None) or (mine is not None and mine != theirs):
-            return f"the rendering of {conversation.messages[0][1][:30]!r}… differs from apply_chat_template"
+            return f"the rendering of {messages[0][1][:30]!r}… differs from apply_chat_template"
+    return None
+
+
+def fast_chat_difference(tokenizer: PackTokenizer) -> str | None:
+    """None where encoding renderings with the fast encoder gives exactly the HF encoding's ids, masks and
+    message spans on PROBE_CONVERSATIONS; else the first difference."""
+    conversations = [Conversation(messages) for messages in PROBE_CONVERSATIONS]
     rejected: list[Conversation] = []
-    batches = [render_chat(conversations, tokenizer, renderer=renderer, reject=lambda c, _: rejected.append(c))
-               for renderer in (fast, reference)]
+    batches = [render_chat(conversations, tokenizer, renderer=ChatRenderer(tokenizer, fast=fast),
+                           reject=lambda c, _: rejected.append(c))
+               for fast in (True, False)]
     for name in ("ids", "flags", "msg_starts", "msg_ends", "msg_headers"):
         if not np.array_equal(getattr(batches[0], name), getattr(batches[1], name)):
             return f"the fast chat encoding differs from HF's in {name}"
@@ -321,23 +328,31 @@ def _rendered_or_error(render: Callable[[], str]) -> str | None:
         return None
 
 
-def with_fast_chat_proven(tokenizer: PackTokenizer, cache: bool = True) -> PackTokenizer:
-    """The tokenizer as is where its chat renderings may use the fast encoder; else with `encoder="hf"` and a
-    note saying why. Proven once per tokenizer fingerprint and library versions (cached like the encoder's proof).
+def with_chat_path_proven(tokenizer: PackTokenizer, cache: bool = True) -> PackTokenizer:
+    """The tokenizer with the chat path it may use: its renderer (`chat_renderer`: packsft's jinja call where
+    it renders the probes as `apply_chat_template` does, else `apply_chat_template` itself) and its encoder
+    (the fast one where it encodes the renderings as HF does, else `encoder="hf"` with a note).
+
+    Proven once per tokenizer fingerprint, encoder and library versions (cached like the encoder's proof).
     """
-    if tokenizer.template != "chat" or tokenizer.encoder != "fast":
+    if tokenizer.template != "chat":
         return tokenizer
-    key = cache_key("chat-proof", {"fingerprint": tokenizer.fingerprint})
+    key = cache_key("chat-proof", {"fingerprint": tokenizer.fingerprint, "encoder": tokenizer.encoder})
     entry = read_entry("proofs", key) if cache else None
-    if entry is not None and isinstance(entry.get("refused"), (str, type(None))):
-        refused = entry["refused"]
+    if entry is not None and all(isinstance(entry.get(k), (str, type(None))) for k in ("render", "encode")):
+        render, encode = entry["render"], entry["encode"]
     else:
-        refused = fast_chat_difference(tokenizer)
+        render = chat_rendering_difference(tokenizer)
+        rendered_by = replace(tokenizer, chat_renderer="hf") if render else tokenizer
+        encode = fast_chat_difference(rendered_by) if tokenizer.encoder == "fast" else None
         if cache:
-            write_entry("proofs", key, {"refused": refused})
-    if refused is None:
-        return tokenizer
-    return replace(tokenizer, encoder="hf", encoder_note=f"the fast chat path does not reproduce this template: {refused}")
+            write_entry("proofs", key, {"render": render, "encode": encode})
+    if render:
+        tokenizer = replace(tokenizer, chat_renderer="hf")
+    if encode:
+        tokenizer = replace(tokenizer, encoder="hf",
+                            encoder_note=f"the fast chat path does not reproduce this template: {encode}")
+    return tokenizer
 
 
 def chat_markers(tokenizer: PackTokenizer) -> dict[str, int] | None:

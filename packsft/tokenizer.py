@@ -71,6 +71,9 @@ class PackTokenizer:
     # `encoder_note` says why auto chose HF. Neither is part of the identity: the ids are the same.
     encoder: Literal["fast", "hf"] = "hf"
     encoder_note: str | None = None
+    # Who renders chat templates: transformers' jinja renderer without its tokenizer ("jinja"), or
+    # `apply_chat_template` ("hf", where a probe showed them differ; see chat_template.with_chat_path_proven).
+    chat_renderer: Literal["jinja", "hf"] = "jinja"
     threads: int = 1
     serialized: str = field(default="", repr=False, compare=False)
     # What is built on first use: the Rust tokenizer ("backend"), the transformers tokenizer ("hf") and
@@ -175,7 +178,7 @@ class PackTokenizer:
             "eos_id": self.eos_id, "pad_id": self.pad_id, "role_ids": self.role_ids,
             "vocab_size": self.vocab_size, "files_sha256": self.files_sha256, "fingerprint": self.fingerprint,
             "chat_template": self.chat_template, "special_tokens": list(self.special_tokens),
-            "special_tokens_map": self.special_tokens_map,
+            "special_tokens_map": self.special_tokens_map, "chat_renderer": self.chat_renderer,
         }
 
 
@@ -200,8 +203,9 @@ def tokenizer_from_state(
         bos_id=state["bos_id"], eos_id=state["eos_id"], pad_id=state["pad_id"], role_ids=dict(state["role_ids"]),
         vocab_size=state["vocab_size"], files_sha256=dict(state["files_sha256"]), fingerprint=state["fingerprint"],
         chat_template=state["chat_template"], special_tokens=tuple(state["special_tokens"]),
-        special_tokens_map=dict(state["special_tokens_map"]), trust_remote_code=trust_remote_code, encoder="fast" if encoder == "fast" else "hf",
-        threads=threads, serialized=state["serialized"],
+        special_tokens_map=dict(state["special_tokens_map"]),
+        chat_renderer="hf" if state.get("chat_renderer") == "hf" else "jinja", trust_remote_code=trust_remote_code,
+        encoder="fast" if encoder == "fast" else "hf", threads=threads, serialized=state["serialized"],
     )
 
 

@@ -18,9 +18,10 @@ from packsft.chat_template import (
     PROBE_CONVERSATIONS,
     ChatRenderer,
     chat_markers,
+    chat_rendering_difference,
     fast_chat_difference,
     render_chat,
-    with_fast_chat_proven,
+    with_chat_path_proven,
 )
 from packsft.records import Conversation, RecordRejected
 from packsft.run import run_pack
@@ -98,8 +99,26 @@ def test_a_difference_refuses_the_fast_chat_path(chatml, monkeypatch):
     monkeypatch.setattr(chat_encode_module, "_char_offsets", shifted)
     difference = fast_chat_difference(chatml)
     assert difference is not None and "differs from HF's" in difference
-    proven = with_fast_chat_proven(chatml, cache=False)
+    proven = with_chat_path_proven(chatml, cache=False)
     assert proven.encoder == "hf" and "fast chat path does not reproduce" in proven.encoder_note
+
+
+def test_a_rendering_difference_renders_through_apply_chat_template(chatml, monkeypatch):
+    import transformers.utils.chat_template_utils as chat_template_utils
+
+    real = chat_template_utils.render_jinja_template
+
+    def changed(*args, **kwargs):  # a transformers whose renderer, called directly, adds a space
+        rendered, indices = real(*args, **kwargs)
+        return [text + " " for text in rendered], indices
+
+    monkeypatch.setattr(chat_template_utils, "render_jinja_template", changed)
+    assert "differs from apply_chat_template" in chat_rendering_difference(chatml)
+    proven = with_chat_path_proven(chatml, cache=False)
+    assert proven.chat_renderer == "hf" and proven.encoder == "fast"  # the fast encoder still proven on its renderings
+    messages = (("user", "Hi"), ("assistant", "Yo"))
+    expected = chatml.hf.apply_chat_template([{"role": r, "content": c} for r, c in messages], tokenize=False)
+    assert ChatRenderer(proven).render_text(messages) == expected != ChatRenderer(chatml).render_text(messages)
 
 
 def test_renderings_the_fast_path_cannot_place_go_the_hf_way(chatml):

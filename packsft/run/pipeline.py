@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from packsft.chat_template import output_identity, with_fast_chat_proven
+from packsft.chat_template import output_identity, with_chat_path_proven
 from packsft.config import PackConfig
 from packsft.errors import ConfigError, OutputError
 from packsft.inputs import is_url, list_inputs
@@ -96,7 +96,7 @@ def make_plan(
     units, skipped = plan_inputs(listing, config, unit_bytes, skip_bad_files=skip_bad_files)
     tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code,
                                encoder=config.encoder)
-    tokenizer = with_fast_chat_proven(tokenizer)
+    tokenizer = with_chat_path_proven(tokenizer)
     config = replace(config, encoder=tokenizer.encoder)
     fingerprints = [unit_fingerprint(unit, config, tokenizer.fingerprint) for unit in units]
     inputs = [spec if is_url(spec) else str(Path(spec).resolve()) for spec in specs]
@@ -146,6 +146,9 @@ def run_pack(
         _say_detected(plan)
     if tokenizer.encoder_note and not quiet:
         print(f"packsft: encoding content with the HF tokenizer ({tokenizer.encoder_note})", file=sys.stderr)
+    if tokenizer.template == "chat" and tokenizer.chat_renderer == "hf" and not quiet:
+        print("packsft: rendering with transformers' apply_chat_template (its jinja renderer, called directly, "
+              "differs from it on a probe conversation)", file=sys.stderr)
     config = replace(config, encoder=tokenizer.encoder)  # workers take the proven encoder as it is
     units, fingerprints = plan.units, plan.fingerprints
 

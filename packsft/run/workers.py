@@ -29,7 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from packsft.chat_template import with_fast_chat_proven
+from packsft.chat_template import with_chat_path_proven
 from packsft.config import PackConfig
 from packsft.errors import OutputError, PackInterrupted
 from packsft.run.outdir import Plan, incomplete_units, resume_hint
@@ -93,7 +93,7 @@ def load_job_tokenizer(job: UnitJob, threads: int, *, prove: bool) -> PackTokeni
         tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code,
                                    encoder=config.encoder, prove=prove, threads=threads)
         if prove:
-            tokenizer = with_fast_chat_proven(tokenizer)
+            tokenizer = with_chat_path_proven(tokenizer)
     if tokenizer.fingerprint != job.tokenizer_fingerprint:
         raise OutputError(f"tokenizer {config.tokenizer!r} changed while packing; rerun to resume")
     return tokenizer

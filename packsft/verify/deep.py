@@ -15,6 +15,7 @@ inputs are gone or changed, or whose tokenizer changed, cannot be re-packed: tha
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,8 @@ def _packing_tokenizer(config: PackConfig, dataset: dict[str, Any], notes: list[
     if tokenizer.fingerprint != dataset["tokenizer"].get("fingerprint"):
         notes.append(f"{SKIP}: tokenizer {config.tokenizer!r} changed since packing (fingerprint differs)")
         return None
-    return tokenizer
+    # The reference path, whatever the pack used: the HF encoding, and for chat templates apply_chat_template.
+    return replace(tokenizer, chat_renderer="hf")
 
 
 def _edited_tokenizer_identity(tokenizer: PackTokenizer, dataset: dict[str, Any]) -> Problems:
