@@ -139,8 +139,7 @@ def render_roles(
     mask: str = "assistant_only",
     unprompted: str = "keep",
 ) -> RenderedBatch:
-    """Render with the seed's role tokens. Text documents (role TEXT) render as BOS + content + EOS, all but
-    the BOS trained.
+    """Render with the seed's role tokens. Text documents (role TEXT): BOS + content + EOS, all but BOS trained.
 
     Args:
         mask: "all" trains every token but BOS; "assistant_only" trains assistant turns and their ends.
@@ -163,9 +162,8 @@ def render_roles(
     is_text = roles == TEXT_CODE
     conv_is_text = is_text[first_msg] if n else np.zeros(0, bool)
 
-    # Layout: [BOS] then per message [role token] content, then EOS. Text documents have no role token;
-    # they open with BOS too, so that their first token is never trained as the continuation of whatever
-    # precedes them in a row (a label across two documents) and every segment starts at BOS.
+    # Layout: BOS, then per message [role token] content, then EOS. Text documents have no role token; their
+    # BOS keeps their first token from being trained after whatever precedes them in a row.
     role_lens = (~is_text).astype(np.int64)
     span_lens = role_lens + content_lens
     heads = np.ones(n, np.int64)

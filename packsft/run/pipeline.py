@@ -144,11 +144,8 @@ def run_pack(
     prepare_plan(out_dir, plan, overwrite)
     if not quiet:
         _say_detected(plan)
-    if tokenizer.encoder_note and not quiet:
-        print(f"packsft: encoding content with the HF tokenizer ({tokenizer.encoder_note})", file=sys.stderr)
-    if tokenizer.template == "chat" and tokenizer.chat_renderer == "hf" and not quiet:
-        print("packsft: rendering with transformers' apply_chat_template (its jinja renderer, called directly, "
-              "differs from it on a probe conversation)", file=sys.stderr)
+    if not quiet:
+        _say_tokenizer_paths(tokenizer)
     config = replace(config, encoder=tokenizer.encoder)  # workers take the proven encoder as it is
     units, fingerprints = plan.units, plan.fingerprints
 
@@ -167,6 +164,15 @@ def run_pack(
     missing = incomplete_units(out_dir, plan)
     dataset = merge(out_dir) if num_shards == 1 and not missing else None
     return PackResult(out_dir, dataset, time.perf_counter() - started, len(todo), len(mine) - len(todo), len(missing))
+
+
+def _say_tokenizer_paths(tokenizer: PackTokenizer) -> None:
+    """One stderr line per reference path the proofs at load chose instead of a fast one."""
+    if tokenizer.encoder_note:
+        print(f"packsft: encoding content with the HF tokenizer ({tokenizer.encoder_note})", file=sys.stderr)
+    if tokenizer.template == "chat" and tokenizer.chat_renderer == "hf":
+        print("packsft: rendering with transformers' apply_chat_template (its jinja renderer, called directly, "
+              "differs from it on a probe conversation)", file=sys.stderr)
 
 
 def _say_detected(plan) -> None:
