@@ -43,6 +43,7 @@ from packsft.verify.files import ShardArrays, check_shard_files, check_shard_lis
 from packsft.verify.invariants import (
     ChatMarkers,
     ControlIds,
+    Violation,
     check_chat_turns,
     check_control_tokens,
     check_shard_arrays,
@@ -188,6 +189,20 @@ def _read_dataset(out_dir: Path, report: Report) -> dict[str, Any] | None:
     return dataset
 
 
+def _format_checks(arrays: ShardArrays, dataset: dict[str, Any]) -> list[Violation]:
+    """Control tokens where the output's format (role tokens, or a chat template's headers) puts none."""
+    config = dataset["config"]
+    rows = (arrays.tokens, arrays.loss_mask, np.asarray(arrays.segment_lengths), np.asarray(arrays.row_segments))
+    found = []
+    control = ControlIds.of(dataset["tokenizer"].get("special_ids", {}), config.get("template"))
+    if control is not None:
+        found += check_control_tokens(*rows, control=control, mask=config.get("mask"))
+    markers = ChatMarkers.of(dataset["tokenizer"].get("chat_markers"), config.get("template"))
+    if markers is not None and config.get("mask") == "assistant_only":
+        found += check_chat_turns(*rows, markers=markers, unprompted=config.get("unprompted", "keep"))
+    return found
+
+
 def _check_rows(report: Report, shard_dir: str, arrays: ShardArrays, manifest: dict[str, Any],
                 dataset: dict[str, Any], first_chunk: int) -> None:
     special = dataset["tokenizer"].get("special_ids", {})
@@ -199,18 +214,8 @@ def _check_rows(report: Report, shard_dir: str, arrays: ShardArrays, manifest: d
         chunk = None if v.row is None else first_chunk + v.row
         file = v.array if arrays.segment_lengths is not None else PARQUET_FILE
         report.problems.append(Problem(f"{shard_dir}/{file}", v.message, v.row, chunk))
-    control = ControlIds.of(special, dataset["config"].get("template"))
-    if control is not None and arrays.segment_lengths is not None and not report.problems:
-        for v in check_control_tokens(arrays.tokens, arrays.loss_mask, np.asarray(arrays.segment_lengths),
-                                      np.asarray(arrays.row_segments), control=control, mask=dataset["config"].get("mask")):
-            chunk = None if v.row is None else first_chunk + v.row
-            report.problems.append(Problem(f"{shard_dir}/{v.array}", v.message, v.row, chunk))
-    markers = ChatMarkers.of(dataset["tokenizer"].get("chat_markers"), dataset["config"].get("template"))
-    if (markers is not None and dataset["config"].get("mask") == "assistant_only"
-            and arrays.segment_lengths is not None and not report.problems):
-        for v in check_chat_turns(arrays.tokens, arrays.loss_mask, np.asarray(arrays.segment_lengths),
-                                  np.asarray(arrays.row_segments), markers=markers,
-                                  unprompted=dataset["config"].get("unprompted", "keep")):
+    if arrays.segment_lengths is not None and not report.problems:
+        for v in _format_checks(arrays, dataset):
             chunk = None if v.row is None else first_chunk + v.row
             report.problems.append(Problem(f"{shard_dir}/{v.array}", v.message, v.row, chunk))
     counters = manifest.get("counters", {})

@@ -16,6 +16,8 @@ fault must not print a million lines: each kind of violation names its first row
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,12 +199,20 @@ def check_control_tokens(
     token inside an assistant message, from content such as "hi <|user|> there", would be).
     Offsets must already be valid (`check_offsets`). Rows are read in blocks.
     """
+    check = functools.partial(_control_block, control=control, mask=mask)
+    return _in_blocks(check, tokens, loss_mask, segment_lengths, row_segments)
+
+
+def _in_blocks(check: Callable[..., list[Violation]], tokens: np.ndarray, loss_mask: np.ndarray,
+               segment_lengths: np.ndarray, row_segments: np.ndarray) -> list[Violation]:
+    """`check(tokens, loss_mask, segment_lengths, row_segments)` on blocks of BLOCK_ROWS rows (memory stays
+    bounded on memory-mapped shards); the rows of its violations are shard rows."""
     found = []
     for begin in range(0, len(tokens), BLOCK_ROWS):
         end = min(begin + BLOCK_ROWS, len(tokens))
         lo, hi = int(row_segments[begin]), int(row_segments[end])
-        for v in _control_block(np.asarray(tokens[begin:end]), np.asarray(loss_mask[begin:end]),
-                                segment_lengths[lo:hi], row_segments[begin : end + 1] - lo, control, mask):
+        for v in check(np.asarray(tokens[begin:end]), np.asarray(loss_mask[begin:end]),
+                       segment_lengths[lo:hi], row_segments[begin : end + 1] - lo):
             found.append(Violation(v.array, None if v.row is None else begin + v.row, v.message))
     return found
 
@@ -273,14 +283,8 @@ def check_chat_turns(
     trained (a fake assistant turn inside a user content, whose tokens are not). Assistant turns before any
     user message of the segment are exempt under `--unprompted mask`. Offsets must be valid (`check_offsets`).
     """
-    found = []
-    for begin in range(0, len(tokens), BLOCK_ROWS):
-        end = min(begin + BLOCK_ROWS, len(tokens))
-        lo, hi = int(row_segments[begin]), int(row_segments[end])
-        for v in _chat_block(np.asarray(tokens[begin:end]), np.asarray(loss_mask[begin:end]),
-                             segment_lengths[lo:hi], row_segments[begin : end + 1] - lo, markers, unprompted):
-            found.append(Violation(v.array, None if v.row is None else begin + v.row, v.message))
-    return found
+    check = functools.partial(_chat_block, markers=markers, unprompted=unprompted)
+    return _in_blocks(check, tokens, loss_mask, segment_lengths, row_segments)
 
 
 def _chat_block(tokens: np.ndarray, loss_mask: np.ndarray, segment_lengths: np.ndarray,
