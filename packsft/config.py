@@ -6,6 +6,7 @@ The resolved configuration is stored in `dataset.json`, so an output always says
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,11 @@ DEFAULT_MAX_REJECT_FRACTION = 0.1
 # Each option's values are written once, as a Literal type the type checker enforces; the tuples the
 # CLI offers and __post_init__ checks are read from them.
 Format = Literal["conversation", "text"]
-InputFormat = Literal["auto", "smoltalk", "sharegpt", "openai", "text"]
+InputFormat = Literal["auto", "smoltalk", "sharegpt", "openai", "prompt_completion", "alpaca", "text"]
 Template = Literal["roles", "chat"]
+# Which assistant turns train, and as what (see chat_template.py): the one rendering of the conversation,
+# only its last turn, or each turn as the model produces it at inference.
+Turns = Literal["rendered", "last", "inference"]
 Mask = Literal["all", "assistant_only"]
 Strategy = Literal["linear", "aligned", "bestfit"]
 LongPolicy = Literal["split", "truncate", "drop"]
@@ -45,6 +49,7 @@ LONG_POLICIES: tuple[LongPolicy, ...] = get_args(LongPolicy)
 UNPROMPTED_POLICIES: tuple[Unprompted, ...] = get_args(Unprompted)
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
 ENCODERS: tuple[Encoder, ...] = get_args(Encoder)
+TURNS: tuple[Turns, ...] = get_args(Turns)
 
 # Conversations longer than a row: bestfit splits them (nothing lost); aligned keeps the seed's
 # truncation so that its figures stay comparable with the seed notebook.
@@ -62,6 +67,10 @@ class PackConfig:
     input_format: InputFormat = "auto"
     role_map: str | None = None  # "from=to,..." added to records.ROLE_ALIASES
     template: Template = "roles"
+    # JSON object passed to the chat template for every record (`enable_thinking`, ...); a record's own
+    # `chat_template_kwargs` win.
+    template_kwargs: str | None = None
+    turns: Turns = "rendered"
     mask: Mask = "assistant_only"
     strategy: Strategy = "bestfit"
     seq_length: int = DEFAULT_SEQ_LENGTH
@@ -98,6 +107,7 @@ class PackConfig:
             "unprompted": UNPROMPTED_POLICIES,
             "output_format": OUTPUT_FORMATS,
             "encoder": ENCODERS,
+            "turns": TURNS,
         }
         for key, allowed in choices.items():
             value = getattr(self, key)
@@ -113,6 +123,8 @@ class PackConfig:
         if self.role_map is not None:
 
             parse_role_map(self.role_map)
+        if self.template_kwargs is not None:
+            self.template_kwargs_dict()
         if self.long is not None and self.long not in LONG_POLICIES:
             raise ConfigError(f"long = {self.long!r} is not one of {', '.join(LONG_POLICIES)}")
         if self.long is not None and self.strategy == "linear":
@@ -131,6 +143,21 @@ class PackConfig:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
             raise ConfigError(f"max_reject_fraction must be a number from 0 to 1, got {fraction!r}")
 
+    def template_kwargs_dict(self) -> dict[str, Any]:
+        """`template_kwargs` decoded (a TOML table may give it as a table, the CLI as JSON text)."""
+        value: Any = self.template_kwargs
+        if value is None:
+            return {}
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"template_kwargs is not valid JSON ({exc.msg}); "
+                                  """pass an object, e.g. '{"enable_thinking": false}'""") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"template_kwargs must be a JSON object, got {type(value).__name__}")
+        return value
+
     @property
     def long_policy(self) -> LongPolicy | None:
         """The policy for conversations longer than a row, with the strategy's default filled in."""
@@ -148,9 +175,21 @@ CONFIG_KEYS = frozenset(f.name for f in dataclasses.fields(PackConfig))
 BYTES_NEUTRAL_KEYS = frozenset(f.name for f in dataclasses.fields(PackConfig) if not f.compare)
 
 
+# Keys added after outputs existed, with the value that reproduces those outputs: left out of a config's
+# bytes while at that value, so units packed before the key existed keep their fingerprints.
+LATER_KEYS: dict[str, Any] = {"template_kwargs": None, "turns": "rendered"}
+# Bumped when the chat path's rows change for the same input (2: masks from the generation prompt, tools,
+# reasoning, template kwargs), so chat units of an older packsft are packed again instead of resumed.
+CHAT_RENDERING = 2
+
+
 def bytes_config(config: dict[str, Any]) -> dict[str, Any]:
     """A resolved config (PackConfig.to_dict()) without the keys that never change the output bytes."""
-    return {key: value for key, value in config.items() if key not in BYTES_NEUTRAL_KEYS}
+    kept = {key: value for key, value in config.items()
+            if key not in BYTES_NEUTRAL_KEYS and not (key in LATER_KEYS and value == LATER_KEYS[key])}
+    if kept.get("template") == "chat":
+        kept["chat_rendering"] = CHAT_RENDERING
+    return kept
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Where the records are: the DATA arguments of `pack` (folders, globs, files, URLs) -> sorted input files.
 
-    packsft pack data/ OUT                      every *.parquet|*.jsonl|*.jsonl.gz under data/, recursively
+    packsft pack data/ OUT                      every *.parquet|*.jsonl[.gz]|*.json[.gz] under data/, recursively
     packsft pack 'data/**/train-*.parquet' OUT  a glob, expanded by packsft (quote it; ** recurses)
     packsft pack a.parquet b/ c.jsonl OUT       several arguments: one list, each file once
     packsft pack s3://bucket/prefix OUT         hf://, s3://, gs://, ... through fsspec and its backends
@@ -29,6 +29,12 @@ from packsft.errors import InputError
 Location = Path | str  # a local file, or the URL of a remote one
 PARQUET_SUFFIX = ".parquet"
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+JSON_SUFFIXES = (".json", ".json.gz")  # JSON Lines, or one array of records (ShareGPT, LLaMA-Factory)
+# JSON files a dataset folder holds besides its records (Hugging Face, LLaMA-Factory, packsft's own outputs):
+# skipped when a folder is walked; name one explicitly to read it.
+METADATA_JSON = frozenset({"dataset_info.json", "dataset_dict.json", "state.json", "dataset.json", "plan.json",
+                           "manifest.json", "config.json", "tokenizer.json", "tokenizer_config.json",
+                           "special_tokens_map.json", "generation_config.json", "vocab.json"})
 GLOB_CHARS = frozenset("*?[")
 # The package that gives fsspec each common scheme, for the error when it is missing.
 SCHEME_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "hf": "huggingface_hub",
@@ -46,7 +52,12 @@ class InputListing:
 
 
 def is_input_name(name: str) -> bool:
-    return name.endswith(PARQUET_SUFFIX) or name.endswith(JSONL_SUFFIXES)
+    return name.endswith(PARQUET_SUFFIX) or name.endswith(JSONL_SUFFIXES) or name.endswith(JSON_SUFFIXES)
+
+
+def is_walked_input(name: str) -> bool:
+    """An input file a folder walk picks up: any input name but a dataset's metadata JSON."""
+    return is_input_name(name) and name.rsplit("/", 1)[-1] not in METADATA_JSON
 
 
 def is_url(text: str | Path) -> bool:
@@ -68,7 +79,7 @@ def list_inputs(data: str | Path | Sequence[str | Path]) -> InputListing:
     nothing is an error naming it."""
     specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
     if not specs:
-        raise InputError("no input given. Pass a folder, a glob, files or URLs of *.parquet or *.jsonl[.gz]")
+        raise InputError("no input given. Pass a folder, a glob, files or URLs of *.parquet, *.jsonl[.gz] or *.json[.gz]")
     remote = [is_url(spec) for spec in specs]
     if any(remote) and not all(remote):
         raise InputError(f"{', '.join(specs)}: mixes local paths and URLs; pack them in separate runs")
@@ -102,17 +113,17 @@ def _local_files(spec: str) -> tuple[str, list[Path]]:
         matches = sorted(glob.glob(spec, recursive=True))
         files = [file for m in map(Path, matches) for file in (_walk(m) if m.is_dir() else [m]) if _is_input(file)]
         if not files:
-            raise InputError(f"{spec}: the pattern matches no *.parquet, *.jsonl or *.jsonl.gz files")
+            raise InputError(f"{spec}: the pattern matches no *.parquet, *.jsonl[.gz] or *.json[.gz] files")
         return str(prefix), files
     if not path.exists():
         raise InputError(f"{spec}: no such file or folder. Pass the folder that holds your *.parquet files")
     if path.is_file():
         if not is_input_name(path.name):
-            raise InputError(f"{spec}: not a *.parquet, *.jsonl or *.jsonl.gz file")
+            raise InputError(f"{spec}: not a *.parquet, *.jsonl[.gz] or *.json[.gz] file")
         return str(path.parent), [path]
     files = _walk(path)
     if not files:
-        raise InputError(f"{spec}: no parquet or JSON Lines files under it. Pass the folder that holds *.parquet or *.jsonl[.gz]")
+        raise InputError(f"{spec}: no parquet or JSON Lines files under it. Pass the folder that holds *.parquet, *.jsonl[.gz] or *.json[.gz]")
     return spec, files
 
 
@@ -127,7 +138,7 @@ def _until_magic(parts: tuple[str, ...]) -> list[str]:
 
 
 def _walk(folder: Path) -> list[Path]:
-    return [path for path in folder.rglob("*") if _is_input(path)]
+    return [path for path in folder.rglob("*") if _is_input(path) and is_walked_input(path.name)]
 
 
 def _is_input(path: Path) -> bool:
@@ -165,9 +176,9 @@ def _remote_files(spec: str) -> tuple[str, list[str]]:
             raise InputError(f"{spec}: no such file or folder")
     except OSError as exc:
         raise InputError(f"{spec}: cannot list ({exc})") from None
-    urls = [_url(fs, scheme, p) for p in sorted(paths) if is_input_name(p)]
+    urls = [_url(fs, scheme, p) for p in sorted(paths) if (is_input_name(p) if p == path else is_walked_input(p))]
     if not urls:
-        raise InputError(f"{spec}: no *.parquet, *.jsonl or *.jsonl.gz files there")
+        raise InputError(f"{spec}: no *.parquet, *.jsonl[.gz] or *.json[.gz] files there")
     return _url(fs, scheme, root.rstrip("/")), urls
 
 

@@ -1,22 +1,27 @@
-"""Read records from parquet and JSON Lines files, streaming (never a whole file in memory).
+"""Read records from parquet, JSON Lines and JSON array files, streaming (never a whole file in memory).
 
     input file (inputs.py lists them: folders, globs, URLs) -> list[Conversation] per batch (bad records -> RejectLedger)
 
-Input formats (`--input-format`), one record each:
+Input formats (`--input-format`; shapes.py turns one record into a conversation):
 
-    smoltalk  parquet (or JSONL)  messages:      [{role, content}, ...]   (+ source)
-    openai    JSON Lines (or pq)  messages:      [{role, content}, ...]   (the chat API shape)
-    sharegpt  either              conversations: [{from, value}, ...]     (human/gpt/system, aliases)
-    text      either              text:          "a document"
+    smoltalk           parquet (or JSON)  messages:      [{role, content, tool_calls?, ...}, ...]   (+ source, tools)
+    openai             JSON (or parquet)  messages:      [{role, content, ...}, ...]   (the chat API shape)
+    sharegpt           either             conversations: [{from, value}, ...]     (human/gpt/system/function_call/observation)
+    prompt_completion  either             prompt, completion (messages or text; TRL)
+    alpaca             either             instruction, input, output (+ system, history)
+    text               either             text:          "a document"
 
-`auto` decides per file from the parquet columns, or from the keys of the first JSON Lines record
-(`messages` -> smoltalk for parquet, openai for JSON Lines; `conversations` -> sharegpt; `text` ->
-text), and says what it chose. A conversation field held as a string (a parquet string column, or a
-string under the JSON Lines key) is JSON text, as many datasets store it: `'[{"role": "user", ...}]'`.
-It is decoded per record (text that is not JSON is a rejected record) and packs exactly as the same
-conversations stored as structs. `--format text` limits auto to `text`; `--format conversation` (the
-default) to the three conversation shapes. Rows are 0-based: a parquet row, or a JSON Lines line
-index (blank lines are skipped but keep their number, so row r is line r+1).
+`auto` decides per file from the parquet columns, or from the keys of the first JSON record
+(`messages` -> smoltalk for parquet, openai for JSON; `conversations` -> sharegpt; `prompt` and
+`completion` -> prompt_completion; `instruction` and `output` -> alpaca; `text` -> text), and says what
+it chose. A conversation field held as a string (a parquet string column, or a string under the JSON
+key) is JSON text, as many datasets store it: `'[{"role": "user", ...}]'`. It is decoded per record
+(text that is not JSON is a rejected record) and packs exactly as the same conversations stored as
+structs. `--format text` limits auto to `text`; `--format conversation` (the default) to the
+conversation shapes. JSON input is JSON Lines (`*.jsonl[.gz]`, one object per line) or, in `*.json[.gz]`,
+either that or one JSON array of objects (the raw shape of ShareGPT and LLaMA-Factory data), streamed
+object by object. Rows are 0-based: a parquet row, a JSON Lines line index (blank lines are skipped but
+keep their number, so row r is line r+1), or the index of an object in a JSON array.
 """
 
 from __future__ import annotations
@@ -34,20 +39,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from packsft.errors import InputError
-from packsft.inputs import Location, file_info, location_name, open_binary
-from packsft.records import (
-    ROLE_ALIASES,
-    Conversation,
-    RecordRejected,
-    RejectLedger,
-    validate_messages,
-    validate_text,
-)
+from packsft.inputs import JSON_SUFFIXES, Location, file_info, location_name, open_binary
+from packsft.records import ROLE_ALIASES, Conversation, RecordRejected, RejectLedger
+from packsft.shapes import OPTIONAL, REQUIRED, to_conversation
 
-# The field each input format reads, and the keys of one message in it.
-FIELD = {"smoltalk": "messages", "openai": "messages", "sharegpt": "conversations", "text": "text"}
-MESSAGE_KEYS = {"smoltalk": ("role", "content"), "openai": ("role", "content"), "sharegpt": ("from", "value")}
+# The field each input format is detected by (and whose JSON text decides `json_text`).
+FIELD = {shape: fields[0] for shape, fields in REQUIRED.items()}
 SOURCE_COLUMN = "source"
+# What `auto` looks for, in order: the first shape whose fields a file has.
+DETECT = (("messages", ("messages",)), ("sharegpt", ("conversations",)), ("prompt_completion", ("prompt", "completion")),
+          ("alpaca", ("instruction", "output")))
 
 
 @dataclass
@@ -55,13 +56,14 @@ class InputFile:
     """An opened, schema-checked input file and the input format chosen for it."""
 
     path: Location
-    input_format: str  # smoltalk | sharegpt | openai | text
+    input_format: str  # smoltalk | sharegpt | openai | prompt_completion | alpaca | text
     detected: str | None  # why auto chose it ("'messages' column"), None when given explicitly
     parquet: pq.ParquetFile | None = None
     has_source: bool = False
     rows_read: int = 0  # JSON Lines row count is only known once read
     role_aliases: Mapping[str, str] = field(default_factory=lambda: ROLE_ALIASES)
     json_text: bool = False  # the conversations are JSON text in a string column/key, parsed per record
+    columns: tuple[str, ...] = ()  # parquet: the columns the shape reads that the file has
 
     @property
     def column(self) -> str:
@@ -98,15 +100,17 @@ def open_input(
             raise InputError(f"{path}: not a readable parquet file ({_first_line(exc)})") from None
         chosen, why = _choose(path, schema.names, "column", data_format, input_format, jsonl=False)
         column_type = schema.field(FIELD[chosen]).type
-        json_text = chosen != "text" and (pa.types.is_string(column_type) or pa.types.is_large_string(column_type))
+        json_text = chosen not in ("text", "prompt_completion", "alpaca") and (
+            pa.types.is_string(column_type) or pa.types.is_large_string(column_type))
+        columns = tuple(name for name in REQUIRED[chosen] + OPTIONAL[chosen] if name in schema.names)
         return InputFile(path, chosen, _json_why(why, json_text), parquet, SOURCE_COLUMN in schema.names,
-                         role_aliases=role_aliases, json_text=json_text)
+                         role_aliases=role_aliases, json_text=json_text, columns=columns)
     first = _first_record(path)
     if not isinstance(first, dict):
         raise InputError(f"{path}: the first record is not a JSON object (got {type(first).__name__}); "
-                         "JSON Lines input holds one object per line")
+                         "JSON input holds one object per line, or one array of objects")
     chosen, why = _choose(path, list(first), "key", data_format, input_format, jsonl=True)
-    json_text = chosen != "text" and isinstance(first[FIELD[chosen]], str)
+    json_text = chosen not in ("text", "prompt_completion", "alpaca") and isinstance(first[FIELD[chosen]], str)
     return InputFile(path, chosen, _json_why(why, json_text), role_aliases=role_aliases, json_text=json_text)
 
 
@@ -117,20 +121,23 @@ def _json_why(why: str | None, json_text: bool) -> str | None:
 def _choose(path: Location, names: list[str], kind: str, data_format: str, input_format: str, *, jsonl: bool):
     found = f"({kind}s found: {', '.join(names) or 'none'})"
     if input_format != "auto":
-        if FIELD[input_format] not in names:
-            raise InputError(f"{path}: no {FIELD[input_format]!r} {kind} for --input-format {input_format} {found}")
+        missing = [name for name in REQUIRED[input_format] if name not in names]
+        if missing:
+            raise InputError(f"{path}: no {missing[0]!r} {kind} for --input-format {input_format} {found}")
         return input_format, None
     if data_format == "text":
         if "text" not in names:
             hint = "; use --format conversation" if {"messages", "conversations"} & set(names) else ""
             raise InputError(f"{path}: no 'text' {kind} for --format text {found}{hint}")
         return "text", f"'text' {kind}"
-    if "messages" in names:
-        return ("openai" if jsonl else "smoltalk"), f"'messages' {kind}"
-    if "conversations" in names:
-        return "sharegpt", f"'conversations' {kind}"
+    for shape, needed in DETECT:
+        if all(name in names for name in needed):
+            if shape == "messages":
+                shape = "openai" if jsonl else "smoltalk"
+            return shape, " and ".join(f"'{name}'" for name in needed) + f" {kind}{'s' if len(needed) > 1 else ''}"
     hint = "; use --format text" if "text" in names else ""
-    raise InputError(f"{path}: no 'messages' or 'conversations' {kind} for --format conversation {found}{hint}")
+    raise InputError(f"{path}: no 'messages', 'conversations', 'prompt'+'completion' or 'instruction'+'output' "
+                     f"{kind} for --format conversation {found}{hint}")
 
 
 def _open_text(path: Location) -> IO[str]:
@@ -147,10 +154,14 @@ _READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
 
 
 def _json_lines(path: Location) -> Iterator[tuple[int, Any]]:
-    """(row, decoded record) for every non-blank line; an undecodable line is an error naming the file."""
+    """(row, decoded record) of every record of a JSON file: one per non-blank line, or the elements of one
+    top-level array (`*.json`); an undecodable line is an error naming the file."""
     row = 0
     try:
         with _open_text(path) as handle:
+            if location_name(path).endswith(JSON_SUFFIXES) and _starts_array(handle):
+                yield from _json_array(path, handle)
+                return
             for row, line in enumerate(handle):
                 if not line.strip():
                     continue
@@ -163,22 +174,88 @@ def _json_lines(path: Location) -> Iterator[tuple[int, Any]]:
         raise InputError(f"{path}: not a readable {what}, failed near line {row + 1} ({_first_line(exc)})") from None
 
 
+JSON_CHUNK_CHARS = 1 << 20  # a JSON array is read this much at a time, never whole
+_JSON = json.JSONDecoder()
+_SPACE = " \t\n\r"
+
+
+def _starts_array(handle: IO[str]) -> bool:
+    """Whether the file's first non-blank character opens an array (the handle is rewound)."""
+    while True:
+        chunk = handle.read(4096)
+        if not chunk:
+            handle.seek(0)
+            return False
+        stripped = chunk.lstrip(_SPACE + "\ufeff")
+        if stripped:
+            handle.seek(0)
+            return stripped[0] == "["
+
+
+class _ArrayReader:
+    """The elements of a file holding one JSON array, decoded one by one from a bounded buffer."""
+
+    def __init__(self, path: Location, handle: IO[str]) -> None:
+        self.path, self.handle = path, handle
+        self.buffer, self.pos, self.done = "", 0, False
+
+    def _refill(self) -> None:
+        more = self.handle.read(JSON_CHUNK_CHARS)
+        self.buffer, self.pos, self.done = self.buffer[self.pos:] + more, 0, not more
+
+    def _next_char(self) -> str:
+        """The next non-blank character (not consumed); "" at the end of the file."""
+        while True:
+            while self.pos < len(self.buffer) and self.buffer[self.pos] in _SPACE:
+                self.pos += 1
+            if self.pos < len(self.buffer):
+                return self.buffer[self.pos]
+            if self.done:
+                return ""
+            self._refill()
+
+    def elements(self) -> Iterator[tuple[int, Any]]:
+        self._refill()
+        self.buffer = self.buffer.lstrip("\ufeff")
+        self._next_char()
+        self.pos += 1  # the "[" that _starts_array saw
+        if self._next_char() == "]":
+            return
+        index = 0
+        while True:
+            yield index, self._decode(index)
+            index += 1
+            char = self._next_char()
+            if char == "]":
+                return
+            if char != ",":
+                raise InputError(f"{self.path}: the JSON array is not closed after element {index - 1} "
+                                 "(expected ',' or ']'); the file may be cut off")
+            self.pos += 1
+            self._next_char()
+
+    def _decode(self, index: int) -> Any:
+        while True:
+            try:
+                value, end = _JSON.raw_decode(self.buffer, self.pos)
+                if end < len(self.buffer) or self.done:  # a value at the very end may continue in the next chunk
+                    self.pos = end
+                    return value
+            except json.JSONDecodeError as exc:
+                if self.done:
+                    raise InputError(f"{self.path}: element {index} of the JSON array is not valid JSON "
+                                     f"({exc.msg})") from None
+            self._refill()
+
+
+def _json_array(path: Location, handle: IO[str]) -> Iterator[tuple[int, Any]]:
+    return _ArrayReader(path, handle).elements()
+
+
 def _first_record(path: Location) -> Any:
     for _, record in _json_lines(path):
         return record
     raise InputError(f"{path}: no records (only blank lines)")
-
-
-def _validator(source: InputFile):
-    if source.input_format == "text":
-        return validate_text
-    role_key, content_key = MESSAGE_KEYS[source.input_format]
-
-    def validate(raw: Any) -> tuple[tuple[str, str], ...]:
-        return validate_messages(raw, source.role_aliases, field=source.column, role_key=role_key,
-                                 content_key=content_key)
-
-    return validate
 
 
 def read_conversations(
@@ -196,7 +273,7 @@ def read_conversations(
     `row_groups` = [start, stop) reads only those parquet row groups; row numbers stay those of the file.
     """
     name = display_name or str(source.path)
-    validate = _validator(source)
+    structs = source.parquet is not None
     batch: list[Conversation] = []
     filtered = 0
     for row, value, origin in _raw_records(source, name, batch_size, row_groups):
@@ -207,7 +284,8 @@ def read_conversations(
             try:
                 if isinstance(value, _BadRecord):
                     raise RecordRejected(value.reason)
-                batch.append(Conversation(validate(value), origin, name, row))
+                messages, extras = to_conversation(source.input_format, value, source.role_aliases, structs=structs)
+                batch.append(Conversation(messages, origin, name, row, extras))
             except RecordRejected as bad:
                 rejects.reject(name, row, bad.reason, value.record if isinstance(value, _BadRecord) else value)
         if len(batch) + filtered >= batch_size:
@@ -228,47 +306,35 @@ class _BadRecord:
 def _raw_records(
     source: InputFile, name: str, batch_size: int, row_groups: tuple[int, int] | None = None
 ) -> Iterator[tuple[int, Any, Any]]:
-    """(row, field value, source value) of every record, parquet or JSON Lines."""
-    column = source.column
+    """(row, record as a mapping of the fields its shape reads, source value) of every record, parquet or JSON."""
     if source.parquet is not None:
-        columns = [column] + ([SOURCE_COLUMN] if source.has_source else [])
+        columns = list(source.columns) + ([SOURCE_COLUMN] if source.has_source else [])
         metadata = source.parquet.metadata
         start, stop = row_groups if row_groups is not None else (0, metadata.num_row_groups)
         row = sum(metadata.row_group(i).num_rows for i in range(start))
         groups = list(range(start, stop))
         try:
             for batch in source.parquet.iter_batches(batch_size=batch_size, columns=columns, row_groups=groups):
-                values = batch.column(column).to_pylist()
-                if source.json_text:
-                    values = [_parse_json_text(value, column) for value in values]
-                origins = batch.column(SOURCE_COLUMN).to_pylist() if source.has_source else [None] * len(values)
-                for value, origin in zip(values, origins):
-                    yield row, value, origin
+                values = {column: batch.column(column).to_pylist() for column in source.columns}
+                origins = batch.column(SOURCE_COLUMN).to_pylist() if source.has_source else [None] * batch.num_rows
+                for i, origin in enumerate(origins):
+                    yield row, {column: values[column][i] for column in source.columns}, origin
                     row += 1
         except (pa.ArrowException, OSError) as exc:
             raise InputError(f"{name}: failed while reading row {row} ({_first_line(exc)})") from None
         return
     if row_groups is not None:
-        raise InputError(f"{name}: JSON Lines files have no row groups; they are read whole")
+        raise InputError(f"{name}: JSON files have no row groups; they are read whole")
     for row, record in _json_lines(source.path):
         if not isinstance(record, dict):
             yield row, _BadRecord(f"record is not a JSON object (got {type(record).__name__})", record), None
-        elif column not in record:
-            yield row, _BadRecord(f"record has no {column!r} field", record), None
+            continue
+        missing = [key for key in REQUIRED[source.input_format] if key not in record]
+        if missing:
+            yield row, _BadRecord(f"record has no {missing[0]!r} field", record), None
         else:
             origin = record.get(SOURCE_COLUMN)
-            value = _parse_json_text(record[column], column) if source.json_text else record[column]
-            yield row, value, origin if isinstance(origin, str) else None
-
-
-def _parse_json_text(value: Any, column: str) -> Any:
-    """A conversation stored as JSON text, decoded; text that is not JSON becomes a rejected record."""
-    if not isinstance(value, str):
-        return value  # null, or already structured: validation says what is wrong with it
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as exc:
-        return _BadRecord(f"{column} is not valid JSON (got {exc.msg} at character {exc.pos})", value)
+            yield row, record, origin if isinstance(origin, str) else None
 
 
 def _first_line(exc: BaseException) -> str:

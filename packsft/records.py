@@ -3,6 +3,19 @@
 Every record is validated before rendering. A bad record is never a crash and never silently
 dropped: it is counted by reason and listed in `rejects.jsonl` (or, with --strict, stops the job
 with `file:row: reason`).
+
+A conversation is its (role, content) pairs, which every renderer and the packer read, plus
+`ChatExtras` where the record has more than that (agentic and reasoning data):
+
+    message  role, content          -> messages[i] = (role, content); text parts joined with "\n"
+             tool_calls             -> extras.fields[i]["tool_calls"]   (OpenAI shape; arguments as given)
+             tool_call_id, name, .. -> extras.fields[i][...]            (any field packsft does not know, unchanged)
+             reasoning_content      -> extras.fields[i]["reasoning_content"] (also read from reasoning, thinking)
+             weight 0/1, training   -> extras.train[i]                  (False: context only, never trained)
+    record   tools                  -> extras.tools                      (a list; JSON text is decoded)
+             chat_template_kwargs   -> extras.template_kwargs            (a mapping; JSON text is decoded)
+
+Roles are normalised: tool results (`tool`, `ipython`, `function`, `observation`) are TOOL.
 """
 
 from __future__ import annotations
@@ -15,8 +28,8 @@ from typing import Any
 
 from packsft.errors import BadRecordError, ConfigError
 
-SYSTEM, USER, ASSISTANT, TEXT = "system", "user", "assistant", "text"
-ROLES = (SYSTEM, USER, ASSISTANT)
+SYSTEM, USER, ASSISTANT, TOOL, TEXT = "system", "user", "assistant", "tool", "text"
+ROLES = (SYSTEM, USER, ASSISTANT, TOOL)
 
 # Role names seen in public chat datasets, normalised to ours. `--role-map` extends this table.
 ROLE_ALIASES = {
@@ -32,19 +45,90 @@ ROLE_ALIASES = {
     "bot": ASSISTANT,
     "prompter": USER,
     "developer": SYSTEM,
+    "tool": TOOL,
+    "ipython": TOOL,
+    "function": TOOL,
+    "observation": TOOL,
 }
+# ShareGPT's tool call turn (LLaMA-Factory): its value is the JSON of {"name", "arguments"} (or a list of them).
+FUNCTION_CALL_ROLE = "function_call"
+# The fields a reasoning trace comes in; templates read `reasoning_content` (Qwen3, DeepSeek), so a trace
+# under another name is also given to them under that one.
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+# Per-message train flags: OpenAI's fine-tuning `weight` (0 or 1) and axolotl's `training` (bool).
+TRAIN_KEYS = ("weight", "training")
+# Text parts are joined as vLLM serves them (one string, parts separated by a newline).
+PART_SEPARATOR = "\n"
 
 EXCERPT_CHARS = 160
 
 
 @dataclass(frozen=True, slots=True)
+class ChatExtras:
+    """What a record holds besides (role, content): per-message template fields and train flags, tools,
+    template kwargs. Only records that have any of these carry it (plain chats stay as cheap as before)."""
+
+    fields: tuple[Mapping[str, Any] | None, ...] = ()  # per message: passed to the chat template as given
+    train: tuple[bool | None, ...] = ()  # per message: False never trains it; None follows --mask
+    tools: list[Any] | None = None
+    template_kwargs: Mapping[str, Any] | None = None
+
+    def field(self, index: int, key: str) -> Any:
+        fields = self.fields[index] if index < len(self.fields) else None
+        return None if fields is None else fields.get(key)
+
+    def trains(self, index: int) -> bool:
+        """False where the record says this message is context only (weight 0, training false)."""
+        return not self.train or index >= len(self.train) or self.train[index] is not False
+
+
+@dataclass(frozen=True, slots=True)
 class Conversation:
-    """One validated record: a tuple of (role, content) messages, or one TEXT message for documents."""
+    """One validated record: a tuple of (role, content) messages, or TEXT messages for documents (a plain
+    prompt-completion row is two: the prompt, never trained, and the completion)."""
 
     messages: tuple[tuple[str, str], ...]
     source: str | None = None
     file: str = ""
     row: int = 0
+    extras: ChatExtras | None = None
+
+    def chat_messages(self) -> list[dict[str, Any]]:
+        """The messages as a chat template reads them (`apply_chat_template(messages)`)."""
+        out = []
+        for index, (role, content) in enumerate(self.messages):
+            message: dict[str, Any] = {"role": role, "content": content}
+            fields = self.extras.fields[index] if self.extras and index < len(self.extras.fields) else None
+            if fields:
+                message.update(fields)
+            out.append(message)
+        return out
+
+    def trains(self, index: int) -> bool:
+        return self.extras is None or self.extras.trains(index)
+
+    @property
+    def tools(self) -> list[Any] | None:
+        return self.extras.tools if self.extras else None
+
+    def template_kwargs(self, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """`--template-kwargs` overridden by the row's own `chat_template_kwargs`."""
+        own = self.extras.template_kwargs if self.extras else None
+        return {**(defaults or {}), **(own or {})}
+
+    def reasoning(self, index: int) -> str | None:
+        """The message's reasoning trace from its own field (not `<think>` inside its content)."""
+        if self.extras is None:
+            return None
+        for key in REASONING_KEYS:
+            value = self.extras.field(index, key)
+            if isinstance(value, str):
+                return value
+        return None
+
+    def tool_calls(self, index: int) -> list[Mapping[str, Any]]:
+        calls = self.extras.field(index, "tool_calls") if self.extras else None
+        return list(calls) if calls else []
 
 
 class RecordRejected(Exception):
@@ -79,7 +163,22 @@ def validate_messages(
     role_key: str = "role",
     content_key: str = "content",
 ) -> tuple[tuple[str, str], ...]:
-    """Check a raw message list and return normalised (role, content) pairs.
+    """Check a raw message list and return normalised (role, content) pairs (see `validate_chat`)."""
+    return validate_chat(raw, role_aliases, field=field, role_key=role_key, content_key=content_key)[0]
+
+
+ChatParts = tuple[tuple[tuple[str, str], ...], tuple[Mapping[str, Any] | None, ...], tuple[bool | None, ...]]
+
+
+def validate_chat(
+    raw: Any,
+    role_aliases: Mapping[str, str] = ROLE_ALIASES,
+    *,
+    field: str = "messages",
+    role_key: str = "role",
+    content_key: str = "content",
+) -> ChatParts:
+    """Check a raw message list: (role, content) pairs, per-message template fields, per-message train flags.
 
     Raises RecordRejected with a reason that names the message index. `field`, `role_key` and
     `content_key` name the ShareGPT shape (`conversations`, `from`, `value`) or the chat-API one.
@@ -90,27 +189,144 @@ def validate_messages(
         raise RecordRejected(f"{field} is not a list (got {type(raw).__name__})")
     if len(raw) == 0:
         raise RecordRejected("empty message list")
-    messages = []
+    messages, extra, train = [], [], []
     for index, message in enumerate(raw):
         if not isinstance(message, Mapping):
             raise RecordRejected(f"message {index} is not a mapping (got {type(message).__name__})")
-        role, content = message.get(role_key), message.get(content_key)
+        role = message.get(role_key)
         if role is None:
             raise RecordRejected(f"message {index} has no role")
         if not isinstance(role, str):
             raise RecordRejected(f"message {index} role is not a string (got {type(role).__name__})")
-        if content is None:
-            raise RecordRejected(f"message {index} has no content")
-        if not isinstance(content, str):
-            raise RecordRejected(f"message {index} content is not a string (got {type(content).__name__})")
-        normalised = role_aliases.get(role.strip().lower())
-        if normalised is None:
-            raise RecordRejected(f"message {index} has unknown role {role!r}")
-        if not _valid_unicode(content):
-            raise RecordRejected(f"message {index} content is not valid Unicode (a lone surrogate, from a JSON "
-                                 "\\ud800-\\udfff escape); no tokenizer can encode it unchanged")
+        fields = {key: value for key, value in message.items()
+                  if key not in (role_key, content_key) and value is not None}
+        if role.strip().lower() == FUNCTION_CALL_ROLE and role_key == "from":
+            normalised, content = ASSISTANT, ""
+            fields["tool_calls"] = _sharegpt_calls(index, message.get(content_key))
+        else:
+            normalised = role_aliases.get(role.strip().lower())
+            if normalised is None:
+                raise RecordRejected(f"message {index} has unknown role {role!r}")
+            content = _content(index, message.get(content_key), has_calls=bool(fields.get("tool_calls")))
+        train.append(_train_flag(index, fields))
+        if "tool_calls" in fields:
+            fields["tool_calls"] = validate_tool_calls(index, fields["tool_calls"])
+        reasoning = next((fields[key] for key in REASONING_KEYS if key in fields), None)
+        if reasoning is not None:
+            if not isinstance(reasoning, str):
+                raise RecordRejected(f"message {index} reasoning is not a string (got {type(reasoning).__name__})")
+            fields.setdefault("reasoning_content", reasoning)
+        for value in (content, reasoning):
+            if value is not None and not _valid_unicode(value):
+                raise RecordRejected(f"message {index} content is not valid Unicode (a lone surrogate, from a JSON "
+                                     "\\ud800-\\udfff escape); no tokenizer can encode it unchanged")
         messages.append((normalised, content))
-    return tuple(messages)
+        extra.append(fields or None)
+    return tuple(messages), tuple(extra), tuple(train)
+
+
+def _content(index: int, content: Any, *, has_calls: bool) -> str:
+    """A message's content as one string: text parts joined; null only where the message calls tools."""
+    if content is None:
+        if has_calls:
+            return ""  # OpenAI sends content null next to tool_calls; templates read it as text
+        raise RecordRejected(f"message {index} has no content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            text = part.get("text") if isinstance(part, Mapping) else None
+            if kind not in (None, "text", "input_text", "output_text") or not isinstance(text, str):
+                what = repr(kind) if kind is not None else f"a {type(part).__name__}"
+                raise RecordRejected(f"message {index} has a content part of type {what}; packsft packs text "
+                                     "only (drop or describe non-text parts upstream)")
+            texts.append(text)
+        return PART_SEPARATOR.join(texts)
+    raise RecordRejected(f"message {index} content is not a string (got {type(content).__name__})")
+
+
+def _train_flag(index: int, fields: dict[str, Any]) -> bool | None:
+    """The message's own train flag (`weight` 0/1 or `training`), removed from the template fields."""
+    flag = None
+    weight = fields.pop("weight", None)
+    if weight is not None:
+        if isinstance(weight, bool) or weight not in (0, 1):
+            raise RecordRejected(f"message {index} weight must be 0 or 1 (got {weight!r})")
+        flag = bool(weight)
+    training = fields.pop("training", None)
+    if training is not None:
+        if not isinstance(training, bool):
+            raise RecordRejected(f"message {index} training must be true or false (got {training!r})")
+        flag = training if flag is None else flag and training
+    return flag
+
+
+def validate_tool_calls(index: int, calls: Any) -> list[dict[str, Any]]:
+    """OpenAI tool calls (`[{type, id?, function: {name, arguments}}]`, or JSON text of that), checked.
+
+    `arguments` stays as given (JSON text or an object): templates print text as it is and objects with
+    `tojson`. Text that is not JSON is refused, as the model would learn to emit broken calls.
+    """
+    calls = parse_json_field(calls, f"message {index} tool_calls")
+    if isinstance(calls, Mapping):
+        calls = [calls]
+    if not isinstance(calls, (list, tuple)):
+        raise RecordRejected(f"message {index} tool_calls is not a list (got {type(calls).__name__})")
+    checked = []
+    for number, call in enumerate(calls):
+        if not isinstance(call, Mapping):
+            raise RecordRejected(f"message {index} tool call {number} is not a mapping (got {type(call).__name__})")
+        call = {key: value for key, value in call.items() if value is not None}
+        function = call.get("function", call)
+        if not isinstance(function, Mapping):
+            raise RecordRejected(f"message {index} tool call {number} function is not a mapping")
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise RecordRejected(f"message {index} tool call {number} has no function name")
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            try:
+                json.loads(arguments)
+            except json.JSONDecodeError as exc:
+                raise RecordRejected(f"message {index} tool call {number} arguments are not valid JSON "
+                                     f"({exc.msg} at character {exc.pos})") from None
+        checked.append(drop_nulls(call))
+    return checked
+
+
+def _sharegpt_calls(index: int, value: Any) -> list[dict[str, Any]]:
+    """ShareGPT's `function_call` turn: JSON text of {"name", "arguments"} (or a list of them), as OpenAI calls."""
+    calls = parse_json_field(value, f"message {index} function_call")
+    calls = calls if isinstance(calls, list) else [calls]
+    out = []
+    for call in calls:
+        if not isinstance(call, Mapping):
+            raise RecordRejected(f"message {index} function_call is not a JSON object")
+        arguments = call.get("arguments", {})
+        out.append({"type": "function", "function": {"name": call.get("name"), "arguments": arguments}})
+    return out
+
+
+def parse_json_field(value: Any, what: str) -> Any:
+    """A field that may come as JSON text (many datasets store tools, calls and kwargs so), decoded."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise RecordRejected(f"{what} is not valid JSON (got {exc.msg} at character {exc.pos})") from None
+
+
+def drop_nulls(value: Any) -> Any:
+    """Mappings without their null entries, recursively: a parquet struct column holds every field any row has,
+    null where a row has none, and a template would print those (`tojson`) as if the row had them."""
+    if isinstance(value, Mapping):
+        return {key: drop_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, (list, tuple)):
+        return [drop_nulls(item) for item in value]
+    return value
 
 
 def _valid_unicode(text: str) -> bool:

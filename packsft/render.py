@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from packsft.records import ASSISTANT, SYSTEM, TEXT, USER, Conversation
+from packsft.records import ASSISTANT, SYSTEM, TEXT, TOOL, USER, Conversation
 from packsft.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 
-ROLE_CODES = {SYSTEM: 0, USER: 1, ASSISTANT: 2, TEXT: 3}
-SYSTEM_CODE, USER_CODE, ASSISTANT_CODE, TEXT_CODE = 0, 1, 2, 3
+ROLE_CODES = {SYSTEM: 0, USER: 1, ASSISTANT: 2, TEXT: 3, TOOL: 4}
+SYSTEM_CODE, USER_CODE, ASSISTANT_CODE, TEXT_CODE, TOOL_CODE = 0, 1, 2, 3, 4
 
 
 @dataclass

@@ -1,0 +1,145 @@
+"""Record shapes: one input row (a parquet row or a JSON object) -> the parts of a `Conversation`.
+
+    smoltalk / openai   {"messages": [{role, content, tool_calls?, ...}], "tools"?, "chat_template_kwargs"?}
+    sharegpt            {"conversations": [{from, value}], "system"?, "tools"?}   (function_call / observation turns)
+    prompt_completion   {"prompt": [...] | "text", "completion": [...] | "text"}   (TRL; only the completion trains)
+    alpaca              {"instruction", "input"?, "output", "system"?, "history"?: [[user, assistant], ...]}
+    text                {"text": "a document"}
+
+Every shape may carry `tools` (a list, or JSON text of one) and `chat_template_kwargs` (a mapping, or JSON
+text); a field stored as JSON text is decoded per record, and text that is not JSON rejects the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from packsft.records import (
+    ASSISTANT,
+    SYSTEM,
+    TEXT,
+    USER,
+    ChatExtras,
+    RecordRejected,
+    drop_nulls,
+    parse_json_field,
+    validate_chat,
+    validate_text,
+)
+
+# The field(s) each input format needs, and the message keys of its conversation field.
+REQUIRED = {
+    "smoltalk": ("messages",),
+    "openai": ("messages",),
+    "sharegpt": ("conversations",),
+    "text": ("text",),
+    "prompt_completion": ("prompt", "completion"),
+    "alpaca": ("instruction", "output"),
+}
+MESSAGE_KEYS = {"sharegpt": ("from", "value")}
+TOOLS, KWARGS, SYSTEM_FIELD = "tools", "chat_template_kwargs", "system"
+# Fields a shape reads when present (parquet reads only these columns besides the required ones).
+OPTIONAL = {
+    "smoltalk": (TOOLS, KWARGS),
+    "openai": (TOOLS, KWARGS),
+    "sharegpt": (TOOLS, KWARGS, SYSTEM_FIELD),
+    "text": (),
+    "prompt_completion": (TOOLS, KWARGS),
+    "alpaca": ("input", SYSTEM_FIELD, "history", TOOLS, KWARGS),
+}
+Parts = tuple[tuple[tuple[str, str], ...], ChatExtras | None]
+
+
+def to_conversation(shape: str, record: Mapping[str, Any], aliases: Mapping[str, str], *, structs: bool = False) -> Parts:
+    """The (role, content) messages and extras of one record in `shape`; RecordRejected names what is wrong.
+
+    Args:
+        structs: the record comes from parquet struct columns, whose null fields mean "absent" (dropped).
+    """
+    if shape == "text":
+        return validate_text(record.get("text")), None
+    if shape == "prompt_completion":
+        messages, fields, train = _prompt_completion(record, aliases)
+    elif shape == "alpaca":
+        messages, fields, train = _alpaca(record)
+    else:
+        field = REQUIRED[shape][0]
+        role_key, content_key = MESSAGE_KEYS.get(shape, ("role", "content"))
+        value = parse_json_field(record.get(field), field)
+        messages, fields, train = validate_chat(value, aliases, field=field, role_key=role_key, content_key=content_key)
+        messages, fields, train = _with_system(record.get(SYSTEM_FIELD), messages, fields, train)
+    tools = _tools(record.get(TOOLS), structs)
+    kwargs = _kwargs(record.get(KWARGS))
+    if tools is None and kwargs is None and not any(fields) and not any(flag is not None for flag in train):
+        return messages, None
+    return messages, ChatExtras(fields, train, tools, kwargs)
+
+
+def _tools(value: Any, structs: bool) -> list[Any] | None:
+    tools = parse_json_field(value, TOOLS)
+    if tools is None:
+        return None
+    if not isinstance(tools, (list, tuple)):
+        raise RecordRejected(f"tools is not a list (got {type(tools).__name__})")
+    if not all(isinstance(tool, Mapping) for tool in tools):
+        raise RecordRejected("tools holds an entry that is not a mapping")
+    tools = [drop_nulls(tool) if structs else dict(tool) for tool in tools]
+    return tools or None
+
+
+def _kwargs(value: Any) -> dict[str, Any] | None:
+    kwargs = parse_json_field(value, KWARGS)
+    if kwargs is None:
+        return None
+    if not isinstance(kwargs, Mapping):
+        raise RecordRejected(f"chat_template_kwargs is not a mapping (got {type(kwargs).__name__})")
+    return drop_nulls(kwargs) or None
+
+
+def _with_system(system: Any, messages, fields, train):
+    """A record-level `system` (ShareGPT, Alpaca) as the first message, unless the conversation has its own."""
+    if system is None or system == "":
+        return messages, fields, train
+    if not isinstance(system, str):
+        raise RecordRejected(f"system is not a string (got {type(system).__name__})")
+    if messages and messages[0][0] == SYSTEM:
+        return messages, fields, train
+    return ((SYSTEM, system),) + messages, (None,) + fields, (None,) + train
+
+
+def _prompt_completion(record: Mapping[str, Any], aliases: Mapping[str, str]):
+    """TRL's prompt-completion row: the prompt is context, only the completion trains."""
+    prompt, completion = record.get("prompt"), record.get("completion")
+    if isinstance(prompt, str) and isinstance(completion, str):
+        (_, prompt_text), = validate_text(prompt) if prompt else ((TEXT, ""),)
+        (_, completion_text), = validate_text(completion)
+        return ((TEXT, prompt_text), (TEXT, completion_text)), (None, None), (False, None)
+    if isinstance(prompt, str) or isinstance(completion, str):
+        raise RecordRejected("prompt and completion must both be text or both be message lists")
+    head = validate_chat(parse_json_field(prompt, "prompt"), aliases, field="prompt")
+    tail = validate_chat(parse_json_field(completion, "completion"), aliases, field="completion")
+    return head[0] + tail[0], head[1] + tail[1], (False,) * len(head[0]) + tail[2]
+
+
+def _alpaca(record: Mapping[str, Any]):
+    """Alpaca as LLaMA-Factory reads it: history pairs, then instruction and input (joined by a newline) -> output."""
+    instruction, extra, output = record.get("instruction"), record.get("input"), record.get("output")
+    for name, value in (("instruction", instruction), ("output", output), ("input", extra)):
+        if value is not None and not isinstance(value, str):
+            raise RecordRejected(f"{name} is not a string (got {type(value).__name__})")
+    if not instruction and not extra:
+        raise RecordRejected("empty instruction")
+    if output is None:
+        raise RecordRejected("output is null")
+    chat: list[dict[str, Any]] = []
+    system = record.get(SYSTEM_FIELD)
+    if system:
+        chat.append({"role": SYSTEM, "content": system})
+    for turn in parse_json_field(record.get("history"), "history") or []:
+        if not isinstance(turn, (list, tuple)) or len(turn) != 2:
+            raise RecordRejected("history is not a list of [instruction, response] pairs")
+        chat += [{"role": USER, "content": turn[0]}, {"role": ASSISTANT, "content": turn[1]}]
+    chat += [{"role": USER, "content": "\n".join(text for text in (instruction, extra) if text)},
+             {"role": ASSISTANT, "content": output}]
+    return validate_chat(chat, field="alpaca")
