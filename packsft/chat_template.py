@@ -1,147 +1,288 @@
-"""Render conversations with the tokenizer's own chat template (`--template chat`) and mask by character spans.
+"""Render conversations with the tokenizer's own chat template (`--template chat`) and train what the model generates.
 
-Templates are not prefix-stable (qwen3 adds `<think>\\n\\n</think>\\n\\n` to the *last* assistant turn
-only), so masks come from the full rendering of each conversation:
+    rendering:  <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nYo<|im_end|>\n
+    message 0:  |<--------- header + content + end + separator -->|
+    message 1:                                 |<- generation prompt ->|<------- generated ------->|\n
+    flags:       0 ...                                               0 | 1 ...                     1 |0
 
-    rendered:  <|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\nYo<|im_end|>\\n
-    skeleton:  <|im_start|>user\\n\\ue0000\\ue001<|im_end|>\\n<|im_start|>assistant\\n<think>...\\n\\n\\ue0001\\ue001<|im_end|>\\n
-    message 0: |<--- header --->|Hi|<-eot->|\\n|            (span = header + content + eot + separator)
-    message 1:                                 |<|im_start|>assistant\\n<think>...|Yo|<|im_end|>|  tail: \\n
-    flags:      0 ...                    0 | 0  |0 ...                             0 |1 | 1       |  0
+1. Each record renders as `apply_chat_template(messages, tools=tools, **kwargs)` does, with its tools and
+   template kwargs (`--template-kwargs`, overridden by the row's own `chat_template_kwargs`), through
+   transformers' own jinja renderer (`render_jinja_template`).
+2. chat_layout.py finds, from the template's renderings of prefixes of the conversation, where each message
+   starts and what each assistant turn generates: everything after its generation prompt
+   (`add_generation_prompt=True` on the conversation before it), reasoning and tool calls included, through
+   its end-of-turn token. That span is trained (`mask="assistant_only"`), unless the message's own train flag
+   is off (`weight: 0`, `training: false`, a prompt-completion's prompt); system (and its tools block), user
+   and tool-result tokens never are. `mask="all"` trains every token after the head.
+3. The rendered texts are tokenized with character offsets and without added special tokens (the template
+   text already holds any BOS it wants): by the fast encoder where it is proven for this template
+   (`with_chat_path_proven`), else by the Rust tokenizer (chat_encode.py). Special-token strings inside the
+   record's own strings (contents, reasoning, arguments) are plain text, as `apply_chat_template(...,
+   sanitize_control_tokens=True)` makes them: a record cannot inject a control token.
 
-1. The skeleton renders the same roles with a placeholder per content (cached per role sequence); its
-   literal pieces around the placeholders locate each content in the real rendering. When the template
-   copies contents verbatim (the usual case) splicing the contents into the skeleton gives back the
-   rendering exactly; otherwise (a template that rewrites a content, e.g. strips it) the literal pieces
-   are matched in order and the content is what lies between them, as rendered.
-2. The rendered texts are tokenized with character offsets and without added special tokens (the template
-   text already holds any BOS it wants, `{{ bos_token }}`): by the fast encoder where it is proven for this
-   template (`with_chat_path_proven`, which also checks the renderer), else by the Rust tokenizer;
-   chat_encode.py does both, and keeps special-token strings from contents plain text.
-3. Train flags (`mask="assistant_only"`): tokens overlapping an assistant content span, plus its
-   end-of-turn tokens. End-of-turn rule: after the content, up to and including the first *special*
-   token (hf `added_tokens_decoder[id].special`) that the template emits before the next message's
-   content (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `</s>`). A template with no special token there
-   gets no end-of-turn flag. What follows (qwen3's `\\n`) is untrained: it stays in the message's span up
-   to the next message's first special token, or is the conversation's tail after the last message.
-   `mask="all"` trains every token after the head.
+`--turns`: `rendered` trains the one rendering; `last` only its final assistant turn; `inference` trains every
+assistant turn that the template renders otherwise in history (Qwen3 drops reasoning there) in a rendering of
+its own, where it is the last turn, after the history as the template shows it at inference (masked).
 
 Message spans are header + content + end-of-turn (+ separator), so split.py can cut at message boundaries; the
-conversation head is a leading BOS token when the rendering starts with one (empty for qwen3).
+conversation head is what precedes the first message (a BOS, a tools block the template opens with).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
 from packsft.chat_encode import RenderingEncoder
-from packsft.records import ASSISTANT, TEXT, USER, Conversation, RecordRejected
+from packsft.chat_layout import (
+    HOLE,
+    HOLE_PATTERN,
+    Layout,
+    Render,
+    SkeletonCache,
+    analyse,
+    protect,
+    shape_key,
+    skeleton,
+    splice,
+)
+from packsft.records import ASSISTANT, TEXT, USER, ChatExtras, Conversation, RecordRejected
 from packsft.render import ROLE_CODES, RenderedBatch, count_special_strings
+from packsft.stats import CHAT_TURN_COUNTERS
 from packsft.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 from packsft.tokenizer_cache import cache_key, read_entry, write_entry
 
-# Private-use characters: no template transforms them, no real content contains this pattern.
-PLACEHOLDER = "\ue000{index}\ue001"
+THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 
 class ChatRenderer:
-    """Caches what depends only on the tokenizer (skeletons per role sequence, special ids, the encoder).
+    """Renders and lays out records with one tokenizer's template; caches what depends only on the tokenizer
+    (special strings, the encoder, skeleton layouts per conversation shape, heads per tools and kwargs).
 
-    Renders with transformers' own jinja renderer (`render_jinja_template`, what `apply_chat_template`
-    calls) and the template kwargs transformers passes (its `special_tokens_map`), without loading the
-    transformers tokenizer: importing that imports torch (seconds per worker).
+    Renders with transformers' own jinja renderer (`render_jinja_template`, what `apply_chat_template` calls)
+    and the template kwargs transformers passes (its `special_tokens_map`), without loading the transformers
+    tokenizer: importing that imports torch (seconds per worker).
 
     Args:
         fast: encode renderings with the fast encoder (chat_encode.py); default: where it is in use.
+        template_kwargs: kwargs for every record (`--template-kwargs`); a record's own win.
     """
 
-    def __init__(self, tokenizer: PackTokenizer, fast: bool | None = None) -> None:
+    def __init__(self, tokenizer: PackTokenizer, fast: bool | None = None,
+                 template_kwargs: Mapping[str, Any] | None = None) -> None:
         self.tokenizer = tokenizer
         self.encoder = RenderingEncoder(tokenizer, fast)
         self.special_ids = self.encoder.special_ids
+        strings = sorted({tokenizer.backend.id_to_token(int(i)) for i in self.special_ids} - {None}, key=len, reverse=True)
+        self.specials = re.compile("|".join(map(re.escape, strings))) if strings else None
         bos = tokenizer.special_tokens_map.get("bos_token")
         self.bos_id = tokenizer.backend.token_to_id(bos) if isinstance(bos, str) else None
+        self.bos_token = bos if isinstance(bos, str) and self.bos_id is not None and self.bos_id in self.special_ids else None
         eos = tokenizer.special_tokens_map.get("eos_token")
         self.eos_token = eos if isinstance(eos, str) else tokenizer.backend.id_to_token(tokenizer.eos_id)
-        self.skeletons: dict[tuple[str, ...], list[str] | None] = {}
-        self._render = _jinja_renderer(tokenizer)
+        self.template_kwargs = dict(template_kwargs or {})
+        self.skeletons = SkeletonCache()
+        self.heads: dict[str, str | None] = {}
+        # turns_rewritten_in_history, reasoning_tokens_dropped, inference_*: present (0) in every chat unit
+        self.counts: Counter[str] = Counter(dict.fromkeys(CHAT_TURN_COUNTERS, 0))
+        self.inference_prefixes: set[int] = set()  # id() of records --turns inference added
+        self._jinja = _jinja_renderer(tokenizer)
+
+    # -- rendering -----------------------------------------------------------------------------------------------
+    def bind(self, tools: Any = None, kwargs: Mapping[str, Any] | None = None) -> Render:
+        """A function rendering messages (with or without the generation prompt) with these tools and kwargs."""
+        kwargs = dict(kwargs or {})
+        return lambda messages, prompt: self._jinja(messages, tools, prompt, kwargs)
+
+    def render_text(self, messages: Sequence[tuple[str, str]] | list[dict[str, Any]], tools: Any = None,
+                    kwargs: Mapping[str, Any] | None = None, add_generation_prompt: bool = False) -> str:
+        """The template's text for these messages; a template that raises rejects the record."""
+        chat = [m if isinstance(m, dict) else {"role": m[0], "content": m[1]} for m in messages]
+        try:
+            return self.bind(tools, kwargs)(chat, add_generation_prompt)
+        except Exception as exc:  # jinja's TemplateError from raise_exception(), or any template bug
+            raise RecordRejected(f"chat template refused the conversation: {_first_line(exc)}") from None
 
     def encode(self, texts: list[str], spans: list[list[tuple[int, int]]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Token ids and character offsets of each rendered text; special-token strings that came from
-        a message's content (inside `spans`) are ordinary text, the template's own stay special."""
+        the record (inside `spans`) are ordinary text, the template's own stay special."""
         return self.encoder.encode(texts, spans)
 
-    def render_text(self, messages: Sequence[tuple[str, str]]) -> str:
-        """The template's text for these messages; a template that raises rejects the record."""
+    # -- layout --------------------------------------------------------------------------------------------------
+    def layout(self, conv: Conversation) -> Layout:
+        """Where the record's messages and generated spans lie in its rendering (chat_layout.py)."""
+        messages, tools = conv.chat_messages(), conv.tools
+        kwargs = conv.template_kwargs(self.template_kwargs)
+        render = self.bind(tools, kwargs)
+        text = self.render_text(messages, tools, kwargs)
+        probe_key = shape_key([], tools, kwargs)
+        head = functools.partial(self._head_end, render, probe_key, messages[0]["role"])
+        prompt = self._generic_prompt(render, probe_key)
+        tools_special = tools is not None and self.specials is not None and bool(
+            self.specials.search(json.dumps(tools, ensure_ascii=False)))
+        if not tools_special:
+            holed, values = skeleton(messages)
+            found = self.skeletons.get(shape_key(holed, tools, kwargs),
+                                       functools.partial(_try_analyse, render, holed, self.specials, head, prompt))
+            spliced = splice(found, values, text) if found is not None else None
+            if spliced is not None:
+                return spliced
         try:
-            return self._render([{"role": role, "content": content} for role, content in messages])
-        except Exception as exc:  # jinja's TemplateError from raise_exception(), or any template bug
-            reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-            raise RecordRejected(f"chat template refused the conversation: {reason}") from None
+            if self.specials is None:
+                return analyse(render, messages, None, head, text, prompt)
+            holed, values = protect(messages, self.specials)
+            holed_tools = protect([{"tools": tools}], self.specials) if tools_special else None
+            if holed_tools is not None:  # special strings in tool descriptions: numbered after the messages'
+                shifted = json.loads(re.sub("\ue000(\\d+)\ue001", lambda m: HOLE.format(int(m.group(1)) + len(values)),
+                                            json.dumps(holed_tools[0][0]["tools"], ensure_ascii=False)))
+                values += holed_tools[1]
+                render = self.bind(shifted, kwargs)
+            if not values:
+                return analyse(render, messages, self.specials, head, text, prompt)
+            spliced = splice(analyse(render, holed, self.specials, head, None, prompt), values, text)
+        except RecordRejected:
+            raise
+        except Exception as exc:
+            raise RecordRejected(f"chat template refused a prefix of the conversation: {_first_line(exc)}") from None
+        if spliced is None:
+            raise RecordRejected("the chat template renders a special-token string inside the record differently "
+                                 "from plain text, so it cannot be kept plain text; remove it from the record")
+        return spliced
+
+    def _head_end(self, render: Render, key: str, first_role: str, text: str) -> int:
+        """Where the first message's own span starts: after a BOS and what the template puts before every first
+        message (a tools block, a default system message), found once per tools, kwargs and first role."""
+        key = f"{key}|{first_role}"
+        if key not in self.heads:
+            self.heads[key] = self._probe_head(render, first_role)
+        head = self.heads[key]
+        if head and text.startswith(head):
+            return len(head)
+        return len(self.bos_token) if self.bos_token and text.startswith(self.bos_token) else 0
+
+    def _generic_prompt(self, render: Render, key: str) -> str | None:
+        """The generation prompt after a one-message conversation (for a turn no conversation precedes)."""
+        key = f"{key}|prompt"
+        if key not in self.heads:
+            mark = HOLE.format(0)
+            try:
+                plain = render([{"role": USER, "content": mark}], False)
+                prompted = render([{"role": USER, "content": mark}], True)
+            except Exception:
+                plain = prompted = ""
+            self.heads[key] = prompted[len(plain):] if prompted.startswith(plain) and prompted != plain else None
+        return self.heads[key]
+
+    def _probe_head(self, render: Render, first_role: str) -> str | None:
+        mark = HOLE.format(0)
+        try:
+            probe = render([{"role": first_role, "content": mark}], False)
+            plain = render([{"role": USER, "content": mark}], False)
+            prompted = render([{"role": USER, "content": mark}], True)
+        except Exception:
+            return None
+        opener = self.specials.search(prompted, len(plain)) if self.specials and prompted.startswith(plain) else None
+        at = probe.find(mark)
+        head = probe.rfind(opener.group(), 0, at) if opener is not None and at >= 0 else -1
+        return probe[:head] if head > 0 else None
 
     def literals(self, roles: tuple[str, ...]) -> list[str] | None:
-        """The template text around each content: n+1 pieces, or None if a content is not rendered once."""
-        if roles not in self.skeletons:
-            skeleton = self.render_text([(role, PLACEHOLDER.format(index=i)) for i, role in enumerate(roles)])
-            pieces: list[str] = []
-            cursor = 0
-            for i in range(len(roles)):
-                mark = PLACEHOLDER.format(index=i)
-                at = skeleton.find(mark, cursor)
-                if at < 0 or skeleton.count(mark) != 1:
-                    break
-                pieces.append(skeleton[cursor:at])
-                cursor = at + len(mark)
-            self.skeletons[roles] = pieces + [skeleton[cursor:]] if len(pieces) == len(roles) else None
-        return self.skeletons[roles]
+        """The template text around each content of a conversation with these roles: n+1 pieces, or None where a
+        content is not rendered exactly once, in order."""
+        text = self.render_text([(role, HOLE.format(i)) for i, role in enumerate(roles)])
+        found = [int(m.group(1)) for m in HOLE_PATTERN.finditer(text)]
+        if found != list(range(len(roles))):
+            return None
+        return HOLE_PATTERN.split(text)[::2]
 
     def locate(self, messages: Sequence[tuple[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-        """Rendered text and the character span of every message's content in it."""
-        roles = tuple(role for role, _ in messages)
-        text = self.render_text(messages)
-        pieces = self.literals(roles)
-        if pieces is None:
-            raise RecordRejected("chat template does not render every message once")
-        spans, cursor = [], 0
-        if "".join(p + c for p, (_, c) in zip(pieces, messages)) + pieces[-1] == text:
-            for piece, (_, content) in zip(pieces, messages):
-                cursor += len(piece)
-                spans.append((cursor, cursor + len(content)))
-                cursor += len(content)
-            return text, spans
-        # The template rewrote some content: match the literal pieces in order instead.
-        if not text.startswith(pieces[0]):
-            raise RecordRejected("chat template output does not match its own skeleton")
-        cursor = len(pieces[0])
-        for i, piece in enumerate(pieces[1:]):
-            last = i == len(messages) - 1
-            end = len(text) - len(piece) if last and text.endswith(piece) else text.find(piece, cursor)
-            if end < cursor or (last and end + len(piece) != len(text)):
-                raise RecordRejected(f"message {i} cannot be located in the chat template rendering")
-            spans.append((cursor, end))
-            cursor = end + len(piece)
-        return text, spans
+        """Rendered text and the character spans of the record's own strings in it (for encoder tests)."""
+        layout = self.layout(Conversation(tuple(messages)))
+        return layout.text, layout.data
+
+    # -- --turns ---------------------------------------------------------------------------------------------
+    def for_turns(self, conversations: list[Conversation], turns: str) -> list[Conversation]:
+        """The records to render for `--turns`: `last` trains only each record's final assistant turn;
+        `inference` adds, after a record, one prefix of it per trained turn the template rewrites in history
+        (that turn last, the only one trained), and trains the record itself on the other turns."""
+        if turns == "rendered":
+            return conversations
+        out = []
+        for conv in conversations:
+            assistants = [i for i, (role, _) in enumerate(conv.messages) if role == ASSISTANT and conv.trains(i)]
+            if not assistants or conv.messages[0][0] == TEXT:
+                out.append(conv)
+                continue
+            if turns == "last":
+                out.append(_training_only(conv, assistants[-1:]))
+                continue
+            try:
+                rewritten = [k for k in assistants if self.layout(conv).rewritten[k]]
+            except RecordRejected:
+                out.append(conv)  # rendering rejects it again, with the reason
+                continue
+            out.append(_training_only(conv, [k for k in assistants if k not in rewritten]) if rewritten else conv)
+            for k in rewritten:
+                prefix = _training_only(_prefix(conv, k + 1), [k])
+                self.inference_prefixes.add(id(prefix))
+                out.append(prefix)
+            self.counts["inference_renderings_added"] += len(rewritten)
+        return out
 
 
-def _jinja_renderer(tokenizer: PackTokenizer) -> Callable[[list[dict[str, str]]], str]:
-    """A function rendering one conversation exactly as `hf.apply_chat_template(messages, tokenize=False)`."""
+def _try_analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern[str] | None,
+                 head: Callable[[str], int], prompt: str | None) -> Layout | None:
+    try:
+        return analyse(render, messages, specials, head, None, prompt)
+    except Exception:  # the template refuses the skeleton (it inspects contents): analyse the record itself
+        return None
+
+
+def _prefix(conv: Conversation, n: int) -> Conversation:
+    extras = conv.extras
+    if extras is not None:
+        extras = ChatExtras(extras.fields[:n], extras.train[:n], extras.tools, extras.template_kwargs)
+    return replace(conv, messages=conv.messages[:n], extras=extras)
+
+
+def _training_only(conv: Conversation, turns: list[int]) -> Conversation:
+    """The record with every message but `turns` untrained."""
+    extras = conv.extras or ChatExtras()
+    fields = extras.fields or (None,) * len(conv.messages)
+    train = tuple(None if i in turns else False for i in range(len(conv.messages)))
+    return replace(conv, extras=ChatExtras(fields, train, extras.tools, extras.template_kwargs))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
+
+
+def _jinja_renderer(tokenizer: PackTokenizer) -> Callable[[list[dict[str, Any]], Any, bool, dict[str, Any]], str]:
+    """A function rendering one conversation exactly as `hf.apply_chat_template(messages, tools=tools,
+    add_generation_prompt=prompt, tokenize=False, **kwargs)`."""
     template = tokenizer.chat_template
-    if isinstance(template, dict):  # several named templates: transformers picks "default" without tools
-        template = template.get("default")
     try:
         from transformers.utils.chat_template_utils import render_jinja_template
     except ImportError:  # a transformers without it: its tokenizer renders (and imports torch)
         render_jinja_template = None
     if not template or render_jinja_template is None or tokenizer.chat_renderer == "hf":
-        return lambda messages: tokenizer.hf.apply_chat_template(messages, tokenize=False)
-    kwargs = dict(tokenizer.special_tokens_map)
+        return lambda messages, tools, prompt, kwargs: tokenizer.hf.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=prompt, tokenize=False, **kwargs)
+    special = dict(tokenizer.special_tokens_map)
 
-    def render(messages: list[dict[str, str]]) -> str:
-        rendered, _ = render_jinja_template(conversations=[messages], chat_template=template, **kwargs)
+    def render(messages: list[dict[str, Any]], tools: Any, prompt: bool, kwargs: dict[str, Any]) -> str:
+        chosen = template
+        if isinstance(template, dict):  # several named templates: as transformers picks them
+            chosen = template.get("tool_use") if tools is not None and "tool_use" in template else template.get("default")
+        rendered, _ = render_jinja_template(conversations=[messages], tools=tools, chat_template=chosen,
+                                            add_generation_prompt=prompt, **{**special, **kwargs})
         return rendered[0]
 
     return render
@@ -158,12 +299,12 @@ def render_chat(
 ) -> RenderedBatch:
     """Render with the tokenizer's chat template; see the module docstring for the masking rule.
 
-    Text documents (role TEXT) render as their text + the EOS token, all trained. A conversation
-    the template cannot render faithfully goes to `reject(conversation, reason)` and is left out
-    of the batch (without `reject`, RecordRejected is raised).
+    Text documents (role TEXT) render as their text + the EOS token, all trained (a prompt-completion row's
+    prompt untrained). A record the template cannot render goes to `reject(conversation, reason)` and is left
+    out of the batch (without `reject`, RecordRejected is raised).
     """
     renderer = renderer or ChatRenderer(tokenizer)
-    kept, texts, spans = _render_all(conversations, tokenizer, renderer, reject)
+    kept, texts, spans, layouts = _render_all(conversations, renderer, reject)
     encodings = renderer.encode(texts, spans)
 
     ids_parts, flag_parts, headers = [], [], []
@@ -172,10 +313,13 @@ def render_chat(
     conv_lens = np.zeros(len(kept), np.int64)
     conv_unprompted = np.zeros(len(kept), bool)
     base = 0
-    for c, (conv, (ids, offsets), located) in enumerate(zip(kept, encodings, spans)):
-        flags, (msg_starts, msg_ends, msg_headers, is_unprompted) = _flags_and_spans(
-            ids, offsets, conv, located, renderer, mask, unprompted
-        )
+    for c, (conv, (ids, offsets), layout) in enumerate(zip(kept, encodings, layouts)):
+        if layout is None:
+            flags, (msg_starts, msg_ends, msg_headers, is_unprompted) = _text_flags(ids, offsets, conv, spans[c])
+        else:
+            flags, (msg_starts, msg_ends, msg_headers, is_unprompted) = _flags_and_spans(
+                ids, offsets, conv, layout, mask, unprompted)
+            _count_turns(renderer, conv, layout, flags)
         starts.extend(s + base for s in msg_starts)
         ends.extend(e + base for e in msg_ends)
         headers.extend(msg_headers)
@@ -202,79 +346,111 @@ def render_chat(
 
 
 def _render_all(
-    conversations: list[Conversation], tokenizer: PackTokenizer, renderer: ChatRenderer,
-    reject: Callable[[Conversation, str], None] | None,
-) -> tuple[list[Conversation], list[str], list[list[tuple[int, int]]]]:
-    """The conversations the template renders faithfully, their texts and content spans."""
-    kept, texts, spans = [], [], []
+    conversations: list[Conversation], renderer: ChatRenderer, reject: Callable[[Conversation, str], None] | None,
+) -> tuple[list[Conversation], list[str], list[list[tuple[int, int]]], list[Layout | None]]:
+    """The records the template renders, their texts, the spans of their own strings, and their layouts."""
+    kept, texts, spans, layouts = [], [], [], []
     for conv in conversations:
         if conv.messages[0][0] == TEXT:
-            text = conv.messages[0][1]
-            texts.append(text + renderer.eos_token)
-            spans.append([(0, len(text))])
+            bounds, cursor = [], 0
+            for _, content in conv.messages:
+                bounds.append((cursor, cursor + len(content)))
+                cursor += len(content)
+            texts.append("".join(content for _, content in conv.messages) + renderer.eos_token)
+            spans.append(bounds)
+            layouts.append(None)
         else:
             try:
-                text, located = renderer.locate(conv.messages)
+                layout = renderer.layout(conv)
             except RecordRejected as bad:
                 if reject is None:
                     raise
                 reject(conv, bad.reason)
                 continue
-            texts.append(text)
-            spans.append(located)
+            texts.append(layout.text)
+            spans.append(layout.data)
+            layouts.append(layout)
         kept.append(conv)
-    return kept, texts, spans
+    return kept, texts, spans, layouts
+
+
+def _text_flags(ids: np.ndarray, offsets: np.ndarray, conv: Conversation, bounds: list[tuple[int, int]]):
+    """A document (one TEXT message) trains all but its first token; a plain prompt-completion row (two) trains
+    the completion and the EOS."""
+    n = len(ids)
+    flags = np.zeros(n, np.uint8)
+    token_starts = offsets[:, 0]
+    firsts = [int(np.searchsorted(token_starts, lo, side="left")) for lo, _ in bounds]
+    for i, first in enumerate(firsts):
+        if conv.trains(i):
+            stop = firsts[i + 1] if i + 1 < len(firsts) else n
+            flags[first:stop] = 1
+    flags[0] = 0
+    ends = firsts[1:] + [n - 1]
+    return flags, (firsts, ends, [0] * len(firsts), False)
 
 
 def _flags_and_spans(
-    ids: np.ndarray,
-    offsets: np.ndarray,
-    conv: Conversation,
-    located: list[tuple[int, int]],
-    renderer: ChatRenderer,
-    mask: str,
-    unprompted: str,
+    ids: np.ndarray, offsets: np.ndarray, conv: Conversation, layout: Layout, mask: str, unprompted: str,
 ) -> tuple[np.ndarray, tuple[list[int], list[int], list[int], bool]]:
-    """Train flags of one rendered conversation and its message spans (token positions)."""
+    """Train flags of one rendered record and its message spans (token positions)."""
     n = len(ids)
     flags = np.zeros(n, np.uint8)
     roles = [role for role, _ in conv.messages]
-    if roles == [TEXT]:
-        flags[1:] = 1
-        return flags, ([0], [n - 1], [0], False)
     token_starts, token_ends = offsets[:, 0], offsets[:, 1]
-    is_special = np.isin(ids, renderer.special_ids)
-    head = 1 if n and renderer.bos_id is not None and ids[0] == renderer.bos_id else 0
     first_user = roles.index(USER) if USER in roles else len(roles)
     is_unprompted = ASSISTANT in roles[:first_user]
     masked_before = first_user if (unprompted == "mask" and is_unprompted) else 0
-    starts, ends, headers = [], [], []
-    span_start = head
-    for i, (cs, ce) in enumerate(located):
-        # Content tokens: those overlapping [cs, ce). Empty content has none and starts where it would be.
-        first = int(np.searchsorted(token_ends, cs, side="right"))
-        after = int(np.searchsorted(token_starts, ce, side="left")) if ce > cs else first
-        limit = int(np.searchsorted(token_starts, located[i + 1][0], side="left")) if i + 1 < len(located) else n
-        specials = np.flatnonzero(is_special[after:limit])
-        end = after + int(specials[0]) + 1 if len(specials) else after
-        # The separator after the end of turn (qwen3's '\n') stays with this message: the next
-        # message's span starts at its header's first special token (<|im_start|>), if it has one.
-        boundary = end
-        if i + 1 < len(located):
-            header_specials = np.flatnonzero(is_special[end:limit])
-            boundary = end + int(header_specials[0]) if len(header_specials) else end
-        if i >= masked_before and mask == "all":
-            flags[span_start:boundary] = 1
-        elif i >= masked_before and roles[i] == ASSISTANT:
-            flags[first:end] = 1
-        starts.append(span_start)
-        ends.append(boundary)
-        headers.append(max(first - span_start, 0))
-        span_start = boundary
-    if mask == "all" and masked_before < len(roles):
-        flags[span_start:] = 1
+
+    def token_at(x: int) -> int:  # the first token starting at or after character x (a message boundary)
+        return int(np.searchsorted(token_starts, x, side="left"))
+
+    def token_over(x: int) -> int:  # the first token ending after character x (a generated span starts there)
+        return int(np.searchsorted(token_ends, x, side="right"))
+
+    starts = [token_at(x) for x in layout.starts]
+    ends = starts[1:] + [n]
+    bodies = [min(token_over(x), end) for x, end in zip(layout.bodies, ends)]
+    for i, span in enumerate(layout.generated):
+        if i < masked_before or not conv.trains(i):
+            continue
+        if mask == "all":
+            flags[starts[i]:ends[i]] = 1
+        elif span is not None and roles[i] == ASSISTANT:
+            flags[token_over(span[0]):token_at(span[1])] = 1
+    if mask == "all":
+        for i in range(max(masked_before, 0), len(roles)):
+            if conv.trains(i) and roles[i] != ASSISTANT:
+                flags[starts[i]:ends[i]] = 1
+        if masked_before == 0 and len(roles):
+            flags[token_at(layout.head_end):starts[0]] = 1
     flags[0] = 0  # the first token of a conversation is never a label (it starts a segment)
+    # The last message's span ends where the rendering's tail (after its end-of-turn) begins.
+    if roles:
+        ends[-1] = max(starts[-1], min(n, token_at(layout.generated[-1][1]) if layout.generated[-1] else n))
+    headers = [max(body - start, 0) for body, start in zip(bodies, starts)]
     return flags, (starts, ends, headers, is_unprompted)
+
+
+def _count_turns(renderer: ChatRenderer, conv: Conversation, layout: Layout, flags: np.ndarray) -> None:
+    """What the rendering does to trained turns: rewritten when not last (`turns_rewritten_in_history`), reasoning
+    left out (`reasoning_tokens_dropped`); and the repeated context of `--turns inference` renderings."""
+    for k, span in enumerate(layout.generated):
+        if span is None or not conv.trains(k):
+            continue
+        if layout.rewritten[k]:
+            renderer.counts["turns_rewritten_in_history"] += 1
+        reasoning = conv.reasoning(k)
+        if reasoning is None:
+            found = THINK.search(conv.messages[k][1])
+            reasoning = found.group(1) if found else None
+        end = layout.starts[k + 1] if k + 1 < len(layout.starts) else len(layout.text)
+        if reasoning and reasoning.strip() and reasoning.strip() not in layout.text[layout.starts[k]:end]:
+            renderer.counts["reasoning_tokens_dropped"] += len(
+                renderer.tokenizer.backend.encode(reasoning, add_special_tokens=False).ids)
+    if id(conv) in renderer.inference_prefixes:
+        trained = np.flatnonzero(flags)
+        renderer.counts["inference_context_tokens"] += int(trained[0]) if len(trained) else len(flags)
 
 
 # Conversations where a chat path that differs from transformers' would differ first: special-token
@@ -294,25 +470,62 @@ PROBE_CONVERSATIONS = [
 ]
 
 
+_WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather <|im_end|> of a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def _call(name: str, arguments: Any, call_id: str) -> dict[str, Any]:
+    return {"type": "function", "id": call_id, "function": {"name": name, "arguments": arguments}}
+
+
+# Agentic and reasoning records: tools, tool calls (arguments as JSON text and as an object, several per turn),
+# consecutive tool results, reasoning as a field and inside content, template kwargs.
+PROBE_RECORDS = [
+    Conversation(
+        (("system", "You are helpful."), ("user", "Weather in Paris?"), ("assistant", ""), ("tool", '{"temp": 21}'),
+         ("assistant", "It is 21 °C <|im_end|> in Paris.")),
+        extras=ChatExtras((None, None, {"tool_calls": [_call("get_weather", '{"city": "Paris"}', "call_1")]},
+                           {"tool_call_id": "call_1"}, None), (), [_WEATHER], None)),
+    Conversation(
+        (("user", "Paris and Rome?"), ("assistant", "Checking both."), ("tool", "21"), ("tool", "25"),
+         ("assistant", "<think>\nCompare.\n</think>\n\nRome is warmer.")),
+        extras=ChatExtras((None, {"tool_calls": [_call("get_weather", {"city": "Paris"}, "a"),
+                                                 _call("get_weather", {"city": "Rome"}, "b")]}, None, None, None),
+                          (), [_WEATHER], None)),
+    Conversation(
+        (("user", "2+2?"), ("assistant", "4"), ("user", "and 3+3?"), ("assistant", "6")),
+        extras=ChatExtras((None, {"reasoning_content": "Add two and two."}, None,
+                           {"reasoning_content": "Three plus three."}), (), None, {"enable_thinking": False})),
+]
+
+
+def _probe_records() -> list[Conversation]:
+    return [Conversation(messages) for messages in PROBE_CONVERSATIONS] + PROBE_RECORDS
+
+
 def chat_rendering_difference(tokenizer: PackTokenizer) -> str | None:
-    """None where packsft's renderer (`render_jinja_template`) renders PROBE_CONVERSATIONS exactly as
-    `hf.apply_chat_template` does (or refuses the same ones); else the first difference."""
+    """None where packsft's renderer (`render_jinja_template`) renders the probes exactly as
+    `hf.apply_chat_template` does (or refuses the same ones), with and without the generation prompt; else
+    the first difference."""
     renderer = ChatRenderer(tokenizer, fast=False)
-    for messages in PROBE_CONVERSATIONS:
-        chat = [{"role": role, "content": content} for role, content in messages]
-        theirs = _rendered_or_error(functools.partial(tokenizer.hf.apply_chat_template, chat, tokenize=False))
-        mine = _rendered_or_error(functools.partial(renderer.render_text, messages))
-        if (mine is None) != (theirs is None) or (mine is not None and mine != theirs):
-            return f"the rendering of {messages[0][1][:30]!r}… differs from apply_chat_template"
+    for record in _probe_records():
+        chat, tools, kwargs = record.chat_messages(), record.tools, record.template_kwargs()
+        for prompt in (False, True):
+            theirs = _rendered_or_error(functools.partial(
+                tokenizer.hf.apply_chat_template, chat, tools=tools, add_generation_prompt=prompt, tokenize=False,
+                **kwargs))
+            mine = _rendered_or_error(functools.partial(renderer.render_text, chat, tools, kwargs, prompt))
+            if (mine is None) != (theirs is None) or (mine is not None and mine != theirs):
+                return f"the rendering of {record.messages[0][1][:30]!r}… differs from apply_chat_template"
     return None
 
 
 def fast_chat_difference(tokenizer: PackTokenizer) -> str | None:
     """None where encoding renderings with the fast encoder gives exactly the HF encoding's ids, masks and
-    message spans on PROBE_CONVERSATIONS; else the first difference."""
-    conversations = [Conversation(messages) for messages in PROBE_CONVERSATIONS]
+    message spans on the probes; else the first difference."""
     rejected: list[Conversation] = []
-    batches = [render_chat(conversations, tokenizer, renderer=ChatRenderer(tokenizer, fast=fast),
+    batches = [render_chat(_probe_records(), tokenizer, renderer=ChatRenderer(tokenizer, fast=fast),
                            reject=lambda c, _: rejected.append(c))
                for fast in (True, False)]
     for name in ("ids", "flags", "msg_starts", "msg_ends", "msg_headers"):

@@ -47,8 +47,11 @@ from packsft.shapes import OPTIONAL, REQUIRED, to_conversation
 FIELD = {shape: fields[0] for shape, fields in REQUIRED.items()}
 SOURCE_COLUMN = "source"
 # What `auto` looks for, in order: the first shape whose fields a file has.
-DETECT = (("messages", ("messages",)), ("sharegpt", ("conversations",)), ("prompt_completion", ("prompt", "completion")),
-          ("alpaca", ("instruction", "output")))
+DETECT = {"messages": ("messages",), "sharegpt": ("conversations",), "prompt_completion": ("prompt", "completion"),
+          "alpaca": ("instruction", "output")}
+# For the error that names the missing half of a pair.
+SHAPE_NAMES = {"prompt_completion": "prompt-completion", "alpaca": "Alpaca"}
+MEANING = {"prompt": "prompts", "completion": "responses", "instruction": "instructions", "output": "responses"}
 
 
 @dataclass
@@ -127,40 +130,59 @@ def _choose(path: Location, names: list[str], kind: str, data_format: str, input
         return input_format, None
     if data_format == "text":
         if "text" not in names:
-            hint = "; use --format conversation" if {"messages", "conversations"} & set(names) else ""
+            hint = "; use --format conversation" if _detect(names) else ""
             raise InputError(f"{path}: no 'text' {kind} for --format text {found}{hint}")
         return "text", f"'text' {kind}"
-    for shape, needed in DETECT:
-        if all(name in names for name in needed):
-            if shape == "messages":
-                shape = "openai" if jsonl else "smoltalk"
-            return shape, " and ".join(f"'{name}'" for name in needed) + f" {kind}{'s' if len(needed) > 1 else ''}"
-    hint = "; use --format text" if "text" in names else ""
-    raise InputError(f"{path}: no 'messages', 'conversations', 'prompt'+'completion' or 'instruction'+'output' "
-                     f"{kind} for --format conversation {found}{hint}")
+    shape = _detect(names)
+    if shape is not None:
+        needed = DETECT[shape]
+        if shape == "messages":
+            shape = "openai" if jsonl else "smoltalk"
+        return shape, " and ".join(f"'{name}'" for name in needed) + f" {kind}{'s' if len(needed) > 1 else ''}"
+    for shape, needed in DETECT.items():
+        have = [name for name in needed if name in names]
+        if have:  # half of a pair: say which half is missing, and how to supply it
+            lacking = next(name for name in needed if name not in names)
+            raise InputError(f"{path}: {_a(have[0])} {kind} but no {lacking!r} {kind} {found}; {SHAPE_NAMES[shape]} "
+                             f"records need both (rename the {kind} that holds the {MEANING[lacking]} to {lacking!r})")
+    hint = "; for plain documents use --format text" if "text" in names else ""
+    raise InputError(f"{path}: no conversation {kind} for --format conversation {found}; records need 'messages', "
+                     f"'conversations', 'prompt' and 'completion', or 'instruction' and 'output'{hint}")
+
+
+def _detect(names: list[str]) -> str | None:
+    """The first conversation shape whose fields are all among `names`."""
+    return next((shape for shape, needed in DETECT.items() if all(name in names for name in needed)), None)
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name!r}"
 
 
 def _open_text(path: Location) -> IO[str]:
+    # utf-8-sig: a byte-order mark (Windows tools write one) is skipped, and is no part of the first record.
     if isinstance(path, str):  # a URL
         binary = open_binary(path)
-        return gzip.open(binary, "rt", encoding="utf-8") if path.endswith(".gz") else io.TextIOWrapper(binary, "utf-8")
+        return gzip.open(binary, "rt", encoding="utf-8-sig") if path.endswith(".gz") else io.TextIOWrapper(binary, "utf-8-sig")
     if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")
 
 
-# What a broken JSON Lines file raises while being read: bad gzip, truncated gzip, bad UTF-8.
+# What a broken JSON file raises while being read: bad gzip, truncated gzip, bad UTF-8.
 _READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
 
 
 def _json_lines(path: Location) -> Iterator[tuple[int, Any]]:
     """(row, decoded record) of every record of a JSON file: one per non-blank line, or the elements of one
     top-level array (`*.json`); an undecodable line is an error naming the file."""
-    row = 0
+    row, where = 0, "line"
     try:
         with _open_text(path) as handle:
             if location_name(path).endswith(JSON_SUFFIXES) and _starts_array(handle):
-                yield from _json_array(path, handle)
+                where = "element"
+                for row, record in _ArrayReader(path, handle).elements():
+                    yield row, record
                 return
             for row, line in enumerate(handle):
                 if not line.strip():
@@ -168,32 +190,35 @@ def _json_lines(path: Location) -> Iterator[tuple[int, Any]]:
                 try:
                     yield row, json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}: line {row + 1} is not valid JSON ({exc.msg})") from None
+                    hint = "; a *.json file holds one record per line, or one JSON array of records" if (
+                        location_name(path).endswith(JSON_SUFFIXES)) else ""
+                    raise InputError(f"{path}: line {row + 1} is not valid JSON ({exc.msg}){hint}") from None
     except _READ_ERRORS as exc:
         what = "gzip file" if location_name(path).endswith(".gz") else "UTF-8 text file"
-        raise InputError(f"{path}: not a readable {what}, failed near line {row + 1} ({_first_line(exc)})") from None
+        at = f"line {row + 1}" if where == "line" else f"element {row} of its JSON array"
+        raise InputError(f"{path}: not a readable {what}, failed near {at} ({_first_line(exc)})") from None
 
 
 JSON_CHUNK_CHARS = 1 << 20  # a JSON array is read this much at a time, never whole
 _JSON = json.JSONDecoder()
 _SPACE = " \t\n\r"
+# A decode error this close to the end of the buffer may only mean the element goes on in the next chunk.
+_TAIL_CHARS = 8
 
 
 def _starts_array(handle: IO[str]) -> bool:
     """Whether the file's first non-blank character opens an array (the handle is rewound)."""
     while True:
         chunk = handle.read(4096)
-        if not chunk:
+        stripped = chunk.lstrip(_SPACE)
+        if stripped or not chunk:
             handle.seek(0)
-            return False
-        stripped = chunk.lstrip(_SPACE + "\ufeff")
-        if stripped:
-            handle.seek(0)
-            return stripped[0] == "["
+            return stripped[:1] == "["
 
 
 class _ArrayReader:
-    """The elements of a file holding one JSON array, decoded one by one from a bounded buffer."""
+    """The elements of a file holding one JSON array, decoded one by one from a buffer of about
+    JSON_CHUNK_CHARS (plus the element being decoded): a file of any size streams."""
 
     def __init__(self, path: Location, handle: IO[str]) -> None:
         self.path, self.handle = path, handle
@@ -215,24 +240,31 @@ class _ArrayReader:
             self._refill()
 
     def elements(self) -> Iterator[tuple[int, Any]]:
-        self._refill()
-        self.buffer = self.buffer.lstrip("\ufeff")
         self._next_char()
         self.pos += 1  # the "[" that _starts_array saw
         if self._next_char() == "]":
-            return
+            return self._end(-1)
         index = 0
         while True:
             yield index, self._decode(index)
-            index += 1
             char = self._next_char()
             if char == "]":
-                return
+                return self._end(index)
             if char != ",":
-                raise InputError(f"{self.path}: the JSON array is not closed after element {index - 1} "
-                                 "(expected ',' or ']'); the file may be cut off")
+                what = "the file ends" if not char else f"{char!r} follows"
+                raise InputError(f"{self.path}: {what} after element {index} of the JSON array, not ',' or ']' "
+                                 "(the file may be cut off)")
             self.pos += 1
             self._next_char()
+            index += 1
+
+    def _end(self, last: int) -> None:
+        """After the closing "]": nothing but blanks (a second array or a stray record would be lost)."""
+        self.pos += 1
+        char = self._next_char()
+        if char:
+            raise InputError(f"{self.path}: {char!r} follows the JSON array's closing ']' (after element {last}); "
+                             "a *.json file holds one array of records, or one record per line")
 
     def _decode(self, index: int) -> Any:
         while True:
@@ -242,14 +274,13 @@ class _ArrayReader:
                     self.pos = end
                     return value
             except json.JSONDecodeError as exc:
-                if self.done:
-                    raise InputError(f"{self.path}: element {index} of the JSON array is not valid JSON "
-                                     f"({exc.msg})") from None
+                # Only an error at the buffer's end (or an open string) can be an element cut by the chunk.
+                cut = exc.pos >= len(self.buffer) - _TAIL_CHARS or exc.msg.startswith("Unterminated string")
+                if self.done or not cut:
+                    what = "ends inside" if self.done and cut else "has invalid JSON in"
+                    raise InputError(f"{self.path}: the JSON array {what} element {index} ({exc.msg} at character "
+                                     f"{exc.pos - self.pos} of the element){' (the file may be cut off)' if self.done and cut else ''}") from None
             self._refill()
-
-
-def _json_array(path: Location, handle: IO[str]) -> Iterator[tuple[int, Any]]:
-    return _ArrayReader(path, handle).elements()
 
 
 def _first_record(path: Location) -> Any:
@@ -284,7 +315,8 @@ def read_conversations(
             try:
                 if isinstance(value, _BadRecord):
                     raise RecordRejected(value.reason)
-                messages, extras = to_conversation(source.input_format, value, source.role_aliases, structs=structs)
+                messages, extras = to_conversation(source.input_format, value, source.role_aliases, structs=structs,
+                                                   json_text=source.json_text)
                 batch.append(Conversation(messages, origin, name, row, extras))
             except RecordRejected as bad:
                 rejects.reject(name, row, bad.reason, value.record if isinstance(value, _BadRecord) else value)

@@ -59,6 +59,7 @@ REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 TRAIN_KEYS = ("weight", "training")
 # Text parts are joined as vLLM serves them (one string, parts separated by a newline).
 PART_SEPARATOR = "\n"
+TEXT_PART_TYPES = ("text", "input_text", "output_text")
 
 EXCERPT_CHARS = 160
 
@@ -189,40 +190,61 @@ def validate_chat(
         raise RecordRejected(f"{field} is not a list (got {type(raw).__name__})")
     if len(raw) == 0:
         raise RecordRejected("empty message list")
-    messages, extra, train = [], [], []
+    messages: list[tuple[str, str]] = []
+    extra: list[Mapping[str, Any] | None] = []
+    train: list[bool | None] = []
     for index, message in enumerate(raw):
         if not isinstance(message, Mapping):
             raise RecordRejected(f"message {index} is not a mapping (got {type(message).__name__})")
-        role = message.get(role_key)
+        role, content = message.get(role_key), message.get(content_key)
         if role is None:
             raise RecordRejected(f"message {index} has no role")
         if not isinstance(role, str):
             raise RecordRejected(f"message {index} role is not a string (got {type(role).__name__})")
-        fields = {key: value for key, value in message.items()
-                  if key not in (role_key, content_key) and value is not None}
-        if role.strip().lower() == FUNCTION_CALL_ROLE and role_key == "from":
-            normalised, content = ASSISTANT, ""
-            fields["tool_calls"] = _sharegpt_calls(index, message.get(content_key))
+        name = role.strip().lower()
+        normalised = role_aliases.get(name)
+        if len(message) == 2 and type(content) is str and normalised is not None and name != FUNCTION_CALL_ROLE:
+            # The plain message, (role, content) and nothing else: most of every corpus, so kept cheap.
+            if not content.isascii() and not _valid_unicode(content):
+                raise RecordRejected(f"message {index} content {_NOT_UNICODE}")
+            fields, flag = None, None
         else:
-            normalised = role_aliases.get(role.strip().lower())
-            if normalised is None:
-                raise RecordRejected(f"message {index} has unknown role {role!r}")
-            content = _content(index, message.get(content_key), has_calls=bool(fields.get("tool_calls")))
-        train.append(_train_flag(index, fields))
-        if "tool_calls" in fields:
-            fields["tool_calls"] = validate_tool_calls(index, fields["tool_calls"])
-        reasoning = next((fields[key] for key in REASONING_KEYS if key in fields), None)
-        if reasoning is not None:
-            if not isinstance(reasoning, str):
-                raise RecordRejected(f"message {index} reasoning is not a string (got {type(reasoning).__name__})")
-            fields.setdefault("reasoning_content", reasoning)
-        for value in (content, reasoning):
-            if value is not None and not _valid_unicode(value):
-                raise RecordRejected(f"message {index} content is not valid Unicode (a lone surrogate, from a JSON "
-                                     "\\ud800-\\udfff escape); no tokenizer can encode it unchanged")
+            normalised, content, fields, flag = _chat_message(index, message, name, normalised, role_key, content_key)
         messages.append((normalised, content))
-        extra.append(fields or None)
+        extra.append(fields)
+        train.append(flag)
     return tuple(messages), tuple(extra), tuple(train)
+
+
+_NOT_UNICODE = ("is not valid Unicode (a lone surrogate, from a JSON \\ud800-\\udfff escape); no tokenizer can "
+                "encode it unchanged")
+
+
+def _chat_message(
+    index: int, message: Mapping[str, Any], name: str, normalised: str | None, role_key: str, content_key: str
+) -> tuple[str, str, dict[str, Any] | None, bool | None]:
+    """(role, content, template fields, train flag) of a message that has more than a role and text content."""
+    fields = {key: value for key, value in message.items() if key != role_key and key != content_key
+              and value is not None}
+    if name == FUNCTION_CALL_ROLE and role_key == "from":
+        normalised, content = ASSISTANT, ""
+        fields["tool_calls"] = _sharegpt_calls(index, message.get(content_key))
+    else:
+        if normalised is None:
+            raise RecordRejected(f"message {index} has unknown role {message.get(role_key)!r}")
+        content = _content(index, message.get(content_key), has_calls=bool(fields.get("tool_calls")))
+    flag = _train_flag(index, fields)
+    if "tool_calls" in fields:
+        fields["tool_calls"] = validate_tool_calls(index, fields["tool_calls"])
+    reasoning = next((fields[key] for key in REASONING_KEYS if key in fields), None)
+    if reasoning is not None:
+        if not isinstance(reasoning, str):
+            raise RecordRejected(f"message {index} reasoning is not a string (got {type(reasoning).__name__})")
+        fields.setdefault("reasoning_content", reasoning)
+    for what, text in (("content", content), ("reasoning", reasoning)):
+        if text is not None and not _valid_unicode(text):
+            raise RecordRejected(f"message {index} {what} {_NOT_UNICODE}")
+    return normalised, content, fields or None, flag
 
 
 def _content(index: int, content: Any, *, has_calls: bool) -> str:
@@ -235,13 +257,16 @@ def _content(index: int, content: Any, *, has_calls: bool) -> str:
         return content
     if isinstance(content, (list, tuple)):
         texts = []
-        for part in content:
-            kind = part.get("type") if isinstance(part, Mapping) else None
-            text = part.get("text") if isinstance(part, Mapping) else None
-            if kind not in (None, "text", "input_text", "output_text") or not isinstance(text, str):
-                what = repr(kind) if kind is not None else f"a {type(part).__name__}"
-                raise RecordRejected(f"message {index} has a content part of type {what}; packsft packs text "
-                                     "only (drop or describe non-text parts upstream)")
+        for number, part in enumerate(content):
+            if not isinstance(part, Mapping):
+                raise RecordRejected(f"message {index} content part {number} is not a mapping (got {type(part).__name__})")
+            kind = part.get("type", "text")
+            if kind not in TEXT_PART_TYPES:
+                raise RecordRejected(f"message {index} has a content part of type {kind!r}; packsft packs text only "
+                                     "(drop or describe non-text parts upstream)")
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise RecordRejected(f"message {index} content part {number} has no text")
             texts.append(text)
         return PART_SEPARATOR.join(texts)
     raise RecordRejected(f"message {index} content is not a string (got {type(content).__name__})")
@@ -348,8 +373,7 @@ def validate_text(raw: Any) -> tuple[tuple[str, str], ...]:
     if not raw:
         raise RecordRejected("empty text")
     if not _valid_unicode(raw):
-        raise RecordRejected("text is not valid Unicode (a lone surrogate, from a JSON \\ud800-\\udfff escape); "
-                             "no tokenizer can encode it unchanged")
+        raise RecordRejected(f"text {_NOT_UNICODE}")
     return ((TEXT, raw),)
 
 

@@ -51,11 +51,13 @@ OPTIONAL = {
 Parts = tuple[tuple[tuple[str, str], ...], ChatExtras | None]
 
 
-def to_conversation(shape: str, record: Mapping[str, Any], aliases: Mapping[str, str], *, structs: bool = False) -> Parts:
+def to_conversation(shape: str, record: Mapping[str, Any], aliases: Mapping[str, str], *, structs: bool = False,
+                    json_text: bool = False) -> Parts:
     """The (role, content) messages and extras of one record in `shape`; RecordRejected names what is wrong.
 
     Args:
         structs: the record comes from parquet struct columns, whose null fields mean "absent" (dropped).
+        json_text: the file stores its conversation field as JSON text (decided by its first record or schema).
     """
     if shape == "text":
         return validate_text(record.get("text")), None
@@ -66,35 +68,52 @@ def to_conversation(shape: str, record: Mapping[str, Any], aliases: Mapping[str,
     else:
         field = REQUIRED[shape][0]
         role_key, content_key = MESSAGE_KEYS.get(shape, ("role", "content"))
-        value = parse_json_field(record.get(field), field)
+        value = parse_json_field(record.get(field), field) if json_text else record.get(field)
         messages, fields, train = validate_chat(value, aliases, field=field, role_key=role_key, content_key=content_key)
-        messages, fields, train = _with_system(record.get(SYSTEM_FIELD), messages, fields, train)
-    tools = _tools(record.get(TOOLS), structs)
-    kwargs = _kwargs(record.get(KWARGS))
-    if tools is None and kwargs is None and not any(fields) and not any(flag is not None for flag in train):
+        system = record.get(SYSTEM_FIELD)
+        if system is not None:
+            messages, fields, train = _with_system(system, messages, fields, train)
+    # Most records have none of these: checked with as few calls as possible (read_conversations is hot).
+    tools, kwargs = record.get(TOOLS), record.get(KWARGS)
+    if tools is not None:
+        tools = _tools(tools, structs)
+    if kwargs is not None:
+        kwargs = _kwargs(kwargs, structs)
+    if tools is None and kwargs is None and not any(fields) and train.count(None) == len(train):
         return messages, None
     return messages, ChatExtras(fields, train, tools, kwargs)
 
 
 def _tools(value: Any, structs: bool) -> list[Any] | None:
-    tools = parse_json_field(value, TOOLS)
+    """A record's tool definitions: a list of mappings, or JSON text of one ("" and [] are no tools)."""
+    tools = _decoded(value, TOOLS)
     if tools is None:
         return None
     if not isinstance(tools, (list, tuple)):
         raise RecordRejected(f"tools is not a list (got {type(tools).__name__})")
-    if not all(isinstance(tool, Mapping) for tool in tools):
-        raise RecordRejected("tools holds an entry that is not a mapping")
-    tools = [drop_nulls(tool) if structs else dict(tool) for tool in tools]
-    return tools or None
+    for number, tool in enumerate(tools):
+        if not isinstance(tool, Mapping):
+            raise RecordRejected(f"tools entry {number} is not a mapping (got {type(tool).__name__})")
+    # Only a struct column's nulls mean "absent"; in JSON a null is the record's own value.
+    structs = structs and not isinstance(value, str)
+    return [drop_nulls(tool) if structs else dict(tool) for tool in tools] or None
 
 
-def _kwargs(value: Any) -> dict[str, Any] | None:
-    kwargs = parse_json_field(value, KWARGS)
+def _kwargs(value: Any, structs: bool) -> dict[str, Any] | None:
+    """A record's chat_template_kwargs: a mapping, or JSON text of one ("" and {} are none)."""
+    kwargs = _decoded(value, KWARGS)
     if kwargs is None:
         return None
     if not isinstance(kwargs, Mapping):
         raise RecordRejected(f"chat_template_kwargs is not a mapping (got {type(kwargs).__name__})")
-    return drop_nulls(kwargs) or None
+    return (drop_nulls(kwargs) if structs and not isinstance(value, str) else dict(kwargs)) or None
+
+
+def _decoded(value: Any, what: str) -> Any:
+    """A record-level field that may be JSON text; blank text is an absent field, as datasets write "no tools"."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return parse_json_field(value, what)
 
 
 def _with_system(system: Any, messages, fields, train):

@@ -13,6 +13,8 @@ LENGTH_BIN = 256
 LENGTH_BINS = 64
 
 UNPROMPTED_WARN_SHARE = 0.01
+CHAT_TURN_COUNTERS = ("turns_rewritten_in_history", "reasoning_tokens_dropped", "inference_renderings_added",
+                      "inference_context_tokens")
 
 
 def add_counters(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +77,10 @@ def summarize(counters: dict[str, Any], seq_length: int, files_skipped: int = 0)
         "exchanges_split": c["exchanges_split"],
         "prompts_shortened": c["prompts_shortened"],
     }
+    # Chat templates only (None for role tokens): what the template's rendering does to trained turns, and the
+    # extra renderings --turns inference packs.
+    for key in CHAT_TURN_COUNTERS:
+        summary[key] = c[key] if key in counters else None
     per_source = {}
     for source, s in sorted(counters.get("per_source", {}).items()):
         s = Counter(s)
@@ -104,6 +110,18 @@ def warnings(summary: dict[str, Any], config: dict[str, Any]) -> list[str]:
         notes.append(
             f"{summary['special_strings_in_content']} messages contained special-token strings "
             "(e.g. <|endoftext|>); they were encoded as plain text"
+        )
+    rewritten, dropped = summary.get("turns_rewritten_in_history"), summary.get("reasoning_tokens_dropped")
+    if rewritten or dropped:
+        notes.append(
+            f"{rewritten or 0:,} trained assistant turns are rendered otherwise when they are not the last turn, and "
+            f"{dropped or 0:,} reasoning tokens are left out by the chat template: those turns are trained as the "
+            "template shows them in history, not as the model generates them; --turns inference trains each as generated"
+        )
+    if summary.get("inference_renderings_added"):
+        notes.append(
+            f"--turns inference added {summary['inference_renderings_added']:,} renderings with "
+            f"{summary['inference_context_tokens']:,} tokens of repeated context"
         )
     if summary["conversations_truncated"]:
         notes.append(

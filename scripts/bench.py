@@ -11,9 +11,13 @@ Measured in one run, on this machine:
   (d) the packing stage alone (split + pack + chunk layout) as a share of pack time;
   (e) qwen3 with its chat template: `packsft pack --template chat` against the peer pipeline a user would
       run instead (`datasets` map(num_proc=2) with apply_chat_template(tokenize=True), then TRL
-      `pack_dataset(..., strategy="bfd")`; needs `pip install datasets trl`, skipped without them).
+      `pack_dataset(..., strategy="bfd")`; needs `pip install datasets trl`, skipped without them);
+  (f) qwen3 tool calling: the same two pipelines, as whole processes in one run, on a 5M-token OpenAI-style
+      tool-calling corpus written by `scripts/tool_corpus.py` (the peer passes each row's `tools` and
+      `chat_template_kwargs` to `apply_chat_template`, as TRL's SFTTrainer does).
 
-Usage: python scripts/bench.py [--shards N] [--out BENCHMARKS.md]
+Usage: python scripts/bench.py [--shards N] [--out BENCHMARKS.md] [--only tools]
+`--only tools` runs section (f) alone and replaces its section in --out in place.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
+
+from tool_corpus import write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -37,6 +44,9 @@ QWEN3 = SHARED / "tokenizers" / "qwen3"
 MEM_BASE_BYTES = 0.3 * 2**30
 MEM_BYTES_PER_TOKEN = 40
 SEQ = 2048
+TOOL_CORPUS_TOKENS = 5_000_000
+TOOLS_HEADING = "## qwen3 tool calling"
+EXPORT_HEADING = "## Export to trainers' formats"
 
 # Runs use the CLI's default --workers 0 (a process per CPU for inputs >= 4 MiB) unless they say otherwise,
 # and a warm tokenizer cache (as every run after the first); `cold` runs with PACKSFT_CACHE=off, as a first run.
@@ -99,28 +109,43 @@ def bench_encoder(batches: list[list[str]], encoder: str, threads: int | None = 
 
 
 PEER = """
-import glob, os, sys
+import glob, json, os, sys
 import datasets
+import pyarrow.compute as pc
 from transformers import AutoTokenizer
 from trl import pack_dataset
 
-data_dir, tokenizer_dir, seq = sys.argv[1], sys.argv[2], int(sys.argv[3])
+data_dir, tokenizer_dir, seq, stats_path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
 
 def tokenize(record):
+    # As TRL's SFTTrainer does: a row's tools (a list, or JSON text) and chat_template_kwargs go to the template.
+    tools = record.get("tools")
+    tools = json.loads(tools) if isinstance(tools, str) else tools
     # A user skips records the template refuses (ShareGPT has some), as packsft rejects them.
     try:
-        ids = tokenizer.apply_chat_template(record["messages"], tokenize=True)
+        ids = tokenizer.apply_chat_template(record["messages"], tools=tools, tokenize=True,
+                                            **(record.get("chat_template_kwargs") or {}))
     except Exception:
         return {"input_ids": []}
     return {"input_ids": list(ids["input_ids"] if hasattr(ids, "keys") else ids)}
 
+def tokens(data):
+    return pc.sum(pc.list_value_length(data.data.column("input_ids"))).as_py() or 0
+
 files = sorted(glob.glob(os.path.join(data_dir, "*.parquet")))
-data = datasets.load_dataset("parquet", data_files=files, split="train")
+builder = "parquet" if files else "json"
+files = files or sorted(glob.glob(os.path.join(data_dir, "*.jsonl")))
+data = datasets.load_dataset(builder, data_files=files, split="train")
+records = len(data)
 data = data.map(tokenize, remove_columns=data.column_names, num_proc=2)
 data = data.filter(lambda record: len(record["input_ids"]) > 0, num_proc=2)
 packed = pack_dataset(data, seq, strategy="bfd")
-print(sum(len(ids) for ids in packed["input_ids"]))
+# Counted from the Arrow columns, which costs milliseconds: no Python list of every token id in the timing.
+stats = {"records": records, "refused": records - len(data), "tokens": tokens(data), "rows": len(packed),
+         "tokens_packed": tokens(packed)}
+with open(stats_path, "w") as handle:
+    json.dump(stats, handle)
 """
 
 
@@ -150,15 +175,17 @@ def _tree_rss(root: int, skip_root: bool = False) -> tuple[int, int]:
     return largest, total
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
+def run_measured(cmd: list[str], env: dict[str, str] | None = None,
+                 stderr: IO[str] | None = None) -> tuple[float, float, float]:
     """(wall seconds, peak RSS MiB of the largest process, peak RSS MiB summed over the process tree) of a command.
 
     The tree (the command, its workers, multiprocessing's fork server) is sampled every RSS_SAMPLE_SECONDS;
-    shared pages count once per process, so the sum is an upper bound of what the run holds.
+    shared pages count once per process, so the sum is an upper bound of what the run holds. The command's
+    stderr goes to `stderr` when given.
     """
     with tempfile.NamedTemporaryFile("r") as peak:
         started = time.perf_counter()
-        process = subprocess.Popen([sys.executable, "-c", PEAK_RSS, peak.name, *cmd], env=env)
+        process = subprocess.Popen([sys.executable, "-c", PEAK_RSS, peak.name, *cmd], env=env, stderr=stderr)
         largest = total = 0
         while process.poll() is None:
             sample = _tree_rss(process.pid, skip_root=True)
@@ -171,26 +198,73 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[flo
     return seconds, largest / 2**20, max(total, largest) / 2**20
 
 
-def bench_chat(data_dir: Path) -> dict | None:
-    """qwen3 chat: packsft (default encoder) vs the peer pipeline, wall time and peak RSS, same data."""
+def peer_installed() -> bool:
     try:
         import datasets  # noqa: F401
         import trl  # noqa: F401
     except ImportError:
         print("  (skipped: pip install datasets trl)", flush=True)
-        return None
+        return False
+    return True
+
+
+def run_packsft_chat(data_dir: Path, out: Path) -> dict:
+    """`packsft pack --template chat` with qwen3 as a whole process: its measure, encoder and stats, or `error`
+    (the exit status and the last lines of its stderr)."""
     from packsft.tokenizer import load_tokenizer
 
-    load_tokenizer(str(QWEN3), "chat", encoder="auto")  # warm the tokenizer cache, as any run after the first
+    with tempfile.TemporaryFile("w+") as errors:
+        try:
+            load_tokenizer(str(QWEN3), "chat", encoder="auto")  # warm the tokenizer cache, as any run after the first
+            measure = run_measured([sys.executable, "-m", "packsft", "pack", str(data_dir), str(out), "--tokenizer",
+                                    str(QWEN3), "--template", "chat", "--seq-length", str(SEQ), "-q"], stderr=errors)
+        except subprocess.CalledProcessError as exc:
+            errors.seek(0)
+            return {"error": f"exit {exc.returncode}: " + " / ".join(errors.read().strip().splitlines()[-3:])}
+        except Exception as exc:  # the warm-up in this process: packsft cannot load the template at all
+            return {"error": f"{type(exc).__name__}: {exc}"}
+    dataset = json.loads((out / "dataset.json").read_text())
+    return {"measure": measure, "encoder": dataset["config"]["encoder"], "stats": dataset["stats"]}
+
+
+def run_peer(data_dir: Path, tmp: Path) -> tuple[tuple[float, float, float], dict]:
+    """The peer pipeline (PEER) as a whole process: its measure and its counts (records, refused, tokens, rows,
+    tokens_packed)."""
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp / "cache"), "HF_HUB_OFFLINE": "1"}
+    counts = tmp / "peer.json"
+    measure = run_measured([sys.executable, "-c", PEER, str(data_dir), str(QWEN3), str(SEQ), str(counts)], env)
+    return measure, json.loads(counts.read_text())
+
+
+def bench_chat(data_dir: Path) -> dict | None:
+    """qwen3 chat: packsft (default encoder) vs the peer pipeline, wall time and peak RSS, same data."""
+    if not peer_installed():
+        return None
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out"
-        packsft = run_measured([sys.executable, "-m", "packsft", "pack", str(data_dir), str(out), "--tokenizer",
-                                str(QWEN3), "--template", "chat", "--seq-length", str(SEQ), "-q"])
-        dataset = json.loads((out / "dataset.json").read_text())
-        encoder, stats = dataset["config"]["encoder"], dataset["stats"]
-        env = {**os.environ, "HF_DATASETS_CACHE": str(Path(tmp) / "cache"), "HF_HUB_OFFLINE": "1"}
-        peer = run_measured([sys.executable, "-c", PEER, str(data_dir), str(QWEN3), str(SEQ)], env)
-    return {"packsft": packsft, "peer": peer, "encoder": encoder, "stats": stats}
+        ours = run_packsft_chat(data_dir, Path(tmp) / "out")
+        if "error" in ours:
+            raise RuntimeError(f"packsft pack --template chat failed on ShareGPT: {ours['error']}")
+        peer, _ = run_peer(data_dir, Path(tmp))
+    return {"packsft": ours["measure"], "peer": peer, "encoder": ours["encoder"], "stats": ours["stats"]}
+
+
+def bench_tools() -> dict | None:
+    """qwen3 tool calling: the generated corpus, then packsft and the peer pipeline on it, in one run.
+
+    A packsft failure is reported, not raised, so that the peer is measured whatever packsft's state.
+    """
+    if not peer_installed():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus"
+        started = time.perf_counter()
+        counts = write_corpus(corpus, TOOL_CORPUS_TOKENS)
+        counts["seconds"] = time.perf_counter() - started
+        print(f"  corpus: {counts['records']:,} records, {counts['tokens']:,} tokens; packsft ...", flush=True)
+        ours = run_packsft_chat(corpus, Path(tmp) / "out")
+        print("  peer ...", flush=True)
+        peer, peer_counts = run_peer(corpus, Path(tmp))
+    return {"corpus": counts, "packsft": ours, "peer": peer, "peer_counts": peer_counts}
 
 
 def largest_unit_tokens(out: Path) -> int:
@@ -298,12 +372,73 @@ def chat_lines(chat: dict | None, shards: int) -> list[str]:
     ]
 
 
+def tools_lines(tools: dict | None, command: str) -> list[str]:
+    lines = ["", TOOLS_HEADING, ""]
+    if tools is None:
+        return [*lines, "Skipped (pip install datasets trl)."]
+    corpus, ours, (peer, peer_peak, peer_tree), counts = tools["corpus"], tools["packsft"], tools["peer"], tools["peer_counts"]
+    lines += [
+        f"Measured by `{command}` on {time.strftime('%Y-%m-%d')} ({machine()}).",
+        f"Corpus: `scripts/tool_corpus.py` (seed 0, written in {corpus['seconds']:.0f}s, not timed below): "
+        f"{corpus['records']:,} OpenAI-style records in {corpus['files']} JSON Lines files ({corpus['bytes'] / 2**20:,.1f} MiB), "
+        f"**{corpus['tokens']:,} qwen3 template tokens**, {corpus['messages']:,} messages, {corpus['tool_calls']:,} tool calls. "
+        "1-6 tools per record from a pool of 30, 0-6 tool rounds of 1-3 calls per request, follow-ups on 30%, "
+        "`enable_thinking: false` on 20% of rows, `reasoning_content` on 15% of final answers; the text is ShareGPT's.",
+        "",
+        "| pipeline (whole process, L=2048) | wall s | peak RSS MiB | tree RSS MiB | tokens | rows |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    if "error" in ours:
+        lines.append(f"| packsft `pack --template chat` | **failed** ({ours['error']}) | | | | |")
+    else:
+        seconds, peak, tree = ours["measure"]
+        lines.append(f"| packsft `pack --template chat` (encoder {ours['encoder']}) | {seconds:.1f} | {peak:,.0f} | "
+                     f"{tree:,.0f} | {ours['stats']['tokens_rendered']:,} | {ours['stats']['chunks']:,} |")
+    lines += [
+        f"| peer: `datasets` map(num_proc=2) + apply_chat_template(tools, kwargs), TRL `pack_dataset(strategy='bfd')` | "
+        f"{peer:.1f} | {peer_peak:,.0f} | {peer_tree:,.0f} | {counts['tokens']:,} | {counts['rows']:,} |",
+        "",
+    ]
+    if "error" not in ours:
+        s = ours["stats"]
+        rejected = ", ".join(f"{n:,} {why}" for why, n in s.get("rejected_by_reason", {}).items()) or "none"
+        lines += [
+            f"packsft is **{peer / ours['measure'][0]:.2f}x** as fast as the peer (target >= 2x).",
+            f"packsft's output: fill {pct(s['fill'])}, retention {pct(s['trained_retention'])}, trained fraction "
+            f"{pct(s['trained_fraction'])}, context completeness {pct(s['context_completeness'])}, turn prefix "
+            f"completeness {pct(s.get('turn_prefix_completeness'))}; conversations read {s['conversations_read']:,}, "
+            f"packed {s['conversations_packed']:,}, split {s['conversations_split']:,}; records rejected: {rejected}.",
+        ]
+    lines.append(
+        f"The peer refused {counts['refused']:,} of {counts['records']:,} records, computes no assistant masks and "
+        f"truncates: its rows hold {counts['tokens_packed']:,} of its {counts['tokens']:,} tokens "
+        f"({pct(counts['tokens_packed'] / max(counts['tokens'], 1))}).")
+    return lines
+
+
+def splice_section(document: str, section: list[str]) -> str:
+    """`document` with the section under `section`'s heading replaced by `section`, or, where it has none,
+    with `section` added before the export section (or at the end)."""
+    lines, new = document.splitlines(), section[1:] + [""]  # sections open with a blank line, then the heading
+    heading = new[0]
+    if heading in lines:
+        start = lines.index(heading)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(("## ", "See also"))), len(lines))
+        lines[start:end] = new
+    elif EXPORT_HEADING in lines:
+        at = lines.index(EXPORT_HEADING)
+        lines[at:at] = new
+    else:
+        lines += ["", *new]
+    return "\n".join(lines) + "\n"
+
+
 EXPORT_TARGETS = ("trl", "megatron", "olmo-core", "hf")
 
 
 def bench_export(data_dir: Path) -> list[str]:
     """`packsft export` of the default bestfit output to each target: a fresh process each, wall seconds."""
-    lines = ["", "## Export to trainers' formats", "", "| target | wall s | files | MiB written |", "| --- | ---: | ---: | ---: |"]
+    lines = ["", EXPORT_HEADING, "", "| target | wall s | files | MiB written |", "| --- | ---: | ---: | ---: |"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
         subprocess.run([sys.executable, "-m", "packsft", "pack", str(data_dir), str(out), "--tokenizer", str(GPT2),
@@ -327,12 +462,21 @@ def pct(x) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=int, default=8, help="how many ShareGPT shards to use (default all 8)")
-    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="the Markdown file to write")
+    parser.add_argument("--only", choices=["tools"],
+                        help="run only this section and replace it in --out in place (tools: qwen3 tool calling)")
     args = parser.parse_args()
     # A private tokenizer cache, warmed by the encoder limits below: runs measure a warm start unless cold.
     os.environ["PACKSFT_CACHE"] = tempfile.mkdtemp(prefix="packsft-bench-cache-")
-    if not DATA.exists() or not GPT2.exists():
-        sys.exit(f"needs {DATA} and {GPT2} (the shared assets of the developer checkout)")
+    if not DATA.exists() or not GPT2.exists() or not QWEN3.exists():
+        sys.exit(f"needs {DATA}, {GPT2} and {QWEN3} (the shared assets of the developer checkout)")
+    if args.only == "tools":
+        print("qwen3 tool calling: packsft vs datasets + TRL ...", flush=True)
+        lines = tools_lines(bench_tools(), "python scripts/bench.py --only tools")
+        out = Path(args.out)
+        out.write_text(splice_section(out.read_text() if out.exists() else "# Benchmarks\n", lines))
+        print("\n".join(lines))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         for path in sorted(DATA.glob("*.parquet"))[: args.shards]:
@@ -352,6 +496,8 @@ def main() -> None:
             results.append(bench_pack(data_dir, strategy, mask, extra, cold))
         print("qwen3 chat: packsft vs datasets + TRL ...", flush=True)
         chat = bench_chat(data_dir)
+        print("qwen3 tool calling: packsft vs datasets + TRL ...", flush=True)
+        tools = bench_tools()
         print("export ...", flush=True)
         export_lines = bench_export(data_dir)
 
@@ -431,7 +577,7 @@ def main() -> None:
         "- `--unprompted mask` counts only prompted turns as trainable, so its retention is that of prompted tokens.",
         "- Context completeness below 100% under `split` is the answers to questions longer than 3/4 of a row,",
         "  which are kept by their end (`prompts_shortened`); 359 user messages in this data exceed a whole row.",
-        "",
+        *tools_lines(tools, f"python scripts/bench.py --shards {args.shards}"),
         *export_lines,
         "",
         "See also `BENCHMARKS-loader.md` (`scripts/bench_loader.py`) and `BENCHMARKS-scale.md` (`scripts/bench_scale.py`).",

@@ -103,19 +103,23 @@ def test_unprompted_mask_and_mask_all(chatml):
 
 
 def test_template_that_rewrites_content_is_located_as_rendered(chatml):
-    trimming = replace(chatml, chat_template="{% for m in messages %}[{{ m.role }}]{{ m.content | trim }}<|im_end|>{% endfor %}")
-    text, spans = ChatRenderer(trimming).locate((("user", "  q  "), ("assistant", "\n a \n")))
-    assert text == "[user]q<|im_end|>[assistant]a<|im_end|>"
-    assert [text[s:e] for s, e in spans] == ["q", "a"]
-    users_only = replace(chatml, chat_template="{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}")
-    with pytest.raises(RecordRejected, match="chat template does not render every message once"):
-        ChatRenderer(users_only).locate((("user", "q"), ("assistant", "a")))
+    trimming = replace(chatml, chat_template="{% for m in messages %}[{{ m.role }}]{{ m.content | trim }}<|im_end|>"
+                                             "{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}")
+    batch = render_chat([conversation(("user", "  q  "), ("assistant", "\n a \n"))], trimming)
+    assert chatml.hf.decode(batch.ids.tolist()) == "[user]q<|im_end|>[assistant]a<|im_end|>"
+    assert trained_runs(batch, 0, chatml) == ["a<|im_end|>"]
+    # A template that renders no assistant message gives the turn nothing to train (the record is then rejected
+    # as untrainable by the pipeline), never a wrong span.
+    users_only = replace(chatml, chat_template="{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}"
+                                               "{% endif %}{% endfor %}")
+    assert trained_runs(render_chat([conversation(("user", "q"), ("assistant", "a"))], users_only), 0, chatml) == []
 
 
 def test_a_template_that_raises_rejects_the_record(chatml):
     strict = replace(chatml, chat_template=(
         "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}"
         "{% endif %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     ))
     rejected = []
     batch = render_chat([conversation(("system", "s"), ("user", "q"), ("assistant", "a")),
@@ -217,18 +221,35 @@ def shard0_conversations(sharegpt_dir):
     return out
 
 
-def test_qwen3_trained_tokens_decode_to_the_assistant_contents(qwen3, shard0_conversations):
-    """Every conversation of shard 0: the trained runs are exactly each assistant content + <|im_end|>."""
+def qwen3_generated(messages: tuple[tuple[str, str], ...]) -> list[str]:
+    """What qwen3 generates for each assistant turn, written out from its template's rule: a turn after the last
+    user message opens with its think block (empty where the content has none), the others are their content."""
+    last_user = max((i for i, (role, _) in enumerate(messages) if role == "user"), default=len(messages) - 1)
+    out = []
+    for i, (role, content) in enumerate(messages):
+        if role != "assistant":
+            continue
+        reasoning = ""
+        if "</think>" in content:
+            reasoning = content.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+            content = content.split("</think>")[-1].lstrip("\n")
+        if i > last_user and (i == len(messages) - 1 or reasoning):
+            content = "<think>\n" + reasoning.strip("\n") + "\n</think>\n\n" + content.lstrip("\n")
+        out.append(content + "<|im_end|>")
+    return out
+
+
+def test_qwen3_trains_what_the_model_generates(qwen3, shard0_conversations):
+    """Every conversation of shard 0: the trained runs are exactly what qwen3 generates for each assistant turn
+    (its last turn with the empty think block, the generation prompt excluded) through <|im_end|>."""
     batch = render_chat(shard0_conversations, qwen3)
     assert len(batch) == len(shard0_conversations) == 2192
     wrong = []
     for c, item in enumerate(shard0_conversations):
-        expected = [content + "<|im_end|>" for role, content in item.messages if role == "assistant"]
-        if trained_runs(batch, c, qwen3) != expected:
+        if trained_runs(batch, c, qwen3) != qwen3_generated(item.messages):
             wrong.append(item.row)
     assert wrong == []
-    # The last assistant turn carries qwen3's empty think block, masked as template text.
-    assert "<think>\n\n</think>\n\n" in qwen3.hf.decode(batch.ids[: batch.conv_offsets[1]].tolist())
+    assert trained_runs(batch, 0, qwen3)[-1].startswith("<think>\n\n</think>\n\n")
 
 
 def test_qwen3_packs_with_uint32_ids_in_every_strategy(tmp_path, qwen3, qwen3_dir, sharegpt_dir):

@@ -141,15 +141,18 @@ def test_role_map_extends_the_aliases(tmp_path, demo_tokenizer_dir):
     assert mapped["stats"]["conversations_packed"] == 1 and mapped["stats"]["records_rejected"] == 0
     with pytest.raises(ConfigError) as error:
         PackConfig(role_map="robot=wizard")
-    assert str(error.value) == "--role-map 'robot=wizard': expected from=to with to one of system, user, assistant (e.g. bot=assistant)"
+    assert str(error.value) == "--role-map 'robot=wizard': expected from=to with to one of system, user, assistant, tool (e.g. bot=assistant)"
 
 
 def test_input_files_are_listed_recursively_and_sorted(tmp_path):
-    for name in ["b/x.jsonl.gz", "a.parquet", "b/a.jsonl", "c.json", "notes.txt", "b/c.parquet"]:
+    names = ["b/x.jsonl.gz", "a.parquet", "b/a.jsonl", "c.json", "notes.txt", "b/c.parquet", "b/d.json.gz",
+             "dataset_info.json", "b/tokenizer_config.json"]
+    for name in names:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
+    # A folder's metadata JSON (Hugging Face, LLaMA-Factory, tokenizers) is not read as records.
     assert [name for name, _ in list_inputs(tmp_path).files] == [
-        "a.parquet", "b/a.jsonl", "b/c.parquet", "b/x.jsonl.gz"]
+        "a.parquet", "b/a.jsonl", "b/c.parquet", "b/d.json.gz", "b/x.jsonl.gz", "c.json"]
 
 
 def test_json_lines_are_streamed(tmp_path):
@@ -175,7 +178,7 @@ BAD_OPENAI = [
     ({"messages": [{"role": 3, "content": "x"}]}, "message 0 role is not a string (got int)"),
     ({"messages": [{"role": "user"}]}, "message 0 has no content"),
     ({"messages": [{"role": "user", "content": None}]}, "message 0 has no content"),
-    ({"messages": [{"role": "user", "content": ["a"]}]}, "message 0 content is not a string (got list)"),
+    ({"messages": [{"role": "user", "content": ["a"]}]}, "message 0 content part 0 is not a mapping (got str)"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "message 0 has unknown role 'wizard'"),
     ({"messages": [{"role": "user", "content": "only a question"}]}, "no assistant message"),
     ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]}, "no assistant message"),

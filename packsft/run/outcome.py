@@ -20,9 +20,11 @@ LISTED_REASONS = 3  # reasons named in the error, most frequent first
 def records_read(stats: dict[str, Any]) -> int:
     """Records that reached validation: valid conversations read plus those rejected before rendering.
 
-    A conversation read and then rejected for having no trained token counts once, not twice.
+    A conversation read and then rejected by the chat template or for having no trained token counts once,
+    not twice.
     """
-    return stats["conversations_read"] + stats["records_rejected"] - stats["conversations_dropped_no_trained"]
+    return (stats["conversations_read"] + stats["records_rejected"] - stats["conversations_dropped_no_trained"]
+            - stats.get("conversations_rejected_rendering", 0))
 
 
 def check_outcome(out_dir: Path, dataset: dict[str, Any], max_reject_fraction: float) -> None:

@@ -97,6 +97,8 @@ class ReadUnit:
     read: int  # conversations read
     filtered: int  # records --source-filter left out
     untrainable: int  # conversations without a trained token (rejected)
+    unrendered: int = 0  # conversations the chat template refused (rejected)
+    chat_counts: dict[str, int] = field(default_factory=dict)  # ChatRenderer.counts
 
 
 @dataclass
@@ -161,27 +163,31 @@ def read_unit(unit: Unit, sources: list[InputFile], config: PackConfig, tokenize
               rejects: RejectLedger, progress: tqdm | None = None) -> ReadUnit:
     """Read and render the unit batch by batch, file after file; unrenderable and untrainable conversations
     go to `rejects`."""
-    renderer = ChatRenderer(tokenizer) if config.template == "chat" else None
-    batches, read, filtered, untrainable, tokens = [], 0, 0, 0, 0
+    renderer = ChatRenderer(tokenizer, template_kwargs=config.template_kwargs_dict()) \
+        if config.template == "chat" else None
+    batches, read, filtered, untrainable, tokens, unrendered = [], 0, 0, 0, 0, 0
     records = itertools.chain.from_iterable(
         read_conversations(source, config.format, rejects, source_filter=config.source_filter,
                            batch_size=config.batch_size, display_name=part.name, row_groups=part.row_groups)
         for part, source in zip(unit.parts, sources)
     )
-    for conversations, left_out in records:
+    for records_read, left_out in records:
         failed: set[int] = set()
+        conversations = renderer.for_turns(records_read, config.turns) if renderer is not None else records_read
         batch = render_batch(conversations, tokenizer, config, renderer=renderer,
                              reject=functools.partial(_reject_rendering, rejects, failed))
         rendered = [c for c in conversations if id(c) not in failed] if failed else conversations
         batch, rejected = _reject_untrainable(batch, rendered, config, rejects)
         batches.append(batch)
-        read, filtered, untrainable, tokens = (read + len(conversations), filtered + left_out,
+        read, filtered, untrainable, tokens = (read + len(records_read), filtered + left_out,
                                                untrainable + rejected, tokens + len(batch.ids))
+        unrendered += len(failed)
         if progress is not None:
             progress.update(len(conversations) + left_out)
             progress.set_postfix_str(_rate(progress, tokens), refresh=False)
     batch = RenderedBatch.concat(batches) if batches else render_batch([], tokenizer, config)
-    return ReadUnit(batch, len(batches), read, filtered, untrainable)
+    chat_counts = dict(renderer.counts) if renderer is not None else {}
+    return ReadUnit(batch, len(batches), read, filtered, untrainable, unrendered, chat_counts)
 
 
 def _read_counters(read: ReadUnit) -> dict[str, int]:
@@ -189,8 +195,11 @@ def _read_counters(read: ReadUnit) -> dict[str, int]:
     # its manifest stays as earlier versions wrote it.
     if not read.batches:
         return {}
-    return {"records_filtered": read.filtered, "conversations_read": read.read,
-            "conversations_dropped_no_trained": read.untrainable}
+    counters = {"records_filtered": read.filtered, "conversations_read": read.read,
+                "conversations_dropped_no_trained": read.untrainable}
+    if read.unrendered:  # only where it happened: manifests of other units stay as they were
+        counters["conversations_rejected_rendering"] = read.unrendered
+    return {**counters, **read.chat_counts}
 
 
 def pack_linear(batch: RenderedBatch, trainable: np.ndarray, config: PackConfig, tokenizer: PackTokenizer) -> PackedUnit:

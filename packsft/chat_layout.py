@@ -1,0 +1,280 @@
+"""Where each message, and each span the model generates, lies in a chat template's rendering.
+
+Templates rewrite what they are given: Qwen3 moves `<think>` blocks out of content, drops reasoning from
+turns before the last user message and adds an empty think block to the last turn; others `| trim`.
+So spans are found from the template's own renderings, never by searching for a content's text:
+
+    T   = render(messages)                                   the rendering that is packed
+    R_i = render(messages[:i])                               message i starts where R_i stops agreeing with T
+    P_k = render(messages[:k], add_generation_prompt=True)   assistant k's generated text starts where P_k's
+                                                             generation prompt stops agreeing with T, and ends
+                                                             with the last special token before message k+1
+
+    T:   <|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\nYo<|im_end|>\\n
+    R_1: <|im_start|>user\\nHi<|im_end|>\\n
+    P_1: <|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n
+         |<---------- message 0 --------->|<------------------ message 1 ---------------------------->|
+                                           header (prompt)      |<----- generated (trained) ------->|
+
+Where R_i renders message i-1 differently from T (it is the last message there; Qwen3 adds a think block),
+message i starts after the longest end of R_i that T holds.
+
+Cost: a conversation of n messages needs about 1.5 n renderings. Most conversations share their shape with
+many others, so the analysis runs on a *skeleton* (every content, reasoning, call id and string argument
+replaced by a placeholder), cached per shape, tools and template kwargs; splicing the record's strings into
+the skeleton must give back exactly the record's rendering, or the record is analysed itself.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# A template renders a message list, with or without the generation prompt (tools and kwargs bound).
+Render = Callable[[list[dict[str, Any]], bool], str]
+Span = tuple[int, int]
+
+HOLE = "\ue000{}\ue001"
+HOLE_PATTERN = re.compile("\ue000(\\d+)\ue001")
+# Message fields whose string value is data (never template structure): the skeleton replaces them.
+DATA_FIELDS = ("content", "reasoning_content", "reasoning", "thinking", "tool_call_id")
+SKELETON_CACHE_SIZE = 4096
+
+
+@dataclass
+class Layout:
+    """Character positions in one rendering (`text`); per message i of n:
+
+    starts[i]     where message i's span starts (message 0's: `head_end`; what precedes is the conversation's
+                  head: BOS, and whatever the template puts before the first message, e.g. a tools block)
+    bodies[i]     where its header ends: for an assistant turn the end of the generation prompt
+    generated[i]  assistant turns: [start, end) of what the model generates, through its end-of-turn token
+    rewritten[i]  assistant turns the template renders otherwise when they are not the last message
+    data          spans of the record's own strings (a special-token string there is plain text)
+    """
+
+    text: str
+    head_end: int
+    starts: list[int]
+    bodies: list[int]
+    generated: list[Span | None]
+    rewritten: list[bool]
+    data: list[Span] = field(default_factory=list)
+
+
+def common_prefix(a: str, b: str, start: int = 0) -> int:
+    """Length of the longest common prefix of a[start:] and b[start:] (C-speed slice comparisons)."""
+    n = min(len(a), len(b))
+    if a[start:n] == b[start:n]:
+        return n - start
+    lo, hi = start, n  # a[start:lo] == b[start:lo]; a[lo:hi] != b[lo:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo - start
+
+
+def analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern[str] | None,
+            head: Callable[[str], int], text: str | None = None, prompt: str | None = None) -> Layout:
+    """The layout of `messages` as `render` renders them (see the module docstring).
+
+    Args:
+        head: where the first message starts in a rendering.
+        prompt: the generation prompt where the template cannot render the conversation before a turn
+            (an assistant turn that opens the conversation: most templates refuse no message at all).
+    """
+    text = render(messages, False) if text is None else text
+    n = len(messages)
+    starts, prefixes = [head(text)], [text[:0]]
+    for i in range(1, n):
+        prefix = render(messages[:i], False)
+        prefixes.append(prefix)
+        starts.append(max(_boundary(prefix, text, starts[-1]), starts[-1]))
+    bodies, generated, rewritten = list(starts), [None] * n, [False] * n
+    layout = Layout(text, starts[0], starts, bodies, generated, rewritten)  # type: ignore[arg-type]
+    for k, message in enumerate(messages):
+        end = starts[k + 1] if k + 1 < n else len(text)
+        if message.get("role") != "assistant":
+            # The header is what precedes the content where the content is rendered as given (split.py keeps it
+            # whole when it shortens a long question); else the message has no header of its own.
+            content = message.get("content")
+            at = text.find(content, starts[k], end) if isinstance(content, str) and content else -1
+            bodies[k] = at if at >= 0 else starts[k]
+            continue
+        own = _generation_prompt(render, messages, k, prefixes[k] if k else None)
+        body = _after_prompt(text, starts[k], end, own if own is not None else prompt)
+        bodies[k] = body
+        generated[k] = (body, _end_of_turn(text, body, end, specials))
+        if k + 1 < n:
+            last = render(messages[: k + 1], False) if k + 1 >= len(prefixes) else prefixes[k + 1]
+            final_body = _after_prompt(last, starts[k], len(last), own if own is not None else prompt)
+            final = last[final_body:_end_of_turn(last, final_body, len(last), specials)]
+            rewritten[k] = final != text[generated[k][0]:generated[k][1]]  # type: ignore[index]
+    return layout
+
+
+def _boundary(prefix: str, text: str, previous: int) -> int:
+    """Where the message after `prefix` starts in `text`: the end of `prefix` where text continues it, else
+    the end of the longest end of `prefix` (from the previous message's start) that `text` holds, ending past
+    where the two part (they may agree on a character or two by chance: `<` of `<think>` and of `<|im_end|>`)."""
+    agreed = common_prefix(prefix, text)
+    if agreed == len(prefix):
+        return agreed
+    tail = prefix[previous:]
+
+    def found(k: int) -> int:  # where tail's last k characters occur in text, ending past `agreed`; -1: nowhere
+        return text.find(tail[len(tail) - k:], max(previous, agreed - k + 1))
+
+    lo, hi = 0, len(tail)  # found(lo) >= 0 (lo = 0: the empty string); found(hi + 1) < 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if found(mid) >= 0:
+            lo = mid
+        else:
+            hi = mid - 1
+    return found(lo) + lo if lo else agreed
+
+
+def _generation_prompt(render: Render, messages: list[dict[str, Any]], k: int, prefix: str | None) -> str | None:
+    """What the template adds to prompt assistant turn k (None where that cannot be told apart)."""
+    try:
+        prompted = render(messages[:k], True)
+    except Exception:  # a template may refuse to render no message at all
+        return None
+    if prefix is None:
+        try:
+            prefix = render(messages[:k], False)
+        except Exception:
+            return None
+    return prompted[len(prefix):] if prompted.startswith(prefix) else None
+
+
+def _after_prompt(text: str, start: int, end: int, prompt: str | None) -> int:
+    """Where the generated text starts: after the part of the generation prompt that `text` holds at `start`."""
+    if not prompt:
+        return start
+    return start + common_prefix(prompt, text[start:end])
+
+
+def _end_of_turn(text: str, start: int, end: int, specials: re.Pattern[str] | None) -> int:
+    """The end of the last special token in text[start:end] (the end-of-turn the model generates), else `end`."""
+    found = end
+    if specials is not None:
+        for match in specials.finditer(text, start, end):
+            found = match.end()
+    return found
+
+
+# -- skeletons -------------------------------------------------------------------------------------------------
+def skeleton(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The messages with every non-empty data string replaced by a numbered placeholder, and those strings.
+
+    Empty strings stay empty: templates test them (`{% if content %}`)."""
+    values: list[str] = []
+
+    def hole(value: Any) -> Any:
+        if not isinstance(value, str) or not value:
+            return value
+        values.append(value)
+        return HOLE.format(len(values) - 1)
+
+    out = []
+    for message in messages:
+        copy = dict(message)
+        for key in DATA_FIELDS:
+            if key in copy:
+                copy[key] = hole(copy[key])
+        if isinstance(copy.get("tool_calls"), list):
+            copy["tool_calls"] = [_call_skeleton(call, hole) for call in copy["tool_calls"]]
+        out.append(copy)
+    return out, values
+
+
+def _call_skeleton(call: Any, hole: Callable[[Any], Any]) -> Any:
+    if not isinstance(call, Mapping):
+        return call
+    copy = dict(call)
+    if "id" in copy:
+        copy["id"] = hole(copy["id"])
+    function = copy.get("function")
+    if isinstance(function, Mapping) and isinstance(function.get("arguments"), str):
+        copy["function"] = {**function, "arguments": hole(function["arguments"])}
+    return copy
+
+
+def protect(messages: list[dict[str, Any]], specials: re.Pattern[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The messages with every special-token string inside their data replaced by a placeholder, and those strings."""
+    values: list[str] = []
+
+    def hole(match: re.Match[str]) -> str:
+        values.append(match.group())
+        return HOLE.format(len(values) - 1)
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return specials.sub(hole, value)
+        if isinstance(value, Mapping):
+            return {key: walk(item) if key != "role" else item for key, item in value.items()}
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        return value
+
+    return [walk(message) for message in messages], values
+
+
+def shape_key(messages: list[dict[str, Any]], tools: Any, kwargs: Mapping[str, Any]) -> str:
+    return json.dumps([messages, tools, kwargs], sort_keys=True, ensure_ascii=False, default=repr)
+
+
+def splice(layout: Layout, values: list[str], text: str) -> Layout | None:
+    """The skeleton's layout moved onto the record whose strings are `values`, if that gives back `text` exactly."""
+    pieces, marks, cursor = [], [], 0
+    for match in HOLE_PATTERN.finditer(layout.text):
+        index = int(match.group(1))
+        if index >= len(values):
+            return None
+        pieces.append(layout.text[cursor:match.start()])
+        pieces.append(values[index])
+        marks.append((match.start(), match.end(), len(values[index])))
+        cursor = match.end()
+    pieces.append(layout.text[cursor:])
+    if "".join(pieces) != text:
+        return None
+    ends = [end for _, end, _ in marks]
+    shift = [0]
+    for start, end, length in marks:
+        shift.append(shift[-1] + length - (end - start))
+
+    def moved(x: int) -> int:
+        j = bisect.bisect_right(ends, x)
+        if j < len(marks) and marks[j][0] < x:  # inside a placeholder: its start
+            x = marks[j][0]
+        return x + shift[j]
+
+    data = [(moved(start), moved(start) + length) for start, _, length in marks]
+    return Layout(
+        text, moved(layout.head_end), [moved(x) for x in layout.starts], [moved(x) for x in layout.bodies],
+        [None if span is None else (moved(span[0]), moved(span[1])) for span in layout.generated],
+        list(layout.rewritten), data,
+    )
+
+
+@dataclass
+class SkeletonCache:
+    """Layouts of skeletons by shape key, bounded (cleared when full: shapes repeat within a unit, not across)."""
+
+    entries: dict[str, Layout | None] = field(default_factory=dict)
+
+    def get(self, key: str, compute: Callable[[], Layout | None]) -> Layout | None:
+        if key not in self.entries:
+            if len(self.entries) >= SKELETON_CACHE_SIZE:
+                self.entries.clear()
+            self.entries[key] = compute()
+        return self.entries[key]
