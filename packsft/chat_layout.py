@@ -41,7 +41,12 @@ Span = tuple[int, int]
 HOLE = "\ue000{}\ue001"
 HOLE_PATTERN = re.compile("\ue000(\\d+)\ue001")
 # Message fields whose string value is data (never template structure): the skeleton replaces them.
-DATA_FIELDS = ("content", "reasoning_content", "reasoning", "thinking", "tool_call_id")
+DATA_FIELDS = ("content", "reasoning_content", "reasoning", "thinking", "tool_call_id", "name")
+# Skeletons render with this in place of a record's tools (when it has any), so records with different tools share
+# a skeleton; the tools block is then the one stretch where a record's rendering differs (see `splice`).
+STAND_IN_TOOLS = [{"type": "function", "function": {
+    "name": "stand_in", "description": "A stand-in.",
+    "parameters": {"type": "object", "properties": {"x": {"type": "string", "description": "x"}}, "required": ["x"]}}}]
 SKELETON_CACHE_SIZE = 4096
 
 
@@ -204,8 +209,8 @@ def _call_skeleton(call: Any, hole: Callable[[Any], Any]) -> Any:
     if "id" in copy:
         copy["id"] = hole(copy["id"])
     function = copy.get("function")
-    if isinstance(function, Mapping) and isinstance(function.get("arguments"), str):
-        copy["function"] = {**function, "arguments": hole(function["arguments"])}
+    if isinstance(function, Mapping):
+        copy["function"] = {key: hole(value) if key in ("name", "arguments") else value for key, value in function.items()}
     return copy
 
 
@@ -233,8 +238,13 @@ def shape_key(messages: list[dict[str, Any]], tools: Any, kwargs: Mapping[str, A
     return json.dumps([messages, tools, kwargs], sort_keys=True, ensure_ascii=False, default=repr)
 
 
-def splice(layout: Layout, values: list[str], text: str) -> Layout | None:
-    """The skeleton's layout moved onto the record whose strings are `values`, if that gives back `text` exactly."""
+def splice(layout: Layout, values: list[str], text: str, *, stand_in: bool = False) -> Layout | None:
+    """The skeleton's layout moved onto the record whose strings are `values`, if that gives back `text` exactly.
+
+    Args:
+        stand_in: the skeleton was rendered with stand-in tools; the one stretch where the spliced skeleton and
+            `text` then differ is the tools block, which must hold no position of the layout and no placeholder.
+    """
     pieces, marks, cursor = [], [], 0
     for match in HOLE_PATTERN.finditer(layout.text):
         index = int(match.group(1))
@@ -245,8 +255,7 @@ def splice(layout: Layout, values: list[str], text: str) -> Layout | None:
         marks.append((match.start(), match.end(), len(values[index])))
         cursor = match.end()
     pieces.append(layout.text[cursor:])
-    if "".join(pieces) != text:
-        return None
+    spliced = "".join(pieces)
     ends = [end for _, end, _ in marks]
     shift = [0]
     for start, end, length in marks:
@@ -259,11 +268,40 @@ def splice(layout: Layout, values: list[str], text: str) -> Layout | None:
         return x + shift[j]
 
     data = [(moved(start), moved(start) + length) for start, _, length in marks]
+    positions = [layout.head_end, *layout.starts, *layout.bodies,
+                 *(x for span in layout.generated if span is not None for x in span)]
+    if spliced != text:
+        if not stand_in:
+            return None
+        region = _differing_stretch(spliced, text)
+        if region is None:
+            return None
+        lo, hi, delta = region  # spliced[lo:hi] stands where text[lo:hi + delta] is
+        if any(lo < moved(x) < hi for x in positions) or any(lo < e and s < hi for s, e in data):
+            return None
+        inner = moved
+
+        def moved(x: int) -> int:  # noqa: F811 - the same move, then past the tools block
+            y = inner(x)
+            return y + delta if y >= hi else y
+
+        data = [(moved(start), moved(start) + length) for start, _, length in marks]
     return Layout(
         text, moved(layout.head_end), [moved(x) for x in layout.starts], [moved(x) for x in layout.bodies],
         [None if span is None else (moved(span[0]), moved(span[1])) for span in layout.generated],
         list(layout.rewritten), data,
     )
+
+
+def _differing_stretch(a: str, b: str) -> tuple[int, int, int] | None:
+    """(lo, hi, len(b) - len(a)) where a and b agree outside a[lo:hi] and b[lo:hi + delta]; None if not so."""
+    lo = common_prefix(a, b)
+    if lo == len(a) == len(b):
+        return None
+    room = min(len(a), len(b)) - lo
+    back = common_prefix(a[::-1], b[::-1])
+    back = min(back, room)
+    return lo, len(a) - back, len(b) - len(a)
 
 
 @dataclass

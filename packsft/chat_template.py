@@ -44,6 +44,7 @@ from packsft.chat_encode import RenderingEncoder
 from packsft.chat_layout import (
     HOLE,
     HOLE_PATTERN,
+    STAND_IN_TOOLS,
     Layout,
     Render,
     SkeletonCache,
@@ -60,6 +61,7 @@ from packsft.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 from packsft.tokenizer_cache import cache_key, read_entry, write_entry
 
 THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+PROBE_MARK = "\ue002probe\ue003"  # the content of probe messages: no record holds it, no placeholder matches it
 
 
 class ChatRenderer:
@@ -120,37 +122,47 @@ class ChatRenderer:
         """Where the record's messages and generated spans lie in its rendering (chat_layout.py)."""
         messages, tools = conv.chat_messages(), conv.tools
         kwargs = conv.template_kwargs(self.template_kwargs)
-        render = self.bind(tools, kwargs)
         text = self.render_text(messages, tools, kwargs)
-        probe_key = shape_key([], tools, kwargs)
-        head = functools.partial(self._head_end, render, probe_key, messages[0]["role"])
-        prompt = self._generic_prompt(render, probe_key)
         tools_special = tools is not None and self.specials is not None and bool(
             self.specials.search(json.dumps(tools, ensure_ascii=False)))
         if not tools_special:
             holed, values = skeleton(messages)
-            found = self.skeletons.get(shape_key(holed, tools, kwargs),
-                                       functools.partial(_try_analyse, render, holed, self.specials, head, prompt))
-            spliced = splice(found, values, text) if found is not None else None
+            stand_in = STAND_IN_TOOLS if tools else None
+            skeleton_render = self.bind(stand_in, kwargs)
+            skeleton_key = shape_key([], stand_in, kwargs)
+            found = self.skeletons.get(shape_key(holed, stand_in, kwargs), functools.partial(
+                _try_analyse, skeleton_render, holed, self.specials,
+                functools.partial(self._head_end, skeleton_render, skeleton_key, messages[0]["role"]),
+                self._generic_prompt(skeleton_render, skeleton_key)))
+            spliced = splice(found, values, text, stand_in=stand_in is not None) if found is not None else None
             if spliced is not None:
                 return spliced
         try:
-            if self.specials is None:
-                return analyse(render, messages, None, head, text, prompt)
-            holed, values = protect(messages, self.specials)
-            holed_tools = protect([{"tools": tools}], self.specials) if tools_special else None
-            if holed_tools is not None:  # special strings in tool descriptions: numbered after the messages'
-                shifted = json.loads(re.sub("\ue000(\\d+)\ue001", lambda m: HOLE.format(int(m.group(1)) + len(values)),
-                                            json.dumps(holed_tools[0][0]["tools"], ensure_ascii=False)))
-                values += holed_tools[1]
-                render = self.bind(shifted, kwargs)
-            if not values:
-                return analyse(render, messages, self.specials, head, text, prompt)
-            spliced = splice(analyse(render, holed, self.specials, head, None, prompt), values, text)
+            return self._analyse_record(messages, tools, kwargs, text)
         except RecordRejected:
             raise
         except Exception as exc:
             raise RecordRejected(f"chat template refused a prefix of the conversation: {_first_line(exc)}") from None
+
+    def _analyse_record(self, messages: list[dict[str, Any]], tools: Any, kwargs: dict[str, Any], text: str) -> Layout:
+        """The layout of the record itself (its shape's skeleton did not reproduce it): special-token strings in its
+        strings (and in its tools) are placeholders while it is analysed, so they stay plain text."""
+        values: list[str] = []
+        holed = messages
+        if self.specials is not None:
+            holed, values = protect(messages, self.specials)
+            if tools is not None:
+                holed_tools, tool_values = protect([{"tools": tools}], self.specials)
+                renumbered = re.sub("\ue000(\\d+)\ue001", lambda m: HOLE.format(int(m.group(1)) + len(values)),
+                                    json.dumps(holed_tools[0]["tools"], ensure_ascii=False))
+                tools, values = json.loads(renumbered), values + tool_values
+        render = self.bind(tools, kwargs)
+        probe_key = shape_key([], tools, kwargs)
+        head = functools.partial(self._head_end, render, probe_key, messages[0]["role"])
+        prompt = self._generic_prompt(render, probe_key)
+        if not values:
+            return analyse(render, messages, self.specials, head, text, prompt)
+        spliced = splice(analyse(render, holed, self.specials, head, None, prompt), values, text)
         if spliced is None:
             raise RecordRejected("the chat template renders a special-token string inside the record differently "
                                  "from plain text, so it cannot be kept plain text; remove it from the record")
@@ -161,6 +173,8 @@ class ChatRenderer:
         message (a tools block, a default system message), found once per tools, kwargs and first role."""
         key = f"{key}|{first_role}"
         if key not in self.heads:
+            if len(self.heads) >= 4096:  # keyed by tools: records with tools of their own would fill it
+                self.heads.clear()
             self.heads[key] = self._probe_head(render, first_role)
         head = self.heads[key]
         if head and text.startswith(head):
@@ -171,7 +185,7 @@ class ChatRenderer:
         """The generation prompt after a one-message conversation (for a turn no conversation precedes)."""
         key = f"{key}|prompt"
         if key not in self.heads:
-            mark = HOLE.format(0)
+            mark = PROBE_MARK
             try:
                 plain = render([{"role": USER, "content": mark}], False)
                 prompted = render([{"role": USER, "content": mark}], True)
@@ -181,7 +195,7 @@ class ChatRenderer:
         return self.heads[key]
 
     def _probe_head(self, render: Render, first_role: str) -> str | None:
-        mark = HOLE.format(0)
+        mark = PROBE_MARK
         try:
             probe = render([{"role": first_role, "content": mark}], False)
             plain = render([{"role": USER, "content": mark}], False)
