@@ -28,6 +28,7 @@ the skeleton must give back exactly the record's rendering, or the record is ana
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -48,6 +49,7 @@ STAND_IN_TOOLS = [{"type": "function", "function": {
     "name": "stand_in", "description": "A stand-in.",
     "parameters": {"type": "object", "properties": {"x": {"type": "string", "description": "x"}}, "required": ["x"]}}}]
 SKELETON_CACHE_SIZE = 4096
+PREFIX_CACHE_SIZE = 32768  # skeleton renderings (short: contents are placeholders)
 
 
 @dataclass
@@ -87,21 +89,34 @@ def common_prefix(a: str, b: str, start: int = 0) -> int:
 
 
 def analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern[str] | None,
-            head: Callable[[str], int], text: str | None = None, prompt: str | None = None) -> Layout:
+            head: Callable[[str], int], text: str | None = None, prompt: str | None = None,
+            fixed_prompt: bool = False, opener: str | None = None) -> Layout:
     """The layout of `messages` as `render` renders them (see the module docstring).
 
     Args:
         head: where the first message starts in a rendering.
         prompt: the generation prompt where the template cannot render the conversation before a turn
             (an assistant turn that opens the conversation: most templates refuse no message at all).
+        fixed_prompt: the template's generation prompt is `prompt` whatever precedes it (proven on probes by the
+            caller): P_k is not rendered.
+        opener: the special token that opens every message of this template (proven on probes by the caller):
+            in a skeleton, message i starts at the last one between the placeholders of messages i-1 and i, so
+            R_i is rendered only where there is none.
     """
     text = render(messages, False) if text is None else text
     n = len(messages)
-    starts, prefixes = [head(text)], [text[:0]]
+    starts: list[int] = [head(text)]
+    prefixes: dict[int, str] = {}
+
+    def prefix(i: int) -> str:
+        if i not in prefixes:
+            prefixes[i] = render(messages[:i], False)
+        return prefixes[i]
+
+    holes = _hole_positions(messages, text) if opener else None
     for i in range(1, n):
-        prefix = render(messages[:i], False)
-        prefixes.append(prefix)
-        starts.append(max(_boundary(prefix, text, starts[-1]), starts[-1]))
+        found = _opened(text, opener, holes, i, starts[-1]) if holes is not None and opener else -1
+        starts.append(found if found >= 0 else max(_boundary(prefix(i), text, starts[-1]), starts[-1]))
     bodies, generated, rewritten = list(starts), [None] * n, [False] * n
     layout = Layout(text, starts[0], starts, bodies, generated, rewritten)  # type: ignore[arg-type]
     for k, message in enumerate(messages):
@@ -113,16 +128,37 @@ def analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern
             at = text.find(content, starts[k], end) if isinstance(content, str) and content else -1
             bodies[k] = at if at >= 0 else starts[k]
             continue
-        own = _generation_prompt(render, messages, k, prefixes[k] if k else None)
+        own = prompt if fixed_prompt and prompt is not None else \
+            _generation_prompt(render, messages, k, prefix(k) if k else None)
         body = _after_prompt(text, starts[k], end, own if own is not None else prompt)
         bodies[k] = body
         generated[k] = (body, _end_of_turn(text, body, end, specials))
         if k + 1 < n:
-            last = render(messages[: k + 1], False) if k + 1 >= len(prefixes) else prefixes[k + 1]
+            last = prefix(k + 1)
             final_body = _after_prompt(last, starts[k], len(last), own if own is not None else prompt)
             final = last[final_body:_end_of_turn(last, final_body, len(last), specials)]
             rewritten[k] = final != text[generated[k][0]:generated[k][1]]  # type: ignore[index]
     return layout
+
+
+def _hole_positions(messages: list[dict[str, Any]], text: str) -> list[tuple[int, int] | None]:
+    """Per message of a skeleton: the start of its first rendered placeholder and the end of its last (None: none)."""
+    at: dict[int, tuple[int, int]] = {}
+    for match in HOLE_PATTERN.finditer(text):
+        at.setdefault(int(match.group(1)), match.span())
+    out: list[tuple[int, int] | None] = []
+    for message in messages:
+        spans = [at[int(index)] for index in HOLE_PATTERN.findall(json.dumps(message, ensure_ascii=False)) if int(index) in at]
+        out.append((min(s for s, _ in spans), max(e for _, e in spans)) if spans else None)
+    return out
+
+
+def _opened(text: str, opener: str, holes: list[tuple[int, int] | None], i: int, previous: int) -> int:
+    """Where message i opens: the last `opener` between the placeholders of messages i-1 and i; -1 if unknown."""
+    if holes[i] is None:
+        return -1
+    lo = max(previous, holes[i - 1][1]) if holes[i - 1] is not None else previous  # type: ignore[index]
+    return text.rfind(opener, lo, holes[i][0]) if lo <= holes[i][0] else -1  # type: ignore[index]
 
 
 def _boundary(prefix: str, text: str, previous: int) -> int:
@@ -302,6 +338,31 @@ def _differing_stretch(a: str, b: str) -> tuple[int, int, int] | None:
     back = common_prefix(a[::-1], b[::-1])
     back = min(back, room)
     return lo, len(a) - back, len(b) - len(a)
+
+
+class PrefixRenderings:
+    """`render` for the prefixes of one skeleton, memoised by the prefix's content in `store` (shared by every
+    skeleton of a unit): skeletons of agentic traces rarely repeat whole, but their early turns do.
+
+    Call it as `render` is called, with `messages[:i]` of the messages it was made for.
+    """
+
+    def __init__(self, render: Render, messages: list[dict[str, Any]], context: str, store: dict[bytes, str]) -> None:
+        self.render, self.messages, self.store = render, messages, store
+        digest = hashlib.blake2b(context.encode(), digest_size=16)
+        self.keys = [digest.digest()]
+        for message in messages:
+            digest.update(json.dumps(message, sort_keys=True, ensure_ascii=False, default=repr).encode())
+            self.keys.append(digest.digest())
+
+    def __call__(self, messages: list[dict[str, Any]], prompt: bool) -> str:
+        key = self.keys[len(messages)] + (b"+" if prompt else b"-")
+        text = self.store.get(key)
+        if text is None:
+            text = self.store[key] = self.render(messages, prompt)
+            if len(self.store) > PREFIX_CACHE_SIZE:
+                self.store.clear()
+        return text
 
 
 @dataclass

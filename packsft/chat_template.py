@@ -46,6 +46,7 @@ from packsft.chat_layout import (
     HOLE_PATTERN,
     STAND_IN_TOOLS,
     Layout,
+    PrefixRenderings,
     Render,
     SkeletonCache,
     analyse,
@@ -91,11 +92,35 @@ class ChatRenderer:
         self.eos_token = eos if isinstance(eos, str) else tokenizer.backend.id_to_token(tokenizer.eos_id)
         self.template_kwargs = dict(template_kwargs or {})
         self.skeletons = SkeletonCache()
+        self.prefix_texts: dict[bytes, str] = {}  # PrefixRenderings' store
         self.heads: dict[str, str | None] = {}
         # turns_rewritten_in_history, reasoning_tokens_dropped, inference_*: present (0) in every chat unit
         self.counts: Counter[str] = Counter(dict.fromkeys(CHAT_TURN_COUNTERS, 0))
         self.inference_prefixes: set[int] = set()  # id() of records --turns inference added
         self._jinja = _jinja_renderer(tokenizer)
+        self._fixed_prompt: bool | None = None
+        self._opener_rule: bool | None = None
+
+    @property
+    def fixed_prompt(self) -> bool:
+        """Whether the template's generation prompt is the same after every conversation prefix of the probes
+        (given the tools and kwargs): then an assistant turn's prompt is not rendered per turn."""
+        if self._fixed_prompt is None:
+            self._fixed_prompt = _prompt_is_fixed(self)
+        return self._fixed_prompt
+
+    @property
+    def opener_rule(self) -> bool:
+        """Whether every message of the probes' skeletons opens with the special token that opens the generation
+        prompt (`analyse(opener=...)` then finds message starts without rendering prefixes)."""
+        if self._opener_rule is None:
+            self._opener_rule = _opener_rule_holds(self)
+        return self._opener_rule
+
+    def _opener(self, render: Render, key: str) -> str | None:
+        prompt = self._generic_prompt(render, key)
+        found = self.specials.search(prompt) if prompt and self.specials is not None else None
+        return found.group() if found else None
 
     # -- rendering -----------------------------------------------------------------------------------------------
     def bind(self, tools: Any = None, kwargs: Mapping[str, Any] | None = None) -> Render:
@@ -130,10 +155,12 @@ class ChatRenderer:
             stand_in = STAND_IN_TOOLS if tools else None
             skeleton_render = self.bind(stand_in, kwargs)
             skeleton_key = shape_key([], stand_in, kwargs)
+            context = shape_key([], stand_in, kwargs)
             found = self.skeletons.get(shape_key(holed, stand_in, kwargs), functools.partial(
-                _try_analyse, skeleton_render, holed, self.specials,
+                _try_analyse, PrefixRenderings(skeleton_render, holed, context, self.prefix_texts), holed, self.specials,
                 functools.partial(self._head_end, skeleton_render, skeleton_key, messages[0]["role"]),
-                self._generic_prompt(skeleton_render, skeleton_key)))
+                self._generic_prompt(skeleton_render, skeleton_key), self.fixed_prompt,
+                self._opener(skeleton_render, skeleton_key) if self.opener_rule else None))
             spliced = splice(found, values, text, stand_in=stand_in is not None) if found is not None else None
             if spliced is not None:
                 return spliced
@@ -161,8 +188,8 @@ class ChatRenderer:
         head = functools.partial(self._head_end, render, probe_key, messages[0]["role"])
         prompt = self._generic_prompt(render, probe_key)
         if not values:
-            return analyse(render, messages, self.specials, head, text, prompt)
-        spliced = splice(analyse(render, holed, self.specials, head, None, prompt), values, text)
+            return analyse(render, messages, self.specials, head, text, prompt, self.fixed_prompt)
+        spliced = splice(analyse(render, holed, self.specials, head, None, prompt, self.fixed_prompt), values, text)
         if spliced is None:
             raise RecordRejected("the chat template renders a special-token string inside the record differently "
                                  "from plain text, so it cannot be kept plain text; remove it from the record")
@@ -251,10 +278,48 @@ class ChatRenderer:
         return out
 
 
+def _prompt_is_fixed(renderer: ChatRenderer) -> bool:
+    for record in _probe_records():
+        messages, tools, kwargs = record.chat_messages(), record.tools, record.template_kwargs()
+        render = renderer.bind(tools, kwargs)
+        generic = renderer._generic_prompt(render, shape_key([], tools, kwargs))
+        for k in range(1, len(messages) + 1):
+            if k < len(messages) and messages[k]["role"] != ASSISTANT:
+                continue
+            try:
+                plain, prompted = render(messages[:k], False), render(messages[:k], True)
+            except Exception:
+                continue
+            if prompted != plain + (generic or ""):
+                return False
+    return True
+
+
+def _opener_rule_holds(renderer: ChatRenderer) -> bool:
+    for record in _probe_records():
+        holed, _ = skeleton(record.chat_messages())
+        tools = STAND_IN_TOOLS if record.tools else None
+        kwargs = record.template_kwargs()
+        render, key = renderer.bind(tools, kwargs), shape_key([], tools, kwargs)
+        opener = renderer._opener(render, key)
+        if opener is None:
+            return False
+        head = functools.partial(renderer._head_end, render, key, holed[0]["role"])
+        prompt = renderer._generic_prompt(render, key)
+        try:
+            rendered = analyse(render, holed, renderer.specials, head, None, prompt)
+        except Exception:
+            continue
+        if analyse(render, holed, renderer.specials, head, None, prompt, opener=opener).starts != rendered.starts:
+            return False
+    return True
+
+
 def _try_analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern[str] | None,
-                 head: Callable[[str], int], prompt: str | None) -> Layout | None:
+                 head: Callable[[str], int], prompt: str | None, fixed_prompt: bool,
+                 opener: str | None = None) -> Layout | None:
     try:
-        return analyse(render, messages, specials, head, None, prompt)
+        return analyse(render, messages, specials, head, None, prompt, fixed_prompt, opener)
     except Exception:  # the template refuses the skeleton (it inspects contents): analyse the record itself
         return None
 
@@ -514,6 +579,9 @@ PROBE_RECORDS = [
 ]
 
 
+PROBES_VERSION = 2  # bumped when the probes change, so that cached proofs are made again
+
+
 def _probe_records() -> list[Conversation]:
     return [Conversation(messages) for messages in PROBE_CONVERSATIONS] + PROBE_RECORDS
 
@@ -564,7 +632,8 @@ def with_chat_path_proven(tokenizer: PackTokenizer, cache: bool = True) -> PackT
     """
     if tokenizer.template != "chat":
         return tokenizer
-    key = cache_key("chat-proof", {"fingerprint": tokenizer.fingerprint, "encoder": tokenizer.encoder})
+    key = cache_key("chat-proof", {"fingerprint": tokenizer.fingerprint, "encoder": tokenizer.encoder,
+                                   "probes": PROBES_VERSION})
     entry = read_entry("proofs", key) if cache else None
     if entry is not None and all(isinstance(entry.get(k), (str, type(None))) for k in ("render", "encode")):
         render, encode = entry["render"], entry["encode"]
