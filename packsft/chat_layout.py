@@ -116,7 +116,8 @@ def analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern
     holes = _hole_positions(messages, text) if opener else None
     for i in range(1, n):
         found = _opened(text, opener, holes, i, starts[-1]) if holes is not None and opener else -1
-        starts.append(found if found >= 0 else max(_boundary(prefix(i), text, starts[-1]), starts[-1]))
+        starts.append(found if found >= 0 else max(_boundary(prefix(i), text, starts[-1], messages[i - 1], specials),
+                                                   starts[-1]))
     bodies, generated, rewritten = list(starts), [None] * n, [False] * n
     layout = Layout(text, starts[0], starts, bodies, generated, rewritten)  # type: ignore[arg-type]
     for k, message in enumerate(messages):
@@ -161,17 +162,25 @@ def _opened(text: str, opener: str, holes: list[tuple[int, int] | None], i: int,
     return text.rfind(opener, lo, holes[i][0]) if lo <= holes[i][0] else -1  # type: ignore[index]
 
 
-def _boundary(prefix: str, text: str, previous: int) -> int:
-    """Where the message after `prefix` starts in `text`: the end of `prefix` where text continues it, else
-    the end of the longest end of `prefix` (from the previous message's start) that `text` holds, ending past
-    where the two part (they may agree on a character or two by chance: `<` of `<think>` and of `<|im_end|>`)."""
+def _boundary(prefix: str, text: str, previous: int, last: dict[str, Any], specials: re.Pattern[str] | None) -> int:
+    """Where the message after `prefix` starts in `text`.
+
+    Where text continues `prefix`: at its end. Where they part after the last message's data (its closing
+    depends on what follows: Qwen3 closes a tool result only after the last of a run): where they part. Where
+    they part before it (the last message renders otherwise when it is last: Qwen3's think block): after the
+    longest end of `prefix` that `text` holds past that point.
+    """
     agreed = common_prefix(prefix, text)
     if agreed == len(prefix):
         return agreed
-    tail = prefix[previous:]
+    agreed = _back_off(prefix, agreed, specials)
+    if not _holds_data(prefix[agreed:], last):
+        return agreed
+    start = min(previous, agreed)
+    tail = prefix[start:]
 
     def found(k: int) -> int:  # where tail's last k characters occur in text, ending past `agreed`; -1: nowhere
-        return text.find(tail[len(tail) - k:], max(previous, agreed - k + 1))
+        return text.find(tail[len(tail) - k:], max(start, agreed - k + 1))
 
     lo, hi = 0, len(tail)  # found(lo) >= 0 (lo = 0: the empty string); found(hi + 1) < 0
     while lo < hi:
@@ -181,6 +190,29 @@ def _boundary(prefix: str, text: str, previous: int) -> int:
         else:
             hi = mid - 1
     return found(lo) + lo if lo else agreed
+
+
+def _back_off(text: str, at: int, specials: re.Pattern[str] | None) -> int:
+    """`at`, or the start of a special token of `text` that `at` cuts (two texts agree on the `<` of `<|im_end|>`
+    and `<tool_response>` by chance)."""
+    if specials is None:
+        return at
+    for match in specials.finditer(text, max(0, at - 32), at + 32):
+        if match.start() < at < match.end():
+            return match.start()
+    return at
+
+
+def _holds_data(rest: str, message: dict[str, Any]) -> bool:
+    """Whether `rest` holds a placeholder or one of the message's own strings (content, reasoning, a call)."""
+    if HOLE_PATTERN.search(rest):
+        return True
+    strings = [message.get(key) for key in DATA_FIELDS]
+    for call in message.get("tool_calls") or []:
+        function = call.get("function", call) if isinstance(call, Mapping) else None
+        if isinstance(function, Mapping):
+            strings += [function.get("name"), function.get("arguments")]
+    return any(isinstance(value, str) and value and value in rest for value in strings)
 
 
 def _generation_prompt(render: Render, messages: list[dict[str, Any]], k: int, prefix: str | None) -> str | None:

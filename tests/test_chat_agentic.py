@@ -1,0 +1,229 @@
+"""`--template chat` on agentic and reasoning records: tools, tool calls, tool results, reasoning, template kwargs.
+
+The reference is transformers itself: the ids must equal `apply_chat_template(messages, tools=tools, **kwargs)`
+token for token, and an assistant turn trains exactly what follows its generation prompt
+(`apply_chat_template(messages[:k], add_generation_prompt=True)`) through its end-of-turn. Records hold no
+special-token strings here (those are plain text in packsft; tests/test_fidelity.py covers them).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from packsft import PackConfig, load_tokenizer
+from packsft.chat_template import ChatRenderer, render_chat
+from packsft.records import ASSISTANT, ChatExtras, Conversation
+from packsft.run import run_pack
+from tests.helpers import assert_output_verifies
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather of a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+SEARCH = {"type": "function", "function": {
+    "name": "search", "description": "Search the web.",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}, "top": {"type": "integer"}}}}}
+
+
+def call(name: str, arguments, call_id: str = "call_0") -> dict:
+    return {"type": "function", "id": call_id, "function": {"name": name, "arguments": arguments}}
+
+
+def record(messages: list[dict], tools=None, kwargs=None) -> Conversation:
+    """A Conversation as the reader builds it from an OpenAI-style record."""
+    from packsft.records import validate_chat
+
+    pairs, fields, train = validate_chat(messages)
+    return Conversation(pairs, extras=ChatExtras(fields, train, tools, kwargs))
+
+
+AGENT = [
+    {"role": "system", "content": "You are a travel assistant."},
+    {"role": "user", "content": "Is it warm in Paris and Rome today?"},
+    {"role": "assistant", "content": "", "tool_calls": [call("get_weather", '{"city": "Paris"}', "a"),
+                                                         call("get_weather", {"city": "Rome"}, "b")]},
+    {"role": "tool", "tool_call_id": "a", "content": '{"temp": 21}'},
+    {"role": "tool", "tool_call_id": "b", "content": '{"temp": 27}'},
+    {"role": "assistant", "content": "Rome is warmer (27 °C) than Paris (21 °C)."},
+    {"role": "user", "content": "Find me a museum in Rome."},
+    {"role": "assistant", "content": "Searching.", "tool_calls": [call("search", '{"query": "museum Rome"}')]},
+    {"role": "tool", "content": "Vatican Museums; Borghese Gallery"},
+    {"role": "assistant", "content": "Try the Borghese Gallery.", "reasoning_content": "The user wants one."},
+]
+
+
+@pytest.fixture(scope="module")
+def qwen3(qwen3_dir):
+    return load_tokenizer(str(qwen3_dir), "chat", encoder="auto")
+
+
+def hf_ids(tokenizer, rec: Conversation, prefix: int | None = None, prompt: bool = False) -> list[int]:
+    messages = rec.chat_messages()[:prefix]
+    out = tokenizer.hf.apply_chat_template(messages, tools=rec.tools, add_generation_prompt=prompt, tokenize=True,
+                                           **rec.template_kwargs())
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def generated_turns(tokenizer, rec: Conversation) -> dict[int, list[int]]:
+    """Per assistant turn whose prompt `apply_chat_template` renders as a prefix of the whole conversation: the
+    positions a model generates there, from the end of the prompt through the end-of-turn token."""
+    full = hf_ids(tokenizer, rec)
+    end_of_turn = tokenizer.backend.token_to_id("<|im_end|>")
+    out = {}
+    for k, (role, _) in enumerate(rec.messages):
+        if role != ASSISTANT or not rec.trains(k):
+            continue
+        prompt = hf_ids(tokenizer, rec, k, prompt=True) if k else None
+        if prompt is None or full[: len(prompt)] != prompt:
+            continue  # the template renders the history before turn k otherwise (Qwen3 drops reasoning there)
+        stop = full.index(end_of_turn, len(prompt))
+        out[k] = list(range(len(prompt), stop + 1))
+    return out
+
+
+def test_tool_calling_record_renders_as_apply_chat_template_and_trains_what_the_model_generates(qwen3):
+    rec = record(AGENT, tools=[WEATHER, SEARCH])
+    batch = render_chat([rec], qwen3)
+    assert batch.ids.tolist() == hf_ids(qwen3, rec)
+    trained = np.flatnonzero(batch.flags).tolist()
+    turns = generated_turns(qwen3, rec)
+    assert set(turns) == {2, 5, 7, 9}
+    assert trained == sorted(p for positions in turns.values() for p in positions)
+    text = qwen3.hf.decode(batch.ids[batch.flags == 1].tolist())
+    # Calls and reasoning train; the tools block, user requests and tool results never do.
+    assert '{"name": "get_weather", "arguments": {"city": "Paris"}}' in text and "The user wants one." in text
+    for untrained in ("# Tools", "Is it warm", '{"temp": 21}', "Vatican Museums", "<|im_start|>assistant"):
+        assert untrained not in text
+
+
+def test_template_kwargs_change_the_rendering_and_the_mask_exactly_as_in_hf(qwen3):
+    """enable_thinking=False: qwen3's generation prompt holds the empty think block, so it is prompt, not trained."""
+    messages = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    thinking, plain = record(messages), record(messages, kwargs={"enable_thinking": False})
+    on, off = render_chat([thinking], qwen3), render_chat([plain], qwen3)
+    assert on.ids.tolist() == hf_ids(qwen3, thinking) and off.ids.tolist() == hf_ids(qwen3, plain)
+    assert qwen3.hf.decode(on.ids[on.flags == 1].tolist()) == "<think>\n\n</think>\n\n4<|im_end|>"
+    assert qwen3.hf.decode(off.ids[off.flags == 1].tolist()) == "4<|im_end|>"
+    # --template-kwargs sets them for every record; the record's own win.
+    renderer = ChatRenderer(qwen3, template_kwargs={"enable_thinking": False})
+    assert render_chat([thinking], qwen3, renderer=renderer).flags.sum() == off.flags.sum()
+    own = record(messages, kwargs={"enable_thinking": True})
+    assert render_chat([own], qwen3, renderer=renderer).flags.sum() == on.flags.sum()
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3])
+def test_reasoning_inside_content_is_rendered_as_qwen3_does(qwen3, turns):
+    """`<think>` in content (OpenThoughts, SmolTalk2 think subsets): qwen3 moves it out of the content, keeps it in
+    the last turn and drops it from earlier ones; nothing is rejected as "cannot be located"."""
+    messages = []
+    for t in range(turns):
+        messages += [{"role": "user", "content": f"Question {t}?"},
+                     {"role": "assistant", "content": f"<think>\nStep {t}.\n</think>\n\nAnswer {t}."}]
+    rec = record(messages)
+    renderer = ChatRenderer(qwen3)
+    batch = render_chat([rec], qwen3, renderer=renderer)
+    assert batch.ids.tolist() == hf_ids(qwen3, rec)
+    text = qwen3.hf.decode(batch.ids[batch.flags == 1].tolist())
+    assert f"<think>\nStep {turns - 1}.\n</think>\n\nAnswer {turns - 1}.<|im_end|>" in text
+    assert all(f"Step {t}." not in text for t in range(turns - 1))  # dropped by the template from history
+    assert (renderer.counts["reasoning_tokens_dropped"] > 0) == (turns > 1)
+    assert renderer.counts["turns_rewritten_in_history"] == turns - 1
+
+
+def test_weight_zero_and_prompt_completion_train_only_what_they_should(qwen3):
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": 0},
+                {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
+    batch = render_chat([record(messages)], qwen3)
+    assert qwen3.hf.decode(batch.ids[batch.flags == 1].tolist()) == "<think>\n\n</think>\n\nd<|im_end|>"
+    # Text prompt-completion: the prompt is context, the completion and EOS train.
+    rec = Conversation((("text", "The capital of France is"), ("text", " Paris.")), extras=ChatExtras(
+        (None, None), (False, None)))
+    text = render_chat([rec], qwen3)
+    assert qwen3.hf.decode(text.ids[text.flags == 1].tolist()) == " Paris.<|im_end|>"
+
+
+def test_turns_inference_trains_each_rewritten_turn_as_generated_and_last_trains_only_the_last(qwen3):
+    rec = record(AGENT[:6], tools=[WEATHER])  # two assistant turns after the query: the first is rewritten
+    renderer = ChatRenderer(qwen3)
+    expanded = renderer.for_turns([rec], "inference")
+    assert len(expanded) == 2 and renderer.counts["inference_renderings_added"] == 1
+    batch = render_chat(expanded, qwen3, renderer=renderer)
+    assert renderer.counts["turns_rewritten_in_history"] == 0  # none is trained in a rewritten form any more
+    first = batch.ids[batch.conv_offsets[1]:batch.conv_offsets[2]]
+    first_flags = batch.flags[batch.conv_offsets[1]:batch.conv_offsets[2]]
+    prefix = record(AGENT[:3], tools=[WEATHER])
+    assert first.tolist() == hf_ids(qwen3, prefix)  # the turn as the last message, as at inference
+    assert qwen3.hf.decode(first[first_flags == 1].tolist()).startswith("<think>\n\n</think>\n\n<tool_call>")
+    assert renderer.counts["inference_context_tokens"] > 0
+    last = render_chat(ChatRenderer(qwen3).for_turns([rec], "last"), qwen3)
+    assert qwen3.hf.decode(last.ids[last.flags == 1].tolist()).endswith("than Paris (21 °C).<|im_end|>")
+    assert "tool_call" not in qwen3.hf.decode(last.ids[last.flags == 1].tolist())
+
+
+# -- property: random tool conversations ----------------------------------------------------------------------
+words = st.text(st.sampled_from("abc xyz 123\n{}\":,é中"), min_size=0, max_size=12)
+
+
+@st.composite
+def tool_records(draw):
+    messages = []
+    if draw(st.booleans()):
+        messages.append({"role": "system", "content": draw(words)})
+    for _ in range(draw(st.integers(1, 2))):
+        messages.append({"role": "user", "content": draw(words) or "q"})
+        for _ in range(draw(st.integers(0, 2))):
+            calls = [call(draw(st.sampled_from(["get_weather", "search"])),
+                          draw(st.sampled_from(['{"city": "x"}', {"query": "y", "top": 2}, "{}"])), f"c{i}")
+                     for i in range(draw(st.integers(1, 2)))]
+            messages.append({"role": "assistant", "content": draw(words), "tool_calls": calls})
+            messages += [{"role": "tool", "content": draw(words), "tool_call_id": c["id"]} for c in calls]
+        final = {"role": "assistant", "content": draw(words)}
+        if draw(st.booleans()):
+            final["reasoning_content"] = draw(words) or "r"
+        messages.append(final)
+    tools = draw(st.sampled_from([None, [WEATHER], [WEATHER, SEARCH]]))
+    kwargs = draw(st.sampled_from([None, {"enable_thinking": False}]))
+    return record(messages, tools, kwargs)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rec=tool_records())
+def test_random_tool_conversations_render_and_mask_as_hf(qwen3, rec):
+    batch = render_chat([rec], qwen3)
+    assert batch.ids.tolist() == hf_ids(qwen3, rec)
+    trained = set(np.flatnonzero(batch.flags).tolist())
+    for k, positions in generated_turns(qwen3, rec).items():
+        assert set(positions) <= trained | {0}, k
+    # Nothing outside an assistant turn trains: every trained token lies between an assistant header and its end.
+    ids = batch.ids.tolist()
+    start, end_of_turn = qwen3.backend.token_to_id("<|im_start|>"), qwen3.backend.token_to_id("<|im_end|>")
+    assistant = qwen3.backend.token_to_id("assistant")
+    inside, allowed = False, set()
+    for i, token in enumerate(ids):
+        if token == start:
+            inside = i + 1 < len(ids) and ids[i + 1] == assistant
+        elif inside:
+            allowed.add(i)
+            if token == end_of_turn:
+                inside = False
+    assert trained <= allowed
+
+
+def test_agentic_records_pack_from_the_cli_and_verify(tmp_path, qwen3_dir):
+    """A JSON Lines file of tool-calling records with tools and template kwargs packs, splits and verifies."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"messages": AGENT, "tools": [WEATHER, SEARCH]},
+            {"messages": AGENT[:6], "tools": json.dumps([WEATHER]), "chat_template_kwargs": {"enable_thinking": False}},
+            {"messages": [{"role": "user", "content": "hi " * 400}, {"role": "assistant", "content": "yo " * 400}]}]
+    (data / "a.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows * 3))
+    config = PackConfig(tokenizer=str(qwen3_dir), template="chat", seq_length=256)
+    result = run_pack(data, tmp_path / "out", config, quiet=True)
+    stats = result.dataset["stats"]
+    assert stats["records_rejected"] == 0 and stats["conversations_packed"] == 9
+    assert stats["trained_retention"] == 1.0 and stats["turns_rewritten_in_history"] > 0
+    assert_output_verifies(tmp_path / "out", deep=True)
