@@ -213,17 +213,23 @@ def test_random_tool_conversations_render_and_mask_as_hf(qwen3, rec):
     assert trained <= allowed
 
 
-def test_agentic_records_pack_from_the_cli_and_verify(tmp_path, qwen3_dir):
-    """A JSON Lines file of tool-calling records with tools and template kwargs packs, splits and verifies."""
+@pytest.mark.parametrize("turns", ["rendered", "last", "inference"])
+def test_agentic_records_pack_from_the_cli_and_verify(tmp_path, qwen3_dir, turns):
+    """A JSON Lines file of tool-calling records with tools, template kwargs and a weight-0 turn packs, splits
+    and verifies (--deep re-renders them with their tools and kwargs), under every --turns."""
     data = tmp_path / "data"
     data.mkdir()
+    context_only = [dict(message, weight=0) if i == 5 else message for i, message in enumerate(AGENT)]
     rows = [{"messages": AGENT, "tools": [WEATHER, SEARCH]},
             {"messages": AGENT[:6], "tools": json.dumps([WEATHER]), "chat_template_kwargs": {"enable_thinking": False}},
+            {"messages": context_only, "tools": [WEATHER, SEARCH]},
             {"messages": [{"role": "user", "content": "hi " * 400}, {"role": "assistant", "content": "yo " * 400}]}]
     (data / "a.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows * 3))
-    config = PackConfig(tokenizer=str(qwen3_dir), template="chat", seq_length=256)
+    config = PackConfig(tokenizer=str(qwen3_dir), template="chat", seq_length=256, turns=turns)
     result = run_pack(data, tmp_path / "out", config, quiet=True)
     stats = result.dataset["stats"]
-    assert stats["records_rejected"] == 0 and stats["conversations_packed"] == 9
-    assert stats["trained_retention"] == 1.0 and stats["turns_rewritten_in_history"] > 0
+    assert stats["records_rejected"] == 0 and stats["trained_retention"] == 1.0
+    assert stats["conversations_packed"] == 12 + (stats["inference_renderings_added"] or 0)
+    assert (stats["turns_rewritten_in_history"] > 0) == (turns == "rendered")
+    assert (stats["inference_renderings_added"] > 0) == (turns == "inference")
     assert_output_verifies(tmp_path / "out", deep=True)

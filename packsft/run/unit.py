@@ -165,7 +165,7 @@ def read_unit(unit: Unit, sources: list[InputFile], config: PackConfig, tokenize
     go to `rejects`."""
     renderer = ChatRenderer(tokenizer, template_kwargs=config.template_kwargs_dict()) \
         if config.template == "chat" else None
-    batches, read, filtered, untrainable, tokens, unrendered = [], 0, 0, 0, 0, 0
+    batches, read, filtered, untrainable, tokens, unrendered, context_turns = [], 0, 0, 0, 0, 0, 0
     records = itertools.chain.from_iterable(
         read_conversations(source, config.format, rejects, source_filter=config.source_filter,
                            batch_size=config.batch_size, display_name=part.name, row_groups=part.row_groups)
@@ -182,11 +182,15 @@ def read_unit(unit: Unit, sources: list[InputFile], config: PackConfig, tokenize
         read, filtered, untrainable, tokens = (read + len(records_read), filtered + left_out,
                                                untrainable + rejected, tokens + len(batch.ids))
         unrendered += len(failed)
+        context_turns += sum(1 for c in conversations if c.extras is not None
+                             for i, (role, _) in enumerate(c.messages) if role == ASSISTANT and not c.trains(i))
         if progress is not None:
             progress.update(len(conversations) + left_out)
             progress.set_postfix_str(_rate(progress, tokens), refresh=False)
     batch = RenderedBatch.concat(batches) if batches else render_batch([], tokenizer, config)
     chat_counts = dict(renderer.counts) if renderer is not None else {}
+    if context_turns:  # only where there are: manifests of other units stay as they were
+        chat_counts["assistant_turns_untrained"] = context_turns
     return ReadUnit(batch, len(batches), read, filtered, untrainable, unrendered, chat_counts)
 
 

@@ -189,8 +189,12 @@ def _read_dataset(out_dir: Path, report: Report) -> dict[str, Any] | None:
     return dataset
 
 
-def _format_checks(arrays: ShardArrays, dataset: dict[str, Any]) -> list[Violation]:
-    """Control tokens where the output's format (role tokens, or a chat template's headers) puts none."""
+def _format_checks(arrays: ShardArrays, dataset: dict[str, Any], counters: dict[str, Any]) -> list[Violation]:
+    """Control tokens where the output's format (role tokens, or a chat template's headers) puts none.
+
+    `counters` are the shard's: assistant turns the records keep untrained (`weight: 0`, a prompt-completion's
+    prompt, `--turns last|inference`) free their end-of-turn from having to be trained.
+    """
     config = dataset["config"]
     rows = (arrays.tokens, arrays.loss_mask, np.asarray(arrays.segment_lengths), np.asarray(arrays.row_segments))
     found = []
@@ -199,7 +203,8 @@ def _format_checks(arrays: ShardArrays, dataset: dict[str, Any]) -> list[Violati
         found += check_control_tokens(*rows, control=control, mask=config.get("mask"))
     markers = ChatMarkers.of(dataset["tokenizer"].get("chat_markers"), config.get("template"))
     if markers is not None and config.get("mask") == "assistant_only":
-        found += check_chat_turns(*rows, markers=markers, unprompted=config.get("unprompted", "keep"))
+        found += check_chat_turns(*rows, markers=markers, unprompted=config.get("unprompted", "keep"),
+                                  context_turns=bool(counters.get("assistant_turns_untrained")))
     return found
 
 
@@ -215,7 +220,7 @@ def _check_rows(report: Report, shard_dir: str, arrays: ShardArrays, manifest: d
         file = v.array if arrays.segment_lengths is not None else PARQUET_FILE
         report.problems.append(Problem(f"{shard_dir}/{file}", v.message, v.row, chunk))
     if arrays.segment_lengths is not None and not report.problems:
-        for v in _format_checks(arrays, dataset):
+        for v in _format_checks(arrays, dataset, manifest.get("counters", {})):
             chunk = None if v.row is None else first_chunk + v.row
             report.problems.append(Problem(f"{shard_dir}/{v.array}", v.message, v.row, chunk))
     counters = manifest.get("counters", {})

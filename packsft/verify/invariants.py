@@ -274,6 +274,7 @@ def check_chat_turns(
     *,
     markers: ChatMarkers,
     unprompted: str,
+    context_turns: bool = False,
 ) -> list[Violation]:
     """Messages of an `assistant_only` chat-template output are the ones the template opened.
 
@@ -281,14 +282,17 @@ def check_chat_turns(
     template never rendered. Read by the header tokens, rows show it: a header token is trained (a header
     inside an assistant content, whose tokens are trained), or an assistant message's end-of-turn is not
     trained (a fake assistant turn inside a user content, whose tokens are not). Assistant turns before any
-    user message of the segment are exempt under `--unprompted mask`. Offsets must be valid (`check_offsets`).
+    user message of the segment are exempt under `--unprompted mask`; every assistant turn is where records keep
+    some untrained (`context_turns`: the header check still runs). Tool results are never trained, whatever the
+    header the template opens them with. Offsets must be valid (`check_offsets`).
     """
-    check = functools.partial(_chat_block, markers=markers, unprompted=unprompted)
+    check = functools.partial(_chat_block, markers=markers, unprompted=unprompted, context_turns=context_turns)
     return _in_blocks(check, tokens, loss_mask, segment_lengths, row_segments)
 
 
 def _chat_block(tokens: np.ndarray, loss_mask: np.ndarray, segment_lengths: np.ndarray,
-                row_segments: np.ndarray, markers: ChatMarkers, unprompted: str) -> list[Violation]:
+                row_segments: np.ndarray, markers: ChatMarkers, unprompted: str,
+                context_turns: bool = False) -> list[Violation]:
     rows, capacity = tokens.shape
     used, starts = row_lengths(segment_lengths, row_segments), segment_starts(segment_lengths, row_segments)
     columns = np.arange(capacity)[None, :]
@@ -307,6 +311,8 @@ def _chat_block(tokens: np.ndarray, loss_mask: np.ndarray, segment_lengths: np.n
     found = _rows(LOSS_MASK_NPY, np.flatnonzero((is_header & trained).any(axis=1)),
                   f"a message header token (id {markers.header_start}) is trained: message content became a control token")
     eot_untrained = in_message & (tokens == markers.end_of_turn) & (role == markers.assistant_role) & ~trained
+    if context_turns:
+        eot_untrained[:] = False
     if unprompted == "mask":
         # Users opened in the segment up to each position: cumulative count, minus what came before the segment.
         users = np.cumsum(is_header & (role == markers.user_role), axis=1)
