@@ -158,6 +158,12 @@ def format_summary(dataset: dict[str, Any]) -> str:
         f"split {s['conversations_split']:,}, truncated {s['conversations_truncated']:,}, dropped {s['conversations_dropped']:,}",
         f"  records rejected {s['records_rejected']:,}, filtered by source {s['records_filtered']:,}",
     ]
+    if s.get("turns_rewritten_in_history") is not None:
+        lines.append(
+            f"  chat turns: {s['turns_rewritten_in_history']:,} trained turns rewritten in history, "
+            f"{s['reasoning_tokens_dropped']:,} reasoning tokens dropped by the template (--turns {cfg.get('turns', 'rendered')}"
+            + (f": {s['inference_renderings_added']:,} renderings added, {s['inference_context_tokens']:,} tokens of "
+               "repeated context)" if s.get("inference_renderings_added") else ")"))
     if s.get("files_skipped"):
         lines.append(f"  files skipped {s['files_skipped']:,} (unreadable; see skipped_files in dataset.json)")
     reasons = sorted(s.get("rejected_by_reason", {}).items(), key=lambda kv: -kv[1])[:5]
