@@ -118,8 +118,9 @@ def analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern
         found = _opened(text, opener, holes, i, starts[-1]) if holes is not None and opener else -1
         starts.append(found if found >= 0 else max(_boundary(prefix(i), text, starts[-1], messages[i - 1], specials),
                                                    starts[-1]))
-    bodies, generated, rewritten = list(starts), [None] * n, [False] * n
-    layout = Layout(text, starts[0], starts, bodies, generated, rewritten)  # type: ignore[arg-type]
+    bodies, rewritten = list(starts), [False] * n
+    generated: list[Span | None] = [None] * n
+    layout = Layout(text, starts[0], starts, bodies, generated, rewritten)
     for k, message in enumerate(messages):
         end = starts[k + 1] if k + 1 < n else len(text)
         if message.get("role") != "assistant":

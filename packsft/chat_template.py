@@ -357,7 +357,7 @@ def _jinja_renderer(tokenizer: PackTokenizer) -> Callable[[list[dict[str, Any]],
     special = dict(tokenizer.special_tokens_map)
 
     def render(messages: list[dict[str, Any]], tools: Any, prompt: bool, kwargs: dict[str, Any]) -> str:
-        chosen = template
+        chosen: Any = template
         if isinstance(template, dict):  # several named templates: as transformers picks them
             chosen = template.get("tool_use") if tools is not None and "tool_use" in template else template.get("default")
         rendered, _ = render_jinja_template(conversations=[messages], tools=tools, chat_template=chosen,
@@ -428,7 +428,8 @@ def _render_all(
     conversations: list[Conversation], renderer: ChatRenderer, reject: Callable[[Conversation, str], None] | None,
 ) -> tuple[list[Conversation], list[str], list[list[tuple[int, int]]], list[Layout | None]]:
     """The records the template renders, their texts, the spans of their own strings, and their layouts."""
-    kept, texts, spans, layouts = [], [], [], []
+    kept, texts, spans = [], [], []
+    layouts: list[Layout | None] = []
     for conv in conversations:
         if conv.messages[0][0] == TEXT:
             bounds, cursor = [], 0

@@ -228,26 +228,28 @@ def _messages(conversations: list[Conversation]) -> tuple[np.ndarray, np.ndarray
     msg_counts = np.fromiter((len(c.messages) for c in conversations), np.int64, n)
     roles = np.fromiter((ROLE_CODES[role] for c in conversations for role, _ in c.messages), np.uint8)
     rewrite = [c.extras is not None for c in conversations]
-    if len(roles) and (roles == TOOL_CODE).any():
-        tool_msgs = np.add.reduceat((roles == TOOL_CODE).astype(np.int64), np.cumsum(msg_counts) - msg_counts)
-        rewrite = [flag or bool(tools) for flag, tools in zip(rewrite, tool_msgs.tolist())]
+    if (roles == TOOL_CODE).any():
+        tool_cum = np.concatenate([[0], np.cumsum(roles == TOOL_CODE)])
+        ends = np.cumsum(msg_counts)
+        has_tool = (tool_cum[ends] - tool_cum[ends - msg_counts]) > 0
+        rewrite = [flag or tool for flag, tool in zip(rewrite, has_tool.tolist())]
     if not any(rewrite):
-        return msg_counts, roles, [content for c in conversations for _, content in c.messages], np.zeros(len(roles), bool)
-    rendered = [role_texts(c) if flag else (c.messages, ()) for c, flag in zip(conversations, rewrite)]
+        texts = [content for c in conversations for _, content in c.messages]
+        return msg_counts, roles, texts, np.zeros(len(roles), bool)
+    rendered = [role_texts(c) if flag else (c.messages, (True,) * len(c.messages))
+                for c, flag in zip(conversations, rewrite)]
     msg_counts = np.fromiter((len(messages) for messages, _ in rendered), np.int64, n)
     roles = np.fromiter((ROLE_CODES[role] for messages, _ in rendered for role, _ in messages), np.uint8)
     texts = [text for messages, _ in rendered for _, text in messages]
-    context_only = np.fromiter(
-        (not (trains[i] if trains else True) for messages, trains in rendered for i in range(len(messages))), bool,
-        len(roles),
-    )
+    context_only = np.fromiter((not flag for _, trains in rendered for flag in trains), bool, len(roles))
     return msg_counts, roles, texts, context_only
 
 
 def role_texts(conversation: Conversation) -> tuple[tuple[tuple[str, str], ...], tuple[bool, ...]]:
     """The messages as `--template roles` renders them: (role, text) with tool results, reasoning, tool calls and
     tool definitions written as plain text (module docstring; README "Rendering"), and per message whether it
-    may be trained. A system message is added to hold the tool definitions when the conversation has none."""
+    may be trained. A system message is added to hold the tool definitions when the conversation has none (a
+    text document has no turns: its tools are not rendered)."""
     messages, trains = [], []
     for index, (role, content) in enumerate(conversation.messages):
         if role == TOOL:

@@ -22,6 +22,21 @@ a row whenever a boundary cut would leave N or more tokens empty (higher fill, b
 A question that takes more than `context_share` of a row is kept by its end, after the marker. Nothing
 trainable is lost; each trained label sees its question (or its end).
 
+Agentic traces: a tool result (TOOL_CODE) is context for the assistant turn after it. A piece that opens at a
+tool result, or at the assistant turn after one, is re-opened also with the tool exchange before it, the
+calling assistant turns and the results since the prompting user message, masked, whole messages only
+(never a cut inside a tool call), the latest first, as many as the context share leaves:
+
+    piece 1:  BOS SYS.. USR q.. ASST <tool_call>.. USR <tool_response>.. ASST
+    piece 2:  BOS SYS.. USR q.. ASST <tool_call>.. USR <tool_response>.. | ASST answer.. EOS
+              `------------------------ context, 0 ------------------'
+
+Context completeness (`prompted_labels_complete` of `prompted_labels`, the trained labels that a user
+message prompts): a label is complete when its prompting user message is whole in its piece and, for a
+turn that answers tool results, so is the run of tool results right before the turn. A piece that cannot
+hold that run (it does not fit beside the question) leaves the turn's labels incomplete; a cut is never
+moved back to a boundary whose next piece would do so.
+
 Chat-template renderings (`msg_headers` set) differ in two ways: a message opens with several header
 tokens instead of one role token (kept whole wherever the role token is kept), and a turn's end-of-turn
 tokens are the end of its own message span, so closing a piece adds nothing from the next message.
@@ -36,7 +51,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from packsft.render import SYSTEM_CODE, USER_CODE, RenderedBatch, concat_ranges, flag_totals
+from packsft.render import SYSTEM_CODE, TOOL_CODE, USER_CODE, RenderedBatch, concat_ranges, flag_totals
 from packsft.tokenizer import TOKEN_ID_DTYPE
 
 # Copied context (system + prompting user message, or the text before a continuation) may take at most
@@ -89,7 +104,7 @@ class SplitCounts:
     exchanges_split: int = 0  # single messages cut across pieces
     prompts_shortened: int = 0
     prompted_labels: int = 0  # trained labels whose turn has a prompting user message
-    prompted_labels_complete: int = 0  # ... whose prompt is entirely inside the same piece
+    prompted_labels_complete: int = 0  # ... whose prompt (and tool results) are entirely inside the same piece
     turn_labels_whole: int = 0  # trained labels whose own message is in the same piece from its first token
     per_conv_truncated: list[int] = field(default_factory=list)
 
@@ -365,6 +380,7 @@ class _Mark:
     length: int
     trained: int
     prompt_whole: bool
+    results_whole: bool
     counts: SplitCounts
 
 
@@ -388,6 +404,7 @@ class ConversationSplitter:
     trained: int = field(default=0, init=False)  # trained labels in the open piece
     has_body: bool = field(default=False, init=False)  # the open piece holds more than copied context
     prompt_whole: bool = field(default=True, init=False)  # the prompting user message is wholly in the piece
+    results_whole: bool = field(default=True, init=False)  # ... and so are the tool results the turn answers
     msg_whole: bool = field(default=True, init=False)  # the message being added started in this piece
 
     def __post_init__(self) -> None:
@@ -435,7 +452,7 @@ class ConversationSplitter:
                 first_prompted, _ = self.prefix.labels(lo, lo + 1)
                 prompted, trained = prompted - first_prompted, trained - 1
             self.counts.prompted_labels += prompted
-            self.counts.prompted_labels_complete += prompted if self.prompt_whole else 0
+            self.counts.prompted_labels_complete += prompted if self.prompt_whole and self.results_whole else 0
             self.counts.turn_labels_whole += trained if self.msg_whole else 0
             self.trained += trained
         self.parts.append((self.batch.ids[lo:hi], flags))
@@ -484,11 +501,14 @@ class ConversationSplitter:
         self.pieces.append((ids, flags))
         self.parts, self.marks, self.length, self.trained, self.has_body = [], [], 0, 0, False
 
-    def _context(self, first_msg: int, reserve: int) -> list[tuple[int, int]]:
-        """(message, room) of the system and prompting user messages that re-open a piece at `first_msg`.
+    def _context(self, first_msg: int, reserve: int) -> tuple[list[tuple[int, int]], bool]:
+        """(message, room) of the messages that re-open a piece at `first_msg`: the system message, the
+        prompting user message and the tool exchange before the turn (`_exchange`); and whether the tool
+        results the piece's first turn answers are all among them.
 
-        The context leaves at least `reserve` tokens of the row for the body; when both do not fit, the
-        question matters more than the system message: the system message gets at most a quarter.
+        The context leaves at least `reserve` tokens of the row for the body; when the system and user
+        messages do not both fit, the question matters more than the system message: the system message
+        gets at most a quarter. The tool exchange gets what they leave.
         """
         b = self.batch
         system = next((m for m in self.msgs if m < first_msg and b.msg_roles[m] == SYSTEM_CODE), None)
@@ -504,22 +524,46 @@ class ConversationSplitter:
                 rooms[system] = min(size[system], budget // 4 if prompt is not None else budget)
             if prompt is not None:
                 rooms[prompt] = budget - (rooms[system] if system is not None else 0)
-        return [(m, rooms[m]) for m in (system, prompt) if m is not None]
+        context = [(m, rooms[m]) for m in (system, prompt) if m is not None]
+        exchange, results_whole = self._exchange(first_msg, prompt, budget - sum(rooms.values()))
+        return context + [(m, self._span(m)[1] - self._span(m)[0]) for m in exchange], results_whole
+
+    def _exchange(self, first_msg: int, prompt: int | None, room: int) -> tuple[list[int], bool]:
+        """For a piece that opens at a tool result or at the turn after one: the messages between the prompting
+        user message and `first_msg` (tool calls and results), whole messages only and the latest first, as
+        many as fit in `room`; and whether the run of tool results right before `first_msg` is among them."""
+        roles = self.batch.msg_roles
+        after_results = first_msg > self.msgs[0] and roles[first_msg - 1] == TOOL_CODE
+        if not after_results and roles[first_msg] != TOOL_CODE:
+            return [], True
+        run = 0
+        while first_msg - run - 1 >= self.msgs[0] and roles[first_msg - run - 1] == TOOL_CODE:
+            run += 1
+        taken: list[int] = []
+        lower = prompt if prompt is not None else self.msgs[0] - 1
+        for m in range(first_msg - 1, lower, -1):
+            lo, hi = self._span(m)
+            if roles[m] == SYSTEM_CODE or hi - lo > room:
+                break
+            taken.append(m)
+            room -= hi - lo
+        return taken[::-1], len(taken) >= run
 
     def _open(self, first_msg: int, reserve: int) -> None:
-        """Start a piece whose body begins at message `first_msg`: BOS + system + prompting user, mask 0."""
+        """Start a piece whose body begins at message `first_msg`: BOS + system + prompting user + the tool
+        exchange before it, mask 0."""
         self._add(self.start, self.head_end, zero=True)
         self.prompt_whole = True
-        context = self._context(first_msg, reserve)
+        context, self.results_whole = self._context(first_msg, reserve)
         carry = 0
-        for k, (m, room) in enumerate(context):
+        for m, room in context:
             lo, hi = self._span(m)
             room += carry
             if hi - lo <= room:
                 self._add(lo, hi, zero=True)
             else:
                 added = self._add_shortened(m, room, zero=True)
-                if k == len(context) - 1 and self.batch.msg_roles[m] == USER_CODE:
+                if self.batch.msg_roles[m] == USER_CODE:
                     self.prompt_whole = False
                 elif not added:
                     carry = room  # the system message did not fit at all: the question gets its room
@@ -549,8 +593,11 @@ class ConversationSplitter:
         m = self.msgs[i]
         lo, hi = self._span(m)
         tail = self._tail(i)
-        if self.batch.msg_roles[m] == USER_CODE:
+        role = self.batch.msg_roles[m]
+        if role == USER_CODE:
             self.prompt_whole = True
+        if role == USER_CODE or i == 0 or self.batch.msg_roles[m - 1] != TOOL_CODE:
+            self.results_whole = True  # a turn that answers no tool results (or the first of a run of results)
         if self.length + (hi - lo) + tail <= self.capacity:
             self._add_whole(i)
             return i + 1
@@ -578,14 +625,17 @@ class ConversationSplitter:
                        self.capacity - self.length - tail)
             self.msg_whole = False
             self._add_shortened(m, room, zero=False, zero_first=self._continuing())
-            self.prompt_whole = False
+            if role == TOOL_CODE:
+                self.results_whole = False
+            else:
+                self.prompt_whole = False
             self.has_body = True
         return i + 1
 
     def _add_whole(self, i: int) -> None:
         if self.has_body:
             self.marks.append(_Mark(i, len(self.parts), self.length, self.trained, self.prompt_whole,
-                                    self.counts.snapshot()))
+                                    self.results_whole, self.counts.snapshot()))
         lo, hi = self._span(self.msgs[i])
         self.msg_whole = True
         self._add(lo, hi, zero_first=self._continuing())
@@ -621,16 +671,19 @@ class ConversationSplitter:
 
     def _context_length(self, j: int) -> int:
         reserve = self._header(self.msgs[j]) + self._tail(j) + 1
-        return sum(min(self._span(m)[1] - self._span(m)[0], room) for m, room in self._context(self.msgs[j], reserve))
+        context, _ = self._context(self.msgs[j], reserve)
+        return sum(min(self._span(m)[1] - self._span(m)[0], room) for m, room in context)
 
     def _would_shorten(self, j: int) -> bool:
-        """Whether a piece re-opened at message j would shorten its context."""
+        """Whether a piece re-opened at message j would shorten its context (or leave out tool results)."""
         reserve = self._header(self.msgs[j]) + self._tail(j) + 1
-        return any(self._span(m)[1] - self._span(m)[0] > room for m, room in self._context(self.msgs[j], reserve))
+        context, results_whole = self._context(self.msgs[j], reserve)
+        return not results_whole or any(self._span(m)[1] - self._span(m)[0] > room for m, room in context)
 
     def _rollback(self, mark: _Mark) -> None:
         del self.parts[mark.parts :]
         self.length, self.trained, self.prompt_whole = mark.length, mark.trained, mark.prompt_whole
+        self.results_whole = mark.results_whole
         self.counts = mark.counts
 
     def _reserve_fillers(self, length: int) -> None:

@@ -3,8 +3,8 @@ CLI imports inside functions (so that `packsft --help` starts fast without hidin
 
     cli, __main__, packsft/__init__            the edges: CLI and public API
     run/ verify/ report/ loader/ export/       what surrounds the stages
-    writer > rows > pack, split > render, chat_template > tokenizer, encoder, tokenizer_cache, chat_encode
-    records, reader, inputs, config            records and options
+    writer > rows > pack, split > render, chat_template, chat_layout > tokenizer, encoder, tokenizer_cache, chat_encode
+    records, reader, shapes, inputs, config    records and options
     layout, errors, stats, version, demo       the on-disk contract and leaves
 
 A module may import from its own layer (the cycle check covers those) and from the layers below it.
@@ -25,9 +25,9 @@ LAYERS = [
     {"packsft.writer"},
     {"packsft.rows"},
     {"packsft.pack", "packsft.split"},
-    {"packsft.render", "packsft.chat_template"},
+    {"packsft.render", "packsft.chat_template", "packsft.chat_layout"},
     {"packsft.tokenizer", "packsft.encoder", "packsft.tokenizer_cache", "packsft.chat_encode"},
-    {"packsft.records", "packsft.reader", "packsft.inputs", "packsft.config"},
+    {"packsft.records", "packsft.reader", "packsft.inputs", "packsft.config", "packsft.shapes"},
     {"packsft.layout", "packsft.errors", "packsft.stats", "packsft.version", "packsft.demo"},
 ]
 LAZY_IMPORTS_ALLOWED = {"packsft.cli"}

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from packsft import load_tokenizer
-from packsft.records import Conversation
+from packsft.records import ChatExtras, Conversation
 from packsft.render import RenderedBatch, render_roles
 
 BOS, EOS, PAD, USR, ASST, SYS = 50257, 50256, 50258, 50259, 50260, 50261
@@ -108,3 +108,21 @@ def test_select_and_concat_keep_the_layout(gpt2):
     picked = joined.select(np.array([False, True, True]))
     assert picked.ids.tolist() == b.ids.tolist() + a.ids.tolist()
     assert picked.msg_starts.tolist() == b.msg_starts.tolist() + (a.msg_starts + len(b.ids)).tolist()
+
+
+def test_tool_calls_and_results_use_no_new_token(gpt2):
+    # README "Rendering": a call is text in the assistant turn, a result a <|user|> turn of text; the vocabulary
+    # stays the seed's 50,262 ids, so GPT-2 outputs of plain chats keep their bytes.
+    call = {"type": "function", "function": {"name": "f", "arguments": "{}"}}
+    conversation = Conversation(
+        (("user", "Hi there"), ("assistant", ""), ("tool", "Bye")),
+        extras=ChatExtras(fields=(None, {"tool_calls": [call]}, None)),
+    )
+    batch = render_roles([conversation], gpt2)
+    call_ids = [27, 25981, 62, 13345, 29, 198, 4895, 3672, 1298, 366, 69, 1600, 366, 853, 2886, 1298, 1391, 11709, 198,
+                3556, 25981, 62, 13345, 29]  # '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'
+    # '<tool_response>\nBye\n</tool_response>'
+    result_ids = [27, 25981, 62, 26209, 29, 198, 3886, 68, 198, 3556, 25981, 62, 26209, 29]
+    assert batch.ids.tolist() == [BOS, USR, 17250, 612, ASST, *call_ids, USR, *result_ids, EOS]
+    assert batch.flags.tolist() == [0, 0, 0, 0, 1, *[1] * len(call_ids), 1, *[0] * len(result_ids), 0]
+    assert gpt2.vocab_size == 50262 and int(batch.ids.max()) < 50262
