@@ -113,11 +113,18 @@ def analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern
             prefixes[i] = render(messages[:i], False)
         return prefixes[i]
 
-    holes = _hole_positions(messages, text) if opener else None
+    holes = _hole_positions(messages, text)
+    # Message i starts before the first rendered data of messages i, i+1, ...
+    limits = [len(text)] * (n + 1)
+    for i in range(n - 1, -1, -1):
+        hole = holes[i]
+        limits[i] = min(limits[i + 1], hole[0]) if hole is not None else limits[i + 1]
     for i in range(1, n):
-        found = _opened(text, opener, holes, i, starts[-1]) if holes is not None and opener else -1
-        starts.append(found if found >= 0 else max(_boundary(prefix(i), text, starts[-1], messages[i - 1], specials),
-                                                   starts[-1]))
+        found = _opened(text, opener, holes, i, starts[-1]) if opener else -1
+        if found < 0:
+            limit = min(limits[i], _first_data(text, messages[i], _data_end(text, messages[i - 1], starts[-1])))
+            found = _boundary(prefix(i), text, starts[-1], specials, limit)
+        starts.append(max(found, starts[-1]))
     bodies, rewritten = list(starts), [False] * n
     generated: list[Span | None] = [None] * n
     layout = Layout(text, starts[0], starts, bodies, generated, rewritten)
@@ -132,12 +139,12 @@ def analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern
             continue
         own = prompt if fixed_prompt and prompt is not None else \
             _generation_prompt(render, messages, k, prefix(k) if k else None)
-        body = _after_prompt(text, starts[k], end, own if own is not None else prompt)
+        body = _after_prompt(text, starts[k], end, own if own is not None else prompt, specials)
         bodies[k] = body
         generated[k] = (body, _end_of_turn(text, body, end, specials))
         if k + 1 < n:
             last = prefix(k + 1)
-            final_body = _after_prompt(last, starts[k], len(last), own if own is not None else prompt)
+            final_body = _after_prompt(last, starts[k], len(last), own if own is not None else prompt, specials)
             final = last[final_body:_end_of_turn(last, final_body, len(last), specials)]
             rewritten[k] = final != text[generated[k][0]:generated[k][1]]  # type: ignore[index]
     return layout
@@ -163,25 +170,46 @@ def _opened(text: str, opener: str, holes: list[tuple[int, int] | None], i: int,
     return text.rfind(opener, lo, holes[i][0]) if lo <= holes[i][0] else -1  # type: ignore[index]
 
 
-def _boundary(prefix: str, text: str, previous: int, last: dict[str, Any], specials: re.Pattern[str] | None) -> int:
+def _data_end(text: str, message: dict[str, Any], start: int) -> int:
+    """Where the message's own strings (reasoning, content, calls: in the order templates render them) end in text
+    after `start`, as far as they are found there as given; `start` if none is."""
+    strings: list[Any] = [message.get("reasoning_content"), message.get("content")]
+    for call in message.get("tool_calls") or []:
+        function = call.get("function", call) if isinstance(call, Mapping) else None
+        if isinstance(function, Mapping):
+            strings += [function.get("name"), function.get("arguments")]
+    end = start
+    for value in strings:
+        at = text.find(value, end) if isinstance(value, str) and value else -1
+        if at >= 0:
+            end = at + len(value)
+    return end
+
+
+def _first_data(text: str, message: dict[str, Any], start: int) -> int:
+    """Where the message's content is first found in text after `start` (its rendering starts before); else the end."""
+    content = message.get("content")
+    at = text.find(content, start) if isinstance(content, str) and content else -1
+    return at if at >= 0 else len(text)
+
+
+def _boundary(prefix: str, text: str, previous: int, specials: re.Pattern[str] | None, limit: int) -> int:
     """Where the message after `prefix` starts in `text`.
 
-    Where text continues `prefix`: at its end. Where they part after the last message's data (its closing
-    depends on what follows: Qwen3 closes a tool result only after the last of a run): where they part. Where
-    they part before it (the last message renders otherwise when it is last: Qwen3's think block): after the
-    longest end of `prefix` that `text` holds past that point.
+    Where text continues `prefix`: at its end. Where they part because the last message renders otherwise when
+    it is last (Qwen3's think block): after the longest end of `prefix` that `text` holds past that point and
+    before `limit` (where the next message's data is). Where no end of `prefix` is found there (its closing
+    depends on what follows: Qwen3 closes a tool result only after the last of a run): where they part.
     """
     agreed = common_prefix(prefix, text)
     if agreed == len(prefix):
         return agreed
-    agreed = _back_off(prefix, agreed, specials)
-    if not _holds_data(prefix[agreed:], last):
-        return agreed
+    agreed = min(_back_off(prefix, agreed, specials), _back_off(text, agreed, specials))
     start = min(previous, agreed)
     tail = prefix[start:]
 
-    def found(k: int) -> int:  # where tail's last k characters occur in text, ending past `agreed`; -1: nowhere
-        return text.find(tail[len(tail) - k:], max(start, agreed - k + 1))
+    def found(k: int) -> int:  # where tail's last k characters occur in text, ending in (agreed, limit]; -1: nowhere
+        return text.find(tail[len(tail) - k:], max(start, agreed - k + 1), max(limit, agreed + 1))
 
     lo, hi = 0, len(tail)  # found(lo) >= 0 (lo = 0: the empty string); found(hi + 1) < 0
     while lo < hi:
@@ -204,18 +232,6 @@ def _back_off(text: str, at: int, specials: re.Pattern[str] | None) -> int:
     return at
 
 
-def _holds_data(rest: str, message: dict[str, Any]) -> bool:
-    """Whether `rest` holds a placeholder or one of the message's own strings (content, reasoning, a call)."""
-    if HOLE_PATTERN.search(rest):
-        return True
-    strings = [message.get(key) for key in DATA_FIELDS]
-    for call in message.get("tool_calls") or []:
-        function = call.get("function", call) if isinstance(call, Mapping) else None
-        if isinstance(function, Mapping):
-            strings += [function.get("name"), function.get("arguments")]
-    return any(isinstance(value, str) and value and value in rest for value in strings)
-
-
 def _generation_prompt(render: Render, messages: list[dict[str, Any]], k: int, prefix: str | None) -> str | None:
     """What the template adds to prompt assistant turn k (None where that cannot be told apart)."""
     try:
@@ -230,11 +246,12 @@ def _generation_prompt(render: Render, messages: list[dict[str, Any]], k: int, p
     return prompted[len(prefix):] if prompted.startswith(prefix) else None
 
 
-def _after_prompt(text: str, start: int, end: int, prompt: str | None) -> int:
-    """Where the generated text starts: after the part of the generation prompt that `text` holds at `start`."""
+def _after_prompt(text: str, start: int, end: int, prompt: str | None, specials: re.Pattern[str] | None) -> int:
+    """Where the generated text starts: after the part of the generation prompt that `text` holds at `start` (not
+    inside a special token the two agree on the first characters of)."""
     if not prompt:
         return start
-    return start + common_prefix(prompt, text[start:end])
+    return _back_off(text, start + common_prefix(prompt, text[start:end]), specials)
 
 
 def _end_of_turn(text: str, start: int, end: int, specials: re.Pattern[str] | None) -> int:

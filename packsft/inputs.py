@@ -10,6 +10,9 @@ argument (for a single folder, that folder, as it always was). Files are packed 
 names, so the output does not depend on the order of the arguments; the plan records the root (as
 `data_dir`) and the arguments, and names are what manifests, rejects and `verify --deep` refer to.
 
+A folder or a glob never yields a dataset's metadata JSON (`dataset_info.json`, `tokenizer_config.json`,
+packsft's own `dataset.json`, ...: METADATA_JSON); such a file is read only when named.
+
 A remote file is carried as its URL string (a local one as a Path); `file_info` and `open_binary`
 work on both. Listing costs one directory walk (or one remote `find`), O(files log files) to sort.
 """
@@ -31,11 +34,13 @@ PARQUET_SUFFIX = ".parquet"
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 JSON_SUFFIXES = (".json", ".json.gz")  # JSON Lines, or one array of records (ShareGPT, LLaMA-Factory)
 # JSON files a dataset folder holds besides its records (Hugging Face, LLaMA-Factory, packsft's own outputs):
-# skipped when a folder is walked; name one explicitly to read it.
-METADATA_JSON = frozenset({"dataset_info.json", "dataset_dict.json", "state.json", "dataset.json", "plan.json",
-                           "manifest.json", "config.json", "tokenizer.json", "tokenizer_config.json",
-                           "special_tokens_map.json", "generation_config.json", "vocab.json"})
+# skipped when a folder is walked or a glob expanded; name one explicitly to read it.
+METADATA_JSON = frozenset({"dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json", "dataset.json",
+                           "plan.json", "manifest.json", "config.json", "tokenizer.json", "tokenizer_config.json",
+                           "special_tokens_map.json", "added_tokens.json", "chat_template.json",
+                           "generation_config.json", "vocab.json"})
 GLOB_CHARS = frozenset("*?[")
+INPUT_KINDS = "*.parquet, *.jsonl[.gz] or *.json[.gz]"  # what errors say DATA may hold
 # The package that gives fsspec each common scheme, for the error when it is missing.
 SCHEME_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "hf": "huggingface_hub",
                    "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs", "http": "aiohttp", "https": "aiohttp"}
@@ -56,7 +61,7 @@ def is_input_name(name: str) -> bool:
 
 
 def is_walked_input(name: str) -> bool:
-    """An input file a folder walk picks up: any input name but a dataset's metadata JSON."""
+    """An input file a folder walk or a glob picks up: any input name but a dataset's metadata JSON."""
     return is_input_name(name) and name.rsplit("/", 1)[-1] not in METADATA_JSON
 
 
@@ -79,7 +84,7 @@ def list_inputs(data: str | Path | Sequence[str | Path]) -> InputListing:
     nothing is an error naming it."""
     specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
     if not specs:
-        raise InputError("no input given. Pass a folder, a glob, files or URLs of *.parquet, *.jsonl[.gz] or *.json[.gz]")
+        raise InputError(f"no input given. Pass a folder, a glob, files or URLs of {INPUT_KINDS}")
     remote = [is_url(spec) for spec in specs]
     if any(remote) and not all(remote):
         raise InputError(f"{', '.join(specs)}: mixes local paths and URLs; pack them in separate runs")
@@ -111,19 +116,22 @@ def _local_files(spec: str) -> tuple[str, list[Path]]:
     if GLOB_CHARS & set(spec):
         prefix = Path(*_until_magic(path.parts))
         matches = sorted(glob.glob(spec, recursive=True))
-        files = [file for m in map(Path, matches) for file in (_walk(m) if m.is_dir() else [m]) if _is_input(file)]
+        files = [file for m in map(Path, matches) for file in (_walk(m) if m.is_dir() else [m])
+                 if _is_input(file) and is_walked_input(file.name)]
         if not files:
-            raise InputError(f"{spec}: the pattern matches no *.parquet, *.jsonl[.gz] or *.json[.gz] files")
+            raise InputError(f"{spec}: the pattern matches no {INPUT_KINDS} files")
         return str(prefix), files
     if not path.exists():
         raise InputError(f"{spec}: no such file or folder. Pass the folder that holds your *.parquet files")
     if path.is_file():
         if not is_input_name(path.name):
-            raise InputError(f"{spec}: not a *.parquet, *.jsonl[.gz] or *.json[.gz] file")
+            raise InputError(f"{spec}: not a {INPUT_KINDS} file")
         return str(path.parent), [path]
     files = _walk(path)
     if not files:
-        raise InputError(f"{spec}: no parquet or JSON Lines files under it. Pass the folder that holds *.parquet, *.jsonl[.gz] or *.json[.gz]")
+        metadata = sorted({file.name for file in path.rglob("*") if _is_input(file)})
+        skipped = f" (skipped as dataset metadata: {', '.join(metadata)}; name such a file to read it)" if metadata else ""
+        raise InputError(f"{spec}: no {INPUT_KINDS} files under it{skipped}. Pass the folder that holds them")
     return spec, files
 
 
@@ -178,7 +186,7 @@ def _remote_files(spec: str) -> tuple[str, list[str]]:
         raise InputError(f"{spec}: cannot list ({exc})") from None
     urls = [_url(fs, scheme, p) for p in sorted(paths) if (is_input_name(p) if p == path else is_walked_input(p))]
     if not urls:
-        raise InputError(f"{spec}: no *.parquet, *.jsonl[.gz] or *.json[.gz] files there")
+        raise InputError(f"{spec}: no {INPUT_KINDS} files there")
     return _url(fs, scheme, root.rstrip("/")), urls
 
 

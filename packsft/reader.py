@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from packsft.errors import InputError
 from packsft.inputs import JSON_SUFFIXES, Location, file_info, location_name, open_binary
-from packsft.records import ROLE_ALIASES, Conversation, RecordRejected, RejectLedger
+from packsft.records import ROLE_ALIASES, Conversation, RecordRejected, RejectLedger, json_problem
 from packsft.shapes import OPTIONAL, REQUIRED, to_conversation
 
 # The field each input format is detected by (and whose JSON text decides `json_text`).
@@ -110,8 +110,10 @@ def open_input(
                          role_aliases=role_aliases, json_text=json_text, columns=columns)
     first = _first_record(path)
     if not isinstance(first, dict):
-        raise InputError(f"{path}: the first record is not a JSON object (got {type(first).__name__}); "
-                         "JSON input holds one object per line, or one array of objects")
+        holds = ("a *.json file holds one object per line, or one array of objects"
+                 if location_name(path).endswith(JSON_SUFFIXES) else
+                 "JSON Lines input holds one object per line (name a file that holds one array of records *.json)")
+        raise InputError(f"{path}: the first record is not a JSON object (got {type(first).__name__}); {holds}")
     chosen, why = _choose(path, list(first), "key", data_format, input_format, jsonl=True)
     json_text = chosen not in ("text", "prompt_completion", "alpaca") and isinstance(first[FIELD[chosen]], str)
     return InputFile(path, chosen, _json_why(why, json_text), role_aliases=role_aliases, json_text=json_text)
@@ -225,7 +227,9 @@ class _ArrayReader:
         self.buffer, self.pos, self.done = "", 0, False
 
     def _refill(self) -> None:
-        more = self.handle.read(JSON_CHUNK_CHARS)
+        # At least as much as is still unread, so an element far longer than a chunk is read (and retried) in
+        # doubling reads: linear in its size, not quadratic.
+        more = self.handle.read(max(JSON_CHUNK_CHARS, len(self.buffer) - self.pos))
         self.buffer, self.pos, self.done = self.buffer[self.pos:] + more, 0, not more
 
     def _next_char(self) -> str:
@@ -243,50 +247,58 @@ class _ArrayReader:
         self._next_char()
         self.pos += 1  # the "[" that _starts_array saw
         if self._next_char() == "]":
-            return self._end(-1)
+            self._end()
+            return
         index = 0
         while True:
             yield index, self._decode(index)
             char = self._next_char()
             if char == "]":
-                return self._end(index)
+                self._end()
+                return
             if char != ",":
                 what = "the file ends" if not char else f"{char!r} follows"
-                raise InputError(f"{self.path}: {what} after element {index} of the JSON array, not ',' or ']' "
-                                 "(the file may be cut off)")
+                raise InputError(f"{self.path}: {what} after element {index} of the JSON array, where ',' or ']' "
+                                 "belongs (the file may be cut off)")
             self.pos += 1
-            self._next_char()
+            if self._next_char() == "]":
+                raise InputError(f"{self.path}: a ',' after element {index} of the JSON array, before its closing ']' "
+                                 "(JSON allows no trailing comma)")
             index += 1
 
-    def _end(self, last: int) -> None:
+    def _end(self) -> None:
         """After the closing "]": nothing but blanks (a second array or a stray record would be lost)."""
         self.pos += 1
         char = self._next_char()
         if char:
-            raise InputError(f"{self.path}: {char!r} follows the JSON array's closing ']' (after element {last}); "
-                             "a *.json file holds one array of records, or one record per line")
+            raise InputError(f"{self.path}: {char!r} follows the JSON array's closing ']'; a *.json file holds one "
+                             "array of records, or one record per line")
 
     def _decode(self, index: int) -> Any:
         while True:
+            self._next_char()
             try:
                 value, end = _JSON.raw_decode(self.buffer, self.pos)
                 if end < len(self.buffer) or self.done:  # a value at the very end may continue in the next chunk
                     self.pos = end
                     return value
             except json.JSONDecodeError as exc:
-                # Only an error at the buffer's end (or an open string) can be an element cut by the chunk.
-                cut = exc.pos >= len(self.buffer) - _TAIL_CHARS or exc.msg.startswith("Unterminated string")
-                if self.done or not cut:
-                    what = "ends inside" if self.done and cut else "has invalid JSON in"
-                    raise InputError(f"{self.path}: the JSON array {what} element {index} ({exc.msg} at character "
-                                     f"{exc.pos - self.pos} of the element){' (the file may be cut off)' if self.done and cut else ''}") from None
+                open_string = exc.msg.startswith("Unterminated string")
+                if self.done and (open_string or exc.pos >= len(self.buffer.rstrip(_SPACE))):
+                    raise InputError(f"{self.path}: the file ends inside element {index} of the JSON array (the file "
+                                     "may be cut off)") from None
+                # Before the end of the file, only an error at the end of the buffer (or in a string still open
+                # there) may be an element that goes on in the next chunk.
+                if self.done or not (open_string or exc.pos >= len(self.buffer) - _TAIL_CHARS):
+                    raise InputError(f"{self.path}: element {index} of the JSON array is not valid JSON "
+                                     f"({json_problem(exc, self.pos)} of the element)") from None
             self._refill()
 
 
 def _first_record(path: Location) -> Any:
     for _, record in _json_lines(path):
         return record
-    raise InputError(f"{path}: no records (only blank lines)")
+    raise InputError(f"{path}: no records (only blank lines, or an empty JSON array)")
 
 
 def read_conversations(

@@ -194,7 +194,7 @@ def validate_chat(
     extra: list[Mapping[str, Any] | None] = []
     train: list[bool | None] = []
     for index, message in enumerate(raw):
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):  # the ABC check only where needed
             raise RecordRejected(f"message {index} is not a mapping (got {type(message).__name__})")
         role, content = message.get(role_key), message.get(content_key)
         if role is None:
@@ -316,7 +316,7 @@ def validate_tool_calls(index: int, calls: Any) -> list[dict[str, Any]]:
                 json.loads(arguments)
             except json.JSONDecodeError as exc:
                 raise RecordRejected(f"message {index} tool call {number} arguments are not valid JSON "
-                                     f"({exc.msg} at character {exc.pos})") from None
+                                     f"({json_problem(exc)})") from None
         checked.append(drop_nulls(call))
     return checked
 
@@ -341,7 +341,13 @@ def parse_json_field(value: Any, what: str) -> Any:
     try:
         return json.loads(value)
     except json.JSONDecodeError as exc:
-        raise RecordRejected(f"{what} is not valid JSON (got {exc.msg} at character {exc.pos})") from None
+        raise RecordRejected(f"{what} is not valid JSON (got {json_problem(exc)})") from None
+
+
+def json_problem(exc: json.JSONDecodeError, start: int = 0) -> str:
+    """What is wrong with JSON text and where, counted from `start`: 'Expecting value at character 3'."""
+    at = "" if exc.msg.endswith(" at") else " at"  # "Unterminated string starting at" names its own place
+    return f"{exc.msg}{at} character {exc.pos - start}"
 
 
 def drop_nulls(value: Any) -> Any:
@@ -365,15 +371,16 @@ def _valid_unicode(text: str) -> bool:
     return True
 
 
-def validate_text(raw: Any) -> tuple[tuple[str, str], ...]:
+def validate_text(raw: Any, field: str = "text") -> tuple[tuple[str, str], ...]:
+    """A document (or a plain prompt or completion, named by `field`) as one TEXT message."""
     if raw is None:
-        raise RecordRejected("text is null")
+        raise RecordRejected(f"{field} is null")
     if not isinstance(raw, str):
-        raise RecordRejected(f"text is not a string (got {type(raw).__name__})")
+        raise RecordRejected(f"{field} is not a string (got {type(raw).__name__})")
     if not raw:
-        raise RecordRejected("empty text")
+        raise RecordRejected(f"empty {field}")
     if not _valid_unicode(raw):
-        raise RecordRejected(f"text {_NOT_UNICODE}")
+        raise RecordRejected(f"{field} {_NOT_UNICODE}")
     return ((TEXT, raw),)
 
 
@@ -399,11 +406,15 @@ class RejectLedger:
         return "".join(json.dumps(entry, ensure_ascii=True) + "\n" for entry in self.entries)
 
 
+# Words followed by an index in reasons ('message 3', 'tool call 1', 'content part 0', 'tools entry 2').
+_INDEXED = frozenset({"message", "call", "part", "entry"})
+
+
 def _reason_key(reason: str) -> str:
-    """Group reasons that differ only by message index ('message 3 has no role' -> 'message has no role')."""
+    """Group reasons that differ only by indices and values ('message 3 tool call 1 has no function name' ->
+    'message tool call has no function name')."""
     words = reason.split()
-    if len(words) > 2 and words[0] == "message" and words[1].isdigit():
-        words = words[:1] + words[2:]
+    words = [word for i, word in enumerate(words) if not (i and word.isdigit() and words[i - 1] in _INDEXED)]
     key = " ".join(words)
     return key.split(" (got ")[0].split(" '")[0]
 

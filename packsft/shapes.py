@@ -6,8 +6,9 @@
     alpaca              {"instruction", "input"?, "output", "system"?, "history"?: [[user, assistant], ...]}
     text                {"text": "a document"}
 
-Every shape may carry `tools` (a list, or JSON text of one) and `chat_template_kwargs` (a mapping, or JSON
-text); a field stored as JSON text is decoded per record, and text that is not JSON rejects the record.
+Every conversation shape may carry `tools` (a list, or JSON text of one) and `chat_template_kwargs` (a mapping,
+or JSON text); a field stored as JSON text is decoded per record, and text that is not JSON rejects the record.
+Blank text in either means none; in a parquet struct column, a null field means the row does not have it.
 """
 
 from __future__ import annotations
@@ -70,9 +71,8 @@ def to_conversation(shape: str, record: Mapping[str, Any], aliases: Mapping[str,
         role_key, content_key = MESSAGE_KEYS.get(shape, ("role", "content"))
         value = parse_json_field(record.get(field), field) if json_text else record.get(field)
         messages, fields, train = validate_chat(value, aliases, field=field, role_key=role_key, content_key=content_key)
-        system = record.get(SYSTEM_FIELD)
-        if system is not None:
-            messages, fields, train = _with_system(system, messages, fields, train)
+        if shape == "sharegpt":
+            messages, fields, train = _with_system(record.get(SYSTEM_FIELD), messages, fields, train)
     # Most records have none of these: checked with as few calls as possible (read_conversations is hot).
     tools, kwargs = record.get(TOOLS), record.get(KWARGS)
     if tools is not None:
@@ -128,17 +128,25 @@ def _with_system(system: Any, messages, fields, train):
 
 
 def _prompt_completion(record: Mapping[str, Any], aliases: Mapping[str, str]):
-    """TRL's prompt-completion row: the prompt is context, only the completion trains."""
+    """TRL's prompt-completion row: the prompt is context, only the completion trains. Both are text (a plain
+    prompt, which may be empty, and its continuation) or both message lists (as TRL, text is never decoded)."""
     prompt, completion = record.get("prompt"), record.get("completion")
     if isinstance(prompt, str) and isinstance(completion, str):
-        (_, prompt_text), = validate_text(prompt) if prompt else ((TEXT, ""),)
-        (_, completion_text), = validate_text(completion)
-        return ((TEXT, prompt_text), (TEXT, completion_text)), (None, None), (False, None)
+        messages = (validate_text(prompt, "prompt")[0] if prompt else (TEXT, ""),
+                    validate_text(completion, "completion")[0])
+        return messages, (None, None), (False, None)
     if isinstance(prompt, str) or isinstance(completion, str):
         raise RecordRejected("prompt and completion must both be text or both be message lists")
-    head = validate_chat(parse_json_field(prompt, "prompt"), aliases, field="prompt")
-    tail = validate_chat(parse_json_field(completion, "completion"), aliases, field="completion")
+    head, tail = _part_of(prompt, "prompt", aliases), _part_of(completion, "completion", aliases)
     return head[0] + tail[0], head[1] + tail[1], (False,) * len(head[0]) + tail[2]
+
+
+def _part_of(raw: Any, field: str, aliases: Mapping[str, str]):
+    """validate_chat, with a message's reason saying which list it is in ('completion message 0 has no content')."""
+    try:
+        return validate_chat(raw, aliases, field=field)
+    except RecordRejected as bad:
+        raise RecordRejected(f"{field} {bad.reason}" if bad.reason.startswith("message ") else bad.reason) from None
 
 
 def _alpaca(record: Mapping[str, Any]):
@@ -152,13 +160,13 @@ def _alpaca(record: Mapping[str, Any]):
     if output is None:
         raise RecordRejected("output is null")
     chat: list[dict[str, Any]] = []
-    system = record.get(SYSTEM_FIELD)
-    if system:
-        chat.append({"role": SYSTEM, "content": system})
-    for turn in parse_json_field(record.get("history"), "history") or []:
-        if not isinstance(turn, (list, tuple)) or len(turn) != 2:
-            raise RecordRejected("history is not a list of [instruction, response] pairs")
+    history = _decoded(record.get("history"), "history") or []
+    if not isinstance(history, (list, tuple)):
+        raise RecordRejected(f"history is not a list (got {type(history).__name__})")
+    for turn in history:
+        if not isinstance(turn, (list, tuple)) or len(turn) != 2 or not all(isinstance(text, str) for text in turn):
+            raise RecordRejected("history is not a list of [instruction, response] pairs of text")
         chat += [{"role": USER, "content": turn[0]}, {"role": ASSISTANT, "content": turn[1]}]
     chat += [{"role": USER, "content": "\n".join(text for text in (instruction, extra) if text)},
              {"role": ASSISTANT, "content": output}]
-    return validate_chat(chat, field="alpaca")
+    return _with_system(record.get(SYSTEM_FIELD), *validate_chat(chat, field="alpaca"))

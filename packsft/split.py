@@ -106,6 +106,9 @@ class SplitCounts:
     prompted_labels: int = 0  # trained labels whose turn has a prompting user message
     prompted_labels_complete: int = 0  # ... whose prompt (and tool results) are entirely inside the same piece
     turn_labels_whole: int = 0  # trained labels whose own message is in the same piece from its first token
+    answer_labels: int = 0  # trained labels of turns that answer tool results
+    answer_labels_complete: int = 0  # ... whose prompt and tool results are entirely inside the same piece
+    answer_labels_whole: int = 0  # ... whose own message is in the same piece from its first token
     per_conv_truncated: list[int] = field(default_factory=list)
 
     def __add__(self, other: SplitCounts) -> SplitCounts:
@@ -265,17 +268,44 @@ class _Prefix:
 
     prompted: np.ndarray  # trained and prompted by a user message
     trained: np.ndarray  # trained
+    answers: np.ndarray  # trained, in a turn that answers tool results
 
     @staticmethod
     def of(batch: RenderedBatch) -> _Prefix:
         return _Prefix(
             prompted=flag_totals(_prompted_flags(batch)),
             trained=flag_totals(batch.flags),
+            answers=flag_totals(answer_flags(batch)),
         )
 
     def labels(self, lo: int, hi: int) -> tuple[int, int]:
         """(prompted, trained) labels among tokens lo..hi-1."""
         return int(self.prompted[hi] - self.prompted[lo]), int(self.trained[hi] - self.trained[lo])
+
+    def answer_labels(self, lo: int, hi: int) -> int:
+        """Labels among tokens lo..hi-1 in turns that answer tool results."""
+        return int(self.answers[hi] - self.answers[lo])
+
+
+def answer_flags(batch: RenderedBatch) -> np.ndarray:
+    """Per token: 1 where the token is trained in a message right after a tool result (the turn that answers it;
+    the EOS after a conversation's last message counts with that message)."""
+    out = np.zeros(len(batch.ids), np.uint8)
+    roles = batch.msg_roles
+    if not len(roles) or not (roles == TOOL_CODE).any():
+        return out
+    after_tool = np.zeros(len(roles), bool)
+    after_tool[1:] = roles[:-1] == TOOL_CODE
+    counts = np.diff(batch.conv_msg_offsets)
+    after_tool[batch.conv_msg_offsets[:-1][counts > 0]] = False  # a conversation's first message follows nothing
+    chosen = np.flatnonzero(after_tool)
+    out[concat_ranges(batch.msg_starts[chosen], batch.msg_ends[chosen] - batch.msg_starts[chosen])] = 1
+    last = (batch.conv_msg_offsets[1:] - 1)[counts > 0]
+    tails = last[after_tool[last]]
+    if len(tails):
+        conv_of = np.searchsorted(batch.conv_msg_offsets, tails, side="right") - 1
+        out[concat_ranges(batch.msg_ends[tails], batch.conv_offsets[conv_of + 1] - batch.msg_ends[tails])] = 1
+    return out & batch.flags
 
 
 @dataclass
@@ -302,7 +332,9 @@ class _Collector:
         # A piece's first token is never a label (it starts the segment).
         prompted = int((self.prefix.prompted[offsets[first + 1 : stop + 1]] - self.prefix.prompted[offsets[first:stop] + 1]).sum())
         trained = int((self.prefix.trained[offsets[first + 1 : stop + 1]] - self.prefix.trained[offsets[first:stop] + 1]).sum())
-        return SplitCounts(prompted_labels=prompted, prompted_labels_complete=prompted, turn_labels_whole=trained)
+        answers = int((self.prefix.answers[offsets[first + 1 : stop + 1]] - self.prefix.answers[offsets[first:stop] + 1]).sum())
+        return SplitCounts(prompted_labels=prompted, prompted_labels_complete=prompted, turn_labels_whole=trained,
+                           answer_labels=answers, answer_labels_complete=answers, answer_labels_whole=answers)
 
     def add_piece(self, c: int, ids: np.ndarray, flags: np.ndarray) -> None:
         self.ids.append(ids)
@@ -315,8 +347,10 @@ class _Collector:
         start = int(self.batch.conv_offsets[c])
         self.add_piece(c, self.batch.ids[start : start + capacity], self.batch.flags[start : start + capacity])
         prompted, trained = self.prefix.labels(start + 1, start + capacity)
+        answers = self.prefix.answer_labels(start + 1, start + capacity)
         return SplitCounts(conversations_truncated=1, per_conv_truncated=[c], prompted_labels=prompted,
-                           prompted_labels_complete=prompted, turn_labels_whole=trained)
+                           prompted_labels_complete=prompted, turn_labels_whole=trained, answer_labels=answers,
+                           answer_labels_complete=answers, answer_labels_whole=answers)
 
     def table(self) -> PieceTable:
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
@@ -446,14 +480,20 @@ class ConversationSplitter:
             flags = np.zeros(hi - lo, np.uint8)
         else:
             prompted, trained = self.prefix.labels(lo, hi)
+            answers = self.prefix.answer_labels(lo, hi)
             if (zero_first or not self.length) and flags[0]:
                 flags = flags.copy()
                 flags[0] = 0
                 first_prompted, _ = self.prefix.labels(lo, lo + 1)
                 prompted, trained = prompted - first_prompted, trained - 1
+                answers -= self.prefix.answer_labels(lo, lo + 1)
+            complete = self.prompt_whole and self.results_whole
             self.counts.prompted_labels += prompted
-            self.counts.prompted_labels_complete += prompted if self.prompt_whole and self.results_whole else 0
+            self.counts.prompted_labels_complete += prompted if complete else 0
             self.counts.turn_labels_whole += trained if self.msg_whole else 0
+            self.counts.answer_labels += answers
+            self.counts.answer_labels_complete += answers if complete else 0
+            self.counts.answer_labels_whole += answers if self.msg_whole else 0
             self.trained += trained
         self.parts.append((self.batch.ids[lo:hi], flags))
         self.length += hi - lo

@@ -68,6 +68,9 @@ def summarize(counters: dict[str, Any], seq_length: int, files_skipped: int = 0)
         "turn_prefix_completeness": _ratio(c["turn_labels_whole"], c["trained_tokens_kept"])
         if "turn_labels_whole" in c
         else None,
+        # The same two, over the trained labels of turns that answer tool results (None: no such turn).
+        "tool_answer_context_completeness": _ratio(c["answer_labels_complete"], c["answer_labels"]),
+        "tool_answer_turn_prefix_completeness": _ratio(c["answer_labels_whole"], c["answer_labels"]),
         "special_strings_in_content": c["special_strings_in_content"],
         "labels_with_bos_and_user": _ratio(c["labels_with_bos_and_user"], c["trained_tokens_kept"])
         if "labels_with_bos_and_user" in c
@@ -150,8 +153,11 @@ def format_summary(dataset: dict[str, Any]) -> str:
         f"  starts at BOS        {pct(s['bos_start_fraction'])}",
         f"  trained retention    {pct(s['trained_retention'])}   "
         f"({s['trained_tokens_kept']:,} of {s['trainable_tokens_available']:,} trainable tokens kept)",
-        f"  context completeness {pct(s['context_completeness'])}   (prompted labels whose question is in the same piece)",
+        f"  context completeness {pct(s['context_completeness'])}   (prompted labels whose question, and the tool results they answer, are in the same piece)",
         f"  turn prefix complete {pct(s.get('turn_prefix_completeness'))}   (trained labels whose own turn is in the same piece from its start)",
+        *([f"  after tool results   {pct(s['tool_answer_context_completeness'])} context, "
+           f"{pct(s.get('tool_answer_turn_prefix_completeness'))} turn prefix   (labels of turns that answer tool results)"]
+          if s.get("tool_answer_context_completeness") is not None else []),
         f"  BOS + user before    {pct(s['labels_with_bos_and_user'])}   (trained labels with BOS and a user turn before them in their piece)",
         "",
         f"  conversations read {s['conversations_read']:,}, packed {s['conversations_packed']:,}, "

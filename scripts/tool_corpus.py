@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write a synthetic OpenAI-style tool-calling corpus whose text comes from the real ShareGPT shards.
 
-Run from the repository root (needs ../shared; about 20 s on 2 cores):
+Run from the repository root (needs ../shared; about 7 s on 2 cores):
 
     python scripts/tool_corpus.py /tmp/toolcorpus [--tokens 5000000] [--files 4] [--seed 0]
 
@@ -424,7 +424,7 @@ class Conversations:
         if r.random() < FOLLOW_UP_SHARE:
             for _ in range(r.randint(1, 2)):
                 messages += self.exchange(tools, thinking, first=False)
-        record = {"messages": messages, "tools": tools}
+        record: dict = {"messages": messages, "tools": tools}
         if not thinking:
             record["chat_template_kwargs"] = {"enable_thinking": False}
         return record

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from packsft import verify_output
 from packsft.layout import sha256_file
+from packsft.records import ChatExtras, Conversation, validate_chat
 from packsft.tokenizer import flatten_ids
 
 # ChatML with generation blocks (newlines as expressions: transformers renders with trim_blocks) around what the assistant says (content + <|im_end|>).
@@ -85,3 +86,37 @@ class FakeTokenizer:
 
     def encode_texts_flat(self, texts):
         return flatten_ids(self.encode_texts(texts))
+
+
+# -- agentic records (OpenAI tool calling), for the chat and model tests ------------------------------------------
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather of a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+SEARCH = {"type": "function", "function": {
+    "name": "search", "description": "Search the web.",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}, "top": {"type": "integer"}}}}}
+
+
+def call(name: str, arguments, call_id: str = "call_0") -> dict:
+    return {"type": "function", "id": call_id, "function": {"name": name, "arguments": arguments}}
+
+
+def record(messages: list[dict], tools=None, kwargs=None) -> Conversation:
+    """A Conversation as the reader builds it from an OpenAI-style record."""
+    pairs, fields, train = validate_chat(messages)
+    return Conversation(pairs, extras=ChatExtras(fields, train, tools, kwargs))
+
+
+AGENT = [
+    {"role": "system", "content": "You are a travel assistant."},
+    {"role": "user", "content": "Is it warm in Paris and Rome today?"},
+    {"role": "assistant", "content": "", "tool_calls": [call("get_weather", '{"city": "Paris"}', "a"),
+                                                         call("get_weather", {"city": "Rome"}, "b")]},
+    {"role": "tool", "tool_call_id": "a", "content": '{"temp": 21}'},
+    {"role": "tool", "tool_call_id": "b", "content": '{"temp": 27}'},
+    {"role": "assistant", "content": "Rome is warmer (27 °C) than Paris (21 °C)."},
+    {"role": "user", "content": "Find me a museum in Rome."},
+    {"role": "assistant", "content": "Searching.", "tool_calls": [call("search", '{"query": "museum Rome"}')]},
+    {"role": "tool", "content": "Vatican Museums; Borghese Gallery"},
+    {"role": "assistant", "content": "Try the Borghese Gallery.", "reasoning_content": "The user wants one."},
+]

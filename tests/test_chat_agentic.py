@@ -19,41 +19,7 @@ from packsft import PackConfig, load_tokenizer
 from packsft.chat_template import ChatRenderer, render_chat
 from packsft.records import ASSISTANT, ChatExtras, Conversation
 from packsft.run import run_pack
-from tests.helpers import assert_output_verifies
-
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather of a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-SEARCH = {"type": "function", "function": {
-    "name": "search", "description": "Search the web.",
-    "parameters": {"type": "object", "properties": {"query": {"type": "string"}, "top": {"type": "integer"}}}}}
-
-
-def call(name: str, arguments, call_id: str = "call_0") -> dict:
-    return {"type": "function", "id": call_id, "function": {"name": name, "arguments": arguments}}
-
-
-def record(messages: list[dict], tools=None, kwargs=None) -> Conversation:
-    """A Conversation as the reader builds it from an OpenAI-style record."""
-    from packsft.records import validate_chat
-
-    pairs, fields, train = validate_chat(messages)
-    return Conversation(pairs, extras=ChatExtras(fields, train, tools, kwargs))
-
-
-AGENT = [
-    {"role": "system", "content": "You are a travel assistant."},
-    {"role": "user", "content": "Is it warm in Paris and Rome today?"},
-    {"role": "assistant", "content": "", "tool_calls": [call("get_weather", '{"city": "Paris"}', "a"),
-                                                         call("get_weather", {"city": "Rome"}, "b")]},
-    {"role": "tool", "tool_call_id": "a", "content": '{"temp": 21}'},
-    {"role": "tool", "tool_call_id": "b", "content": '{"temp": 27}'},
-    {"role": "assistant", "content": "Rome is warmer (27 °C) than Paris (21 °C)."},
-    {"role": "user", "content": "Find me a museum in Rome."},
-    {"role": "assistant", "content": "Searching.", "tool_calls": [call("search", '{"query": "museum Rome"}')]},
-    {"role": "tool", "content": "Vatican Museums; Borghese Gallery"},
-    {"role": "assistant", "content": "Try the Borghese Gallery.", "reasoning_content": "The user wants one."},
-]
+from tests.helpers import AGENT, SEARCH, WEATHER, assert_output_verifies, call, record
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +128,22 @@ def test_turns_inference_trains_each_rewritten_turn_as_generated_and_last_trains
     last = render_chat(ChatRenderer(qwen3).for_turns([rec], "last"), qwen3)
     assert qwen3.hf.decode(last.ids[last.flags == 1].tolist()).endswith("than Paris (21 °C).<|im_end|>")
     assert "tool_call" not in qwen3.hf.decode(last.ids[last.flags == 1].tolist())
+
+
+def test_a_record_analysed_itself_keeps_its_turns_apart_where_contents_repeat(qwen3):
+    """Reasoning of only a newline (qwen3 strips it, so the record's skeleton does not reproduce it and the record is
+    analysed itself), an empty tool result, and an assistant content equal to the next tool result's."""
+    c = call("get_weather", '{"city": "x"}', "c0")
+    rec = record([{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [c]},
+                  {"role": "tool", "content": "", "tool_call_id": "c0"},
+                  {"role": "assistant", "content": "1", "tool_calls": [c]},
+                  {"role": "tool", "content": "1", "tool_call_id": "c0"},
+                  {"role": "assistant", "content": "", "reasoning_content": "\n"}])
+    batch = render_chat([rec], qwen3)
+    assert batch.ids.tolist() == hf_ids(qwen3, rec)
+    turns = generated_turns(qwen3, rec)
+    assert set(turns) == {1, 3, 5}
+    assert np.flatnonzero(batch.flags).tolist() == sorted(p for positions in turns.values() for p in positions)
 
 
 # -- property: random tool conversations ----------------------------------------------------------------------

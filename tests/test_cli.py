@@ -142,14 +142,15 @@ def test_missing_data_dir(tmp_path, demo_tokenizer_dir):
 def test_data_dir_without_parquet(tmp_path, demo_tokenizer_dir):
     (tmp_path / "empty").mkdir()
     out = _error(*pack(tmp_path / "empty", tmp_path / "out", demo_tokenizer_dir))
-    assert out.endswith("no parquet or JSON Lines files under it. Pass the folder that holds *.parquet or *.jsonl[.gz]")
+    assert out.endswith("no *.parquet, *.jsonl[.gz] or *.json[.gz] files under it. Pass the folder that holds them")
 
 
 def test_file_without_messages_column_names_the_columns(tmp_path, demo_tokenizer_dir):
     path = write_conversations(tmp_path / "d" / "x.parquet", [{"prompt": "a", "answer": "b"}])
     out = _error(*pack(tmp_path / "d", tmp_path / "out", demo_tokenizer_dir))
     assert out == (
-        f"Error: {path}: no 'messages' or 'conversations' column for --format conversation (columns found: prompt, answer)"
+        f"Error: {path}: a 'prompt' column but no 'completion' column (columns found: prompt, answer); prompt-completion "
+        "records need both (rename the column that holds the responses to 'completion')"
     )
 
 

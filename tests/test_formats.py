@@ -265,13 +265,19 @@ BAD_FILES = [
     ("text.parquet", lambda tmp: b"this is not parquet", "{path}: not a readable parquet file ("),
     ("cut.parquet", lambda tmp: _parquet_bytes(tmp)[:-40], "{path}: not a readable parquet file ("),
     ("schema.parquet", lambda tmp: None,
-     "{path}: no 'messages' or 'conversations' column for --format conversation (columns found: prompt)"),
+     "{path}: a 'prompt' column but no 'completion' column (columns found: prompt); prompt-completion records need "
+     "both (rename the column that holds the responses to 'completion')"),
     ("broken.jsonl", lambda tmp: b'{"messages": []}\n\n{"messages": [}\n', "{path}: line 3 is not valid JSON (Expecting value)"),
-    ("keys.jsonl", lambda tmp: b'{"prompt": "x"}\n',
-     "{path}: no 'messages' or 'conversations' key for --format conversation (keys found: prompt)"),
+    ("keys.jsonl", lambda tmp: b'{"answer": "x"}\n',
+     "{path}: no conversation key for --format conversation (keys found: answer); records need 'messages', "
+     "'conversations', 'prompt' and 'completion', or 'instruction' and 'output'"),
+    ("half.jsonl", lambda tmp: b'{"instruction": "x", "response": "y"}\n',
+     "{path}: an 'instruction' key but no 'output' key (keys found: instruction, response); Alpaca records need both "
+     "(rename the key that holds the responses to 'output')"),
     ("list.jsonl", lambda tmp: b"[1, 2]\n",
-     "{path}: the first record is not a JSON object (got list); JSON Lines input holds one object per line"),
-    ("blank.jsonl", lambda tmp: b"\n  \n", "{path}: no records (only blank lines)"),
+     "{path}: the first record is not a JSON object (got list); JSON Lines input holds one object per line (name a "
+     "file that holds one array of records *.json)"),
+    ("blank.jsonl", lambda tmp: b"\n  \n", "{path}: no records (only blank lines, or an empty JSON array)"),
     ("latin1.jsonl", lambda tmp: '{"messages": "caf\u00e9"}\n'.encode("latin-1"),
      "{path}: not a readable UTF-8 text file, failed near line 1 ("),
     ("plain.jsonl.gz", lambda tmp: b'{"messages": []}\n', "{path}: not a readable gzip file, failed near line 1 ("),

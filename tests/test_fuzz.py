@@ -101,6 +101,8 @@ def expected_valid(value: Any) -> bool:
         role, content = message.get("role"), message.get("content")
         if not isinstance(role, str) or not isinstance(content, str) or role.strip().lower() not in ROLE_ALIASES:
             return False
+        if message.get("weight") not in (None, 0, 1):  # OpenAI's per-message weight is 0 or 1
+            return False
     return True
 
 

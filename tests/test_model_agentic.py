@@ -18,7 +18,7 @@ import pytest
 from packsft import PackConfig
 from packsft.layout import PackedOutput
 from packsft.run import run_pack
-from tests.test_chat_agentic import AGENT, SEARCH, WEATHER
+from tests.helpers import AGENT, SEARCH, WEATHER
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

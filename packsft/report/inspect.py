@@ -6,10 +6,24 @@
         <BOS      > ''
         <USR      > 'What is ...'
       ▶ <ASST     > 'It is ...'
+        <USR      > ''
+            └ tool result '{"temp": 21}'
+      ▶ <ASST     > ''
+      ▶     ├ reasoning   'Read the tool result.'
+      ▶     └ text        'It is 21 C.'
+
+Agentic turns are split into parts of a kind (reasoning, tool call, tool result, tool definitions), found by
+their markers in the decoded text (`<think>`…`</think>` and so on), so the view is the same whether the
+tokenizer has a token for a marker (Qwen3) or writes it as plain text (`--template roles`). A section's ▶
+means a label predicted from it is trained (as the seed showed it); a part's ▶ means its own tokens are
+trained labels, so context (tool results, definitions) never shows one. A section without markers prints
+exactly as before.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import click
@@ -21,6 +35,33 @@ from packsft.layout import PackedOutput
 from packsft.tokenizer import PackTokenizer, load_tokenizer
 
 MAX_CHARS = 90
+MID_CONV = "[MID-CONV]"
+
+# The kinds of text inside a turn, by their (open, close) markers, as Hermes-style templates (Qwen3) and the
+# roles template write them.
+KIND_MARKERS = {
+    "reasoning": ("<think>", "</think>"),
+    "tool call": ("<tool_call>", "</tool_call>"),
+    "tool result": ("<tool_response>", "</tool_response>"),
+    "tool defs": ("<tools>", "</tools>"),
+}
+TEXT_KIND = "text"  # a turn's own text between parts
+# The kinds each turn can hold. Qwen3's system prompt *describes* a call ("... within <tool_call></tool_call>
+# XML tags:\n<tool_call>\n{...}\n</tool_call>"), which is not one; a turn of unknown role may hold any.
+KINDS_OF_ROLE = {
+    "system": ("tool defs",), "user": ("tool result",), "tool": ("tool result",),
+    "assistant": ("reasoning", "tool call"),
+}
+ROLE_OF_NAME = {"SYS": "system", "USR": "user", "ASST": "assistant"}
+
+
+@dataclass(frozen=True)
+class Part:
+    kind: str  # a key of KIND_MARKERS, or TEXT_KIND
+    start: int
+    end: int
+    text: str  # without its markers
+    trained: bool  # some token of the part is a trained label
 
 
 @dataclass(frozen=True)
@@ -28,8 +69,9 @@ class Section:
     role: str  # BOS, USR, ASST, SYS, EOS, PAD or [MID-CONV]
     start: int
     end: int
-    text: str
+    text: str  # the text before the first part when there are parts
     trained: bool
+    parts: tuple[Part, ...] = ()
 
 
 def role_names(tokenizer: PackTokenizer) -> dict[int, str]:
@@ -53,26 +95,129 @@ def _shorten(text: str, max_chars: int) -> str:
 
 
 def sections(ids: np.ndarray, mask: np.ndarray, tokenizer: PackTokenizer, max_chars: int = MAX_CHARS) -> list[Section]:
-    """Group input tokens into role-delimited sections, as the seed's show_chunk did.
+    """Group input tokens into role-delimited sections, as the seed's show_chunk did, with their kind parts.
 
     `mask[i]` is the train flag of the label predicted at input position i.
     """
     names = role_names(tokenizer)
+    chat = tokenizer.template == "chat"
     ids_list = ids.tolist()
     out: list[Section] = []
     i = 0
     while i < len(ids_list):
-        role = names.get(ids_list[i], "[MID-CONV]")
-        j = i + 1 if role != "[MID-CONV]" else i
+        role = names.get(ids_list[i], MID_CONV)
+        j = i + 1 if role != MID_CONV else i
         while j < len(ids_list) and ids_list[j] not in names:
             j += 1
-        content = ids_list[i + 1 : j] if role != "[MID-CONV]" else ids_list[i:j]
-        text = _shorten(tokenizer.hf.decode(content, skip_special_tokens=True), max_chars) if content else ""
-        if tokenizer.template == "chat":
+        first = i + 1 if role != MID_CONV else i
+        full = tokenizer.hf.decode(ids_list[first:j], skip_special_tokens=True) if first < j else ""
+        bounds = _part_bounds(ids_list, first, j, role, full, tokenizer) if _has_marker(full) else []
+        parts: list[Part] = []
+        for kind, start, end in bounds:
+            text = _part_text(tokenizer.hf.decode(ids_list[start:end], skip_special_tokens=True), kind)
+            if kind == TEXT_KIND and not text:
+                continue  # the newlines between two parts
+            text = _shorten(text, max_chars)
+            parts.append(Part(kind, start, end, text.replace("\n", " ") if chat else text,
+                              bool(mask[max(start - 1, 0) : end - 1].any())))
+        if bounds:
+            head = ids_list[first : bounds[0][1]]
+            full = tokenizer.hf.decode(head, skip_special_tokens=True) if head else ""
+        text = _shorten(full, max_chars) if full else ""
+        if chat:
             text = text.replace("\n", " ")  # 'user\nWhat is...' -> 'user What is...
-        out.append(Section(role, i, j, text, bool(mask[i:j].any())))
+        out.append(Section(role, i, j, text, bool(mask[i:j].any()), tuple(parts)))
         i = j
     return out
+
+
+def token_kinds(ids: np.ndarray, tokenizer: PackTokenizer) -> dict[int, str]:
+    """The kind (a key of KIND_MARKERS) of each position that lies in a reasoning, tool call, result or definitions."""
+    found = sections(ids, np.zeros(len(ids), np.uint8), tokenizer)
+    return {pos: part.kind for section in found for part in section.parts if part.kind != TEXT_KIND
+            for pos in range(part.start, part.end)}
+
+
+def _has_marker(text: str) -> bool:
+    return any(marker in text for pair in KIND_MARKERS.values() for marker in pair)
+
+
+def _part_bounds(ids: list[int], first: int, end: int, role: str, full: str,
+                 tokenizer: PackTokenizer) -> list[tuple[str, int, int]]:
+    """(kind, start, end) token ranges that cover a section's content from its first part on; [] if it has none.
+
+    Markers are found in the tokens' texts joined (one decode per token), so a character maps back to the
+    token that holds it; a marker that shares a token with its neighbour takes the whole token.
+    """
+    if role in ROLE_OF_NAME:
+        kinds = KINDS_OF_ROLE[ROLE_OF_NAME[role]]
+    elif role == MID_CONV:
+        kinds = tuple(KIND_MARKERS)
+    else:  # a chat turn names its role on its first line ('assistant\n...')
+        kinds = KINDS_OF_ROLE.get(full.split("\n", 1)[0].strip(), tuple(KIND_MARKERS))
+    pieces = tokenizer.hf.batch_decode([[t] for t in ids[first:end]], skip_special_tokens=True,
+                                       clean_up_tokenization_spaces=False)
+    ends = np.cumsum([len(piece) for piece in pieces]).tolist()
+    spans = _kind_spans("".join(pieces), kinds, role == MID_CONV)
+    bounds: list[tuple[str, int, int]] = []
+    at: int | None = None  # where the previous part ended
+    for kind, lo, hi in spans:
+        start = first + bisect_right(ends, lo)
+        if at is not None:
+            start = max(start, at)
+            if start > at:
+                bounds.append((TEXT_KIND, at, start))
+        stop = max(first + bisect_right(ends, hi - 1) + 1, start)
+        if stop > start:
+            bounds.append((kind, start, stop))
+        at = stop
+    if at is not None and at < end:
+        bounds.append((TEXT_KIND, at, end))
+    return bounds
+
+
+def _kind_spans(text: str, kinds: Sequence[str], mid_conversation: bool) -> list[tuple[str, int, int]]:
+    """(kind, start, end) character spans of the parts in `text`, in order.
+
+    A part opens with its marker at the start of a line (a template writes them so; prose that mentions
+    `<tools></tools>` does not) and closes at its close marker, or at the end of the text when the chunk
+    cuts it. A chunk that starts mid-conversation may start inside a part: its text up to a close marker
+    that starts a line before any open one is that part.
+    """
+    spans: list[tuple[str, int, int]] = []
+    pos = 0
+    while True:
+        opens = [(at, kind) for kind in kinds if (at := _line_start_find(text, KIND_MARKERS[kind][0], pos)) >= 0]
+        if mid_conversation and not spans:
+            closes = [(at, kind) for kind in kinds if (at := _line_start_find(text, KIND_MARKERS[kind][1], 0)) >= 0]
+            if closes and (not opens or min(closes)[0] < min(opens)[0]):
+                at, kind = min(closes)
+                pos = at + len(KIND_MARKERS[kind][1])
+                spans.append((kind, 0, pos))
+                continue
+        if not opens:
+            return spans
+        at, kind = min(opens)
+        opener, closer = KIND_MARKERS[kind]
+        close = text.find(closer, at + len(opener))
+        pos = len(text) if close < 0 else close + len(closer)
+        spans.append((kind, at, pos))
+
+
+def _line_start_find(text: str, marker: str, pos: int) -> int:
+    at = text.find(marker, pos)
+    while at > 0 and text[at - 1] != "\n":
+        at = text.find(marker, at + 1)
+    return at
+
+
+def _part_text(text: str, kind: str) -> str:
+    """A part's text without its markers and the whitespace around them."""
+    text = text.strip()
+    if kind in KIND_MARKERS:
+        opener, closer = KIND_MARKERS[kind]
+        text = text.removeprefix(opener).removesuffix(closer).strip()
+    return text
 
 
 def context_check(ids: np.ndarray, mask: np.ndarray, tokenizer: PackTokenizer) -> list[str]:
@@ -159,6 +304,10 @@ def render_chunk(output: PackedOutput, index: int, tokenizer: PackTokenizer, *, 
             lines.append(click.style(line, fg="cyan") if color else line)
         marker = "  ▶" if section.trained else "   "
         lines.append(_paint(f"{marker} <{section.role:<9}> {section.text!r}", section.trained, color))
+        for k, part in enumerate(section.parts):
+            branch = "└" if k == len(section.parts) - 1 else "├"
+            line = f"{'  ▶' if part.trained else '   '}     {branch} {part.kind:<11} {part.text!r}"
+            lines.append(_paint(line, part.trained, color))
     lines.append("")
     lines.extend(context_check(ids, mask, tokenizer))
     if tokens:

@@ -31,7 +31,7 @@ from packsft.render import RenderedBatch, render_roles, trained_unprompted
 from packsft.rows import Chunks, build_chunks, build_linear_chunks, empty_chunks, labels_with_bos_and_user
 from packsft.run.outdir import failed_path
 from packsft.run.plan import Unit
-from packsft.split import PieceTable, message_starts, prompt_starts, split_long
+from packsft.split import PieceTable, answer_flags, message_starts, prompt_starts, split_long
 from packsft.stats import LENGTH_BIN, LENGTH_BINS
 from packsft.tokenizer import PackTokenizer
 from packsft.writer import write_shard
@@ -85,7 +85,7 @@ def open_unit(unit: Unit, config: PackConfig) -> list[InputFile]:
 
 SPLIT_COUNTERS = ("conversations_truncated", "conversations_dropped_long", "conversations_split", "pieces_split",
                   "exchanges_split", "prompts_shortened", "prompted_labels", "prompted_labels_complete",
-                  "turn_labels_whole")
+                  "turn_labels_whole", "answer_labels", "answer_labels_complete", "answer_labels_whole")
 
 
 @dataclass
@@ -318,8 +318,12 @@ def _linear_context(batch: RenderedBatch, seq_length: int) -> dict[str, int]:
     trained = np.flatnonzero(batch.flags.astype(bool))
     trained = trained[trained >= 1]
     whole = message_starts(batch)[trained] >= (trained - 1) // seq_length * seq_length
+    # A turn that answers tool results: its prompt comes before the results, so a prompt in the row holds them too.
+    answers = answer_flags(batch).astype(bool)
     return {"prompted_labels": len(positions), "prompted_labels_complete": int(complete.sum()),
-            "turn_labels_whole": int(whole.sum())}
+            "turn_labels_whole": int(whole.sum()), "answer_labels": int(answers[positions].sum()),
+            "answer_labels_complete": int((answers[positions] & complete).sum()),
+            "answer_labels_whole": int((answers[trained] & whole).sum())}
 
 
 def records_read(manifest: dict[str, Any]) -> int:
