@@ -53,6 +53,8 @@ def summarize(counters: dict[str, Any], seq_length: int, files_skipped: int = 0)
         + c["conversations_dropped_unprompted"],
         "conversations_dropped_long": c["conversations_dropped_long"],
         "conversations_dropped_no_trained": c["conversations_dropped_no_trained"],
+        # Read, then refused by the chat template (counted in records_rejected too).
+        "conversations_rejected_rendering": c["conversations_rejected_rendering"],
         "conversations_dropped_unprompted": c["conversations_dropped_unprompted"],
         "records_filtered": c["records_filtered"],
         "files_skipped": files_skipped,

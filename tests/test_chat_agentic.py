@@ -9,6 +9,7 @@ special-token strings here (those are plain text in packsft; tests/test_fidelity
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from packsft import PackConfig, load_tokenizer
 from packsft.chat_template import ChatRenderer, render_chat
+from packsft.errors import UnusableOutputError
 from packsft.records import ASSISTANT, ChatExtras, Conversation
 from packsft.run import run_pack
 from tests.helpers import AGENT, SEARCH, WEATHER, assert_output_verifies, call, record
@@ -215,3 +217,30 @@ def test_agentic_records_pack_from_the_cli_and_verify(tmp_path, qwen3_dir, turns
     assert (stats["turns_rewritten_in_history"] > 0) == (turns == "rendered")
     assert (stats["inference_renderings_added"] > 0) == (turns == "inference")
     assert_output_verifies(tmp_path / "out", deep=True)
+
+
+def test_records_the_template_refuses_are_counted_once(tmp_path, chatml_dir):
+    """40 records a template raises on: '40 records read, 40 rejected', each with the template's own message
+    (rendering rejects were counted twice in records_read, which also skewed --max-reject-fraction)."""
+    folder = tmp_path / "tok"
+    shutil.copytree(chatml_dir, folder)
+    (folder / "chat_template.jinja").write_text(
+        "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": f"q{i}"},
+                          {"role": "assistant", "content": "a"}]} for i in range(40)]
+    (data / "a.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(UnusableOutputError, match=r"nothing packed \(0 chunks\): 40 records read, 40 rejected "
+                                                  r"\(chat template refused the conversation: System role not supported: 40\)"):
+        run_pack(data, tmp_path / "out", PackConfig(tokenizer=str(folder), template="chat", seq_length=64), quiet=True)
+
+
+def test_a_tool_result_with_no_call_before_it_packs_as_the_template_renders_it(qwen3):
+    rec = record([{"role": "user", "content": "Run it."}, {"role": "tool", "content": "done"},
+                  {"role": "assistant", "content": "It ran."}])
+    batch = render_chat([rec], qwen3)
+    assert batch.ids.tolist() == hf_ids(qwen3, rec)
+    assert qwen3.hf.decode(batch.ids[batch.flags == 1].tolist()) == "<think>\n\n</think>\n\nIt ran.<|im_end|>"

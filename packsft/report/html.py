@@ -10,6 +10,9 @@
     │   ▸ segment 2 …                      ·····  (grey = pad)       │
     └──────────────────────────────────────────────────────────────┘
 
+Tokens of reasoning, tool calls, tool results and tool definitions (inspect.token_kinds) carry a kind class
+(page.KIND_CLASSES) that underlines them in the kind's colour, over the trained/masked background.
+
 Nothing is fetched: CSS, the one script and the charts are inline, so the file opens from disk and
 can be attached to an issue. Conversation text is untrusted and every piece of it goes through
 html.escape. A token's colour is the train flag of the label it is (loss_mask[i] belongs to
@@ -27,8 +30,8 @@ import numpy as np
 
 from packsft.layout import PackedOutput, row_lengths
 from packsft.report.charts import bar_chart, empty_chart, fraction_chart
-from packsft.report.inspect import tokenizer_for
-from packsft.report.page import PAGE_TEMPLATE, summary_html
+from packsft.report.inspect import token_kinds, tokenizer_for
+from packsft.report.page import KIND_CLASSES, PAGE_TEMPLATE, summary_html
 from packsft.stats import LENGTH_BIN
 from packsft.version import __version__
 
@@ -100,9 +103,11 @@ def _special_names(dataset: dict[str, Any]) -> dict[int, str]:
     return {int(i): SHORT_ROLE.get(key, key.upper()) for key, i in special.items() if i is not None}
 
 
-def _token_span(token_id: int, pos: int, text: str, flag: str, role: str | None) -> str:
+def _token_span(token_id: int, pos: int, text: str, flag: str, role: str | None, kind: str | None = None) -> str:
     cls = {"trained": "t tr", "masked": "t ms", "pad": "t pd", "no label (row start)": "t ms"}[flag]
-    title = f"id {token_id} · pos {pos} · {flag}" + (f" · {role}" if role else "")
+    title = f"id {token_id} · pos {pos} · {flag}" + (f" · {role}" if role else "") + (f" · {kind}" if kind else "")
+    if kind:
+        cls += f" {KIND_CLASSES[kind]}"
     if flag == "pad":
         shown = "·"
     elif role:
@@ -114,8 +119,13 @@ def _token_span(token_id: int, pos: int, text: str, flag: str, role: str | None)
 
 
 def chunk_html(output: PackedOutput, index: int, pieces: dict[int, str], names: dict[int, str],
-               fold_at: int = FOLD_AT) -> str:
-    """One <article class="chunk">: a header line and every token of the row as a <span>."""
+               fold_at: int = FOLD_AT, kinds: dict[int, str] | None = None) -> str:
+    """One <article class="chunk">: a header line and every token of the row as a <span>.
+
+    Args:
+        kinds: position -> kind of the row's reasoning, tool call, result and definitions tokens.
+    """
+    kinds = kinds or {}
     row = output.row(index)
     shard, local = output.locate(index)
     ids = row.tokens.tolist()
@@ -138,7 +148,7 @@ def chunk_html(output: PackedOutput, index: int, pieces: dict[int, str], names: 
             flag = "no label (row start)"
         else:
             flag = "trained" if row.loss_mask[pos - 1] else "masked"
-        spans.append(_token_span(token_id, pos, pieces[token_id], flag, names.get(token_id)))
+        spans.append(_token_span(token_id, pos, pieces[token_id], flag, names.get(token_id), kinds.get(pos)))
     body = "".join(head)
     if tail:
         body += (f'<details class="fold"><summary>show the other {len(ids) - fold_at:,} tokens '
@@ -181,7 +191,8 @@ def write_report(out_dir: str | Path, html_path: str | Path, *, chunks: Sequence
         rows = [output.row(i).tokens for i in indices]
         pieces = decode_pieces(tok, np.concatenate(rows).tolist())
         names = _special_names(dataset)
-        views = "".join(chunk_html(output, i, pieces, names, fold_at) for i in indices)
+        views = "".join(chunk_html(output, i, pieces, names, fold_at, token_kinds(row, tok))
+                        for i, row in zip(indices, rows))
     page = PAGE_TEMPLATE.substitute(
         title=_esc(f"packsft report: {Path(out_dir).resolve().name}"),
         out_dir=_esc(Path(out_dir).resolve()),

@@ -6,7 +6,7 @@
         <BOS      > ''
         <USR      > 'What is ...'
       ▶ <ASST     > 'It is ...'
-        <USR      > ''
+      ▶ <USR      > ''
             └ tool result '{"temp": 21}'
       ▶ <ASST     > ''
       ▶     ├ reasoning   'Read the tool result.'

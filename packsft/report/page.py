@@ -16,6 +16,9 @@ from typing import Any
 
 from packsft.stats import warnings
 
+# CSS class of each kind of agentic text (inspect.KIND_MARKERS) in the chunk views; the colours are in the page.
+KIND_CLASSES = {"reasoning": "k-think", "tool call": "k-call", "tool result": "k-result", "tool defs": "k-tools"}
+
 
 def _esc(text: object) -> str:
     return html.escape(str(text), quote=True)
@@ -167,6 +170,8 @@ svg .marker { stroke: #c0392b; stroke-dasharray: 4 3; stroke-width: 1.5; } svg .
 .t { border-radius: 2px; } .t:hover { outline: 1px solid #1d2330; }
 .tr { background: #c9f0cf; } .ms { background: #eceef3; color: #5b6475; } .pd { color: #b0b6c3; }
 .rl { font-weight: bold; font-size: 10px; padding: 0 3px; margin: 0 1px; border: 1px solid #7b5cc4; color: #5a3ea8; }
+.k-think { box-shadow: inset 0 -3px 0 #8e44ad; } .k-call { box-shadow: inset 0 -3px 0 #d35400; }
+.k-result { box-shadow: inset 0 -3px 0 #1a8f9e; } .k-tools { box-shadow: inset 0 -3px 0 #8a7a2e; }
 .bd { display: block; margin-top: 6px; font: bold 11px system-ui, sans-serif; color: #c0392b; border-top: 2px solid #c0392b; }
 .bd:first-child { margin-top: 0; }
 details.fold summary { cursor: pointer; color: #2856b6; font-family: system-ui, sans-serif; }
@@ -185,7 +190,9 @@ $summary
 <h2 id="chunks">Chunks ($chunk_count shown)</h2>
 <p class="legend"><span class="t tr">trained label</span><span class="t ms">masked label</span>
 <span class="t pd">· pad</span><span class="t ms rl">ROLE</span> role token
-<span style="color:#c0392b">▸ segment</span> conversation boundary. Hover a token for its id, position and flag.</p>
+<span style="color:#c0392b">▸ segment</span> conversation boundary. Hover a token for its id, position and flag.<br>
+Underlined: <span class="t ms k-think">reasoning</span><span class="t ms k-call">tool call</span>
+<span class="t ms k-result">tool result</span><span class="t ms k-tools">tool definitions</span></p>
 $chunks
 <script>
 (function () {
