@@ -90,7 +90,7 @@ def common_prefix(a: str, b: str, start: int = 0) -> int:
 
 def analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern[str] | None,
             head: Callable[[str], int], text: str | None = None, prompt: str | None = None,
-            fixed_prompt: bool = False, opener: str | None = None) -> Layout:
+            fixed_prompt: bool = False, rules: LocalRules | None = None) -> Layout:
     """The layout of `messages` as `render` renders them (see the module docstring).
 
     Args:
@@ -99,9 +99,8 @@ def analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern
             (an assistant turn that opens the conversation: most templates refuse no message at all).
         fixed_prompt: the template's generation prompt is `prompt` whatever precedes it (proven on probes by the
             caller): P_k is not rendered.
-        opener: the special token that opens every message of this template (proven on probes by the caller):
-            in a skeleton, message i starts at the last one between the placeholders of messages i-1 and i, so
-            R_i is rendered only where there is none.
+        rules: where messages start in a skeleton without rendering prefixes (`LocalRules`, proven on probes by
+            the caller); R_i is rendered only where they do not tell.
     """
     text = render(messages, False) if text is None else text
     n = len(messages)
@@ -120,7 +119,7 @@ def analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern
         hole = holes[i]
         limits[i] = min(limits[i + 1], hole[0]) if hole is not None else limits[i + 1]
     for i in range(1, n):
-        found = _opened(text, opener, holes, i, starts[-1]) if opener else -1
+        found = rules.start(text, holes, messages, i, starts[-1]) if rules is not None else -1
         if found < 0:
             limit = min(limits[i], _first_data(text, messages[i], _data_end(text, messages[i - 1], starts[-1])))
             found = _boundary(prefix(i), text, starts[-1], specials, limit)
@@ -162,12 +161,35 @@ def _hole_positions(messages: list[dict[str, Any]], text: str) -> list[tuple[int
     return out
 
 
-def _opened(text: str, opener: str, holes: list[tuple[int, int] | None], i: int, previous: int) -> int:
-    """Where message i opens: the last `opener` between the placeholders of messages i-1 and i; -1 if unknown."""
-    if holes[i] is None:
+@dataclass(frozen=True)
+class LocalRules:
+    """Where message i starts in a skeleton, read from the text between the placeholders of messages i-1 and i:
+
+    opener  the special token that opens a message (`<|im_start|>`): message i starts at the last one there;
+    joins   where none is (Qwen3 renders a run of tool results as one turn), per (role before, role): the text
+            found between their placeholders in a probe, and where message i starts in it. Used only where the
+            skeleton has exactly that text there.
+    """
+
+    opener: str
+    joins: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+
+    def start(self, text: str, holes: list[tuple[int, int] | None], messages: list[dict[str, Any]], i: int,
+              previous: int) -> int:
+        """Where message i starts, or -1 where these rules do not tell."""
+        before, here = holes[i - 1], holes[i]
+        if here is None:
+            return -1
+        lo = max(previous, before[1]) if before is not None else previous
+        if lo > here[0]:
+            return -1
+        found = text.rfind(self.opener, lo, here[0])
+        if found >= 0 or before is None:
+            return found
+        join = self.joins.get((messages[i - 1].get("role", ""), messages[i].get("role", "")))
+        if join is not None and text[before[1]:here[0]] == join[0]:
+            return before[1] + join[1]
         return -1
-    lo = max(previous, holes[i - 1][1]) if holes[i - 1] is not None else previous  # type: ignore[index]
-    return text.rfind(opener, lo, holes[i][0]) if lo <= holes[i][0] else -1  # type: ignore[index]
 
 
 def _data_end(text: str, message: dict[str, Any], start: int) -> int:

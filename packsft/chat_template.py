@@ -35,7 +35,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,7 @@ from packsft.chat_layout import (
     HOLE_PATTERN,
     STAND_IN_TOOLS,
     Layout,
+    LocalRules,
     PrefixRenderings,
     Render,
     SkeletonCache,
@@ -55,7 +56,7 @@ from packsft.chat_layout import (
     skeleton,
     splice,
 )
-from packsft.records import ASSISTANT, TEXT, USER, ChatExtras, Conversation, RecordRejected
+from packsft.records import ASSISTANT, TEXT, TOOL, USER, ChatExtras, Conversation, RecordRejected
 from packsft.render import ROLE_CODES, RenderedBatch, count_special_strings
 from packsft.stats import CHAT_TURN_COUNTERS
 from packsft.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
@@ -81,7 +82,7 @@ class ChatRenderer:
     def __init__(self, tokenizer: PackTokenizer, fast: bool | None = None,
                  template_kwargs: Mapping[str, Any] | None = None) -> None:
         self.tokenizer = tokenizer
-        self.encoder = RenderingEncoder(tokenizer, fast)
+        self.encoder = _rendering_encoder(tokenizer, fast)
         self.special_ids = self.encoder.special_ids
         strings = sorted({tokenizer.backend.id_to_token(int(i)) for i in self.special_ids} - {None}, key=len, reverse=True)
         self.specials = re.compile("|".join(map(re.escape, strings))) if strings else None
@@ -91,36 +92,45 @@ class ChatRenderer:
         eos = tokenizer.special_tokens_map.get("eos_token")
         self.eos_token = eos if isinstance(eos, str) else tokenizer.backend.id_to_token(tokenizer.eos_id)
         self.template_kwargs = dict(template_kwargs or {})
-        self.skeletons = SkeletonCache()
-        self.prefix_texts: dict[bytes, str] = {}  # PrefixRenderings' store
-        self.heads: dict[str, str | None] = {}
+        # What depends only on the template: shared by the renderers of one process (a worker packs many units).
+        key = (tokenizer.fingerprint, tokenizer.chat_renderer, json.dumps(tokenizer.chat_template, sort_keys=True))
+        shared = _SHARED.setdefault(key, _Shared())
+        self.skeletons = shared.skeletons
+        self.prefix_texts = shared.prefix_texts  # PrefixRenderings' store
+        self.heads = shared.heads
         # turns_rewritten_in_history, reasoning_tokens_dropped, inference_*: present (0) in every chat unit
         self.counts: Counter[str] = Counter(dict.fromkeys(CHAT_TURN_COUNTERS, 0))
         self.inference_prefixes: set[int] = set()  # id() of records --turns inference added
         self._jinja = _jinja_renderer(tokenizer)
-        self._fixed_prompt: bool | None = None
-        self._opener_rule: bool | None = None
+        self.shared = shared
 
     @property
     def fixed_prompt(self) -> bool:
         """Whether the template's generation prompt is the same after every conversation prefix of the probes
         (given the tools and kwargs): then an assistant turn's prompt is not rendered per turn."""
-        if self._fixed_prompt is None:
-            self._fixed_prompt = _prompt_is_fixed(self)
-        return self._fixed_prompt
+        if self.shared.fixed_prompt is None:
+            self.shared.fixed_prompt = _prompt_is_fixed(self)
+        return self.shared.fixed_prompt
 
     @property
     def opener_rule(self) -> bool:
         """Whether every message of the probes' skeletons opens with the special token that opens the generation
         prompt (`analyse(opener=...)` then finds message starts without rendering prefixes)."""
-        if self._opener_rule is None:
-            self._opener_rule = _opener_rule_holds(self)
-        return self._opener_rule
+        if self.shared.opener_rule is None:
+            self.shared.opener_rule = _opener_rule_holds(self)
+        return self.shared.opener_rule
 
     def _opener(self, render: Render, key: str) -> str | None:
         prompt = self._generic_prompt(render, key)
         found = self.specials.search(prompt) if prompt and self.specials is not None else None
         return found.group() if found else None
+
+    def _rules(self, render: Render, key: str) -> LocalRules | None:
+        """The template's LocalRules for these tools and kwargs (found once, from probe renderings)."""
+        if key not in self.shared.rules:
+            opener = self._opener(render, key)
+            self.shared.rules[key] = None if opener is None else LocalRules(opener, _joins(self, render, key))
+        return self.shared.rules[key]
 
     # -- rendering -----------------------------------------------------------------------------------------------
     def bind(self, tools: Any = None, kwargs: Mapping[str, Any] | None = None) -> Render:
@@ -160,7 +170,7 @@ class ChatRenderer:
                 _try_analyse, PrefixRenderings(skeleton_render, holed, context, self.prefix_texts), holed, self.specials,
                 functools.partial(self._head_end, skeleton_render, skeleton_key, messages[0]["role"]),
                 self._generic_prompt(skeleton_render, skeleton_key), self.fixed_prompt,
-                self._opener(skeleton_render, skeleton_key) if self.opener_rule else None))
+                self._rules(skeleton_render, skeleton_key) if self.opener_rule else None))
             spliced = splice(found, values, text, stand_in=stand_in is not None) if found is not None else None
             if spliced is not None:
                 return spliced
@@ -278,6 +288,29 @@ class ChatRenderer:
         return out
 
 
+@dataclass
+class _Shared:
+    skeletons: SkeletonCache = field(default_factory=SkeletonCache)
+    prefix_texts: dict[bytes, str] = field(default_factory=dict)
+    heads: dict[str, str | None] = field(default_factory=dict)
+    rules: dict[str, LocalRules | None] = field(default_factory=dict)  # per tools and kwargs
+    fixed_prompt: bool | None = None  # ChatRenderer.fixed_prompt, once proven
+    opener_rule: bool | None = None  # ChatRenderer.opener_rule, once proven
+
+
+_SHARED: dict[tuple[str, str, str], _Shared] = {}
+_ENCODERS: dict[tuple[str, str, bool | None], RenderingEncoder] = {}
+
+
+def _rendering_encoder(tokenizer: PackTokenizer, fast: bool | None) -> RenderingEncoder:
+    """One RenderingEncoder per tokenizer and process (building its tables costs ~0.3 s; a worker packs many units)."""
+    key = (tokenizer.fingerprint, tokenizer.encoder, fast)
+    if key not in _ENCODERS or _ENCODERS[key].tokenizer is not tokenizer:
+        _ENCODERS.clear()
+        _ENCODERS[key] = RenderingEncoder(tokenizer, fast)
+    return _ENCODERS[key]
+
+
 def _prompt_is_fixed(renderer: ChatRenderer) -> bool:
     for record in _probe_records():
         messages, tools, kwargs = record.chat_messages(), record.tools, record.template_kwargs()
@@ -295,14 +328,37 @@ def _prompt_is_fixed(renderer: ChatRenderer) -> bool:
     return True
 
 
+# The run of tool results a join is probed on: a call, then two results.
+_JOIN_PROBE: list[dict[str, Any]] = [
+    {"role": USER, "content": "q"},
+    {"role": ASSISTANT, "content": "", "tool_calls": [{"type": "function", "id": "i", "function": {"name": "f", "arguments": "{}"}}]},
+    {"role": TOOL, "content": "a"}, {"role": TOOL, "content": "b"}]
+
+
+def _joins(renderer: ChatRenderer, render: Render, key: str) -> dict[tuple[str, str], tuple[str, int]]:
+    """LocalRules.joins: for two tool results in a row, the text between their contents and where the second starts
+    in it, from the rendering of `_JOIN_PROBE`'s prefixes."""
+    holed, _ = skeleton(_JOIN_PROBE)
+    head = functools.partial(renderer._head_end, render, key, USER)
+    try:
+        layout = analyse(render, holed, renderer.specials, head, None, renderer._generic_prompt(render, key))
+    except Exception:  # a template without tool results
+        return {}
+    first, second = (HOLE_PATTERN.search(layout.text, layout.starts[i]) for i in (2, 3))
+    if first is None or second is None or not first.end() <= layout.starts[3] <= second.start():
+        return {}
+    return {(TOOL, TOOL): (layout.text[first.end():second.start()], layout.starts[3] - first.end())}
+
+
 def _opener_rule_holds(renderer: ChatRenderer) -> bool:
+    """Whether LocalRules find the message starts that rendering the prefixes finds, on every probe's skeleton."""
     for record in _probe_records():
         holed, _ = skeleton(record.chat_messages())
         tools = STAND_IN_TOOLS if record.tools else None
         kwargs = record.template_kwargs()
         render, key = renderer.bind(tools, kwargs), shape_key([], tools, kwargs)
-        opener = renderer._opener(render, key)
-        if opener is None:
+        rules = renderer._rules(render, key)
+        if rules is None:
             return False
         head = functools.partial(renderer._head_end, render, key, holed[0]["role"])
         prompt = renderer._generic_prompt(render, key)
@@ -310,16 +366,16 @@ def _opener_rule_holds(renderer: ChatRenderer) -> bool:
             rendered = analyse(render, holed, renderer.specials, head, None, prompt)
         except Exception:
             continue
-        if analyse(render, holed, renderer.specials, head, None, prompt, opener=opener).starts != rendered.starts:
+        if analyse(render, holed, renderer.specials, head, None, prompt, rules=rules).starts != rendered.starts:
             return False
     return True
 
 
 def _try_analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern[str] | None,
                  head: Callable[[str], int], prompt: str | None, fixed_prompt: bool,
-                 opener: str | None = None) -> Layout | None:
+                 rules: LocalRules | None = None) -> Layout | None:
     try:
-        return analyse(render, messages, specials, head, None, prompt, fixed_prompt, opener)
+        return analyse(render, messages, specials, head, None, prompt, fixed_prompt, rules)
     except Exception:  # the template refuses the skeleton (it inspects contents): analyse the record itself
         return None
 
@@ -355,14 +411,39 @@ def _jinja_renderer(tokenizer: PackTokenizer) -> Callable[[list[dict[str, Any]],
         return lambda messages, tools, prompt, kwargs: tokenizer.hf.apply_chat_template(
             messages, tools=tools, add_generation_prompt=prompt, tokenize=False, **kwargs)
     special = dict(tokenizer.special_tokens_map)
+    direct = _compiled_renderer()
 
     def render(messages: list[dict[str, Any]], tools: Any, prompt: bool, kwargs: dict[str, Any]) -> str:
         chosen: Any = template
         if isinstance(template, dict):  # several named templates: as transformers picks them
             chosen = template.get("tool_use") if tools is not None and "tool_use" in template else template.get("default")
+        if direct is not None:
+            return direct(chosen, messages, tools, prompt, {**special, **kwargs})
         rendered, _ = render_jinja_template(conversations=[messages], tools=tools, chat_template=chosen,
                                             add_generation_prompt=prompt, **{**special, **kwargs})
         return rendered[0]
+
+    return render
+
+
+def _compiled_renderer() -> Callable[[str, list[dict[str, Any]], Any, bool, dict[str, Any]], str] | None:
+    """`render_jinja_template`'s own steps for one conversation without its per-call overhead (~20% of a render):
+    the compiled template (cached by transformers), its plain-data conversion of everything the template sees
+    (the sandbox's guard) and its reasoning-field aliases. None where this transformers names them otherwise;
+    the chat proof compares the result with `apply_chat_template` either way."""
+    try:
+        from transformers.utils.chat_template_utils import (
+            _alias_reasoning_fields,
+            _compile_jinja_template,
+            _plain_template_data,
+        )
+    except ImportError:
+        return None
+
+    def render(template: str, messages: list[dict[str, Any]], tools: Any, prompt: bool, kwargs: dict[str, Any]) -> str:
+        return _compile_jinja_template(template).render(
+            messages=_alias_reasoning_fields(_plain_template_data(messages)), tools=_plain_template_data(tools),
+            documents=None, add_generation_prompt=prompt, **_plain_template_data(kwargs))
 
     return render
 
@@ -580,7 +661,7 @@ PROBE_RECORDS = [
 ]
 
 
-PROBES_VERSION = 2  # bumped when the probes change, so that cached proofs are made again
+PROBES_VERSION = 3  # bumped when the probes change, so that cached proofs are made again
 
 
 def _probe_records() -> list[Conversation]:
@@ -688,8 +769,14 @@ def chat_markers(tokenizer: PackTokenizer) -> dict[str, int] | None:
 
 
 def output_identity(tokenizer: PackTokenizer) -> dict[str, object]:
-    """What dataset.json records about the tokenizer: `identity()`, plus `chat_markers` for chat templates."""
+    """What dataset.json records about the tokenizer: `identity()`, plus `chat_markers` for chat templates (cached
+    per tokenizer fingerprint and library versions: the planning process then never imports transformers)."""
     identity: dict[str, object] = tokenizer.identity()
     if tokenizer.template == "chat":
-        identity["chat_markers"] = chat_markers(tokenizer)
+        key = cache_key("chat-markers", {"fingerprint": tokenizer.fingerprint})
+        entry = read_entry("proofs", key)
+        if entry is None or "markers" not in entry:
+            entry = {"markers": chat_markers(tokenizer)}
+            write_entry("proofs", key, entry)
+        identity["chat_markers"] = entry["markers"]
     return identity

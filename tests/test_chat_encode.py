@@ -105,15 +105,15 @@ def test_a_difference_refuses_the_fast_chat_path(chatml, monkeypatch):
 
 
 def test_a_rendering_difference_renders_through_apply_chat_template(chatml, monkeypatch):
-    import transformers.utils.chat_template_utils as chat_template_utils
+    import packsft.chat_template as chat_template
 
-    real = chat_template_utils.render_jinja_template
+    real = chat_template._compiled_renderer()
+    assert real is not None  # this transformers has the steps packsft calls directly
 
-    def changed(*args, **kwargs):  # a transformers whose renderer, called directly, adds a space
-        rendered, indices = real(*args, **kwargs)
-        return [text + " " for text in rendered], indices
+    def changed():  # a transformers whose steps, called directly, add a space
+        return lambda *args: real(*args) + " "
 
-    monkeypatch.setattr(chat_template_utils, "render_jinja_template", changed)
+    monkeypatch.setattr(chat_template, "_compiled_renderer", changed)
     assert "differs from apply_chat_template" in chat_rendering_difference(chatml)
     proven = with_chat_path_proven(chatml, cache=False)
     assert proven.chat_renderer == "hf" and proven.encoder == "fast"  # the fast encoder still proven on its renderings
