@@ -50,6 +50,9 @@ STAND_IN_TOOLS = [{"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"x": {"type": "string", "description": "x"}}, "required": ["x"]}}}]
 SKELETON_CACHE_SIZE = 4096
 PREFIX_CACHE_SIZE = 32768  # skeleton renderings (short: contents are placeholders)
+# Text that resumes a message's rendering right where two renderings part is taken as that message's own rest
+# (and not a closing that depends on what follows, such as a newline) from this many characters, or a special token.
+RESUMED_CHARS = 4
 
 
 @dataclass
@@ -113,16 +116,10 @@ def analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern
         return prefixes[i]
 
     holes = _hole_positions(messages, text)
-    # Message i starts before the first rendered data of messages i, i+1, ...
-    limits = [len(text)] * (n + 1)
-    for i in range(n - 1, -1, -1):
-        hole = holes[i]
-        limits[i] = min(limits[i + 1], hole[0]) if hole is not None else limits[i + 1]
     for i in range(1, n):
         found = rules.start(text, holes, messages, i, starts[-1]) if rules is not None else -1
         if found < 0:
-            limit = min(limits[i], _first_data(text, messages[i], _data_end(text, messages[i - 1], starts[-1])))
-            found = _boundary(prefix(i), text, starts[-1], specials, limit)
+            found = _boundary(prefix(i), text, starts[-1], specials)
         starts.append(max(found, starts[-1]))
     bodies, rewritten = list(starts), [False] * n
     generated: list[Span | None] = [None] * n
@@ -192,55 +189,35 @@ class LocalRules:
         return -1
 
 
-def _data_end(text: str, message: dict[str, Any], start: int) -> int:
-    """Where the message's own strings (reasoning, content, calls: in the order templates render them) end in text
-    after `start`, as far as they are found there as given; `start` if none is."""
-    strings: list[Any] = [message.get("reasoning_content"), message.get("content")]
-    for call in message.get("tool_calls") or []:
-        function = call.get("function", call) if isinstance(call, Mapping) else None
-        if isinstance(function, Mapping):
-            strings += [function.get("name"), function.get("arguments")]
-    end = start
-    for value in strings:
-        at = text.find(value, end) if isinstance(value, str) and value else -1
-        if at >= 0:
-            end = at + len(value)
-    return end
-
-
-def _first_data(text: str, message: dict[str, Any], start: int) -> int:
-    """Where the message's content is first found in text after `start` (its rendering starts before); else the end."""
-    content = message.get("content")
-    at = text.find(content, start) if isinstance(content, str) and content else -1
-    return at if at >= 0 else len(text)
-
-
-def _boundary(prefix: str, text: str, previous: int, specials: re.Pattern[str] | None, limit: int) -> int:
+def _boundary(prefix: str, text: str, previous: int, specials: re.Pattern[str] | None) -> int:
     """Where the message after `prefix` starts in `text`.
 
     Where text continues `prefix`: at its end. Where they part because the last message renders otherwise when
-    it is last (Qwen3's think block): after the longest end of `prefix` that `text` holds past that point and
-    before `limit` (where the next message's data is). Where no end of `prefix` is found there (its closing
-    depends on what follows: Qwen3 closes a tool result only after the last of a run): where they part.
+    it is last (Qwen3 inserts a think block), text goes on at once with the rest of that message's rendering in
+    `prefix`: the message ends where that rest ends. Where text does not (the message's closing depends on what
+    follows: Qwen3 closes a tool result only after the last of a run), it ends where they part.
     """
     agreed = common_prefix(prefix, text)
     if agreed == len(prefix):
         return agreed
     agreed = min(_back_off(prefix, agreed, specials), _back_off(text, agreed, specials))
-    start = min(previous, agreed)
-    tail = prefix[start:]
+    rest = _resumed(prefix[agreed:], text, agreed)
+    if rest and (len(rest) >= RESUMED_CHARS or (specials is not None and specials.search(rest))):
+        return agreed + len(rest)
+    return agreed
 
-    def found(k: int) -> int:  # where tail's last k characters occur in text, ending in (agreed, limit]; -1: nowhere
-        return text.find(tail[len(tail) - k:], max(start, agreed - k + 1), max(limit, agreed + 1))
 
-    lo, hi = 0, len(tail)  # found(lo) >= 0 (lo = 0: the empty string); found(hi + 1) < 0
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if found(mid) >= 0:
-            lo = mid
-        else:
-            hi = mid - 1
-    return found(lo) + lo if lo else agreed
+def _resumed(tail: str, text: str, at: int) -> str:
+    """The longest end of `tail` that `text` continues with at `at` (empty if none)."""
+    if at >= len(text):
+        return ""
+    first = text[at]
+    j = tail.find(first)
+    while j >= 0:
+        if text.startswith(tail[j:], at):
+            return tail[j:]
+        j = tail.find(first, j + 1)
+    return ""
 
 
 def _back_off(text: str, at: int, specials: re.Pattern[str] | None) -> int:

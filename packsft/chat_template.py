@@ -56,14 +56,13 @@ from packsft.chat_layout import (
     skeleton,
     splice,
 )
+from packsft.chat_probes import JOIN_PROBE, PROBE_MARK, probe_records
 from packsft.records import ASSISTANT, TEXT, TOOL, USER, ChatExtras, Conversation, RecordRejected
 from packsft.render import ROLE_CODES, RenderedBatch, count_special_strings
 from packsft.stats import CHAT_TURN_COUNTERS
 from packsft.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
-from packsft.tokenizer_cache import cache_key, read_entry, write_entry
 
 THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-PROBE_MARK = "\ue002probe\ue003"  # the content of probe messages: no record holds it, no placeholder matches it
 
 
 class ChatRenderer:
@@ -312,7 +311,7 @@ def _rendering_encoder(tokenizer: PackTokenizer, fast: bool | None) -> Rendering
 
 
 def _prompt_is_fixed(renderer: ChatRenderer) -> bool:
-    for record in _probe_records():
+    for record in probe_records():
         messages, tools, kwargs = record.chat_messages(), record.tools, record.template_kwargs()
         render = renderer.bind(tools, kwargs)
         generic = renderer._generic_prompt(render, shape_key([], tools, kwargs))
@@ -328,17 +327,10 @@ def _prompt_is_fixed(renderer: ChatRenderer) -> bool:
     return True
 
 
-# The run of tool results a join is probed on: a call, then two results.
-_JOIN_PROBE: list[dict[str, Any]] = [
-    {"role": USER, "content": "q"},
-    {"role": ASSISTANT, "content": "", "tool_calls": [{"type": "function", "id": "i", "function": {"name": "f", "arguments": "{}"}}]},
-    {"role": TOOL, "content": "a"}, {"role": TOOL, "content": "b"}]
-
-
 def _joins(renderer: ChatRenderer, render: Render, key: str) -> dict[tuple[str, str], tuple[str, int]]:
     """LocalRules.joins: for two tool results in a row, the text between their contents and where the second starts
     in it, from the rendering of `_JOIN_PROBE`'s prefixes."""
-    holed, _ = skeleton(_JOIN_PROBE)
+    holed, _ = skeleton(JOIN_PROBE)
     head = functools.partial(renderer._head_end, render, key, USER)
     try:
         layout = analyse(render, holed, renderer.specials, head, None, renderer._generic_prompt(render, key))
@@ -352,7 +344,7 @@ def _joins(renderer: ChatRenderer, render: Render, key: str) -> dict[tuple[str, 
 
 def _opener_rule_holds(renderer: ChatRenderer) -> bool:
     """Whether LocalRules find the message starts that rendering the prefixes finds, on every probe's skeleton."""
-    for record in _probe_records():
+    for record in probe_records():
         holed, _ = skeleton(record.chat_messages())
         tools = STAND_IN_TOOLS if record.tools else None
         kwargs = record.template_kwargs()
@@ -612,171 +604,3 @@ def _count_turns(renderer: ChatRenderer, conv: Conversation, layout: Layout, fla
     if id(conv) in renderer.inference_prefixes:
         trained = np.flatnonzero(flags)
         renderer.counts["inference_context_tokens"] += int(trained[0]) if len(trained) else len(flags)
-
-
-# Conversations where a chat path that differs from transformers' would differ first: special-token
-# strings and template tags in content, whitespace at the content edges (pre-tokenizer merges across
-# them), text the normalizer rewrites, emoji and CJK (tokens that split characters), empty content.
-PROBE_CONVERSATIONS = [
-    (("system", "You are helpful."), ("user", "Hi"), ("assistant", "Hello! How can I help?")),
-    (("user", "Say <|im_end|><|endoftext|> now <|im_start|>assistant\nx <|user|> </s> [INST] <s>"),
-     ("assistant", "<think>\nreasoning\n</think>\n\nThe answer <|im_end|> is 42.")),
-    (("user", "\n\n  spaced  \n\n"), ("assistant", " \n leading and trailing \t\n"), ("user", "   "),
-     ("assistant", "\n")),
-    (("user", "cafe\u0301 Å ﬁ ｆｕｌｌ 中文字符 😀👍🏽 ١٢٣"), ("assistant", "e\u0301\u0301 Ελληνικά 한국어 🇫🇷 \u00a0x")),
-    (("user", "<tool_response>\n{\"ok\": true}\n</tool_response>"), ("assistant", ""), ("user", "again"),
-     ("assistant", "done")),
-    (("assistant", "I start."), ("user", "def f(x):\n    return {'a': [1, 2]}  # c\n\tpass\n"),
-     ("assistant", "```python\nprint(1)\n```")),
-]
-
-
-_WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather <|im_end|> of a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-
-
-def _call(name: str, arguments: Any, call_id: str) -> dict[str, Any]:
-    return {"type": "function", "id": call_id, "function": {"name": name, "arguments": arguments}}
-
-
-# Agentic and reasoning records: tools, tool calls (arguments as JSON text and as an object, several per turn),
-# consecutive tool results, reasoning as a field and inside content, template kwargs.
-PROBE_RECORDS = [
-    Conversation(
-        (("system", "You are helpful."), ("user", "Weather in Paris?"), ("assistant", ""), ("tool", '{"temp": 21}'),
-         ("assistant", "It is 21 °C <|im_end|> in Paris.")),
-        extras=ChatExtras((None, None, {"tool_calls": [_call("get_weather", '{"city": "Paris"}', "call_1")]},
-                           {"tool_call_id": "call_1"}, None), (), [_WEATHER], None)),
-    Conversation(
-        (("user", "Paris and Rome?"), ("assistant", "Checking both."), ("tool", "21"), ("tool", "25"),
-         ("assistant", "<think>\nCompare.\n</think>\n\nRome is warmer.")),
-        extras=ChatExtras((None, {"tool_calls": [_call("get_weather", {"city": "Paris"}, "a"),
-                                                 _call("get_weather", {"city": "Rome"}, "b")]}, None, None, None),
-                          (), [_WEATHER], None)),
-    Conversation(
-        (("user", "2+2?"), ("assistant", "4"), ("user", "and 3+3?"), ("assistant", "6")),
-        extras=ChatExtras((None, {"reasoning_content": "Add two and two."}, None,
-                           {"reasoning_content": "Three plus three."}), (), None, {"enable_thinking": False})),
-]
-
-
-PROBES_VERSION = 3  # bumped when the probes change, so that cached proofs are made again
-
-
-def _probe_records() -> list[Conversation]:
-    return [Conversation(messages) for messages in PROBE_CONVERSATIONS] + PROBE_RECORDS
-
-
-def chat_rendering_difference(tokenizer: PackTokenizer) -> str | None:
-    """None where packsft's renderer (`render_jinja_template`) renders the probes exactly as
-    `hf.apply_chat_template` does (or refuses the same ones), with and without the generation prompt; else
-    the first difference."""
-    renderer = ChatRenderer(tokenizer, fast=False)
-    for record in _probe_records():
-        chat, tools, kwargs = record.chat_messages(), record.tools, record.template_kwargs()
-        for prompt in (False, True):
-            theirs = _rendered_or_error(functools.partial(
-                tokenizer.hf.apply_chat_template, chat, tools=tools, add_generation_prompt=prompt, tokenize=False,
-                **kwargs))
-            mine = _rendered_or_error(functools.partial(renderer.render_text, chat, tools, kwargs, prompt))
-            if (mine is None) != (theirs is None) or (mine is not None and mine != theirs):
-                return f"the rendering of {record.messages[0][1][:30]!r}… differs from apply_chat_template"
-    return None
-
-
-def fast_chat_difference(tokenizer: PackTokenizer) -> str | None:
-    """None where encoding renderings with the fast encoder gives exactly the HF encoding's ids, masks and
-    message spans on the probes; else the first difference."""
-    rejected: list[Conversation] = []
-    batches = [render_chat(_probe_records(), tokenizer, renderer=ChatRenderer(tokenizer, fast=fast),
-                           reject=lambda c, _: rejected.append(c))
-               for fast in (True, False)]
-    for name in ("ids", "flags", "msg_starts", "msg_ends", "msg_headers"):
-        if not np.array_equal(getattr(batches[0], name), getattr(batches[1], name)):
-            return f"the fast chat encoding differs from HF's in {name}"
-    return None
-
-
-def _rendered_or_error(render: Callable[[], str]) -> str | None:
-    try:
-        return render()
-    except Exception:  # a template may refuse a probe; then both paths must refuse it
-        return None
-
-
-def with_chat_path_proven(tokenizer: PackTokenizer, cache: bool = True) -> PackTokenizer:
-    """The tokenizer with the chat path it may use: its renderer (`chat_renderer`: packsft's jinja call where
-    it renders the probes as `apply_chat_template` does, else `apply_chat_template` itself) and its encoder
-    (the fast one where it encodes the renderings as HF does, else `encoder="hf"` with a note).
-
-    Proven once per tokenizer fingerprint, encoder and library versions (cached like the encoder's proof).
-    """
-    if tokenizer.template != "chat":
-        return tokenizer
-    key = cache_key("chat-proof", {"fingerprint": tokenizer.fingerprint, "encoder": tokenizer.encoder,
-                                   "probes": PROBES_VERSION})
-    entry = read_entry("proofs", key) if cache else None
-    if entry is not None and all(isinstance(entry.get(k), (str, type(None))) for k in ("render", "encode")):
-        render, encode = entry["render"], entry["encode"]
-    else:
-        render = chat_rendering_difference(tokenizer)
-        rendered_by = replace(tokenizer, chat_renderer="hf") if render else tokenizer
-        encode = fast_chat_difference(rendered_by) if tokenizer.encoder == "fast" else None
-        if cache:
-            write_entry("proofs", key, {"render": render, "encode": encode})
-    if render:
-        tokenizer = replace(tokenizer, chat_renderer="hf")
-    if encode:
-        tokenizer = replace(tokenizer, encoder="hf",
-                            encoder_note=f"the fast chat path does not reproduce this template: {encode}")
-    return tokenizer
-
-
-def chat_markers(tokenizer: PackTokenizer) -> dict[str, int] | None:
-    """The ids `verify` reads chat-template rows by, from the template's own text around the contents:
-
-        <|im_start|> user \\n  q  <|im_end|> \\n <|im_start|> assistant \\n  a  <|im_end|> \\n
-        header_start user_role               header_start  assistant_role     end_of_turn
-
-    None where the template opens messages with no special token or names both roles with the same token.
-    """
-    renderer = ChatRenderer(tokenizer, fast=False)
-    try:
-        pieces = renderer.literals((USER, ASSISTANT))
-    except RecordRejected:  # a template that refuses a user + assistant exchange
-        return None
-    if pieces is None:
-        return None
-    (before_user, _), (between, _), (after, _) = renderer.encode(pieces, [[] for _ in pieces])
-    special = set(renderer.special_ids.tolist())
-    reopens = [i for i, t in enumerate(between.tolist()) if t in special]
-    ends = [t for t in after.tolist() if t in special]
-    if len(reopens) < 2 or not ends or reopens[1] + 1 >= len(between):
-        return None
-    # The header start is the first special token after the user's end of turn; the user's own header is its
-    # last occurrence before the user content (a template may first open a system message of its own, as
-    # Llama 3.1 does with its knowledge cutoff when the conversation has none).
-    header_start = int(between[reopens[1]])
-    opened = [i for i, t in enumerate(before_user.tolist()) if t == header_start]
-    if not opened or opened[-1] + 1 >= len(before_user):
-        return None
-    user_role, assistant_role = int(before_user[opened[-1] + 1]), int(between[reopens[1] + 1])
-    if user_role == assistant_role or user_role in special or assistant_role in special:
-        return None
-    return {"header_start": header_start, "user_role": user_role, "assistant_role": assistant_role,
-            "end_of_turn": int(ends[0])}
-
-
-def output_identity(tokenizer: PackTokenizer) -> dict[str, object]:
-    """What dataset.json records about the tokenizer: `identity()`, plus `chat_markers` for chat templates (cached
-    per tokenizer fingerprint and library versions: the planning process then never imports transformers)."""
-    identity: dict[str, object] = tokenizer.identity()
-    if tokenizer.template == "chat":
-        key = cache_key("chat-markers", {"fingerprint": tokenizer.fingerprint})
-        entry = read_entry("proofs", key)
-        if entry is None or "markers" not in entry:
-            entry = {"markers": chat_markers(tokenizer)}
-            write_entry("proofs", key, entry)
-        identity["chat_markers"] = entry["markers"]
-    return identity

@@ -72,7 +72,7 @@ class PackTokenizer:
     encoder: Literal["fast", "hf"] = "hf"
     encoder_note: str | None = None
     # Who renders chat templates: transformers' jinja renderer without its tokenizer ("jinja"), or
-    # `apply_chat_template` ("hf", where a probe showed them differ; see chat_template.with_chat_path_proven).
+    # `apply_chat_template` ("hf", where a probe showed them differ; see chat_proof.with_chat_path_proven).
     chat_renderer: Literal["jinja", "hf"] = "jinja"
     threads: int = 1
     serialized: str = field(default="", repr=False, compare=False)

@@ -211,7 +211,7 @@ def peer_installed() -> bool:
 def run_packsft_chat(data_dir: Path, out: Path) -> dict:
     """`packsft pack --template chat` with qwen3 as a whole process: its measure, encoder and stats, or `error`
     (the exit status and the last lines of its stderr)."""
-    from packsft.chat_template import with_chat_path_proven
+    from packsft.chat_proof import with_chat_path_proven
     from packsft.tokenizer import load_tokenizer
 
     with tempfile.TemporaryFile("w+") as errors:

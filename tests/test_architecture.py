@@ -3,7 +3,7 @@ CLI imports inside functions (so that `packsft --help` starts fast without hidin
 
     cli, __main__, packsft/__init__            the edges: CLI and public API
     run/ verify/ report/ loader/ export/       what surrounds the stages
-    writer > rows > pack, split > render, chat_template, chat_layout > tokenizer, encoder, tokenizer_cache, chat_encode
+    writer > rows > pack, split > render, chat_template, chat_layout, chat_proof, chat_probes > tokenizer, encoder, ...
     records, reader, shapes, inputs, config    records and options
     layout, errors, stats, version, demo       the on-disk contract and leaves
 
@@ -25,7 +25,7 @@ LAYERS = [
     {"packsft.writer"},
     {"packsft.rows"},
     {"packsft.pack", "packsft.split"},
-    {"packsft.render", "packsft.chat_template", "packsft.chat_layout"},
+    {"packsft.render", "packsft.chat_template", "packsft.chat_layout", "packsft.chat_proof", "packsft.chat_probes"},
     {"packsft.tokenizer", "packsft.encoder", "packsft.tokenizer_cache", "packsft.chat_encode"},
     {"packsft.records", "packsft.reader", "packsft.inputs", "packsft.config", "packsft.shapes"},
     {"packsft.layout", "packsft.errors", "packsft.stats", "packsft.version", "packsft.demo"},

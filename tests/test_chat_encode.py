@@ -14,16 +14,14 @@ from hypothesis import strategies as st
 from packsft import PackConfig, load_tokenizer
 from packsft import chat_encode as chat_encode_module
 from packsft.chat_encode import RenderingEncoder
-from packsft.chat_template import (
-    PROBE_CONVERSATIONS,
-    ChatRenderer,
-    _probe_records,
+from packsft.chat_probes import PROBE_CONVERSATIONS, probe_records
+from packsft.chat_proof import (
     chat_markers,
     chat_rendering_difference,
     fast_chat_difference,
-    render_chat,
     with_chat_path_proven,
 )
+from packsft.chat_template import ChatRenderer, render_chat
 from packsft.records import Conversation, RecordRejected
 from packsft.run import run_pack
 from tests.helpers import assert_output_verifies, conv, write_conversations
@@ -148,7 +146,7 @@ def test_qwen3_fast_path_equals_hf_on_random_contents(qwen3, conversations):
 
 
 def test_qwen3_render_chat_fast_equals_hf_with_masks(qwen3):
-    conversations = _probe_records()  # plain chats, and tools, tool calls, reasoning, template kwargs
+    conversations = probe_records()  # plain chats, and tools, tool calls, reasoning, template kwargs
     rejected: list[str] = []
     fast = render_chat(conversations, qwen3, renderer=ChatRenderer(qwen3, fast=True),
                        reject=lambda _, reason: rejected.append(reason))

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from packsft import PackConfig, PackedOutput, load_tokenizer
-from packsft.chat_template import ChatRenderer, chat_markers, render_chat
+from packsft.chat_proof import chat_markers
+from packsft.chat_template import ChatRenderer, render_chat
 from packsft.errors import TokenizerError
 from packsft.pack import pack_bestfit
 from packsft.records import Conversation, RecordRejected, validate_messages

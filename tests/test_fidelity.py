@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packsft.chat_template import ChatRenderer, chat_markers, render_chat
+from packsft.chat_proof import chat_markers
+from packsft.chat_template import ChatRenderer, render_chat
 from packsft.pack import pack_bestfit
 from packsft.records import Conversation
 from packsft.render import render_roles

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from packsft.chat_template import output_identity, with_chat_path_proven
+from packsft.chat_proof import output_identity, with_chat_path_proven
 from packsft.config import PackConfig
 from packsft.errors import ConfigError, OutputError
 from packsft.inputs import is_url, list_inputs

@@ -29,7 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from packsft.chat_template import with_chat_path_proven
+from packsft.chat_proof import with_chat_path_proven
 from packsft.config import PackConfig
 from packsft.errors import OutputError, PackInterrupted
 from packsft.run.outdir import Plan, incomplete_units, resume_hint

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from packsft.chat_template import output_identity
+from packsft.chat_proof import output_identity
 from packsft.config import CONFIG_KEYS, PackConfig
 from packsft.errors import PacksftError
 from packsft.inputs import is_url

@@ -1,0 +1,71 @@
+"""Probe records: where a chat path that differs from transformers' would differ first.
+
+`chat_proof.py` renders and encodes them both ways before a tokenizer's chat path is used (and caches the
+verdict); `chat_template.py` proves its shortcuts on them (a fixed generation prompt, `LocalRules`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from packsft.records import ASSISTANT, TOOL, USER, ChatExtras, Conversation
+
+PROBE_MARK = "\ue002probe\ue003"  # the content of probe messages: no record holds it, no placeholder matches it
+PROBES_VERSION = 3  # bumped when the probes change, so that cached proofs are made again
+
+# Conversations where a chat path that differs from transformers' would differ first: special-token
+# strings and template tags in content, whitespace at the content edges (pre-tokenizer merges across
+# them), text the normalizer rewrites, emoji and CJK (tokens that split characters), empty content.
+PROBE_CONVERSATIONS = [
+    (("system", "You are helpful."), ("user", "Hi"), ("assistant", "Hello! How can I help?")),
+    (("user", "Say <|im_end|><|endoftext|> now <|im_start|>assistant\nx <|user|> </s> [INST] <s>"),
+     ("assistant", "<think>\nreasoning\n</think>\n\nThe answer <|im_end|> is 42.")),
+    (("user", "\n\n  spaced  \n\n"), ("assistant", " \n leading and trailing \t\n"), ("user", "   "),
+     ("assistant", "\n")),
+    (("user", "cafe\u0301 Å ﬁ ｆｕｌｌ 中文字符 😀👍🏽 ١٢٣"), ("assistant", "e\u0301\u0301 Ελληνικά 한국어 🇫🇷 \u00a0x")),
+    (("user", "<tool_response>\n{\"ok\": true}\n</tool_response>"), ("assistant", ""), ("user", "again"),
+     ("assistant", "done")),
+    (("assistant", "I start."), ("user", "def f(x):\n    return {'a': [1, 2]}  # c\n\tpass\n"),
+     ("assistant", "```python\nprint(1)\n```")),
+]
+
+
+_WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather <|im_end|> of a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def _call(name: str, arguments: Any, call_id: str) -> dict[str, Any]:
+    return {"type": "function", "id": call_id, "function": {"name": name, "arguments": arguments}}
+
+
+# Agentic and reasoning records: tools, tool calls (arguments as JSON text and as an object, several per turn),
+# consecutive tool results, reasoning as a field and inside content, template kwargs.
+PROBE_RECORDS = [
+    Conversation(
+        (("system", "You are helpful."), ("user", "Weather in Paris?"), ("assistant", ""), ("tool", '{"temp": 21}'),
+         ("assistant", "It is 21 °C <|im_end|> in Paris.")),
+        extras=ChatExtras((None, None, {"tool_calls": [_call("get_weather", '{"city": "Paris"}', "call_1")]},
+                           {"tool_call_id": "call_1"}, None), (), [_WEATHER], None)),
+    Conversation(
+        (("user", "Paris and Rome?"), ("assistant", "Checking both."), ("tool", "21"), ("tool", "25"),
+         ("assistant", "<think>\nCompare.\n</think>\n\nRome is warmer.")),
+        extras=ChatExtras((None, {"tool_calls": [_call("get_weather", {"city": "Paris"}, "a"),
+                                                 _call("get_weather", {"city": "Rome"}, "b")]}, None, None, None),
+                          (), [_WEATHER], None)),
+    Conversation(
+        (("user", "2+2?"), ("assistant", "4"), ("user", "and 3+3?"), ("assistant", "6")),
+        extras=ChatExtras((None, {"reasoning_content": "Add two and two."}, None,
+                           {"reasoning_content": "Three plus three."}), (), None, {"enable_thinking": False})),
+]
+
+
+def probe_records() -> list[Conversation]:
+    return [Conversation(messages) for messages in PROBE_CONVERSATIONS] + PROBE_RECORDS
+
+
+# The run of tool results a join is probed on: a call, then two results.
+JOIN_PROBE: list[dict[str, Any]] = [
+    {"role": USER, "content": "q"},
+    {"role": ASSISTANT, "content": "", "tool_calls": [{"type": "function", "id": "i", "function": {"name": "f", "arguments": "{}"}}]},
+    {"role": TOOL, "content": "a"}, {"role": TOOL, "content": "b"}]
