@@ -211,13 +211,13 @@ def peer_installed() -> bool:
 def run_packsft_chat(data_dir: Path, out: Path) -> dict:
     """`packsft pack --template chat` with qwen3 as a whole process: its measure, encoder and stats, or `error`
     (the exit status and the last lines of its stderr)."""
-    from packsft.chat_proof import with_chat_path_proven
+    from packsft.chat_proof import output_identity, with_chat_path_proven
     from packsft.tokenizer import load_tokenizer
 
     with tempfile.TemporaryFile("w+") as errors:
         try:
-            # Warm the tokenizer cache and the chat path's proof, as any run after the first.
-            with_chat_path_proven(load_tokenizer(str(QWEN3), "chat", encoder="auto"))
+            # Warm the tokenizer cache, the chat path's proof and its markers, as any run after the first.
+            output_identity(with_chat_path_proven(load_tokenizer(str(QWEN3), "chat", encoder="auto")))
             measure = run_measured([sys.executable, "-m", "packsft", "pack", str(data_dir), str(out), "--tokenizer",
                                     str(QWEN3), "--template", "chat", "--seq-length", str(SEQ), "-q"], stderr=errors)
         except subprocess.CalledProcessError as exc:
