@@ -174,10 +174,8 @@ def render_roles(
     """
     n = len(conversations)
     msg_counts, roles, texts, context_only = _messages(conversations)
-    if texts:
-        content, content_lens = tokenizer.encode_texts_flat(texts)
-    else:
-        content, content_lens = np.zeros(0, TOKEN_ID_DTYPE), np.zeros(0, np.int64)
+    content, content_lens = tokenizer.encode_texts_flat(texts) if texts else \
+        (np.zeros(0, TOKEN_ID_DTYPE), np.zeros(0, np.int64))
 
     conv_msg_offsets = np.zeros(n + 1, np.int64)
     np.cumsum(msg_counts, out=conv_msg_offsets[1:])

@@ -86,8 +86,13 @@ def summarize(counters: dict[str, Any], seq_length: int, files_skipped: int = 0)
     # extra renderings --turns inference packs.
     for key in CHAT_TURN_COUNTERS:
         summary[key] = c[key] if key in counters else None
+    summary["per_source"] = _per_source(counters.get("per_source", {}))
+    return summary
+
+
+def _per_source(counters: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     per_source = {}
-    for source, s in sorted(counters.get("per_source", {}).items()):
+    for source, s in sorted(counters.items()):
         s = Counter(s)
         per_source[source] = {
             "conversations": s["conversations"],
@@ -98,8 +103,7 @@ def summarize(counters: dict[str, Any], seq_length: int, files_skipped: int = 0)
             "trained_retention": _ratio(s["kept"], s["trainable"]),
             "fill": _ratio(s["tokens"], s["tokens"] + s["pad_share"]),
         }
-    summary["per_source"] = per_source
-    return summary
+    return per_source
 
 
 def warnings(summary: dict[str, Any], config: dict[str, Any]) -> list[str]:

@@ -27,7 +27,7 @@ LAYERS = [
     {"packsft.pack", "packsft.split"},
     {"packsft.render", "packsft.chat_template", "packsft.chat_layout", "packsft.chat_proof", "packsft.chat_probes"},
     {"packsft.tokenizer", "packsft.encoder", "packsft.tokenizer_cache", "packsft.chat_encode"},
-    {"packsft.records", "packsft.reader", "packsft.inputs", "packsft.config", "packsft.shapes"},
+    {"packsft.records", "packsft.reader", "packsft.inputs", "packsft.config", "packsft.shapes", "packsft.json_input"},
     {"packsft.layout", "packsft.errors", "packsft.stats", "packsft.version", "packsft.demo"},
 ]
 LAZY_IMPORTS_ALLOWED = {"packsft.cli"}

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packsft import reader
+from packsft import json_input
 from packsft.cli import main
 from packsft.errors import InputError
 from packsft.reader import open_input, read_conversations
@@ -271,7 +271,7 @@ def sharegpt_read_as_jsonl(tmp_path: Path) -> list[tuple[tuple[str, str], ...]]:
 @pytest.mark.parametrize("indent", [None, 2])
 def test_a_json_array_is_streamed_element_by_element(tmp_path, monkeypatch, chunk, indent):
     """Elements that span the read chunk (monkeypatched small: every element spans several) read whole."""
-    monkeypatch.setattr(reader, "JSON_CHUNK_CHARS", chunk)
+    monkeypatch.setattr(json_input, "JSON_CHUNK_CHARS", chunk)
     path = tmp_path / "data.json"
     path.write_text("\ufeff" + json.dumps(SHAREGPT, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
     conversations, rejects = read(path)
@@ -297,7 +297,7 @@ def test_a_json_file_may_hold_json_lines(tmp_path):
      "element 0 of the JSON array is not valid JSON (Expecting ':' delimiter at character 70 of the element)"),
 ])
 def test_a_broken_json_array_is_an_error_naming_the_file(tmp_path, monkeypatch, text, error):
-    monkeypatch.setattr(reader, "JSON_CHUNK_CHARS", 64)
+    monkeypatch.setattr(json_input, "JSON_CHUNK_CHARS", 64)
     path = tmp_path / "cut.json"
     path.write_text(text)
     with pytest.raises(InputError) as raised:
