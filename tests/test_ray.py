@@ -10,6 +10,7 @@ is not installed or cannot start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -202,17 +203,33 @@ def test_an_unreachable_cluster_fails_before_anything_is_written(tmp_path):
 
 
 def test_a_rerun_after_the_driver_died_resumes(ray_cluster, first_shard, local_output, gpt2_dir, tmp_path):
-    address, _ = ray_cluster
-    units = UNITS // SHARDS  # two run at once, the third waits: the driver dies with 1 or 2 complete
+    address, sessions = ray_cluster
+    units = UNITS // SHARDS  # two run at once (a node each), the third waits
     out = tmp_path / "out"
     command = submit_command(first_shard, out, gpt2_dir, address)
     driver = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    held: set[int] = set()
     try:
-        wait_until(lambda: (out / "plan.json").exists() and len(status(out).done) >= 1, "complete unit", driver)
+        # Deterministic, not a race of a poll against the packers: the first packing worker runs, every other one
+        # is stopped (SIGSTOP) as soon as it starts packing, so the driver dies with at least one unit held.
+        allowed: int | None = None
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not ((out / "plan.json").exists() and len(status(out).done) >= 1):
+            for pid in packing_pids(*sessions.values()):
+                allowed = pid if allowed is None else allowed
+                if pid != allowed and pid not in held:
+                    os.kill(pid, signal.SIGSTOP)
+                    held.add(pid)
+            if driver.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"no complete unit (driver exit {driver.returncode})")
+            time.sleep(0.02)
         driver.send_signal(signal.SIGKILL)  # no clean stop: Ray ends the dead driver's tasks
         driver.wait(timeout=60)
     finally:
         driver.kill()
+        for pid in held:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
     done = len(status(out).done)
     assert 1 <= done < units and not (out / DATASET_JSON).exists()
 
