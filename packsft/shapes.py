@@ -79,6 +79,9 @@ def to_conversation(shape: str, record: Mapping[str, Any], aliases: Mapping[str,
         tools = _tools(tools, structs)
     if kwargs is not None:
         kwargs = _kwargs(kwargs, structs)
+    if tools and messages[0][0] == TEXT:  # never dropped silently
+        raise RecordRejected("tools on a text prompt-completion row: a text row has no turns a template renders "
+                             "them in; give the prompt as messages")
     if tools is None and kwargs is None and not any(fields) and train.count(None) == len(train):
         return messages, None
     return messages, ChatExtras(fields, train, tools, kwargs)

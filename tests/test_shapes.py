@@ -481,3 +481,11 @@ def test_classic_shapes_pack_from_the_cli(tmp_path, demo_tokenizer_dir):
     assert [shard["inputs"][0]["path"] for shard in dataset["shards"]] == ["alpaca.jsonl", "completion.jsonl",
                                                                             "share.json"]
     assert dataset["stats"]["conversations_packed"] == 6 and dataset["stats"]["records_rejected"] == 0
+
+
+def test_tools_on_a_text_prompt_completion_row_are_a_reject_not_dropped():
+    with pytest.raises(RecordRejected, match="tools on a text prompt-completion row"):
+        to_conversation("prompt_completion", {"prompt": "2+2=", "completion": "4", "tools": [WEATHER]}, ROLE_ALIASES)
+    messages, _ = to_conversation("prompt_completion", {"prompt": "2+2=", "completion": "4", "tools": []}, ROLE_ALIASES)
+    assert messages == (("text", "2+2="), ("text", "4"))
+
