@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 
 from packsft.chat_probes import PROBES_VERSION, probe_records
-from packsft.chat_template import ChatRenderer, render_chat
+from packsft.chat_template import ChatRenderer, render_chat, require_jinja
 from packsft.records import ASSISTANT, USER, Conversation, RecordRejected
 from packsft.tokenizer import PackTokenizer
 from packsft.tokenizer_cache import cache_key, read_entry, write_entry
@@ -63,6 +63,7 @@ def with_chat_path_proven(tokenizer: PackTokenizer, cache: bool = True) -> PackT
     """
     if tokenizer.template != "chat":
         return tokenizer
+    require_jinja()
     key = cache_key("chat-proof", {"fingerprint": tokenizer.fingerprint, "encoder": tokenizer.encoder,
                                    "probes": PROBES_VERSION})
     entry = read_entry("proofs", key) if cache else None

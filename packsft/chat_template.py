@@ -57,6 +57,7 @@ from packsft.chat_layout import (
     splice,
 )
 from packsft.chat_probes import JOIN_PROBE, PROBE_MARK, probe_records
+from packsft.errors import MissingDependencyError
 from packsft.records import ASSISTANT, TEXT, TOOL, USER, ChatExtras, Conversation, RecordRejected
 from packsft.render import ROLE_CODES, RenderedBatch, count_special_strings
 from packsft.stats import CHAT_TURN_COUNTERS
@@ -143,6 +144,9 @@ class ChatRenderer:
         chat = [m if isinstance(m, dict) else {"role": m[0], "content": m[1]} for m in messages]
         try:
             return self.bind(tools, kwargs)(chat, add_generation_prompt)
+        except ImportError:  # the environment, not the record: never a per-record reject
+            require_jinja()
+            raise
         except Exception as exc:  # jinja's TemplateError from raise_exception(), or any template bug
             raise RecordRejected(f"chat template refused the conversation: {_first_line(exc)}") from None
 
@@ -176,6 +180,9 @@ class ChatRenderer:
         try:
             return self._analyse_record(messages, tools, kwargs, text)
         except RecordRejected:
+            raise
+        except ImportError:  # the environment, not the record
+            require_jinja()
             raise
         except Exception as exc:
             raise RecordRejected(f"chat template refused a prefix of the conversation: {_first_line(exc)}") from None
@@ -389,6 +396,19 @@ def _training_only(conv: Conversation, turns: list[int]) -> Conversation:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip() or type(exc).__name__).splitlines()[0]
+
+
+def require_jinja() -> None:
+    """Fail at start-up, naming the install, where the chat path cannot run (it is no fault of any record)."""
+    try:
+        import jinja2
+    except ImportError:
+        raise MissingDependencyError("--template chat renders the tokenizer's chat template with jinja2, which is not "
+                                     "installed: pip install 'jinja2>=3.1' (packsft declares it; reinstall packsft)") from None
+    major, minor = (int(part) for part in jinja2.__version__.split(".")[:2])
+    if (major, minor) < (3, 1):
+        raise MissingDependencyError(f"--template chat needs jinja2 3.1 or later (transformers' chat templates); "
+                                     f"{jinja2.__version__} is installed: pip install -U 'jinja2>=3.1'")
 
 
 def _jinja_renderer(tokenizer: PackTokenizer) -> Callable[[list[dict[str, Any]], Any, bool, dict[str, Any]], str]:

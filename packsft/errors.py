@@ -26,7 +26,7 @@ class OutputError(PacksftError):
 
 
 class MissingDependencyError(PacksftError):
-    """An optional dependency (PyTorch for the loader, Ray for `packsft ray`) is not installed."""
+    """A dependency (PyTorch for the loader, Ray for `packsft ray`, jinja2 for chat templates) is not installed."""
 
 
 class ResumeError(PacksftError):

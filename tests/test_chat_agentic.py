@@ -9,7 +9,10 @@ special-token strings here (those are plain text in packsft; tests/test_fidelity
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -244,3 +247,24 @@ def test_a_tool_result_with_no_call_before_it_packs_as_the_template_renders_it(q
     batch = render_chat([rec], qwen3)
     assert batch.ids.tolist() == hf_ids(qwen3, rec)
     assert qwen3.hf.decode(batch.ids[batch.flags == 1].tolist()) == "<think>\n\n</think>\n\nIt ran.<|im_end|>"
+
+
+def test_the_chat_path_without_jinja2_fails_at_start_naming_the_install(tmp_path, chatml_dir):
+    """jinja2 is declared (transformers renders templates with it but does not install it); where it is missing,
+    `pack --template chat` stops before reading a record, naming the pip install, instead of rejecting every
+    record as the template's fault."""
+    from importlib.metadata import requires
+
+    assert any(req.replace(" ", "").startswith("jinja2>=3.1") for req in requires("packsft") or [])
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "q"},
+                                                           {"role": "assistant", "content": "a"}]}) + "\n")
+    script = ("import sys; sys.modules['jinja2'] = None; from packsft.cli import main; "
+              f"sys.argv = ['packsft', 'pack', {str(data)!r}, {str(tmp_path / 'out')!r}, '--tokenizer', "
+              f"{str(chatml_dir)!r}, '--template', 'chat', '-q']; main()")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PACKSFT_CACHE": "off"})
+    assert run.returncode == 1, run.stderr
+    assert "pip install 'jinja2>=3.1'" in run.stderr and "rejected" not in run.stderr
+    assert not (tmp_path / "out" / "rejects.jsonl").exists()
