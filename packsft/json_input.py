@@ -12,6 +12,7 @@ import io
 import json
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import IO, Any
 
 from packsft.errors import InputError
@@ -33,9 +34,18 @@ def _open_text(path: Location) -> IO[str]:
 _READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
 
 
+@dataclass(frozen=True)
+class BadLine:
+    """A JSON Lines line that is not valid JSON: one bad record (the reader rejects it), not a bad file."""
+
+    reason: str
+    text: str
+
+
 def json_records(path: Location) -> Iterator[tuple[int, Any]]:
     """(row, decoded record) of every record of a JSON file: one per non-blank line, or the elements of one
-    top-level array (`*.json`); an undecodable line is an error naming the file."""
+    top-level array (`*.json`). A line that is not valid JSON comes as a `BadLine`; an array element that is
+    not (nothing after it can be read) and an undecodable file are errors naming the file."""
     row, where = 0, "line"
     try:
         with _open_text(path) as handle:
@@ -48,11 +58,10 @@ def json_records(path: Location) -> Iterator[tuple[int, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    yield row, json.loads(line)
+                    record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    hint = "; a *.json file holds one record per line, or one JSON array of records" if (
-                        location_name(path).endswith(JSON_SUFFIXES)) else ""
-                    raise InputError(f"{path}: line {row + 1} is not valid JSON ({exc.msg}){hint}") from None
+                    record = BadLine(f"line is not valid JSON (got {json_problem(exc, 0)})", line.rstrip("\n"))
+                yield row, record
     except _READ_ERRORS as exc:
         what = "gzip file" if location_name(path).endswith(".gz") else "UTF-8 text file"
         at = f"line {row + 1}" if where == "line" else f"element {row} of its JSON array"
@@ -154,8 +163,16 @@ class _ArrayReader:
 
 
 def first_json_record(path: Location) -> Any:
+    """The first record that is valid JSON (what the input format is detected from)."""
+    bad = None
     for _, record in json_records(path):
-        return record
+        if not isinstance(record, BadLine):
+            return record
+        bad = bad or record
+    if bad is not None:
+        hint = "; a *.json file holds one record per line, or one JSON array of records" if (
+            location_name(path).endswith(JSON_SUFFIXES)) else ""
+        raise InputError(f"{path}: no line is valid JSON (the first: {bad.reason}){hint}")
     raise InputError(f"{path}: no records (only blank lines, or an empty JSON array)")
 
 

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from packsft.errors import InputError
 from packsft.inputs import JSON_SUFFIXES, Location, file_info, location_name, open_binary
-from packsft.json_input import first_json_record, json_records
+from packsft.json_input import BadLine, first_json_record, json_records
 from packsft.records import ROLE_ALIASES, Conversation, RecordRejected, RejectLedger
 from packsft.shapes import OPTIONAL, REQUIRED, to_conversation
 
@@ -227,6 +227,9 @@ def _raw_records(
     if row_groups is not None:
         raise InputError(f"{name}: JSON files have no row groups; they are read whole")
     for row, record in json_records(source.path):
+        if isinstance(record, BadLine):
+            yield row, _BadRecord(record.reason, record.text), None
+            continue
         if not isinstance(record, dict):
             yield row, _BadRecord(f"record is not a JSON object (got {type(record).__name__})", record), None
             continue

@@ -156,12 +156,27 @@ def test_input_files_are_listed_recursively_and_sorted(tmp_path):
 
 
 def test_json_lines_are_streamed(tmp_path):
-    """The first batch comes out before a broken line far into the file is ever read."""
-    path = write_jsonl(tmp_path / "big.jsonl.gz", [smoltalk(TURNS[0])] * 5000, raw_lines={4000: "{broken"})
+    """The first batch comes out before a broken gzip stream far into the file is ever read."""
+    path = write_jsonl(tmp_path / "big.jsonl.gz", [smoltalk(TURNS[0])] * 5000)
+    path.write_bytes(path.read_bytes()[:-200])  # cut off: the gzip stream ends early
     batches = read_conversations(open_input(path), "conversation", RejectLedger(), batch_size=100)
     assert len(next(batches)[0]) == 100
-    with pytest.raises(InputError, match="line 4001 is not valid JSON"):
+    with pytest.raises(InputError, match="not a readable gzip file"):
         list(batches)
+
+
+def test_a_line_that_is_not_json_is_one_counted_reject(tmp_path, demo_tokenizer_dir):
+    """One malformed JSON Lines line is one bad record (file, row, reason, excerpt), never the whole file;
+    --strict stops at it; --skip-bad-files has nothing to skip."""
+    write_jsonl(tmp_path / "d" / "a.jsonl", [smoltalk(TURNS[0])] * 30, raw_lines={3: '{"messages": [}'})
+    dataset = pack(tmp_path / "d", tmp_path / "out", demo_tokenizer_dir, skip_bad_files=True)
+    assert dataset["stats"]["conversations_read"] == 30 and dataset["stats"]["files_skipped"] == 0
+    assert dataset["stats"]["rejected_by_reason"] == {"line is not valid JSON": 1}
+    entry = json.loads((tmp_path / "out" / "rejects.jsonl").read_text())
+    assert entry == {"file": "a.jsonl", "row": 3, "reason": "line is not valid JSON (got Expecting value at character 14)",
+                     "excerpt": '"{\\"messages\\": [}"'}
+    with pytest.raises(BadRecordError, match="a.jsonl:3: line is not valid JSON"):
+        pack(tmp_path / "d", tmp_path / "out2", demo_tokenizer_dir, strict=True)
 
 
 # --- bad records: each with its exact reason ------------------------------------------------------
@@ -267,7 +282,8 @@ BAD_FILES = [
     ("schema.parquet", lambda tmp: None,
      "{path}: a 'prompt' column but no 'completion' column (columns found: prompt); prompt-completion records need "
      "both (rename the column that holds the responses to 'completion')"),
-    ("broken.jsonl", lambda tmp: b'{"messages": []}\n\n{"messages": [}\n', "{path}: line 3 is not valid JSON (Expecting value)"),
+    ("broken.jsonl", lambda tmp: b'{"messages": [}\n\n{"messages": [}\n',
+     "{path}: no line is valid JSON (the first: line is not valid JSON (got Expecting value at character 14))"),
     ("keys.jsonl", lambda tmp: b'{"answer": "x"}\n',
      "{path}: no conversation key for --format conversation (keys found: answer); records need 'messages', "
      "'conversations', 'prompt' and 'completion', or 'instruction' and 'output'"),
@@ -308,12 +324,15 @@ def test_a_bad_file_is_an_error_naming_it(tmp_path, demo_tokenizer_dir, name, co
 
 def test_skipped_files_are_in_the_summary_and_leave_an_empty_shard(tmp_path, demo_tokenizer_dir):
     write_conversations(tmp_path / "d" / "a.parquet", [smoltalk(t) for t in TURNS])
-    write_jsonl(tmp_path / "d" / "b.jsonl", [smoltalk(TURNS[0]), {"messages": None}], raw_lines={2: "{oops"})
+    write_jsonl(tmp_path / "d" / "b.jsonl", [smoltalk(TURNS[0])] * 100 + [{"messages": None}], raw_lines={101: "BAD"})
+    # A byte that is not UTF-8, past what planning reads: the file cannot be decoded while it is packed (a line
+    # that is not JSON would be one reject).
+    (tmp_path / "d" / "b.jsonl").write_bytes((tmp_path / "d" / "b.jsonl").read_bytes().replace(b"BAD", b"\xff"))
     result = CliRunner().invoke(main, ["pack", str(tmp_path / "d"), str(tmp_path / "out"), "--tokenizer",
                                        str(demo_tokenizer_dir), "--skip-bad-files", "--seq-length", "64"])
     assert result.exit_code == 0, result.output
     assert "files skipped 1 (unreadable; see skipped_files in dataset.json)" in result.output
-    assert f"packsft: skipping bad file: {tmp_path / 'd' / 'b.jsonl'}: line 3 is not valid JSON" in result.stderr
+    assert f"packsft: skipping bad file: {tmp_path / 'd' / 'b.jsonl'}: not a readable UTF-8 text file" in result.stderr
     dataset = json.loads((tmp_path / "out" / "dataset.json").read_text())
     # The broken file's unit is complete but empty (so a rerun resumes instead of retrying it).
     assert [(shard["name"], shard["rows"]) for shard in dataset["shards"]][1] == ("00001", 0)
