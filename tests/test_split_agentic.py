@@ -131,3 +131,14 @@ def test_agentic_splits_keep_every_label_once_in_order_and_context_untrained(spe
                                           if role != ASSISTANT))
     assert not context & set(got)
 
+
+
+def test_only_the_exchange_right_before_the_turn_is_repeated_not_earlier_rounds():
+    """Two tool rounds after the question: a piece opening at the final answer re-opens with the question and the
+    second round (its call and result), not the first round again."""
+    trace = [(USER, "2:100"), (ASSISTANT, "2:200"), (TOOL, "2:300"), (ASSISTANT, "2:400"), (TOOL, "2:500"),
+             (ASSISTANT, "9:600")]
+    pieces, _ = pieces_of(trace, 24)
+    last_ids, last_flags = pieces[-1]
+    context = [BOS, USR, *tokens(2, 100), ASST, *tokens(2, 400), USR, *tokens(2, 500)]
+    assert (last_ids, last_flags) == (context + [ASST, *tokens(9, 600), EOS], [0] * (len(context) + 1) + [1] * 10)
