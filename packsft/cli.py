@@ -464,7 +464,7 @@ def demo(out_dir: str, overwrite: bool) -> None:
         click.echo(format_summary(output.dataset))
         click.echo()
         click.echo(render_chunk(output, 0, tokenizer_for(output)))
-    click.echo(f"\nnext: packsft inspect {root / 'bestfit'} --chunk 1 --tokens | packsft stats {root / 'bestfit'} --json")
+    click.echo(f"\nnext:\n  packsft inspect {root / 'bestfit'} --chunk 1 --tokens\n  packsft stats {root / 'bestfit'} --json")
 
 
 if __name__ == "__main__":  # pragma: no cover

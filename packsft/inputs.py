@@ -122,7 +122,8 @@ def _local_files(spec: str) -> tuple[str, list[Path]]:
             raise InputError(f"{spec}: the pattern matches no {INPUT_KINDS} files")
         return str(prefix), files
     if not path.exists():
-        raise InputError(f"{spec}: no such file or folder. Pass the folder that holds your *.parquet files")
+        raise InputError(f"{spec}: no such file or folder. Pass the folder (or the files) that hold your records: "
+                         "*.parquet, *.jsonl[.gz] or *.json[.gz]")
     if path.is_file():
         if not is_input_name(path.name):
             raise InputError(f"{spec}: not a {INPUT_KINDS} file")

@@ -136,7 +136,7 @@ def _error(code: int, output: str) -> str:
 
 def test_missing_data_dir(tmp_path, demo_tokenizer_dir):
     out = _error(*pack(tmp_path / "nope", tmp_path / "out", demo_tokenizer_dir))
-    assert out == f"Error: {tmp_path / 'nope'}: no such file or folder. Pass the folder that holds your *.parquet files"
+    assert out == f"Error: {tmp_path / 'nope'}: no such file or folder. Pass the folder (or the files) that hold your records: *.parquet, *.jsonl[.gz] or *.json[.gz]"
 
 
 def test_data_dir_without_parquet(tmp_path, demo_tokenizer_dir):

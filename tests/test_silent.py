@@ -223,7 +223,7 @@ def test_inputs_as_folder_glob_and_files_are_named_from_their_common_root(tree):
 @pytest.mark.parametrize("spec, message", [
     ("{d}/*.csv", "{d}/*.csv: the pattern matches no *.parquet, *.jsonl[.gz] or *.json[.gz] files"),
     ("{d}/notes.txt", "{d}/notes.txt: not a *.parquet, *.jsonl[.gz] or *.json[.gz] file"),
-    ("{d}/nope", "{d}/nope: no such file or folder. Pass the folder that holds your *.parquet files"),
+    ("{d}/nope", "{d}/nope: no such file or folder. Pass the folder (or the files) that hold your records: *.parquet, *.jsonl[.gz] or *.json[.gz]"),
 ])
 def test_inputs_that_yield_nothing_are_errors(tree, spec, message):
     with pytest.raises(InputError) as error:

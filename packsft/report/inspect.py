@@ -227,7 +227,8 @@ def context_check(ids: np.ndarray, mask: np.ndarray, tokenizer: PackTokenizer) -
     if not len(trained):
         return ["no trained tokens"]
     first = int(trained[0])
-    context = ids[:first].tolist()
+    # mask[first] trains the label ids[first + 1], predicted from ids[:first + 1]: that is its context.
+    context = ids[:first + 1].tolist()
     user_id = tokenizer.role_ids.get("user")
     has_bos = tokenizer.bos_id in context
     has_user = user_id in context
@@ -245,8 +246,12 @@ def context_check(ids: np.ndarray, mask: np.ndarray, tokenizer: PackTokenizer) -
         f"     user context     : {text!r}",
         f"     first prediction : {first_label!r}",
     ]
+    user_first = user_id is not None and first + 1 < len(ids) and int(ids[first + 1]) == user_id
     if not has_bos:
         lines.append("     ⚠ no BOS — chunk starts mid-conversation, user question is not in context")
+    elif not has_user and user_first:
+        lines[0] = "✓" + lines[0][1:]
+        lines.append("     ✓ the first trained label opens the user turn (--mask all trains every token)")
     elif not has_user:
         lines.append("     ⚠ no USR  — assistant response has no preceding user turn in context")
     else:
