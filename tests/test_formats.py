@@ -341,3 +341,16 @@ def test_skipped_files_are_in_the_summary_and_leave_an_empty_shard(tmp_path, dem
     assert (tmp_path / "out" / "rejects.jsonl").read_text() == ""
     tokens = np.load(tmp_path / "out" / "shards" / "00000" / ARRAY_FILES[0])
     assert tokens.shape[1] == 65
+
+
+def test_a_rerun_of_a_failed_run_names_overwrite_for_the_units_it_resumes(tmp_path, demo_tokenizer_dir):
+    """A run that failed its outcome check keeps its units; a rerun resumes them and fails again, saying that they
+    were resumed and that --overwrite packs them again (after fixing, say, the environment)."""
+    write_jsonl(tmp_path / "d" / "a.jsonl", [{"messages": [{"role": "wizard", "content": "x"}]}] * 3)
+    config = PackConfig(tokenizer=str(demo_tokenizer_dir), seq_length=64)
+    with pytest.raises(UnusableOutputError) as first:
+        run_pack(tmp_path / "d", tmp_path / "out", config, quiet=True)
+    assert "--overwrite" not in str(first.value)
+    with pytest.raises(UnusableOutputError, match="1 of these units were packed by an earlier run and resumed as "
+                                                  "they were; .* rerun with --overwrite to pack them again"):
+        run_pack(tmp_path / "d", tmp_path / "out", config, quiet=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from packsft.chat_proof import output_identity, with_chat_path_proven
 from packsft.config import PackConfig
-from packsft.errors import ConfigError, OutputError
+from packsft.errors import ConfigError, OutputError, UnusableOutputError
 from packsft.inputs import is_url, list_inputs
 from packsft.layout import DATASET_JSON
 from packsft.run.outdir import (
@@ -162,7 +162,17 @@ def run_pack(
         else:
             runner(todo, todo_fingerprints, job, quiet)
     missing = incomplete_units(out_dir, plan)
-    dataset = merge(out_dir) if num_shards == 1 and not missing else None
+    try:
+        dataset = merge(out_dir) if num_shards == 1 and not missing else None
+    except UnusableOutputError as exc:
+        reused = len(mine) - len(todo)
+        if not reused:
+            raise
+        # The units this run resumed were packed by an earlier run: a rerun after fixing the environment (a
+        # package installed, a tokenizer replaced) would only resume them again.
+        raise UnusableOutputError(f"{exc}. {reused} of these units were packed by an earlier run and resumed as "
+                                  "they were; if what made them fail has been fixed since, rerun with --overwrite "
+                                  "to pack them again") from None
     return PackResult(out_dir, dataset, time.perf_counter() - started, len(todo), len(mine) - len(todo), len(missing))
 
 
