@@ -301,6 +301,9 @@ def ray_submit(data: tuple[str, ...], out_dir: str, config_file: str | None, dat
 def inspect(out_dir: str, chunks: tuple[int, ...], tokens: bool, tokenizer: str | None, color: bool | None) -> None:
     """Show what a chunk holds: sections by role, what is trained, and the context check.
 
+    A `▶` marks a section (or a reasoning, tool-call, tool-result part) holding trained labels; `│ segment k at p`
+    marks where a conversation piece starts.
+
     Example:
 
 
