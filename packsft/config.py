@@ -183,10 +183,17 @@ LATER_KEYS: dict[str, Any] = {"template_kwargs": None, "turns": "rendered"}
 CHAT_RENDERING = 2
 
 
+# Keys that name where something is, not what it is: the tokenizer is identified by its files' content (the
+# tokenizer fingerprint), so the same folder reached by another path (a symlink, a relative path, another mount)
+# packs the same bytes.
+PATH_KEYS = frozenset({"tokenizer"})
+
+
 def bytes_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A resolved config (PackConfig.to_dict()) without the keys that never change the output bytes."""
+    """A resolved config (PackConfig.to_dict()) without the keys that never change the output bytes (nor paths)."""
     kept = {key: value for key, value in config.items()
-            if key not in BYTES_NEUTRAL_KEYS and not (key in LATER_KEYS and value == LATER_KEYS[key])}
+            if key not in BYTES_NEUTRAL_KEYS and key not in PATH_KEYS
+            and not (key in LATER_KEYS and value == LATER_KEYS[key])}
     if kept.get("template") == "chat":
         kept["chat_rendering"] = CHAT_RENDERING
     return kept

@@ -20,12 +20,15 @@ work on both. Listing costs one directory walk (or one remote `find`), O(files l
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
+
+import pyarrow.parquet as pq
 
 from packsft.errors import InputError
 
@@ -234,3 +237,30 @@ def open_binary(location: Location) -> IO[bytes]:
         return open(location, "rb")
     fs, path = _filesystem(location)
     return fs.open(path, "rb")
+
+
+DIGEST_CHUNK = 1 << 22
+
+
+def content_sha256(path: Path, row_groups: tuple[int, int] | None = None) -> str:
+    """sha256 of the bytes a unit reads from a local file: the whole file, or (for a row-group range of a parquet
+    file) its schema and the column chunks of those row groups, so that changing one row group changes only
+    the units that read it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        if row_groups is None:
+            for block in iter(lambda: handle.read(DIGEST_CHUNK), b""):
+                digest.update(block)
+            return digest.hexdigest()
+        metadata = pq.ParquetFile(handle).metadata
+        digest.update(metadata.schema.to_arrow_schema().to_string().encode())
+        for index in range(*row_groups):
+            group = metadata.row_group(index)
+            digest.update(str(group.num_rows).encode())
+            for column in (group.column(c) for c in range(group.num_columns)):
+                start = column.data_page_offset
+                if column.has_dictionary_page and column.dictionary_page_offset:
+                    start = min(start, column.dictionary_page_offset)
+                handle.seek(start)
+                digest.update(handle.read(column.total_compressed_size))
+    return digest.hexdigest()

@@ -14,17 +14,20 @@ import random
 import re
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from packsft import PackConfig
+from packsft import PackConfig, PackedOutput, verify_output
 from packsft.demo import DATA_DIR as DEMO_DATA
 from packsft.errors import IncompleteOutputError, OutputError, PackInterrupted
+from packsft.layout import DATASET_JSON
 from packsft.run import merge, run_pack, status
-from packsft.run.plan import assign_units, plan_units, split_row_groups
+from packsft.run.outdir import read_plan
+from packsft.run.plan import PLAN_JSON, assign_units, plan_units, split_row_groups
 
 UNIT_BYTES = 4_000  # cuts the 20-row test files into a few row-group ranges
 FILES, ROWS_PER_FILE, ROW_GROUP = 6, 20, 5
@@ -169,18 +172,31 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path, data_dir, config):
         run_pack(data_dir, out, PackConfig(**{**config.to_dict(), "seq_length": 128}), quiet=True, unit_bytes=UNIT_BYTES)
 
 
-def test_a_changed_input_file_redoes_only_its_units(tmp_path, data_dir, config, reference):
+def test_units_are_identified_by_content_a_change_redoes_only_the_units_that_read_it(tmp_path, data_dir, config,
+                                                                                     reference):
+    """Input identity is the bytes a unit reads, not the file's mtime: a copy without its mtimes resumes with nothing
+    packed; one changed character (in one row of one row group) re-packs exactly the unit that reads it."""
     out = tmp_path / "out"
     copy = tmp_path / "data"
     copy.mkdir()
     for path in sorted(data_dir.glob("*.parquet")):
         (copy / path.name).write_bytes(path.read_bytes())
-    run_pack(copy, out, config, quiet=True, unit_bytes=UNIT_BYTES)
-    os.utime(copy / "part-4.parquet", ns=(0, 1_000_000_000))
+    first = run_pack(copy, out, config, quiet=True, unit_bytes=UNIT_BYTES)
+    for path in copy.glob("*.parquet"):
+        os.utime(path, ns=(0, 1_000_000_000))  # as `cp` without -p, or a download, leaves them
+    again = run_pack(copy, out, config, quiet=True, unit_bytes=UNIT_BYTES)
+    assert again.packed == 0 and again.skipped == first.packed
+    table = pq.read_table(copy / "part-4.parquet")
+    messages = table.column("messages").to_pylist()
+    text = messages[-1][0]["content"]
+    messages[-1][0]["content"] = ("X" if text[0] != "X" else "Y") + text[1:]  # the last row group's last row
+    table = table.set_column(0, "messages", pa.array(messages, table.schema.field("messages").type))
+    pq.write_table(table, copy / "part-4.parquet", row_group_size=ROW_GROUP)
     units = plan_units(copy, unit_bytes=UNIT_BYTES)
+    changed = [u for u in units if u.name == "part-4.parquet" and u.row_groups[1] == table.num_rows // ROW_GROUP + (
+        table.num_rows % ROW_GROUP > 0)]
     result = run_pack(copy, out, config, quiet=True, unit_bytes=UNIT_BYTES)
-    assert result.packed == sum(u.name == "part-4.parquet" for u in units)
-    assert result.skipped == len(units) - result.packed and result.dataset is not None
+    assert len(changed) == 1 and result.packed == 1 and result.skipped == len(units) - 1 and result.dataset
 
 
 def test_sigterm_stops_cleanly_and_a_rerun_finishes(tmp_path, data_dir, config, reference, monkeypatch):
@@ -273,3 +289,44 @@ def test_resume_hint_of_a_ray_run_names_ray_submit(tmp_path, data_dir, config):
     assert status(out).format().splitlines()[-1] == f"  {command}"
     with pytest.raises(OutputError, match=re.escape(command)):
         merge(out)
+
+
+def test_the_same_data_and_tokenizer_through_other_paths_resume_every_unit(tmp_path, data_dir, config, monkeypatch):
+    """Identity is content: a symlinked, relative spelling of the same data and tokenizer gives the same
+    fingerprints, and a resume packs nothing."""
+    out = tmp_path / "out"
+    first = run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES)
+    fingerprints = read_plan(out).fingerprints
+    (tmp_path / "data-link").symlink_to(data_dir)
+    (tmp_path / "tok-link").symlink_to(Path(config.tokenizer))
+    monkeypatch.chdir(tmp_path)
+    again = run_pack("data-link", out, replace(config, tokenizer="tok-link"), quiet=True, unit_bytes=UNIT_BYTES)
+    assert again.packed == 0 and again.skipped == first.packed
+    assert read_plan(out).fingerprints == fingerprints
+
+
+def test_an_output_of_an_older_packsft_is_read_and_packed_again_saying_why(tmp_path, data_dir, config, capfd):
+    """Outputs whose units were identified by paths and mtimes (before content identity) still verify and load; a
+    rerun packs every unit again, under one line that says why, never some of each."""
+    out = tmp_path / "out"
+    first = run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES)
+    plan = json.loads((out / PLAN_JSON).read_text())
+    del plan["identity_version"]
+    for unit in plan["units"]:
+        unit.pop("content")
+        unit["fingerprint"] = "0" * 56 + unit["fingerprint"][:8]  # another identity, as an older packsft made
+    (out / PLAN_JSON).write_text(json.dumps(plan))
+    dataset = json.loads((out / DATASET_JSON).read_text())
+    for shard, unit in zip(dataset["shards"], plan["units"]):
+        shard["fingerprint"] = unit["fingerprint"]
+        manifest_path = out / "shards" / shard["name"] / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["fingerprint"] = unit["fingerprint"]
+        manifest_path.write_text(json.dumps(manifest))
+    (out / DATASET_JSON).write_text(json.dumps(dataset))
+    assert verify_output(out) == [] and len(PackedOutput(out)) == first.dataset["stats"]["chunks"]
+    capfd.readouterr()
+    again = run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES)
+    assert again.packed == first.packed and again.skipped == 0
+    assert "was planned by an older packsft, which identified units by file paths and mtimes" in capfd.readouterr().err
+    assert verify_output(out) == []

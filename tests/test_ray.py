@@ -240,6 +240,19 @@ def test_a_rerun_after_the_driver_died_resumes(ray_cluster, first_shard, local_o
     assert_same_shards(out, local_output, units)
 
 
+def test_a_local_run_resumed_by_ray_submit_packs_nothing_again(ray_cluster, first_shard, gpt2_dir, tmp_path):
+    """Units are identified by content, not by the paths each way of running spells (ray submit makes them
+    absolute): a local run (relative tokenizer path) resumed by `ray submit` packs nothing."""
+    address, _ = ray_cluster
+    out = tmp_path / "out"
+    relative = os.path.relpath(gpt2_dir, ROOT)
+    run_pack(first_shard, out, PackConfig(tokenizer=relative), quiet=True, workers=1, unit_bytes=UNIT_MIB << 20)
+    rerun = subprocess.run(submit_command(first_shard, out, gpt2_dir, address), cwd=ROOT, capture_output=True,
+                           text=True, timeout=RUN_TIMEOUT_S)
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.splitlines()[-1].endswith(f"(0 units packed, {UNITS // SHARDS} already done)"), rerun.stdout
+
+
 def test_a_unit_whose_node_died_is_retried_by_ray(ray_cluster, ray_data, local_output, gpt2_dir, tmp_path):
     address, sessions = ray_cluster
     out = tmp_path / "out"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,6 +31,7 @@ from packsft.layout import DATASET_JSON, MARKER, REJECTS_JSONL, SHARDS_DIR, read
 from packsft.run.outcome import check_outcome
 from packsft.run.plan import (
     DEFAULT_UNIT_BYTES,
+    IDENTITY_VERSION,
     PLAN_JSON,
     PLAN_VERSION,
     Unit,
@@ -58,6 +60,7 @@ class Plan:
     skipped_files: list[dict[str, str]] = field(default_factory=list)  # unreadable, under --skip-bad-files
     inputs: list[str] = field(default_factory=list)  # the DATA arguments (absolute); [data_dir] if empty
     ray: dict[str, Any] | None = None  # set by `packsft ray submit`: the cluster address it was given
+    identity_version: int = IDENTITY_VERSION  # how its units' fingerprints identify them (plan.IDENTITY_VERSION)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +68,7 @@ class Plan:
             "config": self.config, "tokenizer": self.tokenizer, "unit_bytes": self.unit_bytes,
             "units": [{**u.to_dict(), "fingerprint": f} for u, f in zip(self.units, self.fingerprints)],
             "slurm": self.slurm, "skipped_files": self.skipped_files, "inputs": self.data_inputs, "ray": self.ray,
+            "identity_version": self.identity_version,
         }
 
     @classmethod
@@ -72,7 +76,7 @@ class Plan:
         units = [Unit.from_dict({k: v for k, v in u.items() if k != "fingerprint"}) for u in record["units"]]
         return cls(record["data_dir"], record["config"], record["tokenizer"], record["unit_bytes"], units,
                    [u["fingerprint"] for u in record["units"]], record.get("slurm"), record.get("skipped_files", []),
-                   record.get("inputs", []), record.get("ray"))
+                   record.get("inputs", []), record.get("ray"), record.get("identity_version", 1))
 
     @property
     def data_inputs(self) -> list[str]:
@@ -120,6 +124,10 @@ def prepare_plan(out_dir: Path, plan: Plan, overwrite: bool) -> None:
             )
         plan.slurm = plan.slurm or earlier.slurm
         plan.ray = plan.ray or earlier.ray
+        if earlier.identity_version < plan.identity_version and earlier.fingerprints != plan.fingerprints \
+                and _shard_dirs(out_dir):
+            print(f"packsft: {out_dir} was planned by an older packsft, which identified units by file paths and "
+                  "mtimes; its units are packed again, identified by content from now on", file=sys.stderr)
         if earlier.to_dict() == plan.to_dict():
             return  # array tasks starting together find the plan `slurm submit` wrote: nothing to write
     elif (out_dir / DATASET_JSON).exists() or any(_shard_dirs(out_dir)):

@@ -26,10 +26,11 @@ from typing import Any
 
 from packsft.config import PackConfig, bytes_config
 from packsft.errors import InputError
-from packsft.inputs import InputListing, Location, as_location, file_info, list_inputs
+from packsft.inputs import InputListing, Location, as_location, content_sha256, file_info, list_inputs
 from packsft.layout import FORMAT_VERSION
 from packsft.reader import InputFile, open_input
 from packsft.records import parse_role_map
+from packsft.tokenizer_cache import cache_key, read_entry, write_entry
 
 # Compressed parquet bytes per unit. A unit is packed in memory (best-fit sees all of it), so this
 # bounds a worker's memory: measured on ShareGPT with GPT-2, 1 MiB of parquet is ~1M tokens and a
@@ -58,6 +59,9 @@ class Unit:
     input_format: str = ""  # the format read (auto-detected unless --input-format named it)
     detected: str = ""  # what auto detected it from, e.g. "'conversations' key"; "" when not auto
     json_text: bool = False  # conversations stored as JSON text, decoded per record
+    # sha256 of the bytes the unit reads (inputs.content_sha256; "" in plans of older packsft, and for URLs,
+    # which size and mtime identify: hashing would download them)
+    content: str = ""
     more: tuple[Unit, ...] = ()  # further whole files packed into the same shard, in name order
 
     @property
@@ -170,16 +174,37 @@ def _file_units(path: Location, name: str, source: InputFile, unit_bytes: int, f
     whole = Unit(index=first_index, path=path, name=name, bytes=size, file_bytes=size, file_mtime_ns=mtime_ns,
                  input_format=source.input_format, detected=source.detected or "", json_text=source.json_text)
     if source.parquet is None:
-        return [whole]
+        return [replace(whole, content=input_digest(whole))]
     metadata = source.parquet.metadata
     groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
     sizes = [sum(g.column(c).total_compressed_size for c in range(g.num_columns)) for g in groups]
     rows = [g.num_rows for g in groups]
     parts = max(1, math.ceil(sum(sizes) / unit_bytes))
     ranges = split_row_groups(sizes, parts) if groups else [(0, 0)]
-    return [replace(whole, index=first_index + k, row_groups=(start, stop), first_row=sum(rows[:start]),
-                    rows=sum(rows[start:stop]), bytes=sum(sizes[start:stop]))
-            for k, (start, stop) in enumerate(ranges)]
+    units = [replace(whole, index=first_index + k, row_groups=(start, stop), first_row=sum(rows[:start]),
+                     rows=sum(rows[start:stop]), bytes=sum(sizes[start:stop]))
+             for k, (start, stop) in enumerate(ranges)]
+    return [replace(unit, content=input_digest(unit)) for unit in units]
+
+
+def input_digest(unit: Unit) -> str:
+    """`Unit.content` of a local unit: its bytes' sha256, cached by path, size, mtime and row groups (a rerun
+    reads the cache, not the data); "" for a URL."""
+    if not isinstance(unit.path, Path):
+        return ""
+    facts = {"path": str(unit.path.resolve()), "bytes": unit.file_bytes, "mtime_ns": unit.file_mtime_ns,
+             "row_groups": list(unit.row_groups) if unit.row_groups is not None else None}
+    key = cache_key("input-content", facts)
+    entry = read_entry("inputs", key)
+    if entry is not None and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = content_sha256(unit.path, unit.row_groups)
+    write_entry("inputs", key, {"sha256": digest})
+    return digest
+
+
+# 2: units are identified by content (input bytes, tokenizer files), not by paths and mtimes (1).
+IDENTITY_VERSION = 2
 
 
 def fingerprint_config(config: PackConfig) -> dict[str, Any]:
@@ -200,7 +225,10 @@ def unit_fingerprint(unit: Unit, config: PackConfig, tokenizer_fingerprint: str)
 
 
 def _fingerprint_input(unit: Unit) -> list[Any]:
-    return [unit.name, unit.file_bytes, unit.file_mtime_ns, unit.row_groups and list(unit.row_groups)]
+    """The unit's name (it is written into rejects), what it reads, and its row groups. A URL, or a unit of a plan
+    written before content identity, is identified by its size and mtime."""
+    identity = unit.content if unit.content else [unit.file_bytes, unit.file_mtime_ns]
+    return [unit.name, identity, unit.row_groups and list(unit.row_groups)]
 
 
 def group_small_files(units: list[Unit], unit_bytes: int) -> list[Unit]:
