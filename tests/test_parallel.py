@@ -177,13 +177,12 @@ def test_units_are_identified_by_content_a_change_redoes_only_the_units_that_rea
     """Input identity is the bytes a unit reads, not the file's mtime: a copy without its mtimes resumes with nothing
     packed; one changed character (in one row of one row group) re-packs exactly the unit that reads it."""
     out = tmp_path / "out"
-    copy = tmp_path / "data"
+    first = run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES)
+    copy = tmp_path / "data"  # elsewhere, without the mtimes (as `cp` without -p, or a download, leaves them)
     copy.mkdir()
     for path in sorted(data_dir.glob("*.parquet")):
         (copy / path.name).write_bytes(path.read_bytes())
-    first = run_pack(copy, out, config, quiet=True, unit_bytes=UNIT_BYTES)
-    for path in copy.glob("*.parquet"):
-        os.utime(path, ns=(0, 1_000_000_000))  # as `cp` without -p, or a download, leaves them
+        os.utime(copy / path.name, ns=(0, 1_000_000_000))
     again = run_pack(copy, out, config, quiet=True, unit_bytes=UNIT_BYTES)
     assert again.packed == 0 and again.skipped == first.packed
     table = pq.read_table(copy / "part-4.parquet")

@@ -26,7 +26,6 @@ from typing import Any, BinaryIO
 
 from packsft.config import DEFAULT_LONG, PackConfig
 from packsft.errors import IncompleteOutputError, OutputError
-from packsft.inputs import is_url
 from packsft.layout import DATASET_JSON, MARKER, REJECTS_JSONL, SHARDS_DIR, read_manifest, shard_name
 from packsft.run.outcome import check_outcome
 from packsft.run.plan import (
@@ -84,19 +83,17 @@ class Plan:
         return self.inputs or [self.data_dir]
 
     def identity(self) -> dict[str, Any]:
-        """What a resumed run must share with the plan (inputs may change: changed units are redone)."""
+        """What a resumed run must share with the plan. Not where the inputs are (paths stay in plan.json for people
+        and `verify --deep`): units are identified by content, so inputs moved, copied or reached by another path
+        resume, and changed ones are redone."""
         config = self.pack_config()
-        return {"inputs": [_resolved(spec) for spec in self.data_inputs], "config": fingerprint_config(config),
+        return {"config": fingerprint_config(config),
                 "tokenizer": self.tokenizer["fingerprint"], "unit_bytes": self.unit_bytes,
                 "group_files": config.group_files}
 
     def pack_config(self) -> PackConfig:
         known = {f.name for f in fields(PackConfig)}
         return PackConfig(**{k: v for k, v in self.config.items() if k in known})
-
-
-def _resolved(spec: str) -> str:
-    return spec if is_url(spec) else str(Path(spec).resolve())
 
 
 def read_plan(out_dir: Path) -> Plan:
