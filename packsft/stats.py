@@ -189,6 +189,8 @@ def format_summary(dataset: dict[str, Any]) -> str:
                 f"  {source[:24]:<24} {row['conversations']:>8,} {pct(row['fill']):>7} "
                 f"{pct(row['trained_retention']):>10} {row['truncated']:>10,}"
             )
+        lines.append("  (a source's fill counts its conversations' own tokens once; the overall fill also counts "
+                     "context repeated by splits)")
     for note in warnings(s, cfg):
         lines.append(f"  warning: {note}")
     return "\n".join(lines)

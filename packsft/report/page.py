@@ -109,6 +109,11 @@ def _tokenizer_rows(dataset: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+PER_SOURCE_FILL_NOTE = ("A source's fill counts each of its conversations' tokens once, against the padding of the rows "
+                        "they sit in; the overall fill also counts the context a split repeats, so a single source "
+                        "can read below it.")
+
+
 def _per_source_table(per_source: dict[str, Any]) -> str:
     if not per_source:
         return ""
@@ -121,7 +126,8 @@ def _per_source_table(per_source: dict[str, Any]) -> str:
         f"<td>{_num(row.get('dropped'))}</td></tr>"
         for name, row in per_source.items()
     )
-    return f'<h3>Per source</h3><table class="grid"><tr>{head}</tr>{body}</table>'
+    return (f'<h3>Per source</h3><table class="grid"><tr>{head}</tr>{body}</table>'
+            f"<p class=\"note\">{_esc(PER_SOURCE_FILL_NOTE)}</p>")
 
 
 PAGE_TEMPLATE = Template("""<!doctype html>
@@ -149,7 +155,7 @@ body { font: 14px/1.45 system-ui, sans-serif; color: #1d2330; margin: 0 auto; ma
 header { border-bottom: 1px solid #d8dce6; margin-bottom: 8px; }
 h1 { margin: 16px 0 2px; font-size: 22px; } h2 { margin: 22px 0 8px; font-size: 18px; }
 h3 { margin: 12px 0 6px; font-size: 14px; } h3 small { font-weight: normal; color: #5b6475; }
-header p { margin: 0 0 10px; color: #5b6475; } nav a { margin-right: 14px; color: #2856b6; }
+header p { margin: 0 0 10px; color: #5b6475; } p.note { color: #5b6475; font-size: 0.9em; } nav a { margin-right: 14px; color: #2856b6; }
 .cards { display: flex; flex-wrap: wrap; gap: 8px; }
 .card { flex: 1 1 0; border: 1px solid #d8dce6; border-radius: 6px; padding: 6px 10px; }
 .card b { display: block; font-size: 20px; } .card span { color: #5b6475; font-size: 12px; }
