@@ -780,6 +780,13 @@ class ConversationSplitter:
             self._add(pos, pos + room)
             pos += room
             self._close()
+            i = self.msgs.index(m)
+            if not self.batch.flags[pos:hi].any() and i + 1 < len(self.msgs):
+                # Only untrained tokens are left of the turn (the separator after its end-of-turn, which could
+                # not move behind a label at the cut's start): a continuation would repeat the whole turn
+                # untrained, a turn the template never rendered. The next message opens the next piece instead.
+                self._open(self.msgs[i + 1], reserve=self._header(self.msgs[i + 1]) + self._tail(i + 1) + 1)
+                return
             self._open(m, reserve=head + tail + 1)
             self._add(lo, lo + head, zero=True)
             before = min(self._context_budget() - self.length, self.capacity - self.length - tail - 1,

@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from packsft import PackConfig, PackedOutput, load_tokenizer
@@ -165,6 +165,8 @@ def test_split_never_loses_a_trained_token(chatml, turns, seq_length):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(turns=[("system", 14), ("user", 4), ("assistant", 0), ("system", 0)], seq_length=48, turn_cut=0,
+         unprompted="keep")  # an empty turn cut after its end-of-turn: only its separator was left to continue
 @given(
     turns=st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), st.integers(0, 60)), min_size=1,
                    max_size=8),
