@@ -125,3 +125,25 @@ def test_pack_with_role_tokens_imports_neither_torch_nor_transformers(tmp_path, 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
     assert json.loads((tmp_path / "out" / "dataset.json").read_text())["rows"] == 2  # one row per file (unit)
+
+
+@pytest.mark.slow
+def test_the_chat_path_runs_with_only_the_declared_dependencies(tmp_path, chatml_dir):
+    """A fresh virtual environment with `pip install packsft` alone (no test extras, which happen to bring
+    jinja2): `pack --template chat` works (issue 21: every record was rejected for want of jinja2)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(Path(__file__).resolve().parents[1])],
+                             capture_output=True, text=True, timeout=900)
+    if install.returncode != 0:
+        pytest.skip(f"packsft cannot be installed into a fresh environment here (no package index?): "
+                    f"{install.stderr.strip().splitlines()[-1] if install.stderr.strip() else install.returncode}")
+    data = tmp_path / "data"
+    write_conversations(data / "a.parquet", [conv(("user", "Hi"), ("assistant", "Hello!"))] * 3)
+    run = subprocess.run([str(venv / "bin" / "packsft"), "pack", str(data), str(tmp_path / "out"), "--tokenizer",
+                          str(chatml_dir), "--template", "chat", "--seq-length", "64", "-q"],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PACKSFT_CACHE": str(tmp_path / "cache")})
+    assert run.returncode == 0, run.stderr
+    stats = json.loads((tmp_path / "out" / "dataset.json").read_text())["stats"]
+    assert stats["records_rejected"] == 0 and stats["conversations_packed"] == 3
