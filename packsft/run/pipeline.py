@@ -162,18 +162,21 @@ def run_pack(
         else:
             runner(todo, todo_fingerprints, job, quiet)
     missing = incomplete_units(out_dir, plan)
+    dataset = _merge(out_dir, reused=len(mine) - len(todo)) if num_shards == 1 and not missing else None
+    return PackResult(out_dir, dataset, time.perf_counter() - started, len(todo), len(mine) - len(todo), len(missing))
+
+
+def _merge(out_dir: Path, reused: int) -> dict[str, Any]:
+    """merge(), saying which units a failed outcome check reused: a rerun after fixing the environment (a package
+    installed, a tokenizer replaced) would only resume them again."""
     try:
-        dataset = merge(out_dir) if num_shards == 1 and not missing else None
+        return merge(out_dir)
     except UnusableOutputError as exc:
-        reused = len(mine) - len(todo)
         if not reused:
             raise
-        # The units this run resumed were packed by an earlier run: a rerun after fixing the environment (a
-        # package installed, a tokenizer replaced) would only resume them again.
         raise UnusableOutputError(f"{exc}. {reused} of these units were packed by an earlier run and resumed as "
                                   "they were; if what made them fail has been fixed since, rerun with --overwrite "
                                   "to pack them again") from None
-    return PackResult(out_dir, dataset, time.perf_counter() - started, len(todo), len(mine) - len(todo), len(missing))
 
 
 def _say_tokenizer_paths(tokenizer: PackTokenizer) -> None:
