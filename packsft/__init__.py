@@ -13,11 +13,11 @@ stages return into the figures `packsft stats` prints.
 
 from packsft.config import PackConfig, resolve_config
 from packsft.errors import PacksftError
-from packsft.layout import FORMAT_VERSION, PackedOutput, read_dataset
+from packsft.render.tokenizer import PackTokenizer, load_tokenizer
 from packsft.run import merge, run_pack, status
-from packsft.tokenizer import PackTokenizer, load_tokenizer
 from packsft.verify import verify_output
 from packsft.version import __version__
+from packsft.write.layout import FORMAT_VERSION, PackedOutput, read_dataset
 
 __all__ = [
     "FORMAT_VERSION",

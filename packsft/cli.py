@@ -310,8 +310,8 @@ def inspect(out_dir: str, chunks: tuple[int, ...], tokens: bool, tokenizer: str 
     \b
         packsft inspect out/ --chunk 0 --chunk 5
     """
-    from packsft.layout import PackedOutput
     from packsft.report.inspect import render_chunk, tokenizer_for
+    from packsft.write.layout import PackedOutput
 
     if color is None:
         color = sys.stdout.isatty()
@@ -364,8 +364,8 @@ def stats(out_dir: str, as_json: bool) -> None:
     \b
         packsft stats out/ --json
     """
-    from packsft.layout import read_dataset
     from packsft.stats import format_summary
+    from packsft.write.layout import read_dataset
 
     dataset = read_dataset(out_dir)
     if as_json:
@@ -450,10 +450,10 @@ def demo(out_dir: str, overwrite: bool) -> None:
 
     from packsft.config import PackConfig
     from packsft.demo import DATA_DIR, build_demo_tokenizer
-    from packsft.layout import PackedOutput
     from packsft.report.inspect import render_chunk, tokenizer_for
     from packsft.run.pipeline import run_pack
     from packsft.stats import format_summary
+    from packsft.write.layout import PackedOutput
 
     root = Path(out_dir)
     tokenizer_dir = build_demo_tokenizer(root / "tokenizer")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from packsft.errors import ConfigError
-from packsft.records import parse_role_map
+from packsft.read.records import parse_role_map
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -211,8 +211,8 @@ def peer_installed() -> bool:
 def run_packsft_chat(data_dir: Path, out: Path) -> dict:
     """`packsft pack --template chat` with qwen3 as a whole process: its measure, encoder and stats, or `error`
     (the exit status and the last lines of its stderr)."""
-    from packsft.chat_proof import output_identity, with_chat_path_proven
-    from packsft.tokenizer import load_tokenizer
+    from packsft.render.chat_proof import output_identity, with_chat_path_proven
+    from packsft.render.tokenizer import load_tokenizer
 
     with tempfile.TemporaryFile("w+") as errors:
         try:
@@ -331,14 +331,14 @@ def bench_pack(data_dir: Path, strategy: str, mask: str, extra: list[str], cold:
 def bench_packing_stage(data_dir: Path) -> tuple[float, float]:
     """Seconds in split + bestfit + chunk layout vs the whole unit, summed over units (in process)."""
     from packsft import PackConfig, load_tokenizer
-    from packsft.pack import pack_bestfit
-    from packsft.reader import open_input, read_conversations
-    from packsft.records import RejectLedger
-    from packsft.render import RenderedBatch
-    from packsft.rows import build_chunks
+    from packsft.pack.bins import pack_bestfit
+    from packsft.pack.rows import build_chunks
+    from packsft.pack.split import split_long
+    from packsft.read.reader import open_input, read_conversations
+    from packsft.read.records import RejectLedger
+    from packsft.render.roles import RenderedBatch
     from packsft.run.plan import plan_units
-    from packsft.run.unit import render_batch
-    from packsft.split import split_long
+    from packsft.stages import render_batch
 
     config = PackConfig(tokenizer=str(GPT2))
     tokenizer = load_tokenizer(str(GPT2))

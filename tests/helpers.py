@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from packsft import verify_output
-from packsft.layout import sha256_file
-from packsft.records import ChatExtras, Conversation, validate_chat
-from packsft.tokenizer import flatten_ids
+from packsft.read.records import ChatExtras, Conversation, validate_chat
+from packsft.render.tokenizer import flatten_ids
+from packsft.write.layout import sha256_file
 
 # ChatML with generation blocks (newlines as expressions: transformers renders with trim_blocks) around what the assistant says (content + <|im_end|>).
 CHATML = (

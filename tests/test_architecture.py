@@ -3,9 +3,9 @@ CLI imports inside functions (so that `packsft --help` starts fast without hidin
 
     cli, __main__, packsft/__init__            the edges: CLI and public API
     run/ verify/ report/ loader/ export/       what surrounds the stages
-    writer > rows > pack, split > render, chat_template, chat_layout, chat_proof, chat_probes > tokenizer, encoder, ...
-    records, reader, shapes, inputs, config    records and options
-    layout, errors, stats, version, demo       the on-disk contract and leaves
+    stages                                     the stages composed for one unit
+    write/ > pack/ > render/ > config > read/  the stages, last first (config: the options)
+    errors, stats, version, demo               leaves
 
 A module may import from its own layer (the cycle check covers those) and from the layers below it.
 """
@@ -22,13 +22,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "packsft"
 LAYERS = [
     {"packsft.cli", "packsft.__main__", "packsft"},
     {"packsft.run", "packsft.verify", "packsft.report", "packsft.loader", "packsft.export"},
-    {"packsft.writer"},
-    {"packsft.rows"},
-    {"packsft.pack", "packsft.split"},
-    {"packsft.render", "packsft.chat_template", "packsft.chat_layout", "packsft.chat_proof", "packsft.chat_probes"},
-    {"packsft.tokenizer", "packsft.encoder", "packsft.tokenizer_cache", "packsft.chat_encode"},
-    {"packsft.records", "packsft.reader", "packsft.inputs", "packsft.config", "packsft.shapes", "packsft.json_input"},
-    {"packsft.layout", "packsft.errors", "packsft.stats", "packsft.version", "packsft.demo"},
+    {"packsft.stages"},
+    {"packsft.write"},
+    {"packsft.pack"},
+    {"packsft.render"},
+    {"packsft.config"},
+    {"packsft.read"},
+    {"packsft.errors", "packsft.stats", "packsft.version", "packsft.demo"},
 ]
 LAZY_IMPORTS_ALLOWED = {"packsft.cli"}
 
@@ -134,7 +134,7 @@ def test_the_import_graph_has_no_cycle():
 def test_the_cycle_check_finds_a_cycle():
     graph = {"packsft.a": {"packsft.b"}, "packsft.b": {"packsft.c"}, "packsft.c": {"packsft.a"}, "packsft.d": set()}
     assert find_cycle(graph) == ["packsft.a", "packsft.b", "packsft.c", "packsft.a"]
-    assert find_cycle({"packsft.run": {"packsft.run.unit"}, "packsft.run.unit": set()}) is None
+    assert find_cycle({"packsft.run": {"packsft.stages"}, "packsft.stages": set()}) is None
 
 
 @pytest.mark.parametrize("package", sorted(m for m, p in MODULES.items() if p.name == "__init__.py"))

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from packsft import PackConfig, load_tokenizer
-from packsft.chat_template import ChatRenderer, render_chat
 from packsft.errors import UnusableOutputError
-from packsft.records import ASSISTANT, ChatExtras, Conversation
+from packsft.read.records import ASSISTANT, ChatExtras, Conversation
+from packsft.render.chat import ChatRenderer, render_chat
 from packsft.run import run_pack
 from tests.helpers import AGENT, SEARCH, WEATHER, assert_output_verifies, call, record
 

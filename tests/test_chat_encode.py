@@ -12,17 +12,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from packsft import PackConfig, load_tokenizer
-from packsft import chat_encode as chat_encode_module
-from packsft.chat_encode import RenderingEncoder
-from packsft.chat_probes import PROBE_CONVERSATIONS, probe_records
-from packsft.chat_proof import (
+from packsft.render import chat_encode as chat_encode_module
+from packsft.read.records import Conversation, RecordRejected
+from packsft.render.chat import ChatRenderer, render_chat
+from packsft.render.chat_encode import RenderingEncoder
+from packsft.render.chat_probes import PROBE_CONVERSATIONS, probe_records
+from packsft.render.chat_proof import (
     chat_markers,
     chat_rendering_difference,
     fast_chat_difference,
     with_chat_path_proven,
 )
-from packsft.chat_template import ChatRenderer, render_chat
-from packsft.records import Conversation, RecordRejected
 from packsft.run import run_pack
 from tests.helpers import assert_output_verifies, conv, write_conversations
 
@@ -103,7 +103,7 @@ def test_a_difference_refuses_the_fast_chat_path(chatml, monkeypatch):
 
 
 def test_a_rendering_difference_renders_through_apply_chat_template(chatml, monkeypatch):
-    import packsft.chat_template as chat_template
+    import packsft.render.chat as chat_template
 
     real = chat_template._compiled_renderer()
     assert real is not None  # this transformers has the steps packsft calls directly

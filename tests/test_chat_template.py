@@ -17,16 +17,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from packsft import PackConfig, PackedOutput, load_tokenizer
-from packsft.chat_proof import chat_markers
-from packsft.chat_template import ChatRenderer, render_chat
 from packsft.errors import TokenizerError
-from packsft.pack import pack_bestfit
-from packsft.records import Conversation, RecordRejected, validate_messages
-from packsft.render import RenderedBatch
+from packsft.pack.bins import pack_bestfit
+from packsft.pack.rows import build_chunks
+from packsft.pack.split import split_long
+from packsft.read.records import Conversation, RecordRejected, validate_messages
+from packsft.render.chat import ChatRenderer, render_chat
+from packsft.render.chat_proof import chat_markers
+from packsft.render.roles import RenderedBatch
 from packsft.report import render_chunk, tokenizer_for
-from packsft.rows import build_chunks
 from packsft.run import run_pack
-from packsft.split import split_long
 from packsft.verify.invariants import ChatMarkers, check_chat_turns
 from tests.helpers import CHATML, conv, write_conversations
 

@@ -13,7 +13,13 @@ from click.testing import CliRunner
 
 from packsft import PackConfig, load_tokenizer
 from packsft.cli import main
-from packsft.encoder import GPT2_PATTERN, FastEncoder, FastEncoderRefused, first_difference, read_bpe_spec
+from packsft.render.encoder import (
+    GPT2_PATTERN,
+    FastEncoder,
+    FastEncoderRefused,
+    first_difference,
+    read_bpe_spec,
+)
 from packsft.run import run_pack
 from tests.helpers import conv, write_conversations
 

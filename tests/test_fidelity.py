@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packsft.chat_proof import chat_markers
-from packsft.chat_template import ChatRenderer, render_chat
-from packsft.pack import pack_bestfit
-from packsft.records import Conversation
-from packsft.render import render_roles
-from packsft.rows import build_chunks
-from packsft.split import message_starts, split_long
-from packsft.tokenizer import PackTokenizer, flatten_ids, load_tokenizer
+from packsft.pack.bins import pack_bestfit
+from packsft.pack.rows import build_chunks
+from packsft.pack.split import message_starts, split_long
+from packsft.read.records import Conversation
+from packsft.render.chat import ChatRenderer, render_chat
+from packsft.render.chat_proof import chat_markers
+from packsft.render.roles import render_roles
+from packsft.render.tokenizer import PackTokenizer, flatten_ids, load_tokenizer
 from packsft.verify.invariants import ChatMarkers, ControlIds, check_chat_turns, check_control_tokens
 from tests.helpers import ASST, BOS, USR, FakeTokenizer
 

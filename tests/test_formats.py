@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from packsft import PackConfig
 from packsft.cli import main
 from packsft.errors import BadRecordError, ConfigError, InputError, UnusableOutputError
-from packsft.inputs import list_inputs
-from packsft.layout import ARRAY_FILES
-from packsft.reader import open_input, read_conversations
-from packsft.records import RejectLedger
+from packsft.read.inputs import list_inputs
+from packsft.read.reader import open_input, read_conversations
+from packsft.read.records import RejectLedger
 from packsft.run import run_pack
+from packsft.write.layout import ARRAY_FILES
 from tests.helpers import assert_output_verifies, conv, write_conversations
 
 TURNS = [

@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 
 from packsft import PackConfig
 from packsft.errors import InputError, UnusableOutputError
-from packsft.layout import ARRAY_FILES
-from packsft.records import ROLE_ALIASES
+from packsft.read.records import ROLE_ALIASES
 from packsft.run import run_pack
 from packsft.verify import verify_output
+from packsft.write.layout import ARRAY_FILES
 
 EXAMPLES = int(os.environ.get("PACKSFT_FUZZ_EXAMPLES", "100"))
 settings.register_profile(

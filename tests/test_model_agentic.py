@@ -16,8 +16,8 @@ import json
 import pytest
 
 from packsft import PackConfig
-from packsft.layout import PackedOutput
 from packsft.run import run_pack
+from packsft.write.layout import PackedOutput
 from tests.helpers import AGENT, SEARCH, WEATHER
 
 torch = pytest.importorskip("torch")

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packsft.pack import linear_rows, pack_aligned, pack_bestfit
-from packsft.records import Conversation
-from packsft.render import render_roles
-from packsft.rows import build_chunks, build_linear_chunks, segment_starts
-from packsft.split import split_long
+from packsft.pack.bins import linear_rows, pack_aligned, pack_bestfit
+from packsft.pack.rows import build_chunks, build_linear_chunks, segment_starts
+from packsft.pack.split import split_long
+from packsft.read.records import Conversation
+from packsft.render.roles import render_roles
 from tests.helpers import BOS, PAD, SYS, USR, FakeTokenizer
 
 
@@ -208,7 +208,7 @@ def test_bestfit_places_every_piece_once_within_capacity(lengths, extra):
 @settings(max_examples=100, deadline=None)
 @given(conversations_st, st.integers(12, 160), st.sampled_from([0, 6, 64]))
 def test_unprompted_mask_gives_every_trained_label_bos_and_a_question(spec, seq_length, fill_cut):
-    from packsft.rows import labels_with_bos_and_user
+    from packsft.pack.rows import labels_with_bos_and_user
 
     conversations = [conversation(lengths, system, unprompted) for lengths, system, unprompted in spec]
     batch = render_roles(conversations, FakeTokenizer(), unprompted="mask")
@@ -220,7 +220,7 @@ def test_unprompted_mask_gives_every_trained_label_bos_and_a_question(spec, seq_
 @settings(max_examples=100, deadline=None)
 @given(conversations_st, st.sampled_from(["keep", "mask"]), st.sampled_from(["all", "assistant_only"]))
 def test_fast_prompted_flags_follow_the_prompt_rule(spec, unprompted, mask):
-    from packsft.split import _prompted_flags, prompt_starts
+    from packsft.pack.split import _prompted_flags, prompt_starts
 
     conversations = [conversation(lengths, system, first) for lengths, system, first in spec]
     batch = render_roles(conversations, FakeTokenizer(), mask=mask, unprompted=unprompted)

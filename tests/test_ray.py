@@ -27,13 +27,13 @@ from packsft.cli import main
 from packsft.config import PackConfig
 from packsft.demo import DATA_DIR as DEMO_DATA
 from packsft.errors import OutputError
-from packsft.layout import DATASET_JSON, REJECTS_JSONL, SHARDS_DIR
 from packsft.run.outdir import status
 from packsft.run.pipeline import run_pack
 from packsft.run.plan import plan_units
 from packsft.run.ray import pack_unit_task, run_ray
 from packsft.run.workers import UnitJob
 from packsft.version import __version__
+from packsft.write.layout import DATASET_JSON, REJECTS_JSONL, SHARDS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = 3  # ShareGPT shards: 3 x 3 row groups at --unit-mib 1 = 9 units

@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from packsft import load_tokenizer
-from packsft.records import ChatExtras, Conversation
-from packsft.render import RenderedBatch, render_roles
+from packsft.read.records import ChatExtras, Conversation
+from packsft.render.roles import RenderedBatch, render_roles
 
 BOS, EOS, PAD, USR, ASST, SYS = 50257, 50256, 50258, 50259, 50260, 50261
 
@@ -78,7 +78,7 @@ def _per_message(tokenizer, conversation):
 
 
 def test_batched_rendering_equals_per_message_encode_on_real_data(gpt2, sharegpt_dir):
-    from packsft.records import validate_messages
+    from packsft.read.records import validate_messages
 
     table = pq.ParquetFile(sharegpt_dir / "shard_00001.parquet").read_row_group(0, columns=["messages"])
     conversations = [Conversation(validate_messages(m)) for m in table.column("messages").to_pylist()[:300] if m]

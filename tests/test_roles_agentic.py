@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from packsft import load_tokenizer
-from packsft.records import ASSISTANT, ROLE_ALIASES, SYSTEM, TOOL, USER, ChatExtras, Conversation
-from packsft.render import render_roles, role_texts
-from packsft.shapes import to_conversation
+from packsft.read.records import ASSISTANT, ROLE_ALIASES, SYSTEM, TOOL, USER, ChatExtras, Conversation
+from packsft.read.shapes import to_conversation
+from packsft.render.roles import render_roles, role_texts
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

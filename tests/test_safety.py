@@ -163,7 +163,7 @@ def assert_incomplete(out: Path) -> None:
 
 def test_full_disk_while_writing_arrays(data_dir, tmp_path, demo_tokenizer_dir, monkeypatch):
     out = tmp_path / "out"
-    monkeypatch.setattr("packsft.writer.np.save", enospc)
+    monkeypatch.setattr("packsft.write.writer.np.save", enospc)
     message = one_line_error(pack(data_dir, out, demo_tokenizer_dir))
     assert message == (f"Error: {out / 'shards' / '00000'}: cannot write shard (No space left on device); "
                        "check free space and permissions")

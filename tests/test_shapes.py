@@ -17,12 +17,12 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packsft import json_input
+from packsft.read import json_input
 from packsft.cli import main
 from packsft.errors import InputError
-from packsft.reader import open_input, read_conversations
-from packsft.records import ROLE_ALIASES, Conversation, RecordRejected, RejectLedger
-from packsft.shapes import to_conversation
+from packsft.read.reader import open_input, read_conversations
+from packsft.read.records import ROLE_ALIASES, Conversation, RecordRejected, RejectLedger
+from packsft.read.shapes import to_conversation
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city.",

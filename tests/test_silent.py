@@ -19,12 +19,12 @@ from click.testing import CliRunner
 from packsft import PackConfig
 from packsft.cli import main
 from packsft.errors import ConfigError, InputError
-from packsft.inputs import list_inputs
-from packsft.layout import ARRAY_FILES
+from packsft.read.inputs import list_inputs
 from packsft.run.pipeline import run_pack
 from packsft.run.plan import plan_inputs
 from packsft.run.slurm import resolve_shards
 from packsft.verify.checks import check_output
+from packsft.write.layout import ARRAY_FILES
 from tests.helpers import assert_output_verifies, conv, write_conversations
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -314,7 +314,7 @@ def test_packing_many_files_does_constant_work_per_file(tmp_path, demo_tokenizer
         monkeypatch.setattr(f"{module}.{name}", wrapper)
 
     counted("packsft.run.plan", "open_input", "open_input")
-    counted("packsft.run.unit", "open_input", "open_input")
+    counted("packsft.stages", "open_input", "open_input")
     counted("packsft.run.outdir", "read_manifest", "read_manifest")
     original_iterdir = Path.iterdir
 
@@ -515,7 +515,7 @@ def test_injected_enospc_keeps_complete_units_and_a_rerun_finishes_identically(t
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             return write_text(path, *args, **kwargs)
 
-        patch.setattr("packsft.writer.np.save", save_until_full)
+        patch.setattr("packsft.write.writer.np.save", save_until_full)
         patch.setattr(Path, "write_text", no_room_for_notes)
         _assert_first_unit_intact(out, reference, error_line(pack(data, out, demo_tokenizer_dir, "--seq-length", "256")))
     assert pack(data, out, demo_tokenizer_dir, "--seq-length", "256").exit_code == 0

@@ -13,9 +13,9 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packsft.records import ASSISTANT, SYSTEM, TOOL, USER, Conversation
-from packsft.render import render_roles
-from packsft.split import split_long
+from packsft.pack.split import split_long
+from packsft.read.records import ASSISTANT, SYSTEM, TOOL, USER, Conversation
+from packsft.render.roles import render_roles
 from tests.helpers import ASST, BOS, EOS, SYS, USR, FakeTokenizer
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from packsft import tokenizer as tokenizer_module
 from packsft.errors import TokenizerError
-from packsft.tokenizer import load_tokenizer, tokenizer_from_state
-from packsft.tokenizer_cache import cache_dir, cache_key
+from packsft.render import tokenizer as tokenizer_module
+from packsft.render.tokenizer import load_tokenizer, tokenizer_from_state
+from packsft.render.tokenizer_cache import cache_dir, cache_key
 from tests.helpers import conv, write_conversations
 
 # Runs `packsft pack` in a fresh interpreter and prints the heavy modules it imported.

@@ -20,8 +20,8 @@ import numpy as np
 
 from packsft.export.shards import ShardArrays
 from packsft.export.target import Source, Target
-from packsft.rows import Chunks
-from packsft.writer import write_parquet
+from packsft.pack.rows import Chunks
+from packsft.write.writer import write_parquet
 
 DATA_DIR = "data"
 

@@ -25,10 +25,10 @@ from packsft.errors import ConfigError, OutputError
 from packsft.export import hf, megatron, olmo_core, trl
 from packsft.export.shards import read_shards
 from packsft.export.target import Source, Target
-from packsft.layout import PackedOutput, sha256_file
 from packsft.loader.gather import check_output, output_fingerprint
 from packsft.version import __version__
-from packsft.writer import atomic_write_json
+from packsft.write.layout import PackedOutput, sha256_file
+from packsft.write.writer import atomic_write_json
 
 TARGETS: dict[str, Target] = {target.name: target for target in (trl.TARGET, megatron.TARGET, olmo_core.TARGET, hf.TARGET)}
 EXPORT_JSON = "export.json"

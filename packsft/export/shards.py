@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from packsft.errors import OutputError
-from packsft.layout import PackedOutput
+from packsft.write.layout import PackedOutput
 
 LIST_LIMIT = (1 << 31) - 1  # arrow list<...> offsets are int32
 

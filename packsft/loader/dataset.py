@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from packsft.errors import MissingDependencyError, TokenizerError
-from packsft.layout import PackedOutput
 from packsft.loader.gather import RowReader, check_output, output_fingerprint
-from packsft.tokenizer import load_tokenizer
+from packsft.render.tokenizer import load_tokenizer
+from packsft.write.layout import PackedOutput
 
 if TYPE_CHECKING:
     import torch

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from packsft.errors import OutputError
-from packsft.layout import (
+from packsft.pack.rows import segment_starts
+from packsft.write.layout import (
     DATASET_JSON,
     MANIFEST_JSON,
     ROW_SEGMENTS_NPY,
@@ -41,7 +42,6 @@ from packsft.layout import (
     array_contract,
     contract_problems,
     read_npy_header,
-    segment_starts,
 )
 
 # Stream ids keep the row orders of different uses of one seed independent of each other.

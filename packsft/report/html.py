@@ -28,12 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from packsft.layout import PackedOutput, row_lengths
+from packsft.pack.rows import row_lengths
 from packsft.report.charts import bar_chart, empty_chart, fraction_chart
 from packsft.report.inspect import token_kinds, tokenizer_for
 from packsft.report.page import KIND_CLASSES, PAGE_TEMPLATE, summary_html
 from packsft.stats import LENGTH_BIN
 from packsft.version import __version__
+from packsft.write.layout import PackedOutput
 
 DEFAULT_CHUNKS = 5
 # Per-row figures read at most this many rows (evenly spaced) so a report of a huge output stays quick.

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import click
 import numpy as np
 
-from packsft.chat_template import ChatRenderer
 from packsft.errors import TokenizerError
-from packsft.layout import PackedOutput
-from packsft.tokenizer import PackTokenizer, load_tokenizer
+from packsft.render.chat import ChatRenderer
+from packsft.render.tokenizer import PackTokenizer, load_tokenizer
+from packsft.write.layout import PackedOutput
 
 MAX_CHARS = 90
 MID_CONV = "[MID-CONV]"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from packsft.errors import UnusableOutputError
-from packsft.layout import DATASET_JSON, REJECTS_JSONL
+from packsft.write.layout import DATASET_JSON, REJECTS_JSONL
 
 LISTED_REASONS = 3  # reasons named in the error, most frequent first
 

@@ -26,7 +26,6 @@ from typing import Any, BinaryIO
 
 from packsft.config import DEFAULT_LONG, PackConfig
 from packsft.errors import IncompleteOutputError, OutputError
-from packsft.layout import DATASET_JSON, MARKER, REJECTS_JSONL, SHARDS_DIR, read_manifest, shard_name
 from packsft.run.outcome import check_outcome
 from packsft.run.plan import (
     DEFAULT_UNIT_BYTES,
@@ -38,7 +37,13 @@ from packsft.run.plan import (
     fingerprint_config,
 )
 from packsft.version import __version__
-from packsft.writer import atomic_write_json, atomic_write_stream, build_dataset_manifest, prepare_output
+from packsft.write.layout import DATASET_JSON, MARKER, REJECTS_JSONL, SHARDS_DIR, read_manifest, shard_name
+from packsft.write.writer import (
+    atomic_write_json,
+    atomic_write_stream,
+    build_dataset_manifest,
+    prepare_output,
+)
 
 FAILED_PREFIX = ".failed-"
 TMP_PREFIX = ".tmp-"

@@ -15,11 +15,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from packsft.chat_proof import output_identity, with_chat_path_proven
 from packsft.config import PackConfig
 from packsft.errors import ConfigError, OutputError, UnusableOutputError
-from packsft.inputs import is_url, list_inputs
-from packsft.layout import DATASET_JSON
+from packsft.read.inputs import is_url, list_inputs
+from packsft.render.chat_proof import output_identity, with_chat_path_proven
+from packsft.render.tokenizer import PackTokenizer, load_tokenizer
 from packsft.run.outdir import (
     Plan,
     incomplete_units,
@@ -37,7 +37,7 @@ from packsft.run.plan import (
     unit_fingerprint,
 )
 from packsft.run.workers import UnitJob, pack_units, stop_on_signals
-from packsft.tokenizer import PackTokenizer, load_tokenizer
+from packsft.write.layout import DATASET_JSON
 
 
 @dataclass

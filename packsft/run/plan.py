@@ -26,11 +26,11 @@ from typing import Any
 
 from packsft.config import PackConfig, bytes_config
 from packsft.errors import InputError
-from packsft.inputs import InputListing, Location, as_location, content_sha256, file_info, list_inputs
-from packsft.layout import FORMAT_VERSION
-from packsft.reader import InputFile, open_input
-from packsft.records import parse_role_map
-from packsft.tokenizer_cache import cache_key, read_entry, write_entry
+from packsft.read.inputs import InputListing, Location, as_location, content_sha256, file_info, list_inputs
+from packsft.read.reader import InputFile, open_input
+from packsft.read.records import parse_role_map
+from packsft.render.tokenizer_cache import cache_key, read_entry, write_entry
+from packsft.write.layout import FORMAT_VERSION
 
 # Compressed parquet bytes per unit. A unit is packed in memory (best-fit sees all of it), so this
 # bounds a worker's memory: measured on ShareGPT with GPT-2, 1 MiB of parquet is ~1M tokens and a

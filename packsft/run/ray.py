@@ -32,15 +32,15 @@ from tqdm import tqdm
 
 from packsft.config import PackConfig
 from packsft.errors import MissingDependencyError, OutputError, PacksftError
-from packsft.inputs import is_url
-from packsft.layout import shard_name
+from packsft.read.inputs import is_url
+from packsft.render.tokenizer import PackTokenizer
 from packsft.run.outdir import remove_temporaries
 from packsft.run.pipeline import PackResult, run_pack
 from packsft.run.plan import DEFAULT_UNIT_BYTES, PLAN_JSON, Unit
 from packsft.run.unit import records_read, write_unit
 from packsft.run.workers import UnitJob, load_job_tokenizer
-from packsft.tokenizer import PackTokenizer
 from packsft.version import __version__
+from packsft.write.layout import shard_name
 
 INSTALL_HINT = "pip install 'packsft[ray]'"
 # Ray's own retries of a task whose worker or node died (preemption, OOM kill); a unit is idempotent.

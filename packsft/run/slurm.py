@@ -24,7 +24,7 @@ from pathlib import Path
 
 from packsft.config import PackConfig
 from packsft.errors import ConfigError, PacksftError
-from packsft.inputs import is_url
+from packsft.read.inputs import is_url
 from packsft.run.outdir import pack_flags, prepare_plan
 from packsft.run.pipeline import make_plan
 from packsft.run.plan import DEFAULT_UNIT_BYTES

@@ -29,13 +29,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from packsft.chat_proof import with_chat_path_proven
 from packsft.config import PackConfig
 from packsft.errors import OutputError, PackInterrupted
+from packsft.render.chat_proof import with_chat_path_proven
+from packsft.render.tokenizer import PackTokenizer, load_tokenizer, tokenizer_from_state
 from packsft.run.outdir import Plan, incomplete_units, resume_hint
 from packsft.run.plan import Unit, threads_per_worker
 from packsft.run.unit import records_read, write_unit
-from packsft.tokenizer import PackTokenizer, load_tokenizer, tokenizer_from_state
 
 # Imported once by the fork server, so that each worker starts in well under a second. Workers rebuild
 # the parent's tokenizer from its state (tokenizers only). For chat templates, transformers' jinja renderer

@@ -26,17 +26,6 @@ import numpy as np
 
 from packsft.config import OUTPUT_FORMATS, STRATEGIES
 from packsft.errors import OutputError
-from packsft.layout import (
-    DATASET_JSON,
-    FORMAT_VERSION,
-    MANIFEST_JSON,
-    MARKER,
-    PARQUET_FILE,
-    REJECTS_JSONL,
-    SHARDS_DIR,
-    TOKEN_DTYPES,
-    storage_dtype,
-)
 from packsft.stats import add_counters, summarize
 from packsft.verify.deep import repack_and_compare
 from packsft.verify.files import ShardArrays, check_shard_files, check_shard_list
@@ -47,6 +36,17 @@ from packsft.verify.invariants import (
     check_chat_turns,
     check_control_tokens,
     check_shard_arrays,
+)
+from packsft.write.layout import (
+    DATASET_JSON,
+    FORMAT_VERSION,
+    MANIFEST_JSON,
+    MARKER,
+    PARQUET_FILE,
+    REJECTS_JSONL,
+    SHARDS_DIR,
+    TOKEN_DTYPES,
+    storage_dtype,
 )
 
 DEEP_SAMPLE_UNITS = 2

@@ -3,7 +3,7 @@
     dataset.json: data_dir, config, tokenizer fingerprint; shards[i].inputs[0]: file, row groups
           |  (inputs still there, same size; tokenizer loads with the same fingerprint)
           v
-    unit.pack_unit(the unit's row groups, the pack's config)  -->  tokens, loss_mask, segments, counters
+    stages.pack_unit(the unit's row groups, the pack's config)  -->  tokens, loss_mask, segments, counters
           |                                        ||  byte for byte
           v                                        ||
     shards/NNNNN/*.npy | chunks.parquet, manifest.json counters
@@ -22,11 +22,17 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from packsft.chat_proof import output_identity
 from packsft.config import CONFIG_KEYS, PackConfig
 from packsft.errors import PacksftError
-from packsft.inputs import is_url
-from packsft.layout import (
+from packsft.pack.rows import Chunks
+from packsft.read.inputs import is_url
+from packsft.read.records import RejectLedger
+from packsft.render.chat_proof import output_identity
+from packsft.render.tokenizer import PackTokenizer, load_tokenizer
+from packsft.run.plan import Unit
+from packsft.stages import open_unit, pack_unit
+from packsft.verify.files import ShardArrays, compare_arrays
+from packsft.write.layout import (
     ARRAY_FILES,
     DATASET_JSON,
     LOSS_MASK_NPY,
@@ -35,13 +41,7 @@ from packsft.layout import (
     SHARDS_DIR,
     TOKENS_NPY,
 )
-from packsft.records import RejectLedger
-from packsft.rows import Chunks
-from packsft.run.plan import Unit
-from packsft.run.unit import open_unit, pack_unit
-from packsft.tokenizer import PackTokenizer, load_tokenizer
-from packsft.verify.files import ShardArrays, compare_arrays
-from packsft.writer import narrow_tokens, seq_lengths, stored_arrays
+from packsft.write.writer import narrow_tokens, seq_lengths, stored_arrays
 
 SKIP = "deep check skipped"
 Problems = list[tuple[str, str]]  # (file relative to OUT_DIR, message)
@@ -136,7 +136,7 @@ def _compare_unit(out_dir: Path, dataset: dict[str, Any], unit: Unit, config: Pa
     entry = dataset["shards"][unit.index]
     shard_dir = f"{SHARDS_DIR}/{entry['name']}"
     try:
-        chunks, counters = pack_unit(unit, open_unit(unit, config), config, tokenizer, RejectLedger())
+        chunks, counters = pack_unit(unit.parts, open_unit(unit.parts, config), config, tokenizer, RejectLedger())
         fresh = stored_arrays(chunks, narrow_tokens(chunks.tokens, np.dtype(dataset["dtype"]), tokenizer.vocab_size))
     except PacksftError as exc:
         return [(shard_dir, f"re-packing {unit.label} failed: {exc}")]

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from packsft.config import bytes_config
-from packsft.layout import (
+from packsft.write.layout import (
     ARRAY_FILES,
     LOSS_MASK_NPY,
     MANIFEST_JSON,

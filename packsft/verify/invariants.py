@@ -22,13 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from packsft.layout import (
+from packsft.pack.rows import row_lengths, segment_starts
+from packsft.write.layout import (
     LOSS_MASK_NPY,
     ROW_SEGMENTS_NPY,
     SEGMENT_LENGTHS_NPY,
     TOKENS_NPY,
-    row_lengths,
-    segment_starts,
 )
 
 BLOCK_ROWS = 4096

@@ -23,10 +23,10 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from packsft.config import ENCODERS
-from packsft.encoder import FastEncoder, FastEncoderRefused, build_fast_encoder, read_bpe_spec
 from packsft.errors import TokenizerError
-from packsft.records import ASSISTANT, SYSTEM, USER
-from packsft.tokenizer_cache import cache_key, read_entry, write_entry
+from packsft.read.records import ASSISTANT, SYSTEM, USER
+from packsft.render.encoder import FastEncoder, FastEncoderRefused, build_fast_encoder, read_bpe_spec
+from packsft.render.tokenizer_cache import cache_key, read_entry, write_entry
 
 BOS_TOKEN = "<|beginoftext|>"
 PAD_TOKEN = "<|pad|>"

@@ -39,7 +39,7 @@ turn that answers tool results, so is the run of tool results right before the t
 hold that run (it does not fit beside the question) leaves the turn's labels incomplete; a cut is never
 moved back to a boundary whose next piece would do so.
 
-Chat-template renderings (`msg_headers` set) differ in two ways: a message opens with several header
+Chat-template renderings (`mode == "chat"`) differ in two ways: a message opens with several header
 tokens instead of one role token (kept whole wherever the role token is kept), and a turn's end-of-turn
 tokens are the end of its own message span, so closing a piece adds nothing from the next message.
 
@@ -53,8 +53,8 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from packsft.render import SYSTEM_CODE, TOOL_CODE, USER_CODE, RenderedBatch, concat_ranges, flag_totals
-from packsft.tokenizer import TOKEN_ID_DTYPE
+from packsft.render.roles import SYSTEM_CODE, TOOL_CODE, USER_CODE, RenderedBatch, concat_ranges, flag_totals
+from packsft.render.tokenizer import TOKEN_ID_DTYPE
 
 # Copied context (system + prompting user message, or the text before a continuation) may take at most
 # this share of a row; a longer prompt is shortened from the left (its end, where the question usually is).
@@ -449,7 +449,7 @@ class ConversationSplitter:
         self.msgs = list(range(int(b.conv_msg_offsets[c]), int(b.conv_msg_offsets[c + 1])))
         self.head_end = int(b.msg_starts[self.msgs[0]]) if self.msgs else self.end
         # Role-token layout: a message's first token is its whole header and ends the previous turn.
-        self.role_tokens = b.msg_headers is None
+        self.role_tokens = b.mode == "roles"
 
     # -- facts about messages -------------------------------------------------------------------------
     def _span(self, m: int) -> tuple[int, int]:
@@ -460,9 +460,7 @@ class ConversationSplitter:
         lo, hi = self._span(m)
         if self.role_tokens:
             return min(1, hi - lo)
-        headers = self.batch.msg_headers
-        assert headers is not None
-        return min(max(int(headers[m]), 0), hi - lo, self.capacity // 4)
+        return min(max(int(self.batch.msg_headers[m]), 0), hi - lo, self.capacity // 4)
 
     def _tail(self, i: int) -> int:
         """What must follow message i in its piece: the EOS after the last, else the next role token."""

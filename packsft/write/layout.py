@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from packsft.errors import OutputError
+from packsft.pack.rows import segment_starts
 
 FORMAT_VERSION = 1
 MARKER = ".packsft"
@@ -82,20 +83,6 @@ def array_contract(rows: int, seq_length: int, token_dtype: np.dtype) -> dict[st
         SEGMENT_LENGTHS_NPY: (None, SEGMENT_DTYPE),
         ROW_SEGMENTS_NPY: ((rows + 1,), OFFSET_DTYPE),
     }
-
-
-def segment_starts(segment_lengths: np.ndarray, row_segments: np.ndarray) -> np.ndarray:
-    """Start column of every segment in its row: the running length of the row's earlier segments."""
-    running = np.cumsum(segment_lengths, dtype=np.int64) - segment_lengths
-    if not len(running):
-        return running
-    return running - np.repeat(running[row_segments[:-1]], np.diff(row_segments))
-
-
-def row_lengths(segment_lengths: np.ndarray, row_segments: np.ndarray) -> np.ndarray:
-    """Positions each row's segments fill (the rest of its L+1 positions is padding)."""
-    running = np.concatenate([[0], np.cumsum(segment_lengths, dtype=np.int64)])
-    return running[row_segments[1:]] - running[row_segments[:-1]]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,11 @@ import pyarrow.parquet as pq
 
 from packsft.config import PackConfig
 from packsft.errors import OutputError
-from packsft.layout import (
+from packsft.pack.rows import Chunks, row_lengths
+from packsft.render.tokenizer import PackTokenizer
+from packsft.stats import add_counters, summarize
+from packsft.version import __version__
+from packsft.write.layout import (
     FORMAT_VERSION,
     LOSS_MASK_NPY,
     MANIFEST_JSON,
@@ -36,14 +40,9 @@ from packsft.layout import (
     SHARD_FILES,
     SHARDS_DIR,
     TOKENS_NPY,
-    row_lengths,
     shard_name,
     storage_dtype,
 )
-from packsft.rows import Chunks
-from packsft.stats import add_counters, summarize
-from packsft.tokenizer import PackTokenizer
-from packsft.version import __version__
 
 
 def atomic_write_stream(path: Path, write: Callable[[BinaryIO], object]) -> None:

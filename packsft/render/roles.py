@@ -29,13 +29,14 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from packsft.records import ASSISTANT, SYSTEM, TEXT, TOOL, USER, Conversation
-from packsft.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
+from packsft.read.records import ASSISTANT, SYSTEM, TEXT, TOOL, USER, Conversation
+from packsft.render.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 
+RenderMode = Literal["roles", "chat"]  # --template: the role tokens, or the tokenizer's chat template
 ROLE_CODES = {SYSTEM: 0, USER: 1, ASSISTANT: 2, TEXT: 3, TOOL: 4}
 SYSTEM_CODE, USER_CODE, ASSISTANT_CODE, TEXT_CODE, TOOL_CODE = 0, 1, 2, 3, 4
 # Tool results open with the <|user|> role token (the vocabulary stays the seed's: GPT-2's 50,262 ids).
@@ -68,9 +69,10 @@ class RenderedBatch:
     msg_roles: np.ndarray  # uint8 ROLE_CODES
     sources: list[str | None]
     unprompted: np.ndarray  # bool per conversation: opens with an assistant turn no user message prompts
-    # Header tokens at the start of each message span (before its content), for chat templates.
-    # None means the role-token layout: one role token per message, which also ends the previous turn.
-    msg_headers: np.ndarray | None = None
+    # How the batch was rendered. "roles": each message opens with one role token, which also ends the
+    # previous turn. "chat": the tokenizer's template, whose messages open with `msg_headers` tokens.
+    mode: RenderMode
+    msg_headers: np.ndarray  # int64, len M: header tokens at the start of each message span (before its content)
     # Messages whose content held a special-token string (encoded as plain text), over all rendered.
     special_strings: int = 0
 
@@ -106,7 +108,8 @@ class RenderedBatch:
             msg_roles=self.msg_roles[msg_src],
             sources=[self.sources[i] for i in index.tolist()],
             unprompted=self.unprompted[index],
-            msg_headers=None if self.msg_headers is None else self.msg_headers[msg_src],
+            mode=self.mode,
+            msg_headers=self.msg_headers[msg_src],
             special_strings=self.special_strings,
         )
 
@@ -116,6 +119,9 @@ class RenderedBatch:
         batches = [batch for batch in batches if len(batch)] or batches[:1]
         if len(batches) == 1:
             return batches[0]
+        modes = {b.mode for b in batches}
+        if len(modes) > 1:
+            raise ValueError(f"cannot join batches rendered in different modes: {sorted(modes)}")
         token_shift = np.cumsum([0] + [len(b.ids) for b in batches[:-1]])
         msg_shift = np.cumsum([0] + [len(b.msg_starts) for b in batches[:-1]])
         return RenderedBatch(
@@ -133,10 +139,8 @@ class RenderedBatch:
             msg_roles=np.concatenate([b.msg_roles for b in batches]),
             sources=[source for b in batches for source in b.sources],
             unprompted=np.concatenate([b.unprompted for b in batches]),
-            msg_headers=None
-            if all(b.msg_headers is None for b in batches)
-            else np.concatenate([b.msg_headers if b.msg_headers is not None else np.ones(len(b.msg_starts), np.int64)
-                                 for b in batches]),
+            mode=batches[0].mode,
+            msg_headers=np.concatenate([b.msg_headers for b in batches]),
             special_strings=sum(b.special_strings for b in batches),
         )
 
@@ -212,6 +216,8 @@ def render_roles(
         msg_roles=roles,
         sources=[c.source for c in conversations],
         unprompted=conv_unprompted,
+        mode="roles",
+        msg_headers=np.ones(len(msg_starts), np.int64),
         special_strings=count_special_strings(texts, tokenizer),
     )
 

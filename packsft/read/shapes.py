@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from packsft.records import (
+from packsft.read.records import (
     ASSISTANT,
     SYSTEM,
     TEXT,

@@ -35,10 +35,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from packsft.errors import InputError
-from packsft.inputs import JSON_SUFFIXES, Location, file_info, location_name, open_binary
-from packsft.json_input import BadLine, first_json_record, json_records
-from packsft.records import ROLE_ALIASES, Conversation, RecordRejected, RejectLedger
-from packsft.shapes import OPTIONAL, REQUIRED, to_conversation
+from packsft.read.inputs import JSON_SUFFIXES, Location, file_info, location_name, open_binary
+from packsft.read.json_input import BadLine, first_json_record, json_records
+from packsft.read.records import ROLE_ALIASES, Conversation, RecordRejected, RejectLedger
+from packsft.read.shapes import OPTIONAL, REQUIRED, to_conversation
 
 # The field each input format is detected by (and whose JSON text decides `json_text`).
 FIELD = {shape: fields[0] for shape, fields in REQUIRED.items()}

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from packsft.layout import segment_starts
-from packsft.pack import Packing, linear_rows
-from packsft.split import PieceTable
-from packsft.tokenizer import TOKEN_ID_DTYPE
+from packsft.pack.bins import Packing, linear_rows
+from packsft.pack.split import PieceTable
+from packsft.render.tokenizer import TOKEN_ID_DTYPE
 
 
 @dataclass
@@ -152,3 +151,17 @@ def empty_chunks(seq_length: int) -> Chunks:
         row_segments=np.zeros(1, np.int64),
         piece_rows=np.zeros(0, np.int64),
     )
+
+
+def segment_starts(segment_lengths: np.ndarray, row_segments: np.ndarray) -> np.ndarray:
+    """Start column of every segment in its row: the running length of the row's earlier segments."""
+    running = np.cumsum(segment_lengths, dtype=np.int64) - segment_lengths
+    if not len(running):
+        return running
+    return running - np.repeat(running[row_segments[:-1]], np.diff(row_segments))
+
+
+def row_lengths(segment_lengths: np.ndarray, row_segments: np.ndarray) -> np.ndarray:
+    """Positions each row's segments fill (the rest of its L+1 positions is padding)."""
+    running = np.concatenate([[0], np.cumsum(segment_lengths, dtype=np.int64)])
+    return running[row_segments[1:]] - running[row_segments[:-1]]

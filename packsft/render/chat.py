@@ -40,8 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from packsft.chat_encode import RenderingEncoder
-from packsft.chat_layout import (
+from packsft.errors import MissingDependencyError
+from packsft.read.records import ASSISTANT, TEXT, TOOL, USER, ChatExtras, Conversation, RecordRejected
+from packsft.render.chat_encode import RenderingEncoder
+from packsft.render.chat_layout import (
     HOLE,
     HOLE_PATTERN,
     STAND_IN_TOOLS,
@@ -56,12 +58,10 @@ from packsft.chat_layout import (
     skeleton,
     splice,
 )
-from packsft.chat_probes import JOIN_PROBE, PROBE_MARK, probe_records
-from packsft.errors import MissingDependencyError
-from packsft.records import ASSISTANT, TEXT, TOOL, USER, ChatExtras, Conversation, RecordRejected
-from packsft.render import ROLE_CODES, RenderedBatch, count_special_strings
+from packsft.render.chat_probes import JOIN_PROBE, PROBE_MARK, probe_records
+from packsft.render.roles import ROLE_CODES, RenderedBatch, count_special_strings
+from packsft.render.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 from packsft.stats import CHAT_TURN_COUNTERS
-from packsft.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 
 THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
@@ -512,6 +512,7 @@ def render_chat(
         msg_roles=np.fromiter((ROLE_CODES[r] for c in kept for r, _ in c.messages), np.uint8),
         sources=[c.source for c in kept],
         unprompted=conv_unprompted,
+        mode="chat",
         msg_headers=np.asarray(headers, np.int64),
         special_strings=count_special_strings([content for c in conversations for _, content in c.messages], tokenizer),
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from packsft.records import ASSISTANT, TOOL, USER, ChatExtras, Conversation
+from packsft.read.records import ASSISTANT, TOOL, USER, ChatExtras, Conversation
 
 PROBE_MARK = "\ue002probe\ue003"  # the content of probe messages: no record holds it, no placeholder matches it
 PROBES_VERSION = 3  # bumped when the probes change, so that cached proofs are made again

@@ -10,11 +10,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from packsft.chat_probes import PROBES_VERSION, probe_records
-from packsft.chat_template import ChatRenderer, render_chat, require_jinja
-from packsft.records import ASSISTANT, USER, Conversation, RecordRejected
-from packsft.tokenizer import PackTokenizer
-from packsft.tokenizer_cache import cache_key, read_entry, write_entry
+from packsft.read.records import ASSISTANT, USER, Conversation, RecordRejected
+from packsft.render.chat import ChatRenderer, render_chat, require_jinja
+from packsft.render.chat_probes import PROBES_VERSION, probe_records
+from packsft.render.tokenizer import PackTokenizer
+from packsft.render.tokenizer_cache import cache_key, read_entry, write_entry
 
 
 def chat_rendering_difference(tokenizer: PackTokenizer) -> str | None:

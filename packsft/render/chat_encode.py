@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from packsft.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
+from packsft.render.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 
 Spans = list[tuple[int, int]]
 Encoded = tuple[np.ndarray, np.ndarray]  # ids (TOKEN_ID_DTYPE) and character offsets (n, 2)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from packsft.errors import InputError
-from packsft.inputs import JSON_SUFFIXES, Location, location_name, open_binary
-from packsft.records import json_problem
+from packsft.read.inputs import JSON_SUFFIXES, Location, location_name, open_binary
+from packsft.read.records import json_problem
 
 
 def _open_text(path: Location) -> IO[str]:

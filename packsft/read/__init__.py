@@ -1,0 +1,11 @@
+"""Stage 1, read: input files -> validated `Conversation` records (bad records -> `RejectLedger`).
+
+    inputs.py      DATA arguments (folders, globs, files, URLs) -> sorted input files, content digests
+    reader.py      open_input, read_conversations: parquet / JSON Lines / JSON arrays, streamed in batches
+    json_input.py  JSON Lines and JSON-array files decoded record by record from a bounded buffer
+    shapes.py      one row of a known shape (messages, sharegpt, prompt_completion, alpaca, text) -> messages
+    records.py     Conversation, ChatExtras, validation, roles, RejectLedger
+
+The package imports nothing here, so that `packsft --help` (which reads `records` through the config)
+starts without pyarrow.
+"""

@@ -1,0 +1,12 @@
+"""Stage 2, render: `Conversation` batches -> `RenderedBatch` (token ids, train flags, message spans).
+
+    tokenizer.py        load_tokenizer -> PackTokenizer (role tokens, fingerprint, encoders)
+    tokenizer_cache.py  on-disk cache of resolved tokenizers and fast-encoder proofs
+    encoder.py          FastEncoder: byte-level BPE content encoding, proven equal to HF's
+    roles.py            RenderedBatch, render_roles: the role-token format (`--template roles`)
+    chat.py             ChatRenderer, render_chat: the tokenizer's own chat template (`--template chat`)
+    chat_layout.py      where each message and each generated span lies in a template's rendering
+    chat_encode.py      tokenize chat renderings: template specials special, contents plain text
+    chat_probes.py      probe records where a chat path that differs from transformers' would differ first
+    chat_proof.py       prove a tokenizer's chat path against `apply_chat_template` before it packs
+"""

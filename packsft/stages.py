@@ -1,0 +1,337 @@
+"""The stages composed for one unit of work, in memory: read -> render -> pack -> chunks, with its counters.
+
+    input rows --read--> Conversation batches --render--> RenderedBatch (ids, flags, message spans)
+      --drop untrainable/unprompted--> --split_long--> PieceTable --pack_*--> Packing --> Chunks
+
+No I/O besides reading the unit's input: `run/unit.py` writes the shard, `verify --deep` compares the
+chunks with a written one. A unit is any sequence of input slices (`InputSlice`: a file and its row-group
+range); the runner's `run.plan.Unit` parts are such slices.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from packsft.config import PackConfig
+from packsft.pack.bins import pack_aligned, pack_bestfit
+from packsft.pack.rows import (
+    Chunks,
+    build_chunks,
+    build_linear_chunks,
+    labels_with_bos_and_user,
+)
+from packsft.pack.split import PieceTable, answer_flags, message_starts, prompt_starts, split_long
+from packsft.read.inputs import Location
+from packsft.read.reader import InputFile, open_input, read_conversations
+from packsft.read.records import ASSISTANT, TEXT, USER, Conversation, RejectLedger, parse_role_map
+from packsft.render.chat import ChatRenderer, render_chat
+from packsft.render.roles import RenderedBatch, render_roles, trained_unprompted
+from packsft.render.tokenizer import PackTokenizer
+from packsft.stats import LENGTH_BIN, LENGTH_BINS
+
+NO_SOURCE = "(none)"
+OMITTED_MARKER = "[… {n} tokens omitted] "
+
+
+def render_batch(conversations, tokenizer: PackTokenizer, config: PackConfig, *, renderer=None,
+                 reject: Callable[[Conversation, str], None] | None = None) -> RenderedBatch:
+    """Render with the configured template; `reject` receives conversations the chat template cannot render."""
+    if config.template == "chat":
+
+        return render_chat(conversations, tokenizer, mask=config.mask, unprompted=config.unprompted,
+                           renderer=renderer, reject=reject)
+    return render_roles(conversations, tokenizer, mask=config.mask, unprompted=config.unprompted)
+
+
+def _record(conversation: Conversation) -> dict[str, Any]:
+    """The record as rejects.jsonl shows it."""
+    return {"messages": [{"role": role, "content": content} for role, content in conversation.messages]}
+
+
+def _reject_rendering(rejects: RejectLedger, failed: set[int], conversation: Conversation, reason: str) -> None:
+    failed.add(id(conversation))
+    rejects.reject(conversation.file, conversation.row, reason, _record(conversation))
+
+
+def _reject_untrainable(batch: RenderedBatch, conversations: list[Conversation], config: PackConfig,
+                        rejects: RejectLedger) -> tuple[RenderedBatch, int]:
+    """Send conversations without a trained token to the ledger (they only cost compute) and drop them.
+
+    Conversations --unprompted drop removes are not rejects; pack_unit counts them separately.
+    """
+    no_trained = (batch.trainable_per_conversation() == 0) & ~(batch.unprompted & (config.unprompted == "drop"))
+    for index in np.flatnonzero(no_trained).tolist():
+        conversation = conversations[index]
+        roles = {role for role, _ in conversation.messages}
+        no_assistant = config.mask == "assistant_only" and not roles & {ASSISTANT, TEXT}
+        reason = "no assistant message" if no_assistant else "no trained token"
+        rejects.reject(conversation.file, conversation.row, reason, _record(conversation))
+    return (batch.select(~no_trained) if no_trained.any() else batch), int(no_trained.sum())
+
+
+class InputSlice(Protocol):
+    """A file of a unit and the row groups of it the unit reads (None = all)."""
+
+    @property
+    def path(self) -> Location: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def row_groups(self) -> tuple[int, int] | None: ...
+
+
+def open_unit(parts: Sequence[InputSlice], config: PackConfig) -> list[InputFile]:
+    """The unit's input files (one unless --group-files grouped several), opened as the pack reads them
+    (format, input format, role map)."""
+    aliases = parse_role_map(config.role_map)
+    return [open_input(part.path, config.format, config.input_format, aliases) for part in parts]
+
+
+SPLIT_COUNTERS = ("conversations_truncated", "conversations_dropped_long", "conversations_split", "pieces_split",
+                  "exchanges_split", "prompts_shortened", "prompted_labels", "prompted_labels_complete",
+                  "turn_labels_whole", "answer_labels", "answer_labels_complete", "answer_labels_whole")
+
+
+@dataclass
+class ReadUnit:
+    """The unit's records rendered into one batch, and what happened to the others on the way."""
+
+    batch: RenderedBatch
+    batches: int  # record batches read
+    read: int  # conversations read
+    filtered: int  # records --source-filter left out
+    untrainable: int  # conversations without a trained token (rejected)
+    unrendered: int = 0  # conversations the chat template refused (rejected)
+    chat_counts: dict[str, int] = field(default_factory=dict)  # ChatRenderer.counts
+
+
+@dataclass
+class PackedUnit:
+    """The rows of a unit and, per conversation, what packing kept of it."""
+
+    chunks: Chunks
+    pieces: int
+    conversations_packed: int
+    kept: np.ndarray  # trained labels kept, per conversation
+    pad_share: np.ndarray  # share of row padding (by tokens in the row), per conversation
+    truncated: list[int] = field(default_factory=list)  # conversations cut short by --long truncate
+    dropped: list[int] = field(default_factory=list)  # ... left out by --long drop
+    counters: dict[str, int] = field(default_factory=dict)  # the splitter's (or linear packing's) counts
+
+
+def pack_unit(
+    parts: Sequence[InputSlice],
+    sources: list[InputFile],
+    config: PackConfig,
+    tokenizer: PackTokenizer,
+    rejects: RejectLedger,
+    progress: tqdm | None = None,
+) -> tuple[Chunks, dict[str, Any]]:
+    """Pack one unit into chunks in memory; returns the chunks and the unit's counters.
+
+    Memory: the rendered tokens are the unit's biggest array after the rows; they are let go as soon as
+    the rows exist, before the row statistics (see scripts/bench.py for the peak per token).
+    """
+    read = read_unit(parts, sources, config, tokenizer, rejects, progress)
+    trainable = read.batch.trainable_per_conversation()
+    drop_unprompted = read.batch.unprompted & (config.unprompted == "drop")
+    batch, trainable = read.batch.select(~drop_unprompted), trainable[~drop_unprompted]
+    counters: dict[str, Any] = {
+        **_read_counters(read),
+        "tokens_rendered": len(read.batch.ids),
+        "special_strings_in_content": read.batch.special_strings,
+        "conversations_dropped_unprompted": int(drop_unprompted.sum()),
+        "trainable_tokens_available": int(trainable.sum()),
+        "trained_unprompted": trained_unprompted(batch),
+    }
+    read.batch = batch  # the only rendering kept from here on
+    packed = pack_linear(batch, trainable, config, tokenizer) if config.strategy == "linear" else \
+        pack_pieces(batch, config, tokenizer)
+    per_source = source_counters(batch, trainable, packed)
+    histogram = np.bincount(np.minimum(batch.lengths // LENGTH_BIN, LENGTH_BINS - 1), minlength=LENGTH_BINS)
+    del batch, read  # the rendered tokens
+    counters.update({
+        "conversations_packed": packed.conversations_packed,
+        "pieces": packed.pieces,
+        **packed.counters,
+        **chunk_counters(packed.chunks, tokenizer),
+        "records_rejected": rejects.total,
+        "rejected_by_reason": dict(rejects.counts),
+        "per_source": per_source,
+        "length_histogram": histogram.astype(int).tolist(),
+    })
+    return packed.chunks, counters
+
+
+def read_unit(parts: Sequence[InputSlice], sources: list[InputFile], config: PackConfig, tokenizer: PackTokenizer,
+              rejects: RejectLedger, progress: tqdm | None = None) -> ReadUnit:
+    """Read and render the unit batch by batch, file after file; unrenderable and untrainable conversations
+    go to `rejects`."""
+    renderer = ChatRenderer(tokenizer, template_kwargs=config.template_kwargs_dict()) \
+        if config.template == "chat" else None
+    batches, read, filtered, untrainable, tokens, unrendered, context_turns = [], 0, 0, 0, 0, 0, 0
+    records = itertools.chain.from_iterable(
+        read_conversations(source, config.format, rejects, source_filter=config.source_filter,
+                           batch_size=config.batch_size, display_name=part.name, row_groups=part.row_groups)
+        for part, source in zip(parts, sources)
+    )
+    for records_read, left_out in records:
+        failed: set[int] = set()
+        conversations = renderer.for_turns(records_read, config.turns) if renderer is not None else records_read
+        batch = render_batch(conversations, tokenizer, config, renderer=renderer,
+                             reject=functools.partial(_reject_rendering, rejects, failed))
+        rendered = [c for c in conversations if id(c) not in failed] if failed else conversations
+        batch, rejected = _reject_untrainable(batch, rendered, config, rejects)
+        batches.append(batch)
+        read, filtered, untrainable, tokens = (read + len(records_read), filtered + left_out,
+                                               untrainable + rejected, tokens + len(batch.ids))
+        unrendered += len(failed)
+        context_turns += sum(1 for c in conversations if c.extras is not None
+                             for i, (role, _) in enumerate(c.messages) if role == ASSISTANT and not c.trains(i))
+        if progress is not None:
+            progress.update(len(conversations) + left_out)
+            progress.set_postfix_str(_rate(progress, tokens), refresh=False)
+    batch = RenderedBatch.concat(batches) if batches else render_batch([], tokenizer, config)
+    chat_counts = dict(renderer.counts) if renderer is not None else {}
+    if context_turns:  # only where there are: manifests of other units stay as they were
+        chat_counts["assistant_turns_untrained"] = context_turns
+    return ReadUnit(batch, len(batches), read, filtered, untrainable, unrendered, chat_counts)
+
+
+def _read_counters(read: ReadUnit) -> dict[str, int]:
+    # A unit that yields no record batch (an empty file) has never had these counters: keep it so, so that
+    # its manifest stays as earlier versions wrote it.
+    if not read.batches:
+        return {}
+    counters = {"records_filtered": read.filtered, "conversations_read": read.read,
+                "conversations_dropped_no_trained": read.untrainable}
+    if read.unrendered:  # only where it happened: manifests of other units stay as they were
+        counters["conversations_rejected_rendering"] = read.unrendered
+    return {**counters, **read.chat_counts}
+
+
+def pack_linear(batch: RenderedBatch, trainable: np.ndarray, config: PackConfig, tokenizer: PackTokenizer) -> PackedUnit:
+    """Stream the conversations across rows (nothing is too long; the last row holds all the padding)."""
+    chunks = build_linear_chunks(batch.ids, batch.flags, batch.conv_offsets, config.seq_length, tokenizer.pad_id)
+    kept = trainable.copy()
+    if len(batch):
+        kept[0] -= int(batch.flags[0])  # the very first token is never a label
+    pad_share = np.zeros(len(batch))
+    if len(batch) and chunks.rows:
+        pad_share[-1] = chunks.rows * (config.seq_length + 1) - chunks.nonpad
+    return PackedUnit(chunks, len(batch), len(batch), kept, pad_share, counters=_linear_context(batch, config.seq_length))
+
+
+def pack_pieces(batch: RenderedBatch, config: PackConfig, tokenizer: PackTokenizer) -> PackedUnit:
+    """Split long conversations into pieces, pack the pieces into rows (best-fit or aligned)."""
+    policy = config.long_policy or "split"  # None only for linear packing, which never splits
+    pieces, split_counts = split_long(batch, config.seq_length, policy, _marker(tokenizer), config.turn_cut,
+                                      config.context_share)
+    packer = pack_bestfit if config.strategy == "bestfit" else pack_aligned
+    packing = packer(pieces.lengths, config.seq_length + 1)
+    chunks = build_chunks(pieces, packing, config.seq_length, tokenizer.pad_id)
+    kept, pad_share = _piece_shares(pieces, packing.order, chunks, len(batch), config.seq_length + 1)
+    return PackedUnit(
+        chunks, len(pieces), len(np.unique(pieces.conv)), kept, pad_share,
+        truncated=split_counts.per_conv_truncated if policy == "truncate" else [],
+        dropped=split_counts.per_conv_truncated if policy == "drop" else [],
+        counters={key: getattr(split_counts, key) for key in SPLIT_COUNTERS},
+    )
+
+
+def chunk_counters(chunks: Chunks, tokenizer: PackTokenizer) -> dict[str, int]:
+    """What the rows hold: chunks, non-pad positions, trained labels, BOS starts, BOS + user labels."""
+    counters = {"chunks": chunks.rows, "nonpad_positions": chunks.nonpad,
+                "trained_tokens_kept": int(chunks.loss_mask.sum(dtype=np.int64))}
+    if tokenizer.bos_id is not None:  # chat templates without a BOS leave it out: 'starts at BOS' is n/a
+        counters["bos_starts"] = int((chunks.tokens[:, 0] == tokenizer.bos_id).sum())
+    bos_user = labels_with_bos_and_user(chunks, tokenizer.bos_id, tokenizer.role_ids.get(USER))
+    if bos_user is not None:
+        counters["labels_with_bos_and_user"] = bos_user
+    return counters
+
+
+def source_counters(batch: RenderedBatch, trainable: np.ndarray, packed: PackedUnit) -> dict[str, dict[str, int]]:
+    """Per source: conversations, trainable and kept labels, tokens, pad share, truncated, dropped."""
+    codes, names = _source_codes(batch.sources)
+    per_source = {}
+    for code, name in enumerate(names):
+        members = codes == code
+        per_source[name] = dict(
+            conversations=int(members.sum()),
+            trainable=int(trainable[members].sum()),
+            kept=int(packed.kept[members].sum()),
+            tokens=int(batch.lengths[members].sum()),
+            pad_share=int(round(float(packed.pad_share[members].sum()))),
+            truncated=int(np.isin(np.flatnonzero(members), packed.truncated).sum()),
+            dropped=int(np.isin(np.flatnonzero(members), packed.dropped).sum()),
+        )
+    return per_source
+
+
+def _rate(progress: tqdm, tokens: int) -> str:
+    elapsed = progress.format_dict.get("elapsed") or 0
+    return f"{tokens / elapsed / 1e3:,.0f}k tok/s" if elapsed else ""
+
+
+def _source_codes(sources: list[str | None]) -> tuple[np.ndarray, list[str]]:
+    names = sorted({s if s is not None else NO_SOURCE for s in sources})
+    lookup = {name: i for i, name in enumerate(names)}
+    codes = np.fromiter((lookup[s if s is not None else NO_SOURCE] for s in sources), np.int64, len(sources))
+    return codes, names
+
+
+def _marker(tokenizer: PackTokenizer):
+    cache: dict[int, list[int]] = {}
+
+    def marker(n: int) -> list[int]:
+        if n not in cache:
+            cache[n] = tokenizer.encode_texts([OMITTED_MARKER.format(n=n)])[0]
+        return cache[n]
+
+    return marker
+
+
+def _piece_shares(pieces: PieceTable, order: np.ndarray, chunks: Chunks, conversations: int, capacity: int):
+    """Per conversation: trained labels kept, and its share of row padding (by tokens in the row)."""
+    kept = np.zeros(conversations, np.int64)
+    pad = np.zeros(conversations, np.float64)
+    if not len(pieces):
+        return kept, pad
+    piece_kept = np.add.reduceat(pieces.flags, pieces.offsets[:-1], dtype=np.int64)
+    placed_kept = piece_kept[order]
+    row_first = chunks.row_segments[:-1][np.diff(chunks.row_segments) > 0]
+    placed_kept[row_first] -= pieces.flags[pieces.offsets[order[row_first]]]  # first token of a row: no label
+    lengths = pieces.lengths[order]
+    used = np.bincount(chunks.piece_rows, weights=lengths, minlength=chunks.rows)
+    row_pad = capacity - used
+    share = row_pad[chunks.piece_rows] * lengths / used[chunks.piece_rows]
+    np.add.at(kept, pieces.conv[order], placed_kept)
+    np.add.at(pad, pieces.conv[order], share)
+    return kept, pad
+
+
+def _linear_context(batch: RenderedBatch, seq_length: int) -> dict[str, int]:
+    """For stream packing: prompted trained labels, and those whose prompt lies wholly in the label's row."""
+
+    starts = prompt_starts(batch)
+    positions = np.flatnonzero((starts >= 0) & batch.flags.astype(bool))
+    positions = positions[positions >= 1]  # the first stream token is never a label
+    rows = (positions - 1) // seq_length
+    complete = starts[positions] >= rows * seq_length
+    trained = np.flatnonzero(batch.flags.astype(bool))
+    trained = trained[trained >= 1]
+    whole = message_starts(batch)[trained] >= (trained - 1) // seq_length * seq_length
+    # A turn that answers tool results: its prompt comes before the results, so a prompt in the row holds them too.
+    answers = answer_flags(batch).astype(bool)
+    return {"prompted_labels": len(positions), "prompted_labels_complete": int(complete.sum()),
+            "turn_labels_whole": int(whole.sum()), "answer_labels": int(answers[positions].sum()),
+            "answer_labels_complete": int((answers[positions] & complete).sum()),
+            "answer_labels_whole": int((answers[trained] & whole).sum())}
