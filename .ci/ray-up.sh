@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start a two-node Ray cluster on 127.0.0.1 for the test suite (tests/test_ray.py calls it).
+# Start a two-node Ray cluster on 127.0.0.1 for the test suite (tests/run/test_ray.py calls it).
 #
 #   .ci/ray-up.sh STATE_DIR          -> prints RAY_ADDRESS=127.0.0.1:PORT on its last line
 #   .ci/ray-down.sh STATE_DIR        stops exactly the nodes this script started, then removes STATE_DIR

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start a single-node SLURM cluster on localhost for the test suite (tests/test_slurm.py calls it).
+# Start a single-node SLURM cluster on localhost for the test suite (tests/run/test_slurm.py calls it).
 #
 #   .ci/slurm-up.sh [STATE_DIR]      -> prints SLURM_CONF=STATE_DIR/slurm.conf on its last line
 #   source STATE_DIR/env             (sets SLURM_CONF; this script exports nothing into your shell)

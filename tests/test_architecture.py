@@ -149,9 +149,21 @@ def test_test_modules_import_helpers_not_each_other():
     conftest nor another test module (pytest would collect its tests twice, or its fixtures silently)."""
     tests = Path(__file__).resolve().parent
     offences = []
-    for path in sorted(tests.glob("*.py")):
+    for path in sorted(tests.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             module = node.module if isinstance(node, ast.ImportFrom) else None
-            if module and (module.startswith("tests.test_") or module == "tests.conftest"):
-                offences.append(f"{path.name}:{node.lineno}: imports {module}")
+            if module and (module.split(".")[-1].startswith("test_") or module.endswith("conftest")):
+                offences.append(f"{path.relative_to(tests)}:{node.lineno}: imports {module}")
     assert offences == []
+
+
+# Test folders that hold what crosses the stages: whole runs, fuzzing, safety, model checks.
+CROSS_CUTTING_TESTS = {"e2e"}
+
+
+def test_tests_mirror_the_source_tree():
+    """tests/<package>/ holds the tests of packsft/<package>/; package-wide ones sit in tests/ itself."""
+    tests = Path(__file__).resolve().parent
+    folders = {path.name for path in tests.iterdir() if path.is_dir() and any(path.glob("test_*.py"))}
+    packages = {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
+    assert folders - packages - CROSS_CUTTING_TESTS == set()

@@ -3,7 +3,7 @@
 The reference is transformers itself: the ids must equal `apply_chat_template(messages, tools=tools, **kwargs)`
 token for token, and an assistant turn trains exactly what follows its generation prompt
 (`apply_chat_template(messages[:k], add_generation_prompt=True)`) through its end-of-turn. Records hold no
-special-token strings here (those are plain text in packsft; tests/test_fidelity.py covers them).
+special-token strings here (those are plain text in packsft; tests/verify/test_fidelity.py covers them).
 """
 
 from __future__ import annotations

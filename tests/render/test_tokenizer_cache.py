@@ -119,7 +119,7 @@ def test_pack_with_role_tokens_imports_neither_torch_nor_transformers(tmp_path, 
     load_tokenizer(str(demo_tokenizer_dir), "roles", encoder="auto")  # a warm cache, as after a first run
     args = ["pack", str(data.parent), str(tmp_path / "out"), "--tokenizer", str(demo_tokenizer_dir), "--quiet",
             "--workers", workers]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run([sys.executable, "-c", PACK_AND_LIST_MODULES, *args], capture_output=True, text=True,
                           env=env, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -133,7 +133,7 @@ def test_the_chat_path_runs_with_only_the_declared_dependencies(tmp_path, chatml
     jinja2): `pack --template chat` works (issue 21: every record was rejected for want of jinja2)."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(Path(__file__).resolve().parents[1])],
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(Path(__file__).resolve().parents[2])],
                              capture_output=True, text=True, timeout=900)
     if install.returncode != 0:
         pytest.skip(f"packsft cannot be installed into a fresh environment here (no package index?): "

@@ -20,7 +20,7 @@ from packsft.read.records import ASSISTANT, ROLE_ALIASES, SYSTEM, TOOL, USER, Ch
 from packsft.read.shapes import to_conversation
 from packsft.render.roles import render_roles, role_texts
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 # The demo tokenizer's control ids (built by packsft.demo; --template roles adds BOS, pad and the role tokens).
 BOS, EOS, PAD, USR, ASST, SYS = 727, 0, 728, 729, 730, 731

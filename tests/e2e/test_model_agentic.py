@@ -52,7 +52,7 @@ def masked_loss(model, ids: list[int], trained: list[bool]) -> float:
 
 
 def packed_loss(model, out) -> float:
-    """The masked loss of every packed piece, each fed alone (segment isolation is tests/test_model_fidelity.py's)."""
+    """The masked loss of every packed piece, each fed alone (segment isolation is tests/e2e/test_model_fidelity.py's)."""
     output, total = PackedOutput(out), 0.0
     for shard in range(len(output.shards)):
         tokens, mask = output.array(shard, "tokens"), output.array(shard, "loss_mask")

@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packsft.read import json_input
 from packsft.cli import main
 from packsft.errors import InputError
+from packsft.read import json_input
 from packsft.read.reader import open_input, read_conversations
 from packsft.read.records import ROLE_ALIASES, Conversation, RecordRejected, RejectLedger
 from packsft.read.shapes import to_conversation
@@ -439,7 +439,7 @@ def test_any_record_reads_or_is_rejected_with_a_reason(shape, structs, record):
 
 
 def test_the_readme_examples_read_as_documented(tmp_path):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = next(b for b in readme.split("```json\n")[1:] if '"function_call"' in b).split("\n```")[0]
     records, at = [], 0
     while at < len(block):

@@ -20,7 +20,7 @@ from packsft.cli import main
 from packsft.verify import verify_output
 from tests.helpers import assert_output_verifies, conv, write_conversations
 
-PACKAGE = Path(__file__).resolve().parents[1] / "packsft"
+PACKAGE = Path(__file__).resolve().parents[2] / "packsft"
 RECORDS = [conv(("user", f"Question {i}?"), ("assistant", f"Answer number {i}. " * (i % 5 + 1))) for i in range(12)]
 
 

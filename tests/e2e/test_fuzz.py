@@ -4,7 +4,7 @@ Every record either packs (and the output verifies clean, --deep included) or is
 (counted in the stats and listed in rejects.jsonl); read + rejected = every record, and read = packed +
 dropped. CI runs a bounded number of examples; maintainers run more with
 
-    PACKSFT_FUZZ_EXAMPLES=5000 python -m pytest tests/test_fuzz.py
+    PACKSFT_FUZZ_EXAMPLES=5000 python -m pytest tests/e2e/test_fuzz.py
 """
 
 from __future__ import annotations

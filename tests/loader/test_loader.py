@@ -32,7 +32,7 @@ from packsft.run import run_pack  # noqa: E402
 from tests.helpers import write_conversations  # noqa: E402
 
 SEQ = 64
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -356,7 +356,7 @@ def test_without_torch_the_module_imports_and_construction_asks_to_install_it(be
         "except MissingDependencyError as exc:\n    print(type(exc).__mro__[1].__name__, exc)\n"
     )
     result = subprocess.run([sys.executable, "-c", code, str(bestfit)], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[1], check=True)
+                            cwd=Path(__file__).resolve().parents[2], check=True)
     assert result.stdout == "PacksftError the packsft loader needs PyTorch, which is not installed: pip install packsft[torch]\n"
 
 

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from packsft import PackConfig, load_tokenizer
-from packsft.render import chat_encode as chat_encode_module
 from packsft.read.records import Conversation, RecordRejected
+from packsft.render import chat_encode as chat_encode_module
 from packsft.render.chat import ChatRenderer, render_chat
 from packsft.render.chat_encode import RenderingEncoder
 from packsft.render.chat_probes import PROBE_CONVERSATIONS, probe_records
