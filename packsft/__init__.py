@@ -1,14 +1,17 @@
 """packsft: pack chat conversations into fixed-length, loss-masked token chunks, offline, once.
 
-The core stages sit at the top of the package, in the order data flows through them:
+The stages are subpackages, in the order data flows through them; `stages.py` composes them for one unit:
 
-    reader -> records -> tokenizer -> render | chat_template -> split -> pack -> rows -> writer
-    files     Conversation  ids of roles  (ids, flags)            pieces   rows    arrays   shards
-                                                                                        |  layout.py
-    run/ (plan, units, workers, merge, SLURM)   verify/   report/ (inspect, HTML)   loader/ (torch)
+    files --read/--> Conversation --render/--> RenderedBatch --pack/--> Chunks --write/--> shards
+                     records, rejects          ids, train flags,        rows, masks,       dataset.json
+                                               message spans            segments
+    |<------------------- stages.py: one unit, in memory ------------------->|
 
-`layout.py` is the on-disk contract every reader and writer shares; `stats.py` turns the counters the
-stages return into the figures `packsft stats` prints.
+    around them: run/ (plan, units, workers, merge, SLURM, Ray)   verify/   report/ (inspect, HTML)
+                 loader/ (torch)   export/ (trainer formats)
+
+`write/layout.py` is the on-disk contract every reader and writer shares; `stats.py` turns the counters
+the stages return into the figures `packsft stats` prints.
 """
 
 from packsft.config import PackConfig, resolve_config

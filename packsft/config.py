@@ -29,7 +29,7 @@ DEFAULT_MAX_REJECT_FRACTION = 0.1
 Format = Literal["conversation", "text"]
 InputFormat = Literal["auto", "smoltalk", "sharegpt", "openai", "prompt_completion", "alpaca", "text"]
 Template = Literal["roles", "chat"]
-# Which assistant turns train, and as what (see chat_template.py): the one rendering of the conversation,
+# Which assistant turns train, and as what (see render/chat.py): the one rendering of the conversation,
 # only its last turn, or each turn as the model produces it at inference.
 Turns = Literal["rendered", "last", "inference"]
 Mask = Literal["all", "assistant_only"]
@@ -37,7 +37,7 @@ Strategy = Literal["linear", "aligned", "bestfit"]
 LongPolicy = Literal["split", "truncate", "drop"]
 Unprompted = Literal["keep", "mask", "drop"]
 OutputFormat = Literal["npy", "parquet", "both"]
-# Who encodes message content (see encoder.py): fast where proven equal to HF, or HF.
+# Who encodes message content (see render/encoder.py): fast where proven equal to HF, or HF.
 Encoder = Literal["auto", "fast", "hf"]
 
 FORMATS: tuple[Format, ...] = get_args(Format)
@@ -63,9 +63,9 @@ class PackConfig:
 
     tokenizer: str = DEFAULT_TOKENIZER
     format: Format = "conversation"
-    # The record shape; `format` is the family it belongs to (see reader.py). `text` implies format text.
+    # The record shape; `format` is the family it belongs to (see read/reader.py). `text` implies format text.
     input_format: InputFormat = "auto"
-    role_map: str | None = None  # "from=to,..." added to records.ROLE_ALIASES
+    role_map: str | None = None  # "from=to,..." added to read.records.ROLE_ALIASES
     template: Template = "roles"
     # JSON object passed to the chat template for every record (`enable_thinking`, ...); a record's own
     # `chat_template_kwargs` win.

@@ -7,7 +7,7 @@
 
 `datasets.load_dataset("parquet", data_files="DEST/data/*.parquet", split="train")` reads it, and
 so does `load_dataset("DEST")` (the `data/train-*` names are the hub's split convention). The file
-layout is the writer's (packsft/writer.py `write_parquet`), so an output packed with
+layout is the writer's (packsft/write/writer.py `write_parquet`), so an output packed with
 `--output-format parquet|both` already holds the same bytes per shard.
 """
 

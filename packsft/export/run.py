@@ -25,7 +25,7 @@ from packsft.errors import ConfigError, OutputError
 from packsft.export import hf, megatron, olmo_core, trl
 from packsft.export.shards import read_shards
 from packsft.export.target import Source, Target
-from packsft.loader.gather import check_output, output_fingerprint
+from packsft.loader.gather import open_shards, output_fingerprint
 from packsft.version import __version__
 from packsft.write.layout import PackedOutput, sha256_file
 from packsft.write.writer import atomic_write_json
@@ -105,7 +105,7 @@ def export_output(out_dir: str | Path, dest: str | Path, to: str, *, overwrite: 
         raise ConfigError(f"unknown export target {to!r}; choose one of {', '.join(TARGETS)}")
     started, target = time.perf_counter(), TARGETS[to]
     output, dest = PackedOutput(out_dir), Path(dest)
-    check_output(output)  # shapes, dtypes and sizes of every array, before anything is written
+    open_shards(output)  # checks the shapes, dtypes and sizes of every array, before anything is written
     prepare_dest(dest, output.out_dir, overwrite)
     dataset = output.dataset
     source = Source(dataset["seq_length"], dataset["tokenizer"].get("vocab_size", 0), dataset["dtype"],

@@ -92,7 +92,7 @@ class BatchLoader:
     def global_batch_size(self) -> int:
         return self.batch_size * self.world_size
 
-    def _plan(self) -> Iterator[Step]:
+    def _steps(self) -> Iterator[Step]:
         raise NotImplementedError
 
     def _set_state(self, state: dict[str, Any]) -> None:
@@ -147,7 +147,7 @@ class BatchLoader:
                     pass
 
         try:
-            for step in self._plan():
+            for step in self._steps():
                 slot = None
                 while slot is None and not stop.is_set():
                     try:

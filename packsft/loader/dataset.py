@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from packsft.errors import MissingDependencyError, TokenizerError
-from packsft.loader.gather import RowReader, check_output, output_fingerprint
+from packsft.loader.gather import RowReader, open_shards, output_fingerprint
 from packsft.render.tokenizer import load_tokenizer
 from packsft.write.layout import PackedOutput
 
@@ -40,7 +40,7 @@ class PackedDataset:
     def __init__(self, out_dir: str | Path, expect_tokenizer: str | None = None) -> None:
         torch_module()
         self.output = PackedOutput(out_dir)
-        self.reader = RowReader(self.output, check_output(self.output))
+        self.reader = RowReader(self.output, open_shards(self.output))
         dataset = self.output.dataset
         self.seq_length: int = dataset["seq_length"]
         self.dtype = np.dtype(dataset["dtype"])

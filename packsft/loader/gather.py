@@ -94,8 +94,8 @@ def open_npy(path: Path, shape: tuple[int, ...] | None, dtype: np.dtype, declare
     return NpyFile(path, header.offset, header.shape, dtype)
 
 
-def check_output(output: PackedOutput) -> list[dict[str, NpyFile]]:
-    """Check every shard's arrays against dataset.json (PackedOutput checked its keys and version)."""
+def open_shards(output: PackedOutput) -> list[dict[str, NpyFile]]:
+    """Every shard's arrays by name, checked against dataset.json (PackedOutput checked its keys and version)."""
     dataset, where = output.dataset, output.out_dir / DATASET_JSON
     if sum(shard["rows"] for shard in dataset["shards"]) != dataset["rows"]:
         raise OutputError(f"{where}: the shards' rows do not add up to rows = {dataset['rows']}; the output is corrupt")

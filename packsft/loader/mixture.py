@@ -29,7 +29,7 @@ from packsft.loader.gather import DATASET_STREAM, MIXTURE_STREAM, epoch_order, u
 MIXTURE_BLOCK = 1 << 16
 
 
-class MixturePlan:
+class MixtureDraws:
     """Dataset and row choices of a mixture of outputs with `sizes` rows each.
 
     Args:
@@ -115,13 +115,13 @@ class MixtureLoader(BatchLoader):
                                   "tokenizer; a mixture needs outputs packed alike")
         super().__init__(datasets, batch_size, rank, world_size, seed, device, pin_memory, prefetch, segments)
         self.names = [str(d.output.out_dir) for d in datasets]
-        self.plan = MixturePlan([len(d) for d in datasets], list(weights.values()), seed, DATASET_STREAM,
-                                [d.fingerprint for d in datasets])
+        self.draws = MixtureDraws([len(d) for d in datasets], list(weights.values()), seed, DATASET_STREAM,
+                                 [d.fingerprint for d in datasets])
         self.rows_consumed, self.drawn = 0, [0] * len(datasets)
 
-    def _plan(self) -> Iterator[Step]:
+    def _steps(self) -> Iterator[Step]:
         start = self.rows_consumed
-        for position, drawn, which, rows in self.plan.steps(start, list(self.drawn), self.global_batch_size):
+        for position, drawn, which, rows in self.draws.steps(start, list(self.drawn), self.global_batch_size):
             mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
             yield Step(which[mine], rows[mine], {"rows_consumed": position, "drawn": drawn})
 
@@ -133,15 +133,15 @@ class MixtureLoader(BatchLoader):
         return {name: drawn / len(d) for name, drawn, d in zip(self.names, self.drawn, self.datasets)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"fingerprint": self.plan.fingerprint, "seed": self.seed, "rows_consumed": self.rows_consumed,
+        return {"fingerprint": self.draws.fingerprint, "seed": self.seed, "rows_consumed": self.rows_consumed,
                 "drawn": list(self.drawn), "epochs_seen": self.epochs_seen()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume where `state` was saved (exact when the global batch size is the same)."""
-        if state.get("fingerprint") != self.plan.fingerprint:
+        if state.get("fingerprint") != self.draws.fingerprint:
             raise ResumeError("the loader state belongs to another mixture (other outputs or weights); "
                               "resume with the mixture it was saved with")
         self.seed = int(state["seed"])
-        self.plan = MixturePlan([len(d) for d in self.datasets], self.plan.weights, self.seed, DATASET_STREAM,
-                                [d.fingerprint for d in self.datasets])
+        self.draws = MixtureDraws([len(d) for d in self.datasets], self.draws.weights, self.seed, DATASET_STREAM,
+                                 [d.fingerprint for d in self.datasets])
         self.rows_consumed, self.drawn = int(state["rows_consumed"]), [int(n) for n in state["drawn"]]

@@ -43,7 +43,7 @@ class PackedLoader(BatchLoader):
         remaining = len(self.dataset) - position
         return remaining >= self.global_batch_size or (not self.drop_last and remaining > 0)
 
-    def _plan(self) -> Iterator[Step]:
+    def _steps(self) -> Iterator[Step]:
         epoch, position, size = self.epoch, self.rows_consumed, self.global_batch_size
         order = epoch_order(len(self.dataset), self.seed, epoch, self.shuffle)
         while self._has_step(position):

@@ -10,7 +10,7 @@
                         the counters chunks / trained_tokens_kept / nonpad_positions / bos_starts
     rejects.jsonl       one parsable line per rejected record counted
     --deep              re-packs a sample of units from their input files (when they are still there)
-                        in memory with unit.pack_unit and compares arrays and counters byte for byte
+                        in memory with stages.pack_unit and compares arrays and counters byte for byte
 
 Every problem names its file (and row, where one is at fault); nothing stops at the first problem.
 """
@@ -28,7 +28,7 @@ from packsft.config import OUTPUT_FORMATS, STRATEGIES
 from packsft.errors import OutputError
 from packsft.stats import add_counters, summarize
 from packsft.verify.deep import repack_and_compare
-from packsft.verify.files import ShardArrays, check_shard_files, check_shard_list
+from packsft.verify.files import StoredArrays, check_shard_files, check_shard_list
 from packsft.verify.invariants import (
     ChatMarkers,
     ControlIds,
@@ -189,7 +189,7 @@ def _read_dataset(out_dir: Path, report: Report) -> dict[str, Any] | None:
     return dataset
 
 
-def _format_checks(arrays: ShardArrays, dataset: dict[str, Any], counters: dict[str, Any]) -> list[Violation]:
+def _format_checks(arrays: StoredArrays, dataset: dict[str, Any], counters: dict[str, Any]) -> list[Violation]:
     """Control tokens where the output's format (role tokens, or a chat template's headers) puts none.
 
     `counters` are the shard's: assistant turns the records keep untrained (`weight: 0`, a prompt-completion's
@@ -208,7 +208,7 @@ def _format_checks(arrays: ShardArrays, dataset: dict[str, Any], counters: dict[
     return found
 
 
-def _check_rows(report: Report, shard_dir: str, arrays: ShardArrays, manifest: dict[str, Any],
+def _check_rows(report: Report, shard_dir: str, arrays: StoredArrays, manifest: dict[str, Any],
                 dataset: dict[str, Any], first_chunk: int) -> None:
     special = dataset["tokenizer"].get("special_ids", {})
     for v in check_shard_arrays(

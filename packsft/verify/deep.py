@@ -31,7 +31,7 @@ from packsft.render.chat_proof import output_identity
 from packsft.render.tokenizer import PackTokenizer, load_tokenizer
 from packsft.run.plan import Unit
 from packsft.stages import open_unit, pack_unit
-from packsft.verify.files import ShardArrays, compare_arrays
+from packsft.verify.files import StoredArrays, compare_arrays
 from packsft.write.layout import (
     ARRAY_FILES,
     DATASET_JSON,
@@ -144,7 +144,7 @@ def _compare_unit(out_dir: Path, dataset: dict[str, Any], unit: Unit, config: Pa
     folder = out_dir / shard_dir
     problems: Problems = []
     if all(name in entry["files"] for name in ARRAY_FILES):
-        stored = ShardArrays(*(np.load(folder / name, mmap_mode="r", allow_pickle=False) for name in ARRAY_FILES))
+        stored = StoredArrays(*(np.load(folder / name, mmap_mode="r", allow_pickle=False) for name in ARRAY_FILES))
         problems += [(f"{shard_dir}/{name}", text) for name, text in compare_arrays(stored, fresh, _literal(differs))]
     if PARQUET_FILE in entry["files"]:
         problems += _compare_parquet(folder / PARQUET_FILE, fresh, chunks, f"{shard_dir}/{PARQUET_FILE}", differs)

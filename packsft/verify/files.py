@@ -6,7 +6,7 @@
                         ||  must describe the bytes on disk
     shards/NNNNN/*.npy  opened with allow_pickle=False: an object array is refused, never unpickled
 
-Problems are (file, message) pairs; verify.py turns them into `Problem`s with the shard folder prefixed.
+Problems are (file, message) pairs; checks.py turns them into `Problem`s with the shard folder prefixed.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ MANIFEST_FIELDS = ("rows", "inputs", "files", "fingerprint")  # fields a manifes
 
 
 @dataclass
-class ShardArrays:
-    """A shard's arrays, memory-mapped; segments are None for parquet-only outputs."""
+class StoredArrays:
+    """A shard's arrays as verify read them (memory maps, or decoded from parquet: segments None)."""
 
     tokens: np.ndarray
     loss_mask: np.ndarray
@@ -71,7 +71,7 @@ def check_shard_list(out_dir: Path, dataset: dict[str, Any]) -> tuple[list[tuple
 
 def check_shard_files(
     out_dir: Path, dataset: dict[str, Any], entry: dict[str, Any]
-) -> tuple[dict[str, Any] | None, ShardArrays | None, list[tuple[str, str]], int]:
+) -> tuple[dict[str, Any] | None, StoredArrays | None, list[tuple[str, str]], int]:
     """(manifest, arrays or None if any is unusable, problems, files whose bytes match) of one shard."""
     folder = out_dir / SHARDS_DIR / entry["name"]
     problems: list[tuple[str, str]] = []
@@ -107,9 +107,9 @@ def check_shard_files(
         array = _open_npy(folder / name, listed[name], shapes[name], problems)
         if array is not None:
             arrays[name] = array
-    loaded: ShardArrays | None
+    loaded: StoredArrays | None
     if len(arrays) == len(ARRAY_FILES):
-        loaded = ShardArrays(*(arrays[name] for name in ARRAY_FILES))
+        loaded = StoredArrays(*(arrays[name] for name in ARRAY_FILES))
     elif PARQUET_FILE in intact and not set(ARRAY_FILES) & set(wanted):
         loaded = _read_parquet(folder / PARQUET_FILE, rows, seq_length + 1, problems)
     else:
@@ -177,7 +177,7 @@ def _open_npy(path: Path, meta: dict[str, Any], contract: tuple[tuple[int, ...] 
         return None
 
 
-def _read_parquet(path: Path, rows: int, capacity: int, problems: list[tuple[str, str]]) -> ShardArrays | None:
+def _read_parquet(path: Path, rows: int, capacity: int, problems: list[tuple[str, str]]) -> StoredArrays | None:
     """tokens and loss_mask from chunks.parquet; row widths and seq_lengths sums checked."""
     try:
         table = pq.read_table(path)
@@ -199,10 +199,10 @@ def _read_parquet(path: Path, rows: int, capacity: int, problems: list[tuple[str
     sums = np.add.reduceat(seq.flatten().to_numpy().astype(np.int64), seq.offsets.to_numpy()[:-1]) if rows else np.zeros(0)
     if np.any(np.diff(seq.offsets.to_numpy()) == 0) or np.any(sums != capacity) or np.any(seq.flatten().to_numpy() < 1):
         problems.append((PARQUET_FILE, f"seq_lengths do not split every row into lengths >= 1 summing to {capacity}"))
-    return ShardArrays(matrices[0], matrices[1], None, None)
+    return StoredArrays(matrices[0], matrices[1], None, None)
 
 
-def compare_arrays(found: ShardArrays, expected: dict[str, np.ndarray], message: str) -> list[tuple[str, str]]:
+def compare_arrays(found: StoredArrays, expected: dict[str, np.ndarray], message: str) -> list[tuple[str, str]]:
     """Byte-for-byte comparison: dtype, shape and values; names the first differing row.
 
     `message` may name the array as `{name}`.

@@ -1,4 +1,4 @@
-"""Write shards and dataset.json atomically (the layout is in packsft/layout.py).
+"""Write shards and dataset.json atomically (the layout is in layout.py).
 
 Every file is written under a temporary name and renamed into place; a shard folder is renamed into
 place only when complete. Arrays are plain .npy (never pickled).

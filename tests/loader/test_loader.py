@@ -27,7 +27,7 @@ from packsft import PackConfig  # noqa: E402
 from packsft.demo import build_demo_tokenizer, demo_conversations  # noqa: E402
 from packsft.errors import ConfigError, OutputError, ResumeError, TokenizerError  # noqa: E402
 from packsft.loader import MixtureLoader, PackedDataset, PackedLoader  # noqa: E402
-from packsft.loader.mixture import MixturePlan  # noqa: E402
+from packsft.loader.mixture import MixtureDraws  # noqa: E402
 from packsft.run import run_pack  # noqa: E402
 from tests.helpers import write_conversations  # noqa: E402
 
@@ -226,7 +226,7 @@ def test_position_ids_and_cu_seqlens_follow_the_stored_pieces(request, strategy)
 def test_device_path_builds_the_same_batch_as_the_host_path(dataset):
     """The copy-then-widen path used for CUDA, run on the CPU (no GPU here), against the host path."""
     loader = PackedLoader(dataset, 8, segments=True)
-    step = next(loader._plan())
+    step = next(loader._steps())
     slot = loader._new_slot()
     cu_seqlens = loader._fill(slot, step)
     on_host, via_device = loader._widen_on_host(slot, 8, cu_seqlens), loader._to_device(slot, 8, cu_seqlens)
@@ -275,13 +275,13 @@ def test_mixture_resumes_exactly_across_world_sizes(bestfit, linear):
 
 
 def test_each_mixture_dataset_cycles_through_its_own_permutations():
-    plan = MixturePlan([7, 50], [0.5, 0.5], seed=1, stream=2, fingerprints=["a", "b"])
-    steps = list(itertools.islice(plan.steps(0, [0, 0], 10), 10))
+    draws = MixtureDraws([7, 50], [0.5, 0.5], seed=1, stream=2, fingerprints=["a", "b"])
+    steps = list(itertools.islice(draws.steps(0, [0, 0], 10), 10))
     small = sum((rows[which == 0].tolist() for _, _, which, rows in steps), [])
     assert steps[-1][1][0] == len(small) >= 21
     passes = [small[i : i + 7] for i in range(0, 21, 7)]
     assert all(sorted(p) == list(range(7)) for p in passes) and passes[0] != passes[1]
-    assert plan.choices(3, 5).tolist() == plan.choices(0, 8).tolist()[3:]  # independent of batch boundaries
+    assert draws.choices(3, 5).tolist() == draws.choices(0, 8).tolist()[3:]  # independent of batch boundaries
 
 
 # --- refusals ---------------------------------------------------------------------------------------
