@@ -5,8 +5,11 @@
     encoder.py          FastEncoder: byte-level BPE content encoding, proven equal to HF's
     roles.py            RenderedBatch, render_roles: the role-token format (`--template roles`)
     chat.py             ChatRenderer, render_chat: the tokenizer's own chat template (`--template chat`)
+    chat_jinja.py       render a template as `apply_chat_template` does, without the transformers tokenizer
     chat_layout.py      where each message and each generated span lies in a template's rendering
-    chat_encode.py      tokenize chat renderings: template specials special, contents plain text
+    chat_facts.py       what a template renders around any conversation (heads, prompts), skeleton layouts
+    chat_flags.py       train flags and message spans of one rendered record
+    chat_encode.py      tokenize chat renderings (HF or fast encoder): template specials special, contents plain
     chat_probes.py      probe records where a chat path that differs from transformers' would differ first
     chat_proof.py       prove a tokenizer's chat path against `apply_chat_template` before it packs
 """

@@ -8,36 +8,71 @@ and every message content plain text.
 
 The content's `<|im_end|>` lies inside a content span, so it is no cut: it is plain text of its run.
 
-- `encode_hf`, the reference: the Rust tokenizer encodes each rendering with offsets; a special token
+- `HfRenderingEncoder`, the reference: the Rust tokenizer encodes each rendering with offsets; a special token
   that came from a content is re-encoded as plain text together with the text around it.
-- `encode_fast`: special-token strings outside content spans cut each rendering into runs; the fast encoder
-  (encoder.FastEncoder, proven equal to HF on content) encodes all runs of a batch in one call, matching
+- `FastRenderingEncoder`: special-token strings outside content spans cut each rendering into runs; the fast
+  encoder (encoder.FastEncoder, proven equal to HF on content) encodes all runs of a batch in one call, matching
   non-special added tokens (`<think>`) as HF does, and the offsets come from each token's byte length. This
   is what HF does too: it extracts added tokens first and encodes the text between them. A rendering the
   fast path cannot place exactly (a run the normalizer changes, so offsets would shift; text that is not
   valid UTF-8; a special-token string across a content's edge) goes the HF way.
 
-Both give the same ids and offsets (tests on ShareGPT with qwen3; `chat_template.prove_fast_chat` at load).
+Both give the same ids and offsets (tests on ShareGPT with qwen3; `chat_proof.fast_chat_difference` at load).
+`rendering_encoder` chooses one for a tokenizer.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tokenizers import Tokenizer
 
+from packsft.config import Encoder
+from packsft.render.encoder import FastEncoder
 from packsft.render.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 
 Spans = list[tuple[int, int]]
 Encoded = tuple[np.ndarray, np.ndarray]  # ids (TOKEN_ID_DTYPE) and character offsets (n, 2)
 
 
-class RenderingEncoder:
-    """Encodes renderings of one tokenizer; `fast` uses the fast encoder (default: where it is proven)."""
+class RenderingEncoder(Protocol):
+    """Encodes renderings of one tokenizer: the template's special tokens special, the record's own strings plain."""
 
-    def __init__(self, tokenizer: PackTokenizer, fast: bool | None = None) -> None:
+    tokenizer: PackTokenizer
+    special_ids: np.ndarray  # ids of the tokenizer's special tokens, sorted
+
+    def encode(self, texts: list[str], spans: list[Spans]) -> list[Encoded]:
+        """Ids and offsets of each rendering; `spans` are the character spans of its message contents."""
+        ...
+
+
+# One rendering encoder per tokenizer and process: building the fast one's tables costs ~0.3 s, and a worker
+# packs many units.
+_ENCODERS: dict[tuple[str, str, Encoder], RenderingEncoder] = {}
+
+
+def rendering_encoder(tokenizer: PackTokenizer, encoder: Encoder = "auto") -> RenderingEncoder:
+    """The rendering encoder of this tokenizer: `FastRenderingEncoder` for "fast" (ValueError where the
+    tokenizer's fast encoder is not in use), `HfRenderingEncoder` for "hf", and "auto" the fast one where
+    the tokenizer's fast encoder is in use."""
+    key = (tokenizer.fingerprint, tokenizer.encoder, encoder)
+    cached = _ENCODERS.get(key)
+    if cached is None or cached.tokenizer is not tokenizer:
+        fast = tokenizer.fast if encoder != "hf" else None
+        if encoder == "fast" and fast is None:
+            raise ValueError("the fast encoder is not in use for this tokenizer")
+        cached = FastRenderingEncoder(tokenizer, fast) if fast is not None else HfRenderingEncoder(tokenizer)
+        _ENCODERS.clear()
+        _ENCODERS[key] = cached
+    return cached
+
+
+class HfRenderingEncoder:
+    """The reference: one batch call into the Rust tokenizer, then plain text where a content made a special token."""
+
+    def __init__(self, tokenizer: PackTokenizer) -> None:
         self.tokenizer = tokenizer
         self.backend = tokenizer.backend
         added = self.backend.get_added_tokens_decoder()
@@ -46,25 +81,9 @@ class RenderingEncoder:
             sorted({i for s in strings if (i := self.backend.token_to_id(s)) is not None}), np.int64
         )
         self.plain: Any = None  # the Rust tokenizer with special-token strings as text, built on first need
-        self.fast = tokenizer.fast if fast is None or fast else None
-        if fast and self.fast is None:
-            raise ValueError("the fast encoder is not in use for this tokenizer")
-        if self.fast is not None:
-            spec = self.fast.spec
-            self.cut_ids = spec.special_tokens
-            names = sorted(spec.special_tokens, key=len, reverse=True)  # leftmost-longest, as HF matches
-            self.cut_pattern = re.compile("|".join(map(re.escape, names))) if names else None
-            self.byte_lengths = _byte_lengths(spec.ranks, {**spec.content_tokens, **spec.special_tokens})
-            self.nfc = spec.nfc
 
     def encode(self, texts: list[str], spans: list[Spans]) -> list[Encoded]:
         """Ids and offsets of each rendering; `spans` are the character spans of its message contents."""
-        if self.fast is None:
-            return self.encode_hf(texts, spans)
-        return self.encode_fast(texts, spans)
-
-    def encode_hf(self, texts: list[str], spans: list[Spans]) -> list[Encoded]:
-        """The reference: one batch call into the Rust tokenizer, then plain text where a content made a special token."""
         # transformers leaves this switch as its last call set it; the template's own special tokens must be special.
         self.backend.encode_special_tokens = False
         encodings = self.backend.encode_batch(texts, add_special_tokens=False) if texts else []
@@ -78,8 +97,55 @@ class RenderingEncoder:
             out.append((ids, offsets))
         return out
 
-    def encode_fast(self, texts: list[str], spans: list[Spans]) -> list[Encoded]:
-        """`encode_hf`'s ids and offsets, by the fast encoder over the runs between the template's special tokens.
+    def _special_in_content(self, ids: np.ndarray, offsets: np.ndarray, located: Spans) -> np.ndarray:
+        """Per token: a special token whose characters lie inside a message content."""
+        special = np.isin(ids, self.special_ids)
+        if not special.any() or not located:
+            return np.zeros(len(ids), bool)
+        bounds = np.asarray(located, np.int64).reshape(-1, 2)
+        inside = np.zeros(len(ids), bool)
+        for at in np.flatnonzero(special).tolist():
+            start, end = offsets[at]
+            inside[at] = bool(((bounds[:, 0] <= start) & (end <= bounds[:, 1]) & (bounds[:, 0] < bounds[:, 1])).any())
+        return inside
+
+    def _encode_plain_between(self, text: str, ids: np.ndarray, offsets: np.ndarray,
+                              from_content: np.ndarray) -> Encoded:
+        """Keep the template's special tokens; tokenize the text between them as plain text."""
+        if self.plain is None:
+            self.plain = plain_text_backend(self.tokenizer.serialized)
+        keep = np.flatnonzero(np.isin(ids, self.special_ids) & ~from_content)
+        cuts = [(int(offsets[k, 0]), int(offsets[k, 1])) for k in keep.tolist()]
+        id_parts, offset_parts, cursor = [], [], 0
+        for k, (start, end) in zip(keep.tolist() + [None], cuts + [(len(text), len(text))]):
+            if start > cursor:
+                piece = self.plain.encode(text[cursor:start], add_special_tokens=False)
+                id_parts.append(np.asarray(piece.ids, TOKEN_ID_DTYPE))
+                offset_parts.append(np.asarray(piece.offsets, np.int64).reshape(-1, 2) + cursor)
+            if k is not None:
+                id_parts.append(ids[k : k + 1])
+                offset_parts.append(offsets[k : k + 1])
+            cursor = max(cursor, end)
+        return np.concatenate(id_parts), np.concatenate(offset_parts)
+
+
+class FastRenderingEncoder:
+    """`HfRenderingEncoder`'s ids and offsets, by the fast encoder over the runs between the template's special
+    tokens (proven equal at load: chat_proof.py)."""
+
+    def __init__(self, tokenizer: PackTokenizer, fast: FastEncoder) -> None:
+        self.tokenizer = tokenizer
+        self.fast = fast
+        self.hf = HfRenderingEncoder(tokenizer)  # for the renderings the fast path cannot place exactly
+        self.special_ids = self.hf.special_ids
+        spec = fast.spec
+        self.cut_ids = spec.special_tokens
+        names = sorted(spec.special_tokens, key=len, reverse=True)  # leftmost-longest, as HF matches
+        self.cut_pattern = re.compile("|".join(map(re.escape, names))) if names else None
+        self.byte_lengths = _byte_lengths(spec.ranks, {**spec.content_tokens, **spec.special_tokens})
+
+    def encode(self, texts: list[str], spans: list[Spans]) -> list[Encoded]:
+        """Ids and offsets of each rendering; `spans` are the character spans of its message contents.
 
         All runs of the batch are encoded in one call and placed with array operations (`_place`);
         renderings the fast path cannot place exactly go the HF way.
@@ -94,7 +160,7 @@ class RenderingEncoder:
                 items.extend((index, lo, hi, cut) for lo, hi, cut in layout)
         out_ids, out_offsets, per_text = self._place(texts, items)
         bounds = np.cumsum(per_text)
-        slow = dict(zip(fallback, self.encode_hf([texts[i] for i in fallback], [spans[i] for i in fallback])))
+        slow = dict(zip(fallback, self.hf.encode([texts[i] for i in fallback], [spans[i] for i in fallback])))
         return [slow[i] if i in slow else (out_ids[bounds[i] - per_text[i]:bounds[i]],
                                            out_offsets[bounds[i] - per_text[i]:bounds[i]])
                 for i in range(len(texts))]
@@ -106,7 +172,6 @@ class RenderingEncoder:
         run from their byte lengths, plus where the run starts (bytes are characters in ASCII runs; other
         runs are mapped to characters one by one).
         """
-        assert self.fast is not None
         table = np.asarray(items, np.int64).reshape(-1, 4)
         text_of, starts, ends, cuts = table.T
         is_run = cuts < 0
@@ -167,38 +232,7 @@ class RenderingEncoder:
             run.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates: replaced before encoding, so offsets would shift
             return False
-        return not self.nfc or self.fast._nfc.normalize_str(run) == run  # type: ignore[union-attr]
-
-    def _special_in_content(self, ids: np.ndarray, offsets: np.ndarray, located: Spans) -> np.ndarray:
-        """Per token: a special token whose characters lie inside a message content."""
-        special = np.isin(ids, self.special_ids)
-        if not special.any() or not located:
-            return np.zeros(len(ids), bool)
-        bounds = np.asarray(located, np.int64).reshape(-1, 2)
-        inside = np.zeros(len(ids), bool)
-        for at in np.flatnonzero(special).tolist():
-            start, end = offsets[at]
-            inside[at] = bool(((bounds[:, 0] <= start) & (end <= bounds[:, 1]) & (bounds[:, 0] < bounds[:, 1])).any())
-        return inside
-
-    def _encode_plain_between(self, text: str, ids: np.ndarray, offsets: np.ndarray,
-                              from_content: np.ndarray) -> Encoded:
-        """Keep the template's special tokens; tokenize the text between them as plain text."""
-        if self.plain is None:
-            self.plain = plain_text_backend(self.tokenizer.serialized)
-        keep = np.flatnonzero(np.isin(ids, self.special_ids) & ~from_content)
-        cuts = [(int(offsets[k, 0]), int(offsets[k, 1])) for k in keep.tolist()]
-        id_parts, offset_parts, cursor = [], [], 0
-        for k, (start, end) in zip(keep.tolist() + [None], cuts + [(len(text), len(text))]):
-            if start > cursor:
-                piece = self.plain.encode(text[cursor:start], add_special_tokens=False)
-                id_parts.append(np.asarray(piece.ids, TOKEN_ID_DTYPE))
-                offset_parts.append(np.asarray(piece.offsets, np.int64).reshape(-1, 2) + cursor)
-            if k is not None:
-                id_parts.append(ids[k : k + 1])
-                offset_parts.append(offsets[k : k + 1])
-            cursor = max(cursor, end)
-        return np.concatenate(id_parts), np.concatenate(offset_parts)
+        return self.fast.normalized(run) == run
 
 
 def plain_text_backend(serialized: str) -> Any:

@@ -127,8 +127,8 @@ def analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern
     for k, message in enumerate(messages):
         end = starts[k + 1] if k + 1 < n else len(text)
         if message.get("role") != "assistant":
-            # The header is what precedes the content where the content is rendered as given (split.py keeps it
-            # whole when it shortens a long question); else the message has no header of its own.
+            # The header is what precedes the content where the content is rendered as given (pack/split.py keeps
+            # it whole when it shortens a long question); else the message has no header of its own.
             content = message.get("content")
             at = text.find(content, starts[k], end) if isinstance(content, str) and content else -1
             bodies[k] = at if at >= 0 else starts[k]

@@ -11,7 +11,9 @@ from dataclasses import replace
 import numpy as np
 
 from packsft.read.records import ASSISTANT, USER, Conversation, RecordRejected
-from packsft.render.chat import ChatRenderer, render_chat, require_jinja
+from packsft.render.chat import ChatRenderer, render_chat
+from packsft.render.chat_encode import rendering_encoder
+from packsft.render.chat_jinja import require_jinja
 from packsft.render.chat_probes import PROBES_VERSION, probe_records
 from packsft.render.tokenizer import PackTokenizer
 from packsft.render.tokenizer_cache import cache_key, read_entry, write_entry
@@ -21,7 +23,7 @@ def chat_rendering_difference(tokenizer: PackTokenizer) -> str | None:
     """None where packsft's renderer (`render_jinja_template`) renders the probes exactly as
     `hf.apply_chat_template` does (or refuses the same ones), with and without the generation prompt; else
     the first difference."""
-    renderer = ChatRenderer(tokenizer, fast=False)
+    renderer = ChatRenderer(tokenizer, rendering_encoder(tokenizer, "hf"))
     for record in probe_records():
         chat, tools, kwargs = record.chat_messages(), record.tools, record.template_kwargs()
         for prompt in (False, True):
@@ -38,9 +40,9 @@ def fast_chat_difference(tokenizer: PackTokenizer) -> str | None:
     """None where encoding renderings with the fast encoder gives exactly the HF encoding's ids, masks and
     message spans on the probes; else the first difference."""
     rejected: list[Conversation] = []
-    batches = [render_chat(probe_records(), tokenizer, renderer=ChatRenderer(tokenizer, fast=fast),
-                           reject=lambda c, _: rejected.append(c))
-               for fast in (True, False)]
+    batches = [render_chat(probe_records(), tokenizer, reject=lambda c, _: rejected.append(c),
+                           renderer=ChatRenderer(tokenizer, rendering_encoder(tokenizer, encoder)))
+               for encoder in ("fast", "hf")]
     for name in ("ids", "flags", "msg_starts", "msg_ends", "msg_headers"):
         if not np.array_equal(getattr(batches[0], name), getattr(batches[1], name)):
             return f"the fast chat encoding differs from HF's in {name}"
@@ -91,7 +93,7 @@ def chat_markers(tokenizer: PackTokenizer) -> dict[str, int] | None:
 
     None where the template opens messages with no special token or names both roles with the same token.
     """
-    renderer = ChatRenderer(tokenizer, fast=False)
+    renderer = ChatRenderer(tokenizer, rendering_encoder(tokenizer, "hf"))
     try:
         pieces = renderer.literals((USER, ASSISTANT))
     except RecordRejected:  # a template that refuses a user + assistant exchange

@@ -176,6 +176,10 @@ class FastEncoder:
         self._threads = threads
         self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
+    def normalized(self, text: str) -> str:
+        """The text as this encoder encodes it: NFC-normalized (by HF's own NFC) where the tokenizer normalizes."""
+        return text if self._nfc is None or text.isascii() else self._nfc.normalize_str(text)
+
     def encode_texts(self, texts: list[str]) -> list[list[int]]:
         """Ids of each text as ordinary text (special-token strings in it are plain text)."""
         if self._content:

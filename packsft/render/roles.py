@@ -166,7 +166,7 @@ def render_roles(
     mask: str = "assistant_only",
     unprompted: str = "keep",
 ) -> RenderedBatch:
-    """Render with the seed's role tokens. Text documents (role TEXT): BOS + content + EOS, all but BOS trained
+    """Render with the role-token format (`--template roles`). Text documents (role TEXT): BOS + content + EOS, all but BOS trained
     (a plain prompt-completion row: BOS + prompt + completion + EOS, the prompt never trained).
 
     Args:
@@ -207,17 +207,10 @@ def render_roles(
                           (role_flag, content_flag, eos_flag))
 
     return RenderedBatch(
-        ids=ids,
-        flags=flags,
-        conv_offsets=conv_offsets,
-        conv_msg_offsets=conv_msg_offsets,
-        msg_starts=msg_starts.astype(np.int64),
-        msg_ends=msg_ends.astype(np.int64),
-        msg_roles=roles,
-        sources=[c.source for c in conversations],
-        unprompted=conv_unprompted,
-        mode="roles",
-        msg_headers=np.ones(len(msg_starts), np.int64),
+        ids=ids, flags=flags, conv_offsets=conv_offsets, conv_msg_offsets=conv_msg_offsets,
+        msg_starts=msg_starts.astype(np.int64), msg_ends=msg_ends.astype(np.int64), msg_roles=roles,
+        sources=[c.source for c in conversations], unprompted=conv_unprompted,
+        mode="roles", msg_headers=role_lens,  # the role token (none for text documents)
         special_strings=count_special_strings(texts, tokenizer),
     )
 

@@ -42,13 +42,31 @@ TOKEN_ID_DTYPE = np.dtype(np.int32)
 UINT16_VOCAB_LIMIT = 1 << 16
 
 
+@dataclass
+class TokenizerObjects:
+    """What a PackTokenizer builds from its fields on first use: the Rust tokenizer (`backend`), the
+    transformers tokenizer (`hf`) and the fast encoder (`fast`).
+
+    A PackTokenizer and its `dataclasses.replace` copies share one (load_tokenizer gives a copy with other
+    `threads` a new one without `fast`). It pickles empty: a process that receives a PackTokenizer builds
+    what it uses (a FastEncoder's thread pool cannot be pickled).
+    """
+
+    backend: Any = None  # tokenizers.Tokenizer
+    hf: Any = None  # a transformers PreTrainedTokenizerFast
+    fast: FastEncoder | None = None
+
+    def __reduce__(self) -> tuple[type[TokenizerObjects], tuple[()]]:
+        return TokenizerObjects, ()
+
+
 @dataclass(frozen=True)
 class PackTokenizer:
     """A tokenizer plus the ids packsft needs.
 
     `backend` (a `tokenizers.Tokenizer`, rebuilt from `serialized`) and `hf`, the transformers tokenizer,
-    are built only when something needs them: with the fast encoder proven, `pack --template roles`
-    needs neither (importing transformers imports torch: seconds; see tokenizer_cache.py).
+    are built only when something needs them (held in `objects`): with the fast encoder proven, `pack
+    --template roles` needs neither (importing transformers imports torch: seconds; see tokenizer_cache.py).
     """
 
     name: str
@@ -62,7 +80,7 @@ class PackTokenizer:
     fingerprint: str = ""
     chat_template: str | dict[str, str] | None = None
     # The strings of the special tokens (added special tokens and the special-tokens map), as transformers
-    # lists them: content holding one is counted (render.count_special_strings) without loading transformers.
+    # lists them: content holding one is counted (roles.count_special_strings) without loading transformers.
     special_tokens: tuple[str, ...] = ()
     # transformers' `special_tokens_map` (bos_token, eos_token, ...): what a chat template sees besides the messages.
     special_tokens_map: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -76,36 +94,34 @@ class PackTokenizer:
     chat_renderer: Literal["jinja", "hf"] = "jinja"
     threads: int = 1
     serialized: str = field(default="", repr=False, compare=False)
-    # What is built on first use: the Rust tokenizer ("backend"), the transformers tokenizer ("hf") and
-    # the fast encoder ("fast").
-    _lazy: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    objects: TokenizerObjects = field(default_factory=TokenizerObjects, repr=False, compare=False)
 
     @property
     def backend(self) -> Any:
         """The `tokenizers.Tokenizer` that HF encodes with."""
-        if "backend" not in self._lazy:
-            self._lazy["backend"] = Tokenizer.from_str(self.serialized)
-        return self._lazy["backend"]
+        if self.objects.backend is None:
+            self.objects.backend = Tokenizer.from_str(self.serialized)
+        return self.objects.backend
 
     @property
     def hf(self) -> Any:
         """The transformers tokenizer with packsft's tokens added (loaded on first use, checked to be this one)."""
-        if "hf" not in self._lazy:
+        if self.objects.hf is None:
             hf = _prepared_hf(self.name, self.template, self.trust_remote_code)
             template = getattr(hf, "chat_template", None) or None
             if _fingerprint(hf.backend_tokenizer.to_str(), template, self.special_ids) != self.fingerprint:
                 raise TokenizerError(f"tokenizer {self.name!r} changed since it was loaded (fingerprint differs); rerun")
-            self._lazy["hf"] = hf
-        return self._lazy["hf"]
+            self.objects.hf = hf
+        return self.objects.hf
 
     @property
     def fast(self) -> FastEncoder | None:
         """The fast content encoder where it is in use (built on first use: a process that only plans needs none)."""
         if self.encoder != "fast":
             return None
-        if "fast" not in self._lazy:
-            self._lazy["fast"] = FastEncoder(read_bpe_spec(self.serialized, check_order=False), self.threads)
-        return self._lazy["fast"]
+        if self.objects.fast is None:
+            self.objects.fast = FastEncoder(read_bpe_spec(self.serialized, check_order=False), self.threads)
+        return self.objects.fast
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, exactly as `hf.encode(text, add_special_tokens=False)` gives them.
@@ -263,7 +279,7 @@ def _load_with_transformers(name_or_path: str, template: str, trust_remote_code:
         fingerprint=_fingerprint(serialized, chat_template, special), chat_template=chat_template,
         special_tokens=_special_token_strings(hf), special_tokens_map=_plain(hf.special_tokens_map),
         trust_remote_code=trust_remote_code, serialized=serialized,
-        _lazy={"hf": hf, "backend": hf.backend_tokenizer},
+        objects=TokenizerObjects(backend=hf.backend_tokenizer, hf=hf),
     )
 
 
@@ -348,7 +364,7 @@ def _with_encoder(
         return tokenizer
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    tokenizer = replace(tokenizer, threads=threads, _lazy={k: v for k, v in tokenizer._lazy.items() if k != "fast"})
+    tokenizer = replace(tokenizer, threads=threads, objects=replace(tokenizer.objects, fast=None))
     refused = _fast_verdict(tokenizer, prove, threads, cache)
     if refused is not None:
         if encoder == "fast":
@@ -378,7 +394,7 @@ def _fast_verdict(tokenizer: PackTokenizer, prove: bool, threads: int, cache: bo
             refused = str(exc)
         else:
             refused = None
-            tokenizer._lazy["fast"] = fast
+            tokenizer.objects.fast = fast
         if prove and cache:  # the key holds tiktoken's version ("absent" too): installing it is a miss
             write_entry("proofs", key, {"refused": refused})
     if refused is None:

@@ -15,7 +15,7 @@ from packsft import PackConfig, load_tokenizer
 from packsft.read.records import Conversation, RecordRejected
 from packsft.render import chat_encode as chat_encode_module
 from packsft.render.chat import ChatRenderer, render_chat
-from packsft.render.chat_encode import RenderingEncoder
+from packsft.render.chat_encode import FastRenderingEncoder, HfRenderingEncoder, rendering_encoder
 from packsft.render.chat_probes import PROBE_CONVERSATIONS, probe_records
 from packsft.render.chat_proof import (
     chat_markers,
@@ -32,7 +32,7 @@ PIECES = ["<|im_end|>", "<|im_start|>", "<|endoftext|>", "<think>", "</think>", 
           "  ", "\t", "e\u0301", "é", "😀", "中文", "hello", " world", "'s", "123", "{\"a\": 1}", "\u00a0", "<|"]
 contents = st.lists(st.sampled_from(PIECES), max_size=8).map("".join)
 turns = st.lists(st.tuples(st.sampled_from(["user", "assistant", "system"]), contents), min_size=1, max_size=4)
-RENDERERS: dict[str, tuple[ChatRenderer, RenderingEncoder]] = {}
+RENDERERS: dict[str, tuple[ChatRenderer, HfRenderingEncoder]] = {}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,8 @@ def qwen3(qwen3_dir):
 def encodings(tokenizer, conversations):
     """(fast, hf) encodings of the renderings of `conversations` the template renders faithfully."""
     if tokenizer.fingerprint not in RENDERERS:  # building one parses the tokenizer: once per test module
-        RENDERERS[tokenizer.fingerprint] = ChatRenderer(tokenizer, fast=True), RenderingEncoder(tokenizer, fast=False)
+        RENDERERS[tokenizer.fingerprint] = (ChatRenderer(tokenizer, rendering_encoder(tokenizer, "fast")),
+                                            HfRenderingEncoder(tokenizer))
     renderer, reference = RENDERERS[tokenizer.fingerprint]
     located = []
     for messages in conversations:
@@ -61,7 +62,7 @@ def encodings(tokenizer, conversations):
         except RecordRejected:  # e.g. qwen3 moves an assistant's <think> block out of its content
             continue
     texts, spans = [t for t, _ in located], [s for _, s in located]
-    return renderer.encoder.encode_fast(texts, spans), reference.encode_hf(texts, spans)
+    return renderer.encoder.encode(texts, spans), reference.encode(texts, spans)
 
 
 def assert_same(fast, hf):
@@ -103,7 +104,7 @@ def test_a_difference_refuses_the_fast_chat_path(chatml, monkeypatch):
 
 
 def test_a_rendering_difference_renders_through_apply_chat_template(chatml, monkeypatch):
-    import packsft.render.chat as chat_template
+    import packsft.render.chat_jinja as chat_template
 
     real = chat_template._compiled_renderer()
     assert real is not None  # this transformers has the steps packsft calls directly
@@ -123,11 +124,11 @@ def test_a_rendering_difference_renders_through_apply_chat_template(chatml, monk
 def test_renderings_the_fast_path_cannot_place_go_the_hf_way(chatml):
     # A special-token string across a content's edge (a content "start|>user" after a template's "<|im_"):
     # characters 5..16 cut "<|im_start|>" (0..12).
-    renderer = ChatRenderer(chatml, fast=True)
+    encoder = FastRenderingEncoder(chatml, chatml.fast)
     text, spans = "<|im_start|>user\nq<|im_end|>\n", [[(5, 16)]]
-    assert renderer.encoder._layout(text, spans[0]) is None
-    (ids, _), = renderer.encoder.encode_fast([text], spans)
-    (hf_ids, _), = renderer.encoder.encode_hf([text], spans)
+    assert encoder._layout(text, spans[0]) is None
+    (ids, _), = encoder.encode([text], spans)
+    (hf_ids, _), = encoder.hf.encode([text], spans)
     assert ids.tolist() == hf_ids.tolist()
 
 
@@ -148,9 +149,10 @@ def test_qwen3_fast_path_equals_hf_on_random_contents(qwen3, conversations):
 def test_qwen3_render_chat_fast_equals_hf_with_masks(qwen3):
     conversations = probe_records()  # plain chats, and tools, tool calls, reasoning, template kwargs
     rejected: list[str] = []
-    fast = render_chat(conversations, qwen3, renderer=ChatRenderer(qwen3, fast=True),
+    fast = render_chat(conversations, qwen3, renderer=ChatRenderer(qwen3, rendering_encoder(qwen3, "fast")),
                        reject=lambda _, reason: rejected.append(reason))
-    hf = render_chat(conversations, qwen3, renderer=ChatRenderer(qwen3, fast=False), reject=lambda *_: None)
+    hf = render_chat(conversations, qwen3, renderer=ChatRenderer(qwen3, rendering_encoder(qwen3, "hf")),
+                     reject=lambda *_: None)
     for name in ("ids", "flags", "msg_starts", "msg_ends", "msg_headers", "conv_offsets"):
         assert np.array_equal(getattr(fast, name), getattr(hf, name)), name
     assert fast.flags.sum() > 0
@@ -186,8 +188,10 @@ def test_llama3_style_template_fast_path_masks_and_markers(llama3_style, tmp_pat
     assert fast_chat_difference(llama3_style) is None
     conversations = [Conversation((("system", " Be brief. "), ("user", "Hi <|eot_id|> there"), ("assistant", "Hello!\n"))),
                      Conversation((("user", "q"), ("assistant", "a"), ("user", "again"), ("assistant", "b")))]
-    fast = render_chat(conversations, llama3_style, renderer=ChatRenderer(llama3_style, fast=True))
-    hf = render_chat(conversations, llama3_style, renderer=ChatRenderer(llama3_style, fast=False))
+    fast = render_chat(conversations, llama3_style,
+                       renderer=ChatRenderer(llama3_style, rendering_encoder(llama3_style, "fast")))
+    hf = render_chat(conversations, llama3_style,
+                     renderer=ChatRenderer(llama3_style, rendering_encoder(llama3_style, "hf")))
     for name in ("ids", "flags", "msg_starts", "msg_ends", "msg_headers", "conv_offsets"):
         assert np.array_equal(getattr(fast, name), getattr(hf, name)), name
     backend = llama3_style.backend

@@ -51,7 +51,7 @@ def test_a_cached_tokenizer_is_the_same_tokenizer(tmp_path, demo_tokenizer_dir):
     cold = load_tokenizer(str(folder), "roles")
     assert len(set(_entries("tokenizers")) - before) == 1
     warm = load_tokenizer(str(folder), "roles")
-    assert "hf" in cold._lazy and "hf" not in warm._lazy  # the warm one never touched transformers
+    assert cold.objects.hf is not None and warm.objects.hf is None  # the warm one never touched transformers
     assert warm.identity() == cold.identity()
     texts = ["Hello there, how are you?", "<|user|> is plain text here", ""]
     assert warm.encode_texts_hf(texts) == cold.encode_texts_hf(texts)
@@ -93,7 +93,7 @@ def test_cache_off_writes_nothing(tmp_path, demo_tokenizer_dir, monkeypatch):
     monkeypatch.setenv("PACKSFT_CACHE", "off")
     assert cache_dir() is None
     tokenizer = load_tokenizer(str(demo_tokenizer_dir), "roles", encoder="auto")
-    assert "hf" in tokenizer._lazy
+    assert tokenizer.objects.hf is not None
 
 
 def test_the_fast_encoder_proof_is_cached(demo_tokenizer_dir, monkeypatch):

@@ -16,6 +16,7 @@ from packsft.pack.rows import build_chunks
 from packsft.pack.split import message_starts, split_long
 from packsft.read.records import Conversation
 from packsft.render.chat import ChatRenderer, render_chat
+from packsft.render.chat_encode import rendering_encoder
 from packsft.render.chat_proof import chat_markers
 from packsft.render.roles import render_roles
 from packsft.render.tokenizer import PackTokenizer, flatten_ids, load_tokenizer
@@ -113,7 +114,7 @@ CHAT_ATTACKS = [
 
 def _old_chat_rows(tokenizer, conversations):
     """Rows as packsft built chat rows before: special-token strings in content recognised as control tokens."""
-    renderer = ChatRenderer(tokenizer, fast=False)
+    renderer = ChatRenderer(tokenizer, rendering_encoder(tokenizer, "hf"))
     renderer.encoder._special_in_content = lambda ids, offsets, located: np.zeros(len(ids), bool)
     return _chunks(render_chat(conversations, tokenizer, renderer=renderer), 256, tokenizer.pad_id)[0]
 

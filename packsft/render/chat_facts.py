@@ -1,0 +1,203 @@
+"""What a chat template renders around any conversation, found once per template from probe renderings.
+
+    head:            <|im_start|>system\\n# Tools ...<|im_end|>\\n   before the first message
+    generic prompt:  <|im_start|>assistant\\n                        after a one-message conversation
+    fixed prompt:    the generic prompt follows every conversation prefix of the probes
+    local rules:     every message opens with the prompt's special token (chat_layout.LocalRules)
+
+`TemplateFacts` holds these and the per-shape skeleton layouts with the skeletons' prefix renderings
+(chat_layout.py), shared by the ChatRenderers of one process: a worker packs many units.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from packsft.read.records import ASSISTANT, TOOL, USER
+from packsft.render.chat_layout import (
+    HOLE_PATTERN,
+    STAND_IN_TOOLS,
+    Layout,
+    LocalRules,
+    PrefixRenderings,
+    Render,
+    SkeletonCache,
+    analyse,
+    shape_key,
+    skeleton,
+)
+from packsft.render.chat_probes import JOIN_PROBE, PROBE_MARK, probe_records
+from packsft.render.tokenizer import PackTokenizer
+
+# A template bound to tools and kwargs: ChatRenderer.bind.
+Bind = Callable[[Any, Mapping[str, Any] | None], Render]
+# Heads are keyed by tools: records with tools of their own would fill the store without this bound.
+HEADS_CACHE_SIZE = 4096
+
+
+class TemplateFacts:
+    """What one template renders around any conversation (module docstring), found on first need and kept;
+    heads and local rules per tools and kwargs, heads also per first role.
+
+    Args:
+        specials: a pattern matching the tokenizer's special-token strings (None without any).
+        bos_token: the BOS string where the template's BOS is a special token.
+    """
+
+    def __init__(self, specials: re.Pattern[str] | None, bos_token: str | None) -> None:
+        self.specials = specials
+        self.bos_token = bos_token
+        self.skeletons = SkeletonCache()
+        self.prefix_texts: dict[bytes, str] = {}  # PrefixRenderings' store
+        self.heads: dict[str, str | None] = {}  # heads and generic prompts, per tools and kwargs
+        self.rules: dict[str, LocalRules | None] = {}  # per tools and kwargs
+        self._fixed_prompt: bool | None = None
+        self._opener_rule: bool | None = None
+
+    def fixed_prompt(self, bind: Bind) -> bool:
+        """Whether the template's generation prompt is the same after every conversation prefix of the probes
+        (given the tools and kwargs): then an assistant turn's prompt is not rendered per turn."""
+        if self._fixed_prompt is None:
+            self._fixed_prompt = _prompt_is_fixed(self, bind)
+        return self._fixed_prompt
+
+    def opener_rule(self, bind: Bind) -> bool:
+        """Whether every message of the probes' skeletons opens with the special token that opens the generation
+        prompt (`analyse(rules=...)` then finds message starts without rendering prefixes)."""
+        if self._opener_rule is None:
+            self._opener_rule = _opener_rule_holds(self, bind)
+        return self._opener_rule
+
+    def local_rules(self, render: Render, key: str) -> LocalRules | None:
+        """The template's LocalRules for these tools and kwargs (found once, from probe renderings)."""
+        if key not in self.rules:
+            prompt = self.generic_prompt(render, key)
+            found = self.specials.search(prompt) if prompt and self.specials is not None else None
+            self.rules[key] = None if found is None else LocalRules(found.group(), _joins(self, render, key))
+        return self.rules[key]
+
+    def skeleton_layout(self, bind: Bind, holed: list[dict[str, Any]], tools: Any,
+                        kwargs: Mapping[str, Any]) -> Layout | None:
+        """The layout of a skeleton (chat_layout.skeleton) with these tools and kwargs, analysed once per shape;
+        None where the template refuses the skeleton."""
+        render, key = bind(tools, kwargs), shape_key([], tools, kwargs)
+        return self.skeletons.get(shape_key(holed, tools, kwargs), functools.partial(
+            _try_analyse, PrefixRenderings(render, holed, key, self.prefix_texts), holed, self.specials,
+            functools.partial(self.head_end, render, key, holed[0]["role"]), self.generic_prompt(render, key),
+            self.fixed_prompt(bind), self.local_rules(render, key) if self.opener_rule(bind) else None))
+
+    def head_end(self, render: Render, key: str, first_role: str, text: str) -> int:
+        """Where the first message's own span starts: after a BOS and what the template puts before every first
+        message (a tools block, a default system message), found once per tools, kwargs and first role."""
+        key = f"{key}|{first_role}"
+        if key not in self.heads:
+            if len(self.heads) >= HEADS_CACHE_SIZE:
+                self.heads.clear()
+            self.heads[key] = self._probe_head(render, first_role)
+        head = self.heads[key]
+        if head and text.startswith(head):
+            return len(head)
+        return len(self.bos_token) if self.bos_token and text.startswith(self.bos_token) else 0
+
+    def generic_prompt(self, render: Render, key: str) -> str | None:
+        """The generation prompt after a one-message conversation (for a turn no conversation precedes)."""
+        key = f"{key}|prompt"
+        if key not in self.heads:
+            mark = PROBE_MARK
+            try:
+                plain = render([{"role": USER, "content": mark}], False)
+                prompted = render([{"role": USER, "content": mark}], True)
+            except Exception:
+                plain = prompted = ""
+            self.heads[key] = prompted[len(plain):] if prompted.startswith(plain) and prompted != plain else None
+        return self.heads[key]
+
+    def _probe_head(self, render: Render, first_role: str) -> str | None:
+        mark = PROBE_MARK
+        try:
+            probe = render([{"role": first_role, "content": mark}], False)
+            plain = render([{"role": USER, "content": mark}], False)
+            prompted = render([{"role": USER, "content": mark}], True)
+        except Exception:
+            return None
+        opener = self.specials.search(prompted, len(plain)) if self.specials and prompted.startswith(plain) else None
+        at = probe.find(mark)
+        head = probe.rfind(opener.group(), 0, at) if opener is not None and at >= 0 else -1
+        return probe[:head] if head > 0 else None
+
+
+# What depends only on the template, by tokenizer fingerprint, chat renderer and template.
+_FACTS: dict[tuple[str, str, str], TemplateFacts] = {}
+
+
+def template_facts(tokenizer: PackTokenizer, specials: re.Pattern[str] | None, bos_token: str | None) -> TemplateFacts:
+    """The TemplateFacts of this tokenizer's template, one per process (`specials` and `bos_token` as they
+    follow from the tokenizer: see TemplateFacts)."""
+    key = (tokenizer.fingerprint, tokenizer.chat_renderer, json.dumps(tokenizer.chat_template, sort_keys=True))
+    return _FACTS.setdefault(key, TemplateFacts(specials, bos_token))
+
+
+def _prompt_is_fixed(facts: TemplateFacts, bind: Bind) -> bool:
+    for record in probe_records():
+        messages, tools, kwargs = record.chat_messages(), record.tools, record.template_kwargs()
+        render = bind(tools, kwargs)
+        generic = facts.generic_prompt(render, shape_key([], tools, kwargs))
+        for k in range(1, len(messages) + 1):
+            if k < len(messages) and messages[k]["role"] != ASSISTANT:
+                continue
+            try:
+                plain, prompted = render(messages[:k], False), render(messages[:k], True)
+            except Exception:
+                continue
+            if prompted != plain + (generic or ""):
+                return False
+    return True
+
+
+def _joins(facts: TemplateFacts, render: Render, key: str) -> dict[tuple[str, str], tuple[str, int]]:
+    """LocalRules.joins: for two tool results in a row, the text between their contents and where the second starts
+    in it, from the rendering of JOIN_PROBE's prefixes."""
+    holed, _ = skeleton(JOIN_PROBE)
+    head = functools.partial(facts.head_end, render, key, USER)
+    try:
+        layout = analyse(render, holed, facts.specials, head, None, facts.generic_prompt(render, key))
+    except Exception:  # a template without tool results
+        return {}
+    first, second = (HOLE_PATTERN.search(layout.text, layout.starts[i]) for i in (2, 3))
+    if first is None or second is None or not first.end() <= layout.starts[3] <= second.start():
+        return {}
+    return {(TOOL, TOOL): (layout.text[first.end():second.start()], layout.starts[3] - first.end())}
+
+
+def _opener_rule_holds(facts: TemplateFacts, bind: Bind) -> bool:
+    """Whether LocalRules find the message starts that rendering the prefixes finds, on every probe's skeleton."""
+    for record in probe_records():
+        holed, _ = skeleton(record.chat_messages())
+        tools = STAND_IN_TOOLS if record.tools else None
+        kwargs = record.template_kwargs()
+        render, key = bind(tools, kwargs), shape_key([], tools, kwargs)
+        rules = facts.local_rules(render, key)
+        if rules is None:
+            return False
+        head = functools.partial(facts.head_end, render, key, holed[0]["role"])
+        prompt = facts.generic_prompt(render, key)
+        try:
+            rendered = analyse(render, holed, facts.specials, head, None, prompt)
+        except Exception:
+            continue
+        if analyse(render, holed, facts.specials, head, None, prompt, rules=rules).starts != rendered.starts:
+            return False
+    return True
+
+
+def _try_analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern[str] | None,
+                 head: Callable[[str], int], prompt: str | None, fixed_prompt: bool,
+                 rules: LocalRules | None = None) -> Layout | None:
+    try:
+        return analyse(render, messages, specials, head, None, prompt, fixed_prompt, rules)
+    except Exception:  # the template refuses the skeleton (it inspects contents): analyse the record itself
+        return None

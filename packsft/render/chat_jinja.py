@@ -1,0 +1,76 @@
+"""Render a chat template exactly as transformers' `apply_chat_template` does, without its tokenizer.
+
+`render_jinja_template` is what `apply_chat_template` calls; importing transformers' tokenizer classes imports
+torch (seconds per worker), its chat-template utilities do not. chat_proof.py checks the result against
+`apply_chat_template` on probe records before a tokenizer packs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from packsft.errors import MissingDependencyError
+from packsft.render.tokenizer import PackTokenizer
+
+
+def require_jinja() -> None:
+    """Fail at start-up, naming the install, where the chat path cannot run (it is no fault of any record)."""
+    try:
+        import jinja2
+    except ImportError:
+        raise MissingDependencyError("--template chat renders the tokenizer's chat template with jinja2, which is not "
+                                     "installed: pip install 'jinja2>=3.1' (packsft declares it; reinstall packsft)") from None
+    major, minor = (int(part) for part in jinja2.__version__.split(".")[:2])
+    if (major, minor) < (3, 1):
+        raise MissingDependencyError(f"--template chat needs jinja2 3.1 or later (transformers' chat templates); "
+                                     f"{jinja2.__version__} is installed: pip install -U 'jinja2>=3.1'")
+
+
+def jinja_renderer(tokenizer: PackTokenizer) -> Callable[[list[dict[str, Any]], Any, bool, dict[str, Any]], str]:
+    """A function rendering one conversation exactly as `hf.apply_chat_template(messages, tools=tools,
+    add_generation_prompt=prompt, tokenize=False, **kwargs)`."""
+    template = tokenizer.chat_template
+    try:
+        from transformers.utils.chat_template_utils import render_jinja_template
+    except ImportError:  # a transformers without it: its tokenizer renders (and imports torch)
+        render_jinja_template = None
+    if not template or render_jinja_template is None or tokenizer.chat_renderer == "hf":
+        return lambda messages, tools, prompt, kwargs: tokenizer.hf.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=prompt, tokenize=False, **kwargs)
+    special = dict(tokenizer.special_tokens_map)
+    direct = _compiled_renderer()
+
+    def render(messages: list[dict[str, Any]], tools: Any, prompt: bool, kwargs: dict[str, Any]) -> str:
+        chosen: Any = template
+        if isinstance(template, dict):  # several named templates: as transformers picks them
+            chosen = template.get("tool_use") if tools is not None and "tool_use" in template else template.get("default")
+        if direct is not None:
+            return direct(chosen, messages, tools, prompt, {**special, **kwargs})
+        rendered, _ = render_jinja_template(conversations=[messages], tools=tools, chat_template=chosen,
+                                            add_generation_prompt=prompt, **{**special, **kwargs})
+        return rendered[0]
+
+    return render
+
+
+def _compiled_renderer() -> Callable[[str, list[dict[str, Any]], Any, bool, dict[str, Any]], str] | None:
+    """`render_jinja_template`'s own steps for one conversation without its per-call overhead (~20% of a render):
+    the compiled template (cached by transformers), its plain-data conversion of everything the template sees
+    (the sandbox's guard) and its reasoning-field aliases. None where this transformers names them otherwise;
+    the chat proof compares the result with `apply_chat_template` either way."""
+    try:
+        from transformers.utils.chat_template_utils import (
+            _alias_reasoning_fields,
+            _compile_jinja_template,
+            _plain_template_data,
+        )
+    except ImportError:
+        return None
+
+    def render(template: str, messages: list[dict[str, Any]], tools: Any, prompt: bool, kwargs: dict[str, Any]) -> str:
+        return _compile_jinja_template(template).render(
+            messages=_alias_reasoning_fields(_plain_template_data(messages)), tools=_plain_template_data(tools),
+            documents=None, add_generation_prompt=prompt, **_plain_template_data(kwargs))
+
+    return render
