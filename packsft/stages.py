@@ -34,7 +34,21 @@ from packsft.read.records import ASSISTANT, TEXT, USER, Conversation, RejectLedg
 from packsft.render.chat import ChatRenderer, render_chat
 from packsft.render.roles import RenderedBatch, render_roles, trained_unprompted
 from packsft.render.tokenizer import PackTokenizer
-from packsft.stats import LENGTH_BIN, LENGTH_BINS
+from packsft.stats import (
+    LENGTH_BIN,
+    LENGTH_BINS,
+    ChatTurns,
+    Histogram,
+    LabelContext,
+    PackCounts,
+    ReadCounts,
+    Rejects,
+    RenderCounts,
+    RowCounts,
+    SourceCounts,
+    SplitTotals,
+    UnitCounters,
+)
 
 NO_SOURCE = "(none)"
 OMITTED_MARKER = "[… {n} tokens omitted] "
@@ -94,22 +108,15 @@ def open_unit(parts: Sequence[InputSlice], config: PackConfig) -> list[InputFile
     return [open_input(part.path, config.format, config.input_format, aliases) for part in parts]
 
 
-SPLIT_COUNTERS = ("conversations_truncated", "conversations_dropped_long", "conversations_split", "pieces_split",
-                  "exchanges_split", "prompts_shortened", "prompted_labels", "prompted_labels_complete",
-                  "turn_labels_whole", "answer_labels", "answer_labels_complete", "answer_labels_whole")
-
-
 @dataclass
 class ReadUnit:
     """The unit's records rendered into one batch, and what happened to the others on the way."""
 
     batch: RenderedBatch
-    batches: int  # record batches read
-    read: int  # conversations read
-    filtered: int  # records --source-filter left out
-    untrainable: int  # conversations without a trained token (rejected)
-    unrendered: int = 0  # conversations the chat template refused (rejected)
-    chat_counts: dict[str, int] = field(default_factory=dict)  # ChatRenderer.counts
+    # None where the unit yields no record batch (an empty file): its manifest then has no read counters, as
+    # earlier versions wrote it.
+    counts: ReadCounts | None
+    chat: ChatTurns | None = None  # ChatRenderer.counts (None for role tokens)
 
 
 @dataclass
@@ -121,9 +128,10 @@ class PackedUnit:
     conversations_packed: int
     kept: np.ndarray  # trained labels kept, per conversation
     pad_share: np.ndarray  # share of row padding (by tokens in the row), per conversation
+    context: LabelContext
+    split: SplitTotals | None = None  # None for linear packing, which never splits
     truncated: list[int] = field(default_factory=list)  # conversations cut short by --long truncate
     dropped: list[int] = field(default_factory=list)  # ... left out by --long drop
-    counters: dict[str, int] = field(default_factory=dict)  # the splitter's (or linear packing's) counts
 
 
 def pack_unit(
@@ -133,7 +141,7 @@ def pack_unit(
     tokenizer: PackTokenizer,
     rejects: RejectLedger,
     progress: tqdm | None = None,
-) -> tuple[Chunks, dict[str, Any]]:
+) -> tuple[Chunks, UnitCounters]:
     """Pack one unit into chunks in memory; returns the chunks and the unit's counters.
 
     Memory: the rendered tokens are the unit's biggest array after the rows; they are let go as soon as
@@ -143,30 +151,23 @@ def pack_unit(
     trainable = read.batch.trainable_per_conversation()
     drop_unprompted = read.batch.unprompted & (config.unprompted == "drop")
     batch, trainable = read.batch.select(~drop_unprompted), trainable[~drop_unprompted]
-    counters: dict[str, Any] = {
-        **_read_counters(read),
-        "tokens_rendered": len(read.batch.ids),
-        "special_strings_in_content": read.batch.special_strings,
-        "conversations_dropped_unprompted": int(drop_unprompted.sum()),
-        "trainable_tokens_available": int(trainable.sum()),
-        "trained_unprompted": trained_unprompted(batch),
-    }
+    histogram = np.bincount(np.minimum(batch.lengths // LENGTH_BIN, LENGTH_BINS - 1), minlength=LENGTH_BINS)
+    rendered = RenderCounts(
+        tokens_rendered=len(read.batch.ids), special_strings_in_content=read.batch.special_strings,
+        conversations_dropped_unprompted=int(drop_unprompted.sum()), trainable_tokens_available=int(trainable.sum()),
+        trained_unprompted=trained_unprompted(batch), length_histogram=Histogram(histogram.tolist()),
+    )
     read.batch = batch  # the only rendering kept from here on
     packed = pack_linear(batch, trainable, config, tokenizer) if config.strategy == "linear" else \
         pack_pieces(batch, config, tokenizer)
-    per_source = source_counters(batch, trainable, packed)
-    histogram = np.bincount(np.minimum(batch.lengths // LENGTH_BIN, LENGTH_BINS - 1), minlength=LENGTH_BINS)
+    counters = UnitCounters(
+        read=read.counts, chat=read.chat, rendered=rendered, split=packed.split, context=packed.context,
+        packed=PackCounts(conversations_packed=packed.conversations_packed, pieces=packed.pieces,
+                          per_source=source_counters(batch, trainable, packed)),
+        rejects=Rejects(records_rejected=rejects.total, rejected_by_reason=dict(rejects.counts)),
+    )
     del batch, read  # the rendered tokens
-    counters.update({
-        "conversations_packed": packed.conversations_packed,
-        "pieces": packed.pieces,
-        **packed.counters,
-        **chunk_counters(packed.chunks, tokenizer),
-        "records_rejected": rejects.total,
-        "rejected_by_reason": dict(rejects.counts),
-        "per_source": per_source,
-        "length_histogram": histogram.astype(int).tolist(),
-    })
+    counters.rows = row_counters(packed.chunks, tokenizer)
     return packed.chunks, counters
 
 
@@ -176,7 +177,7 @@ def read_unit(parts: Sequence[InputSlice], sources: list[InputFile], config: Pac
     go to `rejects`."""
     renderer = ChatRenderer(tokenizer, template_kwargs=config.template_kwargs_dict()) \
         if config.template == "chat" else None
-    batches, read, filtered, untrainable, tokens, unrendered, context_turns = [], 0, 0, 0, 0, 0, 0
+    batches, counts, tokens = [], ReadCounts(), 0
     records = itertools.chain.from_iterable(
         read_conversations(source, config.format, rejects, source_filter=config.source_filter,
                            batch_size=config.batch_size, display_name=part.name, row_groups=part.row_groups)
@@ -190,31 +191,21 @@ def read_unit(parts: Sequence[InputSlice], sources: list[InputFile], config: Pac
         rendered = [c for c in conversations if id(c) not in failed] if failed else conversations
         batch, rejected = _reject_untrainable(batch, rendered, config, rejects)
         batches.append(batch)
-        read, filtered, untrainable, tokens = (read + len(records_read), filtered + left_out,
-                                               untrainable + rejected, tokens + len(batch.ids))
-        unrendered += len(failed)
-        context_turns += sum(1 for c in conversations if c.extras is not None
-                             for i, (role, _) in enumerate(c.messages) if role == ASSISTANT and not c.trains(i))
+        tokens += len(batch.ids)
+        # `or None`: counted only where they happen, so that the manifests of other units stay as they were.
+        counts += ReadCounts(
+            conversations_read=len(records_read), records_filtered=left_out, conversations_dropped_no_trained=rejected,
+            conversations_rejected_rendering=len(failed) or None,
+            assistant_turns_untrained=sum(1 for c in conversations if c.extras is not None for i, (role, _)
+                                          in enumerate(c.messages) if role == ASSISTANT and not c.trains(i)) or None,
+        )
         if progress is not None:
             progress.update(len(conversations) + left_out)
             progress.set_postfix_str(_rate(progress, tokens), refresh=False)
-    batch = RenderedBatch.concat(batches) if batches else render_batch([], tokenizer, config)
-    chat_counts = dict(renderer.counts) if renderer is not None else {}
-    if context_turns:  # only where there are: manifests of other units stay as they were
-        chat_counts["assistant_turns_untrained"] = context_turns
-    return ReadUnit(batch, len(batches), read, filtered, untrainable, unrendered, chat_counts)
-
-
-def _read_counters(read: ReadUnit) -> dict[str, int]:
-    # A unit that yields no record batch (an empty file) has never had these counters: keep it so, so that
-    # its manifest stays as earlier versions wrote it.
-    if not read.batches:
-        return {}
-    counters = {"records_filtered": read.filtered, "conversations_read": read.read,
-                "conversations_dropped_no_trained": read.untrainable}
-    if read.unrendered:  # only where it happened: manifests of other units stay as they were
-        counters["conversations_rejected_rendering"] = read.unrendered
-    return {**counters, **read.chat_counts}
+    if not batches:
+        return ReadUnit(render_batch([], tokenizer, config), None)
+    chat = ChatTurns.from_dict(renderer.counts) if renderer is not None else None
+    return ReadUnit(RenderedBatch.concat(batches), counts, chat)
 
 
 def pack_linear(batch: RenderedBatch, trainable: np.ndarray, config: PackConfig, tokenizer: PackTokenizer) -> PackedUnit:
@@ -226,7 +217,7 @@ def pack_linear(batch: RenderedBatch, trainable: np.ndarray, config: PackConfig,
     pad_share = np.zeros(len(batch))
     if len(batch) and chunks.rows:
         pad_share[-1] = chunks.rows * (config.seq_length + 1) - chunks.nonpad
-    return PackedUnit(chunks, len(batch), len(batch), kept, pad_share, counters=_linear_context(batch, config.seq_length))
+    return PackedUnit(chunks, len(batch), len(batch), kept, pad_share, _linear_context(batch, config.seq_length))
 
 
 def pack_pieces(batch: RenderedBatch, config: PackConfig, tokenizer: PackTokenizer) -> PackedUnit:
@@ -240,31 +231,29 @@ def pack_pieces(batch: RenderedBatch, config: PackConfig, tokenizer: PackTokeniz
     kept, pad_share = _piece_shares(pieces, packing.order, chunks, len(batch), config.seq_length + 1)
     return PackedUnit(
         chunks, len(pieces), len(np.unique(pieces.conv)), kept, pad_share,
+        LabelContext.of(split_counts), SplitTotals.of(split_counts),
         truncated=split_counts.per_conv_truncated if policy == "truncate" else [],
         dropped=split_counts.per_conv_truncated if policy == "drop" else [],
-        counters={key: getattr(split_counts, key) for key in SPLIT_COUNTERS},
     )
 
 
-def chunk_counters(chunks: Chunks, tokenizer: PackTokenizer) -> dict[str, int]:
+def row_counters(chunks: Chunks, tokenizer: PackTokenizer) -> RowCounts:
     """What the rows hold: chunks, non-pad positions, trained labels, BOS starts, BOS + user labels."""
-    counters = {"chunks": chunks.rows, "nonpad_positions": chunks.nonpad,
-                "trained_tokens_kept": int(chunks.loss_mask.sum(dtype=np.int64))}
-    if tokenizer.bos_id is not None:  # chat templates without a BOS leave it out: 'starts at BOS' is n/a
-        counters["bos_starts"] = int((chunks.tokens[:, 0] == tokenizer.bos_id).sum())
-    bos_user = labels_with_bos_and_user(chunks, tokenizer.bos_id, tokenizer.role_ids.get(USER))
-    if bos_user is not None:
-        counters["labels_with_bos_and_user"] = bos_user
-    return counters
+    # Chat templates without a BOS leave bos_starts out (None): 'starts at BOS' is n/a.
+    bos_starts = int((chunks.tokens[:, 0] == tokenizer.bos_id).sum()) if tokenizer.bos_id is not None else None
+    return RowCounts(chunks=chunks.rows, nonpad_positions=chunks.nonpad,
+                     trained_tokens_kept=int(chunks.loss_mask.sum(dtype=np.int64)), bos_starts=bos_starts,
+                     labels_with_bos_and_user=labels_with_bos_and_user(chunks, tokenizer.bos_id,
+                                                                       tokenizer.role_ids.get(USER)))
 
 
-def source_counters(batch: RenderedBatch, trainable: np.ndarray, packed: PackedUnit) -> dict[str, dict[str, int]]:
+def source_counters(batch: RenderedBatch, trainable: np.ndarray, packed: PackedUnit) -> dict[str, SourceCounts]:
     """Per source: conversations, trainable and kept labels, tokens, pad share, truncated, dropped."""
     codes, names = _source_codes(batch.sources)
     per_source = {}
     for code, name in enumerate(names):
         members = codes == code
-        per_source[name] = dict(
+        per_source[name] = SourceCounts(
             conversations=int(members.sum()),
             trainable=int(trainable[members].sum()),
             kept=int(packed.kept[members].sum()),
@@ -318,7 +307,7 @@ def _piece_shares(pieces: PieceTable, order: np.ndarray, chunks: Chunks, convers
     return kept, pad
 
 
-def _linear_context(batch: RenderedBatch, seq_length: int) -> dict[str, int]:
+def _linear_context(batch: RenderedBatch, seq_length: int) -> LabelContext:
     """For stream packing: prompted trained labels, and those whose prompt lies wholly in the label's row."""
 
     starts = prompt_starts(batch)
@@ -331,7 +320,7 @@ def _linear_context(batch: RenderedBatch, seq_length: int) -> dict[str, int]:
     whole = message_starts(batch)[trained] >= (trained - 1) // seq_length * seq_length
     # A turn that answers tool results: its prompt comes before the results, so a prompt in the row holds them too.
     answers = answer_flags(batch).astype(bool)
-    return {"prompted_labels": len(positions), "prompted_labels_complete": int(complete.sum()),
-            "turn_labels_whole": int(whole.sum()), "answer_labels": int(answers[positions].sum()),
-            "answer_labels_complete": int((answers[positions] & complete).sum()),
-            "answer_labels_whole": int((answers[trained] & whole).sum())}
+    return LabelContext(prompted_labels=len(positions), prompted_labels_complete=int(complete.sum()),
+                        turn_labels_whole=int(whole.sum()), answer_labels=int(answers[positions].sum()),
+                        answer_labels_complete=int((answers[positions] & complete).sum()),
+                        answer_labels_whole=int((answers[trained] & whole).sum()))

@@ -1,109 +1,337 @@
 """Counters a pack run collects per unit, their sums, and the derived figures `packsft stats` prints.
 
-Every counter is an integer that adds across shards, so `merge` and the dataset manifest only sum.
+Every counter is an integer (or a histogram, or integers by name) that adds across units, so merge only sums.
+The counters come in groups, one dataclass per stage; a manifest stores them flat (`UnitCounters.to_dict`):
+
+    UnitCounters   read      ReadCounts     what reading kept and refused     (absent: no record batch read)
+                   chat      ChatTurns      what a chat template did to turns (absent: role tokens)
+                   rendered  RenderCounts   the rendered conversations
+                   packed    PackCounts     what packing placed, per source
+                   rejects   Rejects        the reject ledger
+                   split     SplitTotals    what splitting did                (absent: --strategy linear)
+                   context   LabelContext   which labels keep their context
+                   rows      RowCounts      what the rows hold
+
+None means never counted: a group or field that does not apply to a unit is left out of its manifest, and
+None + n = n when units are summed. Fields counted only by later versions default to None too, so that
+manifests of earlier versions sum (and verify) as they did.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Any
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypeVar
 
 # Histogram of rendered conversation lengths: bins of this many tokens, the last bin open-ended.
 LENGTH_BIN = 256
 LENGTH_BINS = 64
 
 UNPROMPTED_WARN_SHARE = 0.01
-CHAT_TURN_COUNTERS = ("turns_rewritten_in_history", "reasoning_tokens_dropped", "inference_renderings_added",
-                      "inference_context_tokens")
+
+C = TypeVar("C", bound="Counts")
 
 
-def add_counters(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
-    """Sum nested dicts of integers (counters, per-source counters, histograms) into `total`."""
-    for key, value in part.items():
-        if isinstance(value, dict):
-            add_counters(total.setdefault(key, {}), value)
-        elif isinstance(value, list):
-            base = total.setdefault(key, [0] * len(value))
-            total[key] = [a + b for a, b in zip(base, value)]
-        elif value is not None:
-            total[key] = total.get(key, 0) + value
-    return total
+def _names(kind: Any) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(kind))
 
 
-def _ratio(num: float, den: float) -> float | None:
-    return round(num / den, 6) if den else None
+def _add(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if isinstance(a, dict):
+        return {key: _add(a.get(key), b.get(key)) for key in a | b}
+    return a + b
 
 
-def summarize(counters: dict[str, Any], seq_length: int, files_skipped: int = 0) -> dict[str, Any]:
-    """The figures of `packsft stats --json`, derived from summed counters (and the skipped-file count)."""
-    c = Counter({k: v for k, v in counters.items() if isinstance(v, int)})
-    chunks = c["chunks"]
-    summary: dict[str, Any] = {
+def _check_known(flat: Mapping[str, Any], names: Iterable[str]) -> None:
+    """Counters no version of packsft writes (an edited or damaged manifest) are an error, not dropped."""
+    unknown = sorted(flat.keys() - set(names))
+    if unknown:
+        raise ValueError(f"unknown counters: {', '.join(unknown)}")
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON holds it."""
+    if isinstance(value, Counts):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, Histogram):
+        return list(value)
+    return value
+
+
+class Histogram(tuple[int, ...]):
+    """Counts per bin; adds bin by bin (a plain tuple would concatenate)."""
+
+    def __add__(self, other: tuple[int, ...]) -> Histogram:  # type: ignore[override]
+        return Histogram(a + b for a, b in itertools.zip_longest(self, other, fillvalue=0))
+
+
+@dataclass
+class Counts:
+    """A group of counters that adds field by field; a field that is None was never counted."""
+
+    def __add__(self: C, other: C) -> C:
+        return type(self)(**{name: _add(getattr(self, name), getattr(other, name)) for name in _names(type(self))})
+
+    @classmethod
+    def of(cls: type[C], source: object) -> C:
+        """The group read from `source` by its own field names (e.g. from pack/split.py's SplitCounts)."""
+        return cls(**{name: getattr(source, name) for name in _names(cls)})
+
+    @classmethod
+    def from_dict(cls: type[C], flat: Mapping[str, Any]) -> C:
+        """The group from its counters as stored; a missing one takes its default."""
+        _check_known(flat, _names(cls))
+        return cls(**flat)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: _plain(value) for name in _names(type(self)) if (value := getattr(self, name)) is not None}
+
+
+@dataclass
+class ReadCounts(Counts):
+    """What reading saw, and what it or rendering refused or left out (read/, render/)."""
+
+    conversations_read: int = 0
+    records_filtered: int = 0  # records --source-filter left out
+    conversations_dropped_no_trained: int = 0  # rejected: no trained token
+    conversations_rejected_rendering: int | None = None  # refused by the chat template (only where it happened)
+    assistant_turns_untrained: int | None = None  # kept as context by the records or --turns (only where any)
+
+
+@dataclass
+class ChatTurns(Counts):
+    """What a chat template does to trained turns, and the renderings --turns inference adds (render/chat.py)."""
+
+    turns_rewritten_in_history: int = 0
+    reasoning_tokens_dropped: int = 0
+    inference_renderings_added: int = 0
+    inference_context_tokens: int = 0
+
+
+CHAT_TURN_COUNTERS = _names(ChatTurns)
+
+
+@dataclass
+class RenderCounts(Counts):
+    """The rendered conversations, after --unprompted drop."""
+
+    tokens_rendered: int = 0
+    special_strings_in_content: int | None = None  # messages holding special-token strings (None: earlier versions)
+    conversations_dropped_unprompted: int = 0
+    trainable_tokens_available: int = 0
+    trained_unprompted: int = 0  # trained labels of turns no user message prompts
+    length_histogram: Histogram = Histogram()  # conversations by rendered length, bins of LENGTH_BIN tokens
+
+    @classmethod
+    def from_dict(cls, flat: Mapping[str, Any]) -> RenderCounts:
+        return replace(super().from_dict(flat), length_histogram=Histogram(flat.get("length_histogram", ())))
+
+
+@dataclass
+class SourceCounts(Counts):
+    """One source's conversations and what packing kept of them."""
+
+    conversations: int = 0
+    trainable: int = 0  # trainable labels
+    kept: int = 0  # trained labels kept
+    tokens: int = 0  # rendered tokens
+    pad_share: int = 0  # its share of row padding (by tokens in the row)
+    truncated: int = 0
+    dropped: int = 0
+
+
+@dataclass
+class PackCounts(Counts):
+    """What packing placed: conversations and pieces, and per source what it kept."""
+
+    conversations_packed: int = 0
+    pieces: int = 0
+    per_source: dict[str, SourceCounts] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, flat: Mapping[str, Any]) -> PackCounts:
+        per_source = {name: SourceCounts.from_dict(s) for name, s in flat.get("per_source", {}).items()}
+        return replace(super().from_dict(flat), per_source=per_source)
+
+
+@dataclass
+class Rejects(Counts):
+    """The reject ledger: records left out while reading or rendering, by reason."""
+
+    records_rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class SplitTotals(Counts):
+    """What splitting long conversations did (pack/split.py)."""
+
+    conversations_truncated: int = 0
+    conversations_dropped_long: int = 0
+    conversations_split: int = 0
+    pieces_split: int = 0  # pieces that came out of split conversations
+    exchanges_split: int = 0  # single messages cut across pieces
+    prompts_shortened: int = 0
+
+
+@dataclass
+class LabelContext(Counts):
+    """Which trained labels keep their context in their piece (or, packed linearly, their row)."""
+
+    prompted_labels: int = 0  # trained labels whose turn has a prompting user message
+    prompted_labels_complete: int = 0  # ... whose prompt (and tool results) are entirely inside the same piece
+    # The rest were counted only by later versions (None in earlier manifests).
+    turn_labels_whole: int | None = None  # trained labels whose own message is in the same piece from its first token
+    answer_labels: int | None = None  # trained labels of turns that answer tool results
+    answer_labels_complete: int | None = None  # ... whose prompt and tool results are entirely inside the same piece
+    answer_labels_whole: int | None = None  # ... whose own message is in the same piece from its first token
+
+
+@dataclass
+class RowCounts(Counts):
+    """What the rows hold."""
+
+    chunks: int = 0
+    nonpad_positions: int = 0
+    trained_tokens_kept: int = 0
+    bos_starts: int | None = None  # rows that start with BOS (None: the tokenizer has none)
+    labels_with_bos_and_user: int | None = None  # trained labels with BOS and a user turn before them in their piece
+
+
+G = TypeVar("G", bound=Counts)
+
+
+@dataclass
+class UnitCounters(Counts):
+    """A unit's counters (or the sum of several units'), group by group."""
+
+    read: ReadCounts | None = None
+    chat: ChatTurns | None = None
+    rendered: RenderCounts | None = None
+    packed: PackCounts | None = None
+    rejects: Rejects | None = None
+    split: SplitTotals | None = None
+    context: LabelContext | None = None
+    rows: RowCounts | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counters flat, as a manifest and dataset.json store them."""
+        groups = (getattr(self, name) for name in _names(type(self)))
+        return {key: value for group in groups if group is not None for key, value in group.to_dict().items()}
+
+    @classmethod
+    def from_dict(cls, flat: Mapping[str, Any]) -> UnitCounters:
+        """Counters stored flat (by any version); a group none of whose counters is there stays None.
+
+        Raises ValueError where `flat` holds a counter no group names.
+        """
+        known: set[str] = set()
+
+        def group(kind: type[G]) -> G | None:
+            own = {name: flat[name] for name in _names(kind) if name in flat}
+            known.update(own)
+            return kind.from_dict(own) if own else None
+
+        counters = cls(read=group(ReadCounts), chat=group(ChatTurns), rendered=group(RenderCounts),
+                       packed=group(PackCounts), rejects=group(Rejects), split=group(SplitTotals),
+                       context=group(LabelContext), rows=group(RowCounts))
+        _check_known(flat, known)
+        return counters
+
+
+def merge_counters(flat: Iterable[Mapping[str, Any]]) -> UnitCounters:
+    """The sum of counters stored flat (the shard manifests')."""
+    return sum((UnitCounters.from_dict(counters) for counters in flat), UnitCounters())
+
+
+def _ratio(num: int | None, den: int | None) -> float | None:
+    return round((num or 0) / den, 6) if den else None
+
+
+def summarize(counters: UnitCounters, seq_length: int, files_skipped: int = 0) -> dict[str, Any]:
+    """The figures of `packsft stats --json`, derived from summed counters (and the skipped-file count).
+
+    A group no unit counted reads as its defaults (0, or None where a figure is n/a without it).
+    """
+    read, rendered = counters.read or ReadCounts(), counters.rendered or RenderCounts()
+    split, rows = counters.split or SplitTotals(), counters.rows or RowCounts()
+    rejects, packed = counters.rejects or Rejects(), counters.packed or PackCounts()
+    chunks, kept = rows.chunks, rows.trained_tokens_kept
+    return {
         "chunks": chunks,
         "seq_length": seq_length,
-        "fill": _ratio(c["nonpad_positions"], chunks * (seq_length + 1)),
-        "trained_fraction": _ratio(c["trained_tokens_kept"], chunks * seq_length),
-        "bos_start_fraction": _ratio(c["bos_starts"], chunks) if "bos_starts" in c else None,
-        "conversations_read": c["conversations_read"],
-        "conversations_packed": c["conversations_packed"],
-        "conversations_truncated": c["conversations_truncated"],
-        "conversations_split": c["conversations_split"],
-        "conversations_dropped": c["conversations_dropped_long"]
-        + c["conversations_dropped_no_trained"]
-        + c["conversations_dropped_unprompted"],
-        "conversations_dropped_long": c["conversations_dropped_long"],
-        "conversations_dropped_no_trained": c["conversations_dropped_no_trained"],
+        "fill": _ratio(rows.nonpad_positions, chunks * (seq_length + 1)),
+        "trained_fraction": _ratio(kept, chunks * seq_length),
+        "bos_start_fraction": _ratio(rows.bos_starts, chunks) if rows.bos_starts is not None else None,
+        "conversations_read": read.conversations_read,
+        "conversations_packed": packed.conversations_packed,
+        "conversations_truncated": split.conversations_truncated,
+        "conversations_split": split.conversations_split,
+        "conversations_dropped": split.conversations_dropped_long + read.conversations_dropped_no_trained
+        + rendered.conversations_dropped_unprompted,
+        "conversations_dropped_long": split.conversations_dropped_long,
+        "conversations_dropped_no_trained": read.conversations_dropped_no_trained,
         # Read, then refused by the chat template (counted in records_rejected too).
-        "conversations_rejected_rendering": c["conversations_rejected_rendering"],
-        "conversations_dropped_unprompted": c["conversations_dropped_unprompted"],
-        "records_filtered": c["records_filtered"],
+        "conversations_rejected_rendering": read.conversations_rejected_rendering or 0,
+        "conversations_dropped_unprompted": rendered.conversations_dropped_unprompted,
+        "records_filtered": read.records_filtered,
         "files_skipped": files_skipped,
-        "records_rejected": c["records_rejected"],
-        "rejected_by_reason": dict(sorted(counters.get("rejected_by_reason", {}).items())),
-        "tokens_rendered": c["tokens_rendered"],
-        "trainable_tokens_available": c["trainable_tokens_available"],
-        "trained_tokens_kept": c["trained_tokens_kept"],
-        "trained_retention": _ratio(c["trained_tokens_kept"], c["trainable_tokens_available"]),
-        "trained_unprompted": c["trained_unprompted"],
-        "context_completeness": _ratio(c["prompted_labels_complete"], c["prompted_labels"]),
+        "records_rejected": rejects.records_rejected,
+        "rejected_by_reason": dict(sorted(rejects.rejected_by_reason.items())),
+        "tokens_rendered": rendered.tokens_rendered,
+        "trainable_tokens_available": rendered.trainable_tokens_available,
+        "trained_tokens_kept": kept,
+        "trained_retention": _ratio(kept, rendered.trainable_tokens_available),
+        "trained_unprompted": rendered.trained_unprompted,
+        **_context_figures(counters.context or LabelContext(), kept),
+        "special_strings_in_content": rendered.special_strings_in_content or 0,
+        "labels_with_bos_and_user": _ratio(rows.labels_with_bos_and_user, kept)
+        if rows.labels_with_bos_and_user is not None
+        else None,
+        "pieces": packed.pieces,
+        "pieces_split": split.pieces_split,
+        "exchanges_split": split.exchanges_split,
+        "prompts_shortened": split.prompts_shortened,
+        # Chat templates only (None for role tokens): what the template's rendering does to trained turns, and the
+        # extra renderings --turns inference packs.
+        **(counters.chat.to_dict() if counters.chat is not None else dict.fromkeys(CHAT_TURN_COUNTERS)),
+        "per_source": _per_source(packed.per_source),
+    }
+
+
+def _context_figures(context: LabelContext, kept: int) -> dict[str, float | None]:
+    return {
+        "context_completeness": _ratio(context.prompted_labels_complete, context.prompted_labels),
         # Trained labels whose own message is in the same piece from its first token (no beheaded turn).
-        "turn_prefix_completeness": _ratio(c["turn_labels_whole"], c["trained_tokens_kept"])
-        if "turn_labels_whole" in c
+        "turn_prefix_completeness": _ratio(context.turn_labels_whole, kept)
+        if context.turn_labels_whole is not None
         else None,
         # The same two, over the trained labels of turns that answer tool results (None: no such turn).
-        "tool_answer_context_completeness": _ratio(c["answer_labels_complete"], c["answer_labels"]),
-        "tool_answer_turn_prefix_completeness": _ratio(c["answer_labels_whole"], c["answer_labels"]),
-        "special_strings_in_content": c["special_strings_in_content"],
-        "labels_with_bos_and_user": _ratio(c["labels_with_bos_and_user"], c["trained_tokens_kept"])
-        if "labels_with_bos_and_user" in c
-        else None,
-        "pieces": c["pieces"],
-        "pieces_split": c["pieces_split"],
-        "exchanges_split": c["exchanges_split"],
-        "prompts_shortened": c["prompts_shortened"],
+        "tool_answer_context_completeness": _ratio(context.answer_labels_complete, context.answer_labels),
+        "tool_answer_turn_prefix_completeness": _ratio(context.answer_labels_whole, context.answer_labels),
     }
-    # Chat templates only (None for role tokens): what the template's rendering does to trained turns, and the
-    # extra renderings --turns inference packs.
-    for key in CHAT_TURN_COUNTERS:
-        summary[key] = c[key] if key in counters else None
-    summary["per_source"] = _per_source(counters.get("per_source", {}))
-    return summary
 
 
-def _per_source(counters: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    per_source = {}
-    for source, s in sorted(counters.items()):
-        s = Counter(s)
-        per_source[source] = {
-            "conversations": s["conversations"],
-            "truncated": s["truncated"],
-            "dropped": s["dropped"],
-            "trainable_tokens_available": s["trainable"],
-            "trained_tokens_kept": s["kept"],
-            "trained_retention": _ratio(s["kept"], s["trainable"]),
-            "fill": _ratio(s["tokens"], s["tokens"] + s["pad_share"]),
+def _per_source(counts: dict[str, SourceCounts]) -> dict[str, dict[str, Any]]:
+    return {
+        source: {
+            "conversations": s.conversations,
+            "truncated": s.truncated,
+            "dropped": s.dropped,
+            "trainable_tokens_available": s.trainable,
+            "trained_tokens_kept": s.kept,
+            "trained_retention": _ratio(s.kept, s.trainable),
+            "fill": _ratio(s.tokens, s.tokens + s.pad_share),
         }
-    return per_source
+        for source, s in sorted(counts.items())
+    }
 
 
 def warnings(summary: dict[str, Any], config: dict[str, Any]) -> list[str]:

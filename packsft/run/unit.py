@@ -18,6 +18,7 @@ from packsft.render.tokenizer import PackTokenizer
 from packsft.run.outdir import failed_path
 from packsft.run.plan import Unit
 from packsft.stages import open_unit, pack_unit
+from packsft.stats import RowCounts, UnitCounters
 from packsft.write.layout import REJECTS_JSONL
 from packsft.write.writer import write_shard
 
@@ -65,14 +66,14 @@ def write_unit(
                 progress.write(f"packsft: skipping bad file: {exc}", file=sys.stderr)
             rejects = RejectLedger(strict=strict)
             chunks = empty_chunks(config.seq_length)
-            counters = {key: 0 for key in ("chunks", "nonpad_positions", "trained_tokens_kept", "bos_starts")}
+            counters = UnitCounters(rows=RowCounts(bos_starts=0))
         manifest = {
             "unit": unit.index,
             "inputs": [_manifest_input(part, source) for part, source in zip(unit.parts, sources)],
             "tokenizer_fingerprint": tokenizer.fingerprint,
             "fingerprint": fingerprint,
             "config": config.to_dict(),
-            "counters": counters,
+            "counters": counters.to_dict(),
             **({"skipped": skipped} if skipped else {}),
         }
         written = write_shard(out_dir, unit.index, chunks, vocab_size=tokenizer.vocab_size,

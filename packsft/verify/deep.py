@@ -149,7 +149,7 @@ def _compare_unit(out_dir: Path, dataset: dict[str, Any], unit: Unit, config: Pa
     if PARQUET_FILE in entry["files"]:
         problems += _compare_parquet(folder / PARQUET_FILE, fresh, chunks, f"{shard_dir}/{PARQUET_FILE}", differs)
     manifest = json.loads((folder / MANIFEST_JSON).read_text(encoding="utf-8"))
-    stored_counters, recounted = manifest.get("counters", {}), json.loads(json.dumps(counters))
+    stored_counters, recounted = manifest.get("counters", {}), counters.to_dict()
     if recounted != stored_counters:
         keys = sorted(k for k in set(recounted) | set(stored_counters) if recounted.get(k) != stored_counters.get(k))
         problems.append((f"{shard_dir}/{MANIFEST_JSON}", f"counters {differs} ({', '.join(keys)})"))

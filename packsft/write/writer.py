@@ -24,7 +24,7 @@ from packsft.config import PackConfig
 from packsft.errors import OutputError
 from packsft.pack.rows import Chunks, row_lengths
 from packsft.render.tokenizer import PackTokenizer
-from packsft.stats import add_counters, summarize
+from packsft.stats import UnitCounters, summarize
 from packsft.version import __version__
 from packsft.write.layout import (
     FORMAT_VERSION,
@@ -217,9 +217,13 @@ def build_dataset_manifest(
     """
     identity = tokenizer.identity() if isinstance(tokenizer, PackTokenizer) else tokenizer
     skipped = (skipped or []) + [m["skipped"] for m in manifests if m.get("skipped")]
-    counters: dict[str, Any] = {}
+    counters = UnitCounters()
     for manifest in manifests:
-        add_counters(counters, manifest["counters"])
+        try:
+            counters += UnitCounters.from_dict(manifest["counters"])
+        except ValueError as exc:  # counters no packsft writes: an edited or damaged manifest
+            raise OutputError(f"{SHARDS_DIR}/{manifest['shard']}/{MANIFEST_JSON}: {exc}; delete that shard folder "
+                              "and run the pack again to repack it") from None
     rows = sum(m["rows"] for m in manifests)
     return {
         "format_version": FORMAT_VERSION,
@@ -232,7 +236,7 @@ def build_dataset_manifest(
         "rows": rows,
         "tokens": rows * (config.seq_length + 1),
         "stats": summarize(counters, config.seq_length, len(skipped)),
-        "counters": counters,
+        "counters": counters.to_dict(),
         "skipped_files": skipped,
         "shards": [
             {"name": m["shard"], "rows": m["rows"], "inputs": m["inputs"], "files": m["files"],
