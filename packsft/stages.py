@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -204,7 +204,7 @@ def read_unit(parts: Sequence[InputSlice], sources: list[InputFile], config: Pac
             progress.set_postfix_str(_rate(progress, tokens), refresh=False)
     if not batches:
         return ReadUnit(render_batch([], tokenizer, config), None)
-    chat = ChatTurns.from_dict(renderer.counts) if renderer is not None else None
+    chat = replace(renderer.counts) if renderer is not None else None
     return ReadUnit(RenderedBatch.concat(batches), counts, chat)
 
 

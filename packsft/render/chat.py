@@ -34,7 +34,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -60,7 +59,7 @@ from packsft.render.chat_layout import (
 )
 from packsft.render.roles import ROLE_CODES, RenderedBatch, count_special_strings
 from packsft.render.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
-from packsft.stats import CHAT_TURN_COUNTERS
+from packsft.stats import ChatTurns
 
 THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
@@ -94,7 +93,7 @@ class ChatRenderer:
         self.template_kwargs = dict(template_kwargs or {})
         self.facts = template_facts(tokenizer, self.specials, bos_token)
         # turns_rewritten_in_history, reasoning_tokens_dropped, inference_*: present (0) in every chat unit
-        self.counts: Counter[str] = Counter(dict.fromkeys(CHAT_TURN_COUNTERS, 0))
+        self.counts = ChatTurns()
         self.inference_prefixes: set[int] = set()  # id() of records --turns inference added
         self._jinja = jinja_renderer(tokenizer)
 
@@ -211,7 +210,7 @@ class ChatRenderer:
                 prefix = _training_only(_prefix(conv, k + 1), [k])
                 self.inference_prefixes.add(id(prefix))
                 out.append(prefix)
-            self.counts["inference_renderings_added"] += len(rewritten)
+            self.counts.inference_renderings_added += len(rewritten)
         return out
 
 
@@ -329,15 +328,15 @@ def _count_turns(renderer: ChatRenderer, conv: Conversation, layout: Layout, fla
         if span is None or not conv.trains(k):
             continue
         if layout.rewritten[k]:
-            renderer.counts["turns_rewritten_in_history"] += 1
+            renderer.counts.turns_rewritten_in_history += 1
         reasoning = conv.reasoning(k)
         if reasoning is None:
             found = THINK.search(conv.messages[k][1])
             reasoning = found.group(1) if found else None
         end = layout.starts[k + 1] if k + 1 < len(layout.starts) else len(layout.text)
         if reasoning and reasoning.strip() and reasoning.strip() not in layout.text[layout.starts[k]:end]:
-            renderer.counts["reasoning_tokens_dropped"] += len(
+            renderer.counts.reasoning_tokens_dropped += len(
                 renderer.tokenizer.backend.encode(reasoning, add_special_tokens=False).ids)
     if id(conv) in renderer.inference_prefixes:
         trained = np.flatnonzero(flags)
-        renderer.counts["inference_context_tokens"] += int(trained[0]) if len(trained) else len(flags)
+        renderer.counts.inference_context_tokens += int(trained[0]) if len(trained) else len(flags)

@@ -101,8 +101,8 @@ def test_reasoning_inside_content_is_rendered_as_qwen3_does(qwen3, turns):
     text = qwen3.hf.decode(batch.ids[batch.flags == 1].tolist())
     assert f"<think>\nStep {turns - 1}.\n</think>\n\nAnswer {turns - 1}.<|im_end|>" in text
     assert all(f"Step {t}." not in text for t in range(turns - 1))  # dropped by the template from history
-    assert (renderer.counts["reasoning_tokens_dropped"] > 0) == (turns > 1)
-    assert renderer.counts["turns_rewritten_in_history"] == turns - 1
+    assert (renderer.counts.reasoning_tokens_dropped > 0) == (turns > 1)
+    assert renderer.counts.turns_rewritten_in_history == turns - 1
 
 
 def test_weight_zero_and_prompt_completion_train_only_what_they_should(qwen3):
@@ -121,15 +121,15 @@ def test_turns_inference_trains_each_rewritten_turn_as_generated_and_last_trains
     rec = record(AGENT[:6], tools=[WEATHER])  # two assistant turns after the query: the first is rewritten
     renderer = ChatRenderer(qwen3)
     expanded = renderer.for_turns([rec], "inference")
-    assert len(expanded) == 2 and renderer.counts["inference_renderings_added"] == 1
+    assert len(expanded) == 2 and renderer.counts.inference_renderings_added == 1
     batch = render_chat(expanded, qwen3, renderer=renderer)
-    assert renderer.counts["turns_rewritten_in_history"] == 0  # none is trained in a rewritten form any more
+    assert renderer.counts.turns_rewritten_in_history == 0  # none is trained in a rewritten form any more
     first = batch.ids[batch.conv_offsets[1]:batch.conv_offsets[2]]
     first_flags = batch.flags[batch.conv_offsets[1]:batch.conv_offsets[2]]
     prefix = record(AGENT[:3], tools=[WEATHER])
     assert first.tolist() == hf_ids(qwen3, prefix)  # the turn as the last message, as at inference
     assert qwen3.hf.decode(first[first_flags == 1].tolist()).startswith("<think>\n\n</think>\n\n<tool_call>")
-    assert renderer.counts["inference_context_tokens"] > 0
+    assert renderer.counts.inference_context_tokens > 0
     last = render_chat(ChatRenderer(qwen3).for_turns([rec], "last"), qwen3)
     assert qwen3.hf.decode(last.ids[last.flags == 1].tolist()).endswith("than Paris (21 °C).<|im_end|>")
     assert "tool_call" not in qwen3.hf.decode(last.ids[last.flags == 1].tolist())
