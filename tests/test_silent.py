@@ -170,6 +170,7 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "unreachable endpoint"])
 def test_default_tokenizer_without_the_hub_fails_fast_with_what_to_do(tmp_path, how):
     write_conversations(tmp_path / "data" / "a.parquet", GOOD[:2])
@@ -289,6 +290,7 @@ def _small_files(folder: Path, count: int) -> None:
         path.write_text(json.dumps(conv(("user", f"Q{index}?"), ("assistant", f"A{index}."))) + "\n")
 
 
+@pytest.mark.slow
 def test_ten_thousand_small_files_plan_one_unit_each_in_name_order(tmp_path):
     _small_files(tmp_path / "data", MANY_FILES)
     units, skipped = plan_inputs(tmp_path / "data")
@@ -358,6 +360,7 @@ def loader_output(tmp_path_factory, demo_tokenizer_dir) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_loader_exits_cleanly_with_live_or_dropped_iterators(loader_output):
     """Fresh processes, one after the other: the abort needs a fresh interpreter's shutdown (forked
     children never showed it) and was likeliest with a busy CPU beside it."""

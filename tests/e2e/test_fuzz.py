@@ -165,6 +165,7 @@ def check_pack(data: Path, out: Path, tokenizers: dict[str, Path], options: dict
         assert stats["trained_tokens_kept"] > 0  # conversations without a trained token are dropped
 
 
+@pytest.mark.slow
 @FUZZ
 @given(files=st.lists(input_files(), min_size=1, max_size=3), options=pack_configs)
 def test_every_parquet_record_packs_and_verifies_or_is_rejected_with_a_reason(demo_tokenizer_dir, chatml_dir, files,
@@ -200,6 +201,7 @@ json_records = st.one_of(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(records=st.lists(json_records, min_size=1, max_size=8), options=pack_configs)
 def test_every_jsonl_record_packs_and_verifies_or_is_rejected_with_a_reason(demo_tokenizer_dir, chatml_dir, records,

@@ -20,6 +20,8 @@ from packsft.run import run_pack
 from packsft.write.layout import PackedOutput
 from tests.helpers import AGENT, SEARCH, WEATHER
 
+pytestmark = pytest.mark.slow  # a tiny transformer run on CPU
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

@@ -14,6 +14,8 @@ import pytest
 
 from tests.interop_helpers import pack_sample
 
+pytestmark = pytest.mark.slow  # tiny transformers run on CPU
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

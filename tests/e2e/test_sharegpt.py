@@ -9,6 +9,8 @@ from packsft import PackConfig, PackedOutput
 from packsft.report import render_chunk, tokenizer_for
 from packsft.run import run_pack
 
+pytestmark = pytest.mark.slow  # packs the real ShareGPT shards
+
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory, sharegpt_shard0, gpt2_dir):

@@ -21,6 +21,8 @@ from packsft.export import EXPORT_JSON, TARGETS, export_output
 from packsft.loader.gather import output_fingerprint
 from tests.interop_helpers import pack_sample
 
+pytestmark = pytest.mark.slow  # the trainers' own libraries read real outputs
+
 SEQ = 128
 IGNORE = -100
 

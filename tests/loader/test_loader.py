@@ -363,6 +363,7 @@ def test_without_torch_the_module_imports_and_construction_asks_to_install_it(be
 # --- the README's training loop ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_readme_training_example_runs(demo_data, demo_tokenizer_dir, tmp_path, monkeypatch):
     text = README.read_text()
     section = text[text.index("## Train with the loader") : text.index("## Benchmark")]

@@ -242,6 +242,7 @@ def qwen3_generated(messages: tuple[tuple[str, str], ...]) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_qwen3_trains_what_the_model_generates(qwen3, shard0_conversations):
     """Every conversation of shard 0: the trained runs are exactly what qwen3 generates for each assistant turn
     (its last turn with the empty think block, the generation prompt excluded) through <|im_end|>."""
@@ -255,6 +256,7 @@ def test_qwen3_trains_what_the_model_generates(qwen3, shard0_conversations):
     assert trained_runs(batch, 0, qwen3)[-1].startswith("<think>\n\n</think>\n\n")
 
 
+@pytest.mark.slow
 def test_qwen3_packs_with_uint32_ids_in_every_strategy(tmp_path, qwen3, qwen3_dir, sharegpt_dir):
     table = pq.read_table(sharegpt_dir / "shard_00000.parquet").slice(0, 150)
     valid = []

@@ -200,6 +200,7 @@ def test_random_tool_conversations_render_and_mask_as_hf(qwen3, rec):
     assert trained <= allowed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("turns", ["rendered", "last", "inference"])
 def test_agentic_records_pack_from_the_cli_and_verify(tmp_path, qwen3_dir, turns):
     """A JSON Lines file of tool-calling records with tools, template kwargs and a weight-0 turn packs, splits
@@ -222,6 +223,7 @@ def test_agentic_records_pack_from_the_cli_and_verify(tmp_path, qwen3_dir, turns
     assert_output_verifies(tmp_path / "out", deep=True)
 
 
+@pytest.mark.slow
 def test_records_the_template_refuses_are_counted_once(tmp_path, chatml_dir):
     """40 records a template raises on: '40 records read, 40 rejected', each with the template's own message
     (rendering rejects were counted twice in records_read, which also skewed --max-reject-fraction)."""
@@ -249,6 +251,7 @@ def test_a_tool_result_with_no_call_before_it_packs_as_the_template_renders_it(q
     assert qwen3.hf.decode(batch.ids[batch.flags == 1].tolist()) == "<think>\n\n</think>\n\nIt ran.<|im_end|>"
 
 
+@pytest.mark.slow
 def test_the_chat_path_without_jinja2_fails_at_start_naming_the_install(tmp_path, chatml_dir):
     """jinja2 is declared (transformers renders templates with it but does not install it); where it is missing,
     `pack --template chat` stops before reading a record, naming the pip install, instead of rejecting every

@@ -135,11 +135,13 @@ def test_renderings_the_fast_path_cannot_place_go_the_hf_way(chatml):
 # --- real: qwen3 ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_qwen3_probe_conversations_and_proof(qwen3):
     assert_same(*encodings(qwen3, PROBE_CONVERSATIONS))
     assert fast_chat_difference(qwen3) is None
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(turns, min_size=1, max_size=3))
 def test_qwen3_fast_path_equals_hf_on_random_contents(qwen3, conversations):
@@ -184,6 +186,7 @@ def llama3_style(tmp_path_factory, demo_tokenizer_dir):
     return tokenizer
 
 
+@pytest.mark.slow
 def test_llama3_style_template_fast_path_masks_and_markers(llama3_style, tmp_path):
     assert fast_chat_difference(llama3_style) is None
     conversations = [Conversation((("system", " Be brief. "), ("user", "Hi <|eot_id|> there"), ("assistant", "Hello!\n"))),

@@ -77,6 +77,7 @@ def _per_message(tokenizer, conversation):
     return ids + [tokenizer.eos_id]
 
 
+@pytest.mark.slow
 def test_batched_rendering_equals_per_message_encode_on_real_data(gpt2, sharegpt_dir):
     from packsft.read.records import validate_messages
 

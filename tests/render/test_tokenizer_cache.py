@@ -96,6 +96,7 @@ def test_cache_off_writes_nothing(tmp_path, demo_tokenizer_dir, monkeypatch):
     assert tokenizer.objects.hf is not None
 
 
+@pytest.mark.slow
 def test_the_fast_encoder_proof_is_cached(demo_tokenizer_dir, monkeypatch):
     monkeypatch.setattr(tokenizer_module, "_PROVEN", set())  # forget this process's proofs
     fingerprint = load_tokenizer(str(demo_tokenizer_dir), "roles").fingerprint
@@ -112,6 +113,7 @@ def test_the_fast_encoder_proof_is_cached(demo_tokenizer_dir, monkeypatch):
     proof.unlink()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_pack_with_role_tokens_imports_neither_torch_nor_transformers(tmp_path, demo_tokenizer_dir, workers):
     data = write_conversations(tmp_path / "data" / "a.parquet", [conv(("user", "Hi"), ("assistant", "Hello there"))])

@@ -175,6 +175,7 @@ def chromium(tmp_path: Path, page: Path, *args: str) -> subprocess.CompletedProc
     return subprocess.run(command, capture_output=True, text=True, timeout=180, check=True)
 
 
+@pytest.mark.slow
 def test_report_loads_in_chromium_without_errors(demo_report, tmp_path):
     result = chromium(tmp_path, demo_report, "--dump-dom")
     dom = result.stdout
@@ -190,6 +191,7 @@ def test_report_loads_in_chromium_without_errors(demo_report, tmp_path):
     assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == (1280, 2000)
 
 
+@pytest.mark.slow
 def test_chromium_check_catches_errors_and_injection(hostile_report, tmp_path):
     dom = chromium(tmp_path, hostile_report, "--dump-dom").stdout
     assert 'data-errors="0"' in dom and "<img" not in dom and "pwned" in dom  # shown as text, never run

@@ -209,6 +209,7 @@ def demo(demo_tokenizer_dir):
 
 @pytest.mark.parametrize(("template", "expected"), [
     ("chat", [QWEN_TRAVEL, QWEN_REASONED]), ("roles", [ROLES_TRAVEL, ROLES_REASONED])])
+@pytest.mark.slow
 def test_inspect_splits_turns_into_kinds(request, template, expected):
     out = request.getfixturevalue("qwen_out" if template == "chat" else "roles_out")
     for index, view in enumerate(expected):
@@ -237,6 +238,7 @@ def test_a_chunk_may_start_inside_a_part(demo):
     assert view(demo, ids) == [("[MID-CONV]", "within <tools></tools> tags:", [("tool defs", "{}", False)])]
 
 
+@pytest.mark.slow
 def test_qwen3_chunk_starting_inside_reasoning(qwen_out):
     output = PackedOutput(qwen_out)
     tokenizer = tokenizer_for(output)
@@ -303,6 +305,7 @@ QWEN_RUNS = [
 ROLES_RUNS = [("k-tools", {"ms"}, f'<tools>\n{json.dumps(WEATHER_BRIEF)}\n</tools>'), *QWEN_RUNS[1:]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("template", "expected"), [("chat", QWEN_RUNS), ("roles", ROLES_RUNS)])
 def test_report_marks_the_kinds(request, tmp_path, template, expected):
     out = request.getfixturevalue("qwen_out" if template == "chat" else "roles_out")

@@ -60,6 +60,7 @@ def test_group_small_files_packs_consecutive_small_files_up_to_a_unit():
     assert "more" not in grouped[1].to_dict()  # plans without groups are written as before
 
 
+@pytest.mark.slow
 def test_grouped_files_fill_rows_and_verify_deep(tmp_path, small_files, config):
     alone = run_pack(small_files, tmp_path / "alone", config, quiet=True, workers=1)
     grouped_config = PackConfig(**{**config.to_dict(), "group_files": True})
@@ -82,6 +83,7 @@ def test_grouped_files_fill_rows_and_verify_deep(tmp_path, small_files, config):
             assert (shard / name).read_bytes() == (tmp_path / "two" / "shards" / shard.name / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_a_rerun_resumes_and_refuses_another_grouping(tmp_path, small_files, config):
     grouped_config = PackConfig(**{**config.to_dict(), "group_files": True})
     out = tmp_path / "out"
@@ -91,6 +93,7 @@ def test_a_rerun_resumes_and_refuses_another_grouping(tmp_path, small_files, con
         run_pack(small_files, out, config, quiet=True, workers=1)
 
 
+@pytest.mark.slow
 def test_cli_suggests_group_files_for_many_small_files(tmp_path, small_files, demo_tokenizer_dir):
     args = ["pack", str(small_files), str(tmp_path / "out"), "--tokenizer", str(demo_tokenizer_dir), "--seq-length", "256"]
     result = CliRunner().invoke(main, args)

@@ -172,6 +172,7 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path, data_dir, config):
         run_pack(data_dir, out, PackConfig(**{**config.to_dict(), "seq_length": 128}), quiet=True, unit_bytes=UNIT_BYTES)
 
 
+@pytest.mark.slow
 def test_units_are_identified_by_content_a_change_redoes_only_the_units_that_read_it(tmp_path, data_dir, config,
                                                                                      reference):
     """Input identity is the bytes a unit reads, not the file's mtime: a copy without its mtimes resumes with nothing
@@ -224,6 +225,7 @@ def _pack_in_child(data_dir: Path, out: Path, config: PackConfig) -> None:
     os._exit(0)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_rerun_writes_the_same_bytes(tmp_path, data_dir, config, reference, monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # forked children of a process that tokenized
     fork = multiprocessing.get_context("fork")
@@ -304,6 +306,7 @@ def test_the_same_data_and_tokenizer_through_other_paths_resume_every_unit(tmp_p
     assert read_plan(out).fingerprints == fingerprints
 
 
+@pytest.mark.slow
 def test_an_output_of_an_older_packsft_is_read_and_packed_again_saying_why(tmp_path, data_dir, config, capfd):
     """Outputs whose units were identified by paths and mtimes (before content identity) still verify and load; a
     rerun packs every unit again, under one line that says why, never some of each."""

@@ -35,6 +35,8 @@ from packsft.run.workers import UnitJob
 from packsft.version import __version__
 from packsft.write.layout import DATASET_JSON, REJECTS_JSONL, SHARDS_DIR
 
+pytestmark = pytest.mark.slow  # a real two-node Ray cluster
+
 ROOT = Path(__file__).resolve().parents[2]
 SHARDS = 3  # ShareGPT shards: 3 x 3 row groups at --unit-mib 1 = 9 units
 UNITS = 9

@@ -20,6 +20,8 @@ from packsft import PackConfig
 from packsft.run import run_pack
 from packsft.run.slurm import SlurmOptions, resolve_shards, write_scripts
 
+pytestmark = pytest.mark.slow  # a real SLURM cluster
+
 ROOT = Path(__file__).resolve().parents[2]
 SHARDS = 2  # ShareGPT shards: 2 x 3 row groups at --unit-mib 1 = 6 units for 4 array tasks
 UNIT_MIB = 1
