@@ -11,6 +11,8 @@ from typing import Any
 import click
 
 from packsft.config import (
+    CONTEXT_SHARE,
+    DEFAULT_TURN_CUT,
     ENCODERS,
     FORMATS,
     INPUT_FORMATS,
@@ -55,7 +57,7 @@ def pack_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--format", "data_format", type=click.Choice(FORMATS), help="Input records: chat 'messages' or plain 'text'. [default: conversation]"),
         click.option("--input-format", type=click.Choice(INPUT_FORMATS), help="Record shape: smoltalk/openai 'messages', sharegpt 'conversations', TRL 'prompt'+'completion', alpaca 'instruction'+'output', 'text'; auto detects per file. [default: auto]"),
         click.option("--role-map", help="Extra role names, e.g. 'bot=assistant,person=user' (added to the built-in aliases)."),
-        click.option("--template", type=click.Choice(TEMPLATES), help="Render with the seed's role tokens or the tokenizer's chat template. [default: roles]"),
+        click.option("--template", type=click.Choice(TEMPLATES), help="Render with the role-token format (BOS, a role token per message, EOS) or the tokenizer's chat template. [default: roles]"),
         click.option("--template-kwargs", help="""JSON object passed to the chat template for every record, e.g. '{"enable_thinking": false}'; a record's own chat_template_kwargs win."""),
         click.option("--turns", type=click.Choice(TURNS), help="Chat template: train the one rendering of each conversation (rendered), only its last assistant turn (last), or every assistant turn as the model produces it at inference, after the history as the template shows it then (inference). [default: rendered]"),
         click.option("--mask", type=click.Choice(MASK_POLICIES), help="Which tokens are trained. [default: assistant_only]"),
@@ -63,8 +65,8 @@ def pack_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--seq-length", type=int, help="Tokens per training sequence L (rows store L+1). [default: 2048]"),
         click.option("--long", type=click.Choice(LONG_POLICIES), help="Conversations longer than a row. [default: split for bestfit, truncate for aligned]"),
         click.option("--unprompted", type=click.Choice(UNPROMPTED_POLICIES), help="Assistant turns no user message prompts: train, keep as context, or drop. [default: keep]"),
-        click.option("--turn-cut", type=int, help="With --long split: 0 (default) never cuts a turn that fits in a row (no turn is trained without its start); N > 0 also cuts a trained turn mid-way when a cut between messages would leave N or more tokens of a row empty (higher fill, beheaded turns). [default: 0]"),
-        click.option("--context-share", type=float, help="With --long split: the most of a row the repeated context (system message + question, or the text before a cut inside a turn) may take; a longer question is kept by its end. Higher keeps more questions whole, at the cost of more repeated tokens. [default: 0.75]"),
+        click.option("--turn-cut", type=int, help=f"With --long split: 0 never cuts a turn that fits in a row (no turn is trained without its start); N > 0 also cuts a trained turn mid-way when a cut between messages would leave N or more tokens of a row empty (higher fill, beheaded turns). [default: {DEFAULT_TURN_CUT}]"),
+        click.option("--context-share", type=float, help=f"With --long split: the most of a row the repeated context (system message + question, or the text before a cut inside a turn) may take; a longer question is kept by its end. Higher keeps more questions whole, at the cost of more repeated tokens. [default: {CONTEXT_SHARE}]"),
         click.option("--source-filter", help="Keep only records whose 'source' column equals this."),
         click.option("--output-format", type=click.Choice(OUTPUT_FORMATS), help="Write .npy arrays, a parquet file, or both. [default: npy]"),
         click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the tokenizer to run code from its folder (off by default)."),
@@ -100,29 +102,50 @@ def unit_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def task_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--num-tasks/--task-index: this run's share of the units (an array task), and their hidden old names."""
+    options = [
+        click.option("--num-tasks", help="Split the units among this many independent runs (array tasks); 'from-env' takes the count and this run's index from $SLURM_ARRAY_TASK_COUNT/_ID. [default: 1]"),
+        click.option("--task-index", type=click.IntRange(min=0), help="Which of the --num-tasks runs this is. [default: 0]"),
+        # Their names from before "shard" came to mean only an output folder (shards/NNNNN): old scripts still work.
+        click.option("--num-shards", "old_num_tasks", hidden=True, help="The old name of --num-tasks."),
+        click.option("--shard-index", "old_task_index", type=click.IntRange(min=0), hidden=True,
+                     help="The old name of --task-index."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def either(new: Any, old: Any, name: str, old_name: str) -> Any:
+    """The value of an option given under its name or under its hidden old name (not both)."""
+    if new is not None and old is not None:
+        raise click.UsageError(f"pass {name} or {old_name} (its old name), not both")
+    return new if new is not None else old
+
+
 @main.command()
 @click.argument("data", nargs=-1, required=True)
 @click.argument("out_dir", type=click.Path())
 @pack_options
 @unit_option
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Processes packing units in parallel (the tokenizer's threads are divided among them); 0 = one per CPU for inputs of 4 MiB or more, else 1. Output bytes do not depend on it.")
-@click.option("--num-shards", help="Split the units among this many independent runs (array tasks); 'from-env' takes the count and this run's index from $SLURM_ARRAY_TASK_COUNT/_ID. [default: 1]")
-@click.option("--shard-index", type=click.IntRange(min=0), help="Which of the --num-shards runs this is. [default: 0]")
+@task_options
 @click.option("--overwrite", is_flag=True, help="Replace an earlier packsft output in OUT_DIR (without it, a run with the same settings resumes).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping and counting it.")
 @click.option("--skip-bad-files", is_flag=True, help="Skip unreadable input files (listed in dataset.json) instead of stopping.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
 @user_errors
 def pack(data: tuple[str, ...], out_dir: str, config_file: str | None, overwrite: bool, strict: bool, skip_bad_files: bool,
-         quiet: bool, data_format: str | None, unit_mib: float, workers: int, num_shards: str | None,
-         shard_index: int | None, **flags: Any) -> None:
+         quiet: bool, data_format: str | None, unit_mib: float, workers: int, num_tasks: str | None,
+         task_index: int | None, old_num_tasks: str | None, old_task_index: int | None, **flags: Any) -> None:
     """Read conversations from DATA, render, pack and write chunks to OUT_DIR.
 
     DATA is one or more folders (read recursively), globs (quoted; ** recurses), *.parquet /
     *.jsonl[.gz] files, or hf:// / s3:// / gs:// URLs (through fsspec and its backend).
 
     Rerunning the same command resumes: complete units are kept, the rest are packed. With
-    --num-shards/--shard-index (or --num-shards from-env in a SLURM array) only that run's units are
+    --num-tasks/--task-index (or --num-tasks from-env in a SLURM array) only that run's units are
     packed and `packsft merge` writes dataset.json once all are done.
 
     Example:
@@ -134,14 +157,16 @@ def pack(data: tuple[str, ...], out_dir: str, config_file: str | None, overwrite
         packsft pack 'data/**/train-*.parquet' extra.jsonl out/ --tokenizer ./tok
     """
     from packsft.run.pipeline import run_pack
-    from packsft.run.slurm import array_note, resolve_shards
+    from packsft.run.slurm import array_note, resolve_tasks
 
     config = resolve_config(config_file, format=data_format, **flags)
-    if num_shards is None and not quiet and (note := array_note()):
+    num_tasks = either(num_tasks, old_num_tasks, "--num-tasks", "--num-shards")
+    task_index = either(task_index, old_task_index, "--task-index", "--shard-index")
+    if num_tasks is None and not quiet and (note := array_note()):
         click.echo(note, err=True)
-    shards, index = resolve_shards(num_shards, shard_index)
+    tasks, index = resolve_tasks(num_tasks, task_index)
     result = run_pack(list(data), out_dir, config, overwrite=overwrite, quiet=quiet, strict=strict, workers=workers,
-                      num_shards=shards, shard_index=index, unit_bytes=round(unit_mib * (1 << 20)),
+                      num_tasks=tasks, task_index=index, unit_bytes=round(unit_mib * (1 << 20)),
                       skip_bad_files=skip_bad_files)
     if not quiet:
         echo_pack_result(result, out_dir)
@@ -156,7 +181,7 @@ def echo_pack_result(result: Any, out_dir: str) -> None:
         click.echo(f"wrote {result.out_dir} in {result.seconds:.1f}s ({result.packed} units packed, {result.skipped} already done)")
     else:
         click.echo(f"packed {result.packed} units ({result.skipped} already done) in {result.seconds:.1f}s; "
-                   f"{result.missing} units of other shards remain. When all are done: packsft merge {out_dir}")
+                   f"{result.missing} units of other tasks remain. When all are done: packsft merge {out_dir}")
 
 
 @main.command()
@@ -172,7 +197,7 @@ def merge(out_dir: str, max_reject_fraction: float | None) -> None:
     \b
         packsft merge out/
     """
-    from packsft.run.outdir import merge as merge_output
+    from packsft.run.finish import merge as merge_output
     from packsft.stats import format_summary
 
     click.echo(format_summary(merge_output(out_dir, max_reject_fraction)))
@@ -190,7 +215,7 @@ def status(out_dir: str) -> None:
     \b
         packsft status out/
     """
-    from packsft.run.outdir import status as output_status
+    from packsft.run.finish import status as output_status
 
     click.echo(output_status(out_dir).format())
 
@@ -223,7 +248,7 @@ def slurm() -> None:
 def submit(data: tuple[str, ...], out_dir: str, config_file: str | None, data_format: str | None, unit_mib: float,
            array_size: int, partition: str | None, time_limit: str | None, cpus_per_task: int, workers: int,
            throttle: int | None, overwrite: bool, **flags: Any) -> None:
-    """Write OUT_DIR/slurm/*.sbatch, submit the pack array and an afterok merge job, print their ids.
+    """Write OUT_DIR/slurm/*.sbatch, submit the array tasks of the missing units and an afterok merge job.
 
     Example:
 
@@ -231,12 +256,17 @@ def submit(data: tuple[str, ...], out_dir: str, config_file: str | None, data_fo
     \b
         packsft slurm submit data/ out/ --tokenizer ./tok --array-size 16 --cpus-per-task 8 --workers 2
     """
-    from packsft.run.slurm import SlurmOptions
-    from packsft.run.slurm import submit as submit_jobs
+    from packsft.run.pipeline import run_pack
+    from packsft.run.slurm import SlurmExecutor, SlurmOptions
 
     config = resolve_config(config_file, format=data_format, **flags)
-    options = SlurmOptions(array_size, partition, time_limit, cpus_per_task, throttle, workers)
-    job = submit_jobs(list(data), out_dir, config, options, unit_bytes=round(unit_mib * (1 << 20)), overwrite=overwrite)
+    executor = SlurmExecutor(SlurmOptions(array_size, partition, time_limit, cpus_per_task, throttle, workers))
+    result = run_pack(list(data), out_dir, config, executor=executor, overwrite=overwrite,
+                      unit_bytes=round(unit_mib * (1 << 20)))
+    job = executor.submission
+    if job is None:
+        echo_pack_result(result, out_dir)  # every unit was complete: nothing to submit
+        return
     click.echo(f"submitted pack array {job.pack_job} ({job.pack_script}) and merge job {job.merge_job} (afterok)")
     click.echo(f"watch: squeue -j {job.pack_job},{job.merge_job}   |   packsft status {out_dir}")
 
@@ -281,12 +311,13 @@ def ray_submit(data: tuple[str, ...], out_dir: str, config_file: str | None, dat
     \b
         packsft ray submit /nfs/chats /nfs/packed --tokenizer /nfs/tok --address 10.0.0.1:6379
     """
-    from packsft.run.ray import RayOptions, run_ray
+    from packsft.run.pipeline import run_pack
+    from packsft.run.ray import RayExecutor, RayOptions
 
     config = resolve_config(config_file, format=data_format, **flags)
-    options = RayOptions(address, num_cpus_per_task, max_retries)
-    result = run_ray(list(data), out_dir, config, options, overwrite=overwrite, quiet=quiet, strict=strict,
-                     unit_bytes=round(unit_mib * (1 << 20)), skip_bad_files=skip_bad_files)
+    executor = RayExecutor(RayOptions(address, num_cpus_per_task, max_retries))
+    result = run_pack(list(data), out_dir, config, executor=executor, overwrite=overwrite, quiet=quiet, strict=strict,
+                      unit_bytes=round(unit_mib * (1 << 20)), skip_bad_files=skip_bad_files)
     if not quiet:
         echo_pack_result(result, out_dir)
 

@@ -23,6 +23,10 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 DEFAULT_SEQ_LENGTH = 2048
 DEFAULT_TOKENIZER = "gpt2"
 DEFAULT_MAX_REJECT_FRACTION = 0.1
+# --long split: the most of a row the repeated context (system message + question) may take.
+CONTEXT_SHARE = 0.75
+# --long split: 0 never cuts a turn that fits in a row (no turn is trained without its start).
+DEFAULT_TURN_CUT = 0
 
 # Each option's values are written once, as a Literal type the type checker enforces; the tuples the
 # CLI offers and __post_init__ checks are read from them.
@@ -76,8 +80,8 @@ class PackConfig:
     seq_length: int = DEFAULT_SEQ_LENGTH
     long: LongPolicy | None = None
     unprompted: Unprompted = "keep"
-    turn_cut: int = 0  # split.DEFAULT_TURN_CUT: never cut a turn that fits in a row
-    context_share: float = 0.75
+    turn_cut: int = DEFAULT_TURN_CUT
+    context_share: float = CONTEXT_SHARE
     source_filter: str | None = None
     output_format: OutputFormat = "npy"
     trust_remote_code: bool = False

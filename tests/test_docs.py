@@ -2,7 +2,7 @@
 
     x.py          a file in the folder of the module that names it
     a/b.py        a path under packsft/, or under the repo root when it starts with packsft/, scripts/, tests/, .ci/
-    packsft.x.y   a module, or a name a module defines (`packsft.run.ray.RayUnitRunner`)
+    packsft.x.y   a module, or a name a module defines (`packsft.run.ray.RayExecutor`)
 
 Every docstring and comment in packsft/ is read; the Markdown files at the repo root are read for paths
 (`packsft/write/layout.py`, `scripts/bench.py`) and dotted names. A third-party file a docstring cites

@@ -1,17 +1,24 @@
-"""Run a pack job: a deterministic plan of units, each packed into one shard, then merged.
+"""Run a pack job: a deterministic plan of units, the missing ones packed by an executor, then merged.
 
-    plan.py      the units of work (a file, or a row-group range of a big one) and their fingerprints
-    unit.py      one unit in memory: read -> render -> split -> pack -> rows, then its shard written
-    workers.py   units in a pool of processes; SIGTERM/Ctrl-C stop cleanly
-    outdir.py    the output folder across runs: plan.json, resume, merge, status
-    pipeline.py  `packsft pack`: plan, pack the missing units, merge
-    slurm.py     the same plan as a SLURM array + an afterok merge job
-    ray.py       the same plan as one Ray task per unit, then the merge (needs packsft[ray])
+    plan.py      Unit, Plan and planning: the units of DATA (a file, or a row-group range of a big one), array tasks
+    identity.py  what identifies a unit: the digest of the bytes it reads, its fingerprint
+    outdir.py    OUT_DIR across runs: plan.json written or resumed, executor.json, complete units, dataset.json
+    unit.py      one unit in a worker: the job's tokenizer, the unit packed in memory, its shard written
+    outcome.py   refuse an output with no chunks or too many rejects (at merge)
+    executor.py  the Executor interface: run a plan's missing units, and the command that resumes them
+    local.py     LocalExecutor: a pool of processes on this machine
+    slurm.py     SlurmExecutor: a SLURM array of `packsft pack --num-tasks N --task-index I` + an afterok merge job
+    ray.py       RayExecutor: one Ray task per unit (needs packsft[ray])
+    finish.py    status, resume hints (the executor found by name) and merge
+    pipeline.py  run_pack: plan, run the missing units on an executor (SIGTERM/Ctrl-C stop cleanly), merge
 """
 
-from packsft.run.outdir import Status, merge, status
+from packsft.run.executor import Executor
+from packsft.run.finish import Status, merge, status
+from packsft.run.local import LocalExecutor
 from packsft.run.pipeline import PackResult, run_pack
-from packsft.run.ray import RayOptions, run_ray
-from packsft.run.slurm import SlurmOptions, submit
+from packsft.run.ray import RayExecutor, RayOptions
+from packsft.run.slurm import SlurmExecutor, SlurmOptions
 
-__all__ = ["PackResult", "RayOptions", "SlurmOptions", "Status", "merge", "run_pack", "run_ray", "status", "submit"]
+__all__ = ["Executor", "LocalExecutor", "PackResult", "RayExecutor", "RayOptions", "SlurmExecutor", "SlurmOptions",
+           "Status", "merge", "run_pack", "status"]

@@ -17,7 +17,7 @@ from packsft.write.layout import DATASET_JSON, REJECTS_JSONL
 LISTED_REASONS = 3  # reasons named in the error, most frequent first
 
 
-def records_read(stats: dict[str, Any]) -> int:
+def records_validated(stats: dict[str, Any]) -> int:
     """Records that reached validation: valid conversations read plus those rejected before rendering.
 
     A conversation read and then rejected by the chat template or for having no trained token counts once,
@@ -31,7 +31,7 @@ def check_outcome(out_dir: Path, dataset: dict[str, Any], max_reject_fraction: f
     """Raise UnusableOutputError (and remove a stale dataset.json) when the output packed nothing or
     rejected more than `max_reject_fraction` of the records it read."""
     stats = dataset["stats"]
-    read, rejected = records_read(stats), stats["records_rejected"]
+    read, rejected = records_validated(stats), stats["records_rejected"]
     if stats["chunks"] and (not read or rejected / read <= max_reject_fraction):
         return
     (out_dir / DATASET_JSON).unlink(missing_ok=True)

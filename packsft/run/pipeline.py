@@ -1,42 +1,44 @@
-"""The pack job: plan units, then per unit read -> render -> split -> pack -> write; finally dataset.json.
+"""`run_pack`: plan the units, run the missing ones on an executor, and merge once every unit is complete.
 
-One unit of work is a row-group range of one input file (plan.py); it becomes one immutable shard.
-Packing happens over a whole unit, so best-fit sees every conversation of the unit at once. Units
-run in this process or in a worker pool (parallel.py); outdir.py keeps the plan, resumes and merges.
+    run_pack(DATA, OUT_DIR, config, executor=LocalExecutor(workers))
+      make_plan          DATA -> units + fingerprints, the tokenizer loaded and proven (run/plan.py)
+      prepare_plan       OUT_DIR/plan.json written, or an earlier one with the same identity resumed (run/outdir.py)
+      executor.run       this task's missing units packed: local pool, SLURM array or Ray (run/executor.py)
+      merge              dataset.json, when every unit of the plan is complete (run/finish.py)
+
+One unit of work is a row-group range of one input file; it becomes one immutable shard. Packing happens
+over a whole unit, so best-fit sees every conversation of the unit at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shlex
+import signal
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from packsft.config import PackConfig
-from packsft.errors import ConfigError, OutputError, UnusableOutputError
-from packsft.read.inputs import is_url, list_inputs
-from packsft.render.chat_proof import output_identity, with_chat_path_proven
-from packsft.render.tokenizer import PackTokenizer, load_tokenizer
+from packsft.errors import ConfigError, PackInterrupted, UnusableOutputError
+from packsft.render.tokenizer import PackTokenizer
+from packsft.run.executor import Executor
+from packsft.run.finish import merge, resume_hint
+from packsft.run.local import LocalExecutor
 from packsft.run.outdir import (
-    Plan,
     incomplete_units,
-    merge,
     prepare_plan,
     remove_temporaries,
     unit_complete,
+    write_executor_record,
 )
-from packsft.run.plan import (
-    DEFAULT_UNIT_BYTES,
-    Unit,
-    assign_units,
-    available_cpus,
-    plan_inputs,
-    unit_fingerprint,
-)
-from packsft.run.workers import UnitJob, pack_units, stop_on_signals
+from packsft.run.plan import DEFAULT_UNIT_BYTES, Plan, assign_units, make_plan
+from packsft.run.unit import UnitJob
 from packsft.write.layout import DATASET_JSON
 
 
@@ -45,64 +47,14 @@ class PackResult:
     out_dir: Path
     dataset: dict[str, Any] | None  # None when units (of other array tasks) are still missing
     seconds: float
-    packed: int = 0  # units packed by this run
+    packed: int = 0  # units this run packed (an array job: queued)
     skipped: int = 0  # units of this run already complete from an earlier run
     missing: int = 0  # planned units not complete after this run (all array tasks together)
 
 
-# Packs the units a run still needs (units, their fingerprints, the job, quiet) once plan.json is written;
-# the default is pack_units in local processes, packsft.run.ray.RayUnitRunner sends each to a Ray task.
-UnitRunner = Callable[[list[Unit], list[str], UnitJob, bool], None]
-
 # The hint to pass --group-files: at least this many input files, each under 1/SMALL_FILE_SHARE of a unit.
 SMALL_FILES_HINT = 16
 SMALL_FILE_SHARE = 4
-
-# --workers 0 (auto) starts a process per CPU only for inputs this big: below it, starting the pool
-# costs more than it saves.
-AUTO_WORKERS_MIN_BYTES = 4 << 20
-
-
-def auto_workers(units: list[Unit]) -> int:
-    """Workers for --workers 0: one process per available CPU (at most one per unit) for big inputs.
-
-    Separate single-threaded tokenizers in processes overlap the Python stages of one unit with the
-    tokenizing of another: on ShareGPT with GPT-2 on this project's 2-core machine, bestfit packs 8
-    shards in ~49 s with 2 workers against ~52 s with 1 (BENCHMARKS.md).
-    """
-    if sum(unit.bytes for unit in units) < AUTO_WORKERS_MIN_BYTES:
-        return 1
-    return max(1, min(available_cpus(), len(units)))
-
-
-def make_plan(
-    data: str | Path | Sequence[str | Path], out_dir: Path, config: PackConfig, unit_bytes: int = DEFAULT_UNIT_BYTES,
-    skip_bad_files: bool = False,
-) -> tuple[Plan, PackTokenizer]:
-    """The plan of DATA (folders, globs, files or URLs) for `config` (units and their fingerprints)
-    and the loaded tokenizer.
-
-    The plan's config names the encoder the tokenizer got (`auto` resolved to `fast` or `hf`).
-    """
-
-    specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
-    listing = list_inputs(specs)
-    for spec in specs:
-        folder = Path(spec)
-        if not is_url(spec) and folder.is_dir() and (out_dir.resolve() == folder.resolve()
-                                                     or folder.resolve() in out_dir.resolve().parents):
-            raise OutputError(f"{out_dir}: OUT_DIR must not be inside DATA_DIR ({spec}); pick another folder")
-    # Every file is opened and its schema checked before anything is written.
-    units, skipped = plan_inputs(listing, config, unit_bytes, skip_bad_files=skip_bad_files)
-    tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code,
-                               encoder=config.encoder)
-    tokenizer = with_chat_path_proven(tokenizer)
-    config = replace(config, encoder=tokenizer.encoder)
-    fingerprints = [unit_fingerprint(unit, config, tokenizer.fingerprint) for unit in units]
-    inputs = [spec if is_url(spec) else str(Path(spec).resolve()) for spec in specs]
-    plan = Plan(listing.root, config.to_dict(), output_identity(tokenizer), unit_bytes, units, fingerprints,
-                skipped_files=skipped, inputs=inputs)
-    return plan, tokenizer
 
 
 def run_pack(
@@ -110,59 +62,59 @@ def run_pack(
     out_dir: str | Path,
     config: PackConfig,
     *,
+    executor: Executor | None = None,
     overwrite: bool = False,
     quiet: bool = False,
     strict: bool = False,
     workers: int = 0,
-    num_shards: int = 1,
-    shard_index: int = 0,
+    num_tasks: int = 1,
+    task_index: int = 0,
     unit_bytes: int = DEFAULT_UNIT_BYTES,
     skip_bad_files: bool = False,
-    runner: UnitRunner | None = None,
 ) -> PackResult:
-    """Pack the units of DATA (a folder, glob, files or URLs; or a list of them) assigned to `shard_index`
+    """Pack the units of DATA (a folder, glob, files or URLs; or a list of them) assigned to `task_index`
     into OUT_DIR; resume what is already there.
 
-    With num_shards == 1 (every unit is this run's), dataset.json is written at the end; array tasks
-    leave that to `packsft merge`. Output bytes never depend on workers, num_shards or interruptions.
+    With num_tasks == 1 (every unit is this run's), dataset.json is written once every unit is complete;
+    array tasks leave that to `packsft merge`. Output bytes never depend on the executor, workers,
+    num_tasks or interruptions.
 
     Args:
+        executor: where the units run; LocalExecutor(workers) when None.
+        workers: processes of the default LocalExecutor (0: one per CPU for big inputs); not with `executor`.
         strict: stop at the first bad record (`file:row: reason`) instead of skipping and counting it.
         skip_bad_files: list unreadable files in dataset.json `skipped_files` and go on, instead of
             stopping with an error naming the file.
-        runner: packs the units elsewhere (a Ray cluster) instead of in `workers` local processes.
     """
 
     started = time.perf_counter()
-    out_dir = Path(out_dir)
-    if not 0 <= shard_index < num_shards:
-        raise ConfigError(f"--shard-index {shard_index} must be in 0..{num_shards - 1} for --num-shards {num_shards}")
-    if workers < 0:
-        raise ConfigError(f"--workers must be 0 (auto) or more, got {workers}")
-    plan, tokenizer = make_plan(data, out_dir, config, unit_bytes, skip_bad_files)
-    plan.ray = getattr(runner, "plan_entry", None)  # how a rerun resumes: `packsft ray submit`, not `pack`
-    prepare_plan(out_dir, plan, overwrite)
-    if not quiet:
-        _say_detected(plan)
-    if not quiet:
-        _say_tokenizer_paths(tokenizer)
-    config = replace(config, encoder=tokenizer.encoder)  # workers take the proven encoder as it is
-    units, fingerprints = plan.units, plan.fingerprints
+    if executor is not None and workers:
+        raise ConfigError(f"workers={workers} is for the default LocalExecutor; pass LocalExecutor({workers})")
+    executor = executor or LocalExecutor(workers)
+    if not 0 <= task_index < num_tasks:
+        raise ConfigError(f"--task-index {task_index} must be in 0..{num_tasks - 1} for --num-tasks {num_tasks}")
+    specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
+    specs, out_dir, config = executor.prepare(specs, out_dir, config)
+    with executor.session():
+        plan, tokenizer = make_plan(specs, out_dir, config, unit_bytes, skip_bad_files)
+        prepare_plan(out_dir, plan, overwrite)
+        if (settings := executor.settings(out_dir, plan)) is not None:
+            write_executor_record(out_dir, executor.name, settings)
+        if not quiet:
+            _say_detected(plan)
+            _say_tokenizer_paths(tokenizer)
+        config = replace(config, encoder=tokenizer.encoder)  # workers take the proven encoder as it is
 
-    mine = assign_units(units, num_shards)[shard_index]
-    remove_temporaries(out_dir, mine)
-    todo = [units[i] for i in mine if not unit_complete(out_dir, i, fingerprints[i])]
-    if todo:
-        (out_dir / DATASET_JSON).unlink(missing_ok=True)  # the output is no longer complete
-    job = UnitJob(out_dir, config, strict, tokenizer.fingerprint, skip_bad_files)
-    todo_fingerprints = [fingerprints[u.index] for u in todo]
-    with stop_on_signals(out_dir, plan):
-        if runner is None:
-            pack_units(todo, todo_fingerprints, job, tokenizer, workers or auto_workers(todo), quiet)
-        else:
-            runner(todo, todo_fingerprints, job, quiet)
-    missing = incomplete_units(out_dir, plan)
-    dataset = _merge(out_dir, reused=len(mine) - len(todo)) if num_shards == 1 and not missing else None
+        mine = assign_units(plan.units, num_tasks)[task_index]
+        remove_temporaries(out_dir, mine)
+        todo = [plan.units[i] for i in mine if not unit_complete(out_dir, i, plan.fingerprints[i])]
+        if todo:
+            (out_dir / DATASET_JSON).unlink(missing_ok=True)  # the output is no longer complete
+        job = UnitJob(out_dir, config, strict, tokenizer.fingerprint, skip_bad_files)
+        with stop_on_signals(out_dir, plan):
+            executor.run(plan, todo, job, tokenizer, quiet)
+        missing = incomplete_units(out_dir, plan)
+        dataset = _merge(out_dir, reused=len(mine) - len(todo)) if num_tasks == 1 and not missing else None
     return PackResult(out_dir, dataset, time.perf_counter() - started, len(todo), len(mine) - len(todo), len(missing))
 
 
@@ -179,6 +131,31 @@ def _merge(out_dir: Path, reused: int) -> dict[str, Any]:
                                   "to pack them again") from None
 
 
+@contextlib.contextmanager
+def stop_on_signals(out_dir: Path, plan: Plan) -> Iterator[None]:
+    """Turn SIGTERM (preemption, scancel) like SIGINT into a clean stop with a message on how to resume."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+
+        missing = incomplete_units(out_dir, plan)
+        how = resume_hint(out_dir, plan, missing) if missing else f"packsft merge {shlex.quote(str(out_dir))}"
+        raise PackInterrupted(
+            f"stopped by {stop.args[0] if stop.args else 'SIGINT'}: {len(plan.units) - len(missing)} of "
+            f"{len(plan.units)} units are complete and kept. Rerun the same command to resume ({how})"
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _say_tokenizer_paths(tokenizer: PackTokenizer) -> None:
     """One stderr line per reference path the proofs at load chose instead of a fast one."""
     if tokenizer.encoder_note:
@@ -188,7 +165,7 @@ def _say_tokenizer_paths(tokenizer: PackTokenizer) -> None:
               "differs from it on a probe conversation)", file=sys.stderr)
 
 
-def _say_detected(plan) -> None:
+def _say_detected(plan: Plan) -> None:
     """One stderr line per input format auto chose (and per skipped file), e.g. `sharegpt for 8 files`;
     conversations stored as JSON text are named too, also when --input-format was given."""
     files = {part.name: part for unit in plan.units for part in unit.parts}

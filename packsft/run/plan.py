@@ -1,6 +1,6 @@
-"""The work plan: a deterministic list of units (file row-group ranges), and which shard does which.
+"""The plan of a pack job: its units (file row-group ranges) and their fingerprints, planned once and kept in plan.json.
 
-    DATA_DIR (sorted *.parquet)        units, unit_bytes = 150 MiB    array tasks (--num-shards 2)
+    DATA_DIR (sorted *.parquet)        units, unit_bytes = 150 MiB    array tasks (--num-tasks 2)
     a.parquet  300 MiB, 6 groups  ->   00000 a.parquet groups [0, 3)  -> task 0: 00000, 00003
                                        00001 a.parquet groups [3, 6)  -> task 1: 00001, 00002
     b.parquet   40 MiB, 1 group   ->   00002 b.parquet groups [0, 1)
@@ -8,35 +8,37 @@
 
 A file becomes ceil(bytes / unit_bytes) units of contiguous row groups with about equal compressed
 bytes (a row group is never split: it is parquet's unit of reading). The plan depends only on the
-input files and `unit_bytes`, never on how many workers or array tasks run it, so every way of
-running it writes the same shards. Each unit carries a fingerprint of everything that decides its
-bytes (tokenizer, resolved config, file size and mtime, row-group range): a shard whose manifest
-holds the same fingerprint is complete and is never packed again.
+input files and `unit_bytes`, never on how many workers or array tasks run it, nor on the executor
+that runs it, so every way of running it writes the same shards. Each unit carries a fingerprint of
+everything that decides its bytes (run/identity.py): a shard whose manifest holds the same fingerprint is
+complete and is never packed again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-from dataclasses import dataclass, fields, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from packsft.config import PackConfig, bytes_config
-from packsft.errors import InputError
-from packsft.read.inputs import InputListing, Location, as_location, content_sha256, file_info, list_inputs
+from packsft.config import PackConfig
+from packsft.errors import InputError, OutputError
+from packsft.read.inputs import InputListing, Location, as_location, file_info, is_url, list_inputs
 from packsft.read.reader import InputFile, open_input
 from packsft.read.records import parse_role_map
-from packsft.render.tokenizer_cache import cache_key, read_entry, write_entry
-from packsft.write.layout import FORMAT_VERSION
+from packsft.render.chat_proof import output_identity, with_chat_path_proven
+from packsft.render.tokenizer import PackTokenizer, load_tokenizer
+from packsft.run.identity import IDENTITY_VERSION, fingerprint, fingerprint_config, input_digest
+from packsft.version import __version__
 
 # Compressed parquet bytes per unit. A unit is packed in memory (best-fit sees all of it), so this
-# bounds a worker's memory: measured on ShareGPT with GPT-2, 1 MiB of parquet is ~1M tokens and a
-# worker peaks at ~0.1 GiB + ~50 bytes per token of its unit (BENCHMARKS.md: 327 MiB for a unit of
-# 3.7M tokens), so 8 MiB stays under 1 GiB. Best-fit
-# over ~8M tokens (~4k rows of 2048) loses nothing measurable against larger units.
+# bounds a worker's memory. BENCHMARKS.md measures a worker's peak RSS over 0.3 GiB per rendered token
+# of its largest unit (target: 40 B; ShareGPT with GPT-2 and --workers 1: 330 MiB peak, 6 B per token),
+# and 1 MiB of ShareGPT-like parquet holds about 1M tokens (BENCHMARKS-scale.md: 1B tokens is ~1 GB),
+# so 8 MiB stays under 1 GiB. Best-fit over ~8M tokens (~4k rows of 2048) loses nothing measurable
+# against larger units.
 DEFAULT_UNIT_BYTES = 8 << 20
 PLAN_JSON = "plan.json"
 PLAN_VERSION = 1
@@ -73,6 +75,12 @@ class Unit:
     def total_rows(self) -> int:
         """Rows of all its files (parquet; JSON Lines files count 0 until read)."""
         return sum(part.rows for part in self.parts)
+
+    def identity(self) -> list[Any]:
+        """What identifies the file it reads (identity.py): its name (written into rejects), its content, its row
+        groups. A URL, or a unit of a plan written before content identity, is identified by size and mtime."""
+        content = self.content if self.content else [self.file_bytes, self.file_mtime_ns]
+        return [self.name, content, self.row_groups and list(self.row_groups)]
 
     @property
     def label(self) -> str:
@@ -115,6 +123,97 @@ class Unit:
                    first_row=record.get("first_row", 0), rows=record.get("rows", 0), file_bytes=record["bytes"])
 
 
+
+@dataclass
+class Plan:
+    """What plan.json holds: how the units were made and which they are. Nothing of how they are run
+    (executors keep that in executor.json, run/outdir.py)."""
+
+    data_dir: str
+    config: dict[str, Any]
+    tokenizer: dict[str, Any]  # PackTokenizer.identity()
+    unit_bytes: int
+    units: list[Unit]
+    fingerprints: list[str]
+    skipped_files: list[dict[str, str]] = field(default_factory=list)  # unreadable, under --skip-bad-files
+    inputs: list[str] = field(default_factory=list)  # the DATA arguments (absolute); [data_dir] if empty
+    identity_version: int = IDENTITY_VERSION  # how its units' fingerprints identify them (run/identity.py)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "plan_version": PLAN_VERSION, "packsft_version": __version__, "data_dir": self.data_dir,
+            "config": self.config, "tokenizer": self.tokenizer, "unit_bytes": self.unit_bytes,
+            "units": [{**u.to_dict(), "fingerprint": f} for u, f in zip(self.units, self.fingerprints)],
+            "skipped_files": self.skipped_files, "inputs": self.data_inputs, "identity_version": self.identity_version,
+        }
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Plan:
+        units = [Unit.from_dict({k: v for k, v in u.items() if k != "fingerprint"}) for u in record["units"]]
+        return cls(record["data_dir"], record["config"], record["tokenizer"], record["unit_bytes"], units,
+                   [u["fingerprint"] for u in record["units"]], record.get("skipped_files", []),
+                   record.get("inputs", []), record.get("identity_version", 1))
+
+    @property
+    def data_inputs(self) -> list[str]:
+        """The DATA arguments of the run (plans written before they were recorded hold data_dir only)."""
+        return self.inputs or [self.data_dir]
+
+    def identity(self) -> dict[str, Any]:
+        """What a resumed run must share with the plan. Not where the inputs are (paths stay in plan.json for people
+        and `verify --deep`): units are identified by content, so inputs moved, copied or reached by another path
+        resume, and changed ones are redone."""
+        config = self.pack_config()
+        return {"config": fingerprint_config(config),
+                "tokenizer": self.tokenizer["fingerprint"], "unit_bytes": self.unit_bytes,
+                "group_files": config.group_files}
+
+    def pack_config(self) -> PackConfig:
+        known = {f.name for f in fields(PackConfig)}
+        return PackConfig(**{k: v for k, v in self.config.items() if k in known})
+
+
+def read_plan(out_dir: Path) -> Plan:
+    path = Path(out_dir) / PLAN_JSON
+    if not path.exists():
+        raise OutputError(f"{out_dir}: no {PLAN_JSON}; pass the OUT_DIR of a `packsft pack` or `packsft slurm submit`")
+    try:
+        return Plan.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise OutputError(f"{path}: unreadable plan ({exc}); pack again with --overwrite") from None
+
+
+def make_plan(
+    data: str | Path | Sequence[str | Path], out_dir: Path, config: PackConfig, unit_bytes: int = DEFAULT_UNIT_BYTES,
+    skip_bad_files: bool = False,
+) -> tuple[Plan, PackTokenizer]:
+    """The plan of DATA (folders, globs, files or URLs) for `config` (units and their fingerprints)
+    and the loaded tokenizer.
+
+    The plan's config names the encoder the tokenizer got (`auto` resolved to `fast` or `hf`).
+    """
+
+    specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
+    listing = list_inputs(specs)
+    for spec in specs:
+        folder = Path(spec)
+        if not is_url(spec) and folder.is_dir() and (out_dir.resolve() == folder.resolve()
+                                                     or folder.resolve() in out_dir.resolve().parents):
+            raise OutputError(f"{out_dir}: OUT_DIR must not be inside DATA_DIR ({spec}); pick another folder")
+    # Every file is opened and its schema checked before anything is written.
+    units, skipped = plan_inputs(listing, config, unit_bytes, skip_bad_files=skip_bad_files)
+    tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code,
+                               encoder=config.encoder)
+    tokenizer = with_chat_path_proven(tokenizer)
+    config = replace(config, encoder=tokenizer.encoder)
+    fingerprints = [fingerprint(config, tokenizer.fingerprint, [part.identity() for part in unit.parts])
+                    for unit in units]
+    inputs = [spec if is_url(spec) else str(Path(spec).resolve()) for spec in specs]
+    plan = Plan(listing.root, config.to_dict(), output_identity(tokenizer), unit_bytes, units, fingerprints,
+                skipped_files=skipped, inputs=inputs)
+    return plan, tokenizer
+
+
 def split_row_groups(sizes: list[int], parts: int) -> list[tuple[int, int]]:
     """Cut row groups (by their byte sizes) into `parts` contiguous ranges of about equal bytes.
 
@@ -147,7 +246,7 @@ def plan_inputs(
     *,
     skip_bad_files: bool = False,
 ) -> tuple[list[Unit], list[dict[str, str]]]:
-    """The units of DATA (folders, globs, files or URLs; see inputs.py): files sorted by name, parquet
+    """The units of DATA (folders, globs, files or URLs; see read/inputs.py): files sorted by name, parquet
     ones cut into row-group ranges of about unit_bytes (a JSON Lines file is one unit: it has no row
     groups). Also returns the files skipped as unreadable (only with skip_bad_files; otherwise a bad
     file raises). Each file is opened once, so planning is linear in the number of files."""
@@ -174,7 +273,7 @@ def _file_units(path: Location, name: str, source: InputFile, unit_bytes: int, f
     whole = Unit(index=first_index, path=path, name=name, bytes=size, file_bytes=size, file_mtime_ns=mtime_ns,
                  input_format=source.input_format, detected=source.detected or "", json_text=source.json_text)
     if source.parquet is None:
-        return [replace(whole, content=input_digest(whole))]
+        return [replace(whole, content=input_digest(path, size, mtime_ns, None))]
     metadata = source.parquet.metadata
     groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
     sizes = [sum(g.column(c).total_compressed_size for c in range(g.num_columns)) for g in groups]
@@ -184,51 +283,7 @@ def _file_units(path: Location, name: str, source: InputFile, unit_bytes: int, f
     units = [replace(whole, index=first_index + k, row_groups=(start, stop), first_row=sum(rows[:start]),
                      rows=sum(rows[start:stop]), bytes=sum(sizes[start:stop]))
              for k, (start, stop) in enumerate(ranges)]
-    return [replace(unit, content=input_digest(unit)) for unit in units]
-
-
-def input_digest(unit: Unit) -> str:
-    """`Unit.content` of a local unit: its bytes' sha256, cached by path, size, mtime and row groups (a rerun
-    reads the cache, not the data); "" for a URL."""
-    if not isinstance(unit.path, Path):
-        return ""
-    facts = {"path": str(unit.path.resolve()), "bytes": unit.file_bytes, "mtime_ns": unit.file_mtime_ns,
-             "row_groups": list(unit.row_groups) if unit.row_groups is not None else None}
-    key = cache_key("input-content", facts)
-    entry = read_entry("inputs", key)
-    if entry is not None and isinstance(entry.get("sha256"), str):
-        return entry["sha256"]
-    digest = content_sha256(unit.path, unit.row_groups)
-    write_entry("inputs", key, {"sha256": digest})
-    return digest
-
-
-# 2: units are identified by content (input bytes, tokenizer files), not by paths and mtimes (1).
-IDENTITY_VERSION = 2
-
-
-def fingerprint_config(config: PackConfig) -> dict[str, Any]:
-    return bytes_config(config.to_dict())
-
-
-def unit_fingerprint(unit: Unit, config: PackConfig, tokenizer_fingerprint: str) -> str:
-    """sha256 of everything that decides a unit's shard bytes."""
-    payload = {
-        "format_version": FORMAT_VERSION,
-        "tokenizer": tokenizer_fingerprint,
-        "config": fingerprint_config(config),
-        "input": _fingerprint_input(unit),
-    }
-    if unit.more:  # only grouped units have this key: the fingerprints of other units stay as they were
-        payload["more"] = [_fingerprint_input(part) for part in unit.more]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def _fingerprint_input(unit: Unit) -> list[Any]:
-    """The unit's name (it is written into rejects), what it reads, and its row groups. A URL, or a unit of a plan
-    written before content identity, is identified by its size and mtime."""
-    identity = unit.content if unit.content else [unit.file_bytes, unit.file_mtime_ns]
-    return [unit.name, identity, unit.row_groups and list(unit.row_groups)]
+    return [replace(unit, content=input_digest(path, size, mtime_ns, unit.row_groups)) for unit in units]
 
 
 def group_small_files(units: list[Unit], unit_bytes: int) -> list[Unit]:
@@ -252,26 +307,12 @@ def group_small_files(units: list[Unit], unit_bytes: int) -> list[Unit]:
     return grouped
 
 
-def assign_units(units: list[Unit], num_shards: int) -> list[list[int]]:
+def assign_units(units: list[Unit], num_tasks: int) -> list[list[int]]:
     """Unit indices per array task: largest unit first onto the least-loaded task (deterministic)."""
-    loads = [(0, task) for task in range(num_shards)]
-    tasks: list[list[int]] = [[] for _ in range(num_shards)]
+    loads = [(0, task) for task in range(num_tasks)]
+    tasks: list[list[int]] = [[] for _ in range(num_tasks)]
     for unit in sorted(units, key=lambda u: (-u.bytes, u.index)):
         load, task = min(loads)
         loads[task] = (load + unit.bytes, task)
         tasks[task].append(unit.index)
     return [sorted(indices) for indices in tasks]
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: SLURM's allocation when inside a job, else the affinity mask."""
-    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS
-        return os.cpu_count() or 1
-
-
-def threads_per_worker(workers: int) -> int:
-    return max(1, math.floor(available_cpus() / workers))

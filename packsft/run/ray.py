@@ -1,7 +1,8 @@
-"""Run the plan's units as tasks on a Ray cluster, then merge; Ray schedules, packsft keeps the plan.
+"""RayExecutor: the plan's units as tasks on a Ray cluster; Ray schedules, packsft keeps the plan.
 
     packsft ray submit DATA OUT --address HEAD:6379          (the driver: any machine of the cluster)
       OUT/plan.json                 written by the driver first, as for `packsft pack`
+      OUT/executor.json             the address, for `packsft status`
       one Ray task per missing unit, largest first  -> any node: OUT/shards/NNNNN/ (written by the task)
       a tqdm bar over units on the driver, then `merge` -> OUT/rejects.jsonl, OUT/dataset.json
 
@@ -22,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -34,11 +36,10 @@ from packsft.config import PackConfig
 from packsft.errors import MissingDependencyError, OutputError, PacksftError
 from packsft.read.inputs import is_url
 from packsft.render.tokenizer import PackTokenizer
+from packsft.run.executor import Executor, rerun_command
 from packsft.run.outdir import remove_temporaries
-from packsft.run.pipeline import PackResult, run_pack
-from packsft.run.plan import DEFAULT_UNIT_BYTES, PLAN_JSON, Unit
-from packsft.run.unit import records_read, write_unit
-from packsft.run.workers import UnitJob, load_job_tokenizer
+from packsft.run.plan import PLAN_JSON, Plan, Unit
+from packsft.run.unit import UnitJob, input_rows, load_job_tokenizer, write_unit
 from packsft.version import __version__
 from packsft.write.layout import shard_name
 
@@ -78,48 +79,6 @@ def import_ray() -> ModuleType:
     return ray
 
 
-def run_ray(
-    data: str | Path | Sequence[str | Path],
-    out_dir: str | Path,
-    config: PackConfig,
-    options: RayOptions | None = None,
-    *,
-    overwrite: bool = False,
-    quiet: bool = False,
-    strict: bool = False,
-    unit_bytes: int = DEFAULT_UNIT_BYTES,
-    skip_bad_files: bool = False,
-) -> PackResult:
-    """Pack DATA (what run_pack reads: folders, globs, files, URLs) into OUT_DIR with one Ray task per
-    missing unit, then merge (dataset.json).
-
-    Connects to the cluster first, so an unreachable cluster fails before anything is written. Local
-    paths (DATA, OUT_DIR, a tokenizer folder) are made absolute here, because Ray workers do not start
-    in this process's folder; URLs go to the reader unchanged.
-    """
-    out_dir = _shared_output_path(out_dir)
-    ray = import_ray()
-    options = options or RayOptions()
-    if config.tokenizer and Path(config.tokenizer).exists():
-        config = dataclasses.replace(config, tokenizer=str(Path(config.tokenizer).resolve()))
-    connected_here = not ray.is_initialized()
-    if connected_here:
-        _connect(ray, options.address)
-    try:
-        return run_pack(_shared_inputs(data), out_dir, config, overwrite=overwrite, quiet=quiet,
-                        strict=strict, unit_bytes=unit_bytes, skip_bad_files=skip_bad_files,
-                        runner=RayUnitRunner(options))
-    finally:
-        if connected_here:
-            ray.shutdown()
-
-
-def _shared_inputs(data: str | Path | Sequence[str | Path]) -> list[str]:
-    """Local inputs (folders, files, globs) made absolute; URLs (s3://...) unchanged for the reader."""
-    specs = [data] if isinstance(data, (str, Path)) else data
-    return [str(spec) if is_url(spec) else str(Path(spec).resolve()) for spec in specs]
-
-
 def _shared_output_path(out_dir: str | Path) -> Path:
     if is_url(out_dir):
         raise OutputError(
@@ -148,14 +107,35 @@ def _connect(ray: ModuleType, address: str | None) -> None:
         raise OutputError(f"cannot connect to the Ray cluster at {where or 'this machine'}: {reason}. {how}") from None
 
 
-class RayUnitRunner:
-    """A pipeline.UnitRunner: one Ray task per unit, largest first; a tqdm bar over units."""
+@dataclass(frozen=True)
+class RayExecutor(Executor):
+    """One Ray task per missing unit, largest first; a tqdm bar over units. Connects to the cluster before
+    anything is written, and makes local paths absolute: Ray workers do not start in this process's folder."""
 
-    def __init__(self, options: RayOptions) -> None:
-        self.options = options
-        self.plan_entry = {"address": options.address}  # plan.json `ray`: resume hints name `ray submit`
+    options: RayOptions = RayOptions()
+    name = "ray"
 
-    def __call__(self, units: list[Unit], fingerprints: list[str], job: UnitJob, quiet: bool) -> None:
+    def prepare(self, data: list[str], out_dir: str | Path,
+                config: PackConfig) -> tuple[list[str], Path, PackConfig]:
+        out_dir = _shared_output_path(out_dir)
+        import_ray()
+        if config.tokenizer and Path(config.tokenizer).exists():
+            config = dataclasses.replace(config, tokenizer=str(Path(config.tokenizer).resolve()))
+        return [spec if is_url(spec) else str(Path(spec).resolve()) for spec in data], out_dir, config
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        ray = import_ray()
+        connected_here = not ray.is_initialized()
+        if connected_here:
+            _connect(ray, self.options.address)
+        try:
+            yield
+        finally:
+            if connected_here:
+                ray.shutdown()
+
+    def run(self, plan: Plan, units: list[Unit], job: UnitJob, tokenizer: PackTokenizer, quiet: bool) -> None:
         if not units:
             return
         ray = import_ray()
@@ -167,7 +147,8 @@ class RayUnitRunner:
                                       "TOKENIZERS_PARALLELISM": "true" if threads > 1 else "false"}},
         )
         order = sorted(range(len(units)), key=lambda i: (-units[i].bytes, units[i].index))
-        pending = {task.remote(job, units[i], fingerprints[i], __version__, threads): units[i] for i in order}
+        pending = {task.remote(job, units[i], plan.fingerprints[units[i].index], __version__, threads): units[i]
+                   for i in order}
         try:
             with tqdm(total=len(units), unit="unit", desc="packing on ray", disable=quiet, dynamic_ncols=True) as bar:
                 while pending:
@@ -195,6 +176,14 @@ class RayUnitRunner:
                 "are kept. Rerun the same command to resume (with a smaller --unit-mib if workers ran out of memory)"
             ) from None
 
+    def settings(self, out_dir: Path, plan: Plan) -> dict[str, Any]:
+        return {"address": self.options.address}
+
+    @classmethod
+    def resume_hint(cls, out_dir: Path, plan: Plan, settings: dict[str, Any], missing: list[int]) -> str:
+        address = ["--address", settings["address"]] if settings.get("address") else []
+        return rerun_command(["packsft", "ray", "submit"], out_dir, plan, address)
+
 
 # The tokenizers a Ray worker process loaded, by (name, template, encoder, fingerprint): a worker packs many units.
 _node_tokenizers: dict[tuple[str, str, str, str], PackTokenizer] = {}
@@ -219,4 +208,4 @@ def pack_unit_task(job: UnitJob, unit: Unit, fingerprint: str, driver_version: s
     remove_temporaries(job.out_dir, [unit.index])  # what an attempt lost with its worker left behind
     written = write_unit(unit, fingerprint, job.out_dir, job.config, _node_tokenizers[key], strict=job.strict,
                          skip_bad_files=job.skip_bad_files)
-    return records_read(written)
+    return input_rows(written)

@@ -1,20 +1,23 @@
-"""Run one unit: pack it in memory (`packsft.stages`) and write its shard, or record why it failed."""
+"""One unit in the process that packs it: the job's tokenizer, the unit packed in memory (`packsft.stages`) and its
+shard written, or why it failed recorded. The workers of every executor run this."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from packsft.config import PackConfig
-from packsft.errors import InputError, PacksftError
+from packsft.errors import InputError, OutputError, PacksftError
 from packsft.pack.rows import empty_chunks
 from packsft.read.reader import InputFile
 from packsft.read.records import RejectLedger
-from packsft.render.tokenizer import PackTokenizer
+from packsft.render.chat_proof import with_chat_path_proven
+from packsft.render.tokenizer import PackTokenizer, load_tokenizer, tokenizer_from_state
 from packsft.run.outdir import failed_path
 from packsft.run.plan import Unit
 from packsft.stages import open_unit, pack_unit
@@ -23,7 +26,47 @@ from packsft.write.layout import REJECTS_JSONL
 from packsft.write.writer import write_shard
 
 
-def records_read(manifest: dict[str, Any]) -> int:
+@dataclass(frozen=True)
+class UnitJob:
+    """What a worker needs besides the unit (picklable).
+
+    `tokenizer_state` (PackTokenizer.state()) is the parent's tokenizer, attached for local workers only:
+    megabytes that a remote executor would ship with every task.
+    """
+
+    out_dir: Path
+    config: PackConfig
+    strict: bool
+    tokenizer_fingerprint: str
+    skip_bad_files: bool = False
+    tokenizer_state: dict[str, Any] | None = None
+
+
+def load_job_tokenizer(job: UnitJob, threads: int, *, prove: bool) -> PackTokenizer:
+    """The job's tokenizer, loaded in a worker; refused when it is not the one the plan fingerprinted.
+
+    A local worker rebuilds the parent's own tokenizer from `job.tokenizer_state` (no transformers, no
+    second proof); elsewhere it is loaded (from this machine's tokenizer cache where it is warm).
+
+    Args:
+        prove: compare the fast encoder with HF again, where the parent's proof does not carry over
+            (a worker on another machine may have other library versions).
+    """
+    config = job.config
+    if job.tokenizer_state is not None:
+        tokenizer = tokenizer_from_state(job.tokenizer_state, config.tokenizer, encoder=config.encoder,
+                                         trust_remote_code=config.trust_remote_code, threads=threads)
+    else:
+        tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code,
+                                   encoder=config.encoder, prove=prove, threads=threads)
+        if prove:
+            tokenizer = with_chat_path_proven(tokenizer)
+    if tokenizer.fingerprint != job.tokenizer_fingerprint:
+        raise OutputError(f"tokenizer {config.tokenizer!r} changed while packing; rerun to resume")
+    return tokenizer
+
+
+def input_rows(manifest: dict[str, Any]) -> int:
     """Rows a written shard's inputs held (what a progress bar over records advances by)."""
     return sum(int(record.get("rows") or 0) for record in manifest.get("inputs", []))
 

@@ -226,7 +226,7 @@ def test_agentic_records_pack_from_the_cli_and_verify(tmp_path, qwen3_dir, turns
 @pytest.mark.slow
 def test_records_the_template_refuses_are_counted_once(tmp_path, chatml_dir):
     """40 records a template raises on: '40 records read, 40 rejected', each with the template's own message
-    (rendering rejects were counted twice in records_read, which also skewed --max-reject-fraction)."""
+    (rendering rejects were counted twice in records_validated, which also skewed --max-reject-fraction)."""
     folder = tmp_path / "tok"
     shutil.copytree(chatml_dir, folder)
     (folder / "chat_template.jinja").write_text(

@@ -1,4 +1,4 @@
-"""Scale-out: the plan, workers, array shards + merge, resume after SIGKILL/SIGTERM, status.
+"""Scale-out: the plan, workers, array tasks + merge, resume after SIGKILL/SIGTERM, status.
 
 Every way of running a plan must write the same bytes as one uninterrupted `--workers 1` run.
 Data: the demo conversations cut into small parquet files (several row groups each, one with a bad
@@ -11,7 +11,6 @@ import json
 import multiprocessing
 import os
 import random
-import re
 import signal
 import time
 from dataclasses import replace
@@ -25,8 +24,7 @@ from packsft import PackConfig, PackedOutput, verify_output
 from packsft.demo import DATA_DIR as DEMO_DATA
 from packsft.errors import IncompleteOutputError, OutputError, PackInterrupted
 from packsft.run import merge, run_pack, status
-from packsft.run.outdir import read_plan
-from packsft.run.plan import PLAN_JSON, assign_units, plan_units, split_row_groups
+from packsft.run.plan import PLAN_JSON, assign_units, plan_units, read_plan, split_row_groups
 from packsft.write.layout import DATASET_JSON
 
 UNIT_BYTES = 4_000  # cuts the 20-row test files into a few row-group ranges
@@ -120,10 +118,10 @@ def test_two_workers_write_the_same_bytes(tmp_path, data_dir, config, reference)
     assert_same_output(tmp_path / "out", reference)
 
 
-def test_three_shards_then_merge_write_the_same_bytes(tmp_path, data_dir, config, reference):
+def test_three_tasks_then_merge_write_the_same_bytes(tmp_path, data_dir, config, reference):
     out = tmp_path / "out"
     for index in range(3):
-        result = run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES, num_shards=3, shard_index=index)
+        result = run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES, num_tasks=3, task_index=index)
         assert result.dataset is None and not (out / "dataset.json").exists()
     assert result.missing == 0
     merge(out)
@@ -132,7 +130,7 @@ def test_three_shards_then_merge_write_the_same_bytes(tmp_path, data_dir, config
 
 def test_merge_refuses_missing_units_naming_them_and_the_command(tmp_path, data_dir, config):
     out = tmp_path / "out"
-    run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES, num_shards=3, shard_index=0)
+    run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES, num_tasks=3, task_index=0)
     units = plan_units(data_dir, unit_bytes=UNIT_BYTES)
     missing = sorted(set(range(len(units))) - set(assign_units(units, 3)[0]))
     with pytest.raises(IncompleteOutputError) as error:
@@ -146,7 +144,7 @@ def test_merge_refuses_missing_units_naming_them_and_the_command(tmp_path, data_
 
 def test_status_lists_done_missing_failed_and_the_command(tmp_path, data_dir, config):
     out = tmp_path / "out"
-    run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES, num_shards=3, shard_index=0)
+    run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES, num_tasks=3, task_index=0)
     units = plan_units(data_dir, unit_bytes=UNIT_BYTES)
     done = assign_units(units, 3)[0]
     missing = sorted(set(range(len(units))) - set(done))
@@ -167,7 +165,7 @@ def test_status_lists_done_missing_failed_and_the_command(tmp_path, data_dir, co
 
 def test_a_rerun_with_other_settings_is_refused(tmp_path, data_dir, config):
     out = tmp_path / "out"
-    run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES, num_shards=3, shard_index=0)
+    run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES, num_tasks=3, task_index=0)
     with pytest.raises(OutputError, match="made differently \\(seq_length 256 -> 128\\)"):
         run_pack(data_dir, out, PackConfig(**{**config.to_dict(), "seq_length": 128}), quiet=True, unit_bytes=UNIT_BYTES)
 
@@ -200,9 +198,9 @@ def test_units_are_identified_by_content_a_change_redoes_only_the_units_that_rea
 
 
 def test_sigterm_stops_cleanly_and_a_rerun_finishes(tmp_path, data_dir, config, reference, monkeypatch):
-    import packsft.run.workers
+    import packsft.run.local
 
-    write_unit = packsft.run.workers.write_unit
+    write_unit = packsft.run.local.write_unit
 
     def write_then_terminate(*args, **kwargs):
         written = write_unit(*args, **kwargs)
@@ -210,12 +208,12 @@ def test_sigterm_stops_cleanly_and_a_rerun_finishes(tmp_path, data_dir, config, 
         return written
 
     out = tmp_path / "out"
-    monkeypatch.setattr(packsft.run.workers, "write_unit", write_then_terminate)
+    monkeypatch.setattr(packsft.run.local, "write_unit", write_then_terminate)
     with pytest.raises(PackInterrupted) as stop:
         run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES)
     units = len(plan_units(data_dir, unit_bytes=UNIT_BYTES))
     assert str(stop.value).startswith(f"stopped by SIGTERM: 1 of {units} units are complete and kept. Rerun the same command to resume (packsft pack")
-    monkeypatch.setattr(packsft.run.workers, "write_unit", write_unit)
+    monkeypatch.setattr(packsft.run.local, "write_unit", write_unit)
     assert run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES).skipped == 1
     assert_same_output(out, reference)
 
@@ -263,33 +261,13 @@ def test_cli_status_and_merge_on_a_partial_output(tmp_path, data_dir, config):
     out = tmp_path / "out"
     common = ["--tokenizer", config.tokenizer, "--seq-length", "256", "--unit-mib", "0.0038147", "-q"]
     runner = CliRunner()
-    assert runner.invoke(main, ["pack", str(data_dir), str(out), *common, "--num-shards", "2", "--shard-index", "1"]).exit_code == 0
+    assert runner.invoke(main, ["pack", str(data_dir), str(out), *common, "--num-tasks", "2", "--task-index", "1"]).exit_code == 0
     merged = runner.invoke(main, ["merge", str(out)])
     assert merged.exit_code == 1 and "units are not complete" in merged.output
     report = runner.invoke(main, ["status", str(out)])
     assert report.exit_code == 0 and report.output.splitlines()[-2] == "to pack only the missing units:"
     assert runner.invoke(main, ["pack", str(data_dir), str(out), *common, "--workers", "2"]).exit_code == 0
     assert (out / "dataset.json").exists() and runner.invoke(main, ["merge", str(out)]).exit_code == 0
-
-
-class _LostClusterRunner:
-    """A pipeline.UnitRunner standing in for Ray's: it records its plan entry, then every unit is lost."""
-
-    plan_entry = {"address": "10.0.0.1:6379"}
-
-    def __call__(self, units, fingerprints, job, quiet) -> None:
-        pass
-
-
-def test_resume_hint_of_a_ray_run_names_ray_submit(tmp_path, data_dir, config):
-    out = tmp_path / "out"
-    result = run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES, runner=_LostClusterRunner())
-    assert result.dataset is None
-    command = (f"packsft ray submit {data_dir} {out} --address 10.0.0.1:6379 --tokenizer {config.tokenizer} "
-               "--seq-length 256 --unit-mib 0.0038147")
-    assert status(out).format().splitlines()[-1] == f"  {command}"
-    with pytest.raises(OutputError, match=re.escape(command)):
-        merge(out)
 
 
 def test_the_same_data_and_tokenizer_through_other_paths_resume_every_unit(tmp_path, data_dir, config, monkeypatch):

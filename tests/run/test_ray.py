@@ -27,11 +27,12 @@ from packsft.cli import main
 from packsft.config import PackConfig
 from packsft.demo import DATA_DIR as DEMO_DATA
 from packsft.errors import OutputError
-from packsft.run.outdir import status
+from packsft.run.executor import Executor
+from packsft.run.finish import status
 from packsft.run.pipeline import run_pack
 from packsft.run.plan import plan_units
-from packsft.run.ray import pack_unit_task, run_ray
-from packsft.run.workers import UnitJob
+from packsft.run.ray import RayExecutor, pack_unit_task
+from packsft.run.unit import UnitJob
 from packsft.version import __version__
 from packsft.write.layout import DATASET_JSON, REJECTS_JSONL, SHARDS_DIR
 
@@ -159,12 +160,19 @@ def test_the_task_body_writes_what_a_local_run_writes(tmp_path, demo_tokenizer_d
     run_pack(DEMO_DATA, tmp_path / "local", config, quiet=True, workers=1)
     out = tmp_path / "tasks"
 
-    def in_process(units, fingerprints, job, quiet):
-        for unit, fingerprint in zip(units, fingerprints):
-            (out / SHARDS_DIR / f".tmp-{unit.index:05d}-999999").mkdir(parents=True)  # a killed attempt's folder
-            assert pack_unit_task(job, unit, fingerprint, __version__) == unit.rows
+    class InProcess(Executor):
+        name = "in-process"
 
-    result = run_pack(DEMO_DATA, out, config, quiet=True, runner=in_process)
+        def run(self, plan, units, job, tokenizer, quiet):
+            for unit in units:
+                (out / SHARDS_DIR / f".tmp-{unit.index:05d}-999999").mkdir(parents=True)  # a killed attempt's folder
+                assert pack_unit_task(job, unit, plan.fingerprints[unit.index], __version__) == unit.rows
+
+        @classmethod
+        def resume_hint(cls, out_dir, plan, settings, missing):
+            return ""
+
+    result = run_pack(DEMO_DATA, out, config, quiet=True, executor=InProcess())
     assert result.packed == len(plan_units(DEMO_DATA, config)) and result.dataset is not None
     assert_same_shards(out, tmp_path / "local", result.packed)
 
@@ -194,7 +202,7 @@ def test_without_ray_the_command_says_how_to_install_it(tmp_path, monkeypatch):
 
 def test_object_store_outputs_are_refused(tmp_path):
     with pytest.raises(OutputError) as error:
-        run_ray(tmp_path, "s3://bucket/packed", PackConfig())
+        run_pack(tmp_path, "s3://bucket/packed", PackConfig(), executor=RayExecutor())
     assert str(error.value) == (
         "s3://bucket/packed: OUT_DIR must be a folder every Ray node mounts (NFS, a shared volume), not an "
         "object store: shards are written under a temporary name and renamed into place, which object "

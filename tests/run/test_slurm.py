@@ -18,7 +18,7 @@ import pytest
 
 from packsft import PackConfig
 from packsft.run import run_pack
-from packsft.run.slurm import SlurmOptions, resolve_shards, write_scripts
+from packsft.run.slurm import SlurmOptions, resolve_tasks, write_scripts
 
 pytestmark = pytest.mark.slow  # a real SLURM cluster
 
@@ -42,7 +42,7 @@ def slurm_env(tmp_path_factory):
     subprocess.run([str(ROOT / ".ci" / "slurm-down.sh"), str(state)], check=True, timeout=60)
 
 
-def test_the_array_script_runs_this_python_on_its_task_shard(tmp_path):
+def test_the_array_script_runs_this_python_on_its_task_units(tmp_path):
     pack, merge = write_scripts(Path("/data"), tmp_path / "out", ["--seq-length", "512"],
                                 SlurmOptions(array_size=4, partition="cpu", time="01:00:00", cpus_per_task=2, throttle=2))
     lines = pack.read_text().splitlines()
@@ -53,21 +53,21 @@ def test_the_array_script_runs_this_python_on_its_task_shard(tmp_path):
         "#SBATCH --requeue", "#SBATCH --partition=cpu", "#SBATCH --time=01:00:00",
     ]
     assert lines[-1] == (
-        f"exec {sys.executable} -m packsft pack /data {tmp_path}/out --seq-length 512 --num-shards 4 "
-        '--workers 1 --quiet --shard-index "$SLURM_ARRAY_TASK_ID"'
+        f"exec {sys.executable} -m packsft pack /data {tmp_path}/out --seq-length 512 --num-tasks 4 "
+        '--workers 1 --quiet --task-index "$SLURM_ARRAY_TASK_ID"'
     )
     assert f"export PYTHONPATH={ROOT}${{PYTHONPATH:+:$PYTHONPATH}}" in lines
     assert merge.read_text().splitlines()[-1] == f"exec {sys.executable} -m packsft merge {tmp_path}/out"
     assert os.access(pack, os.X_OK) and os.access(merge, os.X_OK)
 
 
-def test_shards_come_from_the_array_task_only_when_asked(monkeypatch):
+def test_tasks_come_from_the_array_task_only_when_asked(monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
     monkeypatch.delenv("SLURM_ARRAY_TASK_MIN", raising=False)
-    assert resolve_shards(None, None) == (1, 0)  # an array over several datasets packs each one whole
-    assert resolve_shards("from-env", None) == (4, 2)
-    assert resolve_shards(8, 5) == (8, 5)  # flags win
+    assert resolve_tasks(None, None) == (1, 0)  # an array over several datasets packs each one whole
+    assert resolve_tasks("from-env", None) == (4, 2)
+    assert resolve_tasks(8, 5) == (8, 5)  # flags win
 
 
 def wait_for(jobs: list[str], env: dict[str, str]) -> None:

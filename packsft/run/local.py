@@ -1,4 +1,4 @@
-"""Run units in this process or in a pool of worker processes; stop cleanly on SIGTERM/SIGINT.
+"""LocalExecutor: the units in this process or in a pool of worker processes (`packsft pack`).
 
     parent: plan, tokenizer fingerprint, progress bar          (holds no unit data)
       |-- worker 1: RAYON_NUM_THREADS = cpus / workers, own tokenizer, one unit at a time -> shard
@@ -14,11 +14,9 @@ thread count, so any number of workers writes the same output.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-import shlex
 import signal
-import threading
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -29,35 +27,68 @@ from typing import Any
 
 from tqdm import tqdm
 
-from packsft.config import PackConfig
-from packsft.errors import OutputError, PackInterrupted
-from packsft.render.chat_proof import with_chat_path_proven
-from packsft.render.tokenizer import PackTokenizer, load_tokenizer, tokenizer_from_state
-from packsft.run.outdir import Plan, incomplete_units, resume_hint
-from packsft.run.plan import Unit, threads_per_worker
-from packsft.run.unit import records_read, write_unit
+from packsft.errors import ConfigError, OutputError
+from packsft.render.tokenizer import PackTokenizer
+from packsft.run.executor import Executor, rerun_command
+from packsft.run.plan import Plan, Unit
+from packsft.run.unit import UnitJob, input_rows, load_job_tokenizer, write_unit
 
 # Imported once by the fork server, so that each worker starts in well under a second. Workers rebuild
 # the parent's tokenizer from its state (tokenizers only). For chat templates, transformers' jinja renderer
 # is preloaded too (~1.5 s to import; not its tokenizer classes, which import torch: seconds more).
-PRELOAD = ("packsft.run.pipeline", "tokenizers", "tiktoken", "tiktoken.core")
+PRELOAD = ("packsft.run.local", "tokenizers", "tiktoken", "tiktoken.core")
 PRELOAD_CHAT = ("transformers.utils.chat_template_utils", "jinja2.sandbox")
+
+# --workers 0 (auto) starts a process per CPU only for inputs this big: below it, starting the pool
+# costs more than it saves.
+AUTO_WORKERS_MIN_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
-class UnitJob:
-    """What a worker needs besides the unit (picklable).
+class LocalExecutor(Executor):
+    """The units in `workers` processes on this machine (0: auto_workers), largest first; a progress bar over
+    records. SIGTERM and Ctrl-C stop the run cleanly (run/pipeline.py); finished shards stay."""
 
-    `tokenizer_state` (PackTokenizer.state()) is the parent's tokenizer, attached for local workers only:
-    megabytes that a remote runner would ship with every task.
+    workers: int = 0
+    name = "local"
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be 0 (auto) or more, got {self.workers}")
+
+    def run(self, plan: Plan, units: list[Unit], job: UnitJob, tokenizer: PackTokenizer, quiet: bool) -> None:
+        fingerprints = [plan.fingerprints[unit.index] for unit in units]
+        pack_units(units, fingerprints, job, tokenizer, self.workers or auto_workers(units), quiet)
+
+    @classmethod
+    def resume_hint(cls, out_dir: Path, plan: Plan, settings: dict[str, Any], missing: list[int]) -> str:
+        return rerun_command(["packsft", "pack"], out_dir, plan, [])
+
+
+def auto_workers(units: list[Unit]) -> int:
+    """Workers for --workers 0: one process per available CPU (at most one per unit) for big inputs.
+
+    Separate single-threaded tokenizers in processes overlap the Python stages of one unit with the
+    tokenizing of another: on 8 ShareGPT files with GPT-2 on a 2-core machine, bestfit packs in 5.3 s
+    with the default 2 workers against 9.3 s with --workers 1 (BENCHMARKS.md).
     """
+    if sum(unit.bytes for unit in units) < AUTO_WORKERS_MIN_BYTES:
+        return 1
+    return max(1, min(available_cpus(), len(units)))
 
-    out_dir: Path
-    config: PackConfig
-    strict: bool
-    tokenizer_fingerprint: str
-    skip_bad_files: bool = False
-    tokenizer_state: dict[str, Any] | None = None
+
+def available_cpus() -> int:
+    """CPUs this process may use: SLURM's allocation when inside a job, else the affinity mask."""
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, math.floor(available_cpus() / workers))
 
 
 _worker_tokenizer: PackTokenizer | None = None
@@ -75,36 +106,12 @@ def _init_worker(job: UnitJob, threads: int) -> None:
     _worker_tokenizer = load_job_tokenizer(job, threads, prove=False)
 
 
-def load_job_tokenizer(job: UnitJob, threads: int, *, prove: bool) -> PackTokenizer:
-    """The job's tokenizer, loaded in a worker; refused when it is not the one the plan fingerprinted.
-
-    A local worker rebuilds the parent's own tokenizer from `job.tokenizer_state` (no transformers, no
-    second proof); elsewhere it is loaded (from this machine's tokenizer cache where it is warm).
-
-    Args:
-        prove: compare the fast encoder with HF again, where the parent's proof does not carry over
-            (a worker on another machine may have other library versions).
-    """
-    config = job.config
-    if job.tokenizer_state is not None:
-        tokenizer = tokenizer_from_state(job.tokenizer_state, config.tokenizer, encoder=config.encoder,
-                                         trust_remote_code=config.trust_remote_code, threads=threads)
-    else:
-        tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code,
-                                   encoder=config.encoder, prove=prove, threads=threads)
-        if prove:
-            tokenizer = with_chat_path_proven(tokenizer)
-    if tokenizer.fingerprint != job.tokenizer_fingerprint:
-        raise OutputError(f"tokenizer {config.tokenizer!r} changed while packing; rerun to resume")
-    return tokenizer
-
-
 def _work(job: UnitJob, unit: Unit, fingerprint: str) -> int:
 
     assert _worker_tokenizer is not None  # set by _init_worker
     written = write_unit(unit, fingerprint, job.out_dir, job.config, _worker_tokenizer, strict=job.strict,
                          skip_bad_files=job.skip_bad_files)
-    return records_read(written)
+    return input_rows(written)
 
 
 def pack_units(
@@ -160,28 +167,3 @@ def _kill(pool: ProcessPoolExecutor) -> None:
     for process in list((pool._processes or {}).values()):  # no public API kills a pool's workers
         process.kill()
     pool.shutdown(wait=True, cancel_futures=True)
-
-
-@contextlib.contextmanager
-def stop_on_signals(out_dir: Path, plan: Plan) -> Iterator[None]:
-    """Turn SIGTERM (preemption, scancel) like SIGINT into a clean stop with a message on how to resume."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    except KeyboardInterrupt as stop:
-
-        missing = incomplete_units(out_dir, plan)
-        how = resume_hint(out_dir, plan, missing) if missing else f"packsft merge {shlex.quote(str(out_dir))}"
-        raise PackInterrupted(
-            f"stopped by {stop.args[0] if stop.args else 'SIGINT'}: {len(plan.units) - len(missing)} of "
-            f"{len(plan.units)} units are complete and kept. Rerun the same command to resume ({how})"
-        ) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
