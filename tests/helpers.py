@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from click.testing import CliRunner
 
 from packsft import verify_output
+from packsft.cli import main
 from packsft.read.records import ChatExtras, Conversation, validate_chat
 from packsft.render.tokenizer import flatten_ids
-from packsft.write.layout import sha256_file
+from packsft.write.layout import ARRAY_FILES, sha256_file
 
 # ChatML with generation blocks (newlines as expressions: transformers renders with trim_blocks) around what the assistant says (content + <|im_end|>).
 CHATML = (
@@ -120,3 +122,31 @@ AGENT = [
     {"role": "tool", "content": "Vatican Museums; Borghese Gallery"},
     {"role": "assistant", "content": "Try the Borghese Gallery.", "reasoning_content": "The user wants one."},
 ]
+
+
+# Good conversations, and the CLI as the tests of bad runs, inputs, full disks and arrays drive it.
+GOOD = [conv(("user", f"Question {i}?"), ("assistant", f"Answer number {i}. " * (i % 4 + 1))) for i in range(9)]
+
+
+def cli_run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def cli_pack(data, out: Path, tokenizer: Path, *extra: str):
+    """`packsft pack DATA... OUT --tokenizer T --seq-length 32 -q EXTRA...` (data: a path or a list of them)."""
+    inputs = [str(d) for d in data] if isinstance(data, list) else [str(data)]
+    return cli_run("pack", *inputs, str(out), "--tokenizer", str(tokenizer), "--seq-length", "32", "-q", *extra)
+
+
+def error_line(result) -> str:
+    """The one-line error of a failed command (exit 1, no traceback)."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and result.output.count("\n") == 1, result.output
+    return result.output.strip()
+
+
+def output_arrays(out: Path) -> dict[str, bytes]:
+    """Every array file of an output's shards, by shard/name."""
+    return {f"{shard.name}/{name}": (shard / name).read_bytes()
+            for shard in sorted((out / "shards").iterdir()) if not shard.name.startswith(".")
+            for name in ARRAY_FILES}
