@@ -23,9 +23,11 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 DEFAULT_SEQ_LENGTH = 2048
 DEFAULT_TOKENIZER = "gpt2"
 DEFAULT_MAX_REJECT_FRACTION = 0.1
-# --long split: the most of a row the repeated context (system message + question) may take.
+# Copied context (system + prompting user message, or the text before a continuation) may take at most
+# this share of a row; a longer prompt is shortened from the left (its end, where the question usually is).
 CONTEXT_SHARE = 0.75
-# --long split: 0 never cuts a turn that fits in a row (no turn is trained without its start).
+# Cut a trained turn mid-way to fill a row when a message-boundary cut would leave at least this many
+# tokens empty; 0 (the default) never cuts a turn that fits in a row.
 DEFAULT_TURN_CUT = 0
 
 # Each option's values are written once, as a Literal type the type checker enforces; the tuples the

@@ -21,13 +21,15 @@ from tqdm import tqdm
 
 from packsft.config import PackConfig
 from packsft.pack.bins import pack_aligned, pack_bestfit
+from packsft.pack.labels import answer_flags, message_starts, prompt_starts
 from packsft.pack.rows import (
     Chunks,
     build_chunks,
     build_linear_chunks,
     labels_with_bos_and_user,
 )
-from packsft.pack.split import PieceTable, answer_flags, message_starts, prompt_starts, split_long
+from packsft.pack.split import split_long
+from packsft.pack.table import PieceTable
 from packsft.read.inputs import Location
 from packsft.read.reader import InputFile, open_input, read_conversations
 from packsft.read.records import ASSISTANT, TEXT, USER, Conversation, RejectLedger, parse_role_map
@@ -232,8 +234,8 @@ def pack_pieces(batch: RenderedBatch, config: PackConfig, tokenizer: PackTokeniz
     return PackedUnit(
         chunks, len(pieces), len(np.unique(pieces.conv)), kept, pad_share,
         LabelContext.of(split_counts), SplitTotals.of(split_counts),
-        truncated=split_counts.per_conv_truncated if policy == "truncate" else [],
-        dropped=split_counts.per_conv_truncated if policy == "drop" else [],
+        truncated=split_counts.truncated_or_dropped if policy == "truncate" else [],
+        dropped=split_counts.truncated_or_dropped if policy == "drop" else [],
     )
 
 

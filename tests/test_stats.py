@@ -85,10 +85,12 @@ def test_units_add_group_by_group_sources_by_name_and_histograms_by_bin():
 
 def test_split_counts_convert_by_the_groups_own_field_names():
     counts = SplitCounts(conversations_split=2, pieces_split=5, prompted_labels=7, prompted_labels_complete=6,
-                         turn_labels_whole=9, answer_labels=1, per_conv_truncated=[3])
+                         turn_labels_whole=9, answer_labels=1, truncated_or_dropped=[3])
     assert SplitTotals.of(counts) == SplitTotals(conversations_split=2, pieces_split=5)
     assert LabelContext.of(counts) == LabelContext(prompted_labels=7, prompted_labels_complete=6, turn_labels_whole=9,
                                                    answer_labels=1, answer_labels_complete=0, answer_labels_whole=0)
+    total = counts + SplitCounts(pieces_split=1, answer_labels_whole=2, truncated_or_dropped=[8])
+    assert (total.pieces_split, total.answer_labels_whole, total.truncated_or_dropped) == (6, 2, [3, 8])
 
 
 def test_flat_dict_round_trips_and_groups_that_do_not_apply_stay_out():

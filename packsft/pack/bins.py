@@ -5,10 +5,12 @@
             `- every piece starts with BOS; pads (mask 0) only at the end of a row
 
 - `pack_aligned`  (the seed): in input order, append while the piece fits, else pad and start a new
-  row. O(n). Wastes the tail of every row the next piece does not fit (~14% on ShareGPT).
+  row. O(n). Wastes the tail of every row the next piece does not fit (fill 85.78% on ShareGPT at
+  L=2048, BENCHMARKS.md).
 - `pack_bestfit`: best-fit decreasing over the whole unit: longest piece first, each into the row
   whose remaining room is the smallest that still fits it. O(n log L) with a segment tree over
-  remaining capacities. Wastes under 1% on ShareGPT.
+  remaining capacities (`segment_tree.py`). Fill 97.96% on ShareGPT at L=2048 with the default split
+  (whole turns), 99.48% with --turn-cut 64 (BENCHMARKS.md).
 - linear stream packing needs no assignment: see `linear_rows`.
 
 A packing is CSR: the pieces of row r are `order[row_offsets[r]:row_offsets[r+1]]`, in row order.
@@ -19,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from packsft.pack.segment_tree import LengthTree
 
 
 @dataclass(frozen=True)
@@ -53,61 +57,29 @@ def pack_aligned(lengths: np.ndarray, capacity: int) -> Packing:
     return Packing(np.arange(len(lengths), dtype=np.int64), np.asarray(starts + [len(lengths)], np.int64))
 
 
-class _FirstFit:
-    """Segment tree over remaining capacities 0..capacity: find the smallest capacity >= x that some row has."""
-
-    def __init__(self, capacity: int) -> None:
-        self.size = 1
-        while self.size < capacity + 1:
-            self.size *= 2
-        self.count = [0] * (2 * self.size)
-
-    def add(self, cap: int, delta: int) -> None:
-        i = cap + self.size
-        while i:
-            self.count[i] += delta
-            i //= 2
-
-    def smallest_at_least(self, x: int) -> int | None:
-        """Smallest capacity c >= x with a row, or None."""
-        count, size = self.count, self.size
-        # Walk up from leaf x collecting right siblings, then descend into the first non-empty one.
-        i = x + size
-        if count[i]:
-            return x
-        while i > 1:
-            if i % 2 == 0 and count[i + 1]:
-                i += 1
-                while i < size:
-                    i = 2 * i if count[2 * i] else 2 * i + 1
-                return i - size
-            i //= 2
-        return None
-
-
 def pack_bestfit(lengths: np.ndarray, capacity: int) -> Packing:
     """Best-fit decreasing. Deterministic: ties in length keep input order; rows are numbered as opened."""
     lengths = _check(lengths, capacity)
     order = np.argsort(-lengths, kind="stable")
-    tree = _FirstFit(capacity)
+    best_fit = LengthTree(capacity)  # the best-fit index: the remaining rooms of the open rows
     rows_with_room: dict[int, list[int]] = {}
     row_of = np.empty(len(lengths), np.int64)
     room: list[int] = []
     for index, length in zip(order.tolist(), lengths[order].tolist()):
-        cap = tree.smallest_at_least(length)
+        cap = best_fit.smallest_at_least(length)
         if cap is None:
             row = len(room)
             room.append(capacity)
             cap = capacity
         else:
             row = rows_with_room[cap].pop()
-            tree.add(cap, -1)
+            best_fit.add(cap, -1)
         left = cap - length
         room[row] = left
         row_of[index] = row
         if left:
             rows_with_room.setdefault(left, []).append(row)
-            tree.add(left, 1)
+            best_fit.add(left, 1)
     # Within a row, pieces in placement order (longest first); rows in the order they were opened.
     placed = order[np.argsort(row_of[order], kind="stable")]
     row_offsets = np.concatenate([[0], np.cumsum(np.bincount(row_of, minlength=len(room)))]).astype(np.int64)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from packsft.pack.bins import Packing, linear_rows
-from packsft.pack.split import PieceTable
+from packsft.pack.table import PieceTable
 from packsft.render.tokenizer import TOKEN_ID_DTYPE
 
 

@@ -220,7 +220,7 @@ def test_unprompted_mask_gives_every_trained_label_bos_and_a_question(spec, seq_
 @settings(max_examples=100, deadline=None)
 @given(conversations_st, st.sampled_from(["keep", "mask"]), st.sampled_from(["all", "assistant_only"]))
 def test_fast_prompted_flags_follow_the_prompt_rule(spec, unprompted, mask):
-    from packsft.pack.split import _prompted_flags, prompt_starts
+    from packsft.pack.labels import _prompted_flags, prompt_starts
 
     conversations = [conversation(lengths, system, first) for lengths, system, first in spec]
     batch = render_roles(conversations, FakeTokenizer(), mask=mask, unprompted=unprompted)

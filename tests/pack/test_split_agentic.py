@@ -1,4 +1,4 @@
-"""Issue 20 item 5: long agentic traces split safely (packsft/split.py, "Agentic traces").
+"""Issue 20 item 5: long agentic traces split safely (packsft/pack/split.py, "Agentic traces").
 
 A piece that opens at a tool result or at the assistant turn after one re-opens with the tool exchange before
 it (whole messages, masked); context completeness counts a turn after tool results as complete only when

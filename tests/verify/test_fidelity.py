@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from packsft.pack.bins import pack_bestfit
+from packsft.pack.labels import message_starts
 from packsft.pack.rows import build_chunks
-from packsft.pack.split import message_starts, split_long
+from packsft.pack.split import split_long
 from packsft.read.records import Conversation
 from packsft.render.chat import ChatRenderer, render_chat
 from packsft.render.chat_encode import rendering_encoder
