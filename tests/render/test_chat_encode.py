@@ -36,13 +36,6 @@ RENDERERS: dict[str, tuple[ChatRenderer, HfRenderingEncoder]] = {}
 
 
 @pytest.fixture(scope="module")
-def chatml(chatml_dir):
-    tokenizer = load_tokenizer(str(chatml_dir), "chat", encoder="auto")
-    assert tokenizer.encoder == "fast", tokenizer.encoder_note
-    return tokenizer
-
-
-@pytest.fixture(scope="module")
 def qwen3(qwen3_dir):
     tokenizer = load_tokenizer(str(qwen3_dir), "chat", encoder="auto")
     assert tokenizer.encoder == "fast", tokenizer.encoder_note

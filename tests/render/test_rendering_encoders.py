@@ -51,13 +51,6 @@ RENDERINGS = {
 
 
 @pytest.fixture(scope="module")
-def chatml(chatml_dir):
-    tokenizer = load_tokenizer(str(chatml_dir), "chat", encoder="auto")
-    assert tokenizer.encoder == "fast", tokenizer.encoder_note
-    return tokenizer
-
-
-@pytest.fixture(scope="module")
 def chatml_hf(chatml_dir):
     return load_tokenizer(str(chatml_dir), "chat", encoder="hf")
 
