@@ -68,7 +68,7 @@ from packsft.pack.spans import MessageSpans
 from packsft.pack.table import Collector, PieceTable, SplitCounts
 from packsft.render.roles import TOOL_CODE, USER_CODE, RenderedBatch
 
-# What callers import from here; `message_starts` lives in labels.py (the fidelity tests still read it from here).
+# What callers import from here (the tables a split returns live in table.py, label accounting in labels.py).
 __all__ = ["PieceTable", "SplitCounts", "split_long"]
 
 
