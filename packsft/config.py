@@ -57,7 +57,7 @@ OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
 ENCODERS: tuple[Encoder, ...] = get_args(Encoder)
 TURNS: tuple[Turns, ...] = get_args(Turns)
 
-# Conversations longer than a row: bestfit splits them (nothing lost); aligned keeps the seed's
+# Conversations longer than a row: bestfit splits them (nothing lost); aligned keeps the seed notebook's
 # truncation so that its figures stay comparable with the seed notebook.
 # Linear packing streams conversations across rows, so nothing is ever too long for it (None).
 DEFAULT_LONG: dict[Strategy, LongPolicy | None] = {"bestfit": "split", "aligned": "truncate", "linear": None}

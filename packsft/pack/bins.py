@@ -4,7 +4,7 @@
     row 1: [BOS conv 0 ....................................][BOS conv 5 ...]
             `- every piece starts with BOS; pads (mask 0) only at the end of a row
 
-- `pack_aligned`  (the seed): in input order, append while the piece fits, else pad and start a new
+- `pack_aligned`  (the seed notebook's): in input order, append while the piece fits, else pad and start a new
   row. O(n). Wastes the tail of every row the next piece does not fit (fill 85.78% on ShareGPT at
   L=2048, BENCHMARKS.md).
 - `pack_bestfit`: best-fit decreasing over the whole unit: longest piece first, each into the row
@@ -43,7 +43,7 @@ def _check(lengths: np.ndarray, capacity: int) -> np.ndarray:
 
 
 def pack_aligned(lengths: np.ndarray, capacity: int) -> Packing:
-    """The seed's greedy packer: pieces in input order; a new row when the next one does not fit."""
+    """The seed notebook's greedy packer: pieces in input order; a new row when the next one does not fit."""
     lengths = _check(lengths, capacity)
     starts = [0]
     used = 0
@@ -90,7 +90,7 @@ def linear_rows(total_tokens: int, seq_length: int) -> int:
     """Rows needed to stream `total_tokens` where consecutive rows share their boundary token.
 
     Row k holds stream[k*L : k*L + L + 1], so every token after the first is a label exactly once.
-    (The seed cut the stream into disjoint blocks of L+1 and so lost one label per chunk.)
+    (The seed notebook cut the stream into disjoint blocks of L+1 and so lost one label per chunk.)
     """
     if total_tokens <= 1:
         return 0

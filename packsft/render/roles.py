@@ -1,6 +1,6 @@
 r"""Render conversations into token ids and per-token train flags, a batch at a time.
 
-The seed's role-token format (`--template roles`):
+The seed notebook's role-token format (`--template roles`):
 
     BOS | <|system|> sys... | <|user|> question... | <|assistant|> answer... | <|user|> ... | EOS
      0  |   0         0     |   0        0         |   1             1      |   1  (ends the turn)
@@ -39,7 +39,7 @@ from packsft.render.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 RenderMode = Literal["roles", "chat"]  # --template: the role tokens, or the tokenizer's chat template
 ROLE_CODES = {SYSTEM: 0, USER: 1, ASSISTANT: 2, TEXT: 3, TOOL: 4}
 SYSTEM_CODE, USER_CODE, ASSISTANT_CODE, TEXT_CODE, TOOL_CODE = 0, 1, 2, 3, 4
-# Tool results open with the <|user|> role token (the vocabulary stays the seed's: GPT-2's 50,262 ids).
+# Tool results open with the <|user|> role token (the vocabulary stays the seed notebook's: GPT-2's 50,262 ids).
 ROLE_TOKEN_OF = {SYSTEM_CODE: SYSTEM, USER_CODE: USER, ASSISTANT_CODE: ASSISTANT, TOOL_CODE: USER}
 
 # Agentic fields written as plain text (Hermes/Qwen style), so no token is added for them.

@@ -1,4 +1,4 @@
-"""Load a Hugging Face tokenizer, add the seed's role tokens, and fingerprint it.
+"""Load a Hugging Face tokenizer, add the seed notebook's role tokens, and fingerprint it.
 
 The fingerprint (a sha256 over the serialized tokenizer, the chat template and the special ids)
 is stored in `dataset.json`, so that an output can never be silently read with another tokenizer.

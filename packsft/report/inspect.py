@@ -15,7 +15,7 @@
 Agentic turns are split into parts of a kind (reasoning, tool call, tool result, tool definitions), found by
 their markers in the decoded text (`<think>`…`</think>` and so on), so the view is the same whether the
 tokenizer has a token for a marker (Qwen3) or writes it as plain text (`--template roles`). A section's ▶
-means a label predicted from it is trained (as the seed showed it); a part's ▶ means its own tokens are
+means a label predicted from it is trained (as the seed notebook showed it); a part's ▶ means its own tokens are
 trained labels, so context (tool results, definitions) never shows one. A section without markers prints
 exactly as before.
 """
@@ -95,7 +95,7 @@ def _shorten(text: str, max_chars: int) -> str:
 
 
 def sections(ids: np.ndarray, mask: np.ndarray, tokenizer: PackTokenizer, max_chars: int = MAX_CHARS) -> list[Section]:
-    """Group input tokens into role-delimited sections, as the seed's show_chunk did, with their kind parts.
+    """Group input tokens into role-delimited sections, as the seed notebook's show_chunk did, with their kind parts.
 
     `mask[i]` is the train flag of the label predicted at input position i.
     """
@@ -221,7 +221,7 @@ def _part_text(text: str, kind: str) -> str:
 
 
 def context_check(ids: np.ndarray, mask: np.ndarray, tokenizer: PackTokenizer) -> list[str]:
-    """The seed's 'context before first trained label' verdict for one chunk."""
+    """The seed notebook's 'context before first trained label' verdict for one chunk."""
     names = role_names(tokenizer)
     trained = np.flatnonzero(mask)
     if not len(trained):
