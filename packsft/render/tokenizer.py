@@ -92,6 +92,10 @@ class PackTokenizer:
     # Who renders chat templates: transformers' jinja renderer without its tokenizer ("jinja"), or
     # `apply_chat_template` ("hf", where a probe showed them differ; see chat_proof.with_chat_path_proven).
     chat_renderer: Literal["jinja", "hf"] = "jinja"
+    # Every id the model may emit to stop generating: `eos_id` and the `eos_token_id` list of the folder's
+    # generation_config.json (GLM's next role tokens, Llama 3's <|eom_id|>). A chat-template turn is trained
+    # through the first of them it renders.
+    stop_ids: tuple[int, ...] = ()
     threads: int = 1
     serialized: str = field(default="", repr=False, compare=False)
     objects: TokenizerObjects = field(default_factory=TokenizerObjects, repr=False, compare=False)
@@ -109,7 +113,7 @@ class PackTokenizer:
         if self.objects.hf is None:
             hf = _prepared_hf(self.name, self.template, self.trust_remote_code)
             template = getattr(hf, "chat_template", None) or None
-            if _fingerprint(hf.backend_tokenizer.to_str(), template, self.special_ids) != self.fingerprint:
+            if _fingerprint(hf.backend_tokenizer.to_str(), template, self.special_ids, self.stop_ids) != self.fingerprint:
                 raise TokenizerError(f"tokenizer {self.name!r} changed since it was loaded (fingerprint differs); rerun")
             self.objects.hf = hf
         return self.objects.hf
@@ -185,6 +189,7 @@ class PackTokenizer:
             "files_sha256": self.files_sha256,
             "special_ids": self.special_ids,
             "chat_template_sha256": chat_template_sha256(self.chat_template),
+            **({"stop_ids": list(self.stop_ids)} if self.template == "chat" else {}),
         }
 
     def state(self) -> dict[str, Any]:
@@ -195,7 +200,9 @@ class PackTokenizer:
             "vocab_size": self.vocab_size, "files_sha256": self.files_sha256, "fingerprint": self.fingerprint,
             "chat_template": self.chat_template, "special_tokens": list(self.special_tokens),
             "special_tokens_map": self.special_tokens_map, "chat_renderer": self.chat_renderer,
+            "stop_ids": list(self.stop_ids),
         }
+
 
 
 def flatten_ids(encoded: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -211,8 +218,9 @@ def tokenizer_from_state(
 
     `encoder` is taken as decided: "fast" only where the caller proved it for this fingerprint.
     """
+    stop_ids = tuple(state.get("stop_ids") or (state["eos_id"],))
     special = {"bos": state["bos_id"], "eos": state["eos_id"], "pad": state["pad_id"], **state["role_ids"]}
-    if _fingerprint(state["serialized"], state["chat_template"], special) != state["fingerprint"]:
+    if _fingerprint(state["serialized"], state["chat_template"], special, stop_ids) != state["fingerprint"]:
         raise TokenizerError(f"tokenizer {name!r}: the saved tokenizer state does not match its fingerprint")
     return PackTokenizer(
         name=name, template=state["template"],
@@ -220,7 +228,8 @@ def tokenizer_from_state(
         vocab_size=state["vocab_size"], files_sha256=dict(state["files_sha256"]), fingerprint=state["fingerprint"],
         chat_template=state["chat_template"], special_tokens=tuple(state["special_tokens"]),
         special_tokens_map=dict(state["special_tokens_map"]),
-        chat_renderer="hf" if state.get("chat_renderer") == "hf" else "jinja", trust_remote_code=trust_remote_code,
+        chat_renderer="hf" if state.get("chat_renderer") == "hf" else "jinja", stop_ids=stop_ids,
+        trust_remote_code=trust_remote_code,
         encoder="fast" if encoder == "fast" else "hf", threads=threads, serialized=state["serialized"],
     )
 
@@ -272,16 +281,31 @@ def _load_with_transformers(name_or_path: str, template: str, trust_remote_code:
         pad_id = hf.pad_token_id if hf.pad_token_id is not None else hf.eos_token_id
     chat_template = getattr(hf, "chat_template", None) or None
     serialized = hf.backend_tokenizer.to_str()
+    stop_ids = _stop_ids(hf, name_or_path) if template == "chat" else (hf.eos_token_id,)
     special = {"bos": bos_id, "eos": hf.eos_token_id, "pad": pad_id, **role_ids}
     return PackTokenizer(
         name=name_or_path, template=template, bos_id=bos_id, eos_id=hf.eos_token_id,
         pad_id=pad_id, role_ids=role_ids, vocab_size=len(hf), files_sha256=files,
-        fingerprint=_fingerprint(serialized, chat_template, special), chat_template=chat_template,
+        fingerprint=_fingerprint(serialized, chat_template, special, stop_ids), chat_template=chat_template,
         special_tokens=_special_token_strings(hf), special_tokens_map=_plain(hf.special_tokens_map),
-        trust_remote_code=trust_remote_code, serialized=serialized,
+        stop_ids=stop_ids, trust_remote_code=trust_remote_code, serialized=serialized,
         objects=TokenizerObjects(backend=hf.backend_tokenizer, hf=hf),
     )
 
+
+def _stop_ids(hf: Any, name_or_path: str) -> tuple[int, ...]:
+    """EOS and the `eos_token_id` of generation_config.json beside the tokenizer (an int or a list), as the
+    model's generate() stops on them; ids outside the vocabulary are left out."""
+    ids = [hf.eos_token_id]
+    config = Path(name_or_path) / "generation_config.json"
+    if config.is_file():
+        try:
+            listed = json.loads(config.read_text(encoding="utf-8")).get("eos_token_id")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise TokenizerError(f"{config}: not a JSON object ({exc}); fix or remove the file") from None
+        listed = listed if isinstance(listed, list) else [listed]
+        ids += [i for i in listed if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(hf)]
+    return tuple(dict.fromkeys(ids))
 
 def _special_token_strings(hf: Any) -> tuple[str, ...]:
     strings = {t.content for t in hf.added_tokens_decoder.values() if t.special} | set(hf.all_special_tokens)
@@ -452,11 +476,16 @@ def _hash_files(folder: Path) -> dict[str, str]:
     }
 
 
-def _fingerprint(serialized: str, chat_template: str | dict[str, str] | None, special_ids: dict[str, Any]) -> str:
-    """sha256 of the serialized tokenizer (`backend_tokenizer.to_str()`), chat template and special ids."""
+def _fingerprint(serialized: str, chat_template: str | dict[str, str] | None, special_ids: dict[str, Any],
+                 stop_ids: tuple[int, ...] = ()) -> str:
+    """sha256 of the serialized tokenizer (`backend_tokenizer.to_str()`), chat template, special ids and the stop
+    ids beyond EOS (only where there are any: a tokenizer without generation_config.json keeps its fingerprint)."""
     digest = hashlib.sha256()
     digest.update(serialized.encode("utf-8"))
     template = json.dumps(chat_template, sort_keys=True) if isinstance(chat_template, dict) else chat_template or ""
     digest.update(template.encode("utf-8"))
     digest.update(json.dumps(special_ids, sort_keys=True).encode("utf-8"))
+    extra = sorted(set(stop_ids) - {special_ids.get("eos")})
+    if extra:
+        digest.update(json.dumps({"stop": extra}).encode("utf-8"))
     return digest.hexdigest()
