@@ -34,7 +34,9 @@ DEFAULT_TURN_CUT = 0
 # CLI offers and __post_init__ checks are read from them.
 Format = Literal["conversation", "text"]
 InputFormat = Literal["auto", "smoltalk", "sharegpt", "openai", "prompt_completion", "alpaca", "text"]
-Template = Literal["roles", "chat"]
+# auto: the tokenizer's chat template where it has one (or --chat-template gives one), else role tokens;
+# resolved when the tokenizer loads (run/plan.py), so a plan and dataset.json only ever hold roles or chat.
+Template = Literal["auto", "roles", "chat"]
 # Which assistant turns train, and as what (see render/chat.py): the one rendering of the conversation,
 # only its last turn, or each turn as the model produces it at inference.
 Turns = Literal["rendered", "last", "inference"]
@@ -72,7 +74,10 @@ class PackConfig:
     # The record shape; `format` is the family it belongs to (see read/reader.py). `text` implies format text.
     input_format: InputFormat = "auto"
     role_map: str | None = None  # "from=to,..." added to read.records.ROLE_ALIASES
-    template: Template = "roles"
+    template: Template = "auto"
+    # A .jinja file whose text replaces the tokenizer's chat template (--chat-template). A path: what it holds
+    # is identified by the tokenizer fingerprint, which covers the chat template in use.
+    chat_template: str | None = None
     # JSON object passed to the chat template for every record (`enable_thinking`, ...); a record's own
     # `chat_template_kwargs` win.
     template_kwargs: str | None = None
@@ -131,6 +136,9 @@ class PackConfig:
             parse_role_map(self.role_map)
         if self.template_kwargs is not None:
             self.template_kwargs_dict()
+        if self.template == "roles" and (given := self.chat_only_flags()):
+            raise ConfigError(f"{_apply(given)} to chat templates only, but --template roles renders role tokens; "
+                              f"pass --template chat (or auto), or drop {' and '.join(given)}")
         if self.long is not None and self.long not in LONG_POLICIES:
             raise ConfigError(f"long = {self.long!r} is not one of {', '.join(LONG_POLICIES)}")
         if self.long is not None and self.strategy == "linear":
@@ -164,6 +172,20 @@ class PackConfig:
             raise ConfigError(f"template_kwargs must be a JSON object, got {type(value).__name__}")
         return value
 
+    def chat_only_flags(self) -> list[str]:
+        """The flags given (at a value other than their default) that only a chat template reads."""
+        given = {"--chat-template": self.chat_template is not None, "--turns": self.turns != "rendered",
+                 "--template-kwargs": self.template_kwargs is not None}
+        return [flag for flag, on in given.items() if on]
+
+    def with_template(self, template: Template, tokenizer_name: str) -> PackConfig:
+        """This config with `auto` resolved to the template the loaded tokenizer got (`roles` or `chat`)."""
+        if self.template == "auto" and template == "roles" and (given := self.chat_only_flags()):
+            raise ConfigError(f"{_apply(given)} to chat templates only, and tokenizer {tokenizer_name!r} has no chat "
+                              f"template (--template auto renders role tokens); pass --chat-template FILE to give "
+                              f"it one, or drop {' and '.join(given)}")
+        return dataclasses.replace(self, template=template)
+
     @property
     def long_policy(self) -> LongPolicy | None:
         """The policy for conversations longer than a row, with the strategy's default filled in."""
@@ -173,6 +195,10 @@ class PackConfig:
         resolved = dataclasses.asdict(self)
         resolved["long"] = self.long_policy
         return resolved
+
+
+def _apply(flags: list[str]) -> str:
+    return f"{' and '.join(flags)} {'applies' if len(flags) == 1 else 'apply'}"
 
 
 CONFIG_KEYS = frozenset(f.name for f in dataclasses.fields(PackConfig))
@@ -191,8 +217,8 @@ CHAT_RENDERING = 2
 
 # Keys that name where something is, not what it is: the tokenizer is identified by its files' content (the
 # tokenizer fingerprint), so the same folder reached by another path (a symlink, a relative path, another mount)
-# packs the same bytes.
-PATH_KEYS = frozenset({"tokenizer"})
+# packs the same bytes. The fingerprint covers the chat template in use, so --chat-template's file too.
+PATH_KEYS = frozenset({"tokenizer", "chat_template"})
 
 
 def bytes_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from packsft.config import ENCODERS
-from packsft.errors import TokenizerError
+from packsft.errors import ConfigError, TokenizerError
 from packsft.read.records import ASSISTANT, SYSTEM, USER
 from packsft.render.encoder import FastEncoder, FastEncoderRefused, build_fast_encoder, read_bpe_spec
 from packsft.render.tokenizer_cache import cache_key, read_entry, write_entry
@@ -40,6 +40,32 @@ TOKEN_ID_DTYPE = np.dtype(np.int32)
 
 # Token ids up to this bound fit a uint16 array; larger vocabularies are stored as uint32.
 UINT16_VOCAB_LIMIT = 1 << 16
+
+
+@dataclass(frozen=True)
+class ChatTemplateFile:
+    """A chat template read from a file (`--chat-template`), replacing the tokenizer's own."""
+
+    path: str  # absolute, so that workers and `verify --deep` elsewhere find the same file
+    text: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+def read_chat_template(path: str | Path) -> ChatTemplateFile:
+    """The chat template text of a file (a .jinja file, read as UTF-8 text)."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"--chat-template {path}: no such file; pass a .jinja file holding a chat template") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--chat-template {path}: cannot be read as text ({exc})") from None
+    if not text.strip():
+        raise ConfigError(f"--chat-template {path}: the file is empty; pass a .jinja file holding a chat template")
+    return ChatTemplateFile(str(file.resolve()), text)
 
 
 @dataclass
@@ -79,6 +105,8 @@ class PackTokenizer:
     files_sha256: dict[str, str] = field(default_factory=dict)
     fingerprint: str = ""
     chat_template: str | dict[str, str] | None = None
+    # The file `chat_template` was read from where it replaces the tokenizer's own (--chat-template), else None.
+    chat_template_file: str | None = None
     # The strings of the special tokens (added special tokens and the special-tokens map), as transformers
     # lists them: content holding one is counted (roles.count_special_strings) without loading transformers.
     special_tokens: tuple[str, ...] = ()
@@ -111,7 +139,8 @@ class PackTokenizer:
     def hf(self) -> Any:
         """The transformers tokenizer with packsft's tokens added (loaded on first use, checked to be this one)."""
         if self.objects.hf is None:
-            hf = _prepared_hf(self.name, self.template, self.trust_remote_code)
+            override = self.chat_template if self.chat_template_file and isinstance(self.chat_template, str) else None
+            hf = _prepared_hf(self.name, self.template, self.trust_remote_code, override)
             template = getattr(hf, "chat_template", None) or None
             if _fingerprint(hf.backend_tokenizer.to_str(), template, self.special_ids, self.stop_ids) != self.fingerprint:
                 raise TokenizerError(f"tokenizer {self.name!r} changed since it was loaded (fingerprint differs); rerun")
@@ -190,6 +219,10 @@ class PackTokenizer:
             "special_ids": self.special_ids,
             "chat_template_sha256": chat_template_sha256(self.chat_template),
             **({"stop_ids": list(self.stop_ids)} if self.template == "chat" else {}),
+            # The text too, so that whoever reloads the tokenizer (inspect, verify --deep) needs no file.
+            **({"chat_template_file": {"path": self.chat_template_file,
+                                       "sha256": chat_template_sha256(self.chat_template)},
+                "chat_template": self.chat_template} if self.chat_template_file else {}),
         }
 
     def state(self) -> dict[str, Any]:
@@ -200,7 +233,7 @@ class PackTokenizer:
             "vocab_size": self.vocab_size, "files_sha256": self.files_sha256, "fingerprint": self.fingerprint,
             "chat_template": self.chat_template, "special_tokens": list(self.special_tokens),
             "special_tokens_map": self.special_tokens_map, "chat_renderer": self.chat_renderer,
-            "stop_ids": list(self.stop_ids),
+            "stop_ids": list(self.stop_ids), "chat_template_file": self.chat_template_file,
         }
 
 
@@ -226,7 +259,8 @@ def tokenizer_from_state(
         name=name, template=state["template"],
         bos_id=state["bos_id"], eos_id=state["eos_id"], pad_id=state["pad_id"], role_ids=dict(state["role_ids"]),
         vocab_size=state["vocab_size"], files_sha256=dict(state["files_sha256"]), fingerprint=state["fingerprint"],
-        chat_template=state["chat_template"], special_tokens=tuple(state["special_tokens"]),
+        chat_template=state["chat_template"], chat_template_file=state.get("chat_template_file"),
+        special_tokens=tuple(state["special_tokens"]),
         special_tokens_map=dict(state["special_tokens_map"]),
         chat_renderer="hf" if state.get("chat_renderer") == "hf" else "jinja", stop_ids=stop_ids,
         trust_remote_code=trust_remote_code,
@@ -235,12 +269,16 @@ def tokenizer_from_state(
 
 
 def load_tokenizer(
-    name_or_path: str, template: str = "roles", *, trust_remote_code: bool = False, encoder: str = "hf",
-    prove: bool = True, threads: int | None = None, cache: bool = True,
+    name_or_path: str, template: str = "roles", *, chat_template: ChatTemplateFile | None = None,
+    trust_remote_code: bool = False, encoder: str = "hf", prove: bool = True, threads: int | None = None,
+    cache: bool = True,
 ) -> PackTokenizer:
     """Load a fast tokenizer from a local folder (or the model hub, when online) and prepare it.
 
     Args:
+        template: "roles", "chat", or "auto": chat where the tokenizer has a chat template (or
+            `chat_template` gives one), else roles. The tokenizer's `template` says which it got.
+        chat_template: a template that replaces the tokenizer's own, before the fingerprint is taken.
         encoder: "hf" encodes content with the HF tokenizer; "fast" with encoder.FastEncoder, or raises
             TokenizerError where it is not proven equal; "auto" uses fast where proven, else HF.
         prove: compare the fast encoder with HF on the probe set at load (unless this process or the
@@ -255,23 +293,50 @@ def load_tokenizer(
     files = _hash_files(Path(name_or_path)) if Path(name_or_path).is_dir() else {}
     # Hub names have no files to key on: they always load through transformers.
     # The tokens packsft adds are part of the key: an edit to them is a miss, not a stale tokenizer.
+    if template not in ("auto", "roles", "chat"):
+        raise TokenizerError(f"template {template!r} is not one of auto, roles, chat")
+    if chat_template is not None and template == "roles":
+        raise TokenizerError("a chat template file does not apply to --template roles; pass --template chat or auto")
+    template = "chat" if chat_template is not None else template
+    # An auto entry holds the template auto resolved to; the file that replaces the chat template is keyed by content.
     key = cache_key("tokenizer", {"files": files, "template": template, "trust_remote_code": trust_remote_code,
-                                  "added": [BOS_TOKEN, PAD_TOKEN, ROLE_TOKENS]})
+                                  "added": [BOS_TOKEN, PAD_TOKEN, ROLE_TOKENS],
+                                  **({"chat_template": chat_template.sha256} if chat_template else {})})
     entry = read_entry("tokenizers", key) if cache and files else None
     tokenizer = None
     if entry is not None:
         with contextlib.suppress(TokenizerError, KeyError, TypeError, ValueError):
             tokenizer = tokenizer_from_state(entry, name_or_path, trust_remote_code=trust_remote_code)
     if tokenizer is None:
-        tokenizer = _load_with_transformers(name_or_path, template, trust_remote_code, files)
+        tokenizer = _load_with_transformers(name_or_path, template, trust_remote_code, files, chat_template)
         if cache and files:
             write_entry("tokenizers", key, tokenizer.state())
+    # A cached entry names the file of the run that wrote it: this run's file holds the same text.
+    tokenizer = replace(tokenizer, chat_template_file=chat_template.path if chat_template else None)
     return _with_encoder(tokenizer, encoder, prove, threads, cache)
 
 
-def _load_with_transformers(name_or_path: str, template: str, trust_remote_code: bool, files: dict[str, str]) -> PackTokenizer:
-    """The tokenizer as transformers resolves it, with packsft's tokens and ids."""
-    hf = _prepared_hf(name_or_path, template, trust_remote_code)
+def load_output_tokenizer(identity: dict[str, Any], name: str | None = None, **options: Any) -> PackTokenizer:
+    """The tokenizer a dataset.json `tokenizer` record names (or `name`, where the folder moved), with the
+    template it packed with: its resolved `template` and the --chat-template text stored there (no file needed).
+
+    `options` go to load_tokenizer. The caller compares the fingerprint with the record's.
+    """
+    stored = identity.get("chat_template_file")
+    chat_template = ChatTemplateFile(stored["path"], identity["chat_template"]) if stored else None
+    return load_tokenizer(name or identity["name"], identity.get("template", "roles"), chat_template=chat_template,
+                          **options)
+
+
+def _load_with_transformers(name_or_path: str, template: str, trust_remote_code: bool, files: dict[str, str],
+                            chat_template: ChatTemplateFile | None = None) -> PackTokenizer:
+    """The tokenizer as transformers resolves it, with packsft's tokens and ids (`auto` resolved here)."""
+    hf = _load_hf(name_or_path, trust_remote_code)
+    if chat_template is not None:
+        hf.chat_template = chat_template.text
+    if template == "auto":
+        template = "chat" if getattr(hf, "chat_template", None) else "roles"
+    _prepare_hf(hf, name_or_path, template)
     if template == "roles":
         role_ids = {role: hf.convert_tokens_to_ids(token) for role, token in ROLE_TOKENS.items()}
         bos_id, pad_id = hf.bos_token_id, hf.pad_token_id
@@ -321,9 +386,17 @@ def _plain(value: Any) -> Any:
     return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
-def _prepared_hf(name_or_path: str, template: str, trust_remote_code: bool) -> Any:
-    """The transformers tokenizer, with the role tokens added for `roles`, or checked to have a chat template."""
+def _prepared_hf(name_or_path: str, template: str, trust_remote_code: bool, chat_template: str | None = None) -> Any:
+    """The transformers tokenizer as `_load_with_transformers` prepared it (`chat_template` replacing its own)."""
     hf = _load_hf(name_or_path, trust_remote_code)
+    if chat_template is not None:
+        hf.chat_template = chat_template
+    _prepare_hf(hf, name_or_path, template)
+    return hf
+
+
+def _prepare_hf(hf: Any, name_or_path: str, template: str) -> None:
+    """Add the role tokens for `roles`, or check that there is a chat template for `chat`."""
     if template == "roles":
         hf.add_special_tokens(
             {"bos_token": BOS_TOKEN, "pad_token": PAD_TOKEN, "additional_special_tokens": list(ROLE_TOKENS.values())}
@@ -332,7 +405,6 @@ def _prepared_hf(name_or_path: str, template: str, trust_remote_code: bool) -> A
         raise TokenizerError(
             f"tokenizer {name_or_path!r} has no chat template; use --template roles to render with role tokens"
         )
-    return hf
 
 
 def _check_path(name_or_path: str) -> bool:

@@ -31,7 +31,7 @@ import numpy as np
 
 from packsft.errors import TokenizerError
 from packsft.render.chat import ChatRenderer
-from packsft.render.tokenizer import PackTokenizer, load_tokenizer
+from packsft.render.tokenizer import PackTokenizer, load_output_tokenizer
 from packsft.write.layout import PackedOutput
 
 MAX_CHARS = 90
@@ -329,7 +329,7 @@ def tokenizer_for(output: PackedOutput, override: str | None = None) -> PackToke
     """Load the tokenizer an output was packed with (or `override`), refusing a different one."""
 
     info = output.dataset["tokenizer"]
-    tokenizer = load_tokenizer(override or info["name"], info["template"])
+    tokenizer = load_output_tokenizer(info, override)
     if tokenizer.fingerprint != info["fingerprint"]:
         raise TokenizerError(
             f"tokenizer {override or info['name']!r} is not the one this output was packed with "

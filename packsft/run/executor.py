@@ -62,18 +62,30 @@ class Executor(ABC):
 def rerun_command(command: list[str], out_dir: Path, plan: Plan, options: list[str]) -> str:
     """`command DATA... OUT_DIR options` with the pack flags of the plan: what repacks its missing units."""
     return shlex.join([*command, *plan.data_inputs, str(out_dir), *options,
-                       *pack_flags(plan.pack_config(), plan.unit_bytes)])
+                       *plan_flags(plan)])
 
 
-def pack_flags(config: PackConfig, unit_bytes: int) -> list[str]:
-    """The `pack` flags that reproduce `config` (only those that differ from the defaults)."""
+def plan_flags(plan: Plan) -> list[str]:
+    """The `pack` flags that reproduce the plan's units."""
+    # --template auto chooses chat exactly where the tokenizer has a chat template (its own, or --chat-template's).
+    auto = "chat" if plan.tokenizer.get("chat_template_sha256") else "roles"
+    return pack_flags(plan.pack_config(), plan.unit_bytes, auto_template=auto)
 
+
+def pack_flags(config: PackConfig, unit_bytes: int, *, auto_template: str | None = None) -> list[str]:
+    """The `pack` flags that reproduce `config` (only those that differ from the defaults).
+
+    Args:
+        auto_template: the template --template auto gives with this tokenizer: no flag names it.
+    """
     defaults, flags = PackConfig(), []
     for f in fields(PackConfig):
         value = getattr(config, f.name)
         if value == getattr(defaults, f.name) or value is None or (f.name == "long" and value == DEFAULT_LONG[config.strategy]):
             continue
         if f.name == "encoder":  # the plan holds the encoder auto chose; a rerun chooses again, same bytes
+            continue
+        if f.name == "template" and value == auto_template:  # the plan holds the template auto chose
             continue
         flag = "--" + f.name.replace("_", "-")
         flags += [flag] if value is True else [flag, str(value)]

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from packsft.run.outdir import (
     unit_complete,
     write_executor_record,
 )
-from packsft.run.plan import DEFAULT_UNIT_BYTES, Plan, assign_units, make_plan
+from packsft.run.plan import DEFAULT_UNIT_BYTES, Plan, assign_units, loaded_config, make_plan
 from packsft.run.unit import UnitJob
 from packsft.write.layout import DATASET_JSON
 
@@ -103,7 +103,10 @@ def run_pack(
         if not quiet:
             _say_detected(plan)
             _say_tokenizer_paths(tokenizer)
-        config = replace(config, encoder=tokenizer.encoder)  # workers take the proven encoder as it is
+        if not quiet and config.template == "auto" and tokenizer.template == "chat":
+            print(f"packsft: --template auto renders with {_chat_template_source(tokenizer)} "
+                  "(--template roles for role tokens)", file=sys.stderr)
+        config = loaded_config(config, tokenizer)  # workers take the proven encoder and the template as they are
 
         mine = assign_units(plan.units, num_tasks)[task_index]
         remove_temporaries(out_dir, mine)
@@ -163,6 +166,12 @@ def _say_tokenizer_paths(tokenizer: PackTokenizer) -> None:
     if tokenizer.template == "chat" and tokenizer.chat_renderer == "hf":
         print("packsft: rendering with transformers' apply_chat_template (its jinja renderer, called directly, "
               "differs from it on a probe conversation)", file=sys.stderr)
+
+
+def _chat_template_source(tokenizer: PackTokenizer) -> str:
+    if tokenizer.chat_template_file:
+        return f"the chat template of {tokenizer.chat_template_file}"
+    return f"the chat template of tokenizer {tokenizer.name!r}"
 
 
 def _say_detected(plan: Plan) -> None:

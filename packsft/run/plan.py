@@ -29,7 +29,7 @@ from packsft.read.inputs import InputListing, Location, as_location, file_info, 
 from packsft.read.reader import InputFile, open_input
 from packsft.read.records import parse_role_map
 from packsft.render.chat_proof import output_identity, with_chat_path_proven
-from packsft.render.tokenizer import PackTokenizer, load_tokenizer
+from packsft.render.tokenizer import PackTokenizer, load_tokenizer, read_chat_template
 from packsft.run.identity import IDENTITY_VERSION, fingerprint, fingerprint_config, input_digest
 from packsft.version import __version__
 
@@ -190,7 +190,8 @@ def make_plan(
     """The plan of DATA (folders, globs, files or URLs) for `config` (units and their fingerprints)
     and the loaded tokenizer.
 
-    The plan's config names the encoder the tokenizer got (`auto` resolved to `fast` or `hf`).
+    The plan's config names the encoder the tokenizer got (`auto` resolved to `fast` or `hf`), the template
+    (`auto` resolved to `roles` or `chat`) and the --chat-template file by its absolute path.
     """
 
     specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
@@ -202,16 +203,24 @@ def make_plan(
             raise OutputError(f"{out_dir}: OUT_DIR must not be inside DATA_DIR ({spec}); pick another folder")
     # Every file is opened and its schema checked before anything is written.
     units, skipped = plan_inputs(listing, config, unit_bytes, skip_bad_files=skip_bad_files)
-    tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code,
-                               encoder=config.encoder)
+    chat_template = read_chat_template(config.chat_template) if config.chat_template else None
+    tokenizer = load_tokenizer(config.tokenizer, config.template, chat_template=chat_template,
+                               trust_remote_code=config.trust_remote_code, encoder=config.encoder)
     tokenizer = with_chat_path_proven(tokenizer)
-    config = replace(config, encoder=tokenizer.encoder)
+    config = loaded_config(config, tokenizer)
     fingerprints = [fingerprint(config, tokenizer.fingerprint, [part.identity() for part in unit.parts])
                     for unit in units]
     inputs = [spec if is_url(spec) else str(Path(spec).resolve()) for spec in specs]
     plan = Plan(listing.root, config.to_dict(), output_identity(tokenizer), unit_bytes, units, fingerprints,
                 skipped_files=skipped, inputs=inputs)
     return plan, tokenizer
+
+
+def loaded_config(config: PackConfig, tokenizer: PackTokenizer) -> PackConfig:
+    """`config` as the loaded tokenizer resolves it: its encoder, its template (auto resolved) and the absolute
+    path of the --chat-template file (what workers elsewhere and `verify --deep` read)."""
+    config = config.with_template("chat" if tokenizer.template == "chat" else "roles", tokenizer.name)
+    return replace(config, encoder=tokenizer.encoder, chat_template=tokenizer.chat_template_file)
 
 
 def split_row_groups(sizes: list[int], parts: int) -> list[tuple[int, int]]:

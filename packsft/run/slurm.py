@@ -28,7 +28,7 @@ from typing import Any
 from packsft.errors import ConfigError, PacksftError
 from packsft.read.inputs import is_url
 from packsft.render.tokenizer import PackTokenizer
-from packsft.run.executor import Executor, pack_flags
+from packsft.run.executor import Executor, plan_flags
 from packsft.run.plan import Plan, Unit, assign_units
 from packsft.run.unit import UnitJob
 
@@ -189,7 +189,7 @@ class SlurmExecutor(Executor):
             return
         options = replace(self.options, array_size=self.array_size(plan))
         pack_script, merge_script = write_scripts(plan.data_inputs, job.out_dir,
-                                                  pack_flags(plan.pack_config(), plan.unit_bytes), options)
+                                                  plan_flags(plan), options)
         tasks = _tasks_of(plan, [unit.index for unit in units], options.array_size)
         subset = [] if len(tasks) == options.array_size else [
             "--array=" + ",".join(map(str, tasks)) + (f"%{options.throttle}" if options.throttle else "")]

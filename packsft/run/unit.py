@@ -17,7 +17,7 @@ from packsft.pack.rows import empty_chunks
 from packsft.read.reader import InputFile
 from packsft.read.records import RejectLedger
 from packsft.render.chat_proof import with_chat_path_proven
-from packsft.render.tokenizer import PackTokenizer, load_tokenizer, tokenizer_from_state
+from packsft.render.tokenizer import PackTokenizer, load_tokenizer, read_chat_template, tokenizer_from_state
 from packsft.run.outdir import failed_path
 from packsft.run.plan import Unit
 from packsft.stages import open_unit, pack_unit
@@ -57,8 +57,10 @@ def load_job_tokenizer(job: UnitJob, threads: int, *, prove: bool) -> PackTokeni
         tokenizer = tokenizer_from_state(job.tokenizer_state, config.tokenizer, encoder=config.encoder,
                                          trust_remote_code=config.trust_remote_code, threads=threads)
     else:
-        tokenizer = load_tokenizer(config.tokenizer, config.template, trust_remote_code=config.trust_remote_code,
-                                   encoder=config.encoder, prove=prove, threads=threads)
+        chat_template = read_chat_template(config.chat_template) if config.chat_template else None
+        tokenizer = load_tokenizer(config.tokenizer, config.template, chat_template=chat_template,
+                                   trust_remote_code=config.trust_remote_code, encoder=config.encoder, prove=prove,
+                                   threads=threads)
         if prove:
             tokenizer = with_chat_path_proven(tokenizer)
     if tokenizer.fingerprint != job.tokenizer_fingerprint:
