@@ -20,6 +20,7 @@ manifests of earlier versions sum (and verify) as they did.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
@@ -111,6 +112,10 @@ class ChatTurns(Counts):
 
     turns_rewritten_in_history: int = 0
     reasoning_tokens_dropped: int = 0
+    # Trained turns the template renders no stop token after: EOS appended and trained (GLM's last turn), or ended by
+    # a template token the model does not stop on (gpt-oss's <|end|> in history), trained as the turn's end.
+    stop_tokens_appended: int = 0
+    turns_ended_without_stop_token: int = 0
     inference_renderings_added: int = 0
     inference_context_tokens: int = 0
 
@@ -334,7 +339,8 @@ def _per_source(counts: dict[str, SourceCounts]) -> dict[str, dict[str, Any]]:
     }
 
 
-def warnings(summary: dict[str, Any], config: dict[str, Any]) -> list[str]:
+def warnings(summary: dict[str, Any], config: dict[str, Any], chat_history: Mapping[str, bool] | None = None) -> list[str]:
+    """The summary's warnings; `chat_history` is dataset.json's (report.template.history_rewrites)."""
     notes = []
     kept = summary["trained_tokens_kept"]
     if kept and summary["trained_unprompted"] / kept > UNPROMPTED_WARN_SHARE and config.get("unprompted") == "keep":
@@ -350,21 +356,49 @@ def warnings(summary: dict[str, Any], config: dict[str, Any]) -> list[str]:
         )
     rewritten, dropped = summary.get("turns_rewritten_in_history"), summary.get("reasoning_tokens_dropped")
     if rewritten or dropped:
-        notes.append(
-            f"{rewritten or 0:,} trained assistant turns are rendered otherwise when they are not the last turn, and "
-            f"{dropped or 0:,} reasoning tokens are left out by the chat template: those turns are trained as the "
-            "template shows them in history, not as the model generates them; --turns inference trains each as generated"
-        )
+        notes.append(_rewritten_note(summary, rewritten or 0, dropped or 0, chat_history or {}))
     if summary.get("inference_renderings_added"):
+        rows = _rows(summary, summary["inference_context_tokens"])
         notes.append(
             f"--turns inference added {summary['inference_renderings_added']:,} renderings with "
-            f"{summary['inference_context_tokens']:,} tokens of repeated context"
+            f"{summary['inference_context_tokens']:,} tokens of repeated context (~{rows:,} of the "
+            f"{summary['chunks']:,} rows)"
         )
     if summary["conversations_truncated"]:
         notes.append(
             f"{summary['conversations_truncated']} conversations were truncated; --long split keeps every trained token"
         )
     return notes
+
+
+# --template-kwargs as the summary names it: the value that keeps a plain turn as generated in history.
+THINKING_OFF_FLAG = """--template-kwargs '{"enable_thinking": false}'"""
+
+
+def _rewritten_note(summary: dict[str, Any], rewritten: int, dropped: int, chat_history: Mapping[str, bool]) -> str:
+    """Turns trained as the template shows them in history: what they are, and the two ways out with their cost."""
+    note = (f"{rewritten:,} trained assistant turns are rendered otherwise when they are not the last turn, and "
+            f"{dropped:,} reasoning tokens are left out by the chat template: those turns are trained as the template "
+            "shows them in history, not as the model generates them")
+    if chat_history.get("thinking_off_keeps_history"):
+        note += (f"; for conversations without reasoning, {THINKING_OFF_FLAG} makes this template show earlier turns "
+                 "as generated (no extra rows; a record's own chat_template_kwargs win)")
+    conversations = summary.get("conversations_packed") or 0
+    if not conversations:
+        return note + "; --turns inference trains each as generated"
+    # Each rewritten turn gets a rendering of its own: itself after the history before it. Taken as half a
+    # conversation of mean length (the rewritten turns are earlier ones, spread over their conversations).
+    extra = round(rewritten * summary.get("tokens_rendered", 0) / conversations / 2)
+    rows = _rows(summary, extra)
+    share = f", +{rows / summary['chunks']:.0%}" if summary.get("chunks") else ""
+    return (note + f"; --turns inference trains each as generated, at about {extra:,} more tokens, ~{rows:,} more "
+            f"rows than the {summary['chunks']:,}{share} (an estimate from the mean conversation length; after such "
+            "a run, stats give inference_context_tokens)")
+
+
+def _rows(summary: dict[str, Any], tokens: int) -> int:
+    """About how many rows `tokens` tokens fill at this output's fill."""
+    return math.ceil(tokens / ((summary["seq_length"] + 1) * (summary.get("fill") or 1)))
 
 
 def format_summary(dataset: dict[str, Any]) -> str:
@@ -419,6 +453,6 @@ def format_summary(dataset: dict[str, Any]) -> str:
             )
         lines.append("  (a source's fill counts its conversations' own tokens once; the overall fill also counts "
                      "context repeated by splits)")
-    for note in warnings(s, cfg):
+    for note in warnings(s, cfg, dataset.get("chat_history")):
         lines.append(f"  warning: {note}")
     return "\n".join(lines)

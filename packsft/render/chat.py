@@ -48,8 +48,12 @@ from packsft.render.chat_jinja import jinja_renderer, require_jinja
 from packsft.render.chat_layout import (
     HOLE,
     HOLE_PATTERN,
+    NONE,
+    OTHER,
     STAND_IN_TOOLS,
+    STOP,
     Layout,
+    Markers,
     Render,
     analyse,
     protect,
@@ -83,15 +87,16 @@ class ChatRenderer:
         self.tokenizer = tokenizer
         self.encoder = encoder if encoder is not None else rendering_encoder(tokenizer)
         self.special_ids = self.encoder.special_ids
-        strings = sorted({tokenizer.backend.id_to_token(int(i)) for i in self.special_ids} - {None}, key=len, reverse=True)
-        self.specials = re.compile("|".join(map(re.escape, strings))) if strings else None
+        self.specials = _alternatives(tokenizer.backend.id_to_token(int(i)) for i in self.special_ids)
+        self.stop_tokens = [t for i in (tokenizer.stop_ids or (tokenizer.eos_id,))
+                            if (t := tokenizer.backend.id_to_token(int(i))) is not None]
         bos = tokenizer.special_tokens_map.get("bos_token")
         bos_id = tokenizer.backend.token_to_id(bos) if isinstance(bos, str) else None
         bos_token = bos if isinstance(bos, str) and bos_id is not None and bos_id in self.special_ids else None
         eos = tokenizer.special_tokens_map.get("eos_token")
         self.eos_token = eos if isinstance(eos, str) else tokenizer.backend.id_to_token(tokenizer.eos_id)
         self.template_kwargs = dict(template_kwargs or {})
-        self.facts = template_facts(tokenizer, self.specials, bos_token)
+        self.facts = template_facts(tokenizer, Markers(self.specials, _alternatives(self.stop_tokens)), bos_token)
         # turns_rewritten_in_history, reasoning_tokens_dropped, inference_*: present (0) in every chat unit
         self.counts = ChatTurns()
         self.inference_prefixes: set[int] = set()  # id() of records --turns inference added
@@ -134,9 +139,9 @@ class ChatRenderer:
             found = self.facts.skeleton_layout(self.bind, holed, stand_in, kwargs)
             spliced = splice(found, values, text, stand_in=stand_in is not None) if found is not None else None
             if spliced is not None:
-                return spliced
+                return self._stopped(spliced)
         try:
-            return self._analyse_record(messages, tools, kwargs, text)
+            return self._stopped(self._analyse_record(messages, tools, kwargs, text))
         except RecordRejected:
             raise
         except ImportError:  # the environment, not the record
@@ -144,6 +149,19 @@ class ChatRenderer:
             raise
         except Exception as exc:
             raise RecordRejected(f"chat template refused a prefix of the conversation: {_first_line(exc)}") from None
+
+    def _stopped(self, layout: Layout) -> Layout:
+        """The layout with EOS appended where the last turn renders no token at all after what it generates (GLM
+        ends no turn: the model stops on the next role token, which the last turn has none of). EOS is one of the
+        model's stop tokens; it is trained as the turn's end (counted as `stop_tokens_appended`)."""
+        if not layout.endings or layout.endings[-1] != NONE or layout.generated[-1] is None:
+            return layout
+        body, end = layout.generated[-1]
+        if not layout.text[body:end].strip():  # the template renders nothing of the turn: nothing to end
+            return layout
+        text = layout.text + self.eos_token
+        return replace(layout, text=text, generated=[*layout.generated[:-1], (body, len(text))],
+                       endings=[*layout.endings[:-1], STOP], appended=self.eos_token)
 
     def _analyse_record(self, messages: list[dict[str, Any]], tools: Any, kwargs: dict[str, Any], text: str) -> Layout:
         """The layout of the record itself (its shape's skeleton did not reproduce it): special-token strings in its
@@ -162,9 +180,10 @@ class ChatRenderer:
         head = functools.partial(self.facts.head_end, render, probe_key, messages[0]["role"])
         prompt = self.facts.generic_prompt(render, probe_key)
         fixed_prompt = self.facts.fixed_prompt(self.bind)
+        markers = self.facts.markers(render, probe_key)
         if not values:
-            return analyse(render, messages, self.specials, head, text, prompt, fixed_prompt)
-        spliced = splice(analyse(render, holed, self.specials, head, None, prompt, fixed_prompt), values, text)
+            return analyse(render, messages, markers, head, text, prompt, fixed_prompt)
+        spliced = splice(analyse(render, holed, markers, head, None, prompt, fixed_prompt), values, text)
         if spliced is None:
             raise RecordRejected("the chat template renders a special-token string inside the record differently "
                                  "from plain text, so it cannot be kept plain text; remove it from the record")
@@ -227,6 +246,12 @@ def _training_only(conv: Conversation, turns: list[int]) -> Conversation:
     fields = extras.fields or (None,) * len(conv.messages)
     train = tuple(None if i in turns else False for i in range(len(conv.messages)))
     return replace(conv, extras=ChatExtras(fields, train, extras.tools, extras.template_kwargs))
+
+
+def _alternatives(strings: Any) -> re.Pattern[str] | None:
+    """A pattern matching any of these strings, the longest first (None without any)."""
+    ordered = sorted({s for s in strings if s}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -329,6 +354,8 @@ def _count_turns(renderer: ChatRenderer, conv: Conversation, layout: Layout, fla
             continue
         if layout.rewritten[k]:
             renderer.counts.turns_rewritten_in_history += 1
+        if layout.endings[k] == OTHER:
+            renderer.counts.turns_ended_without_stop_token += 1
         reasoning = conv.reasoning(k)
         if reasoning is None:
             found = THINK.search(conv.messages[k][1])
@@ -337,6 +364,8 @@ def _count_turns(renderer: ChatRenderer, conv: Conversation, layout: Layout, fla
         if reasoning and reasoning.strip() and reasoning.strip() not in layout.text[layout.starts[k]:end]:
             renderer.counts.reasoning_tokens_dropped += len(
                 renderer.tokenizer.backend.encode(reasoning, add_special_tokens=False).ids)
+    if layout.appended and conv.trains(len(layout.generated) - 1):
+        renderer.counts.stop_tokens_appended += 1
     if id(conv) in renderer.inference_prefixes:
         trained = np.flatnonzero(flags)
         renderer.counts.inference_context_tokens += int(trained[0]) if len(trained) else len(flags)

@@ -23,10 +23,13 @@ from packsft.render.chat_layout import (
     STAND_IN_TOOLS,
     Layout,
     LocalRules,
+    Markers,
     PrefixRenderings,
     Render,
     SkeletonCache,
     analyse,
+    back_off,
+    common_prefix,
     shape_key,
     skeleton,
 )
@@ -44,13 +47,15 @@ class TemplateFacts:
     heads and local rules per tools and kwargs, heads also per first role.
 
     Args:
-        specials: a pattern matching the tokenizer's special-token strings (None without any).
+        markers: the tokenizer's special-token and stop-token patterns (chat_layout.Markers, without a trailer).
         bos_token: the BOS string where the template's BOS is a special token.
     """
 
-    def __init__(self, specials: re.Pattern[str] | None, bos_token: str | None) -> None:
-        self.specials = specials
+    def __init__(self, markers: Markers, bos_token: str | None) -> None:
+        self.specials = markers.specials
+        self.base_markers = markers
         self.bos_token = bos_token
+        self.trailers: dict[str, str] = {}  # per tools and kwargs
         self.skeletons = SkeletonCache()
         self.prefix_texts: dict[bytes, str] = {}  # PrefixRenderings' store
         self.heads: dict[str, str | None] = {}  # heads and generic prompts, per tools and kwargs
@@ -80,13 +85,24 @@ class TemplateFacts:
             self.rules[key] = None if found is None else LocalRules(found.group(), _joins(self, render, key))
         return self.rules[key]
 
+    def markers(self, render: Render, key: str) -> Markers:
+        """The markers with the template's trailer for these tools and kwargs: the text every plain rendering ends
+        with after its last message. Found once from a two-message and a three-message probe: the end the two share
+        that the longer one does not hold after its second message, from after the last stop token there
+        (Command-R7B's <|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>, Phi-3.5's <|endoftext|>; ChatML's is empty)."""
+        if key not in self.trailers:
+            if len(self.trailers) >= HEADS_CACHE_SIZE:
+                self.trailers.clear()
+            self.trailers[key] = _probe_trailer(render, self.base_markers)
+        return self.base_markers.with_trailer(self.trailers[key])
+
     def skeleton_layout(self, bind: Bind, holed: list[dict[str, Any]], tools: Any,
                         kwargs: Mapping[str, Any]) -> Layout | None:
         """The layout of a skeleton (chat_layout.skeleton) with these tools and kwargs, analysed once per shape;
         None where the template refuses the skeleton."""
         render, key = bind(tools, kwargs), shape_key([], tools, kwargs)
         return self.skeletons.get(shape_key(holed, tools, kwargs), functools.partial(
-            _try_analyse, PrefixRenderings(render, holed, key, self.prefix_texts), holed, self.specials,
+            _try_analyse, PrefixRenderings(render, holed, key, self.prefix_texts), holed, self.markers(render, key),
             functools.partial(self.head_end, render, key, holed[0]["role"]), self.generic_prompt(render, key),
             self.fixed_prompt(bind), self.local_rules(render, key) if self.opener_rule(bind) else None))
 
@@ -105,16 +121,19 @@ class TemplateFacts:
 
     def generic_prompt(self, render: Render, key: str) -> str | None:
         """The generation prompt after a one-message conversation (for a turn no conversation precedes)."""
-        key = f"{key}|prompt"
-        if key not in self.heads:
+        stored = f"{key}|prompt"
+        if stored not in self.heads:
             mark = PROBE_MARK
             try:
                 plain = render([{"role": USER, "content": mark}], False)
                 prompted = render([{"role": USER, "content": mark}], True)
             except Exception:
                 plain = prompted = ""
-            self.heads[key] = prompted[len(plain):] if prompted.startswith(plain) and prompted != plain else None
-        return self.heads[key]
+            trailer = self.markers(render, key).trailer  # Command-R7B's prompt is its trailer
+            if trailer and plain.endswith(trailer):
+                plain = plain[:len(plain) - len(trailer)]
+            self.heads[stored] = prompted[len(plain):] if prompted.startswith(plain) and prompted != plain else None
+        return self.heads[stored]
 
     def _probe_head(self, render: Render, first_role: str) -> str | None:
         mark = PROBE_MARK
@@ -134,18 +153,19 @@ class TemplateFacts:
 _FACTS: dict[tuple[str, str, str], TemplateFacts] = {}
 
 
-def template_facts(tokenizer: PackTokenizer, specials: re.Pattern[str] | None, bos_token: str | None) -> TemplateFacts:
-    """The TemplateFacts of this tokenizer's template, one per process (`specials` and `bos_token` as they
+def template_facts(tokenizer: PackTokenizer, markers: Markers, bos_token: str | None) -> TemplateFacts:
+    """The TemplateFacts of this tokenizer's template, one per process (`markers` and `bos_token` as they
     follow from the tokenizer: see TemplateFacts)."""
     key = (tokenizer.fingerprint, tokenizer.chat_renderer, json.dumps(tokenizer.chat_template, sort_keys=True))
-    return _FACTS.setdefault(key, TemplateFacts(specials, bos_token))
+    return _FACTS.setdefault(key, TemplateFacts(markers, bos_token))
 
 
 def _prompt_is_fixed(facts: TemplateFacts, bind: Bind) -> bool:
     for record in probe_records():
         messages, tools, kwargs = record.chat_messages(), record.tools, record.template_kwargs()
         render = bind(tools, kwargs)
-        generic = facts.generic_prompt(render, shape_key([], tools, kwargs))
+        key = shape_key([], tools, kwargs)
+        generic, trailer = facts.generic_prompt(render, key), facts.markers(render, key).trailer
         for k in range(1, len(messages) + 1):
             if k < len(messages) and messages[k]["role"] != ASSISTANT:
                 continue
@@ -153,6 +173,8 @@ def _prompt_is_fixed(facts: TemplateFacts, bind: Bind) -> bool:
                 plain, prompted = render(messages[:k], False), render(messages[:k], True)
             except Exception:
                 continue
+            if trailer and plain.endswith(trailer):
+                plain = plain[:len(plain) - len(trailer)]
             if prompted != plain + (generic or ""):
                 return False
     return True
@@ -164,7 +186,7 @@ def _joins(facts: TemplateFacts, render: Render, key: str) -> dict[tuple[str, st
     holed, _ = skeleton(JOIN_PROBE)
     head = functools.partial(facts.head_end, render, key, USER)
     try:
-        layout = analyse(render, holed, facts.specials, head, None, facts.generic_prompt(render, key))
+        layout = analyse(render, holed, facts.markers(render, key), head, None, facts.generic_prompt(render, key))
     except Exception:  # a template without tool results
         return {}
     first, second = (HOLE_PATTERN.search(layout.text, layout.starts[i]) for i in (2, 3))
@@ -185,19 +207,50 @@ def _opener_rule_holds(facts: TemplateFacts, bind: Bind) -> bool:
             return False
         head = functools.partial(facts.head_end, render, key, holed[0]["role"])
         prompt = facts.generic_prompt(render, key)
+        markers = facts.markers(render, key)
         try:
-            rendered = analyse(render, holed, facts.specials, head, None, prompt)
+            rendered = analyse(render, holed, markers, head, None, prompt)
         except Exception:
             continue
-        if analyse(render, holed, facts.specials, head, None, prompt, rules=rules).starts != rendered.starts:
+        if analyse(render, holed, markers, head, None, prompt, rules=rules).starts != rendered.starts:
             return False
     return True
 
 
-def _try_analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern[str] | None,
+def _try_analyse(render: Render, messages: list[dict[str, Any]], markers: Markers,
                  head: Callable[[str], int], prompt: str | None, fixed_prompt: bool,
                  rules: LocalRules | None = None) -> Layout | None:
     try:
-        return analyse(render, messages, specials, head, None, prompt, fixed_prompt, rules)
+        return analyse(render, messages, markers, head, None, prompt, fixed_prompt, rules)
     except Exception:  # the template refuses the skeleton (it inspects contents): analyse the record itself
         return None
+
+
+# Probe contents that end differently (a common end of two renderings must be template text, not content).
+_TRAILER_PROBES = ("\ue002first\ue003a", "\ue002second\ue003b", "\ue002third\ue003c")
+
+
+def _probe_trailer(render: Render, markers: Markers) -> str:
+    """The trailer (TemplateFacts.markers) of a template bound to tools and kwargs; empty where a probe is refused.
+
+    `closing` is what follows the assistant's content when it is last; the part of it that a third message does not
+    keep (from after the last stop token the two share) is the trailer, where a one-message rendering ends with it
+    too (gpt-oss closes the last turn with <|return|>: no trailer, a closing of its own)."""
+    one, two, three = _TRAILER_PROBES
+    exchange = [{"role": USER, "content": one}, {"role": ASSISTANT, "content": two}]
+    try:
+        first, second = render(exchange[:1], False), render(exchange, False)
+        longer = render([*exchange, {"role": USER, "content": three}], False)
+    except Exception:
+        return ""
+    after = second.rfind(two) + len(two)
+    if after < len(two) or not longer.startswith(second[:after]):
+        return ""
+    closing = second[after:]
+    held = back_off(closing, common_prefix(closing, longer[after:]), markers.specials)
+    stops = list(markers.stops.finditer(closing, 0, held)) if markers.stops is not None else []
+    if stops:  # the message ends with its stop token and the whitespace after it; the rest opens the next one
+        kept = closing[stops[-1].end():held]
+        held = stops[-1].end() + len(kept) - len(kept.lstrip())
+    trailer = closing[held:]
+    return trailer if trailer and first.endswith(trailer) else ""

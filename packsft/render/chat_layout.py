@@ -55,6 +55,25 @@ PREFIX_CACHE_SIZE = 32768  # skeleton renderings (short: contents are placeholde
 RESUMED_CHARS = 4
 
 
+@dataclass(frozen=True)
+class Markers:
+    """The tokenizer's special-token strings (`specials`), the tokens its model stops generating on (`stops`: EOS
+    and generation_config.json's eos list), and the text the template appends after the last message whatever it
+    is (`trailer`: Phi-3.5's EOS, Command-R7B's generation prompt; per tools and kwargs, chat_facts.py)."""
+
+    specials: re.Pattern[str] | None = None
+    stops: re.Pattern[str] | None = None
+    trailer: str = ""
+
+    def with_trailer(self, trailer: str) -> Markers:
+        return Markers(self.specials, self.stops, trailer)
+
+
+# How an assistant turn's generated span ends: with a stop token, with another special token the template closes the
+# turn with (not one the model stops on, e.g. gpt-oss's <|end|> in history), or with none (GLM's last turn).
+STOP, OTHER, NONE = "stop", "other", "none"
+
+
 @dataclass
 class Layout:
     """Character positions in one rendering (`text`); per message i of n:
@@ -64,6 +83,7 @@ class Layout:
     bodies[i]     where its header ends: for an assistant turn the end of the generation prompt
     generated[i]  assistant turns: [start, end) of what the model generates, through its end-of-turn token
     rewritten[i]  assistant turns the template renders otherwise when they are not the last message
+    endings[i]    assistant turns: how the generated span ends (STOP, OTHER or NONE)
     data          spans of the record's own strings (a special-token string there is plain text)
     """
 
@@ -74,6 +94,8 @@ class Layout:
     generated: list[Span | None]
     rewritten: list[bool]
     data: list[Span] = field(default_factory=list)
+    endings: list[str | None] = field(default_factory=list)
+    appended: str = ""  # a stop token appended after the rendering (ChatRenderer._stopped)
 
 
 def common_prefix(a: str, b: str, start: int = 0) -> int:
@@ -91,7 +113,7 @@ def common_prefix(a: str, b: str, start: int = 0) -> int:
     return lo - start
 
 
-def analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern[str] | None,
+def analyse(render: Render, messages: list[dict[str, Any]], markers: Markers,
             head: Callable[[str], int], text: str | None = None, prompt: str | None = None,
             fixed_prompt: bool = False, rules: LocalRules | None = None) -> Layout:
     """The layout of `messages` as `render` renders them (see the module docstring).
@@ -103,7 +125,7 @@ def analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern
         fixed_prompt: the template's generation prompt is `prompt` whatever precedes it (proven on probes by the
             caller): P_k is not rendered.
         rules: where messages start in a skeleton without rendering prefixes (`LocalRules`, proven on probes by
-            the caller); R_i is rendered only where they do not tell.
+            the caller); R_i is rendered only where they do not tell, or where the template refuses R_i.
     """
     text = render(messages, False) if text is None else text
     n = len(messages)
@@ -119,31 +141,52 @@ def analyse(render: Render, messages: list[dict[str, Any]], specials: re.Pattern
     for i in range(1, n):
         found = rules.start(text, holes, messages, i, starts[-1]) if rules is not None else -1
         if found < 0:
-            found = _boundary(prefix(i), text, starts[-1], specials)
+            rendered = prefix(i)
+            found = _boundary(rendered, text, markers, _anchors(messages[i - 1], rendered, text, holes[i - 1], starts[-1]))
         starts.append(max(found, starts[-1]))
-    bodies, rewritten = list(starts), [False] * n
-    generated: list[Span | None] = [None] * n
-    layout = Layout(text, starts[0], starts, bodies, generated, rewritten)
+    layout = Layout(text, starts[0], starts, list(starts), [None] * n, [False] * n, endings=[None] * n)
     for k, message in enumerate(messages):
-        end = starts[k + 1] if k + 1 < n else len(text)
-        if message.get("role") != "assistant":
+        if message.get("role") == "assistant":
+            _lay_out_turn(layout, render, messages, k, prefix, markers, prompt, fixed_prompt)
+        else:
             # The header is what precedes the content where the content is rendered as given (pack/split.py keeps
             # it whole when it shortens a long question); else the message has no header of its own.
+            end = starts[k + 1] if k + 1 < n else len(text)
             content = message.get("content")
             at = text.find(content, starts[k], end) if isinstance(content, str) and content else -1
-            bodies[k] = at if at >= 0 else starts[k]
-            continue
-        own = prompt if fixed_prompt and prompt is not None else \
-            _generation_prompt(render, messages, k, prefix(k) if k else None)
-        body = _after_prompt(text, starts[k], end, own if own is not None else prompt, specials)
-        bodies[k] = body
-        generated[k] = (body, _end_of_turn(text, body, end, specials))
-        if k + 1 < n:
-            last = prefix(k + 1)
-            final_body = _after_prompt(last, starts[k], len(last), own if own is not None else prompt, specials)
-            final = last[final_body:_end_of_turn(last, final_body, len(last), specials)]
-            rewritten[k] = final != text[generated[k][0]:generated[k][1]]  # type: ignore[index]
+            layout.bodies[k] = at if at >= 0 else starts[k]
     return layout
+
+
+def _lay_out_turn(layout: Layout, render: Render, messages: list[dict[str, Any]], k: int,
+                  prefix: Callable[[int], str], markers: Markers, prompt: str | None, fixed_prompt: bool) -> None:
+    """Assistant turn k: where its generated span starts (after its generation prompt) and ends (through the token
+    the model stops with), and whether the template renders it otherwise when it is the last message."""
+    text, starts, n = layout.text, layout.starts, len(messages)
+    end = starts[k + 1] if k + 1 < n else len(text)
+    own = prompt if fixed_prompt and prompt is not None else \
+        _generation_prompt(render, messages, k, _or_none(prefix, k) if k else None, markers.trailer)
+    chosen = own if own is not None else prompt
+    body = _after_prompt(text, starts[k], end, chosen, markers.specials)
+    layout.bodies[k] = body
+    stop, ending = _end_of_turn(text, body, end, markers)
+    layout.generated[k], layout.endings[k] = (body, stop), ending
+    if k + 1 < n:
+        last = _or_none(prefix, k + 1)
+        if last is None:
+            return
+        last = _without_trailer(last, markers.trailer)
+        final_body = _after_prompt(last, starts[k], len(last), chosen, markers.specials)
+        final = last[final_body:_end_of_turn(last, final_body, len(last), markers)[0]]
+        layout.rewritten[k] = final != text[body:stop]
+
+
+def _or_none(prefix: Callable[[int], str], i: int) -> str | None:
+    """The prefix rendering, or None where the template refuses it (Llama 3 with tools and a system message alone)."""
+    try:
+        return prefix(i)
+    except Exception:
+        return None
 
 
 def _hole_positions(messages: list[dict[str, Any]], text: str) -> list[tuple[int, int] | None]:
@@ -189,22 +232,95 @@ class LocalRules:
         return -1
 
 
-def _boundary(prefix: str, text: str, previous: int, specials: re.Pattern[str] | None) -> int:
-    """Where the message after `prefix` starts in `text`.
+def _anchors(message: dict[str, Any], prefix: str, text: str, hole: tuple[int, int] | None,
+             previous: int) -> tuple[int, int]:
+    """Where `prefix` and the rendering are compared from (in each): from the start where they agree through the
+    message's content; else from the end of its content in each (its last placeholder in a skeleton), so that a
+    template that renders earlier history otherwise in `prefix` (Mistral Nemo moves the system message into the last
+    user message) still finds where the message ends."""
+    if hole is not None:
+        indices = HOLE_PATTERN.findall(json.dumps(message, ensure_ascii=False))
+        found = [at + len(HOLE.format(index)) for index in indices if (at := prefix.rfind(HOLE.format(index))) >= 0]
+        anchors = (max(found), hole[1]) if found else (0, 0)
+    else:
+        content = message.get("content")
+        mine = prefix.rfind(content) if isinstance(content, str) and content else -1
+        theirs = text.find(content, previous) if mine >= 0 else -1
+        anchors = (mine + len(content), theirs + len(content)) if theirs >= 0 else (0, 0)
+    if anchors[1] and text.startswith(prefix[:anchors[1]]):
+        return 0, 0
+    return anchors
 
-    Where text continues `prefix`: at its end. Where they part because the last message renders otherwise when
-    it is last (Qwen3 inserts a think block), text goes on at once with the rest of that message's rendering in
-    `prefix`: the message ends where that rest ends. Where text does not (the message's closing depends on what
-    follows: Qwen3 closes a tool result only after the last of a run), it ends where they part.
+
+def _boundary(prefix: str, text: str, markers: Markers, anchors: tuple[int, int] = (0, 0)) -> int:
+    """Where the message after `prefix` starts in `text`, comparing the two from `anchors` (in prefix, in text).
+
+    Where text continues `prefix` (less the template's trailer): at its end. Where they part in the trailer (Phi-3.5
+    appends EOS, Command-R7B its generation prompt): where the trailer starts. Where they part because the last
+    message renders otherwise when it is last (Qwen3 inserts a think block), text goes on at once with the rest of
+    that message's rendering in `prefix`: the message ends where that rest ends, with text's own closing tokens
+    where only those differ (gpt-oss closes the last turn with <|return|>, earlier ones with <|end|>). Else (the
+    message's closing depends on what follows: Qwen3 closes a tool result only after the last of a run) it ends
+    where they part.
     """
-    agreed = common_prefix(prefix, text)
-    if agreed == len(prefix):
-        return agreed
-    agreed = min(_back_off(prefix, agreed, specials), _back_off(text, agreed, specials))
-    rest = _resumed(prefix[agreed:], text, agreed)
-    if rest and (len(rest) >= RESUMED_CHARS or (specials is not None and specials.search(rest))):
-        return agreed + len(rest)
-    return agreed
+    specials = markers.specials
+    base, at = anchors
+    tail = prefix[base:]
+    agreed = common_prefix(tail, text[at:]) if at else common_prefix(tail, text)
+    trailer = markers.trailer
+    if trailer and tail.endswith(trailer) and agreed >= len(tail) - len(trailer):
+        return at + len(tail) - len(trailer)
+    if agreed == len(tail):
+        return at + agreed
+    agreed = at + min(back_off(tail, agreed, specials), back_off(text[at:], agreed, specials))
+    rest = tail[agreed - at:]
+    resumed = _resumed(rest, text, agreed)
+    if resumed and (len(resumed) >= RESUMED_CHARS or (specials is not None and specials.search(resumed))):
+        return agreed + len(resumed)
+    return _closed_otherwise(rest, text, agreed, specials)
+
+
+def _closed_otherwise(rest: str, text: str, at: int, specials: re.Pattern[str] | None) -> int:
+    """Where the last message of a prefix ends in text when it closes with other special tokens there (`rest` is the
+    prefix from where the two part): after as many of text's special tokens, once text has resumed the rest of the
+    message before its closing; else `at`."""
+    closing = _closing_run(rest, specials)
+    if not closing:
+        return at
+    body = rest[:len(rest) - len(closing)].rstrip()
+    body = rest[:len(body)]
+    resumed = _resumed(body, text, at) if body else ""
+    if body and len(resumed) < min(len(body), RESUMED_CHARS):
+        return at
+    theirs = _special_run(text, at + len(resumed), specials)
+    count = len(specials.findall(closing)) if specials is not None else 0
+    if len(theirs) < count:
+        return at
+    return at + len(resumed) + len("".join(theirs[:count]))
+
+
+def _closing_run(rest: str, specials: re.Pattern[str] | None) -> str:
+    """The special tokens (and whitespace) `rest` ends with."""
+    end = len(rest.rstrip())
+    start = end
+    while specials is not None:
+        found = [m for m in specials.finditer(rest, max(0, start - 64), start) if m.end() == start]
+        if not found:
+            break
+        start = found[-1].start()
+    return rest[start:] if start < end else ""
+
+
+def _special_run(text: str, at: int, specials: re.Pattern[str] | None) -> list[str]:
+    """The special tokens that follow one another in text from `at`."""
+    run: list[str] = []
+    while specials is not None:
+        match = specials.match(text, at)
+        if match is None:
+            break
+        run.append(match.group())
+        at = match.end()
+    return run
 
 
 def _resumed(tail: str, text: str, at: int) -> str:
@@ -220,7 +336,7 @@ def _resumed(tail: str, text: str, at: int) -> str:
     return ""
 
 
-def _back_off(text: str, at: int, specials: re.Pattern[str] | None) -> int:
+def back_off(text: str, at: int, specials: re.Pattern[str] | None) -> int:
     """`at`, or the start of a special token of `text` that `at` cuts (two texts agree on the `<` of `<|im_end|>`
     and `<tool_response>` by chance)."""
     if specials is None:
@@ -231,8 +347,10 @@ def _back_off(text: str, at: int, specials: re.Pattern[str] | None) -> int:
     return at
 
 
-def _generation_prompt(render: Render, messages: list[dict[str, Any]], k: int, prefix: str | None) -> str | None:
-    """What the template adds to prompt assistant turn k (None where that cannot be told apart)."""
+def _generation_prompt(render: Render, messages: list[dict[str, Any]], k: int, prefix: str | None,
+                       trailer: str = "") -> str | None:
+    """What the template adds to prompt assistant turn k (None where that cannot be told apart): the prompted
+    rendering past the plain one, less the trailer the plain one ends with (Command-R7B's trailer is its prompt)."""
     try:
         prompted = render(messages[:k], True)
     except Exception:  # a template may refuse to render no message at all
@@ -242,7 +360,12 @@ def _generation_prompt(render: Render, messages: list[dict[str, Any]], k: int, p
             prefix = render(messages[:k], False)
         except Exception:
             return None
+    prefix = _without_trailer(prefix, trailer)
     return prompted[len(prefix):] if prompted.startswith(prefix) else None
+
+
+def _without_trailer(rendering: str, trailer: str) -> str:
+    return rendering[:len(rendering) - len(trailer)] if trailer and rendering.endswith(trailer) else rendering
 
 
 def _after_prompt(text: str, start: int, end: int, prompt: str | None, specials: re.Pattern[str] | None) -> int:
@@ -250,16 +373,26 @@ def _after_prompt(text: str, start: int, end: int, prompt: str | None, specials:
     inside a special token the two agree on the first characters of)."""
     if not prompt:
         return start
-    return _back_off(text, start + common_prefix(prompt, text[start:end]), specials)
+    return back_off(text, start + common_prefix(prompt, text[start:end]), specials)
 
 
-def _end_of_turn(text: str, start: int, end: int, specials: re.Pattern[str] | None) -> int:
-    """The end of the last special token in text[start:end] (the end-of-turn the model generates), else `end`."""
-    found = end
-    if specials is not None:
-        for match in specials.finditer(text, start, end):
-            found = match.end()
-    return found
+def _end_of_turn(text: str, start: int, end: int, markers: Markers) -> tuple[int, str]:
+    """Where the generated span that starts at `start` ends, and how (STOP, OTHER or NONE).
+
+    Through the first stop token in text[start:end], or the one that opens what follows (GLM's next role token);
+    else through the last special token there (the template's own end of turn); else at `end`.
+    """
+    if markers.stops is not None:
+        found = markers.stops.search(text, start, end)
+        if found is None:
+            found = markers.stops.match(text, end)
+        if found is not None:
+            return found.end(), STOP
+    last = None
+    if markers.specials is not None:
+        for last in markers.specials.finditer(text, start, end):
+            pass
+    return (last.end(), OTHER) if last is not None else (end, NONE)
 
 
 # -- skeletons -------------------------------------------------------------------------------------------------
@@ -374,7 +507,7 @@ def splice(layout: Layout, values: list[str], text: str, *, stand_in: bool = Fal
     return Layout(
         text, moved(layout.head_end), [moved(x) for x in layout.starts], [moved(x) for x in layout.bodies],
         [None if span is None else (moved(span[0]), moved(span[1])) for span in layout.generated],
-        list(layout.rewritten), data,
+        list(layout.rewritten), data, list(layout.endings),
     )
 
 
