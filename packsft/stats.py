@@ -392,8 +392,9 @@ def _rewritten_note(summary: dict[str, Any], rewritten: int, dropped: int, chat_
     rows = _rows(summary, extra)
     share = f", +{rows / summary['chunks']:.0%}" if summary.get("chunks") else ""
     return (note + f"; --turns inference trains each as generated, at about {extra:,} more tokens, ~{rows:,} more "
-            f"rows than the {summary['chunks']:,}{share} (an estimate from the mean conversation length; after such "
-            "a run, stats give inference_context_tokens)")
+            f"rows than the {summary['chunks']:,}{share} (an estimate from the mean conversation length, low where "
+            "the conversations with rewritten turns are longer than the mean; after such a run, stats give "
+            "inference_context_tokens)")
 
 
 def _rows(summary: dict[str, Any], tokens: int) -> int:

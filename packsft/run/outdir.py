@@ -147,6 +147,8 @@ def write_dataset(out_dir: Path, plan: Plan, max_reject_fraction: float | None =
             shutil.rmtree(extra, ignore_errors=True)
     dataset = build_dataset_manifest(manifests, plan.pack_config(), plan.tokenizer, plan.data_dir,
                                      plan.skipped_files)
+    if plan.chat_history:  # what the summary advises about turns a chat template rewrites in history
+        dataset["chat_history"] = plan.chat_history
     limit = plan.pack_config().max_reject_fraction if max_reject_fraction is None else max_reject_fraction
     check_outcome(out_dir, dataset, limit)
     atomic_write_json(out_dir / DATASET_JSON, dataset)

@@ -30,6 +30,7 @@ from packsft.read.reader import InputFile, open_input
 from packsft.read.records import parse_role_map
 from packsft.render.chat_proof import output_identity, with_chat_path_proven
 from packsft.render.tokenizer import PackTokenizer, load_tokenizer, read_chat_template
+from packsft.report.template import history_rewrites
 from packsft.run.identity import IDENTITY_VERSION, fingerprint, fingerprint_config, input_digest
 from packsft.version import __version__
 
@@ -138,6 +139,8 @@ class Plan:
     skipped_files: list[dict[str, str]] = field(default_factory=list)  # unreadable, under --skip-bad-files
     inputs: list[str] = field(default_factory=list)  # the DATA arguments (absolute); [data_dir] if empty
     identity_version: int = IDENTITY_VERSION  # how its units' fingerprints identify them (run/identity.py)
+    # Chat templates: report.template.history_rewrites, for the summary's advice on turns rewritten in history.
+    chat_history: dict[str, bool] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -145,6 +148,7 @@ class Plan:
             "config": self.config, "tokenizer": self.tokenizer, "unit_bytes": self.unit_bytes,
             "units": [{**u.to_dict(), "fingerprint": f} for u, f in zip(self.units, self.fingerprints)],
             "skipped_files": self.skipped_files, "inputs": self.data_inputs, "identity_version": self.identity_version,
+            **({"chat_history": self.chat_history} if self.chat_history else {}),
         }
 
     @classmethod
@@ -152,7 +156,7 @@ class Plan:
         units = [Unit.from_dict({k: v for k, v in u.items() if k != "fingerprint"}) for u in record["units"]]
         return cls(record["data_dir"], record["config"], record["tokenizer"], record["unit_bytes"], units,
                    [u["fingerprint"] for u in record["units"]], record.get("skipped_files", []),
-                   record.get("inputs", []), record.get("identity_version", 1))
+                   record.get("inputs", []), record.get("identity_version", 1), record.get("chat_history") or {})
 
     @property
     def data_inputs(self) -> list[str]:
@@ -211,8 +215,9 @@ def make_plan(
     fingerprints = [fingerprint(config, tokenizer.fingerprint, [part.identity() for part in unit.parts])
                     for unit in units]
     inputs = [spec if is_url(spec) else str(Path(spec).resolve()) for spec in specs]
+    history = history_rewrites(tokenizer, config.template_kwargs_dict()) if config.template == "chat" else {}
     plan = Plan(listing.root, config.to_dict(), output_identity(tokenizer), unit_bytes, units, fingerprints,
-                skipped_files=skipped, inputs=inputs)
+                skipped_files=skipped, inputs=inputs, chat_history=history)
     return plan, tokenizer
 
 
