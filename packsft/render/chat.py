@@ -66,6 +66,8 @@ from packsft.render.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 from packsft.stats import ChatTurns
 
 THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+# A think block that opens a text: its tags are groups 1 and 3.
+THINK_BLOCK = re.compile(r"\s*(<think>)(.*?)(</think>)", re.DOTALL)
 
 
 class ChatRenderer:
@@ -138,10 +140,13 @@ class ChatRenderer:
             stand_in = STAND_IN_TOOLS if tools else None
             found = self.facts.skeleton_layout(self.bind, holed, stand_in, kwargs)
             spliced = splice(found, values, text, stand_in=stand_in is not None) if found is not None else None
+            if spliced is None and stand_in is not None:  # the record's own tools (a template that escapes strings)
+                found = self.facts.skeleton_layout(self.bind, holed, tools, kwargs)
+                spliced = splice(found, values, text) if found is not None else None
             if spliced is not None:
-                return self._stopped(spliced)
+                return self._finished(spliced)
         try:
-            return self._stopped(self._analyse_record(messages, tools, kwargs, text))
+            return self._finished(self._analyse_record(messages, tools, kwargs, text))
         except RecordRejected:
             raise
         except ImportError:  # the environment, not the record
@@ -149,6 +154,27 @@ class ChatRenderer:
             raise
         except Exception as exc:
             raise RecordRejected(f"chat template refused a prefix of the conversation: {_first_line(exc)}") from None
+
+    def _finished(self, layout: Layout) -> Layout:
+        return self._stopped(self._reasoning_tags(layout))
+
+    def _reasoning_tags(self, layout: Layout) -> Layout:
+        """The layout with the tags of a think block that opens an assistant turn's text left out of its data spans,
+        where the tokenizer has them as special tokens (SmolLM3): that block is the model's own reasoning, which it
+        generates with those tokens, so they stay tokens, as `apply_chat_template` encodes them. Any other
+        special-token string in a record stays plain text."""
+        if self.specials is None or not self.specials.fullmatch("<think>") or not self.specials.fullmatch("</think>"):
+            return layout
+        turns = [(layout.bodies[k], span[1]) for k, span in enumerate(layout.generated) if span is not None]
+        data: list[tuple[int, int]] = []
+        for start, end in layout.data:
+            found = THINK_BLOCK.match(layout.text, start, end)
+            if found is None or not any(lo <= start and end <= hi for lo, hi in turns):
+                data.append((start, end))
+                continue
+            pieces = [(start, found.start(1)), (found.end(1), found.start(3)), (found.end(3), end)]
+            data.extend(piece for piece in pieces if piece[0] < piece[1])
+        return replace(layout, data=data)
 
     def _stopped(self, layout: Layout) -> Layout:
         """The layout with EOS appended where the last turn renders no token at all after what it generates (GLM

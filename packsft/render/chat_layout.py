@@ -48,6 +48,8 @@ DATA_FIELDS = ("content", "reasoning_content", "reasoning", "thinking", "tool_ca
 STAND_IN_TOOLS = [{"type": "function", "function": {
     "name": "stand_in", "description": "A stand-in.",
     "parameters": {"type": "object", "properties": {"x": {"type": "string", "description": "x"}}, "required": ["x"]}}}]
+# The content of a message that stands in for one the template cannot be rendered without (_refused_boundary).
+STAND_IN_CONTENT = "\ue002stand-in\ue003"
 SKELETON_CACHE_SIZE = 4096
 PREFIX_CACHE_SIZE = 32768  # skeleton renderings (short: contents are placeholders)
 # Text that resumes a message's rendering right where two renderings part is taken as that message's own rest
@@ -141,8 +143,13 @@ def analyse(render: Render, messages: list[dict[str, Any]], markers: Markers,
     for i in range(1, n):
         found = rules.start(text, holes, messages, i, starts[-1]) if rules is not None else -1
         if found < 0:
-            rendered = prefix(i)
-            found = _boundary(rendered, text, markers, _anchors(messages[i - 1], rendered, text, holes[i - 1], starts[-1]))
+            try:
+                rendered = prefix(i)
+            except Exception:  # Llama 3 refuses a system message alone when there are tools
+                found = _refused_boundary(render, messages, i, text, markers, starts[-1])
+            else:
+                found = _boundary(rendered, text, markers,
+                                  _anchors(messages[i - 1], rendered, text, holes[i - 1], starts[-1]))
         starts.append(max(found, starts[-1]))
     layout = Layout(text, starts[0], starts, list(starts), [None] * n, [False] * n, endings=[None] * n)
     for k, message in enumerate(messages):
@@ -311,6 +318,17 @@ def _closing_run(rest: str, specials: re.Pattern[str] | None) -> str:
     return rest[start:] if start < end else ""
 
 
+def _refused_boundary(render: Render, messages: list[dict[str, Any]], i: int, text: str, markers: Markers,
+                      previous: int) -> int:
+    """Where message i starts when the template refuses the conversation before it: after the last stop token before
+    the point where a rendering with a stand-in message i parts from `text` (message i's header then may hold what
+    the template put before its content, e.g. a tools block); raises where the stand-in is refused too."""
+    stand_in = {"role": messages[i].get("role", "user"), "content": STAND_IN_CONTENT}
+    parted = common_prefix(render([*messages[:i], stand_in], False), text)
+    stops = list(markers.stops.finditer(text, previous, parted)) if markers.stops is not None else []
+    return stops[-1].end() if stops else back_off(text, parted, markers.specials)
+
+
 def _special_run(text: str, at: int, specials: re.Pattern[str] | None) -> list[str]:
     """The special tokens that follow one another in text from `at`."""
     run: list[str] = []
@@ -474,6 +492,12 @@ def splice(layout: Layout, values: list[str], text: str, *, stand_in: bool = Fal
         cursor = match.end()
     pieces.append(layout.text[cursor:])
     spliced = "".join(pieces)
+    if spliced != text and not stand_in:
+        escaped = _escaped_lengths(pieces, text)
+        if escaped is None:
+            return None
+        marks = [(start, end, length) for (start, end, _), length in zip(marks, escaped)]
+        spliced = text
     ends = [end for _, end, _ in marks]
     shift = [0]
     for start, end, length in marks:
@@ -509,6 +533,27 @@ def splice(layout: Layout, values: list[str], text: str, *, stand_in: bool = Fal
         [None if span is None else (moved(span[0]), moved(span[1])) for span in layout.generated],
         list(layout.rewritten), data, list(layout.endings),
     )
+
+
+def _escaped_lengths(pieces: list[str], text: str) -> list[int] | None:
+    """Where the spliced skeleton differs from `text` because the template JSON-escapes some of the record's strings
+    (Llama 3 renders a tool result through `tojson`): the length each value has in `text` (as given or escaped),
+    walking the skeleton's literal pieces (`pieces`: literal, value, literal, ..., literal); None where that does
+    not give back `text`."""
+    lengths, at = [], 0
+    for i in range(0, len(pieces) - 1, 2):
+        literal, value, following = pieces[i], pieces[i + 1], pieces[i + 2]
+        if not text.startswith(literal, at):
+            return None
+        at += len(literal)
+        escaped = json.dumps(value, ensure_ascii=False)[1:-1]
+        chosen = next((v for v in dict.fromkeys((value, escaped))
+                       if text.startswith(v, at) and text.startswith(following[:64], at + len(v))), None)
+        if chosen is None:
+            return None
+        lengths.append(len(chosen))
+        at += len(chosen)
+    return lengths if text[at:] == pieces[-1] else None
 
 
 def _differing_stretch(a: str, b: str) -> tuple[int, int, int] | None:

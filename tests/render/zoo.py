@@ -10,8 +10,8 @@ every shape packsft reads, and an oracle of what each rendering trains, written 
                    only where apply_chat_template refuses it
 
 The oracle reads the rendering's text only: every `gen` match is trained from where the generation prompt ends
-(the header the regex matched, plus what the template's generation prompt adds after that header, where the
-rendering holds it) through the stop token the match ends with. Token i is trained where its first character
+(the header the regex matched, plus as much of what the template's generation prompt adds after that header as
+the rendering holds there: Qwen3's and Gemma 4's empty thinking blocks) through the stop token the match ends with. Token i is trained where its first character
 lies in such a span. Used by tests/render/test_template_zoo.py and scripts/template_zoo.py (the table).
 """
 
@@ -46,6 +46,8 @@ class Family:
             after, such as a tool result inside one model turn).
         ends: regex of the tokens a generated span ends with (the stop token the model emits).
         appends_stop: the template renders no stop after the last turn; packsft appends EOS there (documented).
+        continues: regex of what the model continues after without a generation prompt (a tool result that a
+            template renders inside the model's turn).
     """
 
     name: str
@@ -58,10 +60,12 @@ class Family:
     bos: str | None = None
     stops: tuple[str, ...] = ()
     appends_stop: bool = False
+    continues: str | None = None
 
     @property
     def turn(self) -> re.Pattern[str]:
-        return re.compile(f"(?:{self.header})(?P<gen>.*?(?:{self.ends}))", re.DOTALL)
+        opening = f"(?P<header>{self.header})" + (f"|(?:{self.continues})" if self.continues else "")
+        return re.compile(f"(?:{opening})(?P<gen>.*?(?:{self.ends}))", re.DOTALL)
 
 
 _LLAMA = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
@@ -96,8 +100,8 @@ FAMILIES = [
     Family("gemma4", "google-gemma-4-31B-it.jinja",
            ("<bos>", "<eos>", "<|turn>", "<turn|>", "<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>",
             "<|tool_response>", "<tool_response|>", "<|tool>", "<tool|>", "<|think|>", '<|"|>'), "<eos>",
-           r"<\|turn>model\n|<tool_response\|>(?!<\|tool_response>)", r"<turn\|>|<\|tool_response>",
-           bos="<bos>", stops=("<eos>", "<turn|>", "<|tool_response>")),
+           re.escape("<|turn>model\n"), r"<turn\|>|<\|tool_response>", bos="<bos>",
+           stops=("<eos>", "<turn|>", "<|tool_response>"), continues=r"<tool_response\|>(?!<\|tool_response>)"),
     Family("mistral-small-3.2", "Mistral-Small-3.2-24B-Instruct-2506.jinja",
            ("<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CALLS]",
             "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CONTENT]",
@@ -255,18 +259,20 @@ def expected(family: Family, hf: Any, conv: Conversation) -> Expected:
     if family.appends_stop and messages[-1]["role"] == "assistant":
         text += family.eos
     prompt = _prompt_after_header(family, render, messages, tools, kwargs)
-    spans = []
-    for match in family.turn.finditer(text):
-        lo, hi = match.start("gen"), match.end("gen")
-        if prompt and text.startswith(prompt, lo):
-            lo += len(prompt)
-        spans.append((lo, hi))
+    # Boundaries of the prompt's own tokens: the rendering holds a prompt token only where it holds all of it.
+    cuts = [0, *(end for _, end in hf(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"])]
     encoded = hf(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = np.asarray(encoded["input_ids"], np.int64)
     starts = np.asarray([start for start, _ in encoded["offset_mapping"]], np.int64)
     flags = np.zeros(len(ids), np.uint8)
-    for lo, hi in spans:
-        flags[(starts >= lo) & (starts < hi)] = 1
+    for match in family.turn.finditer(text):
+        lo, hi = match.start("gen"), match.end("gen")
+        held = 0  # the part of the prompt the rendering holds here, in whole tokens of both
+        while match.group("header") and held < min(len(prompt), hi - lo) and text[lo + held] == prompt[held]:
+            held += 1
+        held = max(cut for cut in cuts if cut <= held)
+        first = int(np.searchsorted(starts, lo + held, side="right")) - 1
+        flags[max(first, 0):int(np.searchsorted(starts, hi))] = 1
     if len(flags):
         flags[0] = 0
     return Expected(text, ids, flags)
