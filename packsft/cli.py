@@ -408,10 +408,11 @@ def stats(out_dir: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("out_dir", type=click.Path())
-@click.option("--deep", is_flag=True, help="Also re-pack a sample of units from their input files (if still there) and compare byte for byte.")
+@click.option("--deep", is_flag=True, help="Also re-pack a sample of units from their input files and compare byte for byte.")
 @click.option("--sample", type=click.IntRange(min=1), default=2, show_default=True, help="Units --deep re-packs (spread from first to last).")
+@click.option("--allow-skip", is_flag=True, help="Accept units --deep cannot re-pack (inputs gone or changed, tokenizer changed): a note, not a failure.")
 @user_errors
-def verify(out_dir: str, deep: bool, sample: int) -> None:
+def verify(out_dir: str, deep: bool, sample: int, allow_skip: bool) -> None:
     """Check a packed output: hashes, shapes, dtypes, masks, pads, segments and counts.
 
     Prints each problem (file, and row where one is at fault) and exits 1; prints a one-line summary
@@ -425,7 +426,7 @@ def verify(out_dir: str, deep: bool, sample: int) -> None:
     """
     from packsft.verify.checks import check_output
 
-    report = check_output(out_dir, deep=deep, sample=sample)
+    report = check_output(out_dir, deep=deep, sample=sample, allow_skip=allow_skip)
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     if not report.ok:
@@ -461,6 +462,46 @@ def export(out_dir: str, dest: str, target: str, overwrite: bool, quiet: bool) -
     result = export_output(out_dir, dest, target, overwrite=overwrite, quiet=quiet)
     click.echo(f"wrote {result.files} files ({result.bytes / 2**20:.1f} MiB, {result.rows} rows) to {result.dest} "
                f"in {result.seconds:.1f}s; see {result.dest}/export.json")
+
+
+@main.command()
+@click.argument("tokenizer")
+@click.option("--chat-template", type=click.Path(dir_okay=False), help="A .jinja file whose text replaces the tokenizer's chat template (as pack --chat-template).")
+@click.option("--example", "example_file", type=click.Path(dir_okay=False), help="A JSON or JSON Lines file whose (first) record is shown too, in any shape pack reads.")
+@click.option("--template-kwargs", help="""JSON object passed to the template for every record, as pack --template-kwargs, e.g. '{"enable_thinking": false}'.""")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the same facts) instead of the text.")
+@click.option("--color/--no-color", default=None, help="Colour trained text green instead of marking it [[...]]. [default: on in a terminal]")
+@user_errors
+def template(tokenizer: str, chat_template: str | None, example_file: str | None, template_kwargs: str | None,
+             as_json: bool, color: bool | None) -> None:
+    """Show what TOKENIZER's chat template trains, before packing: one rendered example per record shape
+    with its trained text marked, the generation prompt, the stop tokens trained, history rewrites, the
+    fields and kwargs the template reads, and whether prefix renderings are stable.
+
+    Example:
+
+
+    \b
+        packsft template ./qwen3
+        packsft template ./tok --chat-template llama3.jinja --example my-record.json --json
+    """
+    from packsft.config import PackConfig
+    from packsft.render.tokenizer import read_chat_template
+    from packsft.report.template import (
+        describe_template,
+        format_template_report,
+        load_template_tokenizer,
+        read_example,
+    )
+
+    kwargs = PackConfig(template_kwargs=template_kwargs).template_kwargs_dict()
+    tok = load_template_tokenizer(tokenizer, read_chat_template(chat_template) if chat_template else None)
+    report = describe_template(tok, read_example(example_file) if example_file else None, kwargs)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        return
+    color = sys.stdout.isatty() if color is None else color
+    click.echo(format_template_report(report, color=color), color=color)
 
 
 @main.command()

@@ -1,12 +1,17 @@
-"""Show what an output holds: `packsft inspect` in a terminal, `packsft report` as one HTML page.
+"""Show what an output holds: `packsft inspect` in a terminal, `packsft report` as one HTML page; and what a
+chat template trains before anything is packed: `packsft template`.
 
-    inspect.py  a chunk as sections (or tokens) with trained parts marked
-    html.py     the report: summary, charts, token-level chunk views
-    page.py     the page template and the summary table
-    charts.py   inline SVG charts
+    inspect.py          a chunk as sections (or tokens) with trained parts marked
+    html.py             the report: summary, charts, token-level chunk views
+    page.py             the page template and the summary table
+    charts.py           inline SVG charts
+    template.py         a chat template's renderings per record shape, prompt, stops, rewrites, prefixes
+    template_fields.py  the message fields, tools and kwargs a template's jinja source reads
 """
 
 from packsft.report.html import write_report
 from packsft.report.inspect import render_chunk, tokenizer_for
+from packsft.report.template import describe_template, format_template_report, history_rewrites
 
-__all__ = ["render_chunk", "tokenizer_for", "write_report"]
+__all__ = ["describe_template", "format_template_report", "history_rewrites", "render_chunk", "tokenizer_for",
+           "write_report"]

@@ -15,16 +15,8 @@ from packsft.cli import main
 from packsft.render.tokenizer import ChatTemplateFile
 from packsft.report.template import history_rewrites
 from packsft.stats import warnings
-from tests.helpers import conv, write_conversations
+from tests.helpers import THINKING, conv, write_conversations
 
-# Qwen3's habit in a few lines: the last turn renders an empty think block, history does not; with
-# enable_thinking false the empty block moves into the generation prompt.
-THINKING = (
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n"
-    "{% if m.role == 'assistant' and loop.last %}<think>\n\n</think>\n\n{% endif %}{{ m.content }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
-)
 # Rewrites history whatever the kwargs: the earlier turns lose their text.
 FORGETFUL = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n"
