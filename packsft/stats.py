@@ -357,6 +357,8 @@ def warnings(summary: dict[str, Any], config: dict[str, Any], chat_history: Mapp
     rewritten, dropped = summary.get("turns_rewritten_in_history"), summary.get("reasoning_tokens_dropped")
     if rewritten or dropped:
         notes.append(_rewritten_note(summary, rewritten or 0, dropped or 0, chat_history or {}))
+    if summary.get("stop_tokens_appended"):
+        notes.append(_stop_note({"stop_tokens_appended": summary["stop_tokens_appended"]}))
     if summary.get("inference_renderings_added"):
         rows = _rows(summary, summary["inference_context_tokens"])
         notes.append(
@@ -395,6 +397,21 @@ def _rewritten_note(summary: dict[str, Any], rewritten: int, dropped: int, chat_
             f"rows than the {summary['chunks']:,}{share} (an estimate from the mean conversation length, low where "
             "the conversations with rewritten turns are longer than the mean; after such a run, stats give "
             "inference_context_tokens)")
+
+
+def _stop_note(summary: dict[str, Any], tokenizer: Mapping[str, Any] | None = None) -> str:
+    """What the trained turns that the template renders no stop token after end with."""
+    eos = ((tokenizer or {}).get("special_ids") or {}).get("eos")
+    parts = []
+    if summary.get("stop_tokens_appended"):
+        parts.append(f"{summary['stop_tokens_appended']:,} trained last turns render no stop token (the model stops on "
+                     f"the next role token, which a last turn has none of): EOS{f' (id {eos})' if eos is not None else ''} "
+                     "was appended and trained as their end")
+    if summary.get("turns_ended_without_stop_token"):
+        parts.append(f"{summary['turns_ended_without_stop_token']:,} trained turns end with a template token that is not "
+                     "one of the model's stop tokens (EOS, generation_config.json's eos_token_id); that token is trained "
+                     "as their end (e.g. gpt-oss's <|end|> in history; --turns inference trains such turns as generated)")
+    return "; ".join(parts)
 
 
 def _rows(summary: dict[str, Any], tokens: int) -> int:
@@ -439,6 +456,8 @@ def format_summary(dataset: dict[str, Any]) -> str:
             f"{s['reasoning_tokens_dropped']:,} reasoning tokens dropped by the template (--turns {cfg.get('turns', 'rendered')}"
             + (f": {s['inference_renderings_added']:,} renderings added, {s['inference_context_tokens']:,} tokens of "
                "repeated context)" if s.get("inference_renderings_added") else ")"))
+    if s.get("stop_tokens_appended") or s.get("turns_ended_without_stop_token"):
+        lines.append(f"  stop tokens: {_stop_note(s, tok)}")
     if s.get("files_skipped"):
         lines.append(f"  files skipped {s['files_skipped']:,} (unreadable; see skipped_files in dataset.json)")
     reasons = sorted(s.get("rejected_by_reason", {}).items(), key=lambda kv: -kv[1])[:5]

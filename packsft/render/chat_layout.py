@@ -183,9 +183,23 @@ def _lay_out_turn(layout: Layout, render: Render, messages: list[dict[str, Any]]
         if last is None:
             return
         last = _without_trailer(last, markers.trailer)
-        final_body = _after_prompt(last, starts[k], len(last), chosen, markers.specials)
+        start = starts[k]
+        if not last.startswith(text[:start]):  # history rendered otherwise before the turn (Mistral Nemo's tools)
+            before = _or_none(prefix, k) if k else None
+            start = _boundary(before, last, markers) if before is not None else start
+        final_body = _after_prompt(last, start, len(last), chosen, markers.specials)
         final = last[final_body:_end_of_turn(last, final_body, len(last), markers)[0]]
-        layout.rewritten[k] = final != text[body:stop]
+        # A stop the turn ends with only because a message follows (GLM's next role token) is no rewrite.
+        layout.rewritten[k] = _unstopped(final, markers) != _unstopped(text[body:stop], markers)
+
+
+def _unstopped(generated: str, markers: Markers) -> str:
+    """A generated text without the stop token it ends with."""
+    if markers.stops is not None:
+        for match in markers.stops.finditer(generated, max(0, len(generated) - 64)):
+            if match.end() == len(generated):
+                return generated[:match.start()]
+    return generated
 
 
 def _or_none(prefix: Callable[[int], str], i: int) -> str | None:
