@@ -190,6 +190,8 @@ def test_summarize_hand_made_counters():
         "prompts_shortened": 1,
         "turns_rewritten_in_history": None,
         "reasoning_tokens_dropped": None,
+        "stop_tokens_appended": None,
+        "turns_ended_without_stop_token": None,
         "inference_renderings_added": None,
         "inference_context_tokens": None,
         "per_source": {
