@@ -265,10 +265,11 @@ def _anchors(message: dict[str, Any], prefix: str, text: str, hole: tuple[int, i
         anchors = (max(found), hole[1]) if found else (0, 0)
     else:
         content = message.get("content")
-        mine = prefix.rfind(content) if isinstance(content, str) and content else -1
+        content = content if isinstance(content, str) else ""
+        mine = prefix.rfind(content) if content else -1
         theirs = text.find(content, previous) if mine >= 0 else -1
         anchors = (mine + len(content), theirs + len(content)) if theirs >= 0 else (0, 0)
-    if anchors[1] and text.startswith(prefix[:anchors[1]]):
+    if anchors[0] and text.startswith(prefix[:anchors[0]]):
         return 0, 0
     return anchors
 
@@ -420,11 +421,8 @@ def _end_of_turn(text: str, start: int, end: int, markers: Markers) -> tuple[int
             found = markers.stops.match(text, end)
         if found is not None:
             return found.end(), STOP
-    last = None
-    if markers.specials is not None:
-        for last in markers.specials.finditer(text, start, end):
-            pass
-    return (last.end(), OTHER) if last is not None else (end, NONE)
+    ends = [match.end() for match in markers.specials.finditer(text, start, end)] if markers.specials else []
+    return (ends[-1], OTHER) if ends else (end, NONE)
 
 
 # -- skeletons -------------------------------------------------------------------------------------------------
