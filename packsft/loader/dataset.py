@@ -10,7 +10,7 @@ import numpy as np
 
 from packsft.errors import MissingDependencyError, TokenizerError
 from packsft.loader.gather import RowReader, open_shards, output_fingerprint
-from packsft.render.tokenizer import load_tokenizer
+from packsft.render.tokenizer import load_output_tokenizer
 from packsft.write.layout import PackedOutput
 
 if TYPE_CHECKING:
@@ -54,8 +54,8 @@ class PackedDataset:
         if FINGERPRINT.fullmatch(expected):
             found, what = expected, f"fingerprint {expected[:12]}"
         else:
-            template = self.output.dataset["tokenizer"].get("template", "roles")
-            found = load_tokenizer(expected, template).fingerprint
+            # The template (and a --chat-template text) the output was packed with, stored in dataset.json.
+            found = load_output_tokenizer(self.output.dataset["tokenizer"], expected).fingerprint
             what = f"tokenizer {expected!r} (fingerprint {found[:12]})"
         if found != self.tokenizer_fingerprint:
             packed_with = self.output.dataset["tokenizer"].get("name")
