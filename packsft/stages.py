@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -33,8 +33,8 @@ from packsft.pack.table import PieceTable
 from packsft.read.inputs import Location
 from packsft.read.reader import InputFile, open_input, read_conversations
 from packsft.read.records import ASSISTANT, TEXT, USER, Conversation, RejectLedger, parse_role_map
-from packsft.render.chat import ChatRenderer, render_chat
-from packsft.render.roles import RenderedBatch, render_roles, trained_unprompted
+from packsft.render.batch import RenderedBatch, trained_unprompted
+from packsft.render.renderers import make_renderer
 from packsft.render.tokenizer import PackTokenizer
 from packsft.stats import (
     LENGTH_BIN,
@@ -54,16 +54,6 @@ from packsft.stats import (
 
 NO_SOURCE = "(none)"
 OMITTED_MARKER = "[… {n} tokens omitted] "
-
-
-def render_batch(conversations, tokenizer: PackTokenizer, config: PackConfig, *, renderer=None,
-                 reject: Callable[[Conversation, str], None] | None = None) -> RenderedBatch:
-    """Render with the configured template; `reject` receives conversations the chat template cannot render."""
-    if config.template == "chat":
-
-        return render_chat(conversations, tokenizer, mask=config.mask, unprompted=config.unprompted,
-                           renderer=renderer, reject=reject)
-    return render_roles(conversations, tokenizer, mask=config.mask, unprompted=config.unprompted)
 
 
 def _record(conversation: Conversation) -> dict[str, Any]:
@@ -177,8 +167,7 @@ def read_unit(parts: Sequence[InputSlice], sources: list[InputFile], config: Pac
               rejects: RejectLedger, progress: tqdm | None = None) -> ReadUnit:
     """Read and render the unit batch by batch, file after file; unrenderable and untrainable conversations
     go to `rejects`."""
-    renderer = ChatRenderer(tokenizer, template_kwargs=config.template_kwargs_dict()) \
-        if config.template == "chat" else None
+    renderer = make_renderer(tokenizer, config)
     batches, counts, tokens = [], ReadCounts(), 0
     records = itertools.chain.from_iterable(
         read_conversations(source, config.format, rejects, source_filter=config.source_filter,
@@ -187,9 +176,8 @@ def read_unit(parts: Sequence[InputSlice], sources: list[InputFile], config: Pac
     )
     for records_read, left_out in records:
         failed: set[int] = set()
-        conversations = renderer.for_turns(records_read, config.turns) if renderer is not None else records_read
-        batch = render_batch(conversations, tokenizer, config, renderer=renderer,
-                             reject=functools.partial(_reject_rendering, rejects, failed))
+        conversations = renderer.prepare(records_read)
+        batch = renderer.render(conversations, reject=functools.partial(_reject_rendering, rejects, failed))
         rendered = [c for c in conversations if id(c) not in failed] if failed else conversations
         batch, rejected = _reject_untrainable(batch, rendered, config, rejects)
         batches.append(batch)
@@ -205,8 +193,8 @@ def read_unit(parts: Sequence[InputSlice], sources: list[InputFile], config: Pac
             progress.update(len(conversations) + left_out)
             progress.set_postfix_str(_rate(progress, tokens), refresh=False)
     if not batches:
-        return ReadUnit(render_batch([], tokenizer, config), None)
-    chat = replace(renderer.counts) if renderer is not None else None
+        return ReadUnit(renderer.render([]), None)
+    chat = replace(renderer.counts) if renderer.counts is not None else None
     return ReadUnit(RenderedBatch.concat(batches), counts, chat)
 
 

@@ -336,17 +336,18 @@ def bench_packing_stage(data_dir: Path) -> tuple[float, float]:
     from packsft.pack.split import split_long
     from packsft.read.reader import open_input, read_conversations
     from packsft.read.records import RejectLedger
-    from packsft.render.roles import RenderedBatch
+    from packsft.render.batch import RenderedBatch
+    from packsft.render.renderers import make_renderer
     from packsft.run.plan import plan_units
-    from packsft.stages import render_batch
 
     config = PackConfig(tokenizer=str(GPT2))
     tokenizer = load_tokenizer(str(GPT2))
+    renderer = make_renderer(tokenizer, config)
     total = packing = 0.0
     for unit in plan_units(data_dir):
         started = time.perf_counter()
         source = open_input(unit.path, "conversation")
-        batches = [render_batch(convs, tokenizer, config)
+        batches = [renderer.render(convs)
                    for convs, _ in read_conversations(source, "conversation", RejectLedger())]
         batch = RenderedBatch.concat(batches)
         batch = batch.select(batch.trainable_per_conversation() > 0)

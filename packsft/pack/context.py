@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from packsft.config import CONTEXT_SHARE
 from packsft.pack.spans import MessageSpans
-from packsft.render.roles import SYSTEM_CODE, TOOL_CODE, USER_CODE
+from packsft.render.batch import SYSTEM_CODE, TOOL_CODE, USER_CODE
 
 # The text before a cut inside a turn, repeated (masked) at the start of its continuation, takes at most
 # this share of the row (and the whole context at most CONTEXT_SHARE). Measured on ShareGPT (8 shards,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from packsft.render.roles import TOOL_CODE, USER_CODE, RenderedBatch, concat_ranges, flag_totals
+from packsft.render.batch import TOOL_CODE, USER_CODE, RenderedBatch, concat_ranges, flag_totals
 
 
 def prompt_starts(batch: RenderedBatch) -> np.ndarray:

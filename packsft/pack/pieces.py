@@ -13,7 +13,7 @@ import numpy as np
 
 from packsft.pack.labels import LabelPrefix
 from packsft.pack.table import SplitCounts
-from packsft.render.roles import RenderedBatch
+from packsft.render.batch import RenderedBatch
 from packsft.render.tokenizer import TOKEN_ID_DTYPE
 
 Marker = Callable[[int], list[int]]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from packsft.render.roles import RenderedBatch
+from packsft.render.batch import RenderedBatch
 
 
 class MessageSpans:

@@ -66,7 +66,7 @@ from packsft.pack.labels import LabelPrefix
 from packsft.pack.pieces import Marker, Piece, PieceBuilder
 from packsft.pack.spans import MessageSpans
 from packsft.pack.table import Collector, PieceTable, SplitCounts
-from packsft.render.roles import TOOL_CODE, USER_CODE, RenderedBatch
+from packsft.render.batch import TOOL_CODE, USER_CODE, RenderedBatch
 
 # What callers import from here (the tables a split returns live in table.py, label accounting in labels.py).
 __all__ = ["PieceTable", "SplitCounts", "split_long"]

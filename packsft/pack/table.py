@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from packsft.pack.labels import LabelPrefix
-from packsft.render.roles import RenderedBatch
+from packsft.render.batch import RenderedBatch
 from packsft.render.tokenizer import TOKEN_ID_DTYPE
 from packsft.stats import LabelContext, SplitTotals
 

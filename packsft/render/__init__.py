@@ -3,7 +3,9 @@
     tokenizer.py        load_tokenizer -> PackTokenizer (role tokens, fingerprint, encoders)
     tokenizer_cache.py  on-disk cache of resolved tokenizers and fast-encoder proofs
     encoder.py          FastEncoder: byte-level BPE content encoding, proven equal to HF's
-    roles.py            RenderedBatch, render_roles: the role-token format (`--template roles`)
+    batch.py            the stage contract: RenderedBatch, role codes, the Renderer protocol
+    renderers.py        make_renderer: the chat template where the tokenizer packs with one, else role tokens
+    roles.py            RoleRenderer, render_roles: the role-token format (`--template roles`)
     chat.py             ChatRenderer, render_chat: the tokenizer's own chat template (`--template chat`)
     chat_jinja.py       render a template as `apply_chat_template` does, without the transformers tokenizer
     chat_layout.py      where each message and each generated span lies in a template's rendering

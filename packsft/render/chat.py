@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from packsft.read.records import ASSISTANT, TEXT, ChatExtras, Conversation, RecordRejected
+from packsft.render.batch import ROLE_CODES, Reject, RenderedBatch, any_of, count_special_strings
 from packsft.render.chat_encode import RenderingEncoder, rendering_encoder
 from packsft.render.chat_facts import template_facts
 from packsft.render.chat_flags import flags_and_spans, text_flags
@@ -61,7 +62,6 @@ from packsft.render.chat_layout import (
     skeleton,
     splice,
 )
-from packsft.render.roles import ROLE_CODES, RenderedBatch, count_special_strings
 from packsft.render.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 from packsft.stats import ChatTurns
 
@@ -82,14 +82,18 @@ class ChatRenderer:
         encoder: encodes the renderings (chat_encode.py); default: `rendering_encoder(tokenizer)`, the fast
             one where the tokenizer's fast encoder is in use.
         template_kwargs: kwargs for every record (`--template-kwargs`); a record's own win.
+        mask, unprompted, turns: the run's `--mask`, `--unprompted` and `--turns` (`render` and `prepare` follow
+            them; the Renderer protocol of batch.py).
     """
 
     def __init__(self, tokenizer: PackTokenizer, encoder: RenderingEncoder | None = None,
-                 template_kwargs: Mapping[str, Any] | None = None) -> None:
+                 template_kwargs: Mapping[str, Any] | None = None, *, mask: str = "assistant_only",
+                 unprompted: str = "keep", turns: str = "rendered") -> None:
         self.tokenizer = tokenizer
+        self.mask, self.unprompted, self.turns = mask, unprompted, turns
         self.encoder = encoder if encoder is not None else rendering_encoder(tokenizer)
         self.special_ids = self.encoder.special_ids
-        self.specials = _alternatives(tokenizer.backend.id_to_token(int(i)) for i in self.special_ids)
+        self.specials = any_of(tuple(tokenizer.backend.id_to_token(int(i)) for i in self.special_ids))
         self.stop_tokens = [t for i in (tokenizer.stop_ids or (tokenizer.eos_id,))
                             if (t := tokenizer.backend.id_to_token(int(i))) is not None]
         bos = tokenizer.special_tokens_map.get("bos_token")
@@ -98,11 +102,21 @@ class ChatRenderer:
         eos = tokenizer.special_tokens_map.get("eos_token")
         self.eos_token = eos if isinstance(eos, str) else tokenizer.backend.id_to_token(tokenizer.eos_id)
         self.template_kwargs = dict(template_kwargs or {})
-        self.facts = template_facts(tokenizer, Markers(self.specials, _alternatives(self.stop_tokens)), bos_token)
+        self.facts = template_facts(tokenizer, Markers(self.specials, any_of(tuple(self.stop_tokens))), bos_token)
         # turns_rewritten_in_history, reasoning_tokens_dropped, inference_*: present (0) in every chat unit
         self.counts = ChatTurns()
         self.inference_prefixes: set[int] = set()  # id() of records --turns inference added
         self._jinja = jinja_renderer(tokenizer)
+
+    # -- the Renderer protocol (batch.py) ------------------------------------------------------------------------
+    def prepare(self, conversations: list[Conversation]) -> list[Conversation]:
+        """The records to render for the run's `--turns` (`for_turns`)."""
+        return self.for_turns(conversations, self.turns)
+
+    def render(self, conversations: list[Conversation], reject: Reject | None = None) -> RenderedBatch:
+        """`render_chat` with this renderer, the run's mask and unprompted policy."""
+        return render_chat(conversations, self.tokenizer, mask=self.mask, unprompted=self.unprompted, renderer=self,
+                           reject=reject)
 
     # -- rendering -----------------------------------------------------------------------------------------------
     def bind(self, tools: Any = None, kwargs: Mapping[str, Any] | None = None) -> Render:
@@ -274,12 +288,6 @@ def _training_only(conv: Conversation, turns: list[int]) -> Conversation:
     return replace(conv, extras=ChatExtras(fields, train, extras.tools, extras.template_kwargs))
 
 
-def _alternatives(strings: Any) -> re.Pattern[str] | None:
-    """A pattern matching any of these strings, the longest first (None without any)."""
-    ordered = sorted({s for s in strings if s}, key=len, reverse=True)
-    return re.compile("|".join(map(re.escape, ordered))) if ordered else None
-
-
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip() or type(exc).__name__).splitlines()[0]
 
@@ -291,7 +299,7 @@ def render_chat(
     mask: str = "assistant_only",
     unprompted: str = "keep",
     renderer: ChatRenderer | None = None,
-    reject: Callable[[Conversation, str], None] | None = None,
+    reject: Reject | None = None,
 ) -> RenderedBatch:
     """Render with the tokenizer's chat template; see the module docstring for the masking rule.
 
@@ -338,7 +346,8 @@ def render_chat(
         unprompted=conv_unprompted,
         mode="chat",
         msg_headers=np.asarray(headers, np.int64),
-        special_strings=count_special_strings([content for c in conversations for _, content in c.messages], tokenizer),
+        special_strings=count_special_strings([content for c in conversations for _, content in c.messages],
+                                              tokenizer.special_tokens),
     )
 
 

@@ -22,9 +22,9 @@ from packsft.pack.bins import pack_bestfit
 from packsft.pack.rows import build_chunks
 from packsft.pack.split import split_long
 from packsft.read.records import Conversation, RecordRejected, validate_messages
+from packsft.render.batch import RenderedBatch
 from packsft.render.chat import ChatRenderer, render_chat
 from packsft.render.chat_proof import chat_markers
-from packsft.render.roles import RenderedBatch
 from packsft.report import render_chunk, tokenizer_for
 from packsft.run import run_pack
 from packsft.verify.invariants import ChatMarkers, check_chat_turns

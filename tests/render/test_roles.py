@@ -8,7 +8,8 @@ import pytest
 
 from packsft import load_tokenizer
 from packsft.read.records import ChatExtras, Conversation
-from packsft.render.roles import RenderedBatch, render_roles
+from packsft.render.batch import RenderedBatch
+from packsft.render.roles import render_roles
 
 BOS, EOS, PAD, USR, ASST, SYS = 50257, 50256, 50258, 50259, 50260, 50261
 
