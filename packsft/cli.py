@@ -408,10 +408,11 @@ def stats(out_dir: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("out_dir", type=click.Path())
-@click.option("--deep", is_flag=True, help="Also re-pack a sample of units from their input files (if still there) and compare byte for byte.")
+@click.option("--deep", is_flag=True, help="Also re-pack a sample of units from their input files and compare byte for byte.")
 @click.option("--sample", type=click.IntRange(min=1), default=2, show_default=True, help="Units --deep re-packs (spread from first to last).")
+@click.option("--allow-skip", is_flag=True, help="Accept units --deep cannot re-pack (inputs gone or changed, tokenizer changed): a note, not a failure.")
 @user_errors
-def verify(out_dir: str, deep: bool, sample: int) -> None:
+def verify(out_dir: str, deep: bool, sample: int, allow_skip: bool) -> None:
     """Check a packed output: hashes, shapes, dtypes, masks, pads, segments and counts.
 
     Prints each problem (file, and row where one is at fault) and exits 1; prints a one-line summary
@@ -425,7 +426,7 @@ def verify(out_dir: str, deep: bool, sample: int) -> None:
     """
     from packsft.verify.checks import check_output
 
-    report = check_output(out_dir, deep=deep, sample=sample)
+    report = check_output(out_dir, deep=deep, sample=sample, allow_skip=allow_skip)
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     if not report.ok:

@@ -9,8 +9,9 @@
       rows              the invariants of invariants.py (token ids, masks, pads, BOS, segments), and
                         the counters chunks / trained_tokens_kept / nonpad_positions / bos_starts
     rejects.jsonl       one parsable line per rejected record counted
-    --deep              re-packs a sample of units from their input files (when they are still there)
-                        in memory with stages.pack_unit and compares arrays and counters byte for byte
+    --deep              re-packs a sample of units from their input files in memory with stages.pack_unit
+                        and compares arrays and counters byte for byte; a unit it cannot re-pack (inputs
+                        gone or changed, tokenizer changed) is a problem, a note under `allow_skip`
 
 Every problem names its file (and row, where one is at fault); nothing stops at the first problem.
 """
@@ -27,16 +28,11 @@ import numpy as np
 from packsft.config import OUTPUT_FORMATS, STRATEGIES
 from packsft.errors import OutputError
 from packsft.stats import UnitCounters, merge_counters, summarize
+from packsft.verify.chat_turns import ChatMarkers, check_chat_turns
 from packsft.verify.deep import repack_and_compare
 from packsft.verify.files import StoredArrays, check_shard_files, check_shard_list
-from packsft.verify.invariants import (
-    ChatMarkers,
-    ControlIds,
-    Violation,
-    check_chat_turns,
-    check_control_tokens,
-    check_shard_arrays,
-)
+from packsft.verify.invariants import ControlIds, check_control_tokens, check_shard_arrays
+from packsft.verify.violations import Violation
 from packsft.write.layout import (
     DATASET_JSON,
     FORMAT_VERSION,
@@ -107,6 +103,7 @@ class Report:
     rows: int = 0
     files: int = 0
     repacked: int = 0
+    skipped: int = 0  # sampled units --deep could not re-pack (accepted with allow_skip)
 
     @property
     def ok(self) -> bool:
@@ -114,17 +111,21 @@ class Report:
 
     def summary(self) -> str:
         deep = f"; {self.repacked} unit(s) re-packed and identical" if self.repacked else ""
+        deep += f"; {self.skipped} could not be re-packed (--allow-skip)" if self.skipped else ""
         return (f"ok: {self.out_dir}: {self.shards} shard(s), {self.rows:,} chunks, {self.files} files match "
                 f"their sha256; masks, pads and segments consistent{deep}")
 
 
-def verify_output(out_dir: str | Path, *, deep: bool = False, sample: int = DEEP_SAMPLE_UNITS) -> list[Problem]:
+def verify_output(out_dir: str | Path, *, deep: bool = False, sample: int = DEEP_SAMPLE_UNITS,
+                  allow_skip: bool = False) -> list[Problem]:
     """Every problem found in the output at out_dir (empty when it is sound)."""
-    return check_output(out_dir, deep=deep, sample=sample).problems
+    return check_output(out_dir, deep=deep, sample=sample, allow_skip=allow_skip).problems
 
 
-def check_output(out_dir: str | Path, *, deep: bool = False, sample: int = DEEP_SAMPLE_UNITS) -> Report:
-    """Check the output at out_dir; `deep` also re-packs `sample` units from their inputs."""
+def check_output(out_dir: str | Path, *, deep: bool = False, sample: int = DEEP_SAMPLE_UNITS,
+                 allow_skip: bool = False) -> Report:
+    """Check the output at out_dir; `deep` also re-packs `sample` units from their inputs, and a unit it cannot
+    re-pack is a problem, or a note where `allow_skip`."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise OutputError(f"{out_dir}: no such folder. Pass the OUT_DIR of a `packsft pack` run")
@@ -153,14 +154,26 @@ def check_output(out_dir: str | Path, *, deep: bool = False, sample: int = DEEP_
     _check_totals(report, dataset, manifests, seq_length)
     _check_rejects(report, dataset)
     if deep and report.ok:
-        problems, report.repacked = repack_and_compare(out_dir, dataset, _sample(len(dataset["shards"]), sample),
-                                                       report.notes)
-        report.problems += [Problem(*problem) for problem in problems]
+        _check_deep(report, dataset, _sample(len(dataset["shards"]), sample), allow_skip)
     elif deep:
         report.notes.append("deep check skipped: fix the problems above first")
     if config.get("trust_remote_code"):
         report.notes.append("this output was packed with --trust-remote-code (the tokenizer ran code from its folder)")
     return report
+
+
+def _check_deep(report: Report, dataset: dict[str, Any], units: list[int], allow_skip: bool) -> None:
+    """Re-pack `units`: what --deep cannot re-pack fails the check unless `allow_skip` (then it is a note)."""
+    result = repack_and_compare(report.out_dir, dataset, units)
+    report.problems += [Problem(*problem) for problem in result.problems]
+    report.repacked = result.repacked
+    report.skipped = len(units) - result.repacked
+    if allow_skip:
+        report.notes += [reason for _, reason in result.skipped]
+    else:
+        report.problems += [Problem(file, f"{reason.rstrip('.')}. Run verify where the inputs and tokenizer are, or pass "
+                                          "--allow-skip to accept units --deep cannot re-pack")
+                            for file, reason in result.skipped]
 
 
 def _read_dataset(out_dir: Path, report: Report) -> dict[str, Any] | None:
@@ -201,7 +214,8 @@ def _format_checks(arrays: StoredArrays, dataset: dict[str, Any], counters: dict
     control = ControlIds.of(dataset["tokenizer"].get("special_ids", {}), config.get("template"))
     if control is not None:
         found += check_control_tokens(*rows, control=control, mask=config.get("mask"))
-    markers = ChatMarkers.of(dataset["tokenizer"].get("chat_markers"), config.get("template"))
+    markers = ChatMarkers.of(dataset["tokenizer"].get("chat_markers"), config.get("template"),
+                             dataset["tokenizer"].get("stop_ids"))
     if markers is not None and config.get("mask") == "assistant_only":
         found += check_chat_turns(*rows, markers=markers, unprompted=config.get("unprompted", "keep"),
                                   context_turns=bool(counters.get("assistant_turns_untrained")))

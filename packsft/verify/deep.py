@@ -9,13 +9,19 @@
     shards/NNNNN/*.npy | chunks.parquet, manifest.json counters
 
 Packing is deterministic, so any difference is a fault of the output (or of packsft). A unit whose
-inputs are gone or changed, or whose tokenizer changed, cannot be re-packed: that is a note, not a problem.
+inputs are gone or changed, or whose tokenizer changed, cannot be re-packed: it is returned as skipped, with
+why, and `checks.py` makes that a problem unless the caller accepts skips (`--allow-skip`).
+
+Paths are stored as the pack was given them: a relative data_dir or tokenizer path is relative to the working
+directory of the pack. From elsewhere, deep looks for it (`pack_folders`) from the pack's working directory
+(derived from plan.json, whose inputs are absolute), then from OUT_DIR and each folder above it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +34,8 @@ from packsft.pack.rows import Chunks
 from packsft.read.inputs import is_url
 from packsft.read.records import RejectLedger
 from packsft.render.chat_proof import output_identity
-from packsft.render.tokenizer import PackTokenizer, load_tokenizer
-from packsft.run.plan import Unit
+from packsft.render.tokenizer import PackTokenizer, load_output_tokenizer
+from packsft.run.plan import Unit, read_plan
 from packsft.stages import open_unit, pack_unit
 from packsft.verify.files import StoredArrays, compare_arrays
 from packsft.write.layout import (
@@ -47,51 +53,95 @@ SKIP = "deep check skipped"
 Problems = list[tuple[str, str]]  # (file relative to OUT_DIR, message)
 
 
-def repack_and_compare(out_dir: Path, dataset: dict[str, Any], units: list[int], notes: list[str]) -> tuple[Problems, int]:
-    """(problems, units re-packed) for the shards at indices `units`; reasons to skip go to notes."""
-    config = _stored_config(dataset, notes)
-    todo = _repackable_units(dataset, units, notes) if config is not None else []
-    tokenizer = _packing_tokenizer(config, dataset, notes) if config is not None and todo else None
+@dataclass
+class DeepResult:
+    """What --deep found: problems, the units it re-packed, and what it could not re-pack (file, why)."""
+
+    problems: Problems = field(default_factory=list)
+    skipped: Problems = field(default_factory=list)
+    repacked: int = 0
+
+
+def repack_and_compare(out_dir: Path, dataset: dict[str, Any], units: list[int]) -> DeepResult:
+    """Re-pack the shards at indices `units` and compare; a unit it cannot re-pack is `skipped`, with why."""
+    result = DeepResult()
+    folders = pack_folders(out_dir, dataset)
+    config = _stored_config(dataset, result.skipped)
+    todo = _repackable_units(dataset, units, folders, result.skipped) if config is not None else []
+    tokenizer = _packing_tokenizer(config, dataset, folders, result.skipped) if config is not None and todo else None
     if config is None or tokenizer is None:
-        return [], 0
-    problems = _edited_tokenizer_identity(tokenizer, dataset)
+        return result
+    result.problems = _edited_tokenizer_identity(tokenizer, dataset)
     for unit in todo:
-        problems += _compare_unit(out_dir, dataset, unit, config, tokenizer)
-    return problems, len(todo)
+        result.problems += _compare_unit(out_dir, dataset, unit, config, tokenizer)
+    result.repacked = len(todo)
+    return result
 
 
-def _stored_config(dataset: dict[str, Any], notes: list[str]) -> PackConfig | None:
+def pack_folders(out_dir: Path, dataset: dict[str, Any]) -> list[Path]:
+    """Where a relative path the pack stored may be relative to, most likely first: the pack's working directory
+    (where plan.json's absolute inputs say it was), then OUT_DIR and each folder above it."""
+    out = Path(os.path.abspath(out_dir))
+    folders = [out, *out.parents]
+    try:
+        arguments = read_plan(out).data_inputs
+    except PacksftError:
+        return folders
+    data_dir = str(dataset.get("data_dir", ""))
+    if len(arguments) != 1 or is_url(data_dir) or Path(data_dir).is_absolute() or not Path(arguments[0]).is_absolute():
+        return folders
+    # The one DATA argument, made absolute at packing, lies in (or is) the data_dir it was given as.
+    argument = Path(os.path.normpath(arguments[0]))
+    for folder in [argument, *argument.parents]:
+        root = Path(os.path.normpath(folder / data_dir))
+        if root == argument or root in argument.parents:
+            return [folder, *folders]
+    return folders
+
+
+def resolve_stored(path: str, folders: list[Path]) -> str:
+    """A stored path as found from here: as stored when absolute, remote or there from the working directory,
+    else under the first of `folders` that holds it; as stored where none does (the caller names it gone)."""
+    if is_url(path) or Path(path).is_absolute() or Path(path).exists():
+        return path
+    return next((str(folder / path) for folder in folders if (folder / path).exists()), path)
+
+
+def _stored_config(dataset: dict[str, Any], skipped: Problems) -> PackConfig | None:
     try:
         config = PackConfig(**{k: v for k, v in dataset["config"].items() if k in CONFIG_KEYS})
     except (PacksftError, TypeError) as exc:
-        notes.append(f"{SKIP}: the stored config does not load ({exc})")
+        skipped.append((DATASET_JSON, f"{SKIP}: the stored config does not load ({exc})"))
         return None
     if config.trust_remote_code:
-        notes.append(f"{SKIP}: the tokenizer needs remote code, which verify never runs")
+        skipped.append((DATASET_JSON, f"{SKIP}: the tokenizer needs remote code, which verify never runs"))
         return None
     return config
 
 
-def _repackable_units(dataset: dict[str, Any], indices: list[int], notes: list[str]) -> list[Unit]:
+def _repackable_units(dataset: dict[str, Any], indices: list[int], folders: list[Path],
+                      skipped: Problems) -> list[Unit]:
     """The units of the shards at `indices` whose input is still there, unchanged in size.
 
     A unit is rebuilt from its manifest's input record (row-group range included): a big file is cut
     into several units, and each must be re-packed from its own rows only.
     """
-    if is_url(dataset.get("data_dir", "")):
-        notes.append(f"{SKIP}: the inputs are remote ({dataset['data_dir']}); --deep re-packs local inputs only")
+    stored = str(dataset.get("data_dir", ""))
+    if is_url(stored):
+        skipped.append((DATASET_JSON, f"{SKIP}: the inputs are remote ({stored}); --deep re-packs local inputs only"))
         return []
-    data_dir = Path(dataset.get("data_dir", ""))
+    data_dir = Path(resolve_stored(stored, folders))
     units = []
     for index in indices:
         entry = dataset["shards"][index]
+        shard = f"{SHARDS_DIR}/{entry['name']}"
         if not entry["inputs"]:
-            notes.append(f"{SKIP} for shard {entry['name']}: its manifest names no input")
+            skipped.append((shard, f"{SKIP} for shard {entry['name']}: its manifest names no input"))
             continue
         unit = Unit.from_manifest_inputs(index, data_dir, entry["inputs"])  # several under --group-files
         changed = _changed_input(unit)
         if changed:
-            notes.append(f"{SKIP} for shard {entry['name']}: {changed}")
+            skipped.append((shard, f"{SKIP} for shard {entry['name']}: {changed}"))
         else:
             units.append(unit)
     return units
@@ -108,25 +158,28 @@ def _changed_input(unit: Unit) -> str | None:
     return None
 
 
-def _packing_tokenizer(config: PackConfig, dataset: dict[str, Any], notes: list[str]) -> PackTokenizer | None:
+def _packing_tokenizer(config: PackConfig, dataset: dict[str, Any], folders: list[Path],
+                       skipped: Problems) -> PackTokenizer | None:
     """The tokenizer the output names, if it still loads with the fingerprint the output records."""
+    name = resolve_stored(config.tokenizer, folders)
     try:
-        tokenizer = load_tokenizer(config.tokenizer, config.template)
+        tokenizer = load_output_tokenizer(dataset["tokenizer"], name)
     except PacksftError as exc:
-        notes.append(f"{SKIP}: {exc}")
+        skipped.append((DATASET_JSON, f"{SKIP}: {exc}"))
         return None
     if tokenizer.fingerprint != dataset["tokenizer"].get("fingerprint"):
-        notes.append(f"{SKIP}: tokenizer {config.tokenizer!r} changed since packing (fingerprint differs)")
+        skipped.append((DATASET_JSON, f"{SKIP}: tokenizer {config.tokenizer!r} changed since packing (fingerprint differs)"))
         return None
     # The reference path, whatever the pack used: the HF encoding, and for chat templates apply_chat_template.
     return replace(tokenizer, chat_renderer="hf")
 
 
 def _edited_tokenizer_identity(tokenizer: PackTokenizer, dataset: dict[str, Any]) -> Problems:
-    """Same fingerprint, so the same tokenizer: any other difference means dataset.json was edited."""
+    """Same fingerprint, so the same tokenizer: any other difference means dataset.json was edited. Its name is
+    where it was loaded from, found again from here (`resolve_stored`): no part of what it is."""
     identity = json.loads(json.dumps(output_identity(tokenizer)))
     stored = dataset["tokenizer"]
-    edited = sorted(k for k in set(identity) | set(stored) if identity.get(k) != stored.get(k))
+    edited = sorted(k for k in set(identity) | set(stored) if k != "name" and identity.get(k) != stored.get(k))
     return [(DATASET_JSON, f"tokenizer {', '.join(edited)} differ from the tokenizer it names")] if edited else []
 
 
@@ -152,7 +205,7 @@ def _compare_unit(out_dir: Path, dataset: dict[str, Any], unit: Unit, config: Pa
     stored_counters, recounted = manifest.get("counters", {}), counters.to_dict()
     if recounted != stored_counters:
         keys = sorted(k for k in set(recounted) | set(stored_counters) if recounted.get(k) != stored_counters.get(k))
-        problems.append((f"{shard_dir}/{MANIFEST_JSON}", f"counters {differs} ({', '.join(keys)})"))
+        problems.append((f"{shard_dir}/{MANIFEST_JSON}", f"counters differ from a fresh pack of {unit.label} ({', '.join(keys)})"))
     return problems
 
 

@@ -8,21 +8,23 @@
 - every row holds at least one segment; positions after its segments hold the pad id, never trained;
 - aligned/bestfit: every segment starts with BOS (when the tokenizer has one), and the label at a
   segment start (the flag of its first token) is never trained, so no label crosses two conversations;
-- linear: every row but the last is full, and consecutive rows share their boundary token.
+- linear: every row but the last is full, and consecutive rows share their boundary token;
+- `--template roles`: control tokens only where the format puts them (`check_control_tokens`);
+  `--template chat`: what each message trains, read by the template's headers (chat_turns.py).
 
-Rows are read in blocks, so memory stays bounded on memory-mapped shards of any size. One systematic
-fault must not print a million lines: each kind of violation names its first rows and counts the rest.
+Rows are read in blocks (violations.py), so memory stays bounded on memory-mapped shards of any size.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from packsft.pack.rows import row_lengths, segment_starts
+from packsft.verify.chat_turns import ChatMarkers, check_chat_turns
+from packsft.verify.violations import BLOCK_ROWS, Violation, in_blocks, row_violations
 from packsft.write.layout import (
     LOSS_MASK_NPY,
     ROW_SEGMENTS_NPY,
@@ -30,24 +32,8 @@ from packsft.write.layout import (
     TOKENS_NPY,
 )
 
-BLOCK_ROWS = 4096
-ROWS_REPORTED = 3  # per kind of violation
-
-
-@dataclass(frozen=True)
-class Violation:
-    array: str  # the file that holds the offending values, e.g. LOSS_MASK_NPY
-    row: int | None  # row within the shard, None for a whole-array fact
-    message: str
-
-
-def _rows(array: str, bad_rows: np.ndarray, message: str) -> list[Violation]:
-    """One violation per offending row (the first few), then one that counts the rest."""
-    bad_rows = np.unique(bad_rows)
-    out = [Violation(array, int(r), message) for r in bad_rows[:ROWS_REPORTED]]
-    if len(bad_rows) > ROWS_REPORTED:
-        out.append(Violation(array, None, f"{message}: {len(bad_rows) - ROWS_REPORTED} more rows like this"))
-    return out
+__all__ = ["ChatMarkers", "ControlIds", "Violation", "check_chat_turns", "check_control_tokens", "check_offsets",
+           "check_segments", "check_shard_arrays"]
 
 
 def check_offsets(segment_lengths: np.ndarray, row_segments: np.ndarray, rows: int) -> list[Violation]:
@@ -62,7 +48,7 @@ def check_offsets(segment_lengths: np.ndarray, row_segments: np.ndarray, rows: i
         found.append(Violation(ROW_SEGMENTS_NPY, None,
                                f"ends at {int(row_segments[-1])}, but segment_lengths holds {len(segment_lengths)} segments"))
     decreasing = np.flatnonzero(np.diff(row_segments) < 0)
-    found += _rows(ROW_SEGMENTS_NPY, decreasing, "offsets decrease (row_segments must be non-decreasing)")
+    found += row_violations(ROW_SEGMENTS_NPY, decreasing, "offsets decrease (row_segments must be non-decreasing)")
     return found
 
 
@@ -83,11 +69,11 @@ def check_segments(segment_lengths: np.ndarray, row_segments: np.ndarray, rows: 
     if found:
         return found, None
     short = np.flatnonzero(segment_lengths < 1)
-    found += _rows(SEGMENT_LENGTHS_NPY, np.searchsorted(row_segments, short, side="right") - 1, "a segment has length < 1")
+    found += row_violations(SEGMENT_LENGTHS_NPY, np.searchsorted(row_segments, short, side="right") - 1, "a segment has length < 1")
     used = row_lengths(segment_lengths, row_segments)
-    found += _rows(SEGMENT_LENGTHS_NPY, np.flatnonzero(used > capacity),
+    found += row_violations(SEGMENT_LENGTHS_NPY, np.flatnonzero(used > capacity),
                    f"segments add up to more than the row's {capacity} positions")
-    found += _rows(ROW_SEGMENTS_NPY, np.flatnonzero(np.diff(row_segments) == 0), "row holds no segment")
+    found += row_violations(ROW_SEGMENTS_NPY, np.flatnonzero(np.diff(row_segments) == 0), "row holds no segment")
     if found:
         return found, None
     seg_rows = np.repeat(np.arange(rows, dtype=np.int64), np.diff(row_segments))
@@ -122,10 +108,10 @@ def check_shard_arrays(
     if layout is not None and separate:
         found += _check_segment_starts(tokens, loss_mask, layout, row_bos)
     if layout is not None and strategy == "linear" and rows > 1:
-        found += _rows(SEGMENT_LENGTHS_NPY, np.flatnonzero(layout.used[:-1] != capacity),
+        found += row_violations(SEGMENT_LENGTHS_NPY, np.flatnonzero(layout.used[:-1] != capacity),
                        "a linear row other than the last is not full")
         shared = np.asarray(tokens[1:, 0]) == np.asarray(tokens[:-1, -1])
-        found += _rows(TOKENS_NPY, 1 + np.flatnonzero(~shared), "a linear row does not start with the previous row's last token")
+        found += row_violations(TOKENS_NPY, 1 + np.flatnonzero(~shared), "a linear row does not start with the previous row's last token")
     return found
 
 
@@ -134,16 +120,16 @@ def _check_block(tokens: np.ndarray, loss_mask: np.ndarray, begin: int, *, vocab
     """The per-token invariants of rows begin .. begin+BLOCK_ROWS (pads only when the segments are valid)."""
     block = np.asarray(tokens[begin : begin + BLOCK_ROWS])
     mask = np.asarray(loss_mask[begin : begin + BLOCK_ROWS])
-    found = _rows(TOKENS_NPY, begin + np.flatnonzero((block >= vocab_size).any(axis=1)),
+    found = row_violations(TOKENS_NPY, begin + np.flatnonzero((block >= vocab_size).any(axis=1)),
                   f"token id >= vocabulary size {vocab_size}")
-    found += _rows(LOSS_MASK_NPY, begin + np.flatnonzero((mask > 1).any(axis=1)), "loss_mask value other than 0 or 1")
+    found += row_violations(LOSS_MASK_NPY, begin + np.flatnonzero((mask > 1).any(axis=1)), "loss_mask value other than 0 or 1")
     if bos_id is not None:
-        found += _rows(TOKENS_NPY, begin + np.flatnonzero(block[:, 0] != bos_id), f"row does not start with BOS (id {bos_id})")
+        found += row_violations(TOKENS_NPY, begin + np.flatnonzero(block[:, 0] != bos_id), f"row does not start with BOS (id {bos_id})")
     if used is not None:
         pad = np.arange(block.shape[1])[None, :] >= used[begin : begin + len(block), None]
-        found += _rows(TOKENS_NPY, begin + np.flatnonzero((pad & (block != pad_id)).any(axis=1)),
+        found += row_violations(TOKENS_NPY, begin + np.flatnonzero((pad & (block != pad_id)).any(axis=1)),
                        f"position after the row's segments does not hold the pad id {pad_id}")
-        found += _rows(LOSS_MASK_NPY, begin + np.flatnonzero((pad[:, 1:] & (mask != 0)).any(axis=1)),
+        found += row_violations(LOSS_MASK_NPY, begin + np.flatnonzero((pad[:, 1:] & (mask != 0)).any(axis=1)),
                        "a pad position is trained")
     return found
 
@@ -155,10 +141,10 @@ def _check_segment_starts(tokens: np.ndarray, loss_mask: np.ndarray, layout: Row
     rows, starts = layout.seg_rows[inner], layout.starts[inner]
     found = []
     if bos_id is not None:
-        found += _rows(TOKENS_NPY, rows[np.asarray(tokens[rows, starts]) != bos_id],
+        found += row_violations(TOKENS_NPY, rows[np.asarray(tokens[rows, starts]) != bos_id],
                        f"a segment does not start with BOS (id {bos_id})")
     trained = np.asarray(loss_mask[rows, starts - 1]) != 0
-    found += _rows(LOSS_MASK_NPY, rows[trained], "the label at a segment start is trained")
+    found += row_violations(LOSS_MASK_NPY, rows[trained], "the label at a segment start is trained")
     return found
 
 
@@ -199,21 +185,7 @@ def check_control_tokens(
     Offsets must already be valid (`check_offsets`). Rows are read in blocks.
     """
     check = functools.partial(_control_block, control=control, mask=mask)
-    return _in_blocks(check, tokens, loss_mask, segment_lengths, row_segments)
-
-
-def _in_blocks(check: Callable[..., list[Violation]], tokens: np.ndarray, loss_mask: np.ndarray,
-               segment_lengths: np.ndarray, row_segments: np.ndarray) -> list[Violation]:
-    """`check(tokens, loss_mask, segment_lengths, row_segments)` on blocks of BLOCK_ROWS rows (memory stays
-    bounded on memory-mapped shards); the rows of its violations are shard rows."""
-    found = []
-    for begin in range(0, len(tokens), BLOCK_ROWS):
-        end = min(begin + BLOCK_ROWS, len(tokens))
-        lo, hi = int(row_segments[begin]), int(row_segments[end])
-        for v in check(np.asarray(tokens[begin:end]), np.asarray(loss_mask[begin:end]),
-                       segment_lengths[lo:hi], row_segments[begin : end + 1] - lo):
-            found.append(Violation(v.array, None if v.row is None else begin + v.row, v.message))
-    return found
+    return in_blocks(check, tokens, loss_mask, segment_lengths, row_segments)
 
 
 def _control_block(tokens: np.ndarray, loss_mask: np.ndarray, segment_lengths: np.ndarray,
@@ -228,96 +200,19 @@ def _control_block(tokens: np.ndarray, loss_mask: np.ndarray, segment_lengths: n
     inside = np.arange(capacity)[None, :] < used[:, None]
     found = []
     if control.bos is not None:
-        found += _rows("tokens.npy", np.flatnonzero((inside & ~is_start & (tokens == control.bos)).any(axis=1)),
+        found += row_violations("tokens.npy", np.flatnonzero((inside & ~is_start & (tokens == control.bos)).any(axis=1)),
                        f"a BOS token (id {control.bos}) inside a segment: message content became a control token")
-    found += _rows("tokens.npy", np.flatnonzero((inside & ~is_last & (tokens == control.eos)).any(axis=1)),
+    found += row_violations("tokens.npy", np.flatnonzero((inside & ~is_last & (tokens == control.eos)).any(axis=1)),
                    f"an EOS token (id {control.eos}) before the end of its segment: message content became a control token")
     if control.pad not in (control.eos, control.bos):
-        found += _rows("tokens.npy", np.flatnonzero((inside & (tokens == control.pad)).any(axis=1)),
+        found += row_violations("tokens.npy", np.flatnonzero((inside & (tokens == control.pad)).any(axis=1)),
                        f"a pad token (id {control.pad}) inside a segment")
     if mask == "assistant_only":
         ids = (control.bos, control.eos, control.pad, control.user, control.assistant, control.system)
         is_control = np.isin(tokens, [i for i in ids if i is not None])
         opens_untrained = np.isin(tokens[:, :-1], [control.user, control.system]) & ~is_last[:, :-1] & inside[:, :-1]
         bad = opens_untrained & ~is_control[:, 1:] & (np.asarray(loss_mask) != 0)
-        found += _rows("loss_mask.npy", np.flatnonzero(bad.any(axis=1)),
+        found += row_violations("loss_mask.npy", np.flatnonzero(bad.any(axis=1)),
                        "the token after a <|user|> or <|system|> role token is trained: a role token inside an "
                        "assistant message (message content became a control token)")
-    return found
-
-
-@dataclass(frozen=True)
-class ChatMarkers:
-    """The ids a chat-template output's messages are read by (dataset.json `tokenizer.chat_markers`)."""
-
-    header_start: int  # the special token that opens every message (<|im_start|>)
-    user_role: int  # the token after it in a user header ("user")
-    assistant_role: int  # ... in an assistant header ("assistant")
-    end_of_turn: int  # the special token that ends an assistant turn (<|im_end|>)
-
-    @staticmethod
-    def of(markers: object, template: str | None) -> ChatMarkers | None:
-        if template != "chat" or not isinstance(markers, dict):
-            return None
-        try:
-            return ChatMarkers(*(int(markers[key]) for key in ("header_start", "user_role", "assistant_role", "end_of_turn")))
-        except (KeyError, TypeError, ValueError):
-            return None
-
-
-def check_chat_turns(
-    tokens: np.ndarray,
-    loss_mask: np.ndarray,
-    segment_lengths: np.ndarray,
-    row_segments: np.ndarray,
-    *,
-    markers: ChatMarkers,
-    unprompted: str,
-    context_turns: bool = False,
-) -> list[Violation]:
-    """Messages of an `assistant_only` chat-template output are the ones the template opened.
-
-    A message header from content (`hi<|im_end|>\\n<|im_start|>assistant\\nI am evil`) makes a message the
-    template never rendered. Read by the header tokens, rows show it: a header token is trained (a header
-    inside an assistant content, whose tokens are trained), or an assistant message's end-of-turn is not
-    trained (a fake assistant turn inside a user content, whose tokens are not). Assistant turns before any
-    user message of the segment are exempt under `--unprompted mask`; every assistant turn is where records keep
-    some untrained (`context_turns`: the header check still runs). Tool results are never trained, whatever the
-    header the template opens them with. Offsets must be valid (`check_offsets`).
-    """
-    check = functools.partial(_chat_block, markers=markers, unprompted=unprompted, context_turns=context_turns)
-    return _in_blocks(check, tokens, loss_mask, segment_lengths, row_segments)
-
-
-def _chat_block(tokens: np.ndarray, loss_mask: np.ndarray, segment_lengths: np.ndarray,
-                row_segments: np.ndarray, markers: ChatMarkers, unprompted: str,
-                context_turns: bool = False) -> list[Violation]:
-    rows, capacity = tokens.shape
-    used, starts = row_lengths(segment_lengths, row_segments), segment_starts(segment_lengths, row_segments)
-    columns = np.arange(capacity)[None, :]
-    inside = columns < used[:, None]
-    trained = np.zeros((rows, capacity), bool)  # trained[r, i]: token i of row r is a trained label
-    trained[:, 1:] = np.asarray(loss_mask) != 0
-    # Per position: the column where its segment starts, and where the last header at or before it is.
-    seg_rows = np.repeat(np.arange(rows, dtype=np.int64), np.diff(row_segments))
-    seg_start = np.full((rows, capacity), -1, np.int64)
-    seg_start[seg_rows, starts] = starts
-    seg_start = np.maximum.accumulate(seg_start, axis=1)
-    is_header = inside & (tokens == markers.header_start)
-    last_header = np.maximum.accumulate(np.where(is_header, columns, -1), axis=1)
-    in_message = (last_header >= seg_start) & inside
-    role = np.where(in_message, np.take_along_axis(tokens, np.minimum(last_header + 1, capacity - 1), axis=1), -1)
-    found = _rows(LOSS_MASK_NPY, np.flatnonzero((is_header & trained).any(axis=1)),
-                  f"a message header token (id {markers.header_start}) is trained: message content became a control token")
-    eot_untrained = in_message & (tokens == markers.end_of_turn) & (role == markers.assistant_role) & ~trained
-    if context_turns:
-        eot_untrained[:] = False
-    if unprompted == "mask":
-        # Users opened in the segment up to each position: cumulative count, minus what came before the segment.
-        users = np.cumsum(is_header & (role == markers.user_role), axis=1)
-        before = np.where(seg_start > 0, np.take_along_axis(users, np.maximum(seg_start - 1, 0), axis=1), 0)
-        eot_untrained &= users - before > 0
-    found += _rows(LOSS_MASK_NPY, np.flatnonzero(eot_untrained.any(axis=1)),
-                   "an assistant message's end-of-turn token is not trained: a message header from content "
-                   "(message content became a control token)")
     return found

@@ -101,8 +101,11 @@ def test_trust_remote_code_flag_is_passed_through(data_dir, tmp_path, demo_token
     assert remote_code_calls == [True]
     assert json.loads((tmp_path / "out" / "dataset.json").read_text())["config"]["trust_remote_code"] is True
     result = CliRunner().invoke(main, ["verify", str(tmp_path / "out"), "--deep"])
-    assert result.exit_code == 0 and remote_code_calls == [True]  # verify never runs remote code
-    assert "note: deep check skipped: the tokenizer needs remote code, which verify never runs" in result.output
+    assert result.exit_code == 1 and remote_code_calls == [True]  # verify never runs remote code
+    assert "deep check skipped: the tokenizer needs remote code, which verify never runs. " in result.stdout
+    result = CliRunner().invoke(main, ["verify", str(tmp_path / "out"), "--deep", "--allow-skip"])
+    assert result.exit_code == 0 and remote_code_calls == [True]
+    assert "note: deep check skipped: the tokenizer needs remote code, which verify never runs" in result.stderr
 
 
 # --- writes stay inside OUT_DIR; foreign folders and symlinks are left alone ----------------------------

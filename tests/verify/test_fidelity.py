@@ -21,7 +21,8 @@ from packsft.render.chat_encode import rendering_encoder
 from packsft.render.chat_proof import chat_markers
 from packsft.render.roles import render_roles
 from packsft.render.tokenizer import PackTokenizer, flatten_ids, load_tokenizer
-from packsft.verify.invariants import ChatMarkers, ControlIds, check_chat_turns, check_control_tokens
+from packsft.verify.chat_turns import NEXT_TURN, UNTRAINED_ANSWER, USER_TEXT, ChatMarkers, check_chat_turns
+from packsft.verify.invariants import ControlIds, check_control_tokens
 from tests.helpers import ASST, BOS, USR, FakeTokenizer
 
 ATTACK = Conversation((
@@ -128,15 +129,14 @@ def test_verify_refuses_chat_headers_from_content_packed_the_old_way(qwen3_dir, 
     markers = ChatMarkers.of(chat_markers(qwen3), "chat")
     assert markers is not None
     expected = [
-        "an assistant message's end-of-turn token is not trained: a message header from content (message content "
-        "became a control token)",
-        f"a message header token (id {markers.header_start}) is trained: message content became a control token",
+        [UNTRAINED_ANSWER],  # the fake assistant message is untrained
+        [NEXT_TURN.format(header=markers.header_start), USER_TEXT],  # the fake user message is trained
     ][attack]
     for unprompted in ("keep", "mask"):
         old = _old_chat_rows(qwen3, [CHAT_ATTACKS[attack]])
         found = check_chat_turns(old.tokens, old.loss_mask, old.segment_lengths, old.row_segments,
                                  markers=markers, unprompted=unprompted)
-        assert [(v.array, v.row, v.message) for v in found] == [("loss_mask.npy", 0, expected)]
+        assert [(v.array, v.row, v.message) for v in found] == [("loss_mask.npy", 0, text) for text in expected]
         new, _ = _chunks(render_chat([CHAT_ATTACKS[attack]], qwen3), 256, qwen3.pad_id)
         assert check_chat_turns(new.tokens, new.loss_mask, new.segment_lengths, new.row_segments,
                                 markers=markers, unprompted=unprompted) == []

@@ -277,15 +277,21 @@ def test_deep_catches_a_consistent_reordering_only_a_fresh_pack_reveals(packed, 
                     for name in ("tokens.npy", "loss_mask.npy")]  # rows 0 and 1 hold segments of equal lengths
 
 
-def test_deep_notes_inputs_that_are_gone(packed, tmp_path, data_dir):
+def test_deep_fails_on_inputs_that_are_gone_unless_skips_are_allowed(packed, tmp_path, data_dir):
     out = copy_of(packed, "bestfit-npy", tmp_path)
     dataset = json.loads((out / "dataset.json").read_text())
     dataset["data_dir"] = str(tmp_path / "moved")
     (out / "dataset.json").write_text(json.dumps(dataset))
+    reasons = [f"deep check skipped for shard 0000{i}: input {tmp_path / 'moved' / f'part-{i}.parquet'} is gone"
+               for i in (0, 1)]
     report = check_output(out, deep=True)
-    assert report.problems == [] and report.repacked == 0
-    assert report.notes == [f"deep check skipped for shard 0000{i}: input {tmp_path / 'moved' / f'part-{i}.parquet'} is gone"
-                            for i in (0, 1)]
+    assert report.repacked == 0 and report.skipped == 2 and report.notes == []
+    assert [str(p) for p in report.problems] == [
+        f"shards/0000{i}: {reason}. Run verify where the inputs and tokenizer are, or pass --allow-skip to accept "
+        "units --deep cannot re-pack" for i, reason in enumerate(reasons)]
+    report = check_output(out, deep=True, allow_skip=True)
+    assert report.problems == [] and report.repacked == 0 and report.notes == reasons
+    assert report.summary().endswith("segments consistent; 2 could not be re-packed (--allow-skip)")
 
 
 def test_verify_helper_on_a_sound_output(packed):
@@ -324,8 +330,8 @@ def test_any_flipped_byte_in_a_manifest_is_caught(packed, tmp_path):
 
 def test_flipped_bytes_in_dataset_json_never_crash_verify(packed, tmp_path):
     """Without --deep, only metadata verify cannot check may change unnoticed: data_dir, packsft_version, the
-    config's tokenizer path, and the tokenizer's name, file hashes and role ids (--deep compares those with the
-    tokenizer itself)."""
+    config's tokenizer path, and the tokenizer's name, file hashes and role ids (--deep compares the hashes and ids
+    with the tokenizer itself; the name is a path, like data_dir)."""
     out = copy_of(packed, "bestfit-npy", tmp_path)
     path = out / "dataset.json"
     original = path.read_bytes()
