@@ -17,7 +17,7 @@ import pytest
 
 from packsft import PackConfig
 from packsft.run import run_pack
-from packsft.write.layout import PackedOutput
+from tests.e2e.model_helpers import masked_loss, packed_loss
 from tests.helpers import AGENT, SEARCH, WEATHER
 
 pytestmark = pytest.mark.slow  # a tiny transformer run on CPU
@@ -43,29 +43,6 @@ def model():
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=SEQ + 1,
                                       attn_implementation="sdpa")
     return transformers.LlamaForCausalLM(config).eval()
-
-
-def masked_loss(model, ids: list[int], trained: list[bool]) -> float:
-    """Summed cross-entropy of the labels ids[1:] where trained (trained[i] is the flag of ids[i + 1])."""
-    with torch.no_grad():
-        logits = model(torch.tensor([ids]), use_cache=False).logits[0, :-1].double()
-    losses = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="none")
-    return float(losses[torch.tensor(trained)].sum())
-
-
-def packed_loss(model, out) -> float:
-    """The masked loss of every packed piece, each fed alone (segment isolation is tests/e2e/test_model_fidelity.py's)."""
-    output, total = PackedOutput(out), 0.0
-    for shard in range(len(output.shards)):
-        tokens, mask = output.array(shard, "tokens"), output.array(shard, "loss_mask")
-        lengths, row_segments = output.array(shard, "segment_lengths"), output.array(shard, "row_segments")
-        for row in range(len(tokens)):
-            start = 0
-            for length in lengths[row_segments[row]:row_segments[row + 1]].tolist():
-                ids = tokens[row, start:start + length].tolist()
-                total += masked_loss(model, ids, mask[row, start:start + length - 1].astype(bool).tolist())
-                start += length
-    return total
 
 
 def inference_loss(model, hf) -> float:
