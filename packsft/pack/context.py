@@ -31,6 +31,14 @@ class ContextPlanner:
         """The most tokens of a row that copied context may take."""
         return int(self.spans.capacity * self.share)
 
+    def head_room(self, i: int) -> int:
+        """Tokens of the conversation's head (BOS, a tools block the template opens with) in a piece that opens at
+        message i: all of them, or, where they leave no room for the body (hundreds of tool definitions in a short
+        row), the context budget (pieces.PieceBuilder.add_shortened keeps the head's first token and its end)."""
+        s = self.spans
+        head, fits = s.head_end - s.start, s.capacity - s.reserve(i)
+        return head if head <= fits else max(min(self.budget, fits), 0)
+
     def plan(self, i: int) -> tuple[list[tuple[int, int]], bool]:
         """(message, room) of the messages that re-open a piece at message i: the system message, the
         prompting user message and the tool exchange before the turn (`_exchange`); and whether the tool
@@ -46,8 +54,7 @@ class ContextPlanner:
         prompt = None
         if roles[first_msg] != USER_CODE:
             prompt = next((m for m in reversed(s.msgs) if m < first_msg and roles[m] == USER_CODE), None)
-        head = s.head_end - s.start
-        budget = min(self.budget, s.capacity - s.reserve(i)) - head
+        budget = min(self.budget, s.capacity - s.reserve(i)) - self.head_room(i)
         size = {m: s.span(m)[1] - s.span(m)[0] for m in (system, prompt) if m is not None}
         rooms = dict(size)
         if sum(size.values()) > budget:

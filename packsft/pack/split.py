@@ -137,7 +137,7 @@ class ConversationSplitter:
     def split(self) -> tuple[list[Piece], SplitCounts]:
         """The pieces of the conversation and what splitting it did."""
         spans, piece = self.spans, self.piece
-        piece.add(spans.start, spans.head_end)
+        self._add_head(0, zero=False)
         i = 0
         while i < len(spans.msgs):
             i = self._step(i)
@@ -205,7 +205,7 @@ class ConversationSplitter:
         """Start a piece whose body begins at message i: BOS + system + prompting user + the tool exchange
         before it, mask 0."""
         spans, piece = self.spans, self.piece
-        piece.add(spans.start, spans.head_end, zero=True)
+        self._add_head(i, zero=True)
         piece.prompt_whole = True
         context, piece.results_whole = self.planner.plan(i)
         carry = 0
@@ -220,6 +220,15 @@ class ConversationSplitter:
                     piece.prompt_whole = False
                 elif not added:
                     carry = room  # the system message did not fit at all: the question gets its room
+
+    def _add_head(self, i: int, *, zero: bool) -> None:
+        """The conversation's head, in a piece that opens at message i: whole, or shortened where it leaves no room
+        for the body (ContextPlanner.head_room)."""
+        spans, room = self.spans, self.planner.head_room(i)
+        if room >= spans.head_end - spans.start:
+            self.piece.add(spans.start, spans.head_end, zero=zero)
+        elif not self.piece.add_shortened(spans.start, spans.head_end, 1, room, zero=zero):
+            self.piece.add(spans.start, spans.start + 1, zero=zero)  # not even a marker fits: its first token
 
     def _close_before(self, j: int) -> None:
         """Close the piece before message j and re-open it with j's context. In the role-token layout

@@ -142,3 +142,35 @@ def test_only_the_exchange_right_before_the_turn_is_repeated_not_earlier_rounds(
     last_ids, last_flags = pieces[-1]
     context = [BOS, USR, *tokens(2, 100), ASST, *tokens(2, 400), USR, *tokens(2, 500)]
     assert (last_ids, last_flags) == (context + [ASST, *tokens(9, 600), EOS], [0] * (len(context) + 1) + [1] * 10)
+
+
+def test_a_head_longer_than_a_row_is_shortened_in_every_piece(chatml_dir):
+    """A template that opens every conversation with its tools block (Qwen's, with no system message) can make the
+    head alone longer than a row: each piece then keeps the head's first token and its end, and every label."""
+    from dataclasses import replace
+
+    from packsft import load_tokenizer
+    from packsft.read.records import ChatExtras
+    from packsft.render.chat import render_chat
+
+    template = ("{% if tools %}<|im_start|>system\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}<|im_end|>\n"
+                "{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tokenizer = replace(load_tokenizer(str(chatml_dir), "chat"), chat_template=template)
+    tools = [{"type": "function", "function": {"name": f"tool_{i}", "description": "does a thing " * 3}}
+             for i in range(12)]
+    conversation = Conversation((("user", "What now?"), ("assistant", "Here is a long answer. " * 12),
+                                 ("user", "And then?"), ("assistant", "Another answer.")),
+                                extras=ChatExtras((), (), tools, None))
+    batch = render_chat([conversation], tokenizer)
+    start, head_end = 0, int(batch.msg_starts[0])
+    assert head_end > 100  # the head is longer than the row below
+    table, counts = split_long(batch, 64, "split")
+    lengths = [b - a for a, b in zip(table.offsets[:-1], table.offsets[1:])]
+    assert len(lengths) > 2 and max(lengths) <= 65
+    assert table.flags.sum() == batch.flags.sum()  # every label kept, once
+    head_end_token = int(batch.ids[head_end - 1])
+    for a, b in zip(table.offsets[:-1], table.offsets[1:]):
+        ids = table.ids[a:b].tolist()
+        assert ids[0] == int(batch.ids[start]) and head_end_token in ids  # the head's start and its end
+    assert counts.prompts_shortened >= len(lengths)
