@@ -7,6 +7,7 @@
     outcome.py   refuse an output with no chunks or too many rejects (at merge)
     executor.py  the Executor interface: run a plan's missing units, and the command that resumes them
     local.py     LocalExecutor: a pool of processes on this machine
+    parent_death.py  the pool's fork server and workers die with the parent, even under kill -9
     slurm.py     SlurmExecutor: a SLURM array of `packsft pack --num-tasks N --task-index I` + an afterok merge job
     ray.py       RayExecutor: one Ray task per unit (needs packsft[ray])
     finish.py    status, resume hints (the executor found by name) and merge

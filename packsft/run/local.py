@@ -8,7 +8,8 @@ Each worker packs whole units and writes their shards itself, so only a unit's r
 back; the parent's memory does not grow with the number of units. The tokenizer's Rust thread pool
 is sized before the tokenizer loads in each worker (forked from a clean fork server), so N workers
 share the cores instead of each starting one thread per core. A unit's bytes do not depend on the
-thread count, so any number of workers writes the same output.
+thread count, so any number of workers writes the same output. The fork server and the workers die with the
+parent, also when it is killed with SIGKILL (run/parent_death.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
-from multiprocessing import get_all_start_methods, get_context
+from multiprocessing import forkserver, get_all_start_methods, get_context
 from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,16 @@ from tqdm import tqdm
 
 from packsft.errors import ConfigError, OutputError
 from packsft.render.tokenizer import PackTokenizer
+from packsft.run import parent_death
 from packsft.run.executor import Executor, rerun_command
 from packsft.run.plan import Plan, Unit
 from packsft.run.unit import UnitJob, input_rows, load_job_tokenizer, write_unit
 
-# Imported once by the fork server, so that each worker starts in well under a second. Workers rebuild
-# the parent's tokenizer from its state (tokenizers only). For chat templates, transformers' jinja renderer
-# is preloaded too (~1.5 s to import; not its tokenizer classes, which import torch: seconds more).
-PRELOAD = ("packsft.run.local", "tokenizers", "tiktoken", "tiktoken.core")
+# Imported once by the fork server, so that each worker starts in well under a second (parent_death first: the
+# fork server then dies with its parent). Workers rebuild the parent's tokenizer from its state (tokenizers only).
+# For chat templates, transformers' jinja renderer is preloaded too (~1.5 s to import; not its tokenizer
+# classes, which import torch: seconds more).
+PRELOAD = ("packsft.run.parent_death", "packsft.run.local", "tokenizers", "tiktoken", "tiktoken.core")
 PRELOAD_CHAT = ("transformers.utils.chat_template_utils", "jinja2.sandbox")
 
 # --workers 0 (auto) starts a process per CPU only for inputs this big: below it, starting the pool
@@ -96,6 +99,9 @@ _worker_tokenizer: PackTokenizer | None = None
 
 def _init_worker(job: UnitJob, threads: int) -> None:
     global _worker_tokenizer
+    if parent_death.fork_server_pid is not None:  # forked by a fork server that dies with the parent
+        parent_death.die_with_parent(parent_death.fork_server_pid)
+    parent_death.exit_with_parent_process()
     # Must happen before the tokenizer's thread pool starts (at its first encode).
     os.environ["RAYON_NUM_THREADS"] = str(threads)
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
@@ -159,6 +165,8 @@ def _worker_context(template: str) -> BaseContext:
         return get_context("spawn")
     context = get_context("forkserver")
     context.set_forkserver_preload(list(PRELOAD + (PRELOAD_CHAT if template == "chat" else ())))
+    with parent_death.fork_server_parent():
+        forkserver.ensure_running()  # started here, not by the pool's first worker: it learns whom to die with
     return context
 
 
