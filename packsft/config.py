@@ -37,7 +37,7 @@ InputFormat = Literal["auto", "smoltalk", "sharegpt", "openai", "prompt_completi
 # auto: the tokenizer's chat template where it has one (or --chat-template gives one), else role tokens;
 # resolved when the tokenizer loads (run/plan.py), so a plan and dataset.json only ever hold roles or chat.
 Template = Literal["auto", "roles", "chat"]
-# Which assistant turns train, and as what (see render/chat.py): the one rendering of the conversation,
+# Which assistant turns train, and as what (see render/chat/renderer.py): the one rendering of the conversation,
 # only its last turn, or each turn as the model produces it at inference.
 Turns = Literal["rendered", "last", "inference"]
 Mask = Literal["all", "assistant_only"]

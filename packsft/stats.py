@@ -108,7 +108,7 @@ class ReadCounts(Counts):
 
 @dataclass
 class ChatTurns(Counts):
-    """What a chat template does to trained turns, and the renderings --turns inference adds (render/chat.py)."""
+    """What a chat template does to trained turns, and the renderings --turns inference adds (render/chat/renderer.py)."""
 
     turns_rewritten_in_history: int = 0
     reasoning_tokens_dropped: int = 0

@@ -211,7 +211,7 @@ def peer_installed() -> bool:
 def run_packsft_chat(data_dir: Path, out: Path) -> dict:
     """`packsft pack --template chat` with qwen3 as a whole process: its measure, encoder and stats, or `error`
     (the exit status and the last lines of its stderr)."""
-    from packsft.render.chat_proof import output_identity, with_chat_path_proven
+    from packsft.render.chat.proof import output_identity, with_chat_path_proven
     from packsft.render.tokenizer import load_tokenizer
 
     with tempfile.TemporaryFile("w+") as errors:

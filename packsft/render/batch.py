@@ -1,6 +1,6 @@
 """The stage contract between rendering and packing: `RenderedBatch` (token ids, train flags, message spans of a
 batch of conversations), the role codes of its messages, the helpers that read it, and the `Renderer` protocol
-that the role-token renderer (roles.py) and the chat-template renderer (chat.py) implement.
+that the role-token renderer (roles.py) and the chat-template renderer (render/chat/renderer.py) implement.
 
     ids        BOS <|user|> q q q <|assistant|> a a a EOS | BOS ...        (flat, every conversation of the batch)
     flags       0     0     0 0 0      1        1 1 1  1  |  0  ...        (1 = trained as a label)

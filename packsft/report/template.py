@@ -9,7 +9,7 @@
       fields              what the template reads (template_fields.py)
       prefixes            whether rendering messages[:i] gives a prefix of rendering the whole conversation
 
-Every rendering is packsft's own (render/chat.py), so what is shown is what `pack --template chat` trains.
+Every rendering is packsft's own (render/chat/renderer.py), so what is shown is what `pack --template chat` trains.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from packsft.errors import InputError, OutputError
 from packsft.read.inputs import InputListing, Location, as_location, file_info, is_url, list_inputs
 from packsft.read.reader import InputFile, open_input
 from packsft.read.records import parse_role_map
-from packsft.render.chat_proof import output_identity, with_chat_path_proven
+from packsft.render.chat.proof import output_identity, with_chat_path_proven
 from packsft.render.tokenizer import PackTokenizer, load_tokenizer, read_chat_template
 from packsft.report.template import history_rewrites
 from packsft.run.identity import IDENTITY_VERSION, fingerprint, fingerprint_config, input_digest

@@ -16,7 +16,7 @@ from packsft.errors import InputError, OutputError, PacksftError
 from packsft.pack.rows import empty_chunks
 from packsft.read.reader import InputFile
 from packsft.read.records import RejectLedger
-from packsft.render.chat_proof import with_chat_path_proven
+from packsft.render.chat.proof import with_chat_path_proven
 from packsft.render.tokenizer import PackTokenizer, load_tokenizer, read_chat_template, tokenizer_from_state
 from packsft.run.outdir import failed_path
 from packsft.run.plan import Unit

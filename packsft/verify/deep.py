@@ -33,7 +33,7 @@ from packsft.errors import PacksftError
 from packsft.pack.rows import Chunks
 from packsft.read.inputs import is_url
 from packsft.read.records import RejectLedger
-from packsft.render.chat_proof import output_identity
+from packsft.render.chat.proof import output_identity
 from packsft.render.tokenizer import PackTokenizer, load_output_tokenizer
 from packsft.run.plan import Unit, read_plan
 from packsft.stages import open_unit, pack_unit

@@ -1,4 +1,4 @@
-"""The fast chat path (chat_encode.py): renderings encoded by the fast encoder give HF's ids and offsets exactly.
+"""The fast chat path (chat/encode.py): renderings encoded by the fast encoder give HF's ids and offsets exactly.
 
 Hermetic tests use the demo tokenizer with the ChatML template; the real ones ../shared/tokenizers/qwen3
 (NFC normalizer, non-special added tokens such as <think>, ids above 65535).
@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from packsft import PackConfig, load_tokenizer
 from packsft.read.records import Conversation, RecordRejected
-from packsft.render import chat_encode as chat_encode_module
+from packsft.render.chat import encode as chat_encode_module
 from packsft.render.chat import ChatRenderer, render_chat
-from packsft.render.chat_encode import FastRenderingEncoder, HfRenderingEncoder, rendering_encoder
-from packsft.render.chat_probes import PROBE_CONVERSATIONS, probe_records
-from packsft.render.chat_proof import (
+from packsft.render.chat.encode import FastRenderingEncoder, HfRenderingEncoder, rendering_encoder
+from packsft.render.chat.probes import PROBE_CONVERSATIONS, probe_records
+from packsft.render.chat.proof import (
     chat_markers,
     chat_rendering_difference,
     fast_chat_difference,
@@ -97,7 +97,7 @@ def test_a_difference_refuses_the_fast_chat_path(chatml, monkeypatch):
 
 
 def test_a_rendering_difference_renders_through_apply_chat_template(chatml, monkeypatch):
-    import packsft.render.chat_jinja as chat_template
+    import packsft.render.chat.jinja as chat_template
 
     real = chat_template._compiled_renderer()
     assert real is not None  # this transformers has the steps packsft calls directly

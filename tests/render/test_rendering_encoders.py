@@ -1,4 +1,4 @@
-"""The two rendering encoders behind RenderingEncoder (chat_encode.py), the factory that chooses one, and the
+"""The two rendering encoders behind RenderingEncoder (chat/encode.py), the factory that chooses one, and the
 objects a PackTokenizer builds on first use. Hermetic: the demo tokenizer with ChatML special tokens."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from packsft import load_tokenizer
-from packsft.render.chat_encode import (
+from packsft.render.chat.encode import (
     FastRenderingEncoder,
     HfRenderingEncoder,
     RenderingEncoder,

@@ -17,8 +17,8 @@ from packsft.pack.rows import build_chunks
 from packsft.pack.split import split_long
 from packsft.read.records import Conversation
 from packsft.render.chat import ChatRenderer, render_chat
-from packsft.render.chat_encode import rendering_encoder
-from packsft.render.chat_proof import chat_markers
+from packsft.render.chat.encode import rendering_encoder
+from packsft.render.chat.proof import chat_markers
 from packsft.render.roles import render_roles
 from packsft.render.tokenizer import PackTokenizer, flatten_ids, load_tokenizer
 from packsft.verify.chat_turns import NEXT_TURN, UNTRAINED_ANSWER, USER_TEXT, ChatMarkers, check_chat_turns

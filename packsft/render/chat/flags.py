@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from packsft.read.records import ASSISTANT, USER, Conversation
-from packsft.render.chat_layout import Layout
+from packsft.render.chat.layout import Layout
 
 # Train flags of one record, and its message spans: (starts, ends, header lengths, unprompted).
 FlagsAndSpans = tuple[np.ndarray, tuple[list[int], list[int], list[int], bool]]

@@ -8,7 +8,7 @@
 1. Each record renders as `apply_chat_template(messages, tools=tools, **kwargs)` does, with its tools and
    template kwargs (`--template-kwargs`, overridden by the row's own `chat_template_kwargs`), through
    transformers' own jinja renderer (`render_jinja_template`).
-2. chat_layout.py finds, from the template's renderings of prefixes of the conversation, where each message
+2. layout.py finds, from the template's renderings of prefixes of the conversation, where each message
    starts and what each assistant turn generates: everything after its generation prompt
    (`add_generation_prompt=True` on the conversation before it), reasoning and tool calls included, through
    its end-of-turn token. That span is trained (`mask="assistant_only"`), unless the message's own train flag
@@ -16,7 +16,7 @@
    and tool-result tokens never are. `mask="all"` trains every token after the head.
 3. The rendered texts are tokenized with character offsets and without added special tokens (the template
    text already holds any BOS it wants): by the fast encoder where it is proven for this template
-   (`with_chat_path_proven`), else by the Rust tokenizer (chat_encode.py). Special-token strings inside the
+   (`with_chat_path_proven`), else by the Rust tokenizer (encode.py). Special-token strings inside the
    record's own strings (contents, reasoning, arguments) are plain text, as `apply_chat_template(...,
    sanitize_control_tokens=True)` makes them: a record cannot inject a control token.
 
@@ -25,7 +25,7 @@ assistant turn that the template renders otherwise in history (Qwen3 drops reaso
 its own, where it is the last turn, after the history as the template shows it at inference (masked).
 
 Message spans are header + content + end-of-turn (+ separator), so pack/split.py can cut at message boundaries
-(chat_flags.py); the conversation head is what precedes the first message (a BOS, a tools block the template
+(flags.py); the conversation head is what precedes the first message (a BOS, a tools block the template
 opens with).
 """
 
@@ -42,11 +42,11 @@ import numpy as np
 
 from packsft.read.records import ASSISTANT, TEXT, ChatExtras, Conversation, RecordRejected
 from packsft.render.batch import ROLE_CODES, Reject, RenderedBatch, any_of, count_special_strings
-from packsft.render.chat_encode import RenderingEncoder, rendering_encoder
-from packsft.render.chat_facts import template_facts
-from packsft.render.chat_flags import flags_and_spans, text_flags
-from packsft.render.chat_jinja import jinja_renderer, require_jinja
-from packsft.render.chat_layout import (
+from packsft.render.chat.encode import RenderingEncoder, rendering_encoder
+from packsft.render.chat.facts import template_facts
+from packsft.render.chat.flags import flags_and_spans, text_flags
+from packsft.render.chat.jinja import jinja_renderer, require_jinja
+from packsft.render.chat.layout import (
     HOLE,
     HOLE_PATTERN,
     NONE,
@@ -72,18 +72,18 @@ THINK_BLOCK = re.compile(r"\s*(<think>)(.*?)(</think>)", re.DOTALL)
 
 class ChatRenderer:
     """Renders and lays out records with one tokenizer's template; what depends only on the template (heads,
-    generation prompts, skeleton layouts per conversation shape) is its `facts` (chat_facts.py).
+    generation prompts, skeleton layouts per conversation shape) is its `facts` (facts.py).
 
     Renders with transformers' own jinja renderer (`render_jinja_template`, what `apply_chat_template` calls)
     and the template kwargs transformers passes (its `special_tokens_map`), without loading the transformers
     tokenizer: importing that imports torch (seconds per worker).
 
     Args:
-        encoder: encodes the renderings (chat_encode.py); default: `rendering_encoder(tokenizer)`, the fast
+        encoder: encodes the renderings (encode.py); default: `rendering_encoder(tokenizer)`, the fast
             one where the tokenizer's fast encoder is in use.
         template_kwargs: kwargs for every record (`--template-kwargs`); a record's own win.
         mask, unprompted, turns: the run's `--mask`, `--unprompted` and `--turns` (`render` and `prepare` follow
-            them; the Renderer protocol of batch.py).
+            them; the Renderer protocol of render/batch.py).
     """
 
     def __init__(self, tokenizer: PackTokenizer, encoder: RenderingEncoder | None = None,
@@ -108,7 +108,7 @@ class ChatRenderer:
         self.inference_prefixes: set[int] = set()  # id() of records --turns inference added
         self._jinja = jinja_renderer(tokenizer)
 
-    # -- the Renderer protocol (batch.py) ------------------------------------------------------------------------
+    # -- the Renderer protocol (render/batch.py) ------------------------------------------------------------------------
     def prepare(self, conversations: list[Conversation]) -> list[Conversation]:
         """The records to render for the run's `--turns` (`for_turns`)."""
         return self.for_turns(conversations, self.turns)
@@ -143,7 +143,7 @@ class ChatRenderer:
 
     # -- layout --------------------------------------------------------------------------------------------------
     def layout(self, conv: Conversation) -> Layout:
-        """Where the record's messages and generated spans lie in its rendering (chat_layout.py)."""
+        """Where the record's messages and generated spans lie in its rendering (layout.py)."""
         messages, tools = conv.chat_messages(), conv.tools
         kwargs = conv.template_kwargs(self.template_kwargs)
         text = self.render_text(messages, tools, kwargs)

@@ -61,7 +61,7 @@ RESUMED_CHARS = 4
 class Markers:
     """The tokenizer's special-token strings (`specials`), the tokens its model stops generating on (`stops`: EOS
     and generation_config.json's eos list), and the text the template appends after the last message whatever it
-    is (`trailer`: Phi-3.5's EOS, Command-R7B's generation prompt; per tools and kwargs, chat_facts.py)."""
+    is (`trailer`: Phi-3.5's EOS, Command-R7B's generation prompt; per tools and kwargs, facts.py)."""
 
     specials: re.Pattern[str] | None = None
     stops: re.Pattern[str] | None = None
@@ -266,7 +266,8 @@ def _anchors(message: dict[str, Any], prefix: str, text: str, hole: tuple[int, i
     else:
         content = message.get("content")
         content = content if isinstance(content, str) else ""
-        mine = prefix.rfind(content) if content else -1
+        # Only a content the prefix renders once anchors (":" would match inside a tool call's arguments).
+        mine = prefix.rfind(content) if content and prefix.count(content) == 1 else -1
         theirs = text.find(content, previous) if mine >= 0 else -1
         anchors = (mine + len(content), theirs + len(content)) if theirs >= 0 else (0, 0)
     if anchors[0] and text.startswith(prefix[:anchors[0]]):

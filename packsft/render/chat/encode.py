@@ -131,7 +131,7 @@ class HfRenderingEncoder:
 
 class FastRenderingEncoder:
     """`HfRenderingEncoder`'s ids and offsets, by the fast encoder over the runs between the template's special
-    tokens (proven equal at load: chat_proof.py)."""
+    tokens (proven equal at load: proof.py)."""
 
     def __init__(self, tokenizer: PackTokenizer, fast: FastEncoder) -> None:
         self.tokenizer = tokenizer

@@ -1,7 +1,7 @@
 """Probe records: where a chat path that differs from transformers' would differ first.
 
-`chat_proof.py` renders and encodes them both ways before a tokenizer's chat path is used (and caches the
-verdict); chat_facts.py proves its shortcuts on them (a fixed generation prompt, `LocalRules`).
+`proof.py` renders and encodes them both ways before a tokenizer's chat path is used (and caches the
+verdict); facts.py proves its shortcuts on them (a fixed generation prompt, `LocalRules`).
 """
 
 from __future__ import annotations

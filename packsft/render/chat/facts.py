@@ -6,7 +6,7 @@
     local rules:     every message opens with the prompt's special token (chat_layout.LocalRules)
 
 `TemplateFacts` holds these and the per-shape skeleton layouts with the skeletons' prefix renderings
-(chat_layout.py), shared by the ChatRenderers of one process: a worker packs many units.
+(layout.py), shared by the ChatRenderers of one process: a worker packs many units.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from packsft.read.records import ASSISTANT, TOOL, USER
-from packsft.render.chat_layout import (
+from packsft.render.chat.layout import (
     HOLE_PATTERN,
     STAND_IN_TOOLS,
     Layout,
@@ -32,7 +32,7 @@ from packsft.render.chat_layout import (
     shape_key,
     skeleton,
 )
-from packsft.render.chat_probes import JOIN_PROBE, PROBE_MARK, probe_records
+from packsft.render.chat.probes import JOIN_PROBE, PROBE_MARK, probe_records
 from packsft.render.tokenizer import PackTokenizer
 
 # A template bound to tools and kwargs: ChatRenderer.bind.

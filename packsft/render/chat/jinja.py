@@ -1,7 +1,7 @@
 """Render a chat template exactly as transformers' `apply_chat_template` does, without its tokenizer.
 
 `render_jinja_template` is what `apply_chat_template` calls; importing transformers' tokenizer classes imports
-torch (seconds per worker), its chat-template utilities do not. chat_proof.py checks the result against
+torch (seconds per worker), its chat-template utilities do not. proof.py checks the result against
 `apply_chat_template` on probe records before a tokenizer packs.
 """
 

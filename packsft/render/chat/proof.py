@@ -1,5 +1,5 @@
 """Prove a tokenizer's chat path before it packs: packsft's renderer against `apply_chat_template`, the fast
-encoding against HF's, on the probe records (chat_probes.py); and the ids `verify` reads chat rows by.
+encoding against HF's, on the probe records (probes.py); and the ids `verify` reads chat rows by.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from dataclasses import replace
 import numpy as np
 
 from packsft.read.records import ASSISTANT, USER, Conversation, RecordRejected
-from packsft.render.chat import ChatRenderer, render_chat
-from packsft.render.chat_encode import rendering_encoder
-from packsft.render.chat_jinja import require_jinja
-from packsft.render.chat_probes import PROBES_VERSION, probe_records
+from packsft.render.chat.encode import rendering_encoder
+from packsft.render.chat.jinja import require_jinja
+from packsft.render.chat.probes import PROBES_VERSION, probe_records
+from packsft.render.chat.renderer import ChatRenderer, render_chat
 from packsft.render.tokenizer import PackTokenizer
 from packsft.render.tokenizer_cache import cache_key, read_entry, write_entry
 
