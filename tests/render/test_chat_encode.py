@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from packsft import PackConfig, load_tokenizer
 from packsft.read.records import Conversation, RecordRejected
-from packsft.render.chat import encode as chat_encode_module
 from packsft.render.chat import ChatRenderer, render_chat
+from packsft.render.chat import encode as chat_encode_module
 from packsft.render.chat.encode import FastRenderingEncoder, HfRenderingEncoder, rendering_encoder
 from packsft.render.chat.probes import PROBE_CONVERSATIONS, probe_records
 from packsft.render.chat.proof import (
