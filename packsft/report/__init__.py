@@ -2,6 +2,7 @@
 chat template trains before anything is packed: `packsft template`.
 
     inspect.py          a chunk as sections (or tokens) with trained parts marked
+    markers.py          control tokens named by their part in the template (role, end of turn, stop)
     html.py             the report: summary, charts, token-level chunk views
     page.py             the page template and the summary table
     charts.py           inline SVG charts

@@ -10,8 +10,11 @@
     │   ▸ segment 2 …                      ·····  (grey = pad)       │
     └──────────────────────────────────────────────────────────────┘
 
-Tokens of reasoning, tool calls, tool results and tool definitions (inspect.token_kinds) carry a kind class
-(page.KIND_CLASSES) that underlines them in the kind's colour, over the trained/masked background.
+Control tokens show as a badge named by the part they play in the template, as `inspect` names its sections
+(markers.py): a chat turn's header opener is its role (`user`), `<|im_end|>` is `end of turn`, not "EOS"; the
+token's own text is in its tooltip. Tokens of reasoning, tool calls, tool results and tool definitions
+(inspect.token_kinds) carry a kind class (page.KIND_CLASSES) that underlines them in the kind's colour, over the
+trained/masked background.
 
 Nothing is fetched: CSS, the one script and the charts are inline, so the file opens from disk and
 can be attached to an issue. Conversation text is untrusted and every piece of it goes through
@@ -30,7 +33,8 @@ import numpy as np
 
 from packsft.pack.rows import row_lengths
 from packsft.report.charts import bar_chart, empty_chart, fraction_chart
-from packsft.report.inspect import token_kinds, tokenizer_for
+from packsft.report.inspect import MID_CONV, Section, sections, token_kinds, tokenizer_for, trained_tokens
+from packsft.report.markers import template_markers
 from packsft.report.page import KIND_CLASSES, PAGE_TEMPLATE, summary_html
 from packsft.stats import LENGTH_BIN
 from packsft.version import __version__
@@ -41,9 +45,6 @@ DEFAULT_CHUNKS = 5
 MAX_SAMPLE_ROWS = 20_000
 # Chunks longer than this many tokens show the rest behind a <details> fold.
 FOLD_AT = 768
-
-SHORT_ROLE = {"bos": "BOS", "eos": "EOS", "pad": "PAD", "user": "USR", "assistant": "ASST", "system": "SYS"}
-
 
 def _esc(text: object) -> str:
     return html.escape(str(text), quote=True)
@@ -99,14 +100,9 @@ def charts_html(output: PackedOutput) -> str:
     return "".join(f'<figure>{svg}<figcaption>{_esc(caption)}</figcaption></figure>' for svg, caption in figures)
 
 
-def _special_names(dataset: dict[str, Any]) -> dict[int, str]:
-    special = (dataset.get("tokenizer") or {}).get("special_ids") or {}
-    return {int(i): SHORT_ROLE.get(key, key.upper()) for key, i in special.items() if i is not None}
-
-
 def _token_span(token_id: int, pos: int, text: str, flag: str, role: str | None, kind: str | None = None) -> str:
     cls = {"trained": "t tr", "masked": "t ms", "pad": "t pd", "no label (row start)": "t ms"}[flag]
-    title = f"id {token_id} · pos {pos} · {flag}" + (f" · {role}" if role else "") + (f" · {kind}" if kind else "")
+    title = f"id {token_id} · pos {pos} · {flag}" + (f" · {text} · {role}" if role else "") + (f" · {kind}" if kind else "")
     if kind:
         cls += f" {KIND_CLASSES[kind]}"
     if flag == "pad":
@@ -119,21 +115,22 @@ def _token_span(token_id: int, pos: int, text: str, flag: str, role: str | None,
     return f'<span class="{cls}" title="{_esc(title)}">{_esc(shown)}</span>'
 
 
-def chunk_html(output: PackedOutput, index: int, pieces: dict[int, str], names: dict[int, str],
-               fold_at: int = FOLD_AT, kinds: dict[int, str] | None = None) -> str:
+def chunk_html(output: PackedOutput, index: int, pieces: dict[int, str], found: list[Section],
+               bos_id: int | None, fold_at: int = FOLD_AT) -> str:
     """One <article class="chunk">: a header line and every token of the row as a <span>.
 
     Args:
-        kinds: position -> kind of the row's reasoning, tool call, result and definitions tokens.
+        found: the row's `inspect.sections`: they name its control tokens and its kinds of agentic text.
+        bos_id: the tokenizer's BOS, None where it has none.
     """
-    kinds = kinds or {}
+    kinds = token_kinds(found)
+    names = {s.start: s.role for s in found if s.role != MID_CONV}
     row = output.row(index)
     shard, local = output.locate(index)
     ids = row.tokens.tolist()
     L = len(row.loss_mask)
     nonpad = int(row.segment_lengths.sum())
     n_trained = int(row.loss_mask.sum())
-    bos = next((i for i, name in names.items() if name == "BOS"), None)
     starts = {int(s): (k + 1, int(n)) for k, (s, n) in enumerate(zip(row.segment_starts, row.segment_lengths)) if n}
     head: list[str] = []
     tail: list[str] = []
@@ -141,7 +138,7 @@ def chunk_html(output: PackedOutput, index: int, pieces: dict[int, str], names: 
         spans = head if pos < fold_at else tail
         if pos in starts:
             k, n = starts[pos]
-            note = "" if bos is None or token_id == bos else " (starts mid-conversation)"
+            note = "" if bos_id is None or token_id == bos_id else " (starts mid-conversation)"
             spans.append(f'<span class="bd">▸ segment {k} · {n:,} tokens{note}</span>')
         if pos >= nonpad:
             flag = "pad"
@@ -149,19 +146,18 @@ def chunk_html(output: PackedOutput, index: int, pieces: dict[int, str], names: 
             flag = "no label (row start)"
         else:
             flag = "trained" if row.loss_mask[pos - 1] else "masked"
-        spans.append(_token_span(token_id, pos, pieces[token_id], flag, names.get(token_id), kinds.get(pos)))
+        spans.append(_token_span(token_id, pos, pieces[token_id], flag, names.get(pos), kinds.get(pos)))
     body = "".join(head)
     if tail:
         body += (f'<details class="fold"><summary>show the other {len(ids) - fold_at:,} tokens '
                  f'(positions {fold_at:,}–{len(ids) - 1:,})</summary>{"".join(tail)}</details>')
-    starts_bos = bos is not None and ids[0] == bos
+    start = "no BOS" if bos_id is None else "starts at BOS" if ids[0] == bos_id else "does not start at BOS"
     header = (
         f"Chunk {index:,} <small>shard {_esc(output.shards[shard])}, row {local:,} · trained {n_trained:,}/{L:,} "
         f"({100 * n_trained / L:.1f}%) · segments {len(starts)} · padding {L + 1 - nonpad:,} · "
-        f"{'starts at BOS' if starts_bos else 'does not start at BOS'}</small>"
+        f"{start}</small>"
     )
     return f'<article class="chunk" id="chunk-{index}"><h3>{header}</h3><div class="tokens">{body}</div></article>'
-
 
 
 def decode_pieces(tokenizer: Any, token_ids: Sequence[int]) -> dict[int, str]:
@@ -189,11 +185,13 @@ def write_report(out_dir: str | Path, html_path: str | Path, *, chunks: Sequence
     views = ""
     if indices:
         tok = tokenizer_for(output, tokenizer)
-        rows = [output.row(i).tokens for i in indices]
-        pieces = decode_pieces(tok, np.concatenate(rows).tolist())
-        names = _special_names(dataset)
-        views = "".join(chunk_html(output, i, pieces, names, fold_at, token_kinds(row, tok))
-                        for i, row in zip(indices, rows))
+        markers = template_markers(tok)
+        rows = [output.row(i) for i in indices]
+        pieces = decode_pieces(tok, np.concatenate([row.tokens for row in rows]).tolist())
+        views = "".join(
+            chunk_html(output, i, pieces, sections(row.tokens, trained_tokens(row.loss_mask), tok, markers=markers,
+                                                   pad_from=int(row.segment_lengths.sum())), tok.bos_id, fold_at)
+            for i, row in zip(indices, rows))
     page = PAGE_TEMPLATE.substitute(
         title=_esc(f"packsft report: {Path(out_dir).resolve().name}"),
         out_dir=_esc(Path(out_dir).resolve()),

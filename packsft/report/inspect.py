@@ -1,23 +1,28 @@
-"""The seed notebook's view of a chunk: role-delimited sections, what is trained, and the context check.
+"""A chunk as the seed notebook showed it: role-delimited sections, what is trained, and the context check.
 
     ── Chunk 3 (shard 00000, row 3) ─────────────────────
-    ✓ starts at BOS : True   trained: 1234/2048 tokens (60.3%)   segments: 2
+    ✓ starts at BOS : True   trained: 1234/2048 tokens (60.3%)   segments: 2   padding: 0
       │ segment 1 at 0
         <BOS      > ''
         <USR      > 'What is ...'
       ▶ <ASST     > 'It is ...'
-      ▶ <USR      > ''
+        <USR      > ''
             └ tool result '{"temp": 21}'
       ▶ <ASST     > ''
       ▶     ├ reasoning   'Read the tool result.'
       ▶     └ text        'It is 21 C.'
+      ▶ <EOS      > ''
+
+A ▶ marks a line some of whose own tokens are trained labels (the token at position i+1 is trained where
+loss_mask[i] is 1), so a prompt never shows one and the end of an assistant turn does. Sections start at the
+template's control tokens, named by the part they play (markers.py): role tokens, BOS, EOS and PAD for the
+roles template; for a chat template a turn's header (`<|im_start|>user\n`) names its role, and `end of turn`
+and `stop` name the tokens that close turns. The padding after the last segment is one line.
 
 Agentic turns are split into parts of a kind (reasoning, tool call, tool result, tool definitions), found by
 their markers in the decoded text (`<think>`…`</think>` and so on), so the view is the same whether the
-tokenizer has a token for a marker (Qwen3) or writes it as plain text (`--template roles`). A section's ▶
-means a label predicted from it is trained (as the seed notebook showed it); a part's ▶ means its own tokens are
-trained labels, so context (tool results, definitions) never shows one. A section without markers prints
-exactly as before.
+tokenizer has a token for a marker (Qwen3) or writes it as plain text (`--template roles`). A section without
+markers prints one line.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ import click
 import numpy as np
 
 from packsft.errors import TokenizerError
-from packsft.render.chat import ChatRenderer
 from packsft.render.tokenizer import PackTokenizer, load_output_tokenizer
+from packsft.report.markers import PAD, TemplateMarkers, template_markers
 from packsft.write.layout import PackedOutput
 
 MAX_CHARS = 90
@@ -66,27 +71,18 @@ class Part:
 
 @dataclass(frozen=True)
 class Section:
-    role: str  # BOS, USR, ASST, SYS, EOS, PAD or [MID-CONV]
+    role: str  # a marker name (markers.py: BOS, USR, user, end of turn, PAD, ...) or [MID-CONV]
     start: int
     end: int
     text: str  # the text before the first part when there are parts
-    trained: bool
+    trained: bool  # some token of the section is a trained label
     parts: tuple[Part, ...] = ()
+    body: int = 0  # where its text starts, after its control token or turn header
 
 
-def role_names(tokenizer: PackTokenizer) -> dict[int, str]:
-    if tokenizer.template == "chat":
-        # Chat templates have no role tokens: sections start at the template's special tokens, named
-        # by their text (`<|im_start|>` -> `im_start`); the role name follows in the section text.
-        hf = tokenizer.hf
-        special = {i for i, t in hf.added_tokens_decoder.items() if t.special} | set(hf.all_special_ids)
-        return {i: hf.convert_ids_to_tokens(i).strip("<|>") for i in sorted(special)}
-    names = {tokenizer.eos_id: "EOS", tokenizer.pad_id: "PAD"}
-    if tokenizer.bos_id is not None:
-        names[tokenizer.bos_id] = "BOS"
-    short = {"user": "USR", "assistant": "ASST", "system": "SYS"}
-    names.update({token_id: short[role] for role, token_id in tokenizer.role_ids.items()})
-    return names
+def trained_tokens(loss_mask: np.ndarray) -> np.ndarray:
+    """Whether each of a row's L+1 tokens is a trained label: loss_mask[i] trains token i+1, token 0 is none."""
+    return np.concatenate([[False], np.asarray(loss_mask, dtype=bool)])
 
 
 def _shorten(text: str, max_chars: int) -> str:
@@ -94,22 +90,33 @@ def _shorten(text: str, max_chars: int) -> str:
     return text[:max_chars] + ("..." if len(text) > max_chars else "")
 
 
-def sections(ids: np.ndarray, mask: np.ndarray, tokenizer: PackTokenizer, max_chars: int = MAX_CHARS) -> list[Section]:
-    """Group input tokens into role-delimited sections, as the seed notebook's show_chunk did, with their kind parts.
+def sections(ids: np.ndarray, trained: np.ndarray, tokenizer: PackTokenizer, max_chars: int = MAX_CHARS, *,
+             pad_from: int | None = None, markers: TemplateMarkers | None = None) -> list[Section]:
+    """Group a row's tokens into sections that start at its control tokens, with their kind parts.
 
-    `mask[i]` is the train flag of the label predicted at input position i.
+    Args:
+        trained: whether each token is a trained label (`trained_tokens`), as long as `ids`.
+        pad_from: where the row's padding starts: the padding is one PAD section. None: `ids` has none.
+        markers: `template_markers(tokenizer)`, when the caller has it already.
     """
-    names = role_names(tokenizer)
+    markers = markers or template_markers(tokenizer)
+    names = markers.names
     chat = tokenizer.template == "chat"
     ids_list = ids.tolist()
+    stop = len(ids_list) if pad_from is None else min(pad_from, len(ids_list))
     out: list[Section] = []
     i = 0
-    while i < len(ids_list):
-        role = names.get(ids_list[i], MID_CONV)
-        j = i + 1 if role != MID_CONV else i
-        while j < len(ids_list) and ids_list[j] not in names:
+    while i < stop:
+        header = markers.header_at(ids_list, i)
+        if header is not None:
+            role, first = header[0], min(i + header[1], stop)
+        elif ids_list[i] in names:
+            role, first = names[ids_list[i]], i + 1
+        else:
+            role, first = MID_CONV, i
+        j = first
+        while j < stop and ids_list[j] not in names:
             j += 1
-        first = i + 1 if role != MID_CONV else i
         full = tokenizer.hf.decode(ids_list[first:j], skip_special_tokens=True) if first < j else ""
         bounds = _part_bounds(ids_list, first, j, role, full, tokenizer) if _has_marker(full) else []
         parts: list[Part] = []
@@ -119,21 +126,22 @@ def sections(ids: np.ndarray, mask: np.ndarray, tokenizer: PackTokenizer, max_ch
                 continue  # the newlines between two parts
             text = _shorten(text, max_chars)
             parts.append(Part(kind, start, end, text.replace("\n", " ") if chat else text,
-                              bool(mask[max(start - 1, 0) : end - 1].any())))
+                              bool(trained[start:end].any())))
         if bounds:
             head = ids_list[first : bounds[0][1]]
             full = tokenizer.hf.decode(head, skip_special_tokens=True) if head else ""
         text = _shorten(full, max_chars) if full else ""
         if chat:
-            text = text.replace("\n", " ")  # 'user\nWhat is...' -> 'user What is...
-        out.append(Section(role, i, j, text, bool(mask[i:j].any()), tuple(parts)))
+            text = text.replace("\n", " ")  # 'What is\nthis?' -> 'What is this?'
+        out.append(Section(role, i, j, text, bool(trained[i:j].any()), tuple(parts), first))
         i = j
+    if stop < len(ids_list):
+        out.append(Section(PAD, stop, len(ids_list), "", bool(trained[stop:].any()), (), stop))
     return out
 
 
-def token_kinds(ids: np.ndarray, tokenizer: PackTokenizer) -> dict[int, str]:
+def token_kinds(found: list[Section]) -> dict[int, str]:
     """The kind (a key of KIND_MARKERS) of each position that lies in a reasoning, tool call, result or definitions."""
-    found = sections(ids, np.zeros(len(ids), np.uint8), tokenizer)
     return {pos: part.kind for section in found for part in section.parts if part.kind != TEXT_KIND
             for pos in range(part.start, part.end)}
 
@@ -149,11 +157,11 @@ def _part_bounds(ids: list[int], first: int, end: int, role: str, full: str,
     Markers are found in the tokens' texts joined (one decode per token), so a character maps back to the
     token that holds it; a marker that shares a token with its neighbour takes the whole token.
     """
-    if role in ROLE_OF_NAME:
-        kinds = KINDS_OF_ROLE[ROLE_OF_NAME[role]]
+    if ROLE_OF_NAME.get(role, role) in KINDS_OF_ROLE:  # a role token, or a chat turn's header
+        kinds = KINDS_OF_ROLE[ROLE_OF_NAME.get(role, role)]
     elif role == MID_CONV:
         kinds = tuple(KIND_MARKERS)
-    else:  # a chat turn names its role on its first line ('assistant\n...')
+    else:  # a chat turn whose header was not recognised may name its role on its first line ('assistant\n...')
         kinds = KINDS_OF_ROLE.get(full.split("\n", 1)[0].strip(), tuple(KIND_MARKERS))
     pieces = tokenizer.hf.batch_decode([[t] for t in ids[first:end]], skip_special_tokens=True,
                                        clean_up_tokenization_spaces=False)
@@ -220,36 +228,36 @@ def _part_text(text: str, kind: str) -> str:
     return text
 
 
-def context_check(ids: np.ndarray, mask: np.ndarray, tokenizer: PackTokenizer) -> list[str]:
-    """The seed notebook's 'context before first trained label' verdict for one chunk."""
-    names = role_names(tokenizer)
-    trained = np.flatnonzero(mask)
-    if not len(trained):
+def context_check(ids: np.ndarray, trained: np.ndarray, found: list[Section], tokenizer: PackTokenizer) -> list[str]:
+    """The seed notebook's 'context before first trained label' verdict for one row.
+
+    Args:
+        ids, trained: the row's tokens and their train flags (`trained_tokens`).
+        found: the row's `sections`.
+    """
+    positions = np.flatnonzero(trained)
+    if not len(positions):
         return ["no trained tokens"]
-    first = int(trained[0])
-    # mask[first] trains the label ids[first + 1], predicted from ids[:first + 1]: that is its context.
-    context = ids[:first + 1].tolist()
+    first = int(positions[0])  # the first trained token; ids[:first] is what predicts it
+    before = [s for s in found if s.start < first]
     user_id = tokenizer.role_ids.get("user")
-    has_bos = tokenizer.bos_id in context
-    has_user = user_id in context
-    if tokenizer.template == "chat":
-        # No role tokens: look for the template's user header; a template without BOS passes that check
-        # when the chunk starts at a conversation start (its first section is a special token).
-        header = _chat_user_header(tokenizer)
-        has_user = bool(header) and header in tokenizer.hf.decode(context, skip_special_tokens=False)
-        has_bos = tokenizer.bos_id in context if tokenizer.bos_id is not None else int(ids[0]) in names
-    text = tokenizer.hf.decode([t for t in context if t not in names], skip_special_tokens=True).strip()[:80]
-    first_label = tokenizer.hf.decode([int(ids[first + 1]) if first + 1 < len(ids) else int(ids[first])])
+    if tokenizer.bos_id is not None:
+        has_bos = tokenizer.bos_id in ids[:first].tolist()
+    else:  # a chat template without BOS: a row that starts at a turn's header has the turn's start
+        has_bos = bool(found) and found[0].body > found[0].start + 1
+    has_user = any(s.role in ("USR", "user") for s in before)
+    content = [t for s in before for t in ids[s.body : min(s.end, first)].tolist()]
+    text = tokenizer.hf.decode(content, skip_special_tokens=True).strip()[:80]
     lines = [
         f"{'✓' if has_bos and has_user else '✗'} context before first trained label:",
-        f"     role tokens seen : {[names[t] for t in context if t in names]}",
+        f"     role tokens seen : {[s.role for s in before if s.role != MID_CONV]}",
         f"     user context     : {text!r}",
-        f"     first prediction : {first_label!r}",
+        f"     first prediction : {tokenizer.hf.decode([int(ids[first])])!r}",
     ]
-    user_first = user_id is not None and first + 1 < len(ids) and int(ids[first + 1]) == user_id
     if not has_bos:
-        lines.append("     ⚠ no BOS — chunk starts mid-conversation, user question is not in context")
-    elif not has_user and user_first:
+        where = "BOS" if tokenizer.bos_id is not None else "turn header"
+        lines.append(f"     ⚠ no {where} — chunk starts mid-conversation, user question is not in context")
+    elif not has_user and user_id is not None and int(ids[first]) == user_id:
         lines[0] = "✓" + lines[0][1:]
         lines.append("     ✓ the first trained label opens the user turn (--mask all trains every token)")
     elif not has_user:
@@ -266,19 +274,12 @@ def _paint(line: str, trained: bool, color: bool) -> str:
     return click.style(line, fg="green") if trained else click.style(line, dim=True)
 
 
-def _chat_user_header(tokenizer: PackTokenizer) -> str:
-    """The text a chat template puts before a (second) user message, after the previous turn's end."""
-
-    pieces = ChatRenderer(tokenizer).literals(("user", "user"))
-    if not pieces:
-        return ""
-    between = pieces[1]
-    # Drop the previous turn's end: everything up to and including the first special token.
-    found = [(between.find(t), t) for t in tokenizer.hf.all_special_tokens if t and t in between]
-    if found:
-        at, token = min(found)
-        between = between[at + len(token) :]
-    return between.lstrip("\n")
+def start_check(ids: np.ndarray, tokenizer: PackTokenizer) -> str:
+    """The row's first check: does it start at BOS; a template without BOS says so instead of a verdict."""
+    if tokenizer.bos_id is None:
+        return f"  no BOS ({tokenizer.template} template)"
+    starts = int(ids[0]) == tokenizer.bos_id
+    return f"{'✓' if starts else '✗'} starts at BOS : {starts}"
 
 
 def render_chunk(output: PackedOutput, index: int, tokenizer: PackTokenizer, *, tokens: bool = False,
@@ -286,35 +287,40 @@ def render_chunk(output: PackedOutput, index: int, tokenizer: PackTokenizer, *, 
     """The text `packsft inspect --chunk N` prints; `color` adds ANSI colours for a terminal."""
     row = output.row(index)
     shard, local = output.locate(index)
-    ids = row.tokens[:-1]
+    ids = row.tokens
     labels = row.tokens[1:]
     mask = row.loss_mask
     L = len(mask)
     n_trained = int(mask.sum())
-    starts_bos = tokenizer.bos_id is not None and int(ids[0]) == tokenizer.bos_id
-    if tokenizer.bos_id is None:  # chat templates without BOS: a piece starts at a special token instead
-        starts_bos = int(ids[0]) in role_names(tokenizer)
+    nonpad = int(row.segment_lengths.sum())
+    trained = trained_tokens(mask)
+    found = sections(ids, trained, tokenizer, max_chars, pad_from=nonpad)
     starts = set(row.segment_starts.tolist())
+    width = max([9] + [len(s.role) for s in found])
     lines = [
         f"── Chunk {index} (shard {output.shards[shard]}, row {local}) {'─' * 30}",
-        f"{'✓' if starts_bos else '✗'} starts at BOS : {starts_bos if tokenizer.bos_id is not None else 'n/a (no BOS)'}   trained: {n_trained}/{L} tokens "
-        f"({100 * n_trained / L:.1f}%)   segments: {len(row.segment_lengths)}   "
-        f"padding: {L + 1 - int(row.segment_lengths.sum())}",
+        f"{start_check(ids, tokenizer)}   trained: {n_trained}/{L} tokens ({100 * n_trained / L:.1f}%)   "
+        f"segments: {len(row.segment_lengths)}   padding: {L + 1 - nonpad}",
     ]
     segment = 0
-    for section in sections(ids, mask, tokenizer, max_chars):
+    for section in found:
         for start in sorted(s for s in starts if section.start <= s < section.end):
             segment += 1
             line = f"  │ segment {segment} at {start}"
             lines.append(click.style(line, fg="cyan") if color else line)
         marker = "  ▶" if section.trained else "   "
-        lines.append(_paint(f"{marker} <{section.role:<9}> {section.text!r}", section.trained, color))
+        shown = f"× {section.end - section.start}" if section.start == nonpad else repr(section.text)
+        if section.trained and section.text and not trained[section.body : section.end].any():
+            # The roles template trains the role token that ends an assistant's turn, not the text after it.
+            what = "token" if section.body == section.start + 1 else "header"
+            shown += f"   (only the {section.role} {what} is trained)"
+        lines.append(_paint(f"{marker} <{section.role:<{width}}> {shown}", section.trained, color))
         for k, part in enumerate(section.parts):
             branch = "└" if k == len(section.parts) - 1 else "├"
             line = f"{'  ▶' if part.trained else '   '}     {branch} {part.kind:<11} {part.text!r}"
             lines.append(_paint(line, part.trained, color))
     lines.append("")
-    lines.extend(context_check(ids, mask, tokenizer))
+    lines.extend(context_check(ids, trained, found, tokenizer))
     if tokens:
         lines.append("")
         lines.append(f"{'pos':>5} {'input':>7} {'label':>7} {'train':>5}  text")
@@ -329,7 +335,13 @@ def tokenizer_for(output: PackedOutput, override: str | None = None) -> PackToke
     """Load the tokenizer an output was packed with (or `override`), refusing a different one."""
 
     info = output.dataset["tokenizer"]
-    tokenizer = load_output_tokenizer(info, override)
+    try:
+        tokenizer = load_output_tokenizer(info, override)
+    except TokenizerError as exc:
+        if override:
+            raise
+        raise TokenizerError(f"{exc}. {output.out_dir} was packed with tokenizer {info['name']!r}: pass --tokenizer "
+                             "PATH to load it from where it is now (the same tokenizer files)") from None
     if tokenizer.fingerprint != info["fingerprint"]:
         raise TokenizerError(
             f"tokenizer {override or info['name']!r} is not the one this output was packed with "

@@ -195,8 +195,9 @@ $summary
 <div id="charts">$charts</div>
 <h2 id="chunks">Chunks ($chunk_count shown)</h2>
 <p class="legend"><span class="t tr">trained label</span><span class="t ms">masked label</span>
-<span class="t pd">· pad</span><span class="t ms rl">ROLE</span> role token
-<span style="color:#c0392b">▸ segment</span> conversation boundary. Hover a token for its id, position and flag.<br>
+<span class="t pd">· pad</span><span class="t ms rl">user</span> control token, named by its part in the template
+(role, end of turn, stop, BOS)
+<span style="color:#c0392b">▸ segment</span> conversation boundary. Hover a token for its id, position, flag and text.<br>
 Underlined: <span class="t ms k-think">reasoning</span><span class="t ms k-call">tool call</span>
 <span class="t ms k-result">tool result</span><span class="t ms k-tools">tool definitions</span></p>
 $chunks

@@ -20,7 +20,7 @@ from packsft import PackConfig, PackedOutput, load_tokenizer
 from packsft.cli import main
 from packsft.demo import DATA_DIR
 from packsft.report.html import write_report
-from packsft.report.inspect import KIND_MARKERS, render_chunk, sections, tokenizer_for
+from packsft.report.inspect import KIND_MARKERS, render_chunk, sections, tokenizer_for, trained_tokens
 from packsft.report.page import KIND_CLASSES
 from packsft.run import run_pack
 from tests.helpers import AGENT, SEARCH, WEATHER, call
@@ -47,90 +47,94 @@ ROME = '{"name": "get_weather", "arguments": {"city": "Rome"}}'
 MUSEUM = '{"name": "search", "arguments": {"query": "museum Rome"}}'
 QWEN_CALL_FORMAT = "'For each function call, return a json object with function name and arguments within <tool...'"
 
+# A ▶ marks a line whose own tokens include trained labels: each assistant turn and the end of turn that closes it,
+# never a prompt. A chat template's turns are named by their headers, `<|im_end|>` by its part ("end of turn").
 QWEN_TRAVEL = f"""── Chunk 0 (shard 00000, row 0) {'─' * 30}
-✓ starts at BOS : n/a (no BOS)   trained: 100/512 tokens (19.5%)   segments: 1   padding: 128
+  no BOS (chat template)   trained: 100/512 tokens (19.5%)   segments: 1   padding: 128
   │ segment 1 at 0
-    <im_start > 'system You are a travel assistant.  # Tools  You may call one or more functions to assist ...'
+    <system     > 'You are a travel assistant.  # Tools  You may call one or more functions to assist with th...'
         ├ tool defs   '{TRAVEL_DEFS}'
         └ text        {QWEN_CALL_FORMAT}
-    <im_end   > ''
-    <im_start > 'user Is it warm in Paris and Rome today?'
-    <im_end   > ''
-  ▶ <im_start > 'assistant'
+    <end of turn> ''
+    <user       > 'Is it warm in Paris and Rome today?'
+    <end of turn> ''
+  ▶ <assistant  > ''
   ▶     ├ tool call   '{PARIS}'
   ▶     └ tool call   '{ROME}'
-    <im_end   > ''
-    <im_start > 'user'
+  ▶ <end of turn> ''
+    <user       > ''
         ├ tool result '{{"temp": 21}}'
         └ tool result '{{"temp": 27}}'
-    <im_end   > ''
-  ▶ <im_start > 'assistant Rome is warmer (27 °C) than Paris (21 °C).'
-    <im_end   > ''
-    <im_start > 'user Find me a museum in Rome.'
-    <im_end   > ''
-  ▶ <im_start > 'assistant Searching.'
+    <end of turn> ''
+  ▶ <assistant  > 'Rome is warmer (27 °C) than Paris (21 °C).'
+  ▶ <end of turn> ''
+    <user       > 'Find me a museum in Rome.'
+    <end of turn> ''
+  ▶ <assistant  > 'Searching.'
   ▶     └ tool call   '{MUSEUM}'
-    <im_end   > ''
-    <im_start > 'user'
+  ▶ <end of turn> ''
+    <user       > ''
         └ tool result 'Vatican Museums; Borghese Gallery'
-    <im_end   > ''
-  ▶ <im_start > 'assistant'
+    <end of turn> ''
+  ▶ <assistant  > ''
   ▶     ├ reasoning   'The user wants one.'
   ▶     └ text        'Try the Borghese Gallery.'
-    <im_end   > ''
-""" + "    <endoftext> ''\n" * 127 + """
+  ▶ <end of turn> ''
+    <PAD        > × 128
+
 ✓ context before first trained label:
-     role tokens seen : ['im_start', 'im_end', 'im_start', 'im_end', 'im_start']
-     user context     : 'system\\nYou are a travel assistant.\\n\\n# Tools\\n\\nYou may call one or more functions '
+     role tokens seen : ['system', 'end of turn', 'user', 'end of turn', 'assistant']
+     user context     : 'You are a travel assistant.\\n\\n# Tools\\n\\nYou may call one or more functions to assi'
      first prediction : '<tool_call>'
      ✓ full user turn visible before first trained token"""
 
 QWEN_REASONED = f"""── Chunk 1 (shard 00000, row 1) {'─' * 30}
-✓ starts at BOS : n/a (no BOS)   trained: 49/512 tokens (9.6%)   segments: 1   padding: 302
+  no BOS (chat template)   trained: 49/512 tokens (9.6%)   segments: 1   padding: 302
   │ segment 1 at 0
-    <im_start > 'system Be brief.  # Tools  You may call one or more functions to assist with the user quer...'
+    <system     > 'Be brief.  # Tools  You may call one or more functions to assist with the user query.  You...'
         ├ tool defs   '{DEFS}'
         └ text        {QWEN_CALL_FORMAT}
-    <im_end   > ''
-    <im_start > 'user Weather in Paris?'
-    <im_end   > ''
-  ▶ <im_start > 'assistant'
+    <end of turn> ''
+    <user       > 'Weather in Paris?'
+    <end of turn> ''
+  ▶ <assistant  > ''
   ▶     ├ reasoning   'Need the tool.'
   ▶     ├ text        'Let me check.'
   ▶     └ tool call   '{PARIS}'
-    <im_end   > ''
-    <im_start > 'user'
+  ▶ <end of turn> ''
+    <user       > ''
         └ tool result '{{"temp": 21}}'
-    <im_end   > ''
-  ▶ <im_start > 'assistant'
+    <end of turn> ''
+  ▶ <assistant  > ''
   ▶     ├ reasoning   'Read the tool result.'
   ▶     └ text        'It is 21 C.'
-    <im_end   > ''
-""" + "    <endoftext> ''\n" * 301 + """
+  ▶ <end of turn> ''
+    <PAD        > × 302
+
 ✓ context before first trained label:
-     role tokens seen : ['im_start', 'im_end', 'im_start', 'im_end', 'im_start']
-     user context     : 'system\\nBe brief.\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the'
+     role tokens seen : ['system', 'end of turn', 'user', 'end of turn', 'assistant']
+     user context     : 'Be brief.\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user q'
      first prediction : '<think>'
      ✓ full user turn visible before first trained token"""
 
-# The roles template: a section's ▶ is the seed's (a label predicted from it is trained: a tool result's last
-# token predicts the trained <|assistant|>), a part's ▶ is its own tokens', so no tool result has one.
+# The roles template ends an assistant's turn with the next role token, trained: that <USR> line has a ▶ and
+# says that only its token is; no tool result or prompt text is trained.
 ROLES_TRAVEL = f"""── Chunk 0 (shard 00000, row 0) {'─' * 30}
 ✓ starts at BOS : True   trained: 281/1024 tokens (27.4%)   segments: 1   padding: 248
   │ segment 1 at 0
     <BOS      > ''
     <SYS      > 'You are a travel assistant.\\n\\n# Tools'
         └ tool defs   '{TRAVEL_DEFS}'
-  ▶ <USR      > 'Is it warm in Paris and Rome today?'
+    <USR      > 'Is it warm in Paris and Rome today?'
   ▶ <ASST     > ''
   ▶     ├ tool call   '{PARIS}'
   ▶     └ tool call   '{ROME}'
-    <USR      > ''
-        └ tool result '{{"temp": 21}}'
   ▶ <USR      > ''
+        └ tool result '{{"temp": 21}}'
+    <USR      > ''
         └ tool result '{{"temp": 27}}'
   ▶ <ASST     > 'Rome is warmer (27 °C) than Paris (21 °C).'
-  ▶ <USR      > 'Find me a museum in Rome.'
+  ▶ <USR      > 'Find me a museum in Rome.'   (only the USR token is trained)
   ▶ <ASST     > 'Searching.'
   ▶     └ tool call   '{MUSEUM}'
   ▶ <USR      > ''
@@ -138,11 +142,12 @@ ROLES_TRAVEL = f"""── Chunk 0 (shard 00000, row 0) {'─' * 30}
   ▶ <ASST     > ''
   ▶     ├ reasoning   'The user wants one.'
   ▶     └ text        'Try the Borghese Gallery.'
-    <EOS      > ''
-""" + "    <PAD      > ''\n" * 247 + """
+  ▶ <EOS      > ''
+    <PAD      > × 248
+
 ✓ context before first trained label:
      role tokens seen : ['BOS', 'SYS', 'USR']
-     user context     : 'You are a travel assistant.\\n\\n# Tools\\n\\n<tools>\\n{"type": "function", "function": {'
+     user context     : 'You are a travel assistant.\\n\\n# Tools\\n\\n<tools>\\n{{"type": "function", "function": {{'
      first prediction : '<|assistant|>'
      ✓ full user turn visible before first trained token"""
 
@@ -152,7 +157,7 @@ ROLES_REASONED = f"""── Chunk 1 (shard 00000, row 1) {'─' * 30}
     <BOS      > ''
     <SYS      > 'Be brief.\\n\\n# Tools'
         └ tool defs   '{DEFS}'
-  ▶ <USR      > 'Weather in Paris?'
+    <USR      > 'Weather in Paris?'
   ▶ <ASST     > ''
   ▶     ├ reasoning   'Need the tool.'
   ▶     ├ text        'Let me check.'
@@ -162,11 +167,12 @@ ROLES_REASONED = f"""── Chunk 1 (shard 00000, row 1) {'─' * 30}
   ▶ <ASST     > ''
   ▶     ├ reasoning   'Read the tool result.'
   ▶     └ text        'It is 21 C.'
-    <EOS      > ''
-""" + "    <PAD      > ''\n" * 690 + """
+  ▶ <EOS      > ''
+    <PAD      > × 691
+
 ✓ context before first trained label:
      role tokens seen : ['BOS', 'SYS', 'USR']
-     user context     : 'Be brief.\\n\\n# Tools\\n\\n<tools>\\n{"type": "function", "function": {"name": "get_weath'
+     user context     : 'Be brief.\\n\\n# Tools\\n\\n<tools>\\n{{"type": "function", "function": {{"name": "get_weath'
      first prediction : '<|assistant|>'
      ✓ full user turn visible before first trained token"""
 
@@ -222,10 +228,10 @@ def test_inspect_splits_turns_into_kinds(request, template, expected):
     assert click.style("        └ tool result '{\"temp\": 21}'", dim=True) in coloured
 
 
-def view(tokenizer, ids: list[int], mask: np.ndarray | None = None) -> list[tuple]:
-    mask = np.zeros(len(ids), np.uint8) if mask is None else mask
+def view(tokenizer, ids: list[int], trained: np.ndarray | None = None) -> list[tuple]:
+    trained = np.zeros(len(ids), bool) if trained is None else trained
     return [(s.role, s.text, [(p.kind, p.text, p.trained) for p in s.parts])
-            for s in sections(np.array(ids), mask, tokenizer)]
+            for s in sections(np.array(ids), trained, tokenizer)]
 
 
 def test_a_chunk_may_start_inside_a_part(demo):
@@ -244,8 +250,8 @@ def test_qwen3_chunk_starting_inside_reasoning(qwen_out):
     tokenizer = tokenizer_for(output)
     row = output.row(1)
     at = [tokenizer.hf.decode([t]) for t in row.tokens.tolist()].index("Need")
-    ids, mask = row.tokens[at:-1].tolist(), row.loss_mask[at:]
-    assert view(tokenizer, ids, mask)[0] == ("[MID-CONV]", "", [
+    ids, trained = row.tokens[at:].tolist(), trained_tokens(row.loss_mask)[at:]
+    assert view(tokenizer, ids, trained)[0] == ("[MID-CONV]", "", [
         ("reasoning", "Need the tool.", True), ("text", "Let me check.", True), ("tool call", PARIS, True)])
 
 
@@ -272,7 +278,7 @@ def test_data_without_markers_has_no_parts(demo_tokenizer_dir, tmp_path):
     tokenizer = tokenizer_for(output)
     for index in range(len(output)):
         row = output.row(index)
-        assert all(not s.parts for s in sections(row.tokens[:-1], row.loss_mask, tokenizer))
+        assert all(not s.parts for s in sections(row.tokens, trained_tokens(row.loss_mask), tokenizer))
     assert "├" not in render_chunk(output, 0, tokenizer) and "└" not in render_chunk(output, 0, tokenizer)
 
 
