@@ -28,7 +28,9 @@ from packsft.read.reader import DETECT
 from packsft.read.records import ROLE_ALIASES, ChatExtras, Conversation, RecordRejected, validate_chat
 from packsft.read.shapes import to_conversation
 from packsft.render.chat import ChatRenderer, render_chat
+from packsft.render.chat.probes import PROBES_VERSION
 from packsft.render.tokenizer import PackTokenizer, chat_template_sha256, load_tokenizer
+from packsft.render.tokenizer_cache import cache_key, read_entry, write_entry
 from packsft.report.template_fields import template_fields
 
 # The kwarg that makes reasoning templates (Qwen3, SmolLM3, ...) render a turn without reasoning as it shows it in
@@ -77,9 +79,18 @@ def history_rewrites(tokenizer: PackTokenizer, template_kwargs: Mapping[str, Any
     history than as the last turn (`plain_turns_rewritten`), and whether adding `enable_thinking: false` to
     `template_kwargs` renders it the same both ways (`thinking_off_keeps_history`)."""
     kwargs = dict(template_kwargs or {})
+    # Cached per tokenizer (its fingerprint covers the template) and kwargs: it analyses the template in the
+    # planning process (about 1.7 s for qwen3), which would otherwise add that to every run's wall time.
+    key = cache_key("chat-history", {"fingerprint": tokenizer.fingerprint, "kwargs": kwargs,
+                                     "probes": PROBES_VERSION})
+    entry = read_entry("proofs", key)
+    if entry is not None and {"plain_turns_rewritten", "thinking_off_keeps_history"} <= set(entry):
+        return {name: bool(entry[name]) for name in ("plain_turns_rewritten", "thinking_off_keeps_history")}
     rewritten = _rewrites_plain_turn(tokenizer, kwargs)
     fixed = rewritten and not _rewrites_plain_turn(tokenizer, {**kwargs, **THINKING_OFF})
-    return {"plain_turns_rewritten": rewritten, "thinking_off_keeps_history": fixed}
+    found = {"plain_turns_rewritten": rewritten, "thinking_off_keeps_history": fixed}
+    write_entry("proofs", key, found)
+    return found
 
 
 @dataclass
