@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -195,11 +196,13 @@ def make_plan(
     and the loaded tokenizer.
 
     The plan's config names the encoder the tokenizer got (`auto` resolved to `fast` or `hf`), the template
-    (`auto` resolved to `roles` or `chat`) and the --chat-template file by its absolute path.
+    (`auto` resolved to `roles` or `chat`) and the --chat-template file by its absolute path. Local inputs and a
+    local tokenizer folder are named by their absolute paths, so that plan.json and dataset.json lead to them from
+    any working directory; what identifies them is their content, never where they are.
     """
 
     specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
-    listing = list_inputs(specs)
+    listing = absolute_listing(list_inputs(specs))
     for spec in specs:
         folder = Path(spec)
         if not is_url(spec) and folder.is_dir() and (out_dir.resolve() == folder.resolve()
@@ -208,7 +211,7 @@ def make_plan(
     # Every file is opened and its schema checked before anything is written.
     units, skipped = plan_inputs(listing, config, unit_bytes, skip_bad_files=skip_bad_files)
     chat_template = read_chat_template(config.chat_template) if config.chat_template else None
-    tokenizer = load_tokenizer(config.tokenizer, config.template, chat_template=chat_template,
+    tokenizer = load_tokenizer(absolute_tokenizer(config.tokenizer), config.template, chat_template=chat_template,
                                trust_remote_code=config.trust_remote_code, encoder=config.encoder)
     tokenizer = with_chat_path_proven(tokenizer)
     config = loaded_config(config, tokenizer)
@@ -222,10 +225,25 @@ def make_plan(
 
 
 def loaded_config(config: PackConfig, tokenizer: PackTokenizer) -> PackConfig:
-    """`config` as the loaded tokenizer resolves it: its encoder, its template (auto resolved) and the absolute
-    path of the --chat-template file (what workers elsewhere and `verify --deep` read)."""
+    """`config` as the loaded tokenizer resolves it: its encoder, its template (auto resolved), its name (a local
+    folder's absolute path) and the absolute path of the --chat-template file (what workers elsewhere and
+    `verify --deep` read)."""
     config = config.with_template("chat" if tokenizer.template == "chat" else "roles", tokenizer.name)
-    return replace(config, encoder=tokenizer.encoder, chat_template=tokenizer.chat_template_file)
+    return replace(config, tokenizer=tokenizer.name, encoder=tokenizer.encoder,
+                   chat_template=tokenizer.chat_template_file)
+
+
+def absolute_tokenizer(name_or_path: str) -> str:
+    """A local tokenizer folder as its absolute path; a model-hub name as it is."""
+    return os.path.abspath(name_or_path) if Path(name_or_path).exists() else name_or_path
+
+
+def absolute_listing(listing: InputListing) -> InputListing:
+    """`listing` with its local root and files named by absolute paths (names, relative to the root, unchanged)."""
+    if is_url(listing.root):
+        return listing
+    return InputListing(os.path.abspath(listing.root),
+                        [(name, Path(os.path.abspath(path))) for name, path in listing.files])
 
 
 def split_row_groups(sizes: list[int], parts: int) -> list[tuple[int, int]]:

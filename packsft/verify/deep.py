@@ -12,9 +12,10 @@ Packing is deterministic, so any difference is a fault of the output (or of pack
 inputs are gone or changed, or whose tokenizer changed, cannot be re-packed: it is returned as skipped, with
 why, and `checks.py` makes that a problem unless the caller accepts skips (`--allow-skip`).
 
-Paths are stored as the pack was given them: a relative data_dir or tokenizer path is relative to the working
-directory of the pack. From elsewhere, deep looks for it (`pack_folders`) from the pack's working directory
-(derived from plan.json, whose inputs are absolute), then from OUT_DIR and each folder above it.
+A pack stores data_dir and a local tokenizer as absolute paths. Outputs of an earlier packsft stored them as given:
+a relative one is relative to the working directory of the pack, so deep looks for it (`pack_folders`) from the
+pack's working directory (derived from plan.json, whose inputs are absolute), then from OUT_DIR and each folder
+above it.
 """
 
 from __future__ import annotations
