@@ -105,6 +105,8 @@ class Example:
     run_ends: list[str] = field(default_factory=list)  # the last token of each trained run
     rewritten_turns: list[int] = field(default_factory=list)  # message indices shown otherwise in history
     reasoning_tokens_dropped: int = 0
+    stop_appended: str = ""  # the stop token packsft appends where the template renders none after the last turn
+    ended_without_stop: int = 0  # trained turns that end with a template token the model does not stop on
     unstable_prefixes: list[int] = field(default_factory=list)  # i where render(messages[:i]) is no prefix
     refused_prefixes: list[int] = field(default_factory=list)  # i where the template refuses messages[:i]
     error: str | None = None  # the template refused the record
@@ -206,7 +208,9 @@ def _example(tokenizer: PackTokenizer, shape: str, conv: Conversation, kwargs: d
         return Example(shape, error=bad.reason)
     example = Example(shape, tokens=len(batch.ids), trained_tokens=int(batch.flags.sum()),
                       rewritten_turns=[i for i, changed in enumerate(layout.rewritten) if changed],
-                      reasoning_tokens_dropped=renderer.counts.reasoning_tokens_dropped)
+                      reasoning_tokens_dropped=renderer.counts.reasoning_tokens_dropped,
+                      stop_appended=layout.appended,
+                      ended_without_stop=renderer.counts.turns_ended_without_stop_token)
     flags = batch.flags.astype(bool)
     bounds = [0, *(np.flatnonzero(np.diff(flags)) + 1).tolist(), len(flags)]
     for start, end in zip(bounds[:-1], bounds[1:]):
@@ -297,6 +301,12 @@ def _example_lines(example: Example, stops: set[str], color: bool) -> list[str]:
                      + ", ".join(map(str, example.rewritten_turns)))
     if example.reasoning_tokens_dropped:
         lines.append(f"  reasoning: {example.reasoning_tokens_dropped} tokens of the record's reasoning are not rendered")
+    if example.stop_appended:
+        lines.append(f"  stop: the template renders no stop token after the last turn; packsft appends "
+                     f"{example.stop_appended!r} (EOS) and trains it")
+    if example.ended_without_stop:
+        lines.append(f"  stop: {example.ended_without_stop} trained turn(s) end with a template token that is not one of "
+                     "the model's stop tokens; it is trained as the turn's end")
     if example.unstable_prefixes or example.refused_prefixes:
         lines.append("  prefixes: " + "; ".join(part for part in (
             f"messages[:i] renders as no prefix of the whole for i = {', '.join(map(str, example.unstable_prefixes))}"
