@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -54,8 +55,8 @@ def pack_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with the same keys as these flags; flags override it."),
         click.option("--tokenizer", help="Tokenizer folder or model-hub name. [default: gpt2]"),
-        click.option("--format", "data_format", type=click.Choice(FORMATS), help="Input records: chat 'messages' or plain 'text'. [default: conversation]"),
-        click.option("--input-format", type=click.Choice(INPUT_FORMATS), help="Record shape: smoltalk/openai 'messages', sharegpt 'conversations', TRL 'prompt'+'completion', alpaca 'instruction'+'output', 'text'; auto detects per file. [default: auto]"),
+        click.option("--format", "data_format", type=click.Choice(FORMATS), hidden=True, help="Old name of --input-format: --format text is --input-format text, --format conversation the default."),
+        click.option("--input-format", type=click.Choice(INPUT_FORMATS), help="Record shape: smoltalk/openai 'messages', sharegpt 'conversations', TRL 'prompt'+'completion', alpaca 'instruction'+'output', 'text' documents (the old --format text, still accepted); auto detects per file. [default: auto]"),
         click.option("--role-map", help="Extra role names, e.g. 'bot=assistant,person=user' (added to the built-in aliases)."),
         click.option("--template", type=click.Choice(TEMPLATES), help="Render with the tokenizer's chat template (chat), the role-token format (roles: BOS, a role token per message, EOS), or auto: chat where the tokenizer has a chat template, else roles. [default: auto]"),
         click.option("--chat-template", type=click.Path(dir_okay=False), help="A .jinja file whose text replaces the tokenizer's chat template (recorded in dataset.json, part of the tokenizer fingerprint)."),
@@ -93,6 +94,10 @@ def main() -> None:
         packsft inspect out/ --chunk 0
         packsft stats out/
     """
+    # transformers logs advice as it is imported ("PyTorch was not found...", which tokenizers never need),
+    # lazily, in the middle of a progress bar; workers inherit the setting. Its errors still show, packsft's own
+    # messages are not logging, and a TRANSFORMERS_VERBOSITY the user set wins.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def unit_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -175,14 +180,15 @@ def pack(data: tuple[str, ...], out_dir: str, config_file: str | None, overwrite
 
 def echo_pack_result(result: Any, out_dir: str) -> None:
     """The summary of a finished pack, or what is left to the other array tasks."""
-    from packsft.stats import format_summary
+    from packsft.stats import counted, format_summary
 
     if result.dataset is not None:
         click.echo(format_summary(result.dataset))
-        click.echo(f"wrote {result.out_dir} in {result.seconds:.1f}s ({result.packed} units packed, {result.skipped} already done)")
+        click.echo(f"wrote {result.out_dir} in {result.seconds:.1f}s ({counted(result.packed, 'unit')} packed, "
+                   f"{result.skipped} already done)")
     else:
-        click.echo(f"packed {result.packed} units ({result.skipped} already done) in {result.seconds:.1f}s; "
-                   f"{result.missing} units of other tasks remain. When all are done: packsft merge {out_dir}")
+        click.echo(f"packed {counted(result.packed, 'unit')} ({result.skipped} already done) in {result.seconds:.1f}s; "
+                   f"{counted(result.missing, 'unit')} of other tasks remain. When all are done: packsft merge {out_dir}")
 
 
 @main.command()
@@ -458,9 +464,10 @@ def export(out_dir: str, dest: str, target: str, overwrite: bool, quiet: bool) -
         packsft export out/ out-olmo/ --to olmo-core
     """
     from packsft.export import export_output
+    from packsft.stats import counted
 
     result = export_output(out_dir, dest, target, overwrite=overwrite, quiet=quiet)
-    click.echo(f"wrote {result.files} files ({result.bytes / 2**20:.1f} MiB, {result.rows} rows) to {result.dest} "
+    click.echo(f"wrote {counted(result.files, 'file')} ({result.bytes / 2**20:.1f} MiB, {result.rows} rows) to {result.dest} "
                f"in {result.seconds:.1f}s; see {result.dest}/export.json")
 
 

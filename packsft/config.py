@@ -246,7 +246,23 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"{path}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(CONFIG_KEYS))}"
         )
+    for key in PATH_KEYS & values.keys():
+        values[key] = _relative_to(path.parent, values[key], hub_name=key == "tokenizer")
     return values
+
+
+def _relative_to(folder: Path, value: Any, *, hub_name: bool) -> Any:
+    """A path written in a config file, read from the file's folder (so the file works from any directory).
+
+    A tokenizer may also be a model-hub name ('gpt2', 'Qwen/Qwen3-8B'): a relative value that names nothing next
+    to the file stays as written.
+    """
+    if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+        return value
+    candidate = folder / value
+    if hub_name and not candidate.exists():
+        return value
+    return str(candidate)
 
 
 def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> PackConfig:

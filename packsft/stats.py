@@ -30,6 +30,10 @@ LENGTH_BIN = 256
 LENGTH_BINS = 64
 
 UNPROMPTED_WARN_SHARE = 0.01
+# The per-source key of conversations without a source (stages.py's; records read from a file are named by it).
+NO_SOURCE = "(none)"
+MAX_SOURCES_SHOWN = 20  # per-source rows in the text summary; --json has them all
+SOURCE_WIDTH = 48  # the longest source name the text summary shows whole (a file's path, often)
 
 C = TypeVar("C", bound="Counts")
 
@@ -311,6 +315,22 @@ def summarize(counters: UnitCounters, seq_length: int, files_skipped: int = 0) -
     }
 
 
+def records_read(stats: Mapping[str, Any]) -> int:
+    """Records read that reached validation (--source-filter's are not): the valid conversations read plus the
+    records rejected before rendering. What `records_rejected` counts among, and the reject threshold's base.
+
+    A conversation read and then rejected by the chat template or for having no trained token counts once, not
+    twice. Derived from the summary, so every output's stats give it, whatever version wrote them.
+    """
+    return (stats["conversations_read"] + stats["records_rejected"] - stats["conversations_dropped_no_trained"]
+            - (stats.get("conversations_rejected_rendering") or 0))
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 file', '2 files', '1,024 records'."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 def _context_figures(context: LabelContext, kept: int) -> dict[str, float | None]:
     return {
         "context_completeness": _ratio(context.prompted_labels_complete, context.prompted_labels),
@@ -419,6 +439,14 @@ def _rows(summary: dict[str, Any], tokens: int) -> int:
     return math.ceil(tokens / ((summary["seq_length"] + 1) * (summary.get("fill") or 1)))
 
 
+def _cut(text: str, width: int) -> str:
+    """`text` in `width` characters, '…' in the middle for what is left out (a file path keeps its start and end)."""
+    if len(text) <= width:
+        return text
+    tail = (width - 1) // 2
+    return text[: width - 1 - tail] + "…" + text[-tail:]
+
+
 def format_summary(dataset: dict[str, Any]) -> str:
     """A readable summary of a packed output (what `packsft stats` prints)."""
     s = dataset["stats"]
@@ -446,9 +474,20 @@ def format_summary(dataset: dict[str, Any]) -> str:
           if s.get("tool_answer_context_completeness") is not None else []),
         f"  BOS + user before    {pct(s['labels_with_bos_and_user'])}   (trained labels with BOS and a user turn before them in their piece)",
         "",
-        f"  conversations read {s['conversations_read']:,}, packed {s['conversations_packed']:,}, "
-        f"split {s['conversations_split']:,}, truncated {s['conversations_truncated']:,}, dropped {s['conversations_dropped']:,}",
-        f"  records rejected {s['records_rejected']:,}, filtered by source {s['records_filtered']:,}",
+        f"  records read {records_read(s):,}, rejected {s['records_rejected']:,}, "
+        f"filtered by source {s['records_filtered']:,}",
+    ]
+    reasons = sorted(s.get("rejected_by_reason", {}).items(), key=lambda kv: -kv[1])[:5]
+    for reason, count in reasons:
+        lines.append(f"    {count:>6,}  {reason}")
+    if s.get("files_skipped"):
+        lines.append(f"  files skipped {s['files_skipped']:,} (unreadable; see skipped_files in dataset.json)")
+    lines += [
+        f"  conversations packed {s['conversations_packed']:,}, split {s['conversations_split']:,}, "
+        f"truncated {s['conversations_truncated']:,}, dropped {s['conversations_dropped']:,}",
+        # .get: outputs of versions before these counters
+        f"  pieces {s.get('pieces') or 0:,} ({s.get('pieces_split') or 0:,} from splits), exchanges split "
+        f"{s.get('exchanges_split') or 0:,}, prompts shortened {s.get('prompts_shortened') or 0:,}",
     ]
     if s.get("turns_rewritten_in_history") is not None:
         lines.append(
@@ -458,19 +497,20 @@ def format_summary(dataset: dict[str, Any]) -> str:
                "repeated context)" if s.get("inference_renderings_added") else ")"))
     if s.get("stop_tokens_appended") or s.get("turns_ended_without_stop_token"):
         lines.append(f"  stop tokens: {_stop_note(s, tok)}")
-    if s.get("files_skipped"):
-        lines.append(f"  files skipped {s['files_skipped']:,} (unreadable; see skipped_files in dataset.json)")
-    reasons = sorted(s.get("rejected_by_reason", {}).items(), key=lambda kv: -kv[1])[:5]
-    for reason, count in reasons:
-        lines.append(f"    {count:>6,}  {reason}")
-    if len(s.get("per_source", {})) > 1 or any(k for k in s.get("per_source", {}) if k != "(none)"):
+    per_source = s.get("per_source") or {}
+    if len(per_source) > 1 or any(k for k in per_source if k != NO_SOURCE):
         lines.append("")
-        lines.append(f"  {'source':<24} {'convs':>8} {'fill':>7} {'retention':>10} {'truncated':>10}")
-        for source, row in s["per_source"].items():
+        shown = list(per_source.items())[:MAX_SOURCES_SHOWN]
+        width = min(max([24] + [len(source) for source, _ in shown]), SOURCE_WIDTH)
+        lines.append(f"  {'source':<{width}} {'convs':>8} {'fill':>7} {'retention':>10} {'truncated':>10}")
+        for source, row in shown:
             lines.append(
-                f"  {source[:24]:<24} {row['conversations']:>8,} {pct(row['fill']):>7} "
+                f"  {_cut(source, width):<{width}} {row['conversations']:>8,} {pct(row['fill']):>7} "
                 f"{pct(row['trained_retention']):>10} {row['truncated']:>10,}"
             )
+        if len(per_source) > MAX_SOURCES_SHOWN:
+            lines.append(f"  ... and {counted(len(per_source) - MAX_SOURCES_SHOWN, 'more source')} "
+                         "(all of them: packsft stats --json)")
         lines.append("  (a source's fill counts its conversations' own tokens once; the overall fill also counts "
                      "context repeated by splits)")
     for note in warnings(s, cfg, dataset.get("chat_history")):

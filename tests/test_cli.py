@@ -156,9 +156,27 @@ def test_file_without_messages_column_names_the_columns(tmp_path, demo_tokenizer
 
 def test_text_column_suggests_text_format(tmp_path, demo_tokenizer_dir):
     write_conversations(tmp_path / "d" / "x.parquet", [{"text": "a document"}])
-    assert "use --format text" in _error(*pack(tmp_path / "d", tmp_path / "out", demo_tokenizer_dir))
-    code, output = pack(tmp_path / "d", tmp_path / "out", demo_tokenizer_dir, "--format", "text", "--strategy", "linear")
+    assert _error(*pack(tmp_path / "d", tmp_path / "out", demo_tokenizer_dir)) == (
+        f"Error: {tmp_path / 'd' / 'x.parquet'}: no conversation column (columns found: text); records need 'messages', "
+        "'conversations', 'prompt' and 'completion', or 'instruction' and 'output'; for plain documents use "
+        "--input-format text")
+    code, output = pack(tmp_path / "d", tmp_path / "out", demo_tokenizer_dir, "--input-format", "text", "--strategy", "linear")
     assert code == 0, output
+
+
+def test_format_is_a_hidden_alias_of_input_format(tmp_path, demo_tokenizer_dir):
+    """--format text, the old flag, still packs documents as --input-format text does; help names only the new one."""
+    write_conversations(tmp_path / "d" / "x.parquet", [{"text": f"document {i}"} for i in range(5)])
+    outputs = []
+    for flags in (["--format", "text"], ["--input-format", "text"]):
+        out = tmp_path / flags[0].strip("-")
+        code, output = pack(tmp_path / "d", out, demo_tokenizer_dir, *flags, "--strategy", "linear")
+        assert code == 0, output
+        outputs.append(b"".join(path.read_bytes() for path in sorted((out / "shards").rglob("*.npy"))))
+    assert outputs[0] == outputs[1]
+    help_text = " ".join(CliRunner().invoke(main, ["pack", "--help"]).output.split())  # unwrapped
+    assert "--input-format" in help_text and "the old --format text, still accepted" in help_text
+    assert "--format [conversation|text]" not in help_text and "--input-format [" in help_text
 
 
 def test_unreadable_parquet(tmp_path, demo_tokenizer_dir):

@@ -109,10 +109,12 @@ class MixtureLoader(BatchLoader):
             raise ConfigError("a mixture needs at least one output")
         first = datasets[0]
         for other in datasets[1:]:
-            if (other.seq_length, other.dtype, other.tokenizer_fingerprint) != (first.seq_length, first.dtype,
-                                                                                 first.tokenizer_fingerprint):
-                raise ConfigError(f"{other.output.out_dir} and {first.output.out_dir} differ in seq_length or "
-                                  "tokenizer; a mixture needs outputs packed alike")
+            for name, theirs, ours in (("seq_length", other.seq_length, first.seq_length),
+                                       ("token dtype", other.dtype, first.dtype),
+                                       ("tokenizer fingerprint", other.tokenizer_fingerprint, first.tokenizer_fingerprint)):
+                if theirs != ours:  # a fingerprint shows its first 12 characters, as everywhere
+                    raise ConfigError(f"{other.output.out_dir} and {first.output.out_dir} differ in {name} "
+                                      f"({str(theirs)[:12]} and {str(ours)[:12]}); a mixture needs outputs packed alike")
         super().__init__(datasets, batch_size, rank, world_size, seed, device, pin_memory, prefetch, segments)
         self.names = [str(d.output.out_dir) for d in datasets]
         self.draws = MixtureDraws([len(d) for d in datasets], list(weights.values()), seed, DATASET_STREAM,

@@ -129,8 +129,8 @@ def _choose(path: Location, names: list[str], kind: str, data_format: str, input
         return input_format, None
     if data_format == "text":
         if "text" not in names:
-            hint = "; use --format conversation" if _detect(names) else ""
-            raise InputError(f"{path}: no 'text' {kind} for --format text {found}{hint}")
+            hint = "; use --input-format auto for conversations" if _detect(names) else ""
+            raise InputError(f"{path}: no 'text' {kind} for --input-format text {found}{hint}")
         return "text", f"'text' {kind}"
     shape = _detect(names)
     if shape is not None:
@@ -144,8 +144,8 @@ def _choose(path: Location, names: list[str], kind: str, data_format: str, input
             lacking = next(name for name in needed if name not in names)
             raise InputError(f"{path}: {_a(have[0])} {kind} but no {lacking!r} {kind} {found}; {SHAPE_NAMES[shape]} "
                              f"records need both (rename the {kind} that holds the {MEANING[lacking]} to {lacking!r})")
-    hint = "; for plain documents use --format text" if "text" in names else ""
-    raise InputError(f"{path}: no conversation {kind} for --format conversation {found}; records need 'messages', "
+    hint = "; for plain documents use --input-format text" if "text" in names else ""
+    raise InputError(f"{path}: no conversation {kind} {found}; records need 'messages', "
                      f"'conversations', 'prompt' and 'completion', or 'instruction' and 'output'{hint}")
 
 
@@ -186,7 +186,9 @@ def read_conversations(
                     raise RecordRejected(value.reason)
                 messages, extras = to_conversation(source.input_format, value, source.role_aliases, structs=structs,
                                                    json_text=source.json_text)
-                batch.append(Conversation(messages, origin, name, row, extras))
+                # A record without a `source` is counted under its file's name (stats' per-source table), after
+                # --source-filter, which matches only a `source` value.
+                batch.append(Conversation(messages, origin if origin is not None else name, name, row, extras))
             except RecordRejected as bad:
                 rejects.reject(name, row, bad.reason, value.record if isinstance(value, _BadRecord) else value)
         if len(batch) + filtered >= batch_size:

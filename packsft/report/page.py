@@ -14,7 +14,7 @@ import html
 from string import Template
 from typing import Any
 
-from packsft.stats import warnings
+from packsft.stats import records_read, warnings
 
 # CSS class of each kind of agentic text (inspect.KIND_MARKERS) in the chunk views; the colours are in the page.
 KIND_CLASSES = {"reasoning": "k-think", "tool call": "k-call", "tool result": "k-result", "tool defs": "k-tools"}
@@ -49,12 +49,16 @@ def summary_html(dataset: dict[str, Any]) -> str:
     def counted(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return [(label, _num(s.get(key, c.get(key)))) for label, key in pairs]
 
-    conversation_rows = counted([
-        ("read", "conversations_read"), ("packed", "conversations_packed"), ("split", "conversations_split"),
+    try:
+        read = _num(records_read(s))
+    except KeyError:  # a partial stats block
+        read = "n/a"
+    conversation_rows = [("records read", read)] + counted([
+        ("records rejected", "records_rejected"), ("records filtered by source", "records_filtered"),
+        ("conversations packed", "conversations_packed"), ("split", "conversations_split"),
         ("truncated", "conversations_truncated"), ("dropped, too long", "conversations_dropped_long"),
         ("dropped, nothing trained", "conversations_dropped_no_trained"),
         ("dropped, unprompted", "conversations_dropped_unprompted"),
-        ("records rejected", "records_rejected"), ("records filtered by source", "records_filtered"),
     ])
     piece_rows = counted([
         ("pieces", "pieces"), ("pieces from splits", "pieces_split"), ("exchanges split", "exchanges_split"),
@@ -66,7 +70,7 @@ def summary_html(dataset: dict[str, Any]) -> str:
     parts = [_cards(dataset, s), '<div class="columns">',
              f"<div><h3>Config</h3>{_table([(k, _esc(v)) for k, v in sorted(cfg.items())])}</div>",
              f"<div><h3>Tokenizer</h3>{_table(_tokenizer_rows(dataset))}</div>",
-             f"<div><h3>Conversations</h3>{_table(conversation_rows)}</div>",
+             f"<div><h3>Records and conversations</h3>{_table(conversation_rows)}</div>",
              f"<div><h3>Pieces and tokens</h3>{_table(piece_rows)}<h3>Rejects by reason</h3>"
              f"{_table(reason_rows) if reason_rows else '<p>none</p>'}</div>", "</div>",
              _per_source_table(s.get("per_source") or {})]

@@ -285,7 +285,7 @@ BAD_FILES = [
     ("broken.jsonl", lambda tmp: b'{"messages": [}\n\n{"messages": [}\n',
      "{path}: no line is valid JSON (the first: line is not valid JSON (got Expecting value at character 14))"),
     ("keys.jsonl", lambda tmp: b'{"answer": "x"}\n',
-     "{path}: no conversation key for --format conversation (keys found: answer); records need 'messages', "
+     "{path}: no conversation key (keys found: answer); records need 'messages', "
      "'conversations', 'prompt' and 'completion', or 'instruction' and 'output'"),
     ("half.jsonl", lambda tmp: b'{"instruction": "x", "response": "y"}\n',
      "{path}: an 'instruction' key but no 'output' key (keys found: instruction, response); Alpaca records need both "
