@@ -163,3 +163,29 @@ def test_the_pipeline_packs_every_record_the_template_renders(family, zoo_tokeni
     counters = json.loads((out / "dataset.json").read_text())["counters"]
     assert counters["conversations_packed"] == rendered
     assert_output_verifies(out)
+
+
+def test_verify_catches_a_trained_next_turn_token_with_command_r(zoo_tokenizers, tmp_path_factory):
+    """Command-R7B names its roles with special tokens of their own; verify reads its rows by them and refuses the
+    failure the issue found there: the <|START_OF_TURN_TOKEN|> that opens the next message trained."""
+    import numpy as np
+
+    from packsft.verify import verify_output
+    from tests.helpers import load_array, rewrite_array
+
+    tokenizer = zoo_tokenizers("command-r7b")
+    base = tmp_path_factory.mktemp("command-r")
+    (base / "data").mkdir()
+    (base / "data" / "zoo.jsonl").write_text(json.dumps(RECORDS["multi_no_system"]) + "\n")
+    out = base / "out"
+    run_pack(base / "data", out, PackConfig(tokenizer=tokenizer.name, template="chat", seq_length=2048), quiet=True)
+    assert verify_output(out) == []
+    tokens, mask = load_array(out, 0, "tokens.npy")[0].tolist(), load_array(out, 0, "loss_mask.npy").copy()
+    end = tokenizer.backend.token_to_id("<|END_OF_TURN_TOKEN|>")
+    after_first_answer = [i for i, token in enumerate(tokens) if token == end][2] + 1  # system, user, first answer
+    assert tokens[after_first_answer] == tokenizer.backend.token_to_id("<|START_OF_TURN_TOKEN|>")
+    mask[0, after_first_answer - 1] = 1  # the flag of token i is loss_mask[i - 1]
+    rewrite_array(out, 0, "loss_mask.npy", mask)
+    problems = [str(p) for p in verify_output(out)]
+    assert any("row 0" in p and "next" in p for p in problems), problems
+    assert np.array_equal(load_array(out, 0, "loss_mask.npy"), mask)

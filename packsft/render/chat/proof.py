@@ -85,13 +85,18 @@ def with_chat_path_proven(tokenizer: PackTokenizer, cache: bool = True) -> PackT
     return tokenizer
 
 
+# Bumped when chat_markers reads templates otherwise (2: roles that are special tokens), so cached ones are read again.
+MARKERS_VERSION = 2
+
+
 def chat_markers(tokenizer: PackTokenizer) -> dict[str, int] | None:
     """The ids `verify` reads chat-template rows by, from the template's own text around the contents:
 
         <|im_start|> user \\n  q  <|im_end|> \\n <|im_start|> assistant \\n  a  <|im_end|> \\n
         header_start user_role               header_start  assistant_role     end_of_turn
 
-    None where the template opens messages with no special token or names both roles with the same token.
+    None where the template opens messages with no special token or names both roles with the same token (a role
+    may be a special token itself, as Command-R7B's are).
     """
     renderer = ChatRenderer(tokenizer, rendering_encoder(tokenizer, "hf"))
     try:
@@ -114,7 +119,9 @@ def chat_markers(tokenizer: PackTokenizer) -> dict[str, int] | None:
     if not opened or opened[-1] + 1 >= len(before_user):
         return None
     user_role, assistant_role = int(before_user[opened[-1] + 1]), int(between[reopens[1] + 1])
-    if user_role == assistant_role or user_role in special or assistant_role in special:
+    # A role may be a special token of its own (Command-R7B's <|USER_TOKEN|>, <|CHATBOT_TOKEN|>); never the header
+    # start or the end of turn itself.
+    if user_role == assistant_role or {user_role, assistant_role} & {header_start, int(ends[0])}:
         return None
     return {"header_start": header_start, "user_role": user_role, "assistant_role": assistant_role,
             "end_of_turn": int(ends[0])}
@@ -125,7 +132,7 @@ def output_identity(tokenizer: PackTokenizer) -> dict[str, object]:
     per tokenizer fingerprint and library versions: the planning process then never imports transformers)."""
     identity: dict[str, object] = tokenizer.identity()
     if tokenizer.template == "chat":
-        key = cache_key("chat-markers", {"fingerprint": tokenizer.fingerprint})
+        key = cache_key("chat-markers", {"fingerprint": tokenizer.fingerprint, "version": MARKERS_VERSION})
         entry = read_entry("proofs", key)
         if entry is None or "markers" not in entry:
             entry = {"markers": chat_markers(tokenizer)}
