@@ -2,8 +2,9 @@
 """Benchmark the loader on packed ShareGPT (GPT-2, L=2048, bestfit) and write BENCHMARKS-loader.md.
 
 Measured in one process, on this machine's CPU (batch 32 unless --batch-size):
-  (a) PackedLoader over a whole shuffled epoch, to CPU tensors (int64 input_ids/labels, float32
-      loss_mask), without and with segments; tokens/s = rows * L / wall time; RSS at start and end;
+  (a) PackedLoader over a whole shuffled epoch, to CPU tensors (its default Hugging Face layout: int64
+      input_ids, labels and shift_labels), without and with segments; tokens/s = rows * L / wall time;
+      RSS at start and end;
   (b) a raw numpy memmap gather of the same rows in the same batches (compact dtypes, no widening):
       what reading the rows costs at the least; its RSS shows the memmap creep the loader avoids;
   (c) the seed's on-the-fly path on a few hundred conversations: `encode` per message in a Python
@@ -97,11 +98,12 @@ def rss_over_epochs(out_dir: Path, batch_size: int, epochs: int) -> list[float]:
 def bench_memmap(out_dir: Path, batch_size: int, widen: bool = False) -> dict:
     """The same rows, batch by batch, gathered from np.load(mmap_mode='r') arrays (sorted per batch).
 
-    With widen=True the gather is also turned into the loader's tensors (int64, float32), in line.
+    With widen=True the gather is also turned into the loader's tensors (its default layout), in line.
     """
     import torch
 
     from packsft import PackedOutput
+    from packsft.loader.dataset import training_fields
     from packsft.loader.gather import epoch_order
 
     output = PackedOutput(out_dir)
@@ -117,8 +119,7 @@ def bench_memmap(out_dir: Path, batch_size: int, widen: bool = False) -> dict:
         batch_tokens = np.stack([tokens[s][r] for s, r in zip(shard.tolist(), local.tolist())])
         batch_masks = np.stack([masks[s][r] for s, r in zip(shard.tolist(), local.tolist())])
         if widen:
-            _ = (torch.from_numpy(batch_tokens[:, :-1].astype(np.int64)), torch.from_numpy(batch_tokens[:, 1:].astype(np.int64)),
-                 torch.from_numpy(batch_masks.astype(np.float32)))
+            _ = training_fields(torch.from_numpy(batch_tokens), torch.from_numpy(batch_masks), "hf")
         count += batch_tokens.shape[0] * SEQ
         if step % 32 == 0:
             peak = max(peak, rss_mib())
@@ -219,7 +220,7 @@ def main() -> None:
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     table = [
-        ("loader", "PackedLoader → int64/float32 CPU tensors"),
+        ("loader", "PackedLoader → int64 CPU tensors (input_ids, labels, shift_labels)"),
         ("segments", "PackedLoader, segments=True (+ position_ids, cu_seqlens)"),
         ("host", "PackedLoader host side only (device='meta': pread + queue, no copy, no widening)"),
         ("memmap", "raw numpy memmap gather, compact dtypes"),
@@ -230,7 +231,7 @@ def main() -> None:
         lines.append(f"| {label} | {rate(result) / 1e6:,.1f}M | {rate(result) / rate(baseline):,.0f}x | "
                      f"{rate(result) / rate(best['memmap']):.2f} | {rss(first[name])} |")
     lines += [
-        f"| on-the-fly (seed style, {baseline['conversations']} conversations, extrapolated) | "
+        f"| on-the-fly (the seed notebook's style, {baseline['conversations']} conversations, extrapolated) | "
         f"{rate(baseline) / 1e3:,.1f}k | 1x | {rate(baseline) / rate(best['memmap']):.4f} | n/a |",
         "",
         f"RSS of one loader over {args.repeats} epochs (MiB): after its first 10 batches {over_epochs[0]:,.1f}, at the end "
@@ -240,7 +241,7 @@ def main() -> None:
         "reused buffers in a background thread and widens them there; a memmap gather leaves every page it",
         "touched mapped, so its RSS grows towards the size of the data over an epoch while the loader's stays",
         "flat. Bytes per token that would cross to a GPU: 3 in the stored dtypes (uint16 token, uint8 mask)",
-        "versus 20 for the widened batch (int64 input_ids and labels, float32 loss_mask).",
+        "versus 24 for the widened batch (int64 input_ids, labels and shift_labels).",
         "",
     ]
     text = "\n".join(lines)

@@ -5,7 +5,7 @@ On rows of a real bestfit output (ShareGPT shard 0, GPT-2 roles; or any OUT_DIR 
   1. CPU: a tiny random Llama (SDPA) fed a packed batch with the loader's position_ids, no attention_mask
      and use_cache=False gives every piece the logits of that piece fed alone (max abs diff <= 1e-4);
   2. CUDA: PackedLoader(device="cuda") pins its host buffers and copies non_blocking, and its batches
-     (tokens, labels, mask, position_ids, cu_seqlens) equal the CPU loader's, step by step;
+     (input_ids, labels, shift_labels, position_ids, cu_seqlens) equal the CPU loader's, step by step;
   3. CUDA: the same model equality on the GPU (fp32, TF32 off);
   4. CUDA: FlashAttention varlen over the loader's cu_seqlens (flash_attn.flash_attn_varlen_func when
      installed, else torch.nn.attention.varlen.varlen_attn) equals causal attention per piece alone.

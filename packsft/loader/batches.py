@@ -1,6 +1,6 @@
 """The thin loader: packed rows onto the device, disjoint across ranks, exactly resumable, mixable.
 
-Needs PyTorch (`pip install packsft[torch]`); importing this module does not, constructing does.
+Needs PyTorch (`pip install -e '.[torch]'` in the checkout); importing this module does not, constructing does.
 
     epoch e order (seeded permutation of all rows, the same on every rank)
     |-------- step 0 --------|-------- step 1 --------| ...   global batch = batch_size x world_size
@@ -9,8 +9,9 @@ Needs PyTorch (`pip install packsft[torch]`); importing this module does not, co
           v  background thread: pread rows (in row order) into reusable host buffers, stored dtypes
     tokens (B, L+1) uint16|uint32, loss_mask (B, L) uint8   (pinned when the device is CUDA)
           |
-          v  main thread: copy non_blocking, widen on the device
-    input_ids = tokens[:, :-1], labels = tokens[:, 1:]  int64 [B, L];  loss_mask float32 [B, L]
+          v  main thread: copy non_blocking, widen on the device (loader/dataset.py: training_fields)
+    label_layout="hf":      input_ids, labels (-100 where untrained; the model shifts), shift_labels  int64 [B, L]
+    label_layout="shifted": input_ids = tokens[:, :-1], labels = tokens[:, 1:]  int64 [B, L];  loss_mask float32
     segments=True adds position_ids int64 [B, L], cu_seqlens int32 [S+1], max_seqlen int
 
 Shipping the compact dtypes moves 4x (uint16) fewer bytes to the device than int64.
@@ -36,7 +37,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from packsft.errors import ConfigError
-from packsft.loader.dataset import PackedDataset, torch_module
+from packsft.loader.dataset import (
+    LabelLayout,
+    PackedDataset,
+    check_label_layout,
+    torch_module,
+    training_fields,
+)
 from packsft.loader.gather import batch_segments
 
 POLL_SECONDS = 0.1  # how often a blocked background thread checks whether the loop was abandoned
@@ -73,8 +80,11 @@ class BatchLoader:
     """What PackedLoader and MixtureLoader share: arguments, the background thread, the device side."""
 
     def __init__(self, datasets: list[PackedDataset], batch_size: int, rank: int, world_size: int, seed: int,
-                 device: Any, pin_memory: bool | None, prefetch: int, segments: bool) -> None:
+                 device: Any, pin_memory: bool | None, prefetch: int, segments: bool,
+                 label_layout: LabelLayout) -> None:
         torch = torch_module()
+        check_label_layout(label_layout)
+        self.label_layout = label_layout
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or prefetch < 1:
             raise ConfigError(f"need batch_size >= 1, world_size >= 1, 0 <= rank < world_size and prefetch >= 1; "
                               f"got batch_size={batch_size}, rank={rank}, world_size={world_size}, prefetch={prefetch}")
@@ -124,17 +134,14 @@ class BatchLoader:
         return batch_segments(np.concatenate([np.zeros(0, np.int64), *bounds]), len(step.rows), self.seq_length)
 
     def _widen_on_host(self, slot: _Slot, rows: int, cu_seqlens: np.ndarray | None) -> dict[str, Any]:
-        """The batch for a CPU device, built in the background thread (numpy casts are fast and drop the GIL)."""
+        """The batch for a CPU device, built in the background thread (torch's casts drop the GIL)."""
         torch = torch_module()
-        tokens = slot.tokens[:rows]
-        batch = {"input_ids": tokens[:, :-1].astype(np.int64), "labels": tokens[:, 1:].astype(np.int64),
-                 "loss_mask": slot.mask[:rows].astype(np.float32)}
+        batch: dict[str, Any] = training_fields(slot.host_tokens[:rows], slot.host_mask[:rows], self.label_layout)
         if cu_seqlens is not None:
             starts = np.repeat(cu_seqlens[:-1].astype(np.int64), np.diff(cu_seqlens))
-            batch["position_ids"] = (np.arange(rows * self.seq_length) - starts).reshape(rows, self.seq_length)
-            batch["cu_seqlens"] = cu_seqlens
-        batch = {name: torch.from_numpy(array) for name, array in batch.items()}
-        if cu_seqlens is not None:
+            positions = (np.arange(rows * self.seq_length) - starts).reshape(rows, self.seq_length)
+            batch["position_ids"] = torch.from_numpy(positions)
+            batch["cu_seqlens"] = torch.from_numpy(cu_seqlens)
             batch["max_seqlen"] = int(np.diff(cu_seqlens).max()) if rows else 0
         return batch
 
@@ -176,9 +183,7 @@ class BatchLoader:
         if device.type == "cuda":
             slot.event = torch.cuda.Event()
             slot.event.record()
-        batch = {"input_ids": tokens[:, :-1].to(torch.int64, memory_format=torch.contiguous_format),
-                 "labels": tokens[:, 1:].to(torch.int64, memory_format=torch.contiguous_format),
-                 "loss_mask": mask.to(torch.float32)}
+        batch: dict[str, Any] = training_fields(tokens, mask, self.label_layout)
         if cu_seqlens is not None:
             cu = torch.from_numpy(cu_seqlens).to(device)
             starts = torch.repeat_interleave(cu[:-1].long(), cu.diff(), output_size=rows * length)

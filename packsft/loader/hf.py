@@ -27,10 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from packsft.loader.dataset import PackedDataset, torch_module
+from packsft.loader.dataset import IGNORE_INDEX, PackedDataset, torch_module
 from packsft.loader.gather import batch_segments
-
-IGNORE_INDEX = -100
 
 
 def piece_positions(ends: np.ndarray, seq_length: int) -> np.ndarray:

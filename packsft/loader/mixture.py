@@ -23,7 +23,7 @@ import numpy as np
 
 from packsft.errors import ConfigError, ResumeError
 from packsft.loader.batches import BatchLoader, Step
-from packsft.loader.dataset import PackedDataset
+from packsft.loader.dataset import LabelLayout, PackedDataset
 from packsft.loader.gather import DATASET_STREAM, MIXTURE_STREAM, epoch_order, uniform_stream
 
 MIXTURE_BLOCK = 1 << 16
@@ -99,11 +99,12 @@ class MixtureLoader(BatchLoader):
     Args:
         weights: {output folder (or PackedDataset): weight}; weights are normalised.
         expect_tokenizer: checked against every output (see PackedDataset).
+        label_layout: "hf" (default) or the seed notebook's "shifted" (see PackedDataset).
     """
 
     def __init__(self, weights: dict[Any, float], batch_size: int, *, rank: int = 0, world_size: int = 1,
                  seed: int = 0, device: Any = None, pin_memory: bool | None = None, prefetch: int = 2,
-                 segments: bool = False, expect_tokenizer: str | None = None) -> None:
+                 segments: bool = False, expect_tokenizer: str | None = None, label_layout: LabelLayout = "hf") -> None:
         datasets = [key if isinstance(key, PackedDataset) else PackedDataset(key, expect_tokenizer) for key in weights]
         if not datasets:
             raise ConfigError("a mixture needs at least one output")
@@ -115,7 +116,8 @@ class MixtureLoader(BatchLoader):
                 if theirs != ours:  # a fingerprint shows its first 12 characters, as everywhere
                     raise ConfigError(f"{other.output.out_dir} and {first.output.out_dir} differ in {name} "
                                       f"({str(theirs)[:12]} and {str(ours)[:12]}); a mixture needs outputs packed alike")
-        super().__init__(datasets, batch_size, rank, world_size, seed, device, pin_memory, prefetch, segments)
+        super().__init__(datasets, batch_size, rank, world_size, seed, device, pin_memory, prefetch, segments,
+                         label_layout)
         self.names = [str(d.output.out_dir) for d in datasets]
         self.draws = MixtureDraws([len(d) for d in datasets], list(weights.values()), seed, DATASET_STREAM,
                                  [d.fingerprint for d in datasets])

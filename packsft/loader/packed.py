@@ -10,7 +10,7 @@ import numpy as np
 
 from packsft.errors import ConfigError, ResumeError
 from packsft.loader.batches import BatchLoader, Step
-from packsft.loader.dataset import PackedDataset
+from packsft.loader.dataset import LabelLayout, PackedDataset
 from packsft.loader.gather import epoch_order
 
 
@@ -20,14 +20,17 @@ class PackedLoader(BatchLoader):
     Each epoch visits a permutation seeded by (seed, epoch); step k hands rank r the rows
     order[k*G + r*B : k*G + (r+1)*B] with G = batch_size * world_size, so ranks are disjoint and
     together cover the epoch. With drop_last=False the last, shorter global batch is split into
-    world_size near-equal parts (a rank may get 0 rows when fewer rows than ranks remain).
+    world_size near-equal parts (a rank may get 0 rows when fewer rows than ranks remain). `label_layout`
+    chooses the batch's labels (loader/dataset.py): "hf" (default) or the seed notebook's "shifted".
     """
 
     def __init__(self, dataset_or_dir: PackedDataset | str | Path, batch_size: int, *, rank: int = 0,
                  world_size: int = 1, seed: int = 0, shuffle: bool = True, drop_last: bool = True,
-                 device: Any = None, pin_memory: bool | None = None, prefetch: int = 2, segments: bool = False) -> None:
+                 device: Any = None, pin_memory: bool | None = None, prefetch: int = 2, segments: bool = False,
+                 label_layout: LabelLayout = "hf") -> None:
         dataset = dataset_or_dir if isinstance(dataset_or_dir, PackedDataset) else PackedDataset(dataset_or_dir)
-        super().__init__([dataset], batch_size, rank, world_size, seed, device, pin_memory, prefetch, segments)
+        super().__init__([dataset], batch_size, rank, world_size, seed, device, pin_memory, prefetch, segments,
+                         label_layout)
         self.dataset, self.shuffle, self.drop_last = dataset, shuffle, drop_last
         if drop_last and len(dataset) < self.global_batch_size:
             raise ConfigError(f"{dataset.output.out_dir} has {len(dataset)} rows, fewer than one global batch of "

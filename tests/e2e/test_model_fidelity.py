@@ -33,10 +33,11 @@ def packed(tmp_path_factory, sharegpt_dir, gpt2_dir):
 
 @pytest.fixture(scope="module")
 def batch(packed):
-    """The first unshuffled batch of the loader in which every row holds at least three segments."""
+    """The first unshuffled batch of the loader in which every row holds at least three segments (the seed notebook's
+    layout: labels the next tokens, and loss_mask)."""
     from packsft.loader import PackedLoader
 
-    for batch in PackedLoader(packed, batch_size=ROWS, shuffle=False, segments=True):
+    for batch in PackedLoader(packed, batch_size=ROWS, shuffle=False, segments=True, label_layout="shifted"):
         rows = [row for row, _, _ in segments(batch)]
         if min(rows.count(row) for row in range(ROWS)) >= 3:
             return batch
@@ -108,15 +109,18 @@ def test_without_the_right_call_pieces_see_each_other(model, batch, call):
 
 @torch.no_grad()
 def test_trainer_batches_give_the_packed_masked_loss(model, packed, batch):
-    """collate_rows' batch (position_ids, shift_labels, use_cache=False) gives the loader's masked mean loss."""
+    """collate_rows' batch (position_ids, shift_labels, use_cache=False) gives the loader's masked mean loss, and
+    holds the labels of the loader's Hugging Face layout."""
     from packsft.loader import PackedLoader, TrainerDataset, collate_rows
 
     rows = TrainerDataset(packed)
-    loader_batch = next(iter(PackedLoader(packed, batch_size=ROWS, shuffle=False, segments=True)))
+    loader_batch = next(iter(PackedLoader(packed, batch_size=ROWS, shuffle=False, segments=True, label_layout="shifted")))
+    hf_batch = next(iter(PackedLoader(packed, batch_size=ROWS, shuffle=False, segments=True)))
     features = collate_rows([rows[i] for i in range(ROWS)])
     assert "attention_mask" not in features and features["use_cache"] is False
     assert torch.equal(features["position_ids"], loader_batch["position_ids"])
     assert torch.equal(features["input_ids"], loader_batch["input_ids"])
+    assert all(torch.equal(features[name], hf_batch[name]) for name in ("input_ids", "labels", "shift_labels"))
     loss = model(**features).loss
     logits = model(input_ids=loader_batch["input_ids"], position_ids=loader_batch["position_ids"], use_cache=False).logits
     expected = masked_loss_sum(logits, loader_batch["labels"], loader_batch["loss_mask"]) / loader_batch["loss_mask"].sum()

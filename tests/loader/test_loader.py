@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="the loader tests need PyTorch (pip install packsft[torch])")
+torch = pytest.importorskip("torch", reason="the loader tests need PyTorch (pip install -e '.[torch]')")
 
 from packsft import PackConfig  # noqa: E402
 from packsft.demo import build_demo_tokenizer, demo_conversations  # noqa: E402
@@ -72,9 +72,12 @@ def stored_rows(out: Path) -> np.ndarray:
 
 
 def rows_of(batch: dict) -> list[bytes]:
-    """The stored rows a batch was built from (input_ids plus the last label)."""
-    tokens = torch.cat([batch["input_ids"], batch["labels"][:, -1:]], dim=1)
-    return [row.numpy().astype(np.uint16).tobytes() for row in tokens]
+    """The stored rows a batch was built from, by their L inputs (`inputs_of` of the stored rows)."""
+    return [row.numpy().astype(np.uint16).tobytes() for row in batch["input_ids"]]
+
+
+def inputs_of(rows: np.ndarray) -> list[bytes]:
+    return [row[:-1].tobytes() for row in rows]
 
 
 def global_steps(out_or_ds, batch_size: int, world_size: int, steps: int | None = None, state=None, **kw):
@@ -95,14 +98,23 @@ def global_steps(out_or_ds, batch_size: int, world_size: int, steps: int | None 
 
 def test_dataset_is_the_concatenation_of_all_shards(bestfit, dataset):
     rows = stored_rows(bestfit)
+    shifted = PackedDataset(bestfit, label_layout="shifted")
     assert len(dataset.output.shards) == 3
     assert len(dataset) == len(rows) == json.loads((bestfit / "dataset.json").read_text())["rows"]
     for index in [0, int(dataset.output.row_offsets[1]) - 1, int(dataset.output.row_offsets[1]), len(rows) - 1, -1]:
+        mask = dataset.output.row(index % len(rows)).loss_mask
+        targets = np.where(mask > 0, rows[index][1:].astype(np.int64), -100)
         item = dataset[index]
+        assert item.keys() == {"input_ids", "labels", "shift_labels"}
+        assert item["input_ids"].dtype == item["labels"].dtype == item["shift_labels"].dtype == torch.int64
+        assert item["input_ids"].tolist() == rows[index][:-1].tolist()
+        assert item["shift_labels"].tolist() == targets.tolist()
+        assert item["labels"].tolist() == [-100] + targets[:-1].tolist()  # aligned with input_ids: HF shifts them
+        item = shifted[index]
         assert item["input_ids"].dtype == torch.int64 and item["loss_mask"].dtype == torch.float32
         assert item["input_ids"].tolist() == rows[index][:-1].tolist()
         assert item["labels"].tolist() == rows[index][1:].tolist()
-        assert item["loss_mask"].tolist() == dataset.output.row(index % len(rows)).loss_mask.tolist()
+        assert item["loss_mask"].tolist() == mask.tolist()
     with pytest.raises(IndexError):
         dataset[len(rows)]
 
@@ -121,7 +133,7 @@ def test_ranks_are_disjoint_and_cover_the_epoch(bestfit, dataset, world_size, dr
     steps = len(dataset) // global_batch + (0 if drop_last or len(dataset) % global_batch == 0 else 1)
     assert [len(batches) for batches in per_rank] == [steps] * world_size == [len(loaders[0])] * world_size
     seen = Counter(row for batches in per_rank for batch in batches for row in batch)
-    stored = Counter(row.tobytes() for row in stored_rows(bestfit))
+    stored = Counter(inputs_of(stored_rows(bestfit)))
     if drop_last:
         assert all(len(batch) == batch_size for batches in per_rank for batch in batches)
         assert sum(seen.values()) == steps * global_batch and len(dataset) - steps * global_batch < global_batch
@@ -142,7 +154,7 @@ def test_epochs_are_new_seeded_orders(dataset):
     assert first == again and first != second and sorted(sum(first, [])) == sorted(sum(second, []))
     assert first != [rows_of(b) for b in PackedLoader(dataset, 4, seed=1, drop_last=False)]
     in_order = [rows_of(b) for b in PackedLoader(dataset, 4, shuffle=False, drop_last=False)]
-    assert sum(in_order, []) == [row.tobytes() for row in stored_rows(dataset.output.out_dir)]
+    assert sum(in_order, []) == inputs_of(stored_rows(dataset.output.out_dir))
 
 
 def test_bad_arguments_are_refused(dataset):
@@ -150,6 +162,8 @@ def test_bad_arguments_are_refused(dataset):
         PackedLoader(dataset, 4, rank=2, world_size=2)
     with pytest.raises(ConfigError, match=f"has {len(dataset)} rows, fewer than one global batch"):
         PackedLoader(dataset, len(dataset) + 1)
+    with pytest.raises(ConfigError, match=re.escape("label_layout 'torch' is not one of hf, shifted")):
+        PackedLoader(dataset, 4, label_layout="torch")  # type: ignore[arg-type]
 
 
 # --- resume -----------------------------------------------------------------------------------------
@@ -216,16 +230,18 @@ def test_position_ids_and_cu_seqlens_follow_the_stored_pieces(request, strategy)
                 expected_cu.append(expected_cu[-1] + piece)
                 expected_positions += list(range(piece))
             if strategy == "bestfit":  # the label that predicts a piece's BOS is never trained
-                assert all(data[index]["loss_mask"][end - 1] == 0 for end in ends[:-1])
+                assert all(data[index]["shift_labels"][end - 1] == -100 for end in ends[:-1])
+                assert all(data[index]["labels"][end] == -100 for end in ends[:-1] if end < SEQ)
         assert batch["cu_seqlens"].dtype == torch.int32
         assert batch["cu_seqlens"].tolist() == expected_cu
         assert batch["position_ids"].flatten().tolist() == expected_positions
         assert batch["max_seqlen"] == max(np.diff(expected_cu))
 
 
-def test_device_path_builds_the_same_batch_as_the_host_path(dataset):
+@pytest.mark.parametrize("label_layout", ["hf", "shifted"])
+def test_device_path_builds_the_same_batch_as_the_host_path(dataset, label_layout):
     """The copy-then-widen path used for CUDA, run on the CPU (no GPU here), against the host path."""
-    loader = PackedLoader(dataset, 8, segments=True)
+    loader = PackedLoader(dataset, 8, segments=True, label_layout=label_layout)
     step = next(loader._steps())
     slot = loader._new_slot()
     cu_seqlens = loader._fill(slot, step)
@@ -250,7 +266,7 @@ def test_mixture_follows_the_weights_and_is_deterministic(bestfit, linear):
     drawn = mixture.state_dict()["drawn"]
     assert sum(drawn) == n
     assert abs(drawn[0] / n - 0.7) <= 4 * math.sqrt(0.7 * 0.3 / n)  # 4 sigma of a binomial
-    from_linear = Counter(row.tobytes() for row in stored_rows(linear))
+    from_linear = Counter(inputs_of(stored_rows(linear)))
     assert sum(from_linear[row] for batch in batches for row in batch) >= drawn[1]
     again = MixtureLoader(weights, batch_size, seed=4)
     assert [rows_of(b) for b in itertools.islice(again, steps)] == batches
@@ -293,6 +309,13 @@ def test_mismatched_tokenizer_is_refused(bestfit, demo_tokenizer_dir, tmp_path):
     PackedDataset(bestfit, expect_tokenizer=str(demo_tokenizer_dir))
     with pytest.raises(TokenizerError, match=re.escape(f"packed with tokenizer '{demo_tokenizer_dir}' (fingerprint {fingerprint[:12]}), not fingerprint 000000000000")):
         PackedDataset(bestfit, expect_tokenizer="0" * 64)
+    gone = tmp_path / "gone" / "tokenizer"
+    with pytest.raises(TokenizerError) as refused:
+        PackedDataset(bestfit, expect_tokenizer=str(gone))
+    assert str(refused.value) == (
+        f"tokenizer '{gone}': no such folder. Pass a folder holding tokenizer files (tokenizer.json, or vocab.json + "
+        "merges.txt) or a model-hub name. expect_tokenizer takes the folder of a tokenizer, or the fingerprint this "
+        f"output records, which loads none: expect_tokenizer='{fingerprint}'")
     other = build_demo_tokenizer(tmp_path / "other-tokenizer", vocab_size=400)
     with pytest.raises(TokenizerError, match=f"not tokenizer '{re.escape(str(other))}' .*Pack the data again"):
         PackedDataset(bestfit, expect_tokenizer=str(other))
@@ -357,7 +380,8 @@ def test_without_torch_the_module_imports_and_construction_asks_to_install_it(be
     )
     result = subprocess.run([sys.executable, "-c", code, str(bestfit)], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[2], check=True)
-    assert result.stdout == "PacksftError the packsft loader needs PyTorch, which is not installed: pip install packsft[torch]\n"
+    assert result.stdout == ("PacksftError the packsft loader needs PyTorch, which is not installed: "
+                             "pip install -e '.[torch]' in the packsft checkout, or pip install torch\n")
 
 
 # --- the README's training loop ---------------------------------------------------------------------

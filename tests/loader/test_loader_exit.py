@@ -27,7 +27,7 @@ EXIT_RUNS = 30  # without the fix, about 1 run in 5 aborted on a busy 2-core mac
 
 @pytest.fixture(scope="module")
 def loader_output(tmp_path_factory, demo_tokenizer_dir) -> Path:
-    pytest.importorskip("torch", reason="the loader needs PyTorch (pip install packsft[torch])")
+    pytest.importorskip("torch", reason="the loader needs PyTorch (pip install -e '.[torch]')")
     from packsft.demo import demo_conversations
 
     data = tmp_path_factory.mktemp("loader-data")
