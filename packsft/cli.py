@@ -280,7 +280,7 @@ def submit(data: tuple[str, ...], out_dir: str, config_file: str | None, data_fo
 
 @main.group(context_settings=CONTEXT_SETTINGS)
 def ray() -> None:
-    """Pack on a Ray cluster: one Ray task per unit, then the merge (needs `pip install packsft[ray]`).
+    """Pack on a Ray cluster: one Ray task per unit, then the merge (needs Ray: `pip install -e '.[ray]'`).
 
     Example:
 

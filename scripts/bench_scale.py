@@ -291,7 +291,7 @@ def main() -> None:
 def ray_section(ray_runs: dict | None) -> list[str]:
     """Units/s and Ray's overhead per unit: the extra task-slot seconds per unit against local workers."""
     if ray_runs is None:
-        return ["Not measured: Ray is not installed (`pip install 'packsft[ray]'`)."]
+        return ["Not measured: Ray is not installed (`pip install -e '.[ray]'`)."]
     lines = [
         "| --unit-mib | units | run | wall s | units/s | CPU s | overhead per unit: slot-s (wall) | CPU-s | outputs identical |",
         "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",

@@ -9,7 +9,7 @@
     local.py     LocalExecutor: a pool of processes on this machine
     parent_death.py  the pool's fork server and workers die with the parent, even under kill -9
     slurm.py     SlurmExecutor: a SLURM array of `packsft pack --num-tasks N --task-index I` + an afterok merge job
-    ray.py       RayExecutor: one Ray task per unit (needs packsft[ray])
+    ray.py       RayExecutor: one Ray task per unit (needs the ray extra)
     finish.py    status, resume hints (the executor found by name) and merge
     pipeline.py  run_pack: plan, run the missing units on an executor (SIGTERM/Ctrl-C stop cleanly), merge
 """

@@ -43,7 +43,8 @@ from packsft.run.unit import UnitJob, input_rows, load_job_tokenizer, write_unit
 from packsft.version import __version__
 from packsft.write.layout import shard_name
 
-INSTALL_HINT = "pip install 'packsft[ray]'"
+# packsft is not on PyPI: the extra installs from a checkout, or Ray alone next to an installed packsft.
+INSTALL_HINT = "pip install -e '.[ray]' in the packsft checkout, or pip install ray"
 # Ray's own retries of a task whose worker or node died (preemption, OOM kill); a unit is idempotent.
 DEFAULT_MAX_RETRIES = 3
 # The driver collects finished units in batches (at most every WAIT_S seconds), not one ray.wait per

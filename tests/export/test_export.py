@@ -4,7 +4,7 @@ TRL's SFTTrainer trains a tiny random model for 3 steps on the trl export and it
 packsft's tokens, pieces and trained labels; megatron-core's IndexedDataset, OLMo-core's
 NumpyFSLDataset and `datasets.load_dataset` read the other exports back. Megatron-Bridge cannot be
 installed here, so its packed parquet is read the way its collate function reads it (see
-read_bridge_row). Libraries come from `pip install packsft[interop]`; each test skips without its own.
+read_bridge_row). Libraries come from `pip install -e '.[interop]'`; each test skips without its own.
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ def check_collated(rows, seen):
 
 @pytest.mark.parametrize("which", ["gpt2_out", "qwen3_out"])
 def test_trl_sft_trainer_trains_on_the_trl_export(which, request, tmp_path):
-    datasets = pytest.importorskip("datasets", reason="pip install packsft[interop]")
-    trl = pytest.importorskip("trl", reason="pip install packsft[interop]")
+    datasets = pytest.importorskip("datasets", reason="pip install -e '.[interop]'")
+    trl = pytest.importorskip("trl", reason="pip install -e '.[interop]'")
     import transformers
 
     out = request.getfixturevalue(which)
@@ -122,7 +122,7 @@ def test_trl_sft_trainer_trains_on_the_trl_export(which, request, tmp_path):
 
 
 def test_megatron_core_indexed_dataset_reads_the_megatron_export(gpt2_out, tmp_path):
-    pytest.importorskip("megatron.core", reason="pip install packsft[interop]")
+    pytest.importorskip("megatron.core", reason="pip install -e '.[interop]'")
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     dest = exported(gpt2_out, tmp_path, "megatron")
@@ -175,7 +175,7 @@ def test_megatron_bridge_packed_parquet_trains_packsfts_labels(gpt2_out, tmp_pat
 
 
 def test_olmo_core_numpy_fsl_dataset_reads_the_olmo_core_export(gpt2_out, tmp_path):
-    pytest.importorskip("olmo_core.data", reason="pip install packsft[interop]")
+    pytest.importorskip("olmo_core.data", reason="pip install -e '.[interop]'")
     from olmo_core.data import NumpyFSLDataset
     from olmo_core.data.utils import iter_document_indices
 
@@ -206,7 +206,7 @@ def test_olmo_core_numpy_fsl_dataset_reads_the_olmo_core_export(gpt2_out, tmp_pa
 
 
 def test_datasets_load_dataset_reads_the_hf_export(gpt2_out, tmp_path):
-    datasets = pytest.importorskip("datasets", reason="pip install packsft[interop]")
+    datasets = pytest.importorskip("datasets", reason="pip install -e '.[interop]'")
     dest = exported(gpt2_out, tmp_path, "hf")
     output = PackedOutput(gpt2_out)
     loaded = datasets.load_dataset("parquet", data_files=str(dest / "data" / "*.parquet"), split="train")

@@ -4,7 +4,7 @@ its unit), compared byte for byte with a local --workers 2 run; and of the first
 driver killed and the command rerun (it resumes from the complete units; a unit's shard does not
 depend on the other files, so its 3 shards equal the local run's first 3).
 
-Needs `pip install packsft[ray]` (CI installs it); the cluster tests skip with the reason where Ray
+Needs `pip install -e '.[ray]'` (CI installs it); the cluster tests skip with the reason where Ray
 is not installed or cannot start.
 """
 
@@ -50,7 +50,7 @@ POLL_S = 0.2
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     """(address, {"head": session id, "worker": session id}) of the nodes .ci/ray-up.sh started."""
-    pytest.importorskip("ray", reason="Ray is not installed (pip install 'packsft[ray]'; CI installs it)")
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]'; CI installs it)")
     state = tmp_path_factory.mktemp("ray")
     up = subprocess.run([str(ROOT / ".ci" / "ray-up.sh"), str(state)], capture_output=True, text=True,
                         env={**os.environ, "PYTHON": sys.executable}, timeout=CLUSTER_START_TIMEOUT_S)
@@ -195,8 +195,8 @@ def test_without_ray_the_command_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     result = CliRunner().invoke(main, ["ray", "submit", str(tmp_path), str(tmp_path / "out")])
     assert result.exit_code == 1
-    assert result.output == ("Error: Ray is not installed: pip install 'packsft[ray]' "
-                             "(on the driver and on every node of the cluster)\n")
+    assert result.output == ("Error: Ray is not installed: pip install -e '.[ray]' in the packsft checkout, or "
+                             "pip install ray (on the driver and on every node of the cluster)\n")
     assert not (tmp_path / "out").exists()
 
 
@@ -211,7 +211,7 @@ def test_object_store_outputs_are_refused(tmp_path):
 
 
 def test_an_unreachable_cluster_fails_before_anything_is_written(tmp_path):
-    pytest.importorskip("ray", reason="Ray is not installed (pip install 'packsft[ray]'; CI installs it)")
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]'; CI installs it)")
     result = CliRunner().invoke(main, ["ray", "submit", str(tmp_path), str(tmp_path / "out"), "--address", "127.0.0.1:9"])
     assert result.exit_code == 1
     assert result.output == (
