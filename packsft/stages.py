@@ -39,6 +39,7 @@ from packsft.render.tokenizer import PackTokenizer
 from packsft.stats import (
     LENGTH_BIN,
     LENGTH_BINS,
+    NO_SOURCE,
     ChatTurns,
     Histogram,
     LabelContext,
@@ -52,7 +53,6 @@ from packsft.stats import (
     UnitCounters,
 )
 
-NO_SOURCE = "(none)"
 OMITTED_MARKER = "[… {n} tokens omitted] "
 
 
@@ -174,7 +174,9 @@ def read_unit(parts: Sequence[InputSlice], sources: list[InputFile], config: Pac
                            batch_size=config.batch_size, display_name=part.name, row_groups=part.row_groups)
         for part, source in zip(parts, sources)
     )
+    seen = rejects.total
     for records_read, left_out in records:
+        invalid = rejects.total - seen  # records the reader rejected on the way to this batch
         failed: set[int] = set()
         conversations = renderer.prepare(records_read)
         batch = renderer.render(conversations, reject=functools.partial(_reject_rendering, rejects, failed))
@@ -189,8 +191,9 @@ def read_unit(parts: Sequence[InputSlice], sources: list[InputFile], config: Pac
             assistant_turns_untrained=sum(1 for c in conversations if c.extras is not None for i, (role, _)
                                           in enumerate(c.messages) if role == ASSISTANT and not c.trains(i)) or None,
         )
-        if progress is not None:
-            progress.update(len(conversations) + left_out)
+        seen = rejects.total
+        if progress is not None:  # input records, as the bar's total counts them (--turns may render more)
+            progress.update(len(records_read) + left_out + invalid)
             progress.set_postfix_str(_rate(progress, tokens), refresh=False)
     if not batches:
         return ReadUnit(renderer.render([]), None)

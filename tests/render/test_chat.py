@@ -206,7 +206,7 @@ def test_pack_with_chatml_records_the_template_hash(tmp_path, chatml_dir, strate
     assert result.dataset["stats"]["bos_start_fraction"] is None  # no BOS in this template: n/a
     output = PackedOutput(result.out_dir)
     view = render_chunk(output, 0, tokenizer_for(output))
-    assert "<im_start " in view and "'user Question" in view
+    assert "<user       > 'Question" in view and "<end of turn>" in view
 
 
 # --- qwen3 on real data ---------------------------------------------------------------------------
