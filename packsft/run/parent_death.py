@@ -11,7 +11,9 @@ the fork server when P exits, to each worker when the fork server does. Each pro
 so each checks its parent pid afterwards: a parent that died in between sends nothing. Everywhere else (and
 as a second line on Linux, where a fork server packsft did not start may serve the pool), each worker runs a
 thread that waits on multiprocessing's sentinel of P and exits the worker when it closes. A killed worker leaves
-a half-written shard folder that the next run removes.
+a half-written shard folder that the next run removes. Linux sends the signal when the thread that started the
+process ends: a fork server started from a thread of P that ends before P dies then, and multiprocessing starts
+a new one for the next pool.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ FORK_SERVER_PARENT_ENV = "PACKSFT_FORK_SERVER_PARENT"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 EXIT_ORPHANED = 1
 
-# Set in a fork server started by fork_server_started(): its own pid, which its forked workers inherit.
+# Set in a fork server started under fork_server_parent(): its own pid, which its forked workers inherit.
 fork_server_pid: int | None = None
 
 
