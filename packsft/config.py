@@ -24,7 +24,7 @@ DEFAULT_SEQ_LENGTH = 2048
 DEFAULT_TOKENIZER = "gpt2"
 DEFAULT_MAX_REJECT_FRACTION = 0.1
 # Copied context (system + prompting user message, or the text before a continuation) may take at most
-# this share of a row; a longer prompt is shortened from the left (its end, where the question usually is).
+# this share of a row; a longer prompt keeps its start and its end, a marker between them (pack/pieces.py).
 CONTEXT_SHARE = 0.75
 # Cut a trained turn mid-way to fill a row when a message-boundary cut would leave at least this many
 # tokens empty; 0 (the default) never cuts a turn that fits in a row.

@@ -34,7 +34,7 @@ class ContextPlanner:
     def head_room(self, i: int) -> int:
         """Tokens of the conversation's head (BOS, a tools block the template opens with) in a piece that opens at
         message i: all of them, or, where they leave no room for the body (hundreds of tool definitions in a short
-        row), the context budget (pieces.PieceBuilder.add_shortened keeps the head's first token and its end)."""
+        row), the context budget (pieces.PieceBuilder.add_shortened keeps the head's first token, its start and its end)."""
         s = self.spans
         head, fits = s.head_end - s.start, s.capacity - s.reserve(i)
         return head if head <= fits else max(min(self.budget, fits), 0)

@@ -18,6 +18,9 @@ from packsft.render.tokenizer import TOKEN_ID_DTYPE
 
 Marker = Callable[[int], list[int]]
 Piece = tuple[np.ndarray, np.ndarray]  # (ids, flags)
+# A message shortened to fit keeps this share of what fits from its start, the rest from its end: the end usually
+# asks the question and the start gives the instruction, which is usually the shorter part.
+START_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -98,14 +101,37 @@ class PieceBuilder:
         return content - keep
 
     def add_shortened(self, lo: int, hi: int, head: int, room: int, *, zero: bool, zero_first: bool = False) -> bool:
-        """The message ids[lo:hi]: its `head` header tokens, a marker, and as much of the end of its content as
-        fits in `room`. Returns False (and adds nothing) when not even the header and one token fit."""
+        """The message ids[lo:hi]: its `head` header tokens, then as much of its content as fits in `room`: the
+        start and the end of the content with a marker saying how many tokens were left out between them
+        (`add_middle_of`). Returns False (and adds nothing) when not even the header and one token fit."""
         if room < head + min(hi - lo - head, 1):
             return False
         self.add(lo, lo + head, zero=zero, zero_first=zero_first)
-        self.add_end_of(lo + head, hi, room - head, zero=zero)
+        self.add_middle_of(lo + head, hi, room - head, zero=zero)
         self.counts.prompts_shortened += 1
         return True
+
+    def add_middle_of(self, lo: int, hi: int, room: int, *, zero: bool) -> int:
+        """ids[lo:hi] within `room`: its first tokens (START_SHARE of what is kept), a marker, and its last tokens.
+
+        A long prompt usually opens with the instruction and closes with the question; keeping both ends keeps
+        both. Returns the tokens left out.
+        """
+        content = hi - lo
+        if content <= room:
+            self.add(lo, hi, zero=zero)
+            return 0
+        marker = len(self.marker(content)) if self.marker else 0
+        if room < marker + 1:
+            return self.add_end_of(lo, hi, room, zero=zero)  # the marker does not fit: the end alone, as before
+        keep = room - marker
+        while self.marker and len(self.marker(content - keep)) > room - keep and keep > 0:
+            keep -= 1  # the marker for the real count came out longer than the one it was sized by
+        start = int(keep * START_SHARE)
+        self.add(lo, lo + start, zero=zero)
+        self.add_marker(content - keep)
+        self.add(hi - (keep - start), hi, zero=zero)
+        return content - keep
 
     def add_message(self, index: int, lo: int, hi: int, *, zero_first: bool) -> None:
         """The whole message ids[lo:hi], `index` in its conversation; marks the boundary before it in a body."""

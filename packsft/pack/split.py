@@ -19,8 +19,8 @@ re-opened with the question AND the immediately preceding tokens of the same tur
 continuation label sees the text right before it. `turn_cut=N` (N > 0) restores the old trade: cut a trained turn to fill
 a row whenever a boundary cut would leave N or more tokens empty (higher fill, beheaded turns).
 
-A question that takes more than `context_share` of a row is kept by its end, after the marker. Nothing
-trainable is lost; each trained label sees its question (or its end).
+A question that takes more than `context_share` of a row keeps its start and its end, the marker between them
+(pieces.START_SHARE). Nothing trainable is lost; each trained label sees its question (or both its ends).
 
 Agentic traces: a tool result (TOOL_CODE) is context for the assistant turn after it. A piece that opens at a
 tool result, or at the assistant turn after one, is re-opened also with the tool exchange right before it
@@ -89,7 +89,7 @@ def split_long(
         turn_cut: 0 cuts inside a turn only when it alone exceeds a row; N > 0 also cuts a trained turn
             to fill a row when a boundary cut would leave N or more tokens empty (beheads turns).
         context_share: the most of a row that copied context (system + question) may take; a longer
-            question is kept by its end. Higher keeps more questions whole and repeats more tokens.
+            question keeps its start and end. Higher keeps more questions whole and repeats more tokens.
     """
     capacity = seq_length + 1
     prefix = LabelPrefix.of(batch)
@@ -181,8 +181,8 @@ class ConversationSplitter:
         if trained:
             self._cut_across(i, tail)
         else:
-            # An untrained message (a long question) that cannot fit whole: keep its end, so the
-            # answer still sees the question it asks (usually at the end), and mark the cut.
+            # An untrained message (a long question) that cannot fit whole: keep its start and its end, so the
+            # answer still sees the instruction that opens it and the question that closes it, and mark the cut.
             room = self.planner.question_room(m, piece.length, tail)
             piece.msg_whole = False
             piece.add_shortened(lo, hi, spans.header(m), room, zero=False, zero_first=self._continuing())

@@ -93,14 +93,29 @@ def test_the_piece_builder_rolls_back_to_the_mark_before_a_message():
     assert (piece.length, piece.marks, piece.parts) == (0, [], [])
 
 
-def test_the_piece_builder_shortens_a_message_to_its_header_a_marker_and_its_end():
+def test_the_piece_builder_shortens_a_message_to_its_header_its_start_a_marker_and_its_end():
     batch = render((SYSTEM, "6:900"), (USER, "20:100"), (ASSISTANT, "5:200"))  # the question spans 8..29
     piece = PieceBuilder(batch, LabelPrefix.of(batch), marker=lambda omitted: [99, omitted])
     assert not piece.add_shortened(8, 29, 1, 1, zero=True)  # no room for a token after the header
     assert piece.add_shortened(8, 29, 1, 8, zero=True)
     ids = np.concatenate([ids for ids, _ in piece.parts]).tolist()
-    assert ids == [USR, 99, 15, 125, 126, 127, 128, 129]
+    # 5 of the 20 content tokens fit beside the marker: a quarter (1) from the start, the rest from the end.
+    assert ids == [USR, 110, 99, 15, 126, 127, 128, 129]
     assert piece.length == 8 and piece.counts.prompts_shortened == 1
+
+
+@pytest.mark.parametrize(("room", "expected"), [
+    (20, list(range(110, 130))),  # it fits: whole
+    (14, [110, 111, 112, 99, 8, *range(121, 130)]),  # 12 kept: 3 from the start, 9 from the end
+    (3, [99, 19, 129]),  # 1 kept: it goes to the end (the question)
+    (2, [128, 129]),  # no room for the marker: the end alone
+])
+def test_a_shortened_message_keeps_a_quarter_of_its_room_from_its_start(room, expected):
+    batch = render((SYSTEM, "6:900"), (USER, "20:100"), (ASSISTANT, "5:200"))
+    piece = PieceBuilder(batch, LabelPrefix.of(batch), marker=lambda omitted: [99, omitted])
+    left_out = piece.add_middle_of(9, 29, room, zero=True)
+    assert np.concatenate([ids for ids, _ in piece.parts]).tolist() == expected
+    assert piece.length == len(expected) <= room and left_out == 20 - sum(100 <= i < 200 for i in expected)
 
 
 # --- context planner -------------------------------------------------------------------------------------------
