@@ -10,7 +10,8 @@ Grouped by the question each module answers:
       proof.py      prove a tokenizer's chat path against `apply_chat_template`; the ids verify reads rows by
     layout and spans, per record:
       layout.py     where each message and each generated span lies in a rendering (prefix renderings, stop
-                    tokens, skeletons spliced with the record's strings)
+                    tokens, the template's trailer)
+      skeleton.py   a layout analysed once per conversation shape, spliced with each record's strings
       flags.py      the train flags and message spans of one rendered record: the mask, computed here only
     encoding:
       encode.py     tokenize renderings (HF or fast encoder): template specials special, record strings plain

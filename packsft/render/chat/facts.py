@@ -19,20 +19,16 @@ from typing import Any
 from packsft.read.records import ASSISTANT, TOOL, USER
 from packsft.render.chat.layout import (
     HOLE_PATTERN,
-    STAND_IN_TOOLS,
     Layout,
     LocalRules,
     Markers,
-    PrefixRenderings,
     Render,
-    SkeletonCache,
     analyse,
     back_off,
     common_prefix,
-    shape_key,
-    skeleton,
 )
 from packsft.render.chat.probes import JOIN_PROBE, PROBE_MARK, probe_records
+from packsft.render.chat.skeleton import STAND_IN_TOOLS, PrefixRenderings, SkeletonCache, shape_key, skeleton
 from packsft.render.tokenizer import PackTokenizer
 
 # A template bound to tools and kwargs: ChatRenderer.bind.

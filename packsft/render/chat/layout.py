@@ -17,21 +17,19 @@ So spans are found from the template's own renderings, never by searching for a 
                                            header (prompt)      |<----- generated (trained) ------->|
 
 Where R_i renders message i-1 differently from T (it is the last message there; Qwen3 adds a think block),
-message i starts after the longest end of R_i that T holds.
+message i starts after the longest end of R_i that T holds. A generated span ends with the first stop token
+after its prompt (`Markers`); the template's trailer (text after the last message whatever it is) is no part
+of any message.
 
-Cost: a conversation of n messages needs about 1.5 n renderings. Most conversations share their shape with
-many others, so the analysis runs on a *skeleton* (every content, reasoning, call id and string argument
-replaced by a placeholder), cached per shape, tools and template kwargs; splicing the record's strings into
-the skeleton must give back exactly the record's rendering, or the record is analysed itself.
+Cost: a conversation of n messages needs about 1.5 n renderings; skeleton.py shares them between records of
+one shape.
 """
 
 from __future__ import annotations
 
-import bisect
-import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,17 +39,8 @@ Span = tuple[int, int]
 
 HOLE = "\ue000{}\ue001"
 HOLE_PATTERN = re.compile("\ue000(\\d+)\ue001")
-# Message fields whose string value is data (never template structure): the skeleton replaces them.
-DATA_FIELDS = ("content", "reasoning_content", "reasoning", "thinking", "tool_call_id", "name")
-# Skeletons render with this in place of a record's tools (when it has any), so records with different tools share
-# a skeleton; the tools block is then the one stretch where a record's rendering differs (see `splice`).
-STAND_IN_TOOLS = [{"type": "function", "function": {
-    "name": "stand_in", "description": "A stand-in.",
-    "parameters": {"type": "object", "properties": {"x": {"type": "string", "description": "x"}}, "required": ["x"]}}}]
 # The content of a message that stands in for one the template cannot be rendered without (_refused_boundary).
 STAND_IN_CONTENT = "\ue002stand-in\ue003"
-SKELETON_CACHE_SIZE = 4096
-PREFIX_CACHE_SIZE = 32768  # skeleton renderings (short: contents are placeholders)
 # Text that resumes a message's rendering right where two renderings part is taken as that message's own rest
 # (and not a closing that depends on what follows, such as a newline) from this many characters, or a special token.
 RESUMED_CHARS = 4
@@ -424,196 +413,3 @@ def _end_of_turn(text: str, start: int, end: int, markers: Markers) -> tuple[int
             return found.end(), STOP
     ends = [match.end() for match in markers.specials.finditer(text, start, end)] if markers.specials else []
     return (ends[-1], OTHER) if ends else (end, NONE)
-
-
-# -- skeletons -------------------------------------------------------------------------------------------------
-def skeleton(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """The messages with every non-empty data string replaced by a numbered placeholder, and those strings.
-
-    Empty strings stay empty: templates test them (`{% if content %}`)."""
-    values: list[str] = []
-
-    def hole(value: Any) -> Any:
-        if not isinstance(value, str) or not value:
-            return value
-        values.append(value)
-        return HOLE.format(len(values) - 1)
-
-    out = []
-    for message in messages:
-        copy = dict(message)
-        for key in DATA_FIELDS:
-            if key in copy:
-                copy[key] = hole(copy[key])
-        if isinstance(copy.get("tool_calls"), list):
-            copy["tool_calls"] = [_call_skeleton(call, hole) for call in copy["tool_calls"]]
-        out.append(copy)
-    return out, values
-
-
-def _call_skeleton(call: Any, hole: Callable[[Any], Any]) -> Any:
-    if not isinstance(call, Mapping):
-        return call
-    copy = dict(call)
-    if "id" in copy:
-        copy["id"] = hole(copy["id"])
-    function = copy.get("function")
-    if isinstance(function, Mapping):
-        copy["function"] = {key: hole(value) if key in ("name", "arguments") else value for key, value in function.items()}
-    return copy
-
-
-def protect(messages: list[dict[str, Any]], specials: re.Pattern[str]) -> tuple[list[dict[str, Any]], list[str]]:
-    """The messages with every special-token string inside their data replaced by a placeholder, and those strings."""
-    values: list[str] = []
-
-    def hole(match: re.Match[str]) -> str:
-        values.append(match.group())
-        return HOLE.format(len(values) - 1)
-
-    def walk(value: Any) -> Any:
-        if isinstance(value, str):
-            return specials.sub(hole, value)
-        if isinstance(value, Mapping):
-            return {key: walk(item) if key != "role" else item for key, item in value.items()}
-        if isinstance(value, list):
-            return [walk(item) for item in value]
-        return value
-
-    return [walk(message) for message in messages], values
-
-
-def shape_key(messages: list[dict[str, Any]], tools: Any, kwargs: Mapping[str, Any]) -> str:
-    return json.dumps([messages, tools, kwargs], sort_keys=True, ensure_ascii=False, default=repr)
-
-
-def splice(layout: Layout, values: list[str], text: str, *, stand_in: bool = False) -> Layout | None:
-    """The skeleton's layout moved onto the record whose strings are `values`, if that gives back `text` exactly.
-
-    Args:
-        stand_in: the skeleton was rendered with stand-in tools; the one stretch where the spliced skeleton and
-            `text` then differ is the tools block, which must hold no position of the layout and no placeholder.
-    """
-    pieces, marks, cursor = [], [], 0
-    for match in HOLE_PATTERN.finditer(layout.text):
-        index = int(match.group(1))
-        if index >= len(values):
-            return None
-        pieces.append(layout.text[cursor:match.start()])
-        pieces.append(values[index])
-        marks.append((match.start(), match.end(), len(values[index])))
-        cursor = match.end()
-    pieces.append(layout.text[cursor:])
-    spliced = "".join(pieces)
-    if spliced != text and not stand_in:
-        escaped = _escaped_lengths(pieces, text)
-        if escaped is None:
-            return None
-        marks = [(start, end, length) for (start, end, _), length in zip(marks, escaped)]
-        spliced = text
-    ends = [end for _, end, _ in marks]
-    shift = [0]
-    for start, end, length in marks:
-        shift.append(shift[-1] + length - (end - start))
-
-    def moved(x: int) -> int:
-        j = bisect.bisect_right(ends, x)
-        if j < len(marks) and marks[j][0] < x:  # inside a placeholder: its start
-            x = marks[j][0]
-        return x + shift[j]
-
-    data = [(moved(start), moved(start) + length) for start, _, length in marks]
-    positions = [layout.head_end, *layout.starts, *layout.bodies,
-                 *(x for span in layout.generated if span is not None for x in span)]
-    if spliced != text:
-        if not stand_in:
-            return None
-        region = _differing_stretch(spliced, text)
-        if region is None:
-            return None
-        lo, hi, delta = region  # spliced[lo:hi] stands where text[lo:hi + delta] is
-        if any(lo < moved(x) < hi for x in positions) or any(lo < e and s < hi for s, e in data):
-            return None
-        inner = moved
-
-        def moved(x: int) -> int:  # noqa: F811 - the same move, then past the tools block
-            y = inner(x)
-            return y + delta if y >= hi else y
-
-        data = [(moved(start), moved(start) + length) for start, _, length in marks]
-    return Layout(
-        text, moved(layout.head_end), [moved(x) for x in layout.starts], [moved(x) for x in layout.bodies],
-        [None if span is None else (moved(span[0]), moved(span[1])) for span in layout.generated],
-        list(layout.rewritten), data, list(layout.endings),
-    )
-
-
-def _escaped_lengths(pieces: list[str], text: str) -> list[int] | None:
-    """Where the spliced skeleton differs from `text` because the template JSON-escapes some of the record's strings
-    (Llama 3 renders a tool result through `tojson`): the length each value has in `text` (as given or escaped),
-    walking the skeleton's literal pieces (`pieces`: literal, value, literal, ..., literal); None where that does
-    not give back `text`."""
-    lengths, at = [], 0
-    for i in range(0, len(pieces) - 1, 2):
-        literal, value, following = pieces[i], pieces[i + 1], pieces[i + 2]
-        if not text.startswith(literal, at):
-            return None
-        at += len(literal)
-        escaped = json.dumps(value, ensure_ascii=False)[1:-1]
-        chosen = next((v for v in dict.fromkeys((value, escaped))
-                       if text.startswith(v, at) and text.startswith(following[:64], at + len(v))), None)
-        if chosen is None:
-            return None
-        lengths.append(len(chosen))
-        at += len(chosen)
-    return lengths if text[at:] == pieces[-1] else None
-
-
-def _differing_stretch(a: str, b: str) -> tuple[int, int, int] | None:
-    """(lo, hi, len(b) - len(a)) where a and b agree outside a[lo:hi] and b[lo:hi + delta]; None if not so."""
-    lo = common_prefix(a, b)
-    if lo == len(a) == len(b):
-        return None
-    room = min(len(a), len(b)) - lo
-    back = common_prefix(a[::-1], b[::-1])
-    back = min(back, room)
-    return lo, len(a) - back, len(b) - len(a)
-
-
-class PrefixRenderings:
-    """`render` for the prefixes of one skeleton, memoised by the prefix's content in `store` (shared by every
-    skeleton of a unit): skeletons of agentic traces rarely repeat whole, but their early turns do.
-
-    Call it as `render` is called, with `messages[:i]` of the messages it was made for.
-    """
-
-    def __init__(self, render: Render, messages: list[dict[str, Any]], context: str, store: dict[bytes, str]) -> None:
-        self.render, self.messages, self.store = render, messages, store
-        digest = hashlib.blake2b(context.encode(), digest_size=16)
-        self.keys = [digest.digest()]
-        for message in messages:
-            digest.update(json.dumps(message, sort_keys=True, ensure_ascii=False, default=repr).encode())
-            self.keys.append(digest.digest())
-
-    def __call__(self, messages: list[dict[str, Any]], prompt: bool) -> str:
-        key = self.keys[len(messages)] + (b"+" if prompt else b"-")
-        text = self.store.get(key)
-        if text is None:
-            text = self.store[key] = self.render(messages, prompt)
-            if len(self.store) > PREFIX_CACHE_SIZE:
-                self.store.clear()
-        return text
-
-
-@dataclass
-class SkeletonCache:
-    """Layouts of skeletons by shape key, bounded (cleared when full: shapes repeat within a unit, not across)."""
-
-    entries: dict[str, Layout | None] = field(default_factory=dict)
-
-    def get(self, key: str, compute: Callable[[], Layout | None]) -> Layout | None:
-        if key not in self.entries:
-            if len(self.entries) >= SKELETON_CACHE_SIZE:
-                self.entries.clear()
-            self.entries[key] = compute()
-        return self.entries[key]

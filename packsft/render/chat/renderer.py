@@ -46,22 +46,8 @@ from packsft.render.chat.encode import RenderingEncoder, rendering_encoder
 from packsft.render.chat.facts import template_facts
 from packsft.render.chat.flags import flags_and_spans, text_flags
 from packsft.render.chat.jinja import jinja_renderer, require_jinja
-from packsft.render.chat.layout import (
-    HOLE,
-    HOLE_PATTERN,
-    NONE,
-    OTHER,
-    STAND_IN_TOOLS,
-    STOP,
-    Layout,
-    Markers,
-    Render,
-    analyse,
-    protect,
-    shape_key,
-    skeleton,
-    splice,
-)
+from packsft.render.chat.layout import HOLE, HOLE_PATTERN, NONE, OTHER, STOP, Layout, Markers, Render, analyse
+from packsft.render.chat.skeleton import STAND_IN_TOOLS, protect, shape_key, skeleton, splice
 from packsft.render.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 from packsft.stats import ChatTurns
 
