@@ -89,6 +89,11 @@ class PackConfig:
     unprompted: Unprompted = "keep"
     turn_cut: int = DEFAULT_TURN_CUT
     context_share: float = CONTEXT_SHARE
+    # Topology-aware rows (pack/bins.py): every segment padded to a multiple of pad_multiple (context parallelism
+    # needs 2*CP, lcm(2*CP, CP*TP) with sequence parallelism), at most max_segments segments a row (CUDA graphs
+    # need a fixed number of cu_seqlens entries: max_segments + 1).
+    pad_multiple: int = 1
+    max_segments: int | None = None
     source_filter: str | None = None
     output_format: OutputFormat = "npy"
     trust_remote_code: bool = False
@@ -145,6 +150,7 @@ class PackConfig:
             raise ConfigError("long does not apply to strategy linear (it streams conversations across rows); drop --long")
         if not isinstance(self.seq_length, int) or self.seq_length < 2:
             raise ConfigError(f"seq_length must be an integer >= 2, got {self.seq_length!r}")
+        self._check_row_layout()
         if not isinstance(self.turn_cut, int) or self.turn_cut < 0:
             raise ConfigError(f"turn_cut must be an integer >= 0, got {self.turn_cut!r}")
         if isinstance(self.context_share, bool) or not isinstance(self.context_share, (int, float)) or not (
@@ -156,6 +162,22 @@ class PackConfig:
         fraction = self.max_reject_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
             raise ConfigError(f"max_reject_fraction must be a number from 0 to 1, got {fraction!r}")
+
+    def _check_row_layout(self) -> None:
+        """pad_multiple and max_segments: positive integers, for the strategies that place whole pieces."""
+        multiple, most = self.pad_multiple, self.max_segments
+        if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+            raise ConfigError(f"pad_multiple must be an integer >= 1, got {multiple!r}")
+        if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most < 1):
+            raise ConfigError(f"max_segments must be an integer >= 1, got {most!r}")
+        given = [flag for flag, on in (("--pad-multiple", multiple > 1), ("--max-segments", most is not None)) if on]
+        if given and self.strategy == "linear":
+            raise ConfigError(f"{' and '.join(given)} do not apply to strategy linear (it streams conversations "
+                              "across rows); use --strategy bestfit or aligned")
+        if multiple > 1 and isinstance(self.seq_length, int) and self.seq_length % multiple:
+            raise ConfigError(f"seq_length {self.seq_length} is not a multiple of pad_multiple {multiple}: the "
+                              f"segments of a row (and its padding) must tile L; pass --seq-length "
+                              f"{self.seq_length // multiple * multiple or multiple}")
 
     def template_kwargs_dict(self) -> dict[str, Any]:
         """`template_kwargs` decoded (a TOML table may give it as a table, the CLI as JSON text)."""
@@ -209,7 +231,7 @@ BYTES_NEUTRAL_KEYS = frozenset(f.name for f in dataclasses.fields(PackConfig) if
 
 # Keys added after outputs existed, with the value that reproduces those outputs: left out of a config's
 # bytes while at that value, so units packed before the key existed keep their fingerprints.
-LATER_KEYS: dict[str, Any] = {"template_kwargs": None, "turns": "rendered"}
+LATER_KEYS: dict[str, Any] = {"template_kwargs": None, "turns": "rendered", "pad_multiple": 1, "max_segments": None}
 # Bumped when the chat path's rows change for the same input (2: masks from the generation prompt, tools,
 # reasoning, template kwargs), so chat units of an older packsft are packed again instead of resumed.
 CHAT_RENDERING = 2

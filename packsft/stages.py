@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from packsft.config import PackConfig
-from packsft.pack.bins import pack_aligned, pack_bestfit
+from packsft.pack.bins import pack_aligned, pack_bestfit, slot_lengths
 from packsft.pack.labels import answer_flags, message_starts, prompt_starts
 from packsft.pack.rows import (
     Chunks,
@@ -216,11 +216,14 @@ def pack_linear(batch: RenderedBatch, trainable: np.ndarray, config: PackConfig,
 def pack_pieces(batch: RenderedBatch, config: PackConfig, tokenizer: PackTokenizer) -> PackedUnit:
     """Split long conversations into pieces, pack the pieces into rows (best-fit or aligned)."""
     policy = config.long_policy or "split"  # None only for linear packing, which never splits
-    pieces, split_counts = split_long(batch, config.seq_length, policy, _marker(tokenizer), config.turn_cut,
+    # Padded segments tile the row's L inputs (L is a multiple of pad_multiple), so a piece takes at most L.
+    longest = config.seq_length if config.pad_multiple == 1 else config.seq_length - 1
+    pieces, split_counts = split_long(batch, longest, policy, _marker(tokenizer), config.turn_cut,
                                       config.context_share)
     packer = pack_bestfit if config.strategy == "bestfit" else pack_aligned
-    packing = packer(pieces.lengths, config.seq_length + 1)
-    chunks = build_chunks(pieces, packing, config.seq_length, tokenizer.pad_id)
+    slots = slot_lengths(pieces.lengths, config.pad_multiple)
+    packing = packer(slots, config.seq_length + 1, config.max_segments)
+    chunks = build_chunks(pieces, packing, config.seq_length, tokenizer.pad_id, slots)
     kept, pad_share = _piece_shares(pieces, packing.order, chunks, len(batch), config.seq_length + 1)
     return PackedUnit(
         chunks, len(pieces), len(np.unique(pieces.conv)), kept, pad_share,

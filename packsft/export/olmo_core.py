@@ -12,6 +12,11 @@ shifts labels itself, so the mask names the label token (`label_flags`). Documen
 infers `doc_lens` from EOS tokens, which finds a piece only where it ends with EOS (a piece cut from a
 longer conversation does not); the metadata file holds every piece exactly, and OLMo-core reads it with
 `iter_document_indices(path, use_array_if_local=False)` (olmo_core.data.utils).
+
+Under `--pad-multiple N` a document is a stored segment, its piece and its untrained pads, so every document length
+(and the padding after a row's last one, N dividing L) is a multiple of N, as context parallelism needs of the
+doc_lens OLMo-core builds cu_seqlens from; `--max-segments K` caps the documents of an instance at K. `loading`
+says both.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ def loading(dest: Path, source: Source) -> dict[str, Any]:
         "pad_token_id": special.get("pad"),
         "eos_token_id": special.get("eos"),
         "bos_token_id": special.get("bos"),
+        "document_length_multiple": source.topology.pad_multiple,
+        "max_documents_per_instance": source.topology.max_segments,
     }
 
 

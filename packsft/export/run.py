@@ -27,7 +27,7 @@ from packsft.export.shards import read_shards
 from packsft.export.target import Source, Target
 from packsft.loader.gather import open_shards, output_fingerprint
 from packsft.version import __version__
-from packsft.write.layout import PackedOutput, sha256_file
+from packsft.write.layout import PackedOutput, Topology, sha256_file
 from packsft.write.writer import atomic_write_json
 
 TARGETS: dict[str, Target] = {target.name: target for target in (trl.TARGET, megatron.TARGET, olmo_core.TARGET, hf.TARGET)}
@@ -109,7 +109,7 @@ def export_output(out_dir: str | Path, dest: str | Path, to: str, *, overwrite: 
     prepare_dest(dest, output.out_dir, overwrite)
     dataset = output.dataset
     source = Source(dataset["seq_length"], dataset["tokenizer"].get("vocab_size", 0), dataset["dtype"],
-                    dict(dataset["tokenizer"].get("special_ids", {})), tuple(output.shards))
+                    dict(dataset["tokenizer"].get("special_ids", {})), tuple(output.shards), Topology.of(dataset))
     files: list[Path] = []
     shards = tqdm(read_shards(output), total=len(output.shards), desc=f"export {to}", unit="shard", disable=quiet)
     for shard in shards:

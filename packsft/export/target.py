@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from packsft.export.shards import ShardArrays
+from packsft.write.layout import NO_TOPOLOGY, Topology
 
 PARQUET_COMPRESSION = "zstd"
 IGNORE_INDEX = -100  # the label value PyTorch's cross_entropy (and every HF trainer) skips
@@ -25,6 +26,7 @@ class Source:
     dtype: str
     special_ids: dict[str, int | None]
     shards: tuple[str, ...]  # shard names, in order
+    topology: Topology = NO_TOPOLOGY  # --pad-multiple and --max-segments of the pack
 
 
 @dataclass(frozen=True)

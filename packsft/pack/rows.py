@@ -7,6 +7,10 @@
 Segments are stored CSR: the segment lengths of row r are
 `segment_lengths[row_segments[r]:row_segments[r+1]]`. A trainer resets position_ids at each segment
 start and builds cu_seqlens from them; the label at a segment start is never trained.
+
+With `--pad-multiple N` a segment is its piece and then pads (pad id, mask 0) up to a multiple of N, and its
+stored length includes them: the pads come after the piece's tokens, so causal attention within the segment never
+lets a piece token see them, and cu_seqlens keep every boundary at a multiple of N.
 """
 
 from __future__ import annotations
@@ -37,18 +41,21 @@ class Chunks:
         return int(self.segment_lengths.sum())
 
 
-def build_chunks(pieces: PieceTable, packing: Packing, seq_length: int, pad_id: int) -> Chunks:
+def build_chunks(pieces: PieceTable, packing: Packing, seq_length: int, pad_id: int,
+                 slots: np.ndarray | None = None) -> Chunks:
     """Copy the pieces into rows as the packing says; the rest of each row is pad (mask 0).
 
-    One slice copy per piece: a few thousand per unit, far cheaper than gathering token by token.
+    `slots` (bins.slot_lengths, by piece) are the positions each piece's segment takes, its length and its pads;
+    None: its length. One slice copy per piece: a few thousand per unit, far cheaper than gathering token by token.
     """
     capacity = seq_length + 1
     rows = packing.rows
     lengths = pieces.lengths[packing.order]
+    segments = lengths if slots is None else np.asarray(slots, np.int64)[packing.order]
     pieces_per_row = np.diff(packing.row_offsets)
     piece_rows = np.repeat(np.arange(rows, dtype=np.int64), pieces_per_row)
-    # Column where each placed piece starts: running length within its row.
-    run = np.cumsum(lengths) - lengths
+    # Column where each placed piece starts: running length of the segments before it within its row.
+    run = np.cumsum(segments) - segments
     row_base = np.repeat(run[packing.row_offsets[:-1]] if rows else np.zeros(0, np.int64), pieces_per_row)
     columns = run - row_base
     tokens = np.full((rows, capacity), pad_id, pieces.ids.dtype)
@@ -60,7 +67,7 @@ def build_chunks(pieces: PieceTable, packing: Packing, seq_length: int, pad_id: 
     return Chunks(
         tokens=tokens,
         loss_mask=np.ascontiguousarray(flags[:, 1:]),
-        segment_lengths=lengths.astype(np.int32),
+        segment_lengths=segments.astype(np.int32),
         row_segments=packing.row_offsets.astype(np.int64),
         piece_rows=piece_rows,
     )

@@ -42,6 +42,7 @@ from packsft.write.layout import (
     REJECTS_JSONL,
     SHARDS_DIR,
     TOKEN_DTYPES,
+    Topology,
     storage_dtype,
 )
 
@@ -213,7 +214,8 @@ def _format_checks(arrays: StoredArrays, dataset: dict[str, Any], counters: dict
     found = []
     control = ControlIds.of(dataset["tokenizer"].get("special_ids", {}), config.get("template"))
     if control is not None:
-        found += check_control_tokens(*rows, control=control, mask=config.get("mask"))
+        found += check_control_tokens(*rows, control=control, mask=config.get("mask"),
+                                      pad_multiple=Topology.of(dataset).pad_multiple)
     markers = ChatMarkers.of(dataset["tokenizer"].get("chat_markers"), config.get("template"),
                              dataset["tokenizer"].get("stop_ids"))
     if markers is not None and config.get("mask") == "assistant_only":
@@ -228,7 +230,7 @@ def _check_rows(report: Report, shard_dir: str, arrays: StoredArrays, manifest: 
     for v in check_shard_arrays(
         arrays.tokens, arrays.loss_mask, arrays.segment_lengths, arrays.row_segments,
         vocab_size=dataset["tokenizer"]["vocab_size"], pad_id=special.get("pad"), bos_id=special.get("bos"),
-        strategy=dataset["config"].get("strategy"),
+        strategy=dataset["config"].get("strategy"), topology=Topology.of(dataset),
     ):
         chunk = None if v.row is None else first_chunk + v.row
         file = v.array if arrays.segment_lengths is not None else PARQUET_FILE

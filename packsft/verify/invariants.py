@@ -6,6 +6,7 @@
     row_segments     = CSR offsets: 0 .. len(segment_lengths), non-decreasing
 
 - every row holds at least one segment; positions after its segments hold the pad id, never trained;
+- `--pad-multiple N`: every segment length is a multiple of N; `--max-segments K`: no row holds more than K;
 - aligned/bestfit: every segment starts with BOS (when the tokenizer has one), and the label at a
   segment start (the flag of its first token) is never trained, so no label crosses two conversations;
 - linear: every row but the last is full, and consecutive rows share their boundary token;
@@ -27,9 +28,11 @@ from packsft.verify.chat_turns import ChatMarkers, check_chat_turns
 from packsft.verify.violations import BLOCK_ROWS, Violation, in_blocks, row_violations
 from packsft.write.layout import (
     LOSS_MASK_NPY,
+    NO_TOPOLOGY,
     ROW_SEGMENTS_NPY,
     SEGMENT_LENGTHS_NPY,
     TOKENS_NPY,
+    Topology,
 )
 
 __all__ = ["ChatMarkers", "ControlIds", "Violation", "check_chat_turns", "check_control_tokens", "check_offsets",
@@ -62,7 +65,7 @@ class RowLayout:
 
 
 def check_segments(segment_lengths: np.ndarray, row_segments: np.ndarray, rows: int,
-                   capacity: int) -> tuple[list[Violation], RowLayout | None]:
+                   capacity: int, topology: Topology = NO_TOPOLOGY) -> tuple[list[Violation], RowLayout | None]:
     """The segment arrays' own invariants, and the rows' layout when they hold."""
     segment_lengths, row_segments = np.asarray(segment_lengths), np.asarray(row_segments)
     found = check_offsets(segment_lengths, row_segments, rows)
@@ -74,6 +77,14 @@ def check_segments(segment_lengths: np.ndarray, row_segments: np.ndarray, rows: 
     found += row_violations(SEGMENT_LENGTHS_NPY, np.flatnonzero(used > capacity),
                    f"segments add up to more than the row's {capacity} positions")
     found += row_violations(ROW_SEGMENTS_NPY, np.flatnonzero(np.diff(row_segments) == 0), "row holds no segment")
+    multiple = topology.pad_multiple
+    if multiple > 1:
+        off = np.flatnonzero(segment_lengths % multiple)
+        found += row_violations(SEGMENT_LENGTHS_NPY, np.searchsorted(row_segments, off, side="right") - 1,
+                                f"a segment length is not a multiple of the pad multiple {multiple}")
+    if topology.max_segments is not None:
+        found += row_violations(ROW_SEGMENTS_NPY, np.flatnonzero(np.diff(row_segments) > topology.max_segments),
+                                f"row holds more than max_segments {topology.max_segments} segments")
     if found:
         return found, None
     seg_rows = np.repeat(np.arange(rows, dtype=np.int64), np.diff(row_segments))
@@ -90,6 +101,7 @@ def check_shard_arrays(
     pad_id: int,
     bos_id: int | None,
     strategy: str,
+    topology: Topology = NO_TOPOLOGY,
 ) -> list[Violation]:
     """Every invariant of one shard's arrays; shapes and dtypes must already match the contract.
 
@@ -99,7 +111,7 @@ def check_shard_arrays(
     found: list[Violation] = []
     layout = None
     if segment_lengths is not None and row_segments is not None:
-        found, layout = check_segments(segment_lengths, row_segments, rows, capacity)
+        found, layout = check_segments(segment_lengths, row_segments, rows, capacity, topology)
     separate = strategy in ("aligned", "bestfit")  # conversations never share a segment
     row_bos = bos_id if separate else None
     for begin in range(0, rows, BLOCK_ROWS):
@@ -176,29 +188,54 @@ def check_control_tokens(
     *,
     control: ControlIds,
     mask: str,
+    pad_multiple: int = 1,
 ) -> list[Violation]:
     """Control tokens only where the role-token format puts them; content never encodes to one.
 
-    Inside a segment: a BOS only at its start, an EOS only at its end, never a pad; under
+    Inside a segment: a BOS only at its start, an EOS only at its end, never a pad (but for fewer than
+    `pad_multiple` alignment pads that end it: its piece then ends before them); under
     `assistant_only` the token after a `<|user|>` or `<|system|>` role token is never trained (a role
     token inside an assistant message, from content such as "hi <|user|> there", would be).
     Offsets must already be valid (`check_offsets`). Rows are read in blocks.
     """
-    check = functools.partial(_control_block, control=control, mask=mask)
+    check = functools.partial(_control_block, control=control, mask=mask, pad_multiple=pad_multiple)
     return in_blocks(check, tokens, loss_mask, segment_lengths, row_segments)
 
 
+def alignment_pads(tokens: np.ndarray, segment_lengths: np.ndarray, row_segments: np.ndarray,
+                   pad_id: int) -> np.ndarray:
+    """Per segment: the pad ids that end it (`--pad-multiple`'s alignment pads, and any pad id its piece ends with)."""
+    rows, capacity = tokens.shape
+    seg_rows = np.repeat(np.arange(rows, dtype=np.int64), np.diff(row_segments))
+    ends = seg_rows * capacity + segment_starts(segment_lengths, row_segments) + segment_lengths
+    kept = np.flatnonzero(tokens.reshape(-1) != pad_id)
+    before = np.searchsorted(kept, ends) - 1  # the last non-pad position before each segment's end
+    last = np.where(before >= 0, kept[np.maximum(before, 0)], -1)
+    return np.minimum(ends - 1 - last, segment_lengths).astype(np.int64)
+
+
 def _control_block(tokens: np.ndarray, loss_mask: np.ndarray, segment_lengths: np.ndarray,
-                   row_segments: np.ndarray, control: ControlIds, mask: str) -> list[Violation]:
+                   row_segments: np.ndarray, control: ControlIds, mask: str, pad_multiple: int) -> list[Violation]:
     rows, capacity = tokens.shape
     used, starts = row_lengths(segment_lengths, row_segments), segment_starts(segment_lengths, row_segments)
     seg_rows = np.repeat(np.arange(rows, dtype=np.int64), np.diff(row_segments))
+    found = []
+    pieces = segment_lengths
+    if pad_multiple > 1:
+        tail = alignment_pads(tokens, segment_lengths, row_segments, control.pad)
+        found += row_violations("tokens.npy", seg_rows[tail >= pad_multiple],
+                                f"a segment ends with {pad_multiple} or more pads (more than --pad-multiple needs)")
+        pieces = segment_lengths - np.minimum(tail, pad_multiple - 1)
     is_start = np.zeros((rows, capacity), bool)
     is_last = np.zeros((rows, capacity), bool)
     is_start[seg_rows, starts] = True
-    is_last[seg_rows, np.minimum(starts + segment_lengths - 1, capacity - 1)] = True
+    is_last[seg_rows, np.minimum(starts + np.maximum(pieces, 1) - 1, capacity - 1)] = True
     inside = np.arange(capacity)[None, :] < used[:, None]
-    found = []
+    if pad_multiple > 1:  # a segment's alignment pads are not part of its piece
+        aligned = np.zeros((rows, capacity + 1), np.int32)
+        np.add.at(aligned, (seg_rows, starts + pieces), 1)
+        np.add.at(aligned, (seg_rows, starts + segment_lengths), -1)
+        inside &= np.cumsum(aligned, axis=1)[:, :capacity] == 0
     if control.bos is not None:
         found += row_violations("tokens.npy", np.flatnonzero((inside & ~is_start & (tokens == control.bos)).any(axis=1)),
                        f"a BOS token (id {control.bos}) inside a segment: message content became a control token")

@@ -12,6 +12,10 @@
         chunks.parquet         (with --output-format parquet|both) input_ids, loss_mask, seq_lengths
         manifest.json          shapes, dtypes, sha256 of every file, the unit's counters
 
+With `--pad-multiple N` every stored segment length is a multiple of N (a piece and its untrained pads); with
+`--max-segments K` no row holds more than K segments. dataset.json's config records both (`Topology.of`), so a
+loader or an export can pad cu_seqlens to K+1 entries.
+
 Every file is written under a temporary name and renamed into place; a shard folder is renamed into
 place only when complete. Arrays are plain .npy (never pickled): `np.load(path, mmap_mode="r")`.
 
@@ -130,6 +134,28 @@ def contract_problems(header: NpyHeader, shape: tuple[int, ...] | None, dtype: n
     if len(header.shape) > 1 and header.fortran_order:
         found.append("stored in Fortran order; the format stores rows contiguously")
     return found
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What a parallel layout asks of the rows: segments of a multiple of `pad_multiple` positions, at most
+    `max_segments` of them a row (None: no limit)."""
+
+    pad_multiple: int = 1
+    max_segments: int | None = None
+
+    @staticmethod
+    def of(dataset: dict[str, Any]) -> Topology:
+        """The topology an output was packed for (outputs from before the keys existed: none)."""
+        config = dataset.get("config", {})
+        return Topology(config.get("pad_multiple") or 1, config.get("max_segments"))
+
+    def cu_seqlens_width(self) -> int | None:
+        """Entries of a row's fixed-width cu_seqlens (its K segments' boundaries), or None without a limit."""
+        return None if self.max_segments is None else self.max_segments + 1
+
+
+NO_TOPOLOGY = Topology()  # rows as packsft packs them without --pad-multiple and --max-segments
 
 
 def check_dataset(dataset: Any, path: Path) -> None:

@@ -258,3 +258,75 @@ def test_cli_choices_are_the_export_targets():
     command = main.get_command(None, "export")
     choice = next(p for p in command.params if p.name == "target").type
     assert sorted(choice.choices) == sorted(TARGETS)
+
+
+# --- topology-aware rows (--pad-multiple, --max-segments) ------------------------------------------
+
+MULTIPLE, MOST = 8, 3
+
+
+@pytest.fixture(scope="module")
+def padded_out(tmp_path_factory, sharegpt_dir, gpt2_dir):
+    return pack_sample(tmp_path_factory.mktemp("padded"), sharegpt_dir, gpt2_dir, seq_length=SEQ,
+                       pad_multiple=MULTIPLE, max_segments=MOST)
+
+
+def bridge_collate_boundaries(seq_start_id, length, metadata):
+    """cu_seqlens_padded as Bridge's collate builds them with pad_seq_to_mult > 1 and pad_cu_seqlens (max_length =
+    L): each sequence gives its length - 1 inputs, the row's end is appended, then zero-length sequences up to
+    max_samples_per_bin + 2 boundaries."""
+    bounds = list(seq_start_id) + [length]
+    cu = [0]
+    for start, end in zip(bounds, bounds[1:]):
+        cu.append(cu[-1] + end - start - 1)
+    if cu[-1] != SEQ:
+        cu.append(SEQ)
+    most = max(entry["max_samples_per_bin"] for entry in metadata)
+    return cu + [SEQ] * (most - len(cu) + 2)
+
+
+def test_megatron_bridge_reads_padded_sequences_at_multiples(padded_out, tmp_path):
+    import pyarrow.parquet as pq
+
+    dest = exported(padded_out, tmp_path, "megatron")
+    loading = json.loads((dest / EXPORT_JSON).read_text())["loading"]
+    assert (loading["pad_seq_to_mult"], loading["pad_cu_seqlens"]) == (MULTIPLE, True)
+    output = PackedOutput(padded_out)
+    rows = 0
+    for name, metadata_path in zip(output.shards, loading["pack_metadata_file_paths"]):
+        metadata = json.loads((dest / metadata_path).read_text())
+        assert metadata[0]["max_samples_per_bin"] == MOST
+        for record in pq.read_table(dest / f"shard_{name}.idx.parquet").to_pylist():
+            row = output.row(rows)
+            rows += 1
+            cu = bridge_collate_boundaries(record["seq_start_id"], len(record["input_ids"]), metadata)
+            assert len(cu) == MOST + 2 and all(b % MULTIPLE == 0 for b in cu)  # fixed width, CP-aligned
+            assert cu[: len(row.segment_lengths) + 1] == [0, *np.cumsum(row.segment_lengths).tolist()]
+            expected = {int(i): int(row.tokens[i + 1]) for i in np.flatnonzero(row.loss_mask)}
+            # Bridge's input position k of sequence j is the row's position k - j (one extra pad per sequence).
+            trained = read_bridge_row(record["input_ids"], record["seq_start_id"], record["loss_mask"])
+            starts = record["seq_start_id"]
+            shifted = {i - (np.searchsorted(starts, i, side="right") - 1): label for i, label in trained.items()}
+            assert shifted == expected
+    assert rows == len(output)
+
+
+def test_megatron_core_and_olmo_core_read_padded_documents(padded_out, tmp_path):
+    pytest.importorskip("megatron.core", reason="pip install -e '.[interop]'")
+    pytest.importorskip("olmo_core.data", reason="pip install -e '.[interop]'")
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from olmo_core.data.utils import iter_document_indices
+
+    output = PackedOutput(padded_out)
+    megatron, olmo = exported(padded_out, tmp_path, "megatron"), exported(padded_out, tmp_path, "olmo-core")
+    loading = json.loads((olmo / EXPORT_JSON).read_text())["loading"]
+    assert (loading["document_length_multiple"], loading["max_documents_per_instance"]) == (MULTIPLE, MOST)
+    for shard, name in enumerate(output.shards):
+        lengths = output.array(shard, "segment_lengths")
+        indexed = IndexedDataset(str(megatron / f"shard_{name}"))
+        assert np.array_equal(indexed.sequence_lengths, lengths) and (lengths % MULTIPLE == 0).all()
+        assert np.diff(indexed.document_indices).max() <= MOST
+        documents = list(iter_document_indices(olmo / loading["paths"][shard], use_array_if_local=False))
+        assert [end - start for start, end in documents] == lengths.tolist()
+        per_row = np.bincount(np.array([start for start, _ in documents]) // (SEQ + 1))
+        assert per_row.max() <= MOST
