@@ -72,6 +72,8 @@ def pack_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--pad-multiple", type=click.IntRange(min=1), help="Pad every packed sequence (segment) to a multiple of N, untrained; its stored length includes the pads. Context parallelism needs N = 2*CP, lcm(2*CP, CP*TP) with sequence parallelism. L must be a multiple of N. [default: 1]"),
         click.option("--max-segments", type=click.IntRange(min=1), help="At most K segments a row, so cu_seqlens fit a fixed K+1 entries (CUDA graphs); dataset.json records K. [default: no limit]"),
         click.option("--source-filter", help="Keep only records whose 'source' column equals this."),
+        click.option("--eval-fraction", type=float, help="Hold out this share of the records (e.g. 0.01), chosen by the sha256 of each record's content (stable across reruns, machines, workers and file order), packed as its own output in OUT_DIR/eval. [default: none]"),
+        click.option("--eval-records", type=click.IntRange(min=1), help="Hold out the N records with the smallest content hashes (N exactly, or more where duplicates tie), packed in OUT_DIR/eval. [default: none]"),
         click.option("--output-format", type=click.Choice(OUTPUT_FORMATS), help="Write .npy arrays, a parquet file, or both. [default: npy]"),
         click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the tokenizer to run code from its folder (off by default)."),
         click.option("--batch-size", type=int, help="Records tokenized per batch (memory vs speed; output unchanged). [default: 1024]"),
@@ -188,6 +190,9 @@ def echo_pack_result(result: Any, out_dir: str) -> None:
         click.echo(format_summary(result.dataset))
         click.echo(f"wrote {result.out_dir} in {result.seconds:.1f}s ({counted(result.packed, 'unit')} packed, "
                    f"{result.skipped} already done)")
+        if result.eval is not None:
+            click.echo("")
+            echo_pack_result(result.eval, str(result.eval.out_dir))
     else:
         click.echo(f"packed {counted(result.packed, 'unit')} ({result.skipped} already done) in {result.seconds:.1f}s; "
                    f"{counted(result.missing, 'unit')} of other tasks remain. When all are done: packsft merge {out_dir}")

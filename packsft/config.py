@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from packsft.errors import ConfigError
+from packsft.read.heldout import SIDES, Side
 from packsft.read.records import parse_role_map
 
 if sys.version_info >= (3, 11):
@@ -95,6 +96,13 @@ class PackConfig:
     pad_multiple: int = 1
     max_segments: int | None = None
     source_filter: str | None = None
+    # The held-out split (read/heldout.py): a share of the records, or a number of them, chosen by content, packed
+    # into OUT_DIR/eval. `split` (the side an output holds) and `split_threshold` (the key below which a record is
+    # an eval record) are resolved by run_pack, so a plan, dataset.json and verify --deep know them.
+    eval_fraction: float | None = None
+    eval_records: int | None = None
+    split: Side | None = None
+    split_threshold: int | None = None
     output_format: OutputFormat = "npy"
     trust_remote_code: bool = False
     # Records tokenized per batch: big enough to keep the Rust tokenizer busy, small enough to
@@ -159,6 +167,7 @@ class PackConfig:
             raise ConfigError(f"context_share must be a number between 0 and 1, got {self.context_share!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        self._check_split()
         fraction = self.max_reject_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
             raise ConfigError(f"max_reject_fraction must be a number from 0 to 1, got {fraction!r}")
@@ -178,6 +187,23 @@ class PackConfig:
             raise ConfigError(f"seq_length {self.seq_length} is not a multiple of pad_multiple {multiple}: the "
                               f"segments of a row (and its padding) must tile L; pass --seq-length "
                               f"{self.seq_length // multiple * multiple or multiple}")
+
+    def _check_split(self) -> None:
+        fraction, count = self.eval_fraction, self.eval_records
+        if fraction is not None and count is not None:
+            raise ConfigError("eval_fraction and eval_records choose the held-out split two ways; pass one of them")
+        if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                     or not 0 < fraction < 1):
+            raise ConfigError(f"eval_fraction must be a number between 0 and 1 (e.g. 0.01), got {fraction!r}")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+            raise ConfigError(f"eval_records must be an integer >= 1, got {count!r}")
+        if self.split is not None and self.split not in SIDES:
+            raise ConfigError(f"split = {self.split!r} is not one of {', '.join(SIDES)}")
+
+    @property
+    def held_out(self) -> bool:
+        """Whether this run writes a held-out split (OUT_DIR/eval)."""
+        return self.eval_fraction is not None or self.eval_records is not None
 
     def template_kwargs_dict(self) -> dict[str, Any]:
         """`template_kwargs` decoded (a TOML table may give it as a table, the CLI as JSON text)."""
@@ -231,7 +257,8 @@ BYTES_NEUTRAL_KEYS = frozenset(f.name for f in dataclasses.fields(PackConfig) if
 
 # Keys added after outputs existed, with the value that reproduces those outputs: left out of a config's
 # bytes while at that value, so units packed before the key existed keep their fingerprints.
-LATER_KEYS: dict[str, Any] = {"template_kwargs": None, "turns": "rendered", "pad_multiple": 1, "max_segments": None}
+LATER_KEYS: dict[str, Any] = {"eval_fraction": None, "eval_records": None, "split": None, "split_threshold": None,
+                              "template_kwargs": None, "turns": "rendered", "pad_multiple": 1, "max_segments": None}
 # Bumped when the chat path's rows change for the same input (2: masks from the generation prompt, tools,
 # reasoning, template kwargs), so chat units of an older packsft are packed again instead of resumed.
 CHAT_RENDERING = 2

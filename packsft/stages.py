@@ -30,6 +30,7 @@ from packsft.pack.rows import (
 )
 from packsft.pack.split import split_long
 from packsft.pack.table import PieceTable
+from packsft.read.heldout import RecordSplit
 from packsft.read.inputs import Location
 from packsft.read.reader import InputFile, open_input, read_conversations
 from packsft.read.records import ASSISTANT, TEXT, USER, Conversation, RejectLedger, parse_role_map
@@ -169,14 +170,19 @@ def read_unit(parts: Sequence[InputSlice], sources: list[InputFile], config: Pac
     go to `rejects`."""
     renderer = make_renderer(tokenizer, config)
     batches, counts, tokens = [], ReadCounts(), 0
+    split = RecordSplit(config.split_threshold, config.split) \
+        if config.split is not None and config.split_threshold is not None else None
     records = itertools.chain.from_iterable(
         read_conversations(source, config.format, rejects, source_filter=config.source_filter,
-                           batch_size=config.batch_size, display_name=part.name, row_groups=part.row_groups)
+                           batch_size=config.batch_size, display_name=part.name, row_groups=part.row_groups,
+                           split=split)
         for part, source in zip(parts, sources)
     )
-    seen = rejects.total
+    seen, elsewhere = rejects.total, 0
     for records_read, left_out in records:
         invalid = rejects.total - seen  # records the reader rejected on the way to this batch
+        held = split.elsewhere - elsewhere if split is not None else 0  # records of the held-out split's other side
+        elsewhere += held
         failed: set[int] = set()
         conversations = renderer.prepare(records_read)
         batch = renderer.render(conversations, reject=functools.partial(_reject_rendering, rejects, failed))
@@ -193,10 +199,14 @@ def read_unit(parts: Sequence[InputSlice], sources: list[InputFile], config: Pac
         )
         seen = rejects.total
         if progress is not None:  # input records, as the bar's total counts them (--turns may render more)
-            progress.update(len(records_read) + left_out + invalid)
+            progress.update(len(records_read) + left_out + invalid + held)
             progress.set_postfix_str(_rate(progress, tokens), refresh=False)
+    if split is not None:
+        if progress is not None:
+            progress.update(split.elsewhere - elsewhere)  # held-out records after the last batch
+        counts += ReadCounts(records_other_split=split.elsewhere)
     if not batches:
-        return ReadUnit(renderer.render([]), None)
+        return ReadUnit(renderer.render([]), counts if split is not None and split.elsewhere else None)
     chat = replace(renderer.counts) if renderer.counts is not None else None
     return ReadUnit(RenderedBatch.concat(batches), counts, chat)
 

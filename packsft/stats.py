@@ -108,6 +108,9 @@ class ReadCounts(Counts):
     conversations_dropped_no_trained: int = 0  # rejected: no trained token
     conversations_rejected_rendering: int | None = None  # refused by the chat template (only where it happened)
     assistant_turns_untrained: int | None = None  # kept as context by the records or --turns (only where any)
+    # Records of the held-out split's other side (read/heldout.py): in a training output the eval records, in the
+    # eval output the training records (only in outputs with a split).
+    records_other_split: int | None = None
 
 
 @dataclass
@@ -291,6 +294,7 @@ def summarize(counters: UnitCounters, seq_length: int, files_skipped: int = 0) -
         "conversations_rejected_rendering": read.conversations_rejected_rendering or 0,
         "conversations_dropped_unprompted": rendered.conversations_dropped_unprompted,
         "records_filtered": read.records_filtered,
+        **({"records_other_split": read.records_other_split} if read.records_other_split is not None else {}),
         "files_skipped": files_skipped,
         "records_rejected": rejects.records_rejected,
         "rejected_by_reason": dict(sorted(rejects.rejected_by_reason.items())),
@@ -447,6 +451,16 @@ def _cut(text: str, width: int) -> str:
     return text[: width - 1 - tail] + "…" + text[-tail:]
 
 
+def _split_line(cfg: Mapping[str, Any], s: Mapping[str, Any]) -> str:
+    """Where the held-out split sent the records: how many this output read, how many went to the other side."""
+    how = f"{cfg['eval_fraction']:g} of the records" if cfg.get("eval_fraction") is not None else \
+        counted(cfg["eval_records"], "record")
+    other = s.get("records_other_split") or 0
+    if cfg["split"] == "eval":
+        return f"  eval split ({how}, by content): {counted(records_read(s), 'record')} here, {other:,} left to training"
+    return f"  held out for eval ({how}, by content): {counted(other, 'record')}, packed in eval/"
+
+
 def format_summary(dataset: dict[str, Any]) -> str:
     """A readable summary of a packed output (what `packsft stats` prints)."""
     s = dataset["stats"]
@@ -477,6 +491,8 @@ def format_summary(dataset: dict[str, Any]) -> str:
         f"  records read {records_read(s):,}, rejected {s['records_rejected']:,}, "
         f"filtered by source {s['records_filtered']:,}",
     ]
+    if cfg.get("split") is not None:
+        lines.append(_split_line(cfg, s))
     reasons = sorted(s.get("rejected_by_reason", {}).items(), key=lambda kv: -kv[1])[:5]
     for reason, count in reasons:
         lines.append(f"    {count:>6,}  {reason}")

@@ -5,6 +5,7 @@
     json_input.py  JSON Lines and JSON-array files decoded record by record from a bounded buffer
     shapes.py      one row of a known shape (messages, sharegpt, prompt_completion, alpaca, text) -> messages
     records.py     Conversation, ChatExtras, validation, roles, RejectLedger
+    heldout.py     the held-out split: a record's content key, the eval threshold, RecordSplit
 
 The package imports nothing here, so that `packsft --help` (which reads `records` through the config)
 starts without pyarrow.

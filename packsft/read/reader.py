@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from packsft.errors import InputError
+from packsft.read.heldout import RecordSplit, record_key
 from packsft.read.inputs import JSON_SUFFIXES, Location, file_info, location_name, open_binary
 from packsft.read.json_input import BadLine, first_json_record, json_records
 from packsft.read.records import ROLE_ALIASES, Conversation, RecordRejected, RejectLedger
@@ -167,10 +168,13 @@ def read_conversations(
     batch_size: int = 1024,
     display_name: str | None = None,
     row_groups: tuple[int, int] | None = None,
+    split: RecordSplit | None = None,
 ) -> Iterator[tuple[list[Conversation], int]]:
     """Yield (valid conversations, records filtered out by --source-filter) per batch of records.
 
     `row_groups` = [start, stop) reads only those parquet row groups; row numbers stay those of the file.
+    `split` keeps only the records of its side of the held-out split (before validation: rejects are split too)
+    and counts the others in `split.elsewhere`.
     """
     name = display_name or str(source.path)
     structs = source.parquet is not None
@@ -180,6 +184,8 @@ def read_conversations(
         source.rows_read = row + 1
         if source_filter is not None and origin != source_filter:
             filtered += 1
+        elif split is not None and not split.keeps(value.record if isinstance(value, _BadRecord) else value):
+            continue
         else:
             try:
                 if isinstance(value, _BadRecord):
@@ -241,6 +247,15 @@ def _raw_records(
         else:
             origin = record.get(SOURCE_COLUMN)
             yield row, record, origin if isinstance(origin, str) else None
+
+
+def record_keys(source: InputFile, display_name: str | None = None,
+                row_groups: tuple[int, int] | None = None, source_filter: str | None = None) -> Iterator[int]:
+    """The held-out split's key of every record the reader would read (after --source-filter)."""
+    name = display_name or str(source.path)
+    for _, value, origin in _raw_records(source, name, 1024, row_groups):
+        if source_filter is None or origin == source_filter:
+            yield record_key(value.record if isinstance(value, _BadRecord) else value)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -15,13 +15,14 @@ from packsft.errors import IncompleteOutputError
 from packsft.run.executor import Executor
 from packsft.run.local import LocalExecutor
 from packsft.run.outdir import (
+    EVAL_DIR,
     failed_path,
     incomplete_units,
     read_executor_record,
     temporaries,
     write_dataset,
 )
-from packsft.run.plan import Plan, read_plan
+from packsft.run.plan import PLAN_JSON, Plan, read_plan
 from packsft.run.ray import RayExecutor
 from packsft.run.slurm import SlurmExecutor
 from packsft.write.layout import DATASET_JSON, shard_name
@@ -37,14 +38,17 @@ def resume_hint(out_dir: Path, plan: Plan, missing: list[int]) -> str:
     return executor.resume_hint(out_dir, plan, settings, missing)
 
 
-def merge(out_dir: str | Path, max_reject_fraction: float | None = None) -> dict[str, Any]:
+def merge(out_dir: str | Path, max_reject_fraction: float | None = None, *, held_out: bool = True) -> dict[str, Any]:
     """Check every planned unit is complete, then write rejects.jsonl and dataset.json from the manifests.
 
     An output with no chunks, or with more rejects than `max_reject_fraction` (default: the plan's
-    config), is refused (run/outcome.py) and gets no dataset.json.
+    config), is refused (run/outcome.py) and gets no dataset.json. With `held_out`, the held-out split in
+    OUT_DIR/eval (where there is one) is merged first.
     """
 
     out_dir = Path(out_dir)
+    if held_out and (out_dir / EVAL_DIR / PLAN_JSON).exists():
+        merge(out_dir / EVAL_DIR, max_reject_fraction, held_out=False)
     plan = read_plan(out_dir)
     missing = incomplete_units(out_dir, plan)
     if missing:

@@ -35,6 +35,8 @@ from packsft.write.writer import (
 )
 
 EXECUTOR_JSON = "executor.json"
+# The held-out split (--eval-fraction, --eval-records): a complete packsft output of its own inside OUT_DIR.
+EVAL_DIR = "eval"
 # A plan.json written before executor.json existed kept an executor's settings under the executor's name; when
 # both were set, `slurm` named the command that resumes.
 PLAN_EXECUTOR_KEYS = ("slurm", "ray")

@@ -20,25 +20,38 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from packsft.config import PackConfig
 from packsft.errors import ConfigError, PackInterrupted, UnusableOutputError
+from packsft.read.heldout import fraction_threshold, records_threshold
+from packsft.read.inputs import list_inputs
+from packsft.read.reader import record_keys
 from packsft.render.tokenizer import PackTokenizer
 from packsft.run.executor import Executor
 from packsft.run.finish import merge, resume_hint
 from packsft.run.local import LocalExecutor
 from packsft.run.outdir import (
+    EVAL_DIR,
     incomplete_units,
     prepare_plan,
     remove_temporaries,
     unit_complete,
     write_executor_record,
 )
-from packsft.run.plan import DEFAULT_UNIT_BYTES, Plan, assign_units, loaded_config, make_plan
+from packsft.run.plan import (
+    DEFAULT_UNIT_BYTES,
+    Plan,
+    absolute_listing,
+    assign_units,
+    loaded_config,
+    make_plan,
+    plan_inputs,
+)
 from packsft.run.unit import UnitJob
+from packsft.stages import open_unit
 from packsft.write.layout import DATASET_JSON
 
 
@@ -50,6 +63,7 @@ class PackResult:
     packed: int = 0  # units this run packed (an array job: queued)
     skipped: int = 0  # units of this run already complete from an earlier run
     missing: int = 0  # planned units not complete after this run (all array tasks together)
+    eval: PackResult | None = None  # the held-out split, packed into OUT_DIR/eval (--eval-fraction, --eval-records)
 
 
 # The hint to pass --group-files: at least this many input files, each under 1/SMALL_FILE_SHARE of a unit.
@@ -87,6 +101,10 @@ def run_pack(
             stopping with an error naming the file.
     """
 
+    if config.held_out and config.split is None:
+        return _pack_split(data, out_dir, config, executor=executor, overwrite=overwrite, quiet=quiet, strict=strict,
+                           workers=workers, num_tasks=num_tasks, task_index=task_index, unit_bytes=unit_bytes,
+                           skip_bad_files=skip_bad_files)
     started = time.perf_counter()
     if executor is not None and workers:
         raise ConfigError(f"workers={workers} is for the default LocalExecutor; pass LocalExecutor({workers})")
@@ -121,11 +139,43 @@ def run_pack(
     return PackResult(out_dir, dataset, time.perf_counter() - started, len(todo), len(mine) - len(todo), len(missing))
 
 
+def _pack_split(data: str | Path | Sequence[str | Path], out_dir: str | Path, config: PackConfig, *,
+                executor: Executor | None, unit_bytes: int, **options: Any) -> PackResult:
+    """Pack the training records into OUT_DIR and the held-out records into OUT_DIR/eval, two complete outputs.
+
+    Each record goes to one side by its content (read/heldout.py); the threshold is resolved once and stored in
+    both configs, so resuming, merging and verify --deep split the records the same way.
+    """
+    if executor is not None and not isinstance(executor, LocalExecutor):
+        raise ConfigError(f"--eval-fraction and --eval-records run with packsft pack (local workers, or array tasks "
+                          f"with --num-tasks and packsft merge), not with the {executor.name} executor yet; pack the "
+                          "split there with --num-tasks array tasks")
+    specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
+    threshold = eval_threshold(specs, config, unit_bytes, options["skip_bad_files"])
+    train = run_pack(specs, out_dir, replace(config, split="train", split_threshold=threshold), executor=executor,
+                     unit_bytes=unit_bytes, **options)
+    options["overwrite"] = False  # the training run cleared OUT_DIR, eval/ included
+    train.eval = run_pack(specs, Path(out_dir) / EVAL_DIR, replace(config, split="eval", split_threshold=threshold),
+                          executor=executor, unit_bytes=unit_bytes, **options)
+    return train
+
+
+def eval_threshold(specs: list[str], config: PackConfig, unit_bytes: int, skip_bad_files: bool) -> int:
+    """The held-out split's key threshold: from --eval-fraction, or from the keys of every record for
+    --eval-records (one read of the inputs, no tokenizing)."""
+    if config.eval_records is None:
+        return fraction_threshold(config.eval_fraction or 0.0)
+    units, _ = plan_inputs(absolute_listing(list_inputs(specs)), config, unit_bytes, skip_bad_files=skip_bad_files)
+    keys = (key for unit in units for part, source in zip(unit.parts, open_unit(unit.parts, config))
+            for key in record_keys(source, part.name, part.row_groups, config.source_filter))
+    return records_threshold(keys, config.eval_records)
+
+
 def _merge(out_dir: Path, reused: int) -> dict[str, Any]:
     """merge(), saying which units a failed outcome check reused: a rerun after fixing the environment (a package
     installed, a tokenizer replaced) would only resume them again."""
     try:
-        return merge(out_dir)
+        return merge(out_dir, held_out=False)
     except UnusableOutputError as exc:
         if not reused:
             raise
