@@ -145,10 +145,13 @@ def either(new: Any, old: Any, name: str, old_name: str) -> Any:
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping and counting it.")
 @click.option("--skip-bad-files", is_flag=True, help="Skip unreadable input files (listed in dataset.json) instead of stopping.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
+@click.option("--dry-run", is_flag=True, help="Render the first --limit records and show them with their trained text marked, the counts and what would be rejected; write nothing (OUT_DIR is not created).")
+@click.option("--limit", type=click.IntRange(min=1), help="With --dry-run: how many records to render. [default: 3]")
 @user_errors
 def pack(data: tuple[str, ...], out_dir: str, config_file: str | None, overwrite: bool, strict: bool, skip_bad_files: bool,
          quiet: bool, data_format: str | None, unit_mib: float, workers: int, num_tasks: str | None,
-         task_index: int | None, old_num_tasks: str | None, old_task_index: int | None, **flags: Any) -> None:
+         task_index: int | None, old_num_tasks: str | None, old_task_index: int | None, dry_run: bool,
+         limit: int | None, **flags: Any) -> None:
     """Read conversations from DATA, render, pack and write chunks to OUT_DIR.
 
     DATA is one or more folders (read recursively), globs (quoted; ** recurses), *.parquet /
@@ -165,11 +168,19 @@ def pack(data: tuple[str, ...], out_dir: str, config_file: str | None, overwrite
         packsft pack data/ out/ --tokenizer ./tok --strategy bestfit --mask assistant_only --workers 4
         packsft pack chats/ out/ --tokenizer ./qwen3 --template chat --input-format sharegpt
         packsft pack 'data/**/train-*.parquet' extra.jsonl out/ --tokenizer ./tok
+        packsft pack data/ out/ --tokenizer ./qwen3 --dry-run --limit 5
     """
     from packsft.run.pipeline import run_pack
     from packsft.run.slurm import array_note, resolve_tasks
 
     config = resolve_config(config_file, format=data_format, **flags)
+    if limit is not None and not dry_run:
+        raise click.UsageError("--limit applies to --dry-run only; pass --dry-run to preview the first records")
+    if dry_run:
+        from packsft.run.preview import DEFAULT_LIMIT, format_preview, preview
+
+        click.echo(format_preview(preview(list(data), config, limit or DEFAULT_LIMIT), color=sys.stdout.isatty()))
+        return
     num_tasks = either(num_tasks, old_num_tasks, "--num-tasks", "--num-shards")
     task_index = either(task_index, old_task_index, "--task-index", "--shard-index")
     if num_tasks is None and not quiet and (note := array_note()):

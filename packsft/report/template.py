@@ -211,16 +211,21 @@ def _example(tokenizer: PackTokenizer, shape: str, conv: Conversation, kwargs: d
                       reasoning_tokens_dropped=renderer.counts.reasoning_tokens_dropped,
                       stop_appended=layout.appended,
                       ended_without_stop=renderer.counts.turns_ended_without_stop_token)
-    flags = batch.flags.astype(bool)
-    bounds = [0, *(np.flatnonzero(np.diff(flags)) + 1).tolist(), len(flags)]
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        piece = tokenizer.backend.decode(batch.ids[start:end].tolist(), skip_special_tokens=False)
-        if flags[start]:
-            example.trained.append((len(example.text), len(example.text) + len(piece)))
-            example.run_ends.append(_token(tokenizer, batch.ids[end - 1]))
-        example.text += piece
+    add_runs(example, tokenizer, batch.ids, batch.flags)
     example.unstable_prefixes, example.refused_prefixes = _prefixes(renderer, conv)
     return example
+
+
+def add_runs(example: Example, tokenizer: PackTokenizer, ids: np.ndarray, flags: np.ndarray) -> None:
+    """Decode `ids` into the example's text run by run of equal train flag, recording the trained runs."""
+    trained = flags.astype(bool)
+    bounds = [0, *(np.flatnonzero(np.diff(trained)) + 1).tolist(), len(trained)]
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        piece = tokenizer.backend.decode(ids[start:end].tolist(), skip_special_tokens=False)
+        if trained[start]:
+            example.trained.append((len(example.text), len(example.text) + len(piece)))
+            example.run_ends.append(_token(tokenizer, ids[end - 1]))
+        example.text += piece
 
 
 def _prefixes(renderer: ChatRenderer, conv: Conversation) -> tuple[list[int], list[int]]:

@@ -11,7 +11,8 @@
     slurm.py     SlurmExecutor: a SLURM array of `packsft pack --num-tasks N --task-index I` + an afterok merge job
     ray.py       RayExecutor: one Ray task per unit (needs the ray extra)
     finish.py    status, resume hints (the executor found by name) and merge
-    pipeline.py  run_pack: plan, run the missing units on an executor (SIGTERM/Ctrl-C stop cleanly), merge
+    pipeline.py  run_pack: plan, run the missing units on an executor (SIGTERM/Ctrl-C stop cleanly), merge; the held-out split
+    preview.py   pack --dry-run: the first records rendered and marked, counted, nothing written
 """
 
 from packsft.run.executor import Executor
