@@ -90,6 +90,9 @@ class PackConfig:
     unprompted: Unprompted = "keep"
     turn_cut: int = DEFAULT_TURN_CUT
     context_share: float = CONTEXT_SHARE
+    # A message shortened to fit keeps this share of what fits from its start and the rest from its end, the marker
+    # between them (pack/pieces.py); 0 keeps the end only (the question), as earlier outputs did.
+    prompt_start_share: float = 0.0
     # Topology-aware rows (pack/bins.py): every segment padded to a multiple of pad_multiple (context parallelism
     # needs 2*CP, lcm(2*CP, CP*TP) with sequence parallelism), at most max_segments segments a row (CUDA graphs
     # need a fixed number of cu_seqlens entries: max_segments + 1).
@@ -161,6 +164,9 @@ class PackConfig:
         self._check_row_layout()
         if not isinstance(self.turn_cut, int) or self.turn_cut < 0:
             raise ConfigError(f"turn_cut must be an integer >= 0, got {self.turn_cut!r}")
+        share = self.prompt_start_share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 0.5:
+            raise ConfigError(f"prompt_start_share must be a number from 0 to 0.5, got {share!r}")
         if isinstance(self.context_share, bool) or not isinstance(self.context_share, (int, float)) or not (
             0 < self.context_share < 1
         ):
@@ -258,7 +264,8 @@ BYTES_NEUTRAL_KEYS = frozenset(f.name for f in dataclasses.fields(PackConfig) if
 # Keys added after outputs existed, with the value that reproduces those outputs: left out of a config's
 # bytes while at that value, so units packed before the key existed keep their fingerprints.
 LATER_KEYS: dict[str, Any] = {"eval_fraction": None, "eval_records": None, "split": None, "split_threshold": None,
-                              "template_kwargs": None, "turns": "rendered", "pad_multiple": 1, "max_segments": None}
+                              "template_kwargs": None, "turns": "rendered", "pad_multiple": 1, "max_segments": None,
+                              "prompt_start_share": 0.0}
 # Bumped when the chat path's rows change for the same input (2: masks from the generation prompt, tools,
 # reasoning, template kwargs), so chat units of an older packsft are packed again instead of resumed.
 CHAT_RENDERING = 2

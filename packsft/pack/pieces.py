@@ -18,9 +18,9 @@ from packsft.render.tokenizer import TOKEN_ID_DTYPE
 
 Marker = Callable[[int], list[int]]
 Piece = tuple[np.ndarray, np.ndarray]  # (ids, flags)
-# A message shortened to fit keeps this share of what fits from its start, the rest from its end: the end usually
-# asks the question and the start gives the instruction, which is usually the shorter part.
-START_SHARE = 0.25
+# With --prompt-start-share (default 0: the end only), a message shortened to fit keeps that share of what fits from
+# its start, the rest from its end: the end usually asks the question and the start gives the instruction, which is
+# usually the shorter part; 0.25 keeps both.
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class PieceBuilder:
     batch: RenderedBatch
     prefix: LabelPrefix
     marker: Marker | None = None
+    start_share: float = 0.0  # of a shortened message's kept tokens, the share from its start (--prompt-start-share)
     counts: SplitCounts = field(default_factory=SplitCounts)
     pieces: list[Piece] = field(default_factory=list, init=False)
     parts: list[Piece] = field(default_factory=list, init=False)
@@ -112,7 +113,7 @@ class PieceBuilder:
         return True
 
     def add_middle_of(self, lo: int, hi: int, room: int, *, zero: bool) -> int:
-        """ids[lo:hi] within `room`: its first tokens (START_SHARE of what is kept), a marker, and its last tokens.
+        """ids[lo:hi] within `room`: its first tokens (`start_share` of what is kept), a marker, and its last tokens.
 
         A long prompt usually opens with the instruction and closes with the question; keeping both ends keeps
         both. Returns the tokens left out.
@@ -127,7 +128,7 @@ class PieceBuilder:
         keep = room - marker
         while self.marker and len(self.marker(content - keep)) > room - keep and keep > 0:
             keep -= 1  # the marker for the real count came out longer than the one it was sized by
-        start = int(keep * START_SHARE)
+        start = int(keep * self.start_share)
         self.add(lo, lo + start, zero=zero)
         self.add_marker(content - keep)
         self.add(hi - (keep - start), hi, zero=zero)

@@ -19,8 +19,9 @@ re-opened with the question AND the immediately preceding tokens of the same tur
 continuation label sees the text right before it. `turn_cut=N` (N > 0) restores the old trade: cut a trained turn to fill
 a row whenever a boundary cut would leave N or more tokens empty (higher fill, beheaded turns).
 
-A question that takes more than `context_share` of a row keeps its start and its end, the marker between them
-(pieces.START_SHARE). Nothing trainable is lost; each trained label sees its question (or both its ends).
+A question that takes more than `context_share` of a row keeps its end after the marker, or with
+`--prompt-start-share` also its start before it. Nothing trainable is lost; each trained label sees its question
+(or both its ends).
 
 Agentic traces: a tool result (TOOL_CODE) is context for the assistant turn after it. A piece that opens at a
 tool result, or at the assistant turn after one, is re-opened also with the tool exchange right before it
@@ -79,6 +80,7 @@ def split_long(
     marker: Marker | None = None,
     turn_cut: int = DEFAULT_TURN_CUT,
     context_share: float = CONTEXT_SHARE,
+    start_share: float = 0.0,
 ) -> tuple[PieceTable, SplitCounts]:
     """Cut `batch` into pieces of at most seq_length + 1 tokens.
 
@@ -89,7 +91,9 @@ def split_long(
         turn_cut: 0 cuts inside a turn only when it alone exceeds a row; N > 0 also cuts a trained turn
             to fill a row when a boundary cut would leave N or more tokens empty (beheads turns).
         context_share: the most of a row that copied context (system + question) may take; a longer
-            question keeps its start and end. Higher keeps more questions whole and repeats more tokens.
+            question is shortened. Higher keeps more questions whole and repeats more tokens.
+        start_share: the share of a shortened message's kept tokens taken from its start (the rest from its end,
+            after the marker); 0 keeps its end only.
     """
     capacity = seq_length + 1
     prefix = LabelPrefix.of(batch)
@@ -106,7 +110,8 @@ def split_long(
         elif policy == "truncate":
             counts += out.add_truncated(c, capacity)
         else:
-            splitter = ConversationSplitter(batch, c, capacity, prefix, marker, turn_cut, context_share, pool)
+            splitter = ConversationSplitter(batch, c, capacity, prefix, marker, turn_cut, context_share, pool,
+                                            start_share)
             pieces, conv_counts = splitter.split()
             counts += conv_counts
             for ids, flags in pieces:
@@ -127,12 +132,13 @@ class ConversationSplitter:
     turn_cut: int = DEFAULT_TURN_CUT
     context_share: float = CONTEXT_SHARE
     pool: FillerPool | None = None  # short pieces of the batch still free to fill holes; reserved as used
+    start_share: float = 0.0  # of a shortened message's kept tokens, the share from its start
 
     def __post_init__(self) -> None:
         self.spans = MessageSpans(self.batch, self.conv, self.capacity)
         self.planner = ContextPlanner(self.spans, self.context_share)
         self.cuts = CutChooser(self.spans, self.planner, self.turn_cut, self.pool)
-        self.piece = PieceBuilder(self.batch, self.prefix, self.marker)
+        self.piece = PieceBuilder(self.batch, self.prefix, self.marker, start_share=self.start_share)
 
     def split(self) -> tuple[list[Piece], SplitCounts]:
         """The pieces of the conversation and what splitting it did."""

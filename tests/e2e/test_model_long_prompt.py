@@ -1,4 +1,5 @@
-"""A tiny random transformer agrees that a shortened prompt keeps its start: the answer is predicted after it.
+"""A tiny random transformer agrees that with --prompt-start-share a shortened prompt keeps its start: the answer is
+predicted after it.
 
 A question longer than the context budget is packed with the demo tokenizer (role tokens, L=128). Its piece must be
 BOS, <|user|>, the prompt's first tokens, `[… N tokens omitted] `, its last tokens, then the answer; the masked loss
@@ -14,7 +15,6 @@ import json
 import pytest
 
 from packsft import PackConfig
-from packsft.pack.pieces import START_SHARE
 from packsft.render.tokenizer import load_tokenizer
 from packsft.run import run_pack
 from packsft.stages import OMITTED_MARKER
@@ -30,6 +30,7 @@ INSTRUCTION = "Answer in French and in one word."
 QUESTION = "How do you say hello?"
 PROMPT = f"{INSTRUCTION} " + " ".join(f"filler{i}" for i in range(120)) + f" {QUESTION}"
 ANSWER = "Bonjour."
+START_SHARE = 0.25  # --prompt-start-share
 
 
 def test_the_answer_to_a_shortened_prompt_is_trained_after_the_prompts_start(tmp_path, demo_tokenizer_dir):
@@ -37,7 +38,8 @@ def test_the_answer_to_a_shortened_prompt_is_trained_after_the_prompts_start(tmp
     data.mkdir()
     record = {"messages": [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": ANSWER}]}
     (data / "long.jsonl").write_text(json.dumps(record) + "\n")
-    config = PackConfig(tokenizer=str(demo_tokenizer_dir), template="roles", seq_length=SEQ)
+    config = PackConfig(tokenizer=str(demo_tokenizer_dir), template="roles", seq_length=SEQ,
+                        prompt_start_share=START_SHARE)
     result = run_pack(data, tmp_path / "out", config, quiet=True)
     assert result.dataset is not None and result.dataset["stats"]["prompts_shortened"] == 1
 

@@ -93,14 +93,17 @@ def test_the_piece_builder_rolls_back_to_the_mark_before_a_message():
     assert (piece.length, piece.marks, piece.parts) == (0, [], [])
 
 
-def test_the_piece_builder_shortens_a_message_to_its_header_its_start_a_marker_and_its_end():
+@pytest.mark.parametrize(("start_share", "expected"), [
+    (0.0, [USR, 99, 15, 125, 126, 127, 128, 129]),  # the default: the end only (the question)
+    # 5 of the 20 content tokens fit beside the marker: a quarter (1) from the start, the rest from the end.
+    (0.25, [USR, 110, 99, 15, 126, 127, 128, 129]),
+])
+def test_the_piece_builder_shortens_a_message_to_its_header_a_marker_and_its_end_or_both_ends(start_share, expected):
     batch = render((SYSTEM, "6:900"), (USER, "20:100"), (ASSISTANT, "5:200"))  # the question spans 8..29
-    piece = PieceBuilder(batch, LabelPrefix.of(batch), marker=lambda omitted: [99, omitted])
+    piece = PieceBuilder(batch, LabelPrefix.of(batch), marker=lambda omitted: [99, omitted], start_share=start_share)
     assert not piece.add_shortened(8, 29, 1, 1, zero=True)  # no room for a token after the header
     assert piece.add_shortened(8, 29, 1, 8, zero=True)
-    ids = np.concatenate([ids for ids, _ in piece.parts]).tolist()
-    # 5 of the 20 content tokens fit beside the marker: a quarter (1) from the start, the rest from the end.
-    assert ids == [USR, 110, 99, 15, 126, 127, 128, 129]
+    assert np.concatenate([ids for ids, _ in piece.parts]).tolist() == expected
     assert piece.length == 8 and piece.counts.prompts_shortened == 1
 
 
@@ -110,9 +113,9 @@ def test_the_piece_builder_shortens_a_message_to_its_header_its_start_a_marker_a
     (3, [99, 19, 129]),  # 1 kept: it goes to the end (the question)
     (2, [128, 129]),  # no room for the marker: the end alone
 ])
-def test_a_shortened_message_keeps_a_quarter_of_its_room_from_its_start(room, expected):
+def test_with_a_start_share_a_shortened_message_keeps_a_quarter_of_its_room_from_its_start(room, expected):
     batch = render((SYSTEM, "6:900"), (USER, "20:100"), (ASSISTANT, "5:200"))
-    piece = PieceBuilder(batch, LabelPrefix.of(batch), marker=lambda omitted: [99, omitted])
+    piece = PieceBuilder(batch, LabelPrefix.of(batch), marker=lambda omitted: [99, omitted], start_share=0.25)
     left_out = piece.add_middle_of(9, 29, room, zero=True)
     assert np.concatenate([ids for ids, _ in piece.parts]).tolist() == expected
     assert piece.length == len(expected) <= room and left_out == 20 - sum(100 <= i < 200 for i in expected)
