@@ -89,12 +89,12 @@ class ChatRenderer:
         self.eos_token = eos if isinstance(eos, str) else tokenizer.backend.id_to_token(tokenizer.eos_id)
         self.template_kwargs = dict(template_kwargs or {})
         self.facts = template_facts(tokenizer, Markers(self.specials, any_of(tuple(self.stop_tokens))), bos_token)
-        # turns_rewritten_in_history, reasoning_tokens_dropped, inference_*: present (0) in every chat unit
+        # what the template did to trained turns (stats.ChatTurns): present (0) in every chat unit
         self.counts = ChatTurns()
         self.inference_prefixes: set[int] = set()  # id() of records --turns inference added
         self._jinja = jinja_renderer(tokenizer)
 
-    # -- the Renderer protocol (render/batch.py) ------------------------------------------------------------------------
+    # -- the Renderer protocol (render/batch.py) ----------------------------------------------------------------
     def prepare(self, conversations: list[Conversation]) -> list[Conversation]:
         """The records to render for the run's `--turns` (`for_turns`)."""
         return self.for_turns(conversations, self.turns)
