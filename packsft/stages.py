@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from packsft.config import PackConfig
 from packsft.pack.bins import pack_aligned, pack_bestfit, slot_lengths
+from packsft.pack.cuts import SafeCuts
 from packsft.pack.labels import answer_flags, message_starts, prompt_starts
 from packsft.pack.rows import (
     Chunks,
@@ -35,6 +36,7 @@ from packsft.read.inputs import Location
 from packsft.read.reader import InputFile, open_input, read_conversations
 from packsft.read.records import ASSISTANT, TEXT, USER, Conversation, RejectLedger, parse_role_map
 from packsft.render.batch import RenderedBatch, trained_unprompted
+from packsft.render.encoder import byte_decoder
 from packsft.render.renderers import make_renderer
 from packsft.render.tokenizer import PackTokenizer
 from packsft.stats import (
@@ -229,7 +231,8 @@ def pack_pieces(batch: RenderedBatch, config: PackConfig, tokenizer: PackTokeniz
     # Padded segments tile the row's L inputs (L is a multiple of pad_multiple), so a piece takes at most L.
     longest = config.seq_length if config.pad_multiple == 1 else config.seq_length - 1
     pieces, split_counts = split_long(batch, longest, policy, _marker(tokenizer), config.turn_cut,
-                                      config.context_share, start_share=config.prompt_start_share)
+                                      config.context_share, safe=SafeCuts(functools.partial(token_texts, tokenizer)),
+                                      start_share=config.prompt_start_share)
     packer = pack_bestfit if config.strategy == "bestfit" else pack_aligned
     slots = slot_lengths(pieces.lengths, config.pad_multiple)
     packing = packer(slots, config.seq_length + 1, config.max_segments)
@@ -281,6 +284,26 @@ def _source_codes(sources: list[str | None]) -> tuple[np.ndarray, list[str]]:
     lookup = {name: i for i, name in enumerate(names)}
     codes = np.fromiter((lookup[s if s is not None else NO_SOURCE] for s in sources), np.int64, len(sources))
     return codes, names
+
+
+_TOKEN_TEXTS: dict[str, tuple[str, ...]] = {}
+
+
+def token_texts(tokenizer: PackTokenizer) -> tuple[str, ...]:
+    """The text of every token id (byte-level stand-ins mapped back; a byte that is part of a longer character stays
+    its latin-1 stand-in): what pack/cuts.py reads to cut a long turn at a line, a sentence, never in a tool call.
+    Built once per tokenizer and process."""
+    if tokenizer.fingerprint in _TOKEN_TEXTS:
+        return _TOKEN_TEXTS[tokenizer.fingerprint]
+    backend, decoder = tokenizer.backend, byte_decoder()
+    texts = []
+    for index in range(backend.get_vocab_size()):
+        token = backend.id_to_token(index) or ""
+        if token and all(char in decoder for char in token):
+            token = bytes(decoder[char] for char in token).decode("latin-1")
+        texts.append(token.replace("\u2581", " ").replace("<0x0A>", "\n"))
+    _TOKEN_TEXTS[tokenizer.fingerprint] = tuple(texts)
+    return _TOKEN_TEXTS[tokenizer.fingerprint]
 
 
 def _marker(tokenizer: PackTokenizer):

@@ -3,10 +3,19 @@
 Of the last boundaries that fit, it takes the one whose hole at the end of the row the batch's free short
 pieces (`FillerPool`) fill best, and reserves those pieces; a trained turn is cut to fill a row only under
 `turn_cut` or when the piece would otherwise train nothing.
+
+A turn longer than a row is cut at a safe boundary (`SafeCuts`, from each token's text): after a line, else after
+a sentence, else after any token, within the last SAFE_WINDOW of the room, and never inside a tool call: from a
+tag that names a tool call or function (`<tool_call>`, `<|tool_call_begin|>`, `[TOOL_CALLS]`, ...) to its closing
+tag, or, without one, through the JSON that follows it. Where a tool call covers the whole window the cut moves
+before it; only a tool call longer than the room is cut inside (after one of its lines where it has one).
 """
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +32,85 @@ from packsft.pack.spans import MessageSpans
 LOOKBACK = 1
 # How many whole conversations may fill one hole when judging a cut.
 FILLERS_PER_HOLE = 3
+# A cut inside a turn moves back to a safe boundary by at most this share of the room (what it gives up is filled
+# by the continuation, one more piece at worst).
+SAFE_WINDOW = 0.25
+# A tag that opens or closes a tool call in any template family: its name mentions a tool call or a function.
+TOOL_TAG = re.compile(r"<[|/]*[^<>\n]{0,40}?(?:tool[_▁ ]?calls?|function)[^<>\n]{0,40}?>|\[/?TOOL_CALLS\]", re.I)
+LOOKAHEAD = 4096  # tokens read past a cut's room to find where a tool call open there closes
+SENTENCE_END = re.compile(r"[.!?][\"')\]]?\s*$")
+
+
+class SafeCuts:
+    """Where a long turn may be cut, read from the text of its tokens: `texts()` gives the text of every id, read
+    once, at the first long turn (building it costs a pass over the vocabulary)."""
+
+    def __init__(self, texts: Callable[[], Sequence[str]]) -> None:
+        self._texts = texts
+
+    @functools.cached_property
+    def texts(self) -> Sequence[str]:
+        return self._texts()
+
+    def tool_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the tool calls in `text`: an opening tag to its closing tag, or through the JSON
+        that follows an opening tag without one (to the end of the text if that JSON does not close)."""
+        spans: list[tuple[int, int]] = []
+        tags = list(TOOL_TAG.finditer(text))
+        for k, tag in enumerate(tags):
+            name = tag.group(0)
+            if name.startswith("</") or "end" in name.lower() or (spans and tag.start() < spans[-1][1]):
+                continue
+            close = next((t for t in tags[k + 1 :] if t.group(0).startswith("</") or "end" in t.group(0).lower()), None)
+            spans.append((tag.start(), close.end() if close else _json_end(text, tag.end())))
+        return spans
+
+    def cut(self, ids: np.ndarray, room: int) -> int:
+        """Tokens of `ids` (a turn's content from the last cut on) to keep before cutting, at most `room`."""
+        # Read past the room, so that a tool call open at the room's end finds its closing tag.
+        texts = [self.texts[i] if 0 <= i < len(self.texts) else "" for i in ids[: room + LOOKAHEAD].tolist()]
+        ends = np.cumsum([len(t) for t in texts])  # character offset after each token
+        spans = self.tool_spans("".join(texts))
+        lowest = max(int(room * (1 - SAFE_WINDOW)), 1)
+        inside = [any(a < ends[k - 1] < b for a, b in spans) for k in range(lowest, room + 1)]
+        lines = [not bad and texts[k - 1].endswith("\n") for k, bad in zip(range(lowest, room + 1), inside)]
+        sentences = [not bad and bool(SENTENCE_END.search(texts[k - 1])) and (texts[k - 1][-1:].isspace() or
+                     texts[k][:1].isspace()) for k, bad in zip(range(lowest, room + 1), inside)]
+        for allowed in (lines, sentences, [not bad for bad in inside]):
+            if any(allowed):
+                return lowest + max(j for j, ok in enumerate(allowed) if ok)
+        # A tool call covers the window: cut before it where the piece holds anything before it, else (a tool call
+        # longer than the room) after one of its lines.
+        span_start = next(a for a, b in spans if a < ends[lowest - 1] < b)
+        before = int(np.searchsorted(ends, span_start, side="right"))  # tokens that end at or before the call
+        if before >= 1:
+            return before
+        within = [texts[k - 1].endswith("\n") for k in range(lowest, room + 1)]
+        return lowest + max(j for j, ok in enumerate(within) if ok) if any(within) else room
+
+
+def _json_end(text: str, start: int) -> int:
+    """Where the JSON value that starts at or after `start` ends (bracket depth, strings skipped); len(text) if
+    it does not close."""
+    depth, quoted, escaped = 0, False, False
+    for at in range(start, len(text)):
+        char = text[at]
+        if quoted:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth <= 0:
+                return at + 1
+    return len(text)
 
 
 class FillerPool:
@@ -61,6 +149,7 @@ class CutChooser:
     planner: ContextPlanner
     turn_cut: int = DEFAULT_TURN_CUT
     pool: FillerPool | None = None
+    safe: SafeCuts | None = None  # None: a long turn is cut where the room ends
 
     def cuts_turn(self, gap: int, piece_trained: int) -> bool:
         """Whether to fill the row's last `gap` tokens with the start of a trained turn rather than close before
@@ -105,12 +194,15 @@ class CutChooser:
             self.pool.add(length)
 
     def cut_before_untrained_rest(self, pos: int, room: int, hi: int) -> int:
-        """Where to cut ids[pos:hi] within `room`: there, unless what follows the cut trains nothing (a chat
+        """Where to cut ids[pos:hi] within `room`: at a safe boundary (`SafeCuts`), unless what follows the cut trains nothing (a chat
         template's separator after the end-of-turn). Then the cut moves before the turn's last label, so the
         continuation, which repeats the turn's header and text as context, trains that label: a repeated
         turn with no label in its piece would read like a turn the template never rendered (verify)."""
         flags = self.spans.batch.flags
         if flags[pos + room : hi].any():
-            return room
+            if self.safe is None:
+                return room
+            safe = self.safe.cut(self.spans.batch.ids[pos:hi], room)
+            return safe if flags[pos + safe : hi].any() else room
         labels = np.flatnonzero(flags[pos : pos + room])
         return int(labels[-1]) if len(labels) and labels[-1] > 0 else room

@@ -13,7 +13,9 @@ fit, the splitter picks the one whose hole the still-free short conversations of
 (`FillerPool` in cuts.py: best-fit with up to `FILLERS_PER_HOLE` of them), and reserves those conversations.
 
 A turn is never cut to fill a row (`turn_cut=0`, the default): the model would learn the second half
-of an answer without its first half. Only a turn longer than a row is cut; each continuation is
+of an answer without its first half. Only a turn longer than a row is cut, at a safe boundary where `safe` is given
+(cuts.SafeCuts: after a line or a sentence, never inside a tool call or its JSON); each continuation shows that it
+continues: it is
 re-opened with the question AND the immediately preceding tokens of the same turn (masked, after an
 `[… N tokens omitted]` marker; up to `CONTINUATION_SHARE` (context.py) of the row, within `context_share`), so every
 continuation label sees the text right before it. `turn_cut=N` (N > 0) restores the old trade: cut a trained turn to fill
@@ -62,7 +64,7 @@ import numpy as np
 
 from packsft.config import CONTEXT_SHARE, DEFAULT_TURN_CUT
 from packsft.pack.context import ContextPlanner
-from packsft.pack.cuts import CutChooser, FillerPool
+from packsft.pack.cuts import CutChooser, FillerPool, SafeCuts
 from packsft.pack.labels import LabelPrefix
 from packsft.pack.pieces import Marker, Piece, PieceBuilder
 from packsft.pack.spans import MessageSpans
@@ -80,6 +82,7 @@ def split_long(
     marker: Marker | None = None,
     turn_cut: int = DEFAULT_TURN_CUT,
     context_share: float = CONTEXT_SHARE,
+    safe: SafeCuts | None = None,
     start_share: float = 0.0,
 ) -> tuple[PieceTable, SplitCounts]:
     """Cut `batch` into pieces of at most seq_length + 1 tokens.
@@ -110,7 +113,7 @@ def split_long(
         elif policy == "truncate":
             counts += out.add_truncated(c, capacity)
         else:
-            splitter = ConversationSplitter(batch, c, capacity, prefix, marker, turn_cut, context_share, pool,
+            splitter = ConversationSplitter(batch, c, capacity, prefix, marker, turn_cut, context_share, pool, safe,
                                             start_share)
             pieces, conv_counts = splitter.split()
             counts += conv_counts
@@ -132,12 +135,13 @@ class ConversationSplitter:
     turn_cut: int = DEFAULT_TURN_CUT
     context_share: float = CONTEXT_SHARE
     pool: FillerPool | None = None  # short pieces of the batch still free to fill holes; reserved as used
+    safe: SafeCuts | None = None  # where a long turn may be cut
     start_share: float = 0.0  # of a shortened message's kept tokens, the share from its start
 
     def __post_init__(self) -> None:
         self.spans = MessageSpans(self.batch, self.conv, self.capacity)
         self.planner = ContextPlanner(self.spans, self.context_share)
-        self.cuts = CutChooser(self.spans, self.planner, self.turn_cut, self.pool)
+        self.cuts = CutChooser(self.spans, self.planner, self.turn_cut, self.pool, self.safe)
         self.piece = PieceBuilder(self.batch, self.prefix, self.marker, start_share=self.start_share)
 
     def split(self) -> tuple[list[Piece], SplitCounts]:
