@@ -80,7 +80,7 @@ def pack_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--batch-size", type=int, help="Records tokenized per batch (memory vs speed; output unchanged). [default: 1024]"),
         click.option("--max-reject-fraction", type=float, help="Fail (exit 1, no dataset.json) when more than this share of the records read is rejected; a run that packs nothing always fails. [default: 0.1]"),
         click.option("--group-files", is_flag=True, default=None, help="Pack consecutive input files smaller than a unit together, up to --unit-mib: many small files then fill rows as one big file does (each file alone is otherwise its own unit). [default: off]"),
-        click.option("--encoder", type=click.Choice(ENCODERS), help="Content encoder: fast (tiktoken, proven equal to the HF tokenizer at load, else an error), hf, or auto (fast where proven, else hf; output unchanged). [default: auto]"),
+        click.option("--encoder", type=click.Choice(ENCODERS), help="Content encoder: gigatoken or tiktoken (proven equal to the HF tokenizer at load, else an error), fast (the first of them proven, else an error), hf, or auto (the first proven, else hf; output unchanged). [default: auto]"),
     ]
     for option in reversed(options):
         command = option(command)

@@ -46,8 +46,9 @@ Strategy = Literal["linear", "aligned", "bestfit"]
 LongPolicy = Literal["split", "truncate", "drop"]
 Unprompted = Literal["keep", "mask", "drop"]
 OutputFormat = Literal["npy", "parquet", "both"]
-# Who encodes message content (see render/encoder.py): fast where proven equal to HF, or HF.
-Encoder = Literal["auto", "fast", "hf"]
+# Who encodes message content (see render/encoder.py): a fast backend where proven equal to HF, or HF. "fast" is
+# the first backend proven (gigatoken, then tiktoken); a resolved config names the backend.
+Encoder = Literal["auto", "fast", "gigatoken", "tiktoken", "hf"]
 
 FORMATS: tuple[Format, ...] = get_args(Format)
 INPUT_FORMATS: tuple[InputFormat, ...] = get_args(InputFormat)
@@ -115,9 +116,9 @@ class PackConfig:
     # data rejects a handful (ShareGPT: 0.9%, mostly empty conversations); a tenth or more means the
     # records are not in the shape packsft reads. It decides whether a run succeeds, not its bytes.
     max_reject_fraction: float = field(default=DEFAULT_MAX_REJECT_FRACTION, compare=False)
-    # Who encodes message content: the fast BPE encoder (proven equal to HF at load) or HF. The ids
-    # are the same either way, so it is not part of a unit's fingerprint. A run stores the encoder it
-    # used ("fast" or "hf"; auto resolved) in dataset.json.
+    # Who encodes message content: a fast backend (proven equal to HF at load) or HF. The ids are the
+    # same either way, so it is not part of a unit's fingerprint. A run stores the encoder it used
+    # ("gigatoken", "tiktoken" or "hf"; auto and fast resolved) in dataset.json.
     encoder: Encoder = field(default="auto", compare=False)
     # Pack consecutive whole input files smaller than a unit together (up to --unit-mib): many small files
     # then fill rows as one big file does. Not part of the config fingerprint: a grouped unit's

@@ -1,17 +1,23 @@
-"""A fast content encoder for byte-level BPE tokenizers, used only where it is proven equal to HF.
+"""Fast content encoders, used only where one is proven to give the HF tokenizer's ids.
 
-    tokenizer.json (as HF loaded it) --read_bpe_spec--> BpeSpec (ranks, regex, NFC?, added tokens)
-      --refuse anything not reproduced--> tiktoken CoreBPE --probe set vs HF, id for id--> FastEncoder
+    tokenizer.json (as HF loaded it) --backend--> a FastEncoder --probe set vs HF, id for id--> in use
 
-GPT-2, Llama 3, Qwen 2/3 and their kin are a byte-level BPE behind a regex pre-tokenizer. `tiktoken`
-runs exactly that (one regex, rank-ordered merges) in Rust several times faster than the HF
-`tokenizers` pipeline, which also computes offsets, normalizes, and runs a generic pre-tokenizer chain.
-Equality is not assumed: `build_fast_encoder` refuses a tokenizer whose normalizer, pre-tokenizer,
-model options or added tokens it does not reproduce, and then compares its ids with HF's on a built-in
-probe set (unicode classes, whitespace runs, numbers, contractions, emoji, CJK, combining marks, code,
-special-token strings); a single difference refuses it. `verify --deep` re-encodes with HF anyway.
+Two backends, fastest first (`BACKENDS`); `--encoder auto` takes the first one proven for the tokenizer:
 
-Why rank order is enough: tiktoken merges, at each step, the adjacent pair whose concatenation has the
+- `gigatoken` (GigatokenEncoder): byte-level BPE (GPT-2, Llama 3, Qwen 2/3, ...) and SentencePiece-style BPE with
+  byte fallback (Llama 2, Mistral v1-v3, Gemma), with pre-tokenizers it recognizes; 5-8x tiktoken's rate on
+  ShareGPT contents (BENCHMARKS.md). It reads every added token it knows as a control token, so it is
+  built from the tokenizer without its special added tokens: a special-token string in content is then
+  plain text, as HF's `encode_special_tokens=True` encodes it, with no scan of the content at all.
+- `tiktoken` (TiktokenEncoder): a byte-level BPE behind any one regex, for the tokenizers gigatoken refuses (a
+  regex it has no pretokenizer for). `read_bpe_spec` refuses a tokenizer whose normalizer, pre-tokenizer,
+  model options or added tokens it does not reproduce.
+
+Equality is never assumed: each backend is compared with HF's ids on a built-in probe set (unicode classes,
+whitespace runs, numbers, contractions, emoji, CJK, combining marks, code, special-token strings, every code
+point of planes 0 and 1); a single difference refuses it. `verify --deep` re-encodes with HF anyway.
+
+Why rank order is enough for tiktoken: it merges, at each step, the adjacent pair whose concatenation has the
 lowest rank; HF merges the pair listed first in `merges`. With ranks = token ids these agree when the
 ids of merge results increase in merge order (checked), as for every tokenizer trained this way.
 """
@@ -24,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from tokenizers.normalizers import NFC
@@ -37,6 +43,10 @@ THREAD_CHUNK = 256
 MAX_TOKEN_ID = 1 << 31
 # Code points per probe text of the unicode sweep.
 PROBE_RUN = 512
+
+Backend = Literal["gigatoken", "tiktoken"]
+# Fastest first: `--encoder auto` and `fast` take the first one proven for the tokenizer.
+BACKENDS: tuple[Backend, ...] = ("gigatoken", "tiktoken")
 
 
 class FastEncoderRefused(Exception):
@@ -157,16 +167,39 @@ def _check_merge_order(model: dict[str, Any]) -> None:
         previous = rank
 
 
-class FastEncoder:
+class FastEncoder(Protocol):
+    """What a fast backend offers: content encoding (special-token strings plain text, non-special added tokens
+    matched) and what the chat path needs to place tokens in a rendering (chat/encode.py)."""
+
+    backend: Backend
+    # Where token byte lengths are its characters' UTF-8 bytes (a byte-level BPE; not SentencePiece's
+    # U+2581 and prepended space) and the normalizer is none or NFC: the chat path may place runs by them.
+    byte_level: bool
+    special_tokens: dict[str, int]  # special added tokens: the control tokens a chat template renders
+
+    def normalized(self, text: str) -> str: ...
+
+    def encode_texts(self, texts: list[str]) -> list[list[int]]: ...
+
+    def encode_texts_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def byte_lengths(self) -> np.ndarray: ...
+
+
+class TiktokenEncoder:
     """Encodes texts with tiktoken, as the HF tokenizer it was proven against does.
 
     One per process: it holds the Rust rank table and a small thread pool (`threads` > 1).
     """
 
+    backend: Backend = "tiktoken"
+    byte_level = True
+
     def __init__(self, spec: BpeSpec, threads: int = 1) -> None:
         import tiktoken
 
         self.spec = spec
+        self.special_tokens = spec.special_tokens
         self._core = tiktoken.Encoding(
             "packsft-fast", pat_str=spec.pattern, mergeable_ranks=spec.ranks,
             special_tokens={**spec.content_tokens, **spec.special_tokens},
@@ -208,6 +241,11 @@ class FastEncoder:
         ids = np.concatenate(arrays) if arrays else np.zeros(0, np.uint32)
         return ids.view(np.int32), lengths
 
+    def byte_lengths(self) -> np.ndarray:
+        """Per token id, the number of UTF-8 bytes it stands for."""
+        return _byte_lengths({token: len(text) for text, token in self.spec.ranks.items()},
+                             {**self.spec.content_tokens, **self.spec.special_tokens})
+
     def _map(self, encode: Callable[[str], Any], texts: list[str]) -> list[Any]:
         if self._nfc is not None:
             # HF's own NFC (Python's unicodedata follows another Unicode version: U+0898 differs);
@@ -218,6 +256,93 @@ class FastEncoder:
             return [encode(text) for text in texts]
         chunks = [texts[i:i + THREAD_CHUNK] for i in range(0, len(texts), THREAD_CHUNK)]
         return [ids for chunk in self._pool.map(lambda part: [encode(t) for t in part], chunks) for ids in chunk]
+
+
+class GigatokenEncoder:
+    """Encodes texts with gigatoken, as the HF tokenizer it was proven against does.
+
+    Built from the tokenizer without its special added tokens (see the module docstring): content never
+    yields a control token, and the template's own control tokens are placed by the chat path, not encoded.
+    An NFC normalizer is applied here, by HF's own NFC, and not by gigatoken's, which follows another Unicode
+    version (U+0898 differs: the probes refuse it). `threads` > 1 encodes a batch on gigatoken's
+    process-wide thread pool, 1 on the calling thread.
+    """
+
+    backend: Backend = "gigatoken"
+
+    def __init__(self, serialized: str, threads: int = 1) -> None:
+        try:
+            import gigatoken
+        except ImportError:
+            raise FastEncoderRefused("gigatoken is not installed (pip install gigatoken)") from None
+        spec = json.loads(serialized)
+        added = spec.get("added_tokens") or []
+        self.special_tokens = {a["content"]: a["id"] for a in added if a.get("special")}
+        normalizer = spec.get("normalizer")
+        nfc = normalizer is not None and normalizer.get("type") == "NFC"
+        plain = {**spec, "added_tokens": [a for a in added if not a.get("special")],
+                 "normalizer": None if nfc else normalizer}
+        try:
+            self._tokenizer = gigatoken.Tokenizer.from_json(json.dumps(plain))
+        except Exception as exc:  # gigatoken raises RuntimeError/ValueError for what it does not read
+            raise FastEncoderRefused(f"gigatoken does not read it: {str(exc).strip().splitlines()[0]}") from None
+        model = spec.get("model") or {}
+        self.byte_level = (normalizer is None or nfc) and not model.get("byte_fallback") and "ByteLevel" in json.dumps(
+            spec.get("pre_tokenizer"))
+        self._nfc = NFC() if nfc else None
+        self._parallel = threads > 1
+
+    def normalized(self, text: str) -> str:
+        """The text as the chat path must see it to place tokens: NFC-normalized where the tokenizer normalizes so."""
+        return text if self._nfc is None or text.isascii() else self._nfc.normalize_str(text)
+
+    def encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """Ids of each text as ordinary text (special-token strings in it are plain text)."""
+        texts = self._normalized_all(texts)
+        try:
+            return self._tokenizer.encode_batch_list(texts, parallel=self._parallel)
+        except TypeError:  # lone surrogates: replaced as tiktoken's `encode` replaces them
+            return self._tokenizer.encode_batch_list(_without_surrogates(texts), parallel=self._parallel)
+
+    def encode_texts_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`encode_texts` as one flat array of ids (int32) and each text's length, straight from gigatoken's buffers."""
+        if not texts:
+            return np.zeros(0, np.int32), np.zeros(0, np.int64)
+        texts = self._normalized_all(texts)
+        try:
+            layout = self._tokenizer.encode_batch(texts, parallel=self._parallel).layout
+        except TypeError:
+            layout = self._tokenizer.encode_batch(_without_surrogates(texts), parallel=self._parallel).layout
+        offsets = np.asarray(layout.offsets.data, np.int64)
+        ids = np.asarray(layout.content.data)[offsets[0]:offsets[-1]]
+        # Ids are below 2**31 (a vocabulary that size is refused by TOKEN_ID_DTYPE's users): a view, not a copy.
+        return ids.view(np.int32), np.diff(offsets)
+
+    def _normalized_all(self, texts: list[str]) -> list[str]:
+        if self._nfc is None:
+            return texts
+        normalize = self._nfc.normalize_str  # ASCII text is NFC already, and most content is ASCII
+        return [text if text.isascii() else normalize(text) for text in texts]
+
+    def byte_lengths(self) -> np.ndarray:
+        """Per token id, the number of UTF-8 bytes it stands for (meaningful where `byte_level`)."""
+        vocab = self._tokenizer.vocab
+        return _byte_lengths({token: len(text) for token, text in vocab.items()}, self.special_tokens)
+
+
+def _without_surrogates(texts: list[str]) -> list[str]:
+    """The texts with lone surrogates replaced by U+FFFD (what tiktoken does; HF refuses such text)."""
+    return [text.encode("utf-16", "surrogatepass").decode("utf-16", "replace") for text in texts]
+
+
+def _byte_lengths(lengths: dict[int, int], added: dict[str, int]) -> np.ndarray:
+    """Per token id, the number of UTF-8 bytes it stands for, from the vocabulary's and added tokens' bytes."""
+    size = max([*lengths, *added.values()]) + 1
+    table = np.zeros(size, np.int64)
+    table[np.fromiter(lengths, np.int64, len(lengths))] = np.fromiter(lengths.values(), np.int64, len(lengths))
+    for content, token in added.items():
+        table[token] = len(content.encode("utf-8"))
+    return table
 
 
 def probe_texts() -> list[str]:
@@ -258,21 +383,31 @@ def first_difference(fast: FastEncoder, hf_encode: Callable[[list[str]], list[li
     return None
 
 
+def fast_encoder(backend: Backend, serialized: str, threads: int = 1, *, check_order: bool = True) -> FastEncoder:
+    """The `backend` encoder of this tokenizer (unproven), or FastEncoderRefused where the backend cannot read it.
+
+    `check_order=False` skips tiktoken's merge-order check, for a tokenizer whose encoder is already proven.
+    """
+    if backend == "gigatoken":
+        return GigatokenEncoder(serialized, threads)
+    try:
+        import tiktoken  # noqa: F401
+    except ImportError:
+        raise FastEncoderRefused("tiktoken is not installed (pip install tiktoken)") from None
+    return TiktokenEncoder(read_bpe_spec(serialized, check_order), threads)
+
+
 def build_fast_encoder(
-    serialized: str, hf_encode: Callable[[list[str]], list[list[int]]] | None, threads: int = 1
+    backend: Backend, serialized: str, hf_encode: Callable[[list[str]], list[list[int]]] | None, threads: int = 1
 ) -> FastEncoder:
-    """The fast encoder for this tokenizer, proven equal to `hf_encode` on the probe set, or FastEncoderRefused.
+    """The `backend` encoder for this tokenizer, proven equal to `hf_encode` on the probe set, or FastEncoderRefused.
 
     Args:
         serialized: the HF tokenizer as loaded (`backend_tokenizer.to_str()`), added tokens included.
         hf_encode: HF's content encoding (special-token strings as plain text), the reference; None
             skips the proof (a worker whose parent proved the same tokenizer).
     """
-    try:
-        import tiktoken  # noqa: F401
-    except ImportError:
-        raise FastEncoderRefused("tiktoken is not installed (pip install tiktoken)") from None
-    encoder = FastEncoder(read_bpe_spec(serialized), threads)
+    encoder = fast_encoder(backend, serialized, threads)
     difference = None if hf_encode is None else first_difference(encoder, hf_encode)
     if difference is not None:
         raise FastEncoderRefused(f"it differs from the HF tokenizer on {difference}")

@@ -25,15 +25,22 @@ from tokenizers import Tokenizer
 from packsft.config import ENCODERS
 from packsft.errors import ConfigError, TokenizerError
 from packsft.read.records import ASSISTANT, SYSTEM, USER
-from packsft.render.encoder import FastEncoder, FastEncoderRefused, build_fast_encoder, read_bpe_spec
+from packsft.render.encoder import (
+    BACKENDS,
+    Backend,
+    FastEncoder,
+    FastEncoderRefused,
+    build_fast_encoder,
+    fast_encoder,
+)
 from packsft.render.tokenizer_cache import cache_key, read_entry, write_entry
 
 BOS_TOKEN = "<|beginoftext|>"
 PAD_TOKEN = "<|pad|>"
 ROLE_TOKENS = {USER: "<|user|>", ASSISTANT: "<|assistant|>", SYSTEM: "<|system|>"}
 
-# Fingerprints of tokenizers whose fast encoder this process has proven: a second load skips the probes.
-_PROVEN: set[str] = set()
+# (fingerprint, backend) of the fast encoders this process has proven: a second load skips the probes.
+_PROVEN: set[tuple[str, str]] = set()
 
 # Token ids in memory (rendering, splitting, packing): 4 bytes; the writer narrows to the storage dtype.
 TOKEN_ID_DTYPE = np.dtype(np.int32)
@@ -113,9 +120,9 @@ class PackTokenizer:
     # transformers' `special_tokens_map` (bos_token, eos_token, ...): what a chat template sees besides the messages.
     special_tokens_map: dict[str, Any] = field(default_factory=dict, compare=False)
     trust_remote_code: bool = False
-    # The content encoder in use: "fast" (encoder.FastEncoder, proven equal to HF at load) or "hf";
+    # The content encoder in use: a fast backend (encoder.BACKENDS, proven equal to HF at load) or "hf";
     # `encoder_note` says why auto chose HF. Neither is part of the identity: the ids are the same.
-    encoder: Literal["fast", "hf"] = "hf"
+    encoder: Backend | Literal["hf"] = "hf"
     encoder_note: str | None = None
     # Who renders chat templates: transformers' jinja renderer without its tokenizer ("jinja"), or
     # `apply_chat_template` ("hf", where a probe showed them differ; see chat_proof.with_chat_path_proven).
@@ -150,10 +157,10 @@ class PackTokenizer:
     @property
     def fast(self) -> FastEncoder | None:
         """The fast content encoder where it is in use (built on first use: a process that only plans needs none)."""
-        if self.encoder != "fast":
+        if self.encoder == "hf":
             return None
         if self.objects.fast is None:
-            self.objects.fast = FastEncoder(read_bpe_spec(self.serialized, check_order=False), self.threads)
+            self.objects.fast = fast_encoder(self.encoder, self.serialized, self.threads, check_order=False)
         return self.objects.fast
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
@@ -249,7 +256,8 @@ def tokenizer_from_state(
 ) -> PackTokenizer:
     """A PackTokenizer rebuilt from `state()` (a worker, or the cache), its fingerprint checked.
 
-    `encoder` is taken as decided: "fast" only where the caller proved it for this fingerprint.
+    `encoder` is taken as decided: a fast backend only where the caller proved it for this fingerprint (any
+    other value, such as an older plan's "fast", encodes with HF: the same ids).
     """
     stop_ids = tuple(state.get("stop_ids") or (state["eos_id"],))
     special = {"bos": state["bos_id"], "eos": state["eos_id"], "pad": state["pad_id"], **state["role_ids"]}
@@ -264,7 +272,7 @@ def tokenizer_from_state(
         special_tokens_map=dict(state["special_tokens_map"]),
         chat_renderer="hf" if state.get("chat_renderer") == "hf" else "jinja", stop_ids=stop_ids,
         trust_remote_code=trust_remote_code,
-        encoder="fast" if encoder == "fast" else "hf", threads=threads, serialized=state["serialized"],
+        encoder=encoder if encoder in BACKENDS else "hf", threads=threads, serialized=state["serialized"],
     )
 
 
@@ -279,10 +287,11 @@ def load_tokenizer(
         template: "roles", "chat", or "auto": chat where the tokenizer has a chat template (or
             `chat_template` gives one), else roles. The tokenizer's `template` says which it got.
         chat_template: a template that replaces the tokenizer's own, before the fingerprint is taken.
-        encoder: "hf" encodes content with the HF tokenizer; "fast" with encoder.FastEncoder, or raises
-            TokenizerError where it is not proven equal; "auto" uses fast where proven, else HF.
+        encoder: "hf" encodes content with the HF tokenizer; "gigatoken" or "tiktoken" with that backend
+            (encoder.py), or raises TokenizerError where it is not proven equal; "fast" with the first
+            backend proven (else that error); "auto" the first proven, else HF.
         prove: compare the fast encoder with HF on the probe set at load (unless this process or the
-            cache already holds the verdict for this tokenizer fingerprint).
+            cache already holds the verdict for this tokenizer fingerprint and backend).
         threads: threads of the fast encoder (default: the CPUs this process may use).
         cache: read and write the resolved tokenizer in the cache (tokenizer_cache.py): a folder loaded
             before loads without importing transformers.
@@ -461,40 +470,46 @@ def _with_encoder(
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     tokenizer = replace(tokenizer, threads=threads, objects=replace(tokenizer.objects, fast=None))
-    refused = _fast_verdict(tokenizer, prove, threads, cache)
-    if refused is not None:
-        if encoder == "fast":
-            raise TokenizerError(
-                f"--encoder fast: tokenizer {tokenizer.name!r} is not one the fast encoder reproduces ({refused}). "
-                "Use --encoder auto or hf"
-            ) from None
-        return replace(tokenizer, encoder_note=f"the fast encoder does not reproduce this tokenizer: {refused}")
-    return replace(tokenizer, encoder="fast")
+    refusals = []
+    for backend in BACKENDS if encoder in ("auto", "fast") else [b for b in BACKENDS if b == encoder]:
+        refused = _fast_verdict(tokenizer, backend, prove, threads, cache)
+        if refused is None:
+            return replace(tokenizer, encoder=backend)
+        refusals.append(f"{backend}: {refused}")
+    why = "; ".join(refusals)
+    if encoder != "auto":
+        raise TokenizerError(
+            f"--encoder {encoder}: tokenizer {tokenizer.name!r} is not one the fast encoder reproduces ({why}). "
+            "Use --encoder auto or hf"
+        ) from None
+    return replace(tokenizer, encoder_note=f"no fast encoder reproduces this tokenizer: {why}")
 
 
-def _fast_verdict(tokenizer: PackTokenizer, prove: bool, threads: int, cache: bool) -> str | None:
-    """None where the fast encoder is proven equal to HF for this tokenizer, else why it is refused.
+def _fast_verdict(tokenizer: PackTokenizer, backend: Backend, prove: bool, threads: int, cache: bool) -> str | None:
+    """None where the `backend` encoder is proven equal to HF for this tokenizer, else why it is refused.
 
-    The proof runs once per tokenizer fingerprint and library versions: this process and the cache remember it.
+    The proof runs once per tokenizer fingerprint, backend and library versions: this process and the cache
+    remember it.
     """
-    if tokenizer.fingerprint in _PROVEN:
+    if (tokenizer.fingerprint, backend) in _PROVEN:
         return None
-    key = cache_key("proof", {"fingerprint": tokenizer.fingerprint})
+    key = cache_key("proof", {"fingerprint": tokenizer.fingerprint, "backend": backend})
     entry = read_entry("proofs", key) if cache else None
     if entry is not None and isinstance(entry.get("refused"), (str, type(None))):
         refused = entry["refused"]
     else:
         try:
-            fast = build_fast_encoder(tokenizer.serialized, tokenizer.encode_texts_hf if prove else None, threads)
+            fast = build_fast_encoder(backend, tokenizer.serialized, tokenizer.encode_texts_hf if prove else None,
+                                      threads)
         except FastEncoderRefused as exc:
             refused = str(exc)
         else:
             refused = None
             tokenizer.objects.fast = fast
-        if prove and cache:  # the key holds tiktoken's version ("absent" too): installing it is a miss
+        if prove and cache:  # the key holds the backends' versions ("absent" too): installing one is a miss
             write_entry("proofs", key, {"refused": refused})
     if refused is None:
-        _PROVEN.add(tokenizer.fingerprint)
+        _PROVEN.add((tokenizer.fingerprint, backend))
     return refused
 
 

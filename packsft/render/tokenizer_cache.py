@@ -7,9 +7,9 @@
 What transformers makes of a folder (the converted BPE, the added role tokens, the special ids) is a
 function of the folder's files and the library versions, so those are the key; an entry is checked
 against its own fingerprint when read, and anything unreadable is a miss. The fast encoder's proof
-(the probe set compared with HF, seconds) is cached the same way, keyed by the tokenizer fingerprint
-and the versions of tiktoken and tokenizers. `PACKSFT_CACHE` names the folder (default
-`$XDG_CACHE_HOME/packsft` or `~/.cache/packsft`); `PACKSFT_CACHE=off` turns the cache off.
+(the probe set compared with HF, seconds) is cached the same way, keyed by the tokenizer fingerprint, the
+backend and the versions of tokenizers and the backends (gigatoken, tiktoken). `PACKSFT_CACHE` names the
+folder (default `$XDG_CACHE_HOME/packsft` or `~/.cache/packsft`); `PACKSFT_CACHE=off` turns the cache off.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ CACHE_ENV = "PACKSFT_CACHE"
 CACHE_OFF = ("", "0", "off", "none")
 # Bumped when what an entry holds changes meaning: older entries are then misses.
 CACHE_FORMAT = 3
-LIBRARIES = ("transformers", "tokenizers", "tiktoken")
+LIBRARIES = ("transformers", "tokenizers", "tiktoken", "gigatoken")
 
 
 def cache_dir() -> Path | None:

@@ -11,5 +11,5 @@ from packsft import load_tokenizer
 def chatml(chatml_dir):
     """The ChatML test tokenizer with its fast encoder proven (the fast chat path)."""
     tokenizer = load_tokenizer(str(chatml_dir), "chat", encoder="auto")
-    assert tokenizer.encoder == "fast", tokenizer.encoder_note
+    assert tokenizer.encoder == "gigatoken", tokenizer.encoder_note
     return tokenizer

@@ -38,7 +38,7 @@ RENDERERS: dict[str, tuple[ChatRenderer, HfRenderingEncoder]] = {}
 @pytest.fixture(scope="module")
 def qwen3(qwen3_dir):
     tokenizer = load_tokenizer(str(qwen3_dir), "chat", encoder="auto")
-    assert tokenizer.encoder == "fast", tokenizer.encoder_note
+    assert tokenizer.encoder == "gigatoken", tokenizer.encoder_note
     return tokenizer
 
 
@@ -108,7 +108,7 @@ def test_a_rendering_difference_renders_through_apply_chat_template(chatml, monk
     monkeypatch.setattr(chat_template, "_compiled_renderer", changed)
     assert "differs from apply_chat_template" in chat_rendering_difference(chatml)
     proven = with_chat_path_proven(chatml, cache=False)
-    assert proven.chat_renderer == "hf" and proven.encoder == "fast"  # the fast encoder still proven on its renderings
+    assert proven.chat_renderer == "hf" and proven.encoder == "gigatoken"  # the fast encoder still proven on its renderings
     messages = (("user", "Hi"), ("assistant", "Yo"))
     expected = chatml.hf.apply_chat_template([{"role": r, "content": c} for r, c in messages], tokenize=False)
     assert ChatRenderer(proven).render_text(messages) == expected != ChatRenderer(chatml).render_text(messages)
@@ -175,7 +175,7 @@ def llama3_style(tmp_path_factory, demo_tokenizer_dir):
     hf.chat_template = LLAMA3
     hf.save_pretrained(folder)
     tokenizer = load_tokenizer(str(folder), "chat", encoder="auto")
-    assert tokenizer.encoder == "fast", tokenizer.encoder_note
+    assert tokenizer.encoder == "gigatoken", tokenizer.encoder_note
     return tokenizer
 
 

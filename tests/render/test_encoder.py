@@ -15,8 +15,8 @@ from packsft import PackConfig, load_tokenizer
 from packsft.cli import main
 from packsft.render.encoder import (
     GPT2_PATTERN,
-    FastEncoder,
     FastEncoderRefused,
+    TiktokenEncoder,
     first_difference,
     read_bpe_spec,
 )
@@ -75,14 +75,14 @@ def qwen3_fast(qwen3_dir):
 @pytest.mark.parametrize("shard", ["shard_00000.parquet", pytest.param("shard_00005.parquet", marks=pytest.mark.slow)])
 def test_fast_ids_equal_hf_on_real_content_gpt2(gpt2_fast, sharegpt_dir, shard):
     texts = sharegpt_texts(sharegpt_dir / shard, conversations=100_000)
-    assert gpt2_fast.encoder == "fast" and len(texts) > 10_000
+    assert gpt2_fast.encoder == "gigatoken" and len(texts) > 10_000
     assert gpt2_fast.encode_texts(texts) == gpt2_fast.encode_texts_hf(texts)
 
 
 @pytest.mark.slow
 def test_fast_ids_equal_hf_on_real_content_qwen3(qwen3_fast, sharegpt_dir):
     texts = sharegpt_texts(sharegpt_dir / "shard_00003.parquet", conversations=1000)
-    assert qwen3_fast.encoder == "fast"
+    assert qwen3_fast.encoder == "gigatoken"
     assert qwen3_fast.encode_texts(texts) == qwen3_fast.encode_texts_hf(texts)
 
 
@@ -121,7 +121,7 @@ def test_flat_encoding_equals_the_lists_for_both_encoders(gpt2_dir, sharegpt_dir
 
 def test_fingerprint_and_identity_do_not_depend_on_the_encoder(gpt2_dir, gpt2_fast):
     hf = load_tokenizer(str(gpt2_dir), "roles", encoder="hf")
-    assert (hf.encoder, gpt2_fast.encoder) == ("hf", "fast")
+    assert (hf.encoder, gpt2_fast.encoder) == ("hf", "gigatoken")
     assert hf.fingerprint == gpt2_fast.fingerprint and hf.identity() == gpt2_fast.identity()
 
 
@@ -157,7 +157,7 @@ def test_read_bpe_spec_refuses_what_it_does_not_reproduce(gpt2_fast, edit, reaso
 def test_the_probe_set_refuses_an_encoder_that_differs(gpt2_fast):
     # GPT-2's regex without the contractions: equal on most text, not on "I'm".
     serialized = _serialized(gpt2_fast, lambda s: None)
-    fast = FastEncoder(replace(read_bpe_spec(serialized), pattern=GPT2_PATTERN.replace("'s|'t|'re|'ve|'m|'ll|'d|", "")))
+    fast = TiktokenEncoder(replace(read_bpe_spec(serialized), pattern=GPT2_PATTERN.replace("'s|'t|'re|'ve|'m|'ll|'d|", "")))
     difference = first_difference(fast, gpt2_fast.encode_texts_hf)
     assert difference is not None and difference.startswith("probe \"I'm you're")
 
@@ -179,15 +179,16 @@ def test_auto_falls_back_to_hf_and_says_so_once(tmp_path, gpt2_fast):
     args = ["pack", str(data.parent), str(tmp_path / "out"), "--tokenizer", str(folder), "--workers", "2"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    note = ("packsft: encoding content with the HF tokenizer (the fast encoder does not reproduce this tokenizer: "
-            "normalizer 'Lowercase' is not reproduced)")
+    why = ("gigatoken: gigatoken does not read it: Unsupported normalizer type: Lowercase; "
+           "tiktoken: normalizer 'Lowercase' is not reproduced")
+    note = f"packsft: encoding content with the HF tokenizer (no fast encoder reproduces this tokenizer: {why})"
     assert result.stderr.count(note) == 1
     assert json.loads((tmp_path / "out" / "dataset.json").read_text())["config"]["encoder"] == "hf"
 
     refused = CliRunner().invoke(main, [*args, "--encoder", "fast", "--overwrite"])
     assert refused.exit_code == 1
     assert (f"--encoder fast: tokenizer {str(folder)!r} is not one the fast encoder reproduces "
-            "(normalizer 'Lowercase' is not reproduced). Use --encoder auto or hf") in refused.output
+            f"({why}). Use --encoder auto or hf") in refused.output
 
 
 # --- outputs ---------------------------------------------------------------------------------------
@@ -210,12 +211,12 @@ def _slice_of(sharegpt_dir: Path, folder: Path, conversations: int = 500) -> Pat
 def test_fast_and_hf_outputs_are_byte_identical(tmp_path, gpt2_dir, sharegpt_dir, strategy):
     data = _slice_of(sharegpt_dir, tmp_path / "data")
     outputs = {}
-    for encoder in ("hf", "fast"):
+    for encoder in ("hf", "gigatoken", "tiktoken"):
         config = PackConfig(tokenizer=str(gpt2_dir), strategy=strategy, encoder=encoder, output_format="both")
         result = run_pack(data, tmp_path / encoder, config, quiet=True, workers=1)
         assert result.dataset["config"]["encoder"] == encoder
         outputs[encoder] = _array_bytes(tmp_path / encoder)
-    assert outputs["fast"] == outputs["hf"] and len(outputs["hf"]) == 5
+    assert outputs["gigatoken"] == outputs["tiktoken"] == outputs["hf"] and len(outputs["hf"]) == 5
 
 
 @pytest.mark.slow
@@ -226,5 +227,5 @@ def test_fast_and_hf_outputs_are_byte_identical_qwen3_chat(tmp_path, qwen3_dir, 
         config = PackConfig(tokenizer=str(qwen3_dir), template="chat", encoder=encoder)
         result = run_pack(data, tmp_path / encoder, config, quiet=True, workers=1)
         outputs[encoder] = _array_bytes(tmp_path / encoder)
-        assert result.dataset["config"]["encoder"] == ("hf" if encoder == "hf" else "fast")
+        assert result.dataset["config"]["encoder"] == ("hf" if encoder == "hf" else "gigatoken")
     assert outputs["auto"] == outputs["hf"]

@@ -3,6 +3,7 @@ objects a PackTokenizer builds on first use. Hermetic: the demo tokenizer with C
 
 from __future__ import annotations
 
+import json
 import pickle
 from dataclasses import replace
 
@@ -15,7 +16,7 @@ from packsft.render.chat.encode import (
     RenderingEncoder,
     rendering_encoder,
 )
-from packsft.render.encoder import FastEncoder, read_bpe_spec
+from packsft.render.encoder import GigatokenEncoder, TiktokenEncoder, read_bpe_spec
 
 IM_START, IM_END = 728, 727
 USER_HEAD = [IM_START, 85, 291, 82, 199]  # <|im_start|>user\n
@@ -90,9 +91,12 @@ def test_the_factory_chooses_each_encoder(chatml, chatml_hf):
 
 def test_the_fast_encoder_says_what_it_encodes(chatml):
     spec = read_bpe_spec(chatml.serialized)
-    assert FastEncoder(spec).normalized("e\u0301") == "e\u0301"  # no normalizer
-    nfc = FastEncoder(replace(spec, nfc=True))
+    assert TiktokenEncoder(spec).normalized("e\u0301") == "e\u0301"  # no normalizer
+    nfc = TiktokenEncoder(replace(spec, nfc=True))
     assert nfc.normalized("cafe\u0301") == "caf\u00e9" and nfc.normalized("plain") == "plain"
+    assert GigatokenEncoder(chatml.serialized).normalized("e\u0301") == "e\u0301"
+    with_nfc = json.loads(chatml.serialized) | {"normalizer": {"type": "NFC"}}
+    assert GigatokenEncoder(json.dumps(with_nfc)).normalized("cafe\u0301") == "caf\u00e9"
 
 
 def test_built_objects_are_shared_by_copies_and_never_pickled(chatml_dir):

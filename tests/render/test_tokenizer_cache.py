@@ -100,17 +100,22 @@ def test_cache_off_writes_nothing(tmp_path, demo_tokenizer_dir, monkeypatch):
 def test_the_fast_encoder_proof_is_cached(demo_tokenizer_dir, monkeypatch):
     monkeypatch.setattr(tokenizer_module, "_PROVEN", set())  # forget this process's proofs
     fingerprint = load_tokenizer(str(demo_tokenizer_dir), "roles").fingerprint
-    proof = cache_dir() / "proofs" / f"{cache_key('proof', {'fingerprint': fingerprint})}.json"
+    proof = cache_dir() / "proofs" / f"{cache_key('proof', {'fingerprint': fingerprint, 'backend': 'gigatoken'})}.json"
     proof.unlink(missing_ok=True)
-    assert load_tokenizer(str(demo_tokenizer_dir), "roles", encoder="auto").encoder == "fast"
+    assert load_tokenizer(str(demo_tokenizer_dir), "roles", encoder="auto").encoder == "gigatoken"
     assert json.loads(proof.read_text()) == {"refused": None}
-    # The verdict is read back, not recomputed: a (made-up) cached refusal is what auto follows.
+    # The verdict is read back, not recomputed: a (made-up) cached refusal is what auto follows, to the next backend.
     proof.write_text(json.dumps({"refused": "a cached refusal"}))
+    monkeypatch.setattr(tokenizer_module, "_PROVEN", set())
+    assert load_tokenizer(str(demo_tokenizer_dir), "roles", encoder="auto").encoder == "tiktoken"
+    second = cache_dir() / "proofs" / f"{cache_key('proof', {'fingerprint': fingerprint, 'backend': 'tiktoken'})}.json"
+    second.write_text(json.dumps({"refused": "another"}))
     monkeypatch.setattr(tokenizer_module, "_PROVEN", set())
     refused = load_tokenizer(str(demo_tokenizer_dir), "roles", encoder="auto")
     assert (refused.encoder, refused.encoder_note) == (
-        "hf", "the fast encoder does not reproduce this tokenizer: a cached refusal")
+        "hf", "no fast encoder reproduces this tokenizer: gigatoken: a cached refusal; tiktoken: another")
     proof.unlink()
+    second.unlink()
 
 
 @pytest.mark.slow
@@ -118,7 +123,7 @@ def test_the_fast_encoder_proof_is_cached(demo_tokenizer_dir, monkeypatch):
 def test_pack_with_role_tokens_imports_neither_torch_nor_transformers(tmp_path, demo_tokenizer_dir, workers):
     data = write_conversations(tmp_path / "data" / "a.parquet", [conv(("user", "Hi"), ("assistant", "Hello there"))])
     write_conversations(tmp_path / "data" / "b.parquet", [conv(("user", "Yo"), ("assistant", "OK then"))])
-    load_tokenizer(str(demo_tokenizer_dir), "roles", encoder="auto")  # a warm cache, as after a first run
+    load_tokenizer(str(demo_tokenizer_dir), "auto", encoder="auto")  # a warm cache, as after a first (default) run
     args = ["pack", str(data.parent), str(tmp_path / "out"), "--tokenizer", str(demo_tokenizer_dir), "--quiet",
             "--workers", workers]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}

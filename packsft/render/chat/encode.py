@@ -11,7 +11,8 @@ The content's `<|im_end|>` lies inside a content span, so it is no cut: it is pl
 - `HfRenderingEncoder`, the reference: the Rust tokenizer encodes each rendering with offsets; a special token
   that came from a content is re-encoded as plain text together with the text around it.
 - `FastRenderingEncoder`: special-token strings outside content spans cut each rendering into runs; the fast
-  encoder (encoder.FastEncoder, proven equal to HF on content) encodes all runs of a batch in one call, matching
+  encoder (encoder.FastEncoder, proven equal to HF on content; a byte-level one, so that token byte lengths
+  place the tokens) encodes all runs of a batch in one call, matching
   non-special added tokens (`<think>`) as HF does, and the offsets come from each token's byte length. This
   is what HF does too: it extracts added tokens first and encodes the text between them. A rendering the
   fast path cannot place exactly (a run the normalizer changes, so offsets would shift; text that is not
@@ -55,14 +56,19 @@ _ENCODERS: dict[tuple[str, str, Encoder], RenderingEncoder] = {}
 
 def rendering_encoder(tokenizer: PackTokenizer, encoder: Encoder = "auto") -> RenderingEncoder:
     """The rendering encoder of this tokenizer: `FastRenderingEncoder` for "fast" (ValueError where the
-    tokenizer's fast encoder is not in use), `HfRenderingEncoder` for "hf", and "auto" the fast one where
-    the tokenizer's fast encoder is in use."""
+    tokenizer's fast encoder is not in use or not byte-level), `HfRenderingEncoder` for "hf", and "auto" the
+    fast one where it could be "fast"."""
     key = (tokenizer.fingerprint, tokenizer.encoder, encoder)
     cached = _ENCODERS.get(key)
     if cached is None or cached.tokenizer is not tokenizer:
         fast = tokenizer.fast if encoder != "hf" else None
         if encoder == "fast" and fast is None:
             raise ValueError("the fast encoder is not in use for this tokenizer")
+        if fast is not None and not fast.byte_level:
+            if encoder == "fast":
+                raise ValueError(f"the {fast.backend} encoder of this tokenizer is not byte-level: the fast chat path "
+                                 "cannot place its tokens")
+            fast = None
         cached = FastRenderingEncoder(tokenizer, fast) if fast is not None else HfRenderingEncoder(tokenizer)
         _ENCODERS.clear()
         _ENCODERS[key] = cached
@@ -138,11 +144,10 @@ class FastRenderingEncoder:
         self.fast = fast
         self.hf = HfRenderingEncoder(tokenizer)  # for the renderings the fast path cannot place exactly
         self.special_ids = self.hf.special_ids
-        spec = fast.spec
-        self.cut_ids = spec.special_tokens
-        names = sorted(spec.special_tokens, key=len, reverse=True)  # leftmost-longest, as HF matches
+        self.cut_ids = fast.special_tokens
+        names = sorted(fast.special_tokens, key=len, reverse=True)  # leftmost-longest, as HF matches
         self.cut_pattern = re.compile("|".join(map(re.escape, names))) if names else None
-        self.byte_lengths = _byte_lengths(spec.ranks, {**spec.content_tokens, **spec.special_tokens})
+        self.byte_lengths = fast.byte_lengths()
 
     def encode(self, texts: list[str], spans: list[Spans]) -> list[Encoded]:
         """Ids and offsets of each rendering; `spans` are the character spans of its message contents.
@@ -244,16 +249,6 @@ def plain_text_backend(serialized: str) -> Any:
     plain = Tokenizer.from_str(serialized)
     plain.encode_special_tokens = True
     return plain
-
-
-def _byte_lengths(ranks: dict[bytes, int], added: dict[str, int]) -> np.ndarray:
-    """Per token id, the number of UTF-8 bytes it stands for."""
-    size = max([*ranks.values(), *added.values()]) + 1
-    lengths = np.zeros(size, np.int64)
-    lengths[np.fromiter(ranks.values(), np.int64, len(ranks))] = np.fromiter(map(len, ranks), np.int64, len(ranks))
-    for content, token in added.items():
-        lengths[token] = len(content.encode("utf-8"))
-    return lengths
 
 
 def _offsets_within_runs(byte_lengths: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -39,6 +39,9 @@ def chat_rendering_difference(tokenizer: PackTokenizer) -> str | None:
 def fast_chat_difference(tokenizer: PackTokenizer) -> str | None:
     """None where encoding renderings with the fast encoder gives exactly the HF encoding's ids, masks and
     message spans on the probes; else the first difference."""
+    fast = tokenizer.fast
+    if fast is not None and not fast.byte_level:
+        return f"the {fast.backend} encoder of this tokenizer is not byte-level (token bytes do not place its tokens)"
     rejected: list[Conversation] = []
     batches = [render_chat(probe_records(), tokenizer, reject=lambda c, _: rejected.append(c),
                            renderer=ChatRenderer(tokenizer, rendering_encoder(tokenizer, encoder)))
@@ -74,7 +77,7 @@ def with_chat_path_proven(tokenizer: PackTokenizer, cache: bool = True) -> PackT
     else:
         render = chat_rendering_difference(tokenizer)
         rendered_by = replace(tokenizer, chat_renderer="hf") if render else tokenizer
-        encode = fast_chat_difference(rendered_by) if tokenizer.encoder == "fast" else None
+        encode = fast_chat_difference(rendered_by) if tokenizer.encoder != "hf" else None
         if cache:
             write_entry("proofs", key, {"render": render, "encode": encode})
     if render:
