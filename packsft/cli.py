@@ -75,6 +75,7 @@ def pack_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--source-filter", help="Keep only records whose 'source' column equals this."),
         click.option("--eval-fraction", type=float, help="Hold out this share of the records (e.g. 0.01), chosen by the sha256 of each record's content (stable across reruns, machines, workers and file order), packed as its own output in OUT_DIR/eval. [default: none]"),
         click.option("--eval-records", type=click.IntRange(min=1), help="Hold out the N records with the smallest content hashes (N exactly, or more where duplicates tie), packed in OUT_DIR/eval. [default: none]"),
+        click.option("--mix", help="Mix sources by tokens: PATH=WEIGHT,... (each source's share of the output's tokens, summing to 1; e.g. data/a=0.7,data/b=0.3) or PATH=Nx (N epochs). A source is a file, folder or glob inside DATA; every input file must be in one. Sampled by record content (stable across reruns, workers and file order). [default: none]"),
         click.option("--output-format", type=click.Choice(OUTPUT_FORMATS), help="Write .npy arrays, a parquet file, or both. [default: npy]"),
         click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the tokenizer to run code from its folder (off by default)."),
         click.option("--batch-size", type=int, help="Records tokenized per batch (memory vs speed; output unchanged). [default: 1024]"),

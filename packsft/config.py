@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 
 from packsft.errors import ConfigError
 from packsft.read.heldout import SIDES, Side
+from packsft.read.mix import parse_mix
 from packsft.read.records import parse_role_map
 
 if sys.version_info >= (3, 11):
@@ -107,6 +108,10 @@ class PackConfig:
     eval_records: int | None = None
     split: Side | None = None
     split_threshold: int | None = None
+    # Mixing by tokens (read/mix.py): the --mix sources, each {path, weight | epochs}; run_pack resolves them
+    # (run/mix.py) to their paths inside DATA with their tokens and rate, so a plan, dataset.json and verify --deep
+    # sample the same records. `--mix` text is read into this list.
+    mix: list[dict[str, Any]] | None = None
     output_format: OutputFormat = "npy"
     trust_remote_code: bool = False
     # Records tokenized per batch: big enough to keep the Rust tokenizer busy, small enough to
@@ -175,6 +180,8 @@ class PackConfig:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         self._check_split()
+        if self.mix is not None:
+            object.__setattr__(self, "mix", [source.to_dict() for source in parse_mix(self.mix)])
         fraction = self.max_reject_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
             raise ConfigError(f"max_reject_fraction must be a number from 0 to 1, got {fraction!r}")
@@ -265,6 +272,7 @@ BYTES_NEUTRAL_KEYS = frozenset(f.name for f in dataclasses.fields(PackConfig) if
 # Keys added after outputs existed, with the value that reproduces those outputs: left out of a config's
 # bytes while at that value, so units packed before the key existed keep their fingerprints.
 LATER_KEYS: dict[str, Any] = {"eval_fraction": None, "eval_records": None, "split": None, "split_threshold": None,
+                              "mix": None,
                               "template_kwargs": None, "turns": "rendered", "pad_multiple": 1, "max_segments": None,
                               "prompt_start_share": 0.0}
 # Bumped when the chat path's rows change for the same input (2: masks from the generation prompt, tools,
@@ -305,6 +313,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         )
     for key in PATH_KEYS & values.keys():
         values[key] = _relative_to(path.parent, values[key], hub_name=key == "tokenizer")
+    if values.get("mix") is not None:
+        values["mix"] = [{**source.to_dict(), "path": _relative_to(path.parent, source.path, hub_name=False)}
+                         for source in parse_mix(values["mix"])]
     return values
 
 

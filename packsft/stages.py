@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from packsft.config import PackConfig
+from packsft.errors import ConfigError
 from packsft.pack.bins import pack_aligned, pack_bestfit, slot_lengths
 from packsft.pack.cuts import SafeCuts
 from packsft.pack.labels import answer_flags, message_starts, prompt_starts
@@ -33,6 +34,7 @@ from packsft.pack.split import split_long
 from packsft.pack.table import PieceTable
 from packsft.read.heldout import RecordSplit
 from packsft.read.inputs import Location
+from packsft.read.mix import RecordMix, parse_mix
 from packsft.read.reader import InputFile, open_input, read_conversations
 from packsft.read.records import ASSISTANT, TEXT, USER, Conversation, RejectLedger, parse_role_map
 from packsft.render.batch import RenderedBatch, trained_unprompted
@@ -46,6 +48,7 @@ from packsft.stats import (
     ChatTurns,
     Histogram,
     LabelContext,
+    MixCounts,
     PackCounts,
     ReadCounts,
     Rejects,
@@ -70,8 +73,9 @@ def _reject_rendering(rejects: RejectLedger, failed: set[int], conversation: Con
 
 
 def _reject_untrainable(batch: RenderedBatch, conversations: list[Conversation], config: PackConfig,
-                        rejects: RejectLedger) -> tuple[RenderedBatch, int]:
-    """Send conversations without a trained token to the ledger (they only cost compute) and drop them.
+                        rejects: RejectLedger) -> tuple[RenderedBatch, np.ndarray]:
+    """Send conversations without a trained token to the ledger (they only cost compute) and drop them; returns the
+    batch of the others and which those are.
 
     Conversations --unprompted drop removes are not rejects; pack_unit counts them separately.
     """
@@ -82,7 +86,7 @@ def _reject_untrainable(batch: RenderedBatch, conversations: list[Conversation],
         no_assistant = config.mask == "assistant_only" and not roles & {ASSISTANT, TEXT}
         reason = "no assistant message" if no_assistant else "no trained token"
         rejects.reject(conversation.file, conversation.row, reason, _record(conversation))
-    return (batch.select(~no_trained) if no_trained.any() else batch), int(no_trained.sum())
+    return (batch.select(~no_trained) if no_trained.any() else batch), ~no_trained
 
 
 class InputSlice(Protocol):
@@ -94,6 +98,9 @@ class InputSlice(Protocol):
     def name(self) -> str: ...
     @property
     def row_groups(self) -> tuple[int, int] | None: ...
+    # The --mix source (its path inside DATA) the file belongs to; read only in mixed runs.
+    @property
+    def mix_source(self) -> str | None: ...
 
 
 def open_unit(parts: Sequence[InputSlice], config: PackConfig) -> list[InputFile]:
@@ -174,22 +181,31 @@ def read_unit(parts: Sequence[InputSlice], sources: list[InputFile], config: Pac
     batches, counts, tokens = [], ReadCounts(), 0
     split = RecordSplit(config.split_threshold, config.split) \
         if config.split is not None and config.split_threshold is not None else None
+    mixes = unit_mixes(parts, config)
     records = itertools.chain.from_iterable(
         read_conversations(source, config.format, rejects, source_filter=config.source_filter,
                            batch_size=config.batch_size, display_name=part.name, row_groups=part.row_groups,
-                           split=split)
-        for part, source in zip(parts, sources)
+                           split=split, mix=mixes[index] if mixes else None)
+        for index, (part, source) in enumerate(zip(parts, sources))
     )
+    mixed = {part.name: [part.mix_source, 0, 0] for part in parts} if mixes else {}  # per file: source, repeats, tokens
+
+    def set_aside() -> int:  # records the held-out split or the mix left out so far
+        return (split.elsewhere if split is not None else 0) + sum(mix.records_left_out for mix in mixes or ())
+
     seen, elsewhere = rejects.total, 0
     for records_read, left_out in records:
         invalid = rejects.total - seen  # records the reader rejected on the way to this batch
-        held = split.elsewhere - elsewhere if split is not None else 0  # records of the held-out split's other side
+        held = set_aside() - elsewhere  # records of the held-out split's other side, or left out by the mix
         elsewhere += held
         failed: set[int] = set()
         conversations = renderer.prepare(records_read)
         batch = renderer.render(conversations, reject=functools.partial(_reject_rendering, rejects, failed))
         rendered = [c for c in conversations if id(c) not in failed] if failed else conversations
-        batch, rejected = _reject_untrainable(batch, rendered, config, rejects)
+        batch, trainable = _reject_untrainable(batch, rendered, config, rejects)
+        rejected = len(trainable) - int(trainable.sum())
+        if mixes:
+            batch = repeat_copies(batch, list(itertools.compress(rendered, trainable.tolist())), mixed)
         batches.append(batch)
         tokens += len(batch.ids)
         # `or None`: counted only where they happen, so that the manifests of other units stay as they were.
@@ -203,14 +219,55 @@ def read_unit(parts: Sequence[InputSlice], sources: list[InputFile], config: Pac
         if progress is not None:  # input records, as the bar's total counts them (--turns may render more)
             progress.update(len(records_read) + left_out + invalid + held)
             progress.set_postfix_str(_rate(progress, tokens), refresh=False)
+    if progress is not None and (split is not None or mixes):
+        progress.update(set_aside() - elsewhere)  # records left out after the last batch
     if split is not None:
-        if progress is not None:
-            progress.update(split.elsewhere - elsewhere)  # held-out records after the last batch
         counts += ReadCounts(records_other_split=split.elsewhere)
+    if mixes:
+        counts += ReadCounts(mix_sources=mix_counts(parts, mixes, mixed))
     if not batches:
-        return ReadUnit(renderer.render([]), counts if split is not None and split.elsewhere else None)
+        return ReadUnit(renderer.render([]), counts if (split is not None and split.elsewhere) or mixes else None)
     chat = replace(renderer.counts) if renderer.counts is not None else None
     return ReadUnit(RenderedBatch.concat(batches), counts, chat)
+
+
+def unit_mixes(parts: Sequence[InputSlice], config: PackConfig) -> list[RecordMix] | None:
+    """The mix of each of the unit's files at its source's rate (read/mix.py); None in runs without --mix."""
+    if config.mix is None:
+        return None
+    rates = {source.path: source.rate for source in parse_mix(config.mix)}
+    mixes = []
+    for part in parts:
+        rate = rates.get(part.mix_source or "")
+        if rate is None:
+            raise ConfigError(f"{part.name}: no rate for its --mix source {part.mix_source!r}; plan the run with "
+                              "run_pack, which resolves the mix")
+        mixes.append(RecordMix(rate))
+    return mixes
+
+
+def repeat_copies(batch: RenderedBatch, conversations: list[Conversation], mixed: dict[str, list[Any]]) -> RenderedBatch:
+    """The batch with each rendering as many times as its record's copies (the further copies after the batch), its
+    repeats and tokens counted per file in `mixed`."""
+    copies = np.fromiter((c.copies for c in conversations), np.int64, len(conversations))
+    for conversation, count, length in zip(conversations, copies.tolist(), batch.lengths.tolist()):
+        tally = mixed[conversation.file]
+        tally[1] += count - 1
+        tally[2] += count * length
+    # A further copy counts no special strings again: they are counted once per message rendered.
+    extra = [replace(batch.select(copies > k), special_strings=0) for k in range(1, int(copies.max(initial=1)))]
+    return RenderedBatch.concat([batch, *extra]) if extra else batch
+
+
+def mix_counts(parts: Sequence[InputSlice], mixes: list[RecordMix], mixed: dict[str, list[Any]]) -> dict[str, MixCounts]:
+    """The unit's mix counters by source (its files' summed)."""
+    counts: dict[str, MixCounts] = {}
+    for part, mix in zip(parts, mixes):
+        source, repeats, tokens = mixed[part.name]
+        one = MixCounts(records_read=mix.records_read, records_kept=mix.records_read - mix.records_left_out,
+                        repeats=repeats, tokens_kept=tokens)
+        counts[source] = counts[source] + one if source in counts else one
+    return counts
 
 
 def pack_linear(batch: RenderedBatch, trainable: np.ndarray, config: PackConfig, tokenizer: PackTokenizer) -> PackedUnit:

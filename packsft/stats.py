@@ -111,6 +111,26 @@ class ReadCounts(Counts):
     # Records of the held-out split's other side (read/heldout.py): in a training output the eval records, in the
     # eval output the training records (only in outputs with a split).
     records_other_split: int | None = None
+    # Per --mix source (read/mix.py), by its path inside DATA (only in mixed outputs).
+    mix_sources: dict[str, MixCounts] | None = None
+
+    @classmethod
+    def from_dict(cls, flat: Mapping[str, Any]) -> ReadCounts:
+        mixed = flat.get("mix_sources")
+        counts = super().from_dict(flat)
+        if mixed is None:
+            return counts
+        return replace(counts, mix_sources={name: MixCounts.from_dict(m) for name, m in mixed.items()})
+
+
+@dataclass
+class MixCounts(Counts):
+    """What --mix made of one source: records read and kept, renderings repeated, tokens in the output."""
+
+    records_read: int = 0  # read from the source's files (before validation; the held-out split's other side not)
+    records_kept: int = 0  # ... given at least one copy (the others are left out by a rate under 1)
+    repeats: int = 0  # renderings added as further copies of kept ones
+    tokens_kept: int = 0  # rendered tokens in the output, copies included
 
 
 @dataclass
@@ -295,6 +315,7 @@ def summarize(counters: UnitCounters, seq_length: int, files_skipped: int = 0) -
         "conversations_dropped_unprompted": rendered.conversations_dropped_unprompted,
         "records_filtered": read.records_filtered,
         **({"records_other_split": read.records_other_split} if read.records_other_split is not None else {}),
+        **({"mix_sources": _mix_sources(read.mix_sources)} if read.mix_sources is not None else {}),
         "files_skipped": files_skipped,
         "records_rejected": rejects.records_rejected,
         "rejected_by_reason": dict(sorted(rejects.rejected_by_reason.items())),
@@ -346,6 +367,13 @@ def _context_figures(context: LabelContext, kept: int) -> dict[str, float | None
         "tool_answer_context_completeness": _ratio(context.answer_labels_complete, context.answer_labels),
         "tool_answer_turn_prefix_completeness": _ratio(context.answer_labels_whole, context.answer_labels),
     }
+
+
+def _mix_sources(counts: dict[str, MixCounts]) -> dict[str, dict[str, Any]]:
+    """Per --mix source: its counters and its share of the output's tokens (of the mixed sources' tokens)."""
+    total = sum(m.tokens_kept for m in counts.values())
+    return {name: {**m.to_dict(), "records_left_out": m.records_read - m.records_kept,
+                   "token_share": _ratio(m.tokens_kept, total)} for name, m in sorted(counts.items())}
 
 
 def _per_source(counts: dict[str, SourceCounts]) -> dict[str, dict[str, Any]]:
@@ -461,6 +489,28 @@ def _split_line(cfg: Mapping[str, Any], s: Mapping[str, Any]) -> str:
     return f"  held out for eval ({how}, by content): {counted(other, 'record')}, packed in eval/"
 
 
+def _mix_lines(cfg: Mapping[str, Any], mixed: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What --mix did, source by source: its weight or epochs and rate, records kept and repeated, tokens."""
+    given = {entry["path"]: entry for entry in cfg.get("mix") or ()}
+    left_out = sum(row["records_left_out"] for row in mixed.values())
+    repeats = sum(row["repeats"] for row in mixed.values())
+    width = min(max([6] + [len(name) for name in mixed]), SOURCE_WIDTH)
+    lines = [f"  mixed by tokens (--mix): {counted(left_out, 'record')} left out, {counted(repeats, 'repeat')} added",
+             f"    {'source':<{width}} {'asked':>12} {'rate':>7} {'read':>9} {'kept':>9} {'repeats':>9} "
+             f"{'tokens available':>17} {'in output':>12} {'share':>7}"]
+    for name, row in mixed.items():
+        entry = given.get(name, {})
+        asked = f"weight {entry['weight']:g}" if entry.get("weight") is not None else \
+            f"{entry['epochs']:g} epochs" if entry.get("epochs") is not None else "-"
+        available = f"{entry['tokens']:,}" if entry.get("tokens") is not None else "n/a"
+        rate = f"{entry['rate']:.3f}" if entry.get("rate") is not None else "-"
+        share = "n/a" if row["token_share"] is None else f"{100 * row['token_share']:.1f}%"
+        lines.append(f"    {_cut(name, width):<{width}} {asked:>12} {rate:>7} {row['records_read']:>9,} "
+                     f"{row['records_kept']:>9,} {row['repeats']:>9,} {available:>17} {row['tokens_kept']:>12,} "
+                     f"{share:>7}")
+    return lines
+
+
 def format_summary(dataset: dict[str, Any]) -> str:
     """A readable summary of a packed output (what `packsft stats` prints)."""
     s = dataset["stats"]
@@ -493,6 +543,8 @@ def format_summary(dataset: dict[str, Any]) -> str:
     ]
     if cfg.get("split") is not None:
         lines.append(_split_line(cfg, s))
+    if s.get("mix_sources"):
+        lines += _mix_lines(cfg, s["mix_sources"])
     reasons = sorted(s.get("rejected_by_reason", {}).items(), key=lambda kv: -kv[1])[:5]
     for reason, count in reasons:
         lines.append(f"    {count:>6,}  {reason}")

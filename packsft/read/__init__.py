@@ -6,6 +6,7 @@
     shapes.py      one row of a known shape (messages, sharegpt, prompt_completion, alpaca, text) -> messages
     records.py     Conversation, ChatExtras, validation, roles, RejectLedger
     heldout.py     the held-out split: a record's content key, the eval threshold, RecordSplit
+    mix.py         mixing by tokens: --mix sources, their rates, the copies of each record (RecordMix)
 
 The package imports nothing here, so that `packsft --help` (which reads `records` through the config)
 starts without pyarrow.

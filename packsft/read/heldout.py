@@ -25,10 +25,15 @@ SIDES: tuple[Side, ...] = ("train", "eval")
 KEY_SPACE = 1 << 64
 
 
+def record_digest(record: Any) -> bytes:
+    """The sha256 of the record's canonical JSON: its first 8 bytes are the split's key, the next 8 the mix's."""
+    text = json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
 def record_key(record: Any) -> int:
     """The record's 64-bit content key (see the module docstring)."""
-    text = json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:8], "big")
+    return int.from_bytes(record_digest(record)[:8], "big")
 
 
 def fraction_threshold(fraction: float) -> int:

@@ -38,6 +38,7 @@ from packsft.errors import InputError
 from packsft.read.heldout import RecordSplit, record_key
 from packsft.read.inputs import JSON_SUFFIXES, Location, file_info, location_name, open_binary
 from packsft.read.json_input import BadLine, first_json_record, json_records
+from packsft.read.mix import RecordMix
 from packsft.read.records import ROLE_ALIASES, Conversation, RecordRejected, RejectLedger
 from packsft.read.shapes import OPTIONAL, REQUIRED, to_conversation
 
@@ -169,12 +170,14 @@ def read_conversations(
     display_name: str | None = None,
     row_groups: tuple[int, int] | None = None,
     split: RecordSplit | None = None,
+    mix: RecordMix | None = None,
 ) -> Iterator[tuple[list[Conversation], int]]:
     """Yield (valid conversations, records filtered out by --source-filter) per batch of records.
 
     `row_groups` = [start, stop) reads only those parquet row groups; row numbers stay those of the file.
     `split` keeps only the records of its side of the held-out split (before validation: rejects are split too)
-    and counts the others in `split.elsewhere`.
+    and counts the others in `split.elsewhere`. `mix` gives each record its copies (`Conversation.copies`; also
+    before validation) and leaves out those with none, counting them in `mix.records_left_out`.
     """
     name = display_name or str(source.path)
     structs = source.parquet is not None
@@ -186,6 +189,8 @@ def read_conversations(
             filtered += 1
         elif split is not None and not split.keeps(value.record if isinstance(value, _BadRecord) else value):
             continue
+        elif not (count := mix.copies(value.record if isinstance(value, _BadRecord) else value) if mix else 1):
+            continue
         else:
             try:
                 if isinstance(value, _BadRecord):
@@ -194,7 +199,7 @@ def read_conversations(
                                                    json_text=source.json_text)
                 # A record without a `source` is counted under its file's name (stats' per-source table), after
                 # --source-filter, which matches only a `source` value.
-                batch.append(Conversation(messages, origin if origin is not None else name, name, row, extras))
+                batch.append(Conversation(messages, origin if origin is not None else name, name, row, extras, count))
             except RecordRejected as bad:
                 rejects.reject(name, row, bad.reason, value.record if isinstance(value, _BadRecord) else value)
         if len(batch) + filtered >= batch_size:

@@ -93,6 +93,7 @@ class Conversation:
     file: str = ""
     row: int = 0
     extras: ChatExtras | None = None
+    copies: int = 1  # renderings of it the output holds (--mix: read/mix.py)
 
     def chat_messages(self) -> list[dict[str, Any]]:
         """The messages as a chat template reads them (`apply_chat_template(messages)`)."""

@@ -109,12 +109,16 @@ def run_pack(
     if executor is not None and workers:
         raise ConfigError(f"workers={workers} is for the default LocalExecutor; pass LocalExecutor({workers})")
     executor = executor or LocalExecutor(workers)
+    if config.mix is not None and not isinstance(executor, LocalExecutor):
+        raise ConfigError(f"--mix runs with packsft pack (local workers, or array tasks with --num-tasks and packsft "
+                          f"merge), not with the {executor.name} executor yet; pack the mix there with --num-tasks "
+                          "array tasks")
     if not 0 <= task_index < num_tasks:
         raise ConfigError(f"--task-index {task_index} must be in 0..{num_tasks - 1} for --num-tasks {num_tasks}")
     specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
     specs, out_dir, config = executor.prepare(specs, out_dir, config)
     with executor.session():
-        plan, tokenizer = make_plan(specs, out_dir, config, unit_bytes, skip_bad_files)
+        plan, tokenizer = make_plan(specs, out_dir, config, unit_bytes, skip_bad_files, quiet)
         prepare_plan(out_dir, plan, overwrite)
         if (settings := executor.settings(out_dir, plan)) is not None:
             write_executor_record(out_dir, executor.name, settings)
@@ -125,6 +129,8 @@ def run_pack(
             print(f"packsft: --template auto renders with {_chat_template_source(tokenizer)} "
                   "(--template roles for role tokens)", file=sys.stderr)
         config = loaded_config(config, tokenizer)  # workers take the proven encoder and the template as they are
+        if config.mix is not None:
+            config = replace(config, mix=plan.config["mix"])  # as the plan resolved it: sources, tokens, rates
 
         mine = assign_units(plan.units, num_tasks)[task_index]
         remove_temporaries(out_dir, mine)
@@ -155,7 +161,9 @@ def _pack_split(data: str | Path | Sequence[str | Path], out_dir: str | Path, co
     train = run_pack(specs, out_dir, replace(config, split="train", split_threshold=threshold), executor=executor,
                      unit_bytes=unit_bytes, **options)
     options["overwrite"] = False  # the training run cleared OUT_DIR, eval/ included
-    train.eval = run_pack(specs, Path(out_dir) / EVAL_DIR, replace(config, split="eval", split_threshold=threshold),
+    # The held-out records go to eval/ once each: --mix samples the training side only.
+    train.eval = run_pack(specs, Path(out_dir) / EVAL_DIR,
+                          replace(config, split="eval", split_threshold=threshold, mix=None),
                           executor=executor, unit_bytes=unit_bytes, **options)
     return train
 

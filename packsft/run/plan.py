@@ -33,6 +33,7 @@ from packsft.render.chat.proof import output_identity, with_chat_path_proven
 from packsft.render.tokenizer import PackTokenizer, load_tokenizer, read_chat_template
 from packsft.report.template import history_rewrites
 from packsft.run.identity import IDENTITY_VERSION, fingerprint, fingerprint_config, input_digest
+from packsft.run.mix import resolve_mix
 from packsft.version import __version__
 
 # Compressed parquet bytes per unit. A unit is packed in memory (best-fit sees all of it), so this
@@ -67,6 +68,7 @@ class Unit:
     # which size and mtime identify: hashing would download them)
     content: str = ""
     more: tuple[Unit, ...] = ()  # further whole files packed into the same shard, in name order
+    mix_source: str | None = None  # the --mix source (its path inside DATA) the file belongs to (run/mix.py)
 
     @property
     def parts(self) -> tuple[Unit, ...]:
@@ -82,7 +84,8 @@ class Unit:
         """What identifies the file it reads (identity.py): its name (written into rejects), its content, its row
         groups. A URL, or a unit of a plan written before content identity, is identified by size and mtime."""
         content = self.content if self.content else [self.file_bytes, self.file_mtime_ns]
-        return [self.name, content, self.row_groups and list(self.row_groups)]
+        source = [self.mix_source] if self.mix_source is not None else []  # only mixed runs: others keep theirs
+        return [self.name, content, self.row_groups and list(self.row_groups), *source]
 
     @property
     def label(self) -> str:
@@ -91,7 +94,8 @@ class Unit:
         return f"{self.name} (+{count} file{'s' * (count != 1)})" if count else self.name
 
     def to_dict(self) -> dict[str, Any]:
-        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "more"}
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "more"
+                  and not (f.name == "mix_source" and self.mix_source is None)}
         record["path"] = str(self.path)
         record["row_groups"] = list(self.row_groups) if self.row_groups is not None else None
         if self.more:  # plans without grouped files read as they always did
@@ -108,7 +112,7 @@ class Unit:
     def manifest_input(self) -> dict[str, Any]:
         """What a shard manifest records of this file (an entry of `inputs`)."""
         return {"path": self.name, "bytes": self.file_bytes, "row_groups": list(self.row_groups or ()),
-                "first_row": self.first_row}
+                "first_row": self.first_row, **({"mix_source": self.mix_source} if self.mix_source is not None else {})}
 
     @classmethod
     def from_manifest_inputs(cls, index: int, data_dir: Path, records: list[dict[str, Any]]) -> Unit:
@@ -122,7 +126,8 @@ class Unit:
         groups = record.get("row_groups") or None  # [] records a whole file
         return cls(index=index, path=data_dir / record["path"], name=record["path"],
                    row_groups=(int(groups[0]), int(groups[1])) if groups else None,
-                   first_row=record.get("first_row", 0), rows=record.get("rows", 0), file_bytes=record["bytes"])
+                   first_row=record.get("first_row", 0), rows=record.get("rows", 0), file_bytes=record["bytes"],
+                   mix_source=record.get("mix_source"))
 
 
 
@@ -142,6 +147,9 @@ class Plan:
     identity_version: int = IDENTITY_VERSION  # how its units' fingerprints identify them (run/identity.py)
     # Chat templates: report.template.history_rewrites, for the summary's advice on turns rewritten in history.
     chat_history: dict[str, bool] = field(default_factory=dict)
+    # --mix weights: the tokens of each input file, by what decides them (run/mix.py), so a rerun or an array task
+    # of this OUT_DIR counts nothing again.
+    mix_tokens: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -150,6 +158,7 @@ class Plan:
             "units": [{**u.to_dict(), "fingerprint": f} for u, f in zip(self.units, self.fingerprints)],
             "skipped_files": self.skipped_files, "inputs": self.data_inputs, "identity_version": self.identity_version,
             **({"chat_history": self.chat_history} if self.chat_history else {}),
+            **({"mix_tokens": self.mix_tokens} if self.mix_tokens else {}),
         }
 
     @classmethod
@@ -157,7 +166,8 @@ class Plan:
         units = [Unit.from_dict({k: v for k, v in u.items() if k != "fingerprint"}) for u in record["units"]]
         return cls(record["data_dir"], record["config"], record["tokenizer"], record["unit_bytes"], units,
                    [u["fingerprint"] for u in record["units"]], record.get("skipped_files", []),
-                   record.get("inputs", []), record.get("identity_version", 1), record.get("chat_history") or {})
+                   record.get("inputs", []), record.get("identity_version", 1), record.get("chat_history") or {},
+                   record.get("mix_tokens") or {})
 
     @property
     def data_inputs(self) -> list[str]:
@@ -190,7 +200,7 @@ def read_plan(out_dir: Path) -> Plan:
 
 def make_plan(
     data: str | Path | Sequence[str | Path], out_dir: Path, config: PackConfig, unit_bytes: int = DEFAULT_UNIT_BYTES,
-    skip_bad_files: bool = False,
+    skip_bad_files: bool = False, quiet: bool = True,
 ) -> tuple[Plan, PackTokenizer]:
     """The plan of DATA (folders, globs, files or URLs) for `config` (units and their fingerprints)
     and the loaded tokenizer.
@@ -198,7 +208,8 @@ def make_plan(
     The plan's config names the encoder the tokenizer got (`auto` resolved to `fast` or `hf`), the template
     (`auto` resolved to `roles` or `chat`) and the --chat-template file by its absolute path. Local inputs and a
     local tokenizer folder are named by their absolute paths, so that plan.json and dataset.json lead to them from
-    any working directory; what identifies them is their content, never where they are.
+    any working directory; what identifies them is their content, never where they are. A --mix is resolved
+    (run/mix.py: each file's source, the tokens of each source, its rate), counting tokens where weights need them.
     """
 
     specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
@@ -215,13 +226,27 @@ def make_plan(
                                trust_remote_code=config.trust_remote_code, encoder=config.encoder)
     tokenizer = with_chat_path_proven(tokenizer)
     config = loaded_config(config, tokenizer)
+    counted: dict[str, int] = {}
+    if config.mix is not None:
+        counted = _earlier_mix_tokens(out_dir)
+        config, units = resolve_mix(listing, units, config, tokenizer, counted, skip_bad_files=skip_bad_files,
+                                    quiet=quiet)
     fingerprints = [fingerprint(config, tokenizer.fingerprint, [part.identity() for part in unit.parts])
                     for unit in units]
     inputs = [spec if is_url(spec) else str(Path(spec).resolve()) for spec in specs]
     history = history_rewrites(tokenizer, config.template_kwargs_dict()) if config.template == "chat" else {}
     plan = Plan(listing.root, config.to_dict(), output_identity(tokenizer), unit_bytes, units, fingerprints,
-                skipped_files=skipped, inputs=inputs, chat_history=history)
+                skipped_files=skipped, inputs=inputs, chat_history=history, mix_tokens=counted)
     return plan, tokenizer
+
+
+def _earlier_mix_tokens(out_dir: Path) -> dict[str, int]:
+    """The token counts OUT_DIR's plan.json holds (none where it has no plan or an unreadable one)."""
+    try:
+        counts = json.loads((Path(out_dir) / PLAN_JSON).read_text()).get("mix_tokens") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {key: value for key, value in counts.items() if isinstance(value, int)}
 
 
 def loaded_config(config: PackConfig, tokenizer: PackTokenizer) -> PackConfig:
