@@ -15,6 +15,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 
 from packsft import load_tokenizer
 from packsft.errors import TokenizerError
+from packsft.render import encoder as encoder_module
 from packsft.render.encoder import BACKENDS, GigatokenEncoder, probe_texts
 
 # Texts that hold special-token strings: gigatoken would read them as control tokens if it knew them.
@@ -113,3 +114,15 @@ def test_nfc_is_hfs_own_not_gigatokens(demo_tokenizer_dir):
     encoder = GigatokenEncoder(json.dumps(spec))
     texts = ["\u0898\u0899 a\u0308", "cafe\u0301", "plain"]
     assert encoder.encode_texts(texts) == [e.ids for e in reference.encode_batch(texts, add_special_tokens=False)]
+
+
+def test_gigatoken_is_rebuilt_to_bound_its_caches_and_ids_stay(demo_tokenizer_dir, monkeypatch):
+    encoder = GigatokenEncoder((demo_tokenizer_dir / "tokenizer.json").read_text())
+    texts = probe_texts()[:40]
+    expected = encoder.encode_texts(texts)
+    monkeypatch.setattr(encoder_module, "GIGATOKEN_REBUILD_CHARS", sum(map(len, texts)) // 3)
+    built = encoder._tokenizer
+    ids, lengths = encoder.encode_texts_flat(texts)  # over the bound: encoded by a fresh tokenizer
+    assert encoder._tokenizer is not built and encoder._chars == 0
+    assert ids.tolist() == [t for x in expected for t in x] and lengths.tolist() == list(map(len, expected))
+    assert encoder.encode_texts(texts) == expected
