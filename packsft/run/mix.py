@@ -19,7 +19,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from tqdm import tqdm
 
@@ -33,18 +33,16 @@ from packsft.render.tokenizer_cache import cache_key, read_entry, write_entry
 from packsft.run.identity import fingerprint
 from packsft.stages import open_unit, read_unit
 
-if TYPE_CHECKING:  # run/plan.py plans with this module; its Unit is only named here
-    from packsft.run.plan import Unit
-
 CACHE_KIND = "mix-tokens"
 LISTED_FILES = 5  # input files an error names one by one
 
 
-def resolve_mix(listing: InputListing, units: list[Unit], config: PackConfig, tokenizer: PackTokenizer,
+def resolve_mix(listing: InputListing, units: list[Any], config: PackConfig, tokenizer: PackTokenizer,
                 counted: dict[str, int], *, skip_bad_files: bool = False, quiet: bool = True
-                ) -> tuple[PackConfig, list[Unit]]:
+                ) -> tuple[PackConfig, list[Any]]:
     """`config` with its mix resolved (sources named inside DATA, their tokens and rates) and `units` (run/plan.py
-    Units) with the source of each file; `counted` (tokens by count key) is read and filled."""
+    Units, which plan with this module: hence Any) with the source of each file; `counted` (tokens by count key) is
+    read and filled."""
     sources = parse_mix(config.mix or [])
     resolved = all(source.rate is not None for source in sources)
     # A resolved mix (a plan's, dataset.json's) names its sources inside DATA; a given one as typed.
@@ -93,7 +91,7 @@ def sources_of_files(listing: InputListing, given: list[str], names: list[str]) 
     return of_file
 
 
-def count_tokens(units: list[Unit], config: PackConfig, tokenizer: PackTokenizer, counted: dict[str, int], *,
+def count_tokens(units: list[Any], config: PackConfig, tokenizer: PackTokenizer, counted: dict[str, int], *,
                  skip_bad_files: bool = False, quiet: bool = True) -> dict[str, int]:
     """The tokens of each file (by name) of `units` that a pack with `config` keeps: its renderings after rejects,
     as `tokens_rendered` counts them. Rendered once per file and kept in `counted` and the packsft cache."""

@@ -97,7 +97,7 @@ def preview(data: str | Path | Sequence[str | Path], config: PackConfig, limit: 
             result.rejects.append({"file": conversation.file, "row": conversation.row,
                                    "reason": "dropped by --unprompted drop"})
             continue
-        if not flags.any():  # as stages.py rejects it
+        if not flags.any():  # as packsft/stages.py rejects it
             no_assistant = config.mask == "assistant_only" and not {role for role, _ in conversation.messages} & {
                 ASSISTANT, TEXT}
             rejects.reject(conversation.file, conversation.row,
