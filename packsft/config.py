@@ -95,6 +95,9 @@ class PackConfig:
     # A message shortened to fit keeps this share of what fits from its start and the rest from its end, the marker
     # between them (pack/pieces.py); 0 keeps the end only (the question), as earlier outputs did.
     prompt_start_share: float = 0.0
+    # A turn longer than a row is cut after a line or a sentence near the room's end (pack/cuts.py SafeCuts), not
+    # where the room ends; a cut never falls inside a tool call either way.
+    cut_at_lines: bool = False
     # Topology-aware rows (pack/bins.py): every segment padded to a multiple of pad_multiple (context parallelism
     # needs 2*CP, lcm(2*CP, CP*TP) with sequence parallelism), at most max_segments segments a row (CUDA graphs
     # need a fixed number of cu_seqlens entries: max_segments + 1).
@@ -274,7 +277,7 @@ BYTES_NEUTRAL_KEYS = frozenset(f.name for f in dataclasses.fields(PackConfig) if
 LATER_KEYS: dict[str, Any] = {"eval_fraction": None, "eval_records": None, "split": None, "split_threshold": None,
                               "mix": None,
                               "template_kwargs": None, "turns": "rendered", "pad_multiple": 1, "max_segments": None,
-                              "prompt_start_share": 0.0}
+                              "prompt_start_share": 0.0, "cut_at_lines": False}
 # Bumped when the chat path's rows change for the same input (2: masks from the generation prompt, tools,
 # reasoning, template kwargs), so chat units of an older packsft are packed again instead of resumed.
 CHAT_RENDERING = 2

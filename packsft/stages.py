@@ -288,7 +288,8 @@ def pack_pieces(batch: RenderedBatch, config: PackConfig, tokenizer: PackTokeniz
     # Padded segments tile the row's L inputs (L is a multiple of pad_multiple), so a piece takes at most L.
     longest = config.seq_length if config.pad_multiple == 1 else config.seq_length - 1
     pieces, split_counts = split_long(batch, longest, policy, _marker(tokenizer), config.turn_cut,
-                                      config.context_share, safe=SafeCuts(functools.partial(token_texts, tokenizer)),
+                                      config.context_share, safe=SafeCuts(functools.partial(token_texts, tokenizer),
+                                                                       config.cut_at_lines),
                                       start_share=config.prompt_start_share)
     packer = pack_bestfit if config.strategy == "bestfit" else pack_aligned
     slots = slot_lengths(pieces.lengths, config.pad_multiple)

@@ -4,8 +4,10 @@ Of the last boundaries that fit, it takes the one whose hole at the end of the r
 pieces (`FillerPool`) fill best, and reserves those pieces; a trained turn is cut to fill a row only under
 `turn_cut` or when the piece would otherwise train nothing.
 
-A turn longer than a row is cut at a safe boundary (`SafeCuts`, from each token's text): after a line, else after
-a sentence, else after any token, within the last SAFE_WINDOW of the room, and never inside a tool call: from a
+A turn longer than a row is never cut inside a tool call (`SafeCuts`, from each token's text), and with
+`--cut-at-lines` it is cut at a safe boundary: after a line, else after a sentence, else after any token, within
+the last SAFE_WINDOW of the room (by default it is cut where the room ends, as earlier outputs were). A tool call
+runs from a
 tag that names a tool call or function (`<tool_call>`, `<|tool_call_begin|>`, `[TOOL_CALLS]`, ...) to its closing
 tag, or, without one, through the JSON that follows it. Where a tool call covers the whole window the cut moves
 before it; only a tool call longer than the room is cut inside (after one of its lines where it has one).
@@ -45,8 +47,9 @@ class SafeCuts:
     """Where a long turn may be cut, read from the text of its tokens: `texts()` gives the text of every id, read
     once, at the first long turn (building it costs a pass over the vocabulary)."""
 
-    def __init__(self, texts: Callable[[], Sequence[str]]) -> None:
+    def __init__(self, texts: Callable[[], Sequence[str]], at_lines: bool = True) -> None:
         self._texts = texts
+        self.at_lines = at_lines  # False: cut where the room ends unless that is inside a tool call
 
     @functools.cached_property
     def texts(self) -> Sequence[str]:
@@ -73,6 +76,8 @@ class SafeCuts:
         spans = self.tool_spans("".join(texts))
         lowest = max(int(room * (1 - SAFE_WINDOW)), 1)
         inside = [any(a < ends[k - 1] < b for a, b in spans) for k in range(lowest, room + 1)]
+        if not self.at_lines and not inside[-1]:
+            return room
         lines = [not bad and texts[k - 1].endswith("\n") for k, bad in zip(range(lowest, room + 1), inside)]
         sentences = [not bad and bool(SENTENCE_END.search(texts[k - 1])) and (texts[k - 1][-1:].isspace() or
                      texts[k][:1].isspace()) for k, bad in zip(range(lowest, room + 1), inside)]

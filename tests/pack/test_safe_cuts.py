@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from packsft import PackConfig, PackedOutput
 from packsft.pack.cuts import SafeCuts
 from packsft.render.tokenizer import load_output_tokenizer
 from packsft.run import run_pack
+from tests.helpers import output_arrays
 
 # One character a token: the texts table of a stand-in vocabulary (ids are character codes).
 CHARS = tuple(chr(i) for i in range(128))
@@ -107,8 +109,12 @@ def test_no_cut_inside_a_tool_call_on_long_turns(corpus, qwen3_dir, tmp_path, mo
     safe = run_pack(corpus, tmp_path / "safe", config, quiet=True, workers=1).out_dir
     assert PackedOutput(safe).dataset["counters"]["exchanges_split"] > 0
     assert cut_inside_tool_call(safe) == 0
+    # --cut-at-lines cuts after lines and sentences, and never inside a tool call either.
+    lines = run_pack(corpus, tmp_path / "lines", replace(config, cut_at_lines=True), quiet=True, workers=1).out_dir
+    assert cut_inside_tool_call(lines) == 0
+    assert output_arrays(lines) != output_arrays(safe)
     # The same pack cutting where the room ends (the old cut) does cut inside tool calls: the check sees them.
-    monkeypatch.setattr("packsft.stages.SafeCuts", lambda texts: None)
+    monkeypatch.setattr("packsft.stages.SafeCuts", lambda texts, at_lines: None)
     anywhere = run_pack(corpus, tmp_path / "anywhere", config, quiet=True, workers=1).out_dir
     assert cut_inside_tool_call(anywhere) > 0
 
