@@ -288,9 +288,9 @@ class GigatokenEncoder:
         nfc = normalizer is not None and normalizer.get("type") == "NFC"
         plain = {**spec, "added_tokens": [a for a in added if not a.get("special")],
                  "normalizer": None if nfc else normalizer}
-        self._json = json.dumps(plain)
+        self.plain_json = json.dumps(plain)  # what gigatoken reads: the tokenizer without its special added tokens
         try:
-            self._tokenizer = gigatoken.Tokenizer.from_json(self._json)
+            self._tokenizer = gigatoken.Tokenizer.from_json(self.plain_json)
         except Exception as exc:  # gigatoken raises RuntimeError/ValueError for what it does not read
             raise FastEncoderRefused(f"gigatoken does not read it: {str(exc).strip().splitlines()[0]}") from None
         self._chars = 0  # characters encoded since the tokenizer was built (GIGATOKEN_REBUILD_CHARS)
@@ -333,7 +333,7 @@ class GigatokenEncoder:
         if self._chars > GIGATOKEN_REBUILD_CHARS:
             import gigatoken
 
-            self._tokenizer, self._chars = gigatoken.Tokenizer.from_json(self._json), 0
+            self._tokenizer, self._chars = gigatoken.Tokenizer.from_json(self.plain_json), 0
         if self._nfc is None:
             return texts
         normalize = self._nfc.normalize_str  # ASCII text is NFC already, and most content is ASCII
