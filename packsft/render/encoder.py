@@ -175,7 +175,7 @@ def _check_merge_order(model: dict[str, Any]) -> None:
 
 class FastEncoder(Protocol):
     """What a fast backend offers: content encoding (special-token strings plain text, non-special added tokens
-    matched) and what the chat path needs to place tokens in a rendering (chat/encode.py)."""
+    matched) and what the chat path needs to place tokens in a rendering (render/chat/encode.py)."""
 
     backend: Backend
     # Where token byte lengths are its characters' UTF-8 bytes (a byte-level BPE; not SentencePiece's
