@@ -29,48 +29,53 @@ SEQ = 4096  # every record whole in one row: a split piece has other context tha
 SHAPES = ("multi_no_system", "tools_dict", "reasoning", "tool_trace_thinking")
 # Families whose templates render some earlier turn otherwise than the model generates it, on these shapes.
 REWRITING = ("qwen3", "gpt-oss", "glm4.6")
-# gpt-oss shows the analysis of earlier tool-calling turns in the generation prompt of a later one but not in the
-# rendering where that later turn is last, so --turns inference trains such a turn after other context than the
-# model is prompted with (a known gap: its rendering would have to be spliced from two template calls).
-LEFT_OUT = {"gpt-oss": ("tool_trace_thinking",)}
 
 
-def _generation_loss(model, hf, stops: set[int], eos: int, shapes: list[str]) -> float:
+def _generation_loss(model, family, hf, shapes: list[str]) -> float:
     """Σ over the records' assistant turns of the loss of generating each after its generation prompt."""
     total = 0.0
     for shape in shapes:
         conv = conversation(RECORDS[shape])
         messages, tools, kwargs = conv.chat_messages(), conv.tools, conv.template_kwargs()
         try:
-            whole = hf.apply_chat_template(messages, tools=tools, tokenize=False, **kwargs)
+            hf.apply_chat_template(messages, tools=tools, tokenize=False, **kwargs)
         except Exception:  # the template refuses the record: packsft rejects it
             continue
         for k, message in enumerate(messages):
             if message["role"] == "assistant":
-                context, generated = _turn_at_inference(hf, messages, k, tools, kwargs, whole, stops, eos)
+                context, generated = _turn_at_inference(family, hf, messages, k, tools, kwargs)
                 ids = context + generated
                 total += masked_loss(model, ids, [i >= len(context) - 1 for i in range(len(ids) - 1)])
     return total
 
 
-def _turn_at_inference(hf, messages, k, tools, kwargs, whole: str, stops: set[int], eos: int):
-    """(context, generated) ids of assistant turn k at inference, read from the template's texts: the rendering of
-    messages[:k + 1] (the turn last), its tokens up to where the generation prompt's text ends (as much of it as
-    the rendering holds), and its tokens from there through the first stop token. Where it renders none (GLM), the
-    stop is the token the whole conversation renders right after the turn where that is one, else EOS."""
+def _turn_at_inference(family, hf, messages, k, tools, kwargs):
+    """(context, generated) ids of assistant turn k at inference: the generation prompt
+    `apply_chat_template(messages[:k], add_generation_prompt=True)`, then what the model generates there: the turn
+    as the template renders it last (the zoo oracle's last generated span of `apply_chat_template(messages[:k + 1])`,
+    after the part of the prompt that rendering holds, through its stop token; where the template renders none
+    (zoo.Family.appends_stop: GLM), the next role token the conversation renders after the turn, else EOS)."""
     prompt = hf.apply_chat_template(messages[:k], tools=tools, add_generation_prompt=True, tokenize=False, **kwargs)
     last = hf.apply_chat_template(messages[: k + 1], tools=tools, tokenize=False, **kwargs)
-    held = next((i for i, (a, b) in enumerate(zip(prompt, last)) if a != b), min(len(prompt), len(last)))
-    encoded = hf(last, add_special_tokens=False, return_offsets_mapping=True)
+    if family.appends_stop:  # no stop rendered after a last turn: the next role token where one follows, else EOS
+        whole = hf.apply_chat_template(messages, tools=tools, tokenize=False, **kwargs)
+        following = next((stop for stop in family.stops if whole.startswith(last + stop)), None)
+        last += following if k + 1 < len(messages) and following else family.eos
+    match = list(family.turn.finditer(last))[-1]
+    lo, hi = match.start("gen"), match.end("gen")
+    # What the prompt adds after the header (an empty thinking block): the turn holds it, in whole tokens, or not.
+    extra = prompt[prompt.rfind(match.group("header")) + len(match.group("header")):] if match.group("header") else ""
+    cuts = [end for _, end in hf(extra, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+    lo += max((cut for cut in cuts if last.startswith(extra[:cut], lo)), default=0)
+    header = match.group("header") or ""
+    if last.startswith(prompt[:prompt.rfind(header)] if header else prompt[:lo]):
+        text, cut = last[:hi], lo  # the turn's own rendering holds the prompt's history
+    else:  # the history is shown otherwise once the turn follows (gpt-oss's earlier analysis): the prompt, then the turn
+        text, cut = prompt + last[lo:hi], len(prompt)
+    encoded = hf(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = encoded["input_ids"]
-    # The first token not wholly inside the held prompt text (a token the two texts only begin alike is generated).
-    ends_at = [end for _, end in encoded["offset_mapping"]]
-    first = next((i for i, end in enumerate(ends_at) if end > held), len(ids))
-    ends = [i for i in range(first, len(ids)) if ids[i] in stops]
-    if ends:
-        return ids[:first], ids[first: ends[0] + 1]
-    after = hf(whole[len(last):], add_special_tokens=False)["input_ids"][:1] if whole.startswith(last) else []
-    return ids[:first], ids[first:] + (after if after and after[0] in stops else [eos])
+    first = next(i for i, (_, end) in enumerate(encoded["offset_mapping"]) if end > cut)
+    return ids[:first], ids[first:]
 
 
 def _pack(tmp_path, folder, turns: str, shapes: list[str]):
@@ -94,8 +99,8 @@ def test_turns_inference_trains_every_turn_as_the_model_generates_it(family, tmp
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=SEQ + 1,
                                       attn_implementation="sdpa")
     model = transformers.LlamaForCausalLM(config).eval()
-    shapes = [shape for shape in SHAPES if shape not in LEFT_OUT.get(family, ())]
-    expected = _generation_loss(model, hf, set(tokenizer.stop_ids), tokenizer.eos_id, shapes)
+    shapes = list(SHAPES)
+    expected = _generation_loss(model, BY_NAME[family], hf, shapes)
     assert packed_loss(model, _pack(tmp_path, folder, "inference", shapes)) == pytest.approx(expected, rel=1e-9)
     rendered = packed_loss(model, _pack(tmp_path, folder, "rendered", shapes))
     if family in REWRITING:

@@ -73,7 +73,8 @@ class Layout:
                   head: BOS, and whatever the template puts before the first message, e.g. a tools block)
     bodies[i]     where its header ends: for an assistant turn the end of the generation prompt
     generated[i]  assistant turns: [start, end) of what the model generates, through its end-of-turn token
-    rewritten[i]  assistant turns the template renders otherwise when they are not the last message
+    rewritten[i]  assistant turns the template renders otherwise when they are not the last message, or after
+                  history its generation prompt shows otherwise
     endings[i]    assistant turns: how the generated span ends (STOP, OTHER or NONE)
     data          spans of the record's own strings (a special-token string there is plain text)
     """
@@ -167,6 +168,12 @@ def _lay_out_turn(layout: Layout, render: Render, messages: list[dict[str, Any]]
     layout.bodies[k] = body
     stop, ending = _end_of_turn(text, body, end, markers)
     layout.generated[k], layout.endings[k] = (body, stop), ending
+    history = _or_none(prefix, k) if k else None
+    if history is not None and not text.startswith(_without_trailer(history, markers.trailer)):
+        # The generation prompt shows the conversation before the turn otherwise than the rendering does (gpt-oss
+        # keeps earlier analysis in a tool loop's prompt, Mistral Nemo the system message): the turn is trained
+        # after other context than the model is prompted with.
+        layout.rewritten[k] = True
     if k + 1 < n:
         last = _or_none(prefix, k + 1)
         if last is None:
@@ -179,7 +186,7 @@ def _lay_out_turn(layout: Layout, render: Render, messages: list[dict[str, Any]]
         final_body = _after_prompt(last, start, len(last), chosen, markers.specials)
         final = last[final_body:_end_of_turn(last, final_body, len(last), markers)[0]]
         # A stop the turn ends with only because a message follows (GLM's next role token) is no rewrite.
-        layout.rewritten[k] = _unstopped(final, markers) != _unstopped(text[body:stop], markers)
+        layout.rewritten[k] |= _unstopped(final, markers) != _unstopped(text[body:stop], markers)
 
 
 def _unstopped(generated: str, markers: Markers) -> str:

@@ -129,7 +129,37 @@ class ChatRenderer:
 
     # -- layout --------------------------------------------------------------------------------------------------
     def layout(self, conv: Conversation) -> Layout:
-        """Where the record's messages and generated spans lie in its rendering (layout.py)."""
+        """Where the record's messages and generated spans lie in its rendering (layout.py); for a rendering that
+        `--turns inference` added, in the rendering the model is prompted with (`_as_prompted`)."""
+        found = self._layout(conv)
+        return self._as_prompted(conv, found) if id(conv) in self.inference_prefixes else found
+
+    def _as_prompted(self, conv: Conversation, layout: Layout) -> Layout:
+        """The layout of a `--turns inference` rendering (its last turn the one trained) moved onto the history as
+        the generation prompt shows it, where the template shows that history otherwise once the turn follows
+        (gpt-oss keeps the analysis of earlier tool-calling turns in the prompt of the next, and drops it when
+        that next turn is rendered): the turn is then trained after the context the model is prompted with."""
+        k = len(conv.messages) - 1
+        if k < 1 or conv.messages[k - 1][0] == ASSISTANT or layout.generated[k] is None:
+            return layout
+        before = self._layout(_prefix(conv, k))
+        tools, kwargs = conv.tools, conv.template_kwargs(self.template_kwargs)
+        trailer = self.facts.markers(self.bind(tools, kwargs), shape_key([], tools, kwargs)).trailer
+        history = before.text[:len(before.text) - len(trailer)] if trailer and before.text.endswith(trailer) \
+            else before.text
+        start = layout.starts[k]
+        if layout.text.startswith(history) and len(history) == start:
+            return layout
+        shift = len(history) - start
+        body, end = layout.generated[k]  # type: ignore[misc]
+        return Layout(
+            history + layout.text[start:], before.head_end, [*before.starts, start + shift],
+            [*before.bodies, layout.bodies[k] + shift], [*before.generated, (body + shift, end + shift)],
+            [*before.rewritten, layout.rewritten[k]],
+            [*before.data, *((a + shift, b + shift) for a, b in layout.data if a >= start)],
+            [*before.endings, layout.endings[k]], layout.appended)
+
+    def _layout(self, conv: Conversation) -> Layout:
         messages, tools = conv.chat_messages(), conv.tools
         kwargs = conv.template_kwargs(self.template_kwargs)
         text = self.render_text(messages, tools, kwargs)
