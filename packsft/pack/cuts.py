@@ -172,14 +172,13 @@ class CutChooser:
         """
         if self.pool is None:
             return i
-        closing = int(self.spans.role_tokens)
         candidates = [(i, length)] + [
             (mark.index, mark.length) for mark in reversed(marks[-LOOKBACK:])
             if mark.trained and not self.planner.would_shorten(mark.index)
         ]
         best = None
         for j, kept in candidates:
-            hole = self.spans.capacity - kept - closing
+            hole = self.spans.capacity - kept - int(self.spans.carried(self.spans.msgs[j]))
             fillers = self.pool.fill(hole)
             left = hole - sum(fillers) + self.planner.length(j)
             if best is None or left < best[0]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from packsft.render.batch import RenderedBatch
+from packsft.render.batch import ASSISTANT_CODE, RenderedBatch
 
 
 class MessageSpans:
@@ -26,9 +26,22 @@ class MessageSpans:
             return min(1, hi - lo)
         return min(max(int(self.batch.msg_headers[m]), 0), hi - lo, self.capacity // 4)
 
+    def carried(self, m: int) -> bool:
+        """Whether message m's first token is the label that ends the turn before it: a role token (role-token
+        layout), or a chat template's next role token that the model stops on (GLM: `<|user|>` after a turn trains
+        as that turn's stop). A piece that closes before m then takes that token as its last label."""
+        if self.role_tokens:
+            return True
+        roles, first = self.batch.msg_roles, self.msgs[0] if self.msgs else m
+        return m > first and roles[m - 1] == ASSISTANT_CODE and roles[m] != ASSISTANT_CODE and bool(
+            self.batch.flags[self.batch.msg_starts[m]])
+
     def tail(self, i: int) -> int:
-        """What must follow message i in its piece: the EOS after the last, else the next role token."""
-        return self.end - self.span(self.msgs[i])[1] if i == len(self.msgs) - 1 else int(self.role_tokens)
+        """What must follow message i in its piece: the EOS after the last, else the token that ends its turn where
+        the next message opens with it (`carried`)."""
+        if i == len(self.msgs) - 1:
+            return self.end - self.span(self.msgs[i])[1]
+        return int(self.carried(self.msgs[i + 1]))
 
     def reserve(self, i: int) -> int:
         """The least body a piece that opens at message i needs beside its context."""

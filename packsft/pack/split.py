@@ -195,7 +195,7 @@ class ConversationSplitter:
             # answer still sees the instruction that opens it and the question that closes it, and mark the cut.
             room = self.planner.question_room(m, piece.length, tail)
             piece.msg_whole = False
-            piece.add_shortened(lo, hi, spans.header(m), room, zero=False, zero_first=self._continuing())
+            piece.add_shortened(lo, hi, spans.header(m), room, zero=False, zero_first=self._continuing(i))
             if role == TOOL_CODE:
                 piece.results_whole = False
             else:
@@ -203,13 +203,13 @@ class ConversationSplitter:
             piece.has_body = True
         return i + 1
 
-    def _continuing(self) -> bool:
-        """True at the start of a piece that continues the conversation: its first role token was
-        trained as the previous piece's turn end (role-token layout only)."""
-        return self.spans.role_tokens and not self.piece.has_body and bool(self.piece.pieces)
+    def _continuing(self, i: int) -> bool:
+        """True where message i opens a piece that continues the conversation and its first token was trained as
+        the previous piece's turn end (a role token; a chat template's next role token: MessageSpans.carried)."""
+        return self.spans.carried(self.spans.msgs[i]) and not self.piece.has_body and bool(self.piece.pieces)
 
     def _add_whole(self, i: int) -> None:
-        self.piece.add_message(i, *self.spans.span(self.spans.msgs[i]), zero_first=self._continuing())
+        self.piece.add_message(i, *self.spans.span(self.spans.msgs[i]), zero_first=self._continuing(i))
 
     def _open(self, i: int) -> None:
         """Start a piece whose body begins at message i: BOS + system + prompting user + the tool exchange
@@ -241,10 +241,10 @@ class ConversationSplitter:
             self.piece.add(spans.start, spans.start + 1, zero=zero)  # not even a marker fits: its first token
 
     def _close_before(self, j: int) -> None:
-        """Close the piece before message j and re-open it with j's context. In the role-token layout
-        j's role token ends the previous turn: the closed piece trains it as its last label."""
+        """Close the piece before message j and re-open it with j's context. Where j's first token ends the
+        previous turn (a role token; GLM's next role token), the closed piece trains it as its last label."""
         lo, _ = self.spans.span(self.spans.msgs[j])
-        if self.spans.role_tokens:
+        if self.spans.carried(self.spans.msgs[j]):
             self.piece.msg_whole = True
             self.piece.add(lo, lo + 1)
         self.piece.close()
@@ -259,7 +259,7 @@ class ConversationSplitter:
         head = spans.header(m)
         piece.counts.exchanges_split += 1
         piece.msg_whole = True
-        piece.add(lo, lo + head, zero_first=self._continuing())
+        piece.add(lo, lo + head, zero_first=self._continuing(i))
         pos = lo + head
         while True:
             room = self.capacity - piece.length - tail

@@ -189,3 +189,28 @@ def test_verify_catches_a_trained_next_turn_token_with_command_r(zoo_tokenizers,
     problems = [str(p) for p in verify_output(out)]
     assert any("row 0" in p and "next" in p for p in problems), problems
     assert np.array_equal(load_array(out, 0, "loss_mask.npy"), mask)
+
+
+def test_glm_pieces_keep_each_turns_stop_and_the_head_when_a_conversation_is_split(zoo_tokenizers):
+    """GLM ends a turn with the next message's role token; where a piece closes before that message, the closed
+    piece trains the token as its turn's last label (as role tokens do), and the next piece, which re-opens with
+    the head GLM opens every conversation with ([gMASK]<sop>), does not train it."""
+    from packsft.pack.split import split_long
+
+    tokenizer = zoo_tokenizers("glm4.6")
+    record = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there, friend."},
+                           {"role": "user", "content": "Now a long question " + "with many words " * 8 + "ok?"},
+                           {"role": "assistant", "content": "Fine."}]}
+    batch = render_chat([conversation(record)], tokenizer)
+    table, counts = split_long(batch, 44, "split")
+    pieces = [(table.ids[a:b].tolist(), table.flags[a:b].tolist()) for a, b in zip(table.offsets[:-1], table.offsets[1:])]
+    assert len(pieces) == 2 and counts.exchanges_split == 0
+    head = tokenizer.hf.encode("[gMASK]<sop>", add_special_tokens=False)
+    stops = set(tokenizer.stop_ids)
+    for ids, flags in pieces:
+        assert ids[:len(head)] == head
+        trained = [i for i, flag in enumerate(flags) if flag]
+        assert ids[trained[-1]] in stops and trained[-1] == len(ids) - 1  # each piece ends with its turn's stop
+    user = tokenizer.hf.convert_tokens_to_ids("<|user|>")
+    assert pieces[0][0][-1] == user and pieces[1][1][pieces[1][0].index(user)] == 0
+    assert table.flags.sum() == batch.flags.sum()  # every label kept, once

@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from packsft.read.records import ASSISTANT, TOOL, USER
+from packsft.read.records import ASSISTANT, SYSTEM, TOOL, USER
 from packsft.render.chat.layout import (
     HOLE_PATTERN,
     Layout,
@@ -141,7 +141,23 @@ class TemplateFacts:
         opener = self.specials.search(prompted, len(plain)) if self.specials and prompted.startswith(plain) else None
         at = probe.find(mark)
         head = probe.rfind(opener.group(), 0, at) if opener is not None and at >= 0 else -1
-        return probe[:head] if head > 0 else None
+        return probe[:head] if head > 0 else self._shared_head(render, probe)
+
+    def _shared_head(self, render: Render, probe: str) -> str | None:
+        """The head where each role opens with a special token of its own (GLM's [gMASK]<sop> before <|user|>,
+        <|system|>): what renderings that open with another role share, up to special tokens that differ."""
+        if self.specials is None:
+            return None
+        for role in (SYSTEM, ASSISTANT, USER):
+            try:
+                other = render([{"role": role, "content": PROBE_MARK}], False)
+            except Exception:
+                continue
+            at = back_off(probe, common_prefix(probe, other), self.specials)
+            if at > 0 and at < min(len(probe), len(other)) and self.specials.match(probe, at) \
+                    and self.specials.match(other, at):
+                return probe[:at]
+        return None
 
 
 # What depends only on the template, by tokenizer fingerprint, chat renderer and template.
