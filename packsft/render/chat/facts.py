@@ -57,6 +57,7 @@ class TemplateFacts:
         self.rules: dict[str, LocalRules | None] = {}  # per tools and kwargs
         self._fixed_prompt: bool | None = None
         self._opener_rule: bool | None = None
+        self._history_as_prompted: bool | None = None
 
     def fixed_prompt(self, bind: Bind) -> bool:
         """Whether the template's generation prompt is the same after every conversation prefix of the probes
@@ -64,6 +65,13 @@ class TemplateFacts:
         if self._fixed_prompt is None:
             self._fixed_prompt = _prompt_is_fixed(self, bind)
         return self._fixed_prompt
+
+    def history_as_prompted(self, bind: Bind) -> bool:
+        """Whether the template shows the conversation before every assistant turn of the probes as that turn's
+        generation prompt does: then layouts do not check it per turn (a prefix rendering per turn saved)."""
+        if self._history_as_prompted is None:
+            self._history_as_prompted = _history_is_prompted(self, bind)
+        return self._history_as_prompted
 
     def opener_rule(self, bind: Bind) -> bool:
         """Whether every message of the probes' skeletons opens with the special token that opens the generation
@@ -99,7 +107,8 @@ class TemplateFacts:
         return self.skeletons.get(shape_key(holed, tools, kwargs), functools.partial(
             _try_analyse, PrefixRenderings(render, holed, key, self.prefix_texts), holed, self.markers(render, key),
             functools.partial(self.head_end, render, key, holed[0]["role"]), self.generic_prompt(render, key),
-            self.fixed_prompt(bind), self.local_rules(render, key) if self.opener_rule(bind) else None))
+            self.fixed_prompt(bind), self.local_rules(render, key) if self.opener_rule(bind) else None,
+            not self.history_as_prompted(bind)))
 
     def head_end(self, render: Render, key: str, first_role: str, text: str) -> int:
         """Where the first message's own span starts: after a BOS and what the template puts before every first
@@ -191,6 +200,29 @@ def _prompt_is_fixed(facts: TemplateFacts, bind: Bind) -> bool:
     return True
 
 
+def _history_is_prompted(facts: TemplateFacts, bind: Bind) -> bool:
+    for record in probe_records():
+        messages, tools, kwargs = record.chat_messages(), record.tools, record.template_kwargs()
+        render = bind(tools, kwargs)
+        trailer = facts.markers(render, shape_key([], tools, kwargs)).trailer
+        try:
+            whole = render(messages, False)
+        except Exception:
+            continue
+        for k in range(1, len(messages)):
+            if messages[k]["role"] != ASSISTANT:
+                continue
+            try:
+                before = render(messages[:k], False)
+            except Exception:
+                continue
+            if trailer and before.endswith(trailer):
+                before = before[:len(before) - len(trailer)]
+            if not whole.startswith(before):
+                return False
+    return True
+
+
 def _joins(facts: TemplateFacts, render: Render, key: str) -> dict[tuple[str, str], tuple[str, int]]:
     """LocalRules.joins: for two tool results in a row, the text between their contents and where the second starts
     in it, from the rendering of JOIN_PROBE's prefixes."""
@@ -230,9 +262,9 @@ def _opener_rule_holds(facts: TemplateFacts, bind: Bind) -> bool:
 
 def _try_analyse(render: Render, messages: list[dict[str, Any]], markers: Markers,
                  head: Callable[[str], int], prompt: str | None, fixed_prompt: bool,
-                 rules: LocalRules | None = None) -> Layout | None:
+                 rules: LocalRules | None = None, history: bool = True) -> Layout | None:
     try:
-        return analyse(render, messages, markers, head, None, prompt, fixed_prompt, rules)
+        return analyse(render, messages, markers, head, None, prompt, fixed_prompt, rules, history)
     except Exception:  # the template refuses the skeleton (it inspects contents): analyse the record itself
         return None
 

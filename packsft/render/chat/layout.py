@@ -107,7 +107,7 @@ def common_prefix(a: str, b: str, start: int = 0) -> int:
 
 def analyse(render: Render, messages: list[dict[str, Any]], markers: Markers,
             head: Callable[[str], int], text: str | None = None, prompt: str | None = None,
-            fixed_prompt: bool = False, rules: LocalRules | None = None) -> Layout:
+            fixed_prompt: bool = False, rules: LocalRules | None = None, history: bool = True) -> Layout:
     """The layout of `messages` as `render` renders them (see the module docstring).
 
     Args:
@@ -118,6 +118,8 @@ def analyse(render: Render, messages: list[dict[str, Any]], markers: Markers,
             caller): P_k is not rendered.
         rules: where messages start in a skeleton without rendering prefixes (`LocalRules`, proven on probes by
             the caller); R_i is rendered only where they do not tell, or where the template refuses R_i.
+        history: check whether each turn's generation prompt shows the conversation before it as the rendering
+            does (False where the caller proved on probes that the template always does: R_k is then not rendered).
     """
     text = render(messages, False) if text is None else text
     n = len(messages)
@@ -144,7 +146,7 @@ def analyse(render: Render, messages: list[dict[str, Any]], markers: Markers,
     layout = Layout(text, starts[0], starts, list(starts), [None] * n, [False] * n, endings=[None] * n)
     for k, message in enumerate(messages):
         if message.get("role") == "assistant":
-            _lay_out_turn(layout, render, messages, k, prefix, markers, prompt, fixed_prompt)
+            _lay_out_turn(layout, render, messages, k, prefix, markers, prompt, fixed_prompt, history)
         else:
             # The header is what precedes the content where the content is rendered as given (pack/split.py keeps
             # it whole when it shortens a long question); else the message has no header of its own.
@@ -156,7 +158,8 @@ def analyse(render: Render, messages: list[dict[str, Any]], markers: Markers,
 
 
 def _lay_out_turn(layout: Layout, render: Render, messages: list[dict[str, Any]], k: int,
-                  prefix: Callable[[int], str], markers: Markers, prompt: str | None, fixed_prompt: bool) -> None:
+                  prefix: Callable[[int], str], markers: Markers, prompt: str | None, fixed_prompt: bool,
+                  history: bool = True) -> None:
     """Assistant turn k: where its generated span starts (after its generation prompt) and ends (through the token
     the model stops with), and whether the template renders it otherwise when it is the last message."""
     text, starts, n = layout.text, layout.starts, len(messages)
@@ -168,8 +171,8 @@ def _lay_out_turn(layout: Layout, render: Render, messages: list[dict[str, Any]]
     layout.bodies[k] = body
     stop, ending = _end_of_turn(text, body, end, markers)
     layout.generated[k], layout.endings[k] = (body, stop), ending
-    history = _or_none(prefix, k) if k else None
-    if history is not None and not text.startswith(_without_trailer(history, markers.trailer)):
+    before = _or_none(prefix, k) if k and history else None
+    if before is not None and not text.startswith(_without_trailer(before, markers.trailer)):
         # The generation prompt shows the conversation before the turn otherwise than the rendering does (gpt-oss
         # keeps earlier analysis in a tool loop's prompt, Mistral Nemo the system message): the turn is trained
         # after other context than the model is prompted with.

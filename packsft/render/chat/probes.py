@@ -11,7 +11,7 @@ from typing import Any
 from packsft.read.records import ASSISTANT, TOOL, USER, ChatExtras, Conversation
 
 PROBE_MARK = "\ue002probe\ue003"  # the content of probe messages: no record holds it, no placeholder matches it
-PROBES_VERSION = 3  # bumped when the probes change, so that cached proofs are made again
+PROBES_VERSION = 4  # bumped when the probes change, so that cached proofs are made again
 
 # Conversations where a chat path that differs from transformers' would differ first: special-token
 # strings and template tags in content, whitespace at the content edges (pre-tokenizer merges across
@@ -57,6 +57,17 @@ PROBE_RECORDS = [
         (("user", "2+2?"), ("assistant", "4"), ("user", "and 3+3?"), ("assistant", "6")),
         extras=ChatExtras((None, {"reasoning_content": "Add two and two."}, None,
                            {"reasoning_content": "Three plus three."}), (), None, {"enable_thinking": False})),
+    # A tool loop that reasons before each call (gpt-oss shows that reasoning in the next turn's prompt only).
+    Conversation(
+        (("user", "Compare Paris and Rome."), ("assistant", ""), ("tool", "21"), ("assistant", ""), ("tool", "25"),
+         ("assistant", "Rome is warmer.")),
+        extras=ChatExtras((None, {"thinking": "Paris first.", "reasoning_content": "Paris first.",
+                                  "tool_calls": [_call("get_weather", {"city": "Paris"}, "call00001")]},
+                           {"tool_call_id": "call00001"},
+                           {"thinking": "Now Rome.", "reasoning_content": "Now Rome.",
+                            "tool_calls": [_call("get_weather", {"city": "Rome"}, "call00002")]},
+                           {"tool_call_id": "call00002"},
+                           {"thinking": "25 > 21.", "reasoning_content": "25 > 21."}), (), [_WEATHER], None)),
 ]
 
 

@@ -237,9 +237,11 @@ class ChatRenderer:
         prompt = self.facts.generic_prompt(render, probe_key)
         fixed_prompt = self.facts.fixed_prompt(self.bind)
         markers = self.facts.markers(render, probe_key)
+        history = not self.facts.history_as_prompted(self.bind)
         if not values:
-            return analyse(render, messages, markers, head, text, prompt, fixed_prompt)
-        spliced = splice(analyse(render, holed, markers, head, None, prompt, fixed_prompt), values, text)
+            return analyse(render, messages, markers, head, text, prompt, fixed_prompt, history=history)
+        spliced = splice(analyse(render, holed, markers, head, None, prompt, fixed_prompt, history=history), values,
+                         text)
         if spliced is None:
             raise RecordRejected("the chat template renders a special-token string inside the record differently "
                                  "from plain text, so it cannot be kept plain text; remove it from the record")
