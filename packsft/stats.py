@@ -511,15 +511,48 @@ def _mix_lines(cfg: Mapping[str, Any], mixed: Mapping[str, Mapping[str, Any]]) -
     return lines
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _chat_lines(s: dict[str, Any], cfg: dict[str, Any], tok: dict[str, Any]) -> list[str]:
+    """What a chat template did to trained turns and their stop tokens (nothing for role tokens)."""
+    lines = []
+    if s.get("turns_rewritten_in_history") is not None:
+        lines.append(
+            f"  chat turns: {s['turns_rewritten_in_history']:,} trained turns rewritten in history, "
+            f"{s['reasoning_tokens_dropped']:,} reasoning tokens dropped by the template (--turns {cfg.get('turns', 'rendered')}"
+            + (f": {s['inference_renderings_added']:,} renderings added, {s['inference_context_tokens']:,} tokens of "
+               "repeated context)" if s.get("inference_renderings_added") else ")"))
+    if s.get("stop_tokens_appended") or s.get("turns_ended_without_stop_token"):
+        lines.append(f"  stop tokens: {_stop_note(s, tok)}")
+    return lines
+
+
+def _source_lines(per_source: dict[str, Any]) -> list[str]:
+    """The per-source table, where there is more than one source or a named one."""
+    if not (len(per_source) > 1 or any(k for k in per_source if k != NO_SOURCE)):
+        return []
+    shown = list(per_source.items())[:MAX_SOURCES_SHOWN]
+    width = min(max([24] + [len(source) for source, _ in shown]), SOURCE_WIDTH)
+    lines = ["", f"  {'source':<{width}} {'convs':>8} {'fill':>7} {'retention':>10} {'truncated':>10}"]
+    for source, row in shown:
+        lines.append(f"  {_cut(source, width):<{width}} {row['conversations']:>8,} {_pct(row['fill']):>7} "
+                     f"{_pct(row['trained_retention']):>10} {row['truncated']:>10,}")
+    if len(per_source) > MAX_SOURCES_SHOWN:
+        lines.append(f"  ... and {counted(len(per_source) - MAX_SOURCES_SHOWN, 'more source')} "
+                     "(all of them: packsft stats --json)")
+    lines.append("  (a source's fill counts its conversations' own tokens once; the overall fill also counts "
+                 "context repeated by splits)")
+    return lines
+
+
 def format_summary(dataset: dict[str, Any]) -> str:
     """A readable summary of a packed output (what `packsft stats` prints)."""
     s = dataset["stats"]
     cfg = dataset["config"]
     tok = dataset["tokenizer"]
-
-    def pct(value: float | None) -> str:
-        return "n/a" if value is None else f"{100 * value:.1f}%"
-
+    pct = _pct
     lines = [
         f"packsft output: {s['chunks']:,} chunks x {s['seq_length']} tokens ({dataset['dtype']})",
         f"  strategy {cfg['strategy']}, mask {cfg['mask']}, long {cfg['long'] or '-'}, unprompted {cfg['unprompted']}, "
@@ -557,30 +590,7 @@ def format_summary(dataset: dict[str, Any]) -> str:
         f"  pieces {s.get('pieces') or 0:,} ({s.get('pieces_split') or 0:,} from splits), exchanges split "
         f"{s.get('exchanges_split') or 0:,}, prompts shortened {s.get('prompts_shortened') or 0:,}",
     ]
-    if s.get("turns_rewritten_in_history") is not None:
-        lines.append(
-            f"  chat turns: {s['turns_rewritten_in_history']:,} trained turns rewritten in history, "
-            f"{s['reasoning_tokens_dropped']:,} reasoning tokens dropped by the template (--turns {cfg.get('turns', 'rendered')}"
-            + (f": {s['inference_renderings_added']:,} renderings added, {s['inference_context_tokens']:,} tokens of "
-               "repeated context)" if s.get("inference_renderings_added") else ")"))
-    if s.get("stop_tokens_appended") or s.get("turns_ended_without_stop_token"):
-        lines.append(f"  stop tokens: {_stop_note(s, tok)}")
-    per_source = s.get("per_source") or {}
-    if len(per_source) > 1 or any(k for k in per_source if k != NO_SOURCE):
-        lines.append("")
-        shown = list(per_source.items())[:MAX_SOURCES_SHOWN]
-        width = min(max([24] + [len(source) for source, _ in shown]), SOURCE_WIDTH)
-        lines.append(f"  {'source':<{width}} {'convs':>8} {'fill':>7} {'retention':>10} {'truncated':>10}")
-        for source, row in shown:
-            lines.append(
-                f"  {_cut(source, width):<{width}} {row['conversations']:>8,} {pct(row['fill']):>7} "
-                f"{pct(row['trained_retention']):>10} {row['truncated']:>10,}"
-            )
-        if len(per_source) > MAX_SOURCES_SHOWN:
-            lines.append(f"  ... and {counted(len(per_source) - MAX_SOURCES_SHOWN, 'more source')} "
-                         "(all of them: packsft stats --json)")
-        lines.append("  (a source's fill counts its conversations' own tokens once; the overall fill also counts "
-                     "context repeated by splits)")
+    lines += _chat_lines(s, cfg, tok) + _source_lines(s.get("per_source") or {})
     for note in warnings(s, cfg, dataset.get("chat_history")):
         lines.append(f"  warning: {note}")
     return "\n".join(lines)

@@ -106,15 +106,7 @@ def run_pack(
                            workers=workers, num_tasks=num_tasks, task_index=task_index, unit_bytes=unit_bytes,
                            skip_bad_files=skip_bad_files)
     started = time.perf_counter()
-    if executor is not None and workers:
-        raise ConfigError(f"workers={workers} is for the default LocalExecutor; pass LocalExecutor({workers})")
-    executor = executor or LocalExecutor(workers)
-    if config.mix is not None and not isinstance(executor, LocalExecutor):
-        raise ConfigError(f"--mix runs with packsft pack (local workers, or array tasks with --num-tasks and packsft "
-                          f"merge), not with the {executor.name} executor yet; pack the mix there with --num-tasks "
-                          "array tasks")
-    if not 0 <= task_index < num_tasks:
-        raise ConfigError(f"--task-index {task_index} must be in 0..{num_tasks - 1} for --num-tasks {num_tasks}")
+    executor = _checked_executor(executor, workers, config, num_tasks, task_index)
     specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
     specs, out_dir, config = executor.prepare(specs, out_dir, config)
     with executor.session():
@@ -143,6 +135,21 @@ def run_pack(
         missing = incomplete_units(out_dir, plan)
         dataset = _merge(out_dir, reused=len(mine) - len(todo)) if num_tasks == 1 and not missing else None
     return PackResult(out_dir, dataset, time.perf_counter() - started, len(todo), len(mine) - len(todo), len(missing))
+
+
+def _checked_executor(executor: Executor | None, workers: int, config: PackConfig, num_tasks: int,
+                      task_index: int) -> Executor:
+    """The executor run_pack runs the units with (LocalExecutor(workers) when None), its options checked."""
+    if executor is not None and workers:
+        raise ConfigError(f"workers={workers} is for the default LocalExecutor; pass LocalExecutor({workers})")
+    executor = executor or LocalExecutor(workers)
+    if config.mix is not None and not isinstance(executor, LocalExecutor):
+        raise ConfigError(f"--mix runs with packsft pack (local workers, or array tasks with --num-tasks and packsft "
+                          f"merge), not with the {executor.name} executor yet; pack the mix there with --num-tasks "
+                          "array tasks")
+    if not 0 <= task_index < num_tasks:
+        raise ConfigError(f"--task-index {task_index} must be in 0..{num_tasks - 1} for --num-tasks {num_tasks}")
+    return executor
 
 
 def _pack_split(data: str | Path | Sequence[str | Path], out_dir: str | Path, config: PackConfig, *,
