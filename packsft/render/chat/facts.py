@@ -26,6 +26,7 @@ from packsft.render.chat.layout import (
     analyse,
     back_off,
     common_prefix,
+    without_trailer,
 )
 from packsft.render.chat.probes import JOIN_PROBE, PROBE_MARK, probe_records
 from packsft.render.chat.skeleton import STAND_IN_TOOLS, PrefixRenderings, SkeletonCache, shape_key, skeleton
@@ -134,8 +135,7 @@ class TemplateFacts:
             except Exception:
                 plain = prompted = ""
             trailer = self.markers(render, key).trailer  # Command-R7B's prompt is its trailer
-            if trailer and plain.endswith(trailer):
-                plain = plain[:len(plain) - len(trailer)]
+            plain = without_trailer(plain, trailer)
             self.heads[stored] = prompted[len(plain):] if prompted.startswith(plain) and prompted != plain else None
         return self.heads[stored]
 
@@ -193,8 +193,7 @@ def _prompt_is_fixed(facts: TemplateFacts, bind: Bind) -> bool:
                 plain, prompted = render(messages[:k], False), render(messages[:k], True)
             except Exception:
                 continue
-            if trailer and plain.endswith(trailer):
-                plain = plain[:len(plain) - len(trailer)]
+            plain = without_trailer(plain, trailer)
             if prompted != plain + (generic or ""):
                 return False
     return True
@@ -216,8 +215,7 @@ def _history_is_prompted(facts: TemplateFacts, bind: Bind) -> bool:
                 before = render(messages[:k], False)
             except Exception:
                 continue
-            if trailer and before.endswith(trailer):
-                before = before[:len(before) - len(trailer)]
+            before = without_trailer(before, trailer)
             if not whole.startswith(before):
                 return False
     return True

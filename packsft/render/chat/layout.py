@@ -172,7 +172,7 @@ def _lay_out_turn(layout: Layout, render: Render, messages: list[dict[str, Any]]
     stop, ending = _end_of_turn(text, body, end, markers)
     layout.generated[k], layout.endings[k] = (body, stop), ending
     before = _or_none(prefix, k) if k and history else None
-    if before is not None and not text.startswith(_without_trailer(before, markers.trailer)):
+    if before is not None and not text.startswith(without_trailer(before, markers.trailer)):
         # The generation prompt shows the conversation before the turn otherwise than the rendering does (gpt-oss
         # keeps earlier analysis in a tool loop's prompt, Mistral Nemo the system message): the turn is trained
         # after other context than the model is prompted with.
@@ -181,7 +181,7 @@ def _lay_out_turn(layout: Layout, render: Render, messages: list[dict[str, Any]]
         last = _or_none(prefix, k + 1)
         if last is None:
             return
-        last = _without_trailer(last, markers.trailer)
+        last = without_trailer(last, markers.trailer)
         start = starts[k]
         if not last.startswith(text[:start]):  # history rendered otherwise before the turn (Mistral Nemo's tools)
             before = _or_none(prefix, k) if k else None
@@ -393,11 +393,12 @@ def _generation_prompt(render: Render, messages: list[dict[str, Any]], k: int, p
             prefix = render(messages[:k], False)
         except Exception:
             return None
-    prefix = _without_trailer(prefix, trailer)
+    prefix = without_trailer(prefix, trailer)
     return prompted[len(prefix):] if prompted.startswith(prefix) else None
 
 
-def _without_trailer(rendering: str, trailer: str) -> str:
+def without_trailer(rendering: str, trailer: str) -> str:
+    """The rendering less the template's trailer (Markers.trailer) where it ends with it."""
     return rendering[:len(rendering) - len(trailer)] if trailer and rendering.endswith(trailer) else rendering
 
 

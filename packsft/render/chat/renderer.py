@@ -46,7 +46,18 @@ from packsft.render.chat.encode import RenderingEncoder, rendering_encoder
 from packsft.render.chat.facts import template_facts
 from packsft.render.chat.flags import flags_and_spans, text_flags
 from packsft.render.chat.jinja import jinja_renderer, require_jinja
-from packsft.render.chat.layout import HOLE, HOLE_PATTERN, NONE, OTHER, STOP, Layout, Markers, Render, analyse
+from packsft.render.chat.layout import (
+    HOLE,
+    HOLE_PATTERN,
+    NONE,
+    OTHER,
+    STOP,
+    Layout,
+    Markers,
+    Render,
+    analyse,
+    without_trailer,
+)
 from packsft.render.chat.skeleton import STAND_IN_TOOLS, protect, shape_key, skeleton, splice
 from packsft.render.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 from packsft.stats import ChatTurns
@@ -145,8 +156,7 @@ class ChatRenderer:
         before = self._layout(_prefix(conv, k))
         tools, kwargs = conv.tools, conv.template_kwargs(self.template_kwargs)
         trailer = self.facts.markers(self.bind(tools, kwargs), shape_key([], tools, kwargs)).trailer
-        history = before.text[:len(before.text) - len(trailer)] if trailer and before.text.endswith(trailer) \
-            else before.text
+        history = without_trailer(before.text, trailer)
         start = layout.starts[k]
         if layout.text.startswith(history) and len(history) == start:
             return layout
