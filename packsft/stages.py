@@ -38,9 +38,8 @@ from packsft.read.mix import RecordMix, parse_mix
 from packsft.read.reader import InputFile, open_input, read_conversations
 from packsft.read.records import ASSISTANT, TEXT, USER, Conversation, RejectLedger, parse_role_map
 from packsft.render.batch import RenderedBatch, trained_unprompted
-from packsft.render.encoder import byte_decoder
 from packsft.render.renderers import make_renderer
-from packsft.render.tokenizer import PackTokenizer
+from packsft.render.tokenizer import PackTokenizer, token_texts
 from packsft.stats import (
     LENGTH_BIN,
     LENGTH_BINS,
@@ -342,26 +341,6 @@ def _source_codes(sources: list[str | None]) -> tuple[np.ndarray, list[str]]:
     lookup = {name: i for i, name in enumerate(names)}
     codes = np.fromiter((lookup[s if s is not None else NO_SOURCE] for s in sources), np.int64, len(sources))
     return codes, names
-
-
-_TOKEN_TEXTS: dict[str, tuple[str, ...]] = {}
-
-
-def token_texts(tokenizer: PackTokenizer) -> tuple[str, ...]:
-    """The text of every token id (byte-level stand-ins mapped back; a byte that is part of a longer character stays
-    its latin-1 stand-in): what pack/cuts.py reads to cut a long turn at a line, a sentence, never in a tool call.
-    Built once per tokenizer and process."""
-    if tokenizer.fingerprint in _TOKEN_TEXTS:
-        return _TOKEN_TEXTS[tokenizer.fingerprint]
-    backend, decoder = tokenizer.backend, byte_decoder()
-    texts = []
-    for index in range(backend.get_vocab_size()):
-        token = backend.id_to_token(index) or ""
-        if token and all(char in decoder for char in token):
-            token = bytes(decoder[char] for char in token).decode("latin-1")
-        texts.append(token.replace("\u2581", " ").replace("<0x0A>", "\n"))
-    _TOKEN_TEXTS[tokenizer.fingerprint] = tuple(texts)
-    return _TOKEN_TEXTS[tokenizer.fingerprint]
 
 
 def _marker(tokenizer: PackTokenizer):

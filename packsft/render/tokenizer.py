@@ -31,6 +31,7 @@ from packsft.render.encoder import (
     FastEncoder,
     FastEncoderRefused,
     build_fast_encoder,
+    byte_decoder,
     fast_encoder,
 )
 from packsft.render.tokenizer_cache import cache_key, read_entry, write_entry
@@ -576,3 +577,23 @@ def _fingerprint(serialized: str, chat_template: str | dict[str, str] | None, sp
     if extra:
         digest.update(json.dumps({"stop": extra}).encode("utf-8"))
     return digest.hexdigest()
+
+
+_TOKEN_TEXTS: dict[str, tuple[str, ...]] = {}
+
+
+def token_texts(tokenizer: PackTokenizer) -> tuple[str, ...]:
+    """The text of every token id (byte-level stand-ins mapped back; a byte that is part of a longer character stays
+    its latin-1 stand-in): what pack/cuts.py reads to cut a long turn at a line, a sentence, never in a tool call.
+    Built once per tokenizer and process."""
+    if tokenizer.fingerprint in _TOKEN_TEXTS:
+        return _TOKEN_TEXTS[tokenizer.fingerprint]
+    backend, decoder = tokenizer.backend, byte_decoder()
+    texts = []
+    for index in range(backend.get_vocab_size()):
+        token = backend.id_to_token(index) or ""
+        if token and all(char in decoder for char in token):
+            token = bytes(decoder[char] for char in token).decode("latin-1")
+        texts.append(token.replace("\u2581", " ").replace("<0x0A>", "\n"))
+    _TOKEN_TEXTS[tokenizer.fingerprint] = tuple(texts)
+    return _TOKEN_TEXTS[tokenizer.fingerprint]
