@@ -91,6 +91,9 @@ class ChatRenderer:
         self.encoder = encoder if encoder is not None else rendering_encoder(tokenizer)
         self.special_ids = self.encoder.special_ids
         self.specials = any_of(tuple(tokenizer.backend.id_to_token(int(i)) for i in self.special_ids))
+        # SmolLM3's <think> and </think> are special tokens; Qwen's are not (`_reasoning_tags`).
+        self.think_tags_special = self.specials is not None and all(
+            self.specials.fullmatch(tag) for tag in ("<think>", "</think>"))
         self.stop_tokens = [t for i in (tokenizer.stop_ids or (tokenizer.eos_id,))
                             if (t := tokenizer.backend.id_to_token(int(i))) is not None]
         bos = tokenizer.special_tokens_map.get("bos_token")
@@ -203,7 +206,7 @@ class ChatRenderer:
         where the tokenizer has them as special tokens (SmolLM3): that block is the model's own reasoning, which it
         generates with those tokens, so they stay tokens, as `apply_chat_template` encodes them. Any other
         special-token string in a record stays plain text."""
-        if self.specials is None or not self.specials.fullmatch("<think>") or not self.specials.fullmatch("</think>"):
+        if not self.think_tags_special:
             return layout
         turns = [(layout.bodies[k], span[1]) for k, span in enumerate(layout.generated) if span is not None]
         data: list[tuple[int, int]] = []
