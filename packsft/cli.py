@@ -20,6 +20,7 @@ from packsft.config import (
     LONG_POLICIES,
     MASK_POLICIES,
     OUTPUT_FORMATS,
+    PACKING_KEYS,
     STRATEGIES,
     TEMPLATES,
     TURNS,
@@ -89,6 +90,14 @@ def pack_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def packing_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The pack options that decide only how rendered conversations become rows (config.PACKING_KEYS): repack's."""
+    params = [param for param in pack_options(lambda: None).__click_params__  # type: ignore[attr-defined]
+              if param.name in PACKING_KEYS]
+    command.__click_params__ = [*getattr(command, "__click_params__", []), *params]  # type: ignore[attr-defined]
+    return command
+
+
 @click.group(context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "--version", prog_name="packsft")
 def main() -> None:
@@ -148,13 +157,15 @@ def either(new: Any, old: Any, name: str, old_name: str) -> Any:
 @click.option("--strict", is_flag=True, help="Stop at the first bad record instead of skipping and counting it.")
 @click.option("--skip-bad-files", is_flag=True, help="Skip unreadable input files (listed in dataset.json) instead of stopping.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
+@click.option("--store", type=click.Path(file_okay=False), help="Where each unit's rendered tokens are kept, and looked up before rendering (several outputs may share one); `packsft repack` builds other row layouts from them. [default: OUT_DIR/rendered]")
+@click.option("--no-store", is_flag=True, help="Keep no rendered tokens (saves about 5 bytes a token of disk; `packsft repack` then cannot re-pack OUT_DIR).")
 @click.option("--dry-run", is_flag=True, help="Render the first --limit records and show them with their trained text marked, the counts and what would be rejected; write nothing (OUT_DIR is not created).")
 @click.option("--limit", type=click.IntRange(min=1), help="With --dry-run: how many records to render. [default: 3]")
 @user_errors
 def pack(data: tuple[str, ...], out_dir: str, config_file: str | None, overwrite: bool, strict: bool, skip_bad_files: bool,
          quiet: bool, data_format: str | None, unit_mib: float, workers: int, num_tasks: str | None,
          task_index: int | None, old_num_tasks: str | None, old_task_index: int | None, dry_run: bool,
-         limit: int | None, **flags: Any) -> None:
+         limit: int | None, store: str | None, no_store: bool, **flags: Any) -> None:
     """Read conversations from DATA, render, pack and write chunks to OUT_DIR.
 
     DATA is one or more folders (read recursively), globs (quoted; ** recurses), *.parquet /
@@ -184,6 +195,8 @@ def pack(data: tuple[str, ...], out_dir: str, config_file: str | None, overwrite
 
         click.echo(format_preview(preview(list(data), config, limit or DEFAULT_LIMIT), color=sys.stdout.isatty()))
         return
+    if store is not None and no_store:
+        raise click.UsageError("pass --store DIR or --no-store, not both")
     num_tasks = either(num_tasks, old_num_tasks, "--num-tasks", "--num-shards")
     task_index = either(task_index, old_task_index, "--task-index", "--shard-index")
     if num_tasks is None and not quiet and (note := array_note()):
@@ -191,7 +204,7 @@ def pack(data: tuple[str, ...], out_dir: str, config_file: str | None, overwrite
     tasks, index = resolve_tasks(num_tasks, task_index)
     result = run_pack(list(data), out_dir, config, overwrite=overwrite, quiet=quiet, strict=strict, workers=workers,
                       num_tasks=tasks, task_index=index, unit_bytes=round(unit_mib * (1 << 20)),
-                      skip_bad_files=skip_bad_files)
+                      skip_bad_files=skip_bad_files, store=store, no_store=no_store)
     if not quiet:
         echo_pack_result(result, out_dir)
 
@@ -210,6 +223,38 @@ def echo_pack_result(result: Any, out_dir: str) -> None:
     else:
         click.echo(f"packed {counted(result.packed, 'unit')} ({result.skipped} already done) in {result.seconds:.1f}s; "
                    f"{counted(result.missing, 'unit')} of other tasks remain. When all are done: packsft merge {out_dir}")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("new_out", type=click.Path())
+@packing_options
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Processes building rows in parallel; 0 = one per CPU for big outputs. Output bytes do not depend on it.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier packsft output in NEW_OUT.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
+@user_errors
+def repack(out_dir: str, new_out: str, workers: int, overwrite: bool, quiet: bool, **flags: Any) -> None:
+    """Build OUT_DIR's rows again into NEW_OUT with another --seq-length, --strategy or row layout, from the
+    rendered tokens its pack kept (OUT_DIR/rendered): no record is read or tokenized again.
+
+    Everything not given stays as OUT_DIR was packed (a new --strategy also takes its own default --long, as
+    `pack` would); NEW_OUT holds the bytes a fresh `packsft pack` with these settings writes, and shares
+    OUT_DIR's store, so it can be re-packed in turn. A held-out split (OUT_DIR/eval) is re-packed too.
+
+    Example:
+
+    \b
+        packsft pack data/ out-2k/ --tokenizer ./qwen3
+        packsft repack out-2k/ out-32k/ --seq-length 32768 --pad-multiple 16
+    """
+    from packsft.run.repack import run_repack
+
+    changes = {key: value for key, value in flags.items() if value is not None}
+    if not changes:
+        raise click.UsageError("name what changes, e.g. --seq-length 8192 (the rest stays as OUT_DIR was packed)")
+    result = run_repack(out_dir, new_out, changes, overwrite=overwrite, quiet=quiet, workers=workers)
+    if not quiet:
+        echo_pack_result(result, new_out)
 
 
 @main.command()

@@ -289,6 +289,12 @@ CHAT_RENDERING = 2
 PATH_KEYS = frozenset({"tokenizer", "chat_template"})
 
 
+# Keys that decide only how rendered conversations become rows: a change to them keeps every unit's rendering, so
+# `packsft repack` builds the new rows from the rendered-token store (store/rendered.py) without tokenizing.
+PACKING_KEYS = frozenset({"strategy", "seq_length", "long", "turn_cut", "context_share", "prompt_start_share",
+                          "cut_at_lines", "pad_multiple", "max_segments", "output_format"})
+
+
 def bytes_config(config: dict[str, Any]) -> dict[str, Any]:
     """A resolved config (PackConfig.to_dict()) without the keys that never change the output bytes (nor paths)."""
     kept = {key: value for key, value in config.items()

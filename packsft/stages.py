@@ -148,7 +148,14 @@ def pack_unit(
     Memory: the rendered tokens are the unit's biggest array after the rows; they are let go as soon as
     the rows exist, before the row statistics (see scripts/bench.py for the peak per token).
     """
-    read = read_unit(parts, sources, config, tokenizer, rejects, progress)
+    return pack_read(read_unit(parts, sources, config, tokenizer, rejects, progress), config, tokenizer, rejects)
+
+
+def pack_read(read: ReadUnit, config: PackConfig, tokenizer: PackTokenizer,
+              rejects: RejectLedger) -> tuple[Chunks, UnitCounters]:
+    """Pack a unit read and rendered (read_unit, or the rendered-token store) into chunks; returns them and the
+    unit's counters. Never tokenizes the conversations (only the short '[… N tokens omitted]' markers of split
+    pieces, and the token texts where a turn is cut inside)."""
     trainable = read.batch.trainable_per_conversation()
     drop_unprompted = read.batch.unprompted & (config.unprompted == "drop")
     batch, trainable = read.batch.select(~drop_unprompted), trainable[~drop_unprompted]

@@ -3,6 +3,7 @@ CLI imports inside functions (so that `packsft --help` starts fast without hidin
 
     cli, __main__, packsft/__init__            the edges: CLI and public API
     run/ verify/ report/ loader/ export/       what surrounds the stages
+    store/                                     a unit's rendering kept between its stages (repack)
     stages                                     the stages composed for one unit
     write/ > pack/ > render/ > config > read/  the stages, last first (config: the options)
     errors, stats, version, demo               leaves
@@ -22,6 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "packsft"
 LAYERS = [
     {"packsft.cli", "packsft.__main__", "packsft"},
     {"packsft.run", "packsft.verify", "packsft.report", "packsft.loader", "packsft.export"},
+    {"packsft.store"},
     {"packsft.stages"},
     {"packsft.write"},
     {"packsft.pack"},

@@ -399,6 +399,15 @@ class RejectLedger:
         self.counts[_reason_key(reason)] += 1
         self.entries.append({"file": file, "row": row, "reason": reason, "excerpt": excerpt(record)})
 
+    def replay(self, entries: list[dict[str, Any]]) -> None:
+        """Take the rejects another ledger recorded (its `entries`), as if they were rejected here."""
+        for entry in entries:
+            if self.strict:
+                raise BadRecordError(f"{entry['file']}:{entry['row']}: {entry['reason']} (drop --strict to skip and "
+                                     "count bad records)")
+            self.counts[_reason_key(entry["reason"])] += 1
+            self.entries.append(entry)
+
     @property
     def total(self) -> int:
         return sum(self.counts.values())

@@ -115,8 +115,7 @@ def _init_worker(job: UnitJob, threads: int) -> None:
 def _work(job: UnitJob, unit: Unit, fingerprint: str) -> int:
 
     assert _worker_tokenizer is not None  # set by _init_worker
-    written = write_unit(unit, fingerprint, job.out_dir, job.config, _worker_tokenizer, strict=job.strict,
-                         skip_bad_files=job.skip_bad_files)
+    written = write_unit(unit, fingerprint, job, _worker_tokenizer)
     return input_rows(written)
 
 
@@ -133,8 +132,7 @@ def pack_units(
     with bar as progress:
         if workers == 1 or len(units) <= 1:
             for unit, fingerprint in zip(units, fingerprints):
-                write_unit(unit, fingerprint, job.out_dir, job.config, tokenizer, strict=job.strict,
-                           skip_bad_files=job.skip_bad_files, progress=progress)
+                write_unit(unit, fingerprint, job, tokenizer, progress=progress)
             return
         workers = min(workers, len(units))
         pool = ProcessPoolExecutor(workers, mp_context=_worker_context(job.config.template), initializer=_init_worker,

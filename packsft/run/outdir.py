@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 from packsft.errors import IncompleteOutputError, OutputError
 from packsft.run.outcome import check_outcome
 from packsft.run.plan import PLAN_JSON, Plan, read_plan
+from packsft.store.rendered import STORE_DIR
 from packsft.write.layout import DATASET_JSON, MARKER, REJECTS_JSONL, SHARDS_DIR, read_manifest, shard_name
 from packsft.write.writer import (
     atomic_write_json,
@@ -47,7 +48,9 @@ TMP_PREFIX = ".tmp-"
 def prepare_plan(out_dir: Path, plan: Plan, overwrite: bool) -> None:
     """Create OUT_DIR for `plan`, or accept it for resuming when it was started with the same identity."""
     if overwrite or not (out_dir / MARKER).exists():
-        prepare_output(out_dir, overwrite)  # refuses folders that are not ours, clears ours on overwrite
+        # Refuses folders that are not ours, clears ours on overwrite but for the rendered-token store: a pack that
+        # changes only how rows are built finds its units there.
+        prepare_output(out_dir, overwrite, keep=frozenset({STORE_DIR}))
     elif (out_dir / PLAN_JSON).exists():
         earlier = read_plan(out_dir)
         old, new = earlier.identity(), plan.identity()

@@ -52,6 +52,7 @@ from packsft.run.plan import (
 )
 from packsft.run.unit import UnitJob
 from packsft.stages import open_unit
+from packsft.store.rendered import STORE_DIR
 from packsft.write.layout import DATASET_JSON
 
 
@@ -85,6 +86,9 @@ def run_pack(
     task_index: int = 0,
     unit_bytes: int = DEFAULT_UNIT_BYTES,
     skip_bad_files: bool = False,
+    store: str | Path | None = None,
+    no_store: bool = False,
+    earlier: Plan | None = None,
 ) -> PackResult:
     """Pack the units of DATA (a folder, glob, files or URLs; or a list of them) assigned to `task_index`
     into OUT_DIR; resume what is already there.
@@ -99,18 +103,23 @@ def run_pack(
         strict: stop at the first bad record (`file:row: reason`) instead of skipping and counting it.
         skip_bad_files: list unreadable files in dataset.json `skipped_files` and go on, instead of
             stopping with an error naming the file.
+        store: the rendered-token store (store/rendered.py) each unit is looked up in before it is read, and saved
+            to after (default OUT_DIR/rendered; several outputs may share one); none with `no_store`.
+        earlier: the plan of the output this run re-packs (run/repack.py): every unit is built from the store,
+            none is read or tokenized.
     """
 
     if config.held_out and config.split is None:
         return _pack_split(data, out_dir, config, executor=executor, overwrite=overwrite, quiet=quiet, strict=strict,
                            workers=workers, num_tasks=num_tasks, task_index=task_index, unit_bytes=unit_bytes,
-                           skip_bad_files=skip_bad_files)
+                           skip_bad_files=skip_bad_files, store=store, no_store=no_store)
     started = time.perf_counter()
     executor = _checked_executor(executor, workers, config, num_tasks, task_index)
     specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
     specs, out_dir, config = executor.prepare(specs, out_dir, config)
     with executor.session():
-        plan, tokenizer = make_plan(specs, out_dir, config, unit_bytes, skip_bad_files, quiet)
+        plan, tokenizer = make_plan(specs, out_dir, config, unit_bytes, skip_bad_files, quiet, earlier)
+        plan.store = None if no_store else str(Path(store or out_dir / STORE_DIR).resolve())
         prepare_plan(out_dir, plan, overwrite)
         if (settings := executor.settings(out_dir, plan)) is not None:
             write_executor_record(out_dir, executor.name, settings)
@@ -129,7 +138,8 @@ def run_pack(
         todo = [plan.units[i] for i in mine if not unit_complete(out_dir, i, plan.fingerprints[i])]
         if todo:
             (out_dir / DATASET_JSON).unlink(missing_ok=True)  # the output is no longer complete
-        job = UnitJob(out_dir, config, strict, tokenizer.fingerprint, skip_bad_files)
+        job = UnitJob(out_dir, config, strict, tokenizer.fingerprint, skip_bad_files,
+                      store=Path(plan.store) if plan.store else None, store_only=earlier is not None)
         with stop_on_signals(out_dir, plan):
             executor.run(plan, todo, job, tokenizer, quiet)
         missing = incomplete_units(out_dir, plan)

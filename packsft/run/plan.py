@@ -150,6 +150,9 @@ class Plan:
     # --mix weights: the tokens of each input file, by what decides them (run/mix.py), so a rerun or an array task
     # of this OUT_DIR counts nothing again.
     mix_tokens: dict[str, int] = field(default_factory=dict)
+    # The rendered-token store its units are saved to and looked up in (absolute; None: --no-store). Not part of
+    # its identity: where renderings are kept never changes a row.
+    store: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -159,6 +162,7 @@ class Plan:
             "skipped_files": self.skipped_files, "inputs": self.data_inputs, "identity_version": self.identity_version,
             **({"chat_history": self.chat_history} if self.chat_history else {}),
             **({"mix_tokens": self.mix_tokens} if self.mix_tokens else {}),
+            **({"store": self.store} if self.store else {}),
         }
 
     @classmethod
@@ -167,7 +171,7 @@ class Plan:
         return cls(record["data_dir"], record["config"], record["tokenizer"], record["unit_bytes"], units,
                    [u["fingerprint"] for u in record["units"]], record.get("skipped_files", []),
                    record.get("inputs", []), record.get("identity_version", 1), record.get("chat_history") or {},
-                   record.get("mix_tokens") or {})
+                   record.get("mix_tokens") or {}, record.get("store"))
 
     @property
     def data_inputs(self) -> list[str]:
@@ -200,7 +204,7 @@ def read_plan(out_dir: Path) -> Plan:
 
 def make_plan(
     data: str | Path | Sequence[str | Path], out_dir: Path, config: PackConfig, unit_bytes: int = DEFAULT_UNIT_BYTES,
-    skip_bad_files: bool = False, quiet: bool = True,
+    skip_bad_files: bool = False, quiet: bool = True, earlier: Plan | None = None,
 ) -> tuple[Plan, PackTokenizer]:
     """The plan of DATA (folders, globs, files or URLs) for `config` (units and their fingerprints)
     and the loaded tokenizer.
@@ -210,6 +214,11 @@ def make_plan(
     local tokenizer folder are named by their absolute paths, so that plan.json and dataset.json lead to them from
     any working directory; what identifies them is their content, never where they are. A --mix is resolved
     (run/mix.py: each file's source, the tokens of each source, its rate), counting tokens where weights need them.
+
+    Args:
+        earlier: the plan of an output this one re-packs (`packsft repack`): its tokenizer, proven then, is loaded
+            without proving it again (its fingerprint must match), and what it found out is taken as it is. Nothing
+            is encoded or rendered.
     """
 
     specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
@@ -223,19 +232,28 @@ def make_plan(
     units, skipped = plan_inputs(listing, config, unit_bytes, skip_bad_files=skip_bad_files)
     chat_template = read_chat_template(config.chat_template) if config.chat_template else None
     tokenizer = load_tokenizer(absolute_tokenizer(config.tokenizer), config.template, chat_template=chat_template,
-                               trust_remote_code=config.trust_remote_code, encoder=config.encoder)
-    tokenizer = with_chat_path_proven(tokenizer)
+                               trust_remote_code=config.trust_remote_code, encoder=config.encoder,
+                               prove=earlier is None)
+    if earlier is None:
+        tokenizer = with_chat_path_proven(tokenizer)
+    elif tokenizer.fingerprint != earlier.tokenizer["fingerprint"]:
+        raise OutputError(f"tokenizer {config.tokenizer!r} changed since the output was packed (its files differ): its "
+                          "renderings no longer apply; pack again with packsft pack")
     config = loaded_config(config, tokenizer)
     counted: dict[str, int] = {}
     if config.mix is not None:
-        counted = _earlier_mix_tokens(out_dir)
+        counted = dict(earlier.mix_tokens) if earlier is not None else _earlier_mix_tokens(out_dir)
         config, units = resolve_mix(listing, units, config, tokenizer, counted, skip_bad_files=skip_bad_files,
                                     quiet=quiet)
     fingerprints = [fingerprint(config, tokenizer.fingerprint, [part.identity() for part in unit.parts])
                     for unit in units]
     inputs = [spec if is_url(spec) else str(Path(spec).resolve()) for spec in specs]
-    history = history_rewrites(tokenizer, config.template_kwargs_dict()) if config.template == "chat" else {}
-    plan = Plan(listing.root, config.to_dict(), output_identity(tokenizer), unit_bytes, units, fingerprints,
+    if earlier is not None:
+        history, identity = earlier.chat_history, earlier.tokenizer
+    else:
+        history = history_rewrites(tokenizer, config.template_kwargs_dict()) if config.template == "chat" else {}
+        identity = output_identity(tokenizer)
+    plan = Plan(listing.root, config.to_dict(), identity, unit_bytes, units, fingerprints,
                 skipped_files=skipped, inputs=inputs, chat_history=history, mix_tokens=counted)
     return plan, tokenizer
 

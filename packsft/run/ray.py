@@ -207,6 +207,5 @@ def pack_unit_task(job: UnitJob, unit: Unit, fingerprint: str, driver_version: s
     if key not in _node_tokenizers:
         _node_tokenizers[key] = load_job_tokenizer(job, threads, prove=True)
     remove_temporaries(job.out_dir, [unit.index])  # what an attempt lost with its worker left behind
-    written = write_unit(unit, fingerprint, job.out_dir, job.config, _node_tokenizers[key], strict=job.strict,
-                         skip_bad_files=job.skip_bad_files)
+    written = write_unit(unit, fingerprint, job, _node_tokenizers[key])
     return input_rows(written)

@@ -20,8 +20,9 @@ from packsft.render.chat.proof import with_chat_path_proven
 from packsft.render.tokenizer import PackTokenizer, load_tokenizer, read_chat_template, tokenizer_from_state
 from packsft.run.outdir import failed_path
 from packsft.run.plan import Unit
-from packsft.stages import open_unit, pack_unit
+from packsft.stages import open_unit, pack_read, read_unit
 from packsft.stats import RowCounts, UnitCounters
+from packsft.store.rendered import RenderedStore, StoredUnit, rendering_key
 from packsft.write.layout import REJECTS_JSONL
 from packsft.write.writer import write_shard
 
@@ -40,6 +41,10 @@ class UnitJob:
     tokenizer_fingerprint: str
     skip_bad_files: bool = False
     tokenizer_state: dict[str, Any] | None = None
+    # The rendered-token store (store/rendered.py) units are looked up in and saved to; None: none.
+    store: Path | None = None
+    # Build rows only from the store (packsft repack): a unit it lacks is an error, never read and tokenized.
+    store_only: bool = False
 
 
 def load_job_tokenizer(job: UnitJob, threads: int, *, prove: bool) -> PackTokenizer:
@@ -73,55 +78,43 @@ def input_rows(manifest: dict[str, Any]) -> int:
     return sum(int(record.get("rows") or 0) for record in manifest.get("inputs", []))
 
 
-def _manifest_input(part: Unit, source: InputFile) -> dict[str, Any]:
-    """A shard manifest's record of one input file: where, which rows, and how it was read."""
-    rows = source.num_rows if source.num_rows is not None else source.rows_read
-    return {**part.manifest_input(), "rows": part.rows if part.row_groups is not None else rows, **source.describe()}
-
-
-def write_unit(
-    unit: Unit,
-    fingerprint: str,
-    out_dir: Path,
-    config: PackConfig,
-    tokenizer: PackTokenizer,
-    *,
-    strict: bool = False,
-    skip_bad_files: bool = False,
-    progress: tqdm | None = None,
-) -> dict[str, Any]:
+def write_unit(unit: Unit, fingerprint: str, job: UnitJob, tokenizer: PackTokenizer, *,
+               progress: tqdm | None = None) -> dict[str, Any]:
     """Pack one unit and write its shard (with its rejects.jsonl); returns the shard manifest.
 
     A failure is recorded in shards/.failed-NNNNN for `packsft status`, then raised. Under
     --skip-bad-files a file that breaks while being read (truncated, a bad JSON line) becomes an empty
     shard whose manifest says why; merge lists it in dataset.json `skipped_files`.
     """
-    failed = failed_path(out_dir, unit.index)
+    config = job.config
+    failed = failed_path(job.out_dir, unit.index)
     try:
-        rejects = RejectLedger(strict=strict)
         sources = open_unit(unit.parts, config)
         skipped = None
         try:
-            chunks, counters = pack_unit(unit.parts, sources, config, tokenizer, rejects, progress)
+            rendered = rendered_unit(unit, sources, job, tokenizer, progress)
+            rejects, inputs = rendered.rejects, rendered.inputs
+            chunks, counters = pack_read(rendered.read, config, tokenizer, rejects)
+            del rendered
         except InputError as exc:
-            if not skip_bad_files:
+            if not job.skip_bad_files:
                 raise
             skipped = {"path": unit.label, "error": str(exc)}
             if progress is not None:
                 progress.write(f"packsft: skipping bad file: {exc}", file=sys.stderr)
-            rejects = RejectLedger(strict=strict)
+            rejects, inputs = RejectLedger(strict=job.strict), [_reading(source) for source in sources]
             chunks = empty_chunks(config.seq_length)
             counters = UnitCounters(rows=RowCounts(bos_starts=0))
         manifest = {
             "unit": unit.index,
-            "inputs": [_manifest_input(part, source) for part, source in zip(unit.parts, sources)],
+            "inputs": [_manifest_input(part, reading) for part, reading in zip(unit.parts, inputs)],
             "tokenizer_fingerprint": tokenizer.fingerprint,
             "fingerprint": fingerprint,
             "config": config.to_dict(),
             "counters": counters.to_dict(),
             **({"skipped": skipped} if skipped else {}),
         }
-        written = write_shard(out_dir, unit.index, chunks, vocab_size=tokenizer.vocab_size,
+        written = write_shard(job.out_dir, unit.index, chunks, vocab_size=tokenizer.vocab_size,
                               output_format=config.output_format, manifest=manifest,
                               extra_files={REJECTS_JSONL: rejects.to_jsonl().encode()})
     except Exception as exc:
@@ -131,3 +124,35 @@ def write_unit(
         raise
     failed.unlink(missing_ok=True)
     return written
+
+
+def rendered_unit(unit: Unit, sources: list[InputFile], job: UnitJob, tokenizer: PackTokenizer,
+                  progress: tqdm | None = None) -> StoredUnit:
+    """The unit read and rendered: from the job's rendered-token store where it holds the unit, else read from its
+    files, opened as `sources` (and saved in the store)."""
+    store = RenderedStore(job.store) if job.store is not None else None
+    key = rendering_key(job.config, tokenizer.fingerprint, [part.identity() for part in unit.parts])
+    if store is not None and (stored := store.load(key, strict=job.strict)) is not None:
+        if progress is not None:
+            progress.update(input_rows({"inputs": stored.inputs}))
+        return stored
+    if job.store_only:
+        raise OutputError(f"{unit.label}: not in the rendered-token store {job.store} (its input changed since that "
+                          "output was packed, or the store was cleared); pack it with packsft pack instead")
+    rejects = RejectLedger(strict=job.strict)
+    read = read_unit(unit.parts, sources, job.config, tokenizer, rejects, progress)
+    stored = StoredUnit(read, rejects, [_reading(source) for source in sources])
+    if store is not None:
+        store.save(key, stored, tokenizer.vocab_size)
+    return stored
+
+
+def _reading(source: InputFile) -> dict[str, Any]:
+    """How an input file was read: its rows (known for JSON Lines once read) and its format (InputFile.describe())."""
+    return {"rows": source.num_rows if source.num_rows is not None else source.rows_read, **source.describe()}
+
+
+def _manifest_input(part: Unit, reading: dict[str, Any]) -> dict[str, Any]:
+    """A shard manifest's record of one input file: where, which rows, and how it was read."""
+    rows = part.rows if part.row_groups is not None else reading["rows"]
+    return {**part.manifest_input(), "rows": rows, **{k: v for k, v in reading.items() if k != "rows"}}

@@ -70,8 +70,9 @@ def atomic_write_json(path: Path, payload: Any) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
 
 
-def prepare_output(out_dir: Path, overwrite: bool) -> None:
-    """Create OUT_DIR, or clear an earlier packsft output in it when asked to overwrite.
+def prepare_output(out_dir: Path, overwrite: bool, keep: frozenset[str] = frozenset()) -> None:
+    """Create OUT_DIR, or clear an earlier packsft output in it when asked to overwrite (all but the entries named in
+    `keep`: its rendered-token store).
 
     A non-empty folder without packsft's marker is never touched: it may hold someone's data.
     """
@@ -89,6 +90,8 @@ def prepare_output(out_dir: Path, overwrite: bool) -> None:
         # outside OUT_DIR is touched.
         try:
             for child in out_dir.iterdir():
+                if child.name in keep:
+                    continue
                 if child.is_dir() and not child.is_symlink():
                     shutil.rmtree(child)
                 else:
