@@ -162,7 +162,7 @@ class CutChooser:
         (its context would only be repeated)."""
         return bool(gap > 0 and ((self.turn_cut and gap >= self.turn_cut) or not piece_trained))
 
-    def choose_close(self, i: int, length: int, marks: list[Mark]) -> int:
+    def choose_close(self, i: int, length: int, marks: Sequence[Mark]) -> int:
         """The message before which to close the open piece of `length` tokens that message i does not fit:
         of the last boundaries that fit, the one whose hole the free short pieces fill best (ties: the
         latest); then those pieces are reserved.

@@ -1,13 +1,18 @@
 """The piece builder: one conversation's pieces, a span of the batch at a time, counting the labels they keep.
 
+Its state (the open piece, whether its prompt and tool results are whole, the counts) changes only through its
+methods, each named for a step of the split (split.py): `start_message`, `add_whole`, `add_shortened_message`,
+`start_cut`/`resume_cut`/`end_cut` for a turn cut across pieces, `add_turn_end` and `close`, `reopen` and
+`add_context` for the context a new piece repeats, `rollback`, `finish`.
+
 Before each whole message after the first of a piece's body it records a `Mark`, the state to return to when
 the cut chooser (`cuts.py`) closes the piece at that earlier boundary instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -38,23 +43,145 @@ class Mark:
 
 @dataclass
 class PieceBuilder:
-    """The open piece as (ids, flags) parts of the batch, the pieces closed before it, and what they count."""
+    """The open piece as (ids, flags) parts of the batch, the pieces closed before it, and what they count.
+
+    Read `length`, `trained`, `has_body`, `marks`, `pieces` and `counts`; change them only through the methods.
+    """
 
     batch: RenderedBatch
     prefix: LabelPrefix
     marker: Marker | None = None
     start_share: float = 0.0  # of a shortened message's kept tokens, the share from its start (--prompt-start-share)
-    counts: SplitCounts = field(default_factory=SplitCounts)
-    pieces: list[Piece] = field(default_factory=list, init=False)
-    parts: list[Piece] = field(default_factory=list, init=False)
-    marks: list[Mark] = field(default_factory=list, init=False)
-    length: int = field(default=0, init=False)  # tokens in the open piece
-    trained: int = field(default=0, init=False)  # trained labels in the open piece
-    has_body: bool = field(default=False, init=False)  # the open piece holds more than copied context
-    prompt_whole: bool = field(default=True, init=False)  # the prompting user message is wholly in the piece
-    results_whole: bool = field(default=True, init=False)  # ... and so are the tool results the turn answers
-    msg_whole: bool = field(default=True, init=False)  # the message being added started in this piece
+    _counts: SplitCounts = field(default_factory=SplitCounts, init=False)
+    _pieces: list[Piece] = field(default_factory=list, init=False)
+    _parts: list[Piece] = field(default_factory=list, init=False)
+    _marks: list[Mark] = field(default_factory=list, init=False)
+    _length: int = field(default=0, init=False)  # tokens in the open piece
+    _trained: int = field(default=0, init=False)  # trained labels in the open piece
+    _has_body: bool = field(default=False, init=False)  # the open piece holds more than copied context
+    _prompt_whole: bool = field(default=True, init=False)  # the prompting user message is wholly in the piece
+    _results_whole: bool = field(default=True, init=False)  # ... and so are the tool results the turn answers
+    _msg_whole: bool = field(default=True, init=False)  # the message being added started in this piece
 
+    @property
+    def length(self) -> int:
+        """Tokens in the open piece."""
+        return self._length
+
+    @property
+    def trained(self) -> int:
+        """Trained labels in the open piece."""
+        return self._trained
+
+    @property
+    def has_body(self) -> bool:
+        """Whether the open piece holds more than copied context."""
+        return self._has_body
+
+    @property
+    def reopened(self) -> bool:
+        """Whether the open piece continues the conversation after a closed one and holds no body yet."""
+        return not self._has_body and bool(self._pieces)
+
+    @property
+    def marks(self) -> Sequence[Mark]:
+        """The boundaries of the open piece's body it may be closed at instead (`rollback`)."""
+        return self._marks
+
+    @property
+    def pieces(self) -> Sequence[Piece]:
+        """The pieces closed so far."""
+        return self._pieces
+
+    @property
+    def counts(self) -> SplitCounts:
+        """What the pieces so far count (read-only: a copy would cost per call)."""
+        return self._counts
+
+    # -- the body, a message at a time ---------------------------------------------------------------------------
+    def start_message(self, *, prompts: bool, follows_results: bool) -> None:
+        """A message is about to be added. A user message (`prompts`) prompts what follows and is whole so far; a
+        message that follows no tool result answers none (or opens a run of results), whose results are then whole
+        so far. A result or answer after a result keeps what the run so far left."""
+        if prompts:
+            self._prompt_whole = True
+        if prompts or not follows_results:
+            self._results_whole = True
+
+    def add_whole(self, index: int, lo: int, hi: int, *, zero_first: bool) -> None:
+        """The whole message ids[lo:hi], `index` in its conversation; marks the boundary before it in a body."""
+        if self._has_body:
+            self._marks.append(Mark(index, len(self._parts), self._length, self._trained, self._prompt_whole,
+                                    self._results_whole, _copy(self._counts)))
+        self._msg_whole = True
+        self.add(lo, hi, zero_first=zero_first)
+        self._has_body = True
+
+    def add_shortened_message(self, lo: int, hi: int, head: int, room: int, *, tool: bool, zero_first: bool) -> None:
+        """An untrained message of the body (a long question, a long tool result) that cannot fit whole: its header,
+        start and end within `room` (`add_shortened`). The labels it prompts (`tool`: the turn that answers it) are
+        then incomplete."""
+        self._msg_whole = False
+        self.add_shortened(lo, hi, head, room, zero=False, zero_first=zero_first)
+        if tool:
+            self._results_whole = False
+        else:
+            self._prompt_whole = False
+        self._has_body = True
+
+    def start_cut(self, lo: int, head: int, *, zero_first: bool) -> None:
+        """A turn cut across pieces (one exchange split) starts in this piece: its header ids[lo:lo+head]; add its
+        content with `add` and close, `resume_cut` in the next piece, `end_cut` with its last part."""
+        self._counts.exchanges_split += 1
+        self._msg_whole = True
+        self.add(lo, lo + head, zero_first=zero_first)
+
+    def resume_cut(self, lo: int, head: int, pos: int, before: int) -> None:
+        """A piece that continues a turn cut at `pos`: the turn's header ids[lo:lo+head] and up to `before` tokens of
+        its text right before the cut, masked. The labels that follow are not in a whole message."""
+        self.add(lo, lo + head, zero=True)
+        if before > 0:
+            self.add_end_of(lo + head, pos, before, zero=True)
+        self._msg_whole = False
+
+    def end_cut(self, lo: int, hi: int) -> None:
+        """The last part ids[lo:hi] of a turn cut across pieces."""
+        self.add(lo, hi)
+        self._has_body = True
+
+    def add_turn_end(self, lo: int) -> None:
+        """The token at `lo`, the first of the next message, ends the open piece's last turn (a role token; GLM's
+        next role token): the piece trains it as its last label."""
+        self._msg_whole = True
+        self.add(lo, lo + 1)
+
+    # -- context, masked -----------------------------------------------------------------------------------------
+    def reopen(self, *, results_whole: bool) -> None:
+        """A new piece's context follows: its prompt is whole unless `add_context` shortens it; `results_whole`
+        whether the tool results its first turn answers are all among the context."""
+        self._prompt_whole = True
+        self._results_whole = results_whole
+
+    def add_head(self, lo: int, hi: int, room: int, *, zero: bool) -> None:
+        """The conversation's head ids[lo:hi] within `room`: whole, or its first token, start and end (or its first
+        token alone where not even a marker fits)."""
+        if room >= hi - lo:
+            self.add(lo, hi, zero=zero)
+        elif not self.add_shortened(lo, hi, 1, room, zero=zero):
+            self.add(lo, lo + 1, zero=zero)
+
+    def add_context(self, lo: int, hi: int, head: int, room: int, *, prompt: bool) -> bool:
+        """The message ids[lo:hi] repeated as context (masked) within `room`: whole, or shortened (`add_shortened`;
+        the piece's `prompt` is then not whole). Returns False where not even its header and a token fit."""
+        if hi - lo <= room:
+            self.add(lo, hi, zero=True)
+            return True
+        added = self.add_shortened(lo, hi, head, room, zero=True)
+        if prompt:
+            self._prompt_whole = False
+        return added
+
+    # -- spans of the batch --------------------------------------------------------------------------------------
     def add(self, lo: int, hi: int, *, zero: bool = False, zero_first: bool = False) -> None:
         """Append ids[lo:hi]; `zero` masks it all (copied context), `zero_first` masks its first token
         (a role token whose turn-end label the previous piece already trained; a piece's first token)."""
@@ -66,23 +193,33 @@ class PieceBuilder:
         else:
             prompted, trained = self.prefix.labels(lo, hi)
             answers = self.prefix.answer_labels(lo, hi)
-            if (zero_first or not self.length) and flags[0]:
+            if (zero_first or not self._length) and flags[0]:
                 flags = flags.copy()
                 flags[0] = 0
                 first_prompted, _ = self.prefix.labels(lo, lo + 1)
                 prompted, trained = prompted - first_prompted, trained - 1
                 answers -= self.prefix.answer_labels(lo, lo + 1)
-            self.counts.add_labels(prompted, answers, trained, complete=self.prompt_whole and self.results_whole,
-                                   whole=self.msg_whole)
-            self.trained += trained
-        self.parts.append((self.batch.ids[lo:hi], flags))
-        self.length += hi - lo
+            self._count_labels(prompted, answers, trained)
+        self._parts.append((self.batch.ids[lo:hi], flags))
+        self._length += hi - lo
+
+    def _count_labels(self, prompted: int, answers: int, trained: int) -> None:
+        """Count the trained labels of a span added to the piece: complete where their prompt (and tool results)
+        are whole in the piece, whole where their own message is."""
+        counts, complete, whole = self._counts, self._prompt_whole and self._results_whole, self._msg_whole
+        counts.prompted_labels += prompted
+        counts.prompted_labels_complete += prompted if complete else 0
+        counts.turn_labels_whole += trained if whole else 0
+        counts.answer_labels += answers
+        counts.answer_labels_complete += answers if complete else 0
+        counts.answer_labels_whole += answers if whole else 0
+        self._trained += trained
 
     def add_marker(self, omitted: int) -> None:
         ids = self.marker(omitted) if self.marker else []
         if ids:
-            self.parts.append((np.asarray(ids, TOKEN_ID_DTYPE), np.zeros(len(ids), np.uint8)))
-            self.length += len(ids)
+            self._parts.append((np.asarray(ids, TOKEN_ID_DTYPE), np.zeros(len(ids), np.uint8)))
+            self._length += len(ids)
 
     def add_end_of(self, lo: int, hi: int, room: int, *, zero: bool) -> int:
         """As much of the end of ids[lo:hi] as fits in `room`, after a marker when some is left out.
@@ -109,7 +246,7 @@ class PieceBuilder:
             return False
         self.add(lo, lo + head, zero=zero, zero_first=zero_first)
         self.add_middle_of(lo + head, hi, room - head, zero=zero)
-        self.counts.prompts_shortened += 1
+        self._counts.prompts_shortened += 1
         return True
 
     def add_middle_of(self, lo: int, hi: int, room: int, *, zero: bool) -> int:
@@ -134,25 +271,31 @@ class PieceBuilder:
         self.add(hi - (keep - start), hi, zero=zero)
         return content - keep
 
-    def add_message(self, index: int, lo: int, hi: int, *, zero_first: bool) -> None:
-        """The whole message ids[lo:hi], `index` in its conversation; marks the boundary before it in a body."""
-        if self.has_body:
-            self.marks.append(Mark(index, len(self.parts), self.length, self.trained, self.prompt_whole,
-                                   self.results_whole, self.counts.snapshot()))
-        self.msg_whole = True
-        self.add(lo, hi, zero_first=zero_first)
-        self.has_body = True
-
+    # -- closing -------------------------------------------------------------------------------------------------
     def rollback(self, index: int) -> None:
         """Back to the mark before message `index`, as if it and what followed had not been added."""
-        mark = next(mark for mark in self.marks if mark.index == index)
-        del self.parts[mark.parts :]
-        self.length, self.trained, self.prompt_whole = mark.length, mark.trained, mark.prompt_whole
-        self.results_whole = mark.results_whole
-        self.counts = mark.counts
+        mark = next(mark for mark in self._marks if mark.index == index)
+        del self._parts[mark.parts :]
+        self._length, self._trained, self._prompt_whole = mark.length, mark.trained, mark.prompt_whole
+        self._results_whole = mark.results_whole
+        self._counts = mark.counts
 
     def close(self) -> None:
-        ids = np.concatenate([p[0] for p in self.parts])
-        flags = np.concatenate([p[1] for p in self.parts])
-        self.pieces.append((ids, flags))
-        self.parts, self.marks, self.length, self.trained, self.has_body = [], [], 0, 0, False
+        """Close the open piece; the next one starts empty."""
+        ids = np.concatenate([p[0] for p in self._parts])
+        flags = np.concatenate([p[1] for p in self._parts])
+        self._pieces.append((ids, flags))
+        self._parts, self._marks, self._length, self._trained, self._has_body = [], [], 0, 0, False
+
+    def finish(self) -> tuple[list[Piece], SplitCounts]:
+        """Close the last piece: the conversation's pieces, and its counts as one conversation split into them."""
+        self.close()
+        return self._pieces, replace(self._counts, conversations_split=1, pieces_split=len(self._pieces))
+
+
+def _copy(counts: SplitCounts) -> SplitCounts:
+    """A copy of `counts` to roll back to, made per message of every split conversation: a shallow one (the builder
+    never changes a list of it in place) without `copy.copy`'s or `dataclasses.replace`'s cost (4-5x)."""
+    copied = object.__new__(SplitCounts)
+    copied.__dict__.update(counts.__dict__)
+    return copied

@@ -154,10 +154,7 @@ class ConversationSplitter:
         last_end = spans.span(spans.msgs[-1])[1] if spans.msgs else spans.head_end
         piece.add(last_end, spans.end)
         self.cuts.reserve_fillers(piece.length)
-        piece.close()
-        piece.counts.conversations_split = 1
-        piece.counts.pieces_split = len(piece.pieces)
-        return piece.pieces, piece.counts
+        return piece.finish()
 
     def _step(self, i: int) -> int:
         """Add message i (or close the piece before it, or before an earlier message); the next index."""
@@ -166,10 +163,8 @@ class ConversationSplitter:
         lo, hi = spans.span(m)
         tail = spans.tail(i)
         role = self.batch.msg_roles[m]
-        if role == USER_CODE:
-            piece.prompt_whole = True
-        if role == USER_CODE or i == 0 or self.batch.msg_roles[m - 1] != TOOL_CODE:
-            piece.results_whole = True  # a turn that answers no tool results (or the first of a run of results)
+        piece.start_message(prompts=role == USER_CODE,
+                            follows_results=i > 0 and self.batch.msg_roles[m - 1] == TOOL_CODE)
         if piece.length + (hi - lo) + tail <= self.capacity:
             self._add_whole(i)
             return i + 1
@@ -194,59 +189,44 @@ class ConversationSplitter:
             # An untrained message (a long question) that cannot fit whole: keep its start and its end, so the
             # answer still sees the instruction that opens it and the question that closes it, and mark the cut.
             room = self.planner.question_room(m, piece.length, tail)
-            piece.msg_whole = False
-            piece.add_shortened(lo, hi, spans.header(m), room, zero=False, zero_first=self._continuing(i))
-            if role == TOOL_CODE:
-                piece.results_whole = False
-            else:
-                piece.prompt_whole = False
-            piece.has_body = True
+            piece.add_shortened_message(lo, hi, spans.header(m), room, tool=role == TOOL_CODE,
+                                        zero_first=self._continuing(i))
         return i + 1
 
     def _continuing(self, i: int) -> bool:
         """True where message i opens a piece that continues the conversation and its first token was trained as
         the previous piece's turn end (a role token; a chat template's next role token: MessageSpans.carried)."""
-        return self.spans.carried(self.spans.msgs[i]) and not self.piece.has_body and bool(self.piece.pieces)
+        return self.spans.carried(self.spans.msgs[i]) and self.piece.reopened
 
     def _add_whole(self, i: int) -> None:
-        self.piece.add_message(i, *self.spans.span(self.spans.msgs[i]), zero_first=self._continuing(i))
+        self.piece.add_whole(i, *self.spans.span(self.spans.msgs[i]), zero_first=self._continuing(i))
 
     def _open(self, i: int) -> None:
         """Start a piece whose body begins at message i: BOS + system + prompting user + the tool exchange
         before it, mask 0."""
         spans, piece = self.spans, self.piece
         self._add_head(i, zero=True)
-        piece.prompt_whole = True
-        context, piece.results_whole = self.planner.plan(i)
+        context, results_whole = self.planner.plan(i)
+        piece.reopen(results_whole=results_whole)
         carry = 0
         for m, room in context:
             lo, hi = spans.span(m)
             room += carry
-            if hi - lo <= room:
-                piece.add(lo, hi, zero=True)
-            else:
-                added = piece.add_shortened(lo, hi, spans.header(m), room, zero=True)
-                if self.batch.msg_roles[m] == USER_CODE:
-                    piece.prompt_whole = False
-                elif not added:
-                    carry = room  # the system message did not fit at all: the question gets its room
+            prompt = self.batch.msg_roles[m] == USER_CODE
+            if not piece.add_context(lo, hi, spans.header(m), room, prompt=prompt) and not prompt:
+                carry = room  # the system message did not fit at all: the question gets its room
 
     def _add_head(self, i: int, *, zero: bool) -> None:
         """The conversation's head, in a piece that opens at message i: whole, or shortened where it leaves no room
         for the body (ContextPlanner.head_room)."""
-        spans, room = self.spans, self.planner.head_room(i)
-        if room >= spans.head_end - spans.start:
-            self.piece.add(spans.start, spans.head_end, zero=zero)
-        elif not self.piece.add_shortened(spans.start, spans.head_end, 1, room, zero=zero):
-            self.piece.add(spans.start, spans.start + 1, zero=zero)  # not even a marker fits: its first token
+        self.piece.add_head(self.spans.start, self.spans.head_end, self.planner.head_room(i), zero=zero)
 
     def _close_before(self, j: int) -> None:
         """Close the piece before message j and re-open it with j's context. Where j's first token ends the
         previous turn (a role token; GLM's next role token), the closed piece trains it as its last label."""
         lo, _ = self.spans.span(self.spans.msgs[j])
         if self.spans.carried(self.spans.msgs[j]):
-            self.piece.msg_whole = True
-            self.piece.add(lo, lo + 1)
+            self.piece.add_turn_end(lo)
         self.piece.close()
         self._open(j)
 
@@ -257,15 +237,12 @@ class ConversationSplitter:
         m = spans.msgs[i]
         lo, hi = spans.span(m)
         head = spans.header(m)
-        piece.counts.exchanges_split += 1
-        piece.msg_whole = True
-        piece.add(lo, lo + head, zero_first=self._continuing(i))
+        piece.start_cut(lo, head, zero_first=self._continuing(i))
         pos = lo + head
         while True:
             room = self.capacity - piece.length - tail
             if hi - pos <= room:
-                piece.add(pos, hi)
-                piece.has_body = True
+                piece.end_cut(pos, hi)
                 return
             room = max(room, 1)  # only a row too small for its own context gets here
             room = self.cuts.cut_before_untrained_rest(pos, room, hi)
@@ -279,8 +256,4 @@ class ConversationSplitter:
                 self._open(i + 1)
                 return
             self._open(i)
-            piece.add(lo, lo + head, zero=True)
-            before = self.planner.continuation_room(piece.length, tail)
-            if before > 0:
-                piece.add_end_of(lo + head, pos, before, zero=True)
-            piece.msg_whole = False
+            piece.resume_cut(lo, head, pos, self.planner.continuation_room(piece.length + head, tail))

@@ -33,8 +33,8 @@ class PieceTable:
 
 @dataclass
 class SplitCounts(SplitTotals, LabelContext):
-    """What splitting did, and which labels kept their context (stats.SplitTotals + stats.LabelContext); counts
-    add (`a + b`), so each conversation's splitter returns its own."""
+    """What splitting did, and which labels kept their context (stats.SplitTotals + stats.LabelContext): plain
+    counters that add (`a + b`). Each conversation's splitter returns its own (pieces.PieceBuilder counts them)."""
 
     # The splitter counts these for every conversation (stats leaves them None for manifests of earlier versions).
     turn_labels_whole: int = 0
@@ -42,23 +42,6 @@ class SplitCounts(SplitTotals, LabelContext):
     answer_labels_complete: int = 0
     answer_labels_whole: int = 0
     truncated_or_dropped: list[int] = field(default_factory=list)  # by index; the policy says which of the two
-
-    def add_labels(self, prompted: int, answers: int, trained: int, *, complete: bool, whole: bool) -> None:
-        """Count the trained labels of a span added to a piece: `complete` when their prompt (and tool results) are
-        whole in the piece, `whole` when their own message is."""
-        self.prompted_labels += prompted
-        self.prompted_labels_complete += prompted if complete else 0
-        self.turn_labels_whole += trained if whole else 0
-        self.answer_labels += answers
-        self.answer_labels_complete += answers if complete else 0
-        self.answer_labels_whole += answers if whole else 0
-
-    def snapshot(self) -> SplitCounts:
-        """A copy to roll back to (`dataclasses.replace` costs ~10x more, per message of every split)."""
-        copy = object.__new__(SplitCounts)
-        copy.__dict__.update(self.__dict__)
-        copy.truncated_or_dropped = list(self.truncated_or_dropped)
-        return copy
 
 
 @dataclass

@@ -81,16 +81,16 @@ DIALOGUE = render((USER, "3:1"), (ASSISTANT, "5:2"), (USER, "3:3"), (ASSISTANT, 
 def test_the_piece_builder_rolls_back_to_the_mark_before_a_message():
     piece = PieceBuilder(DIALOGUE, LabelPrefix.of(DIALOGUE))
     piece.add(0, 1)
-    piece.add_message(0, 1, 5, zero_first=False)
-    piece.add_message(1, 5, 11, zero_first=False)
-    piece.add_message(2, 11, 15, zero_first=False)
+    piece.add_whole(0, 1, 5, zero_first=False)
+    piece.add_whole(1, 5, 11, zero_first=False)
+    piece.add_whole(2, 11, 15, zero_first=False)
     assert [mark.index for mark in piece.marks] == [1, 2]  # none before the body's first message
     assert (piece.length, piece.trained, piece.counts.turn_labels_whole) == (15, 7, 7)
     piece.rollback(1)
     assert (piece.length, piece.trained, piece.counts) == (5, 0, SplitCounts())
     piece.close()
     assert [(ids.tolist(), flags.tolist()) for ids, flags in piece.pieces] == [([BOS, USR, 11, 12, 13], [0] * 5)]
-    assert (piece.length, piece.marks, piece.parts) == (0, [], [])
+    assert (piece.length, list(piece.marks), piece.has_body) == (0, [], False)
 
 
 @pytest.mark.parametrize(("start_share", "expected"), [
@@ -103,8 +103,9 @@ def test_the_piece_builder_shortens_a_message_to_its_header_a_marker_and_its_end
     piece = PieceBuilder(batch, LabelPrefix.of(batch), marker=lambda omitted: [99, omitted], start_share=start_share)
     assert not piece.add_shortened(8, 29, 1, 1, zero=True)  # no room for a token after the header
     assert piece.add_shortened(8, 29, 1, 8, zero=True)
-    assert np.concatenate([ids for ids, _ in piece.parts]).tolist() == expected
     assert piece.length == 8 and piece.counts.prompts_shortened == 1
+    piece.close()
+    assert piece.pieces[0][0].tolist() == expected
 
 
 @pytest.mark.parametrize(("room", "expected"), [
@@ -117,8 +118,9 @@ def test_with_a_start_share_a_shortened_message_keeps_a_quarter_of_its_room_from
     batch = render((SYSTEM, "6:900"), (USER, "20:100"), (ASSISTANT, "5:200"))
     piece = PieceBuilder(batch, LabelPrefix.of(batch), marker=lambda omitted: [99, omitted], start_share=0.25)
     left_out = piece.add_middle_of(9, 29, room, zero=True)
-    assert np.concatenate([ids for ids, _ in piece.parts]).tolist() == expected
     assert piece.length == len(expected) <= room and left_out == 20 - sum(100 <= i < 200 for i in expected)
+    piece.close()
+    assert piece.pieces[0][0].tolist() == expected
 
 
 # --- context planner -------------------------------------------------------------------------------------------
