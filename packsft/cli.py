@@ -229,7 +229,7 @@ def echo_pack_result(result: Any, out_dir: str) -> None:
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("new_out", type=click.Path())
 @packing_options
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Processes building rows in parallel; 0 = one per CPU for big outputs. Output bytes do not depend on it.")
+@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True, help="Processes building rows in parallel (0 = one per CPU); building rows takes a fraction of what rendering did, so more pay off only for many big units. Output bytes do not depend on it.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier packsft output in NEW_OUT.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
 @user_errors

@@ -14,10 +14,11 @@ import os
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -579,15 +580,49 @@ def _fingerprint(serialized: str, chat_template: str | dict[str, str] | None, sp
     return digest.hexdigest()
 
 
-_TOKEN_TEXTS: dict[str, tuple[str, ...]] = {}
-
-
-def token_texts(tokenizer: PackTokenizer) -> tuple[str, ...]:
+class TokenTexts(Sequence[str]):
     """The text of every token id (byte-level stand-ins mapped back; a byte that is part of a longer character stays
-    its latin-1 stand-in): what pack/cuts.py reads to cut a long turn at a line, a sentence, never in a tool call.
-    Built once per tokenizer and process."""
-    if tokenizer.fingerprint in _TOKEN_TEXTS:
-        return _TOKEN_TEXTS[tokenizer.fingerprint]
+    its latin-1 stand-in), each read at its first use: cutting a long turn reads the few thousand tokens around the
+    cut, not a vocabulary of 150k (which took a re-pack of ShareGPT with qwen3 a second)."""
+
+    def __init__(self, backend: Tokenizer) -> None:
+        self._backend = backend
+        self._size = backend.get_vocab_size()
+        self._decoder = byte_decoder()
+        self._texts: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return self._size
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._size))]
+        if not -self._size <= index < self._size:
+            raise IndexError(f"token id {index} outside the vocabulary of {self._size}")
+        index %= self._size
+        text = self._texts.get(index)
+        if text is None:
+            token = self._backend.id_to_token(index) or ""
+            if token and all(char in self._decoder for char in token):
+                token = bytes(self._decoder[char] for char in token).decode("latin-1")
+            text = self._texts[index] = token.replace("\u2581", " ").replace("<0x0A>", "\n")
+        return text
+
+
+_TOKEN_TEXTS: dict[str, TokenTexts] = {}
+
+
+def token_texts(tokenizer: PackTokenizer) -> TokenTexts:
+    """The text of every token id: what pack/cuts.py reads to cut a long turn at a line, a sentence, never in a tool
+    call. One per tokenizer and process."""
+    if tokenizer.fingerprint not in _TOKEN_TEXTS:
+        _TOKEN_TEXTS[tokenizer.fingerprint] = TokenTexts(tokenizer.backend)
+    return _TOKEN_TEXTS[tokenizer.fingerprint]
     backend, decoder = tokenizer.backend, byte_decoder()
     texts = []
     for index in range(backend.get_vocab_size()):

@@ -25,7 +25,7 @@ from packsft.write.layout import DATASET_JSON
 
 
 def run_repack(out_dir: str | Path, new_out: str | Path, changes: dict[str, Any], *, overwrite: bool = False,
-               quiet: bool = False, workers: int = 0) -> PackResult:
+               quiet: bool = False, workers: int = 1) -> PackResult:
     """Re-pack OUT_DIR's renderings into NEW_OUT with the packing settings in `changes` (config keys of
     config.PACKING_KEYS; the others stay as OUT_DIR was packed).
 

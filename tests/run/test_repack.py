@@ -60,17 +60,19 @@ def packed(tmp_path_factory, data_dir, config) -> Path:
 def _no_reading(monkeypatch) -> list[str]:
     """Make reading a unit an error, and record every text the tokenizer encodes: what a repack may encode."""
     encoded: list[str] = []
-    original = PackTokenizer.encode_texts
 
-    def encode_texts(self, texts, *args, **kwargs):
-        encoded.extend(texts)
-        return original(self, texts, *args, **kwargs)
+    def recorded(original):
+        def encode(self, texts, *args, **kwargs):
+            encoded.extend(texts)
+            return original(self, texts, *args, **kwargs)
+        return encode
 
     def read_unit(*args, **kwargs):
         raise AssertionError("a unit was read and rendered")
 
     monkeypatch.setattr(packsft.run.unit, "read_unit", read_unit)
-    monkeypatch.setattr(PackTokenizer, "encode_texts", encode_texts)
+    for name in ("encode_texts", "encode_texts_hf", "encode_texts_flat", "encode_batch"):
+        monkeypatch.setattr(PackTokenizer, name, recorded(getattr(PackTokenizer, name)))
     return encoded
 
 
