@@ -17,9 +17,11 @@ Measured in one run, on this machine:
   (f) qwen3 tool calling: the same two pipelines, as whole processes in one run, on a 5M-token OpenAI-style
       tool-calling corpus written by `scripts/tool_corpus.py` (the peer passes each row's `tools` and
       `chat_template_kwargs` to `apply_chat_template`, as TRL's SFTTrainer does).
+  (g) re-packing to another L: `packsft repack` from the rendered-token store against a fresh `packsft pack` with
+      the same settings, whole processes alternating in one run, for GPT-2 and qwen3 chat, bytes compared.
 
-Usage: python scripts/bench.py [--shards N] [--out BENCHMARKS.md] [--only tools]
-`--only tools` runs section (f) alone and replaces its section in --out in place.
+Usage: python scripts/bench.py [--shards N] [--out BENCHMARKS.md] [--only tools|repack]
+`--only tools` (or `repack`) runs section (f) (or (g)) alone and replaces its section in --out in place.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ MEM_BYTES_PER_TOKEN = 40
 SEQ = 2048
 TOOL_CORPUS_TOKENS = 5_000_000
 TOOLS_HEADING = "## qwen3 tool calling"
+REPACK_HEADING = "## Re-packing from the rendered-token store"
+REPACK_SEQ = 8192  # the new L of the re-pack measurement
+REPACK_ROUNDS = 2  # fresh pack and repack alternate this many times; the best of each is reported
 EXPORT_HEADING = "## Export to trainers' formats"
 
 # Runs use the CLI's default --workers 0 (a process per CPU for inputs >= 4 MiB) unless they say otherwise,
@@ -457,6 +462,55 @@ def tools_lines(tools: dict | None, command: str) -> list[str]:
     return lines
 
 
+def bench_repack(data_dir: Path) -> list[dict]:
+    """Per tokenizer (GPT-2 role tokens, qwen3 chat): pack at L=SEQ (keeping the store, not timed), then a fresh pack
+    at REPACK_SEQ and `packsft repack` to REPACK_SEQ, alternating, as whole processes; their times and whether their
+    arrays are identical."""
+    results = []
+    for name, tokenizer in (("GPT-2 (role tokens)", GPT2), ("qwen3 (chat template)", QWEN3)):
+        with tempfile.TemporaryDirectory() as tmp:
+            first, fresh, again = Path(tmp) / "first", Path(tmp) / "fresh", Path(tmp) / "again"
+            pack = [sys.executable, "-m", "packsft", "pack", str(data_dir)]
+            run_measured([*pack, str(first), "--tokenizer", str(tokenizer), "--seq-length", str(SEQ), "-q"])
+            times: dict[str, list[float]] = {"fresh": [], "repack": []}
+            for _ in range(REPACK_ROUNDS):
+                times["fresh"].append(run_measured([*pack, str(fresh), "--tokenizer", str(tokenizer), "--seq-length",
+                                                    str(REPACK_SEQ), "--no-store", "-q", "--overwrite"])[0])
+                times["repack"].append(run_measured([sys.executable, "-m", "packsft", "repack", str(first), str(again),
+                                                     "--seq-length", str(REPACK_SEQ), "-q", "--overwrite"])[0])
+            identical = all((fresh / "shards" / shard.name / array.name).read_bytes() == array.read_bytes()
+                            for shard in (again / "shards").iterdir() for array in shard.glob("*.npy"))
+            store = sum(path.stat().st_size for path in (first / "rendered").rglob("*") if path.is_file())
+            tokens = json.loads((first / "dataset.json").read_text())["stats"]["tokens_rendered"]
+        results.append({"name": name, "fresh": min(times["fresh"]), "repack": min(times["repack"]), "times": times,
+                        "identical": identical, "store_bytes": store, "tokens": tokens})
+    return results
+
+
+def repack_lines(results: list[dict], command: str, shards: int) -> list[str]:
+    lines = [
+        "", REPACK_HEADING, "",
+        f"Measured by `{command}` on {time.strftime('%Y-%m-%d')} ({machine()}); {shards} ShareGPT shards packed at "
+        f"L={SEQ} first (not timed), then to L={REPACK_SEQ}: a fresh `packsft pack --seq-length {REPACK_SEQ}` against "
+        f"`packsft repack OUT NEW --seq-length {REPACK_SEQ}`, whole processes, alternating {REPACK_ROUNDS} times (best "
+        "of each; all times listed).",
+        "",
+        "| tokenizer | fresh pack s | repack s | repack speed-up | arrays identical | store bytes/token | all times s |",
+        "| --- | ---: | ---: | ---: | --- | ---: | --- |",
+    ]
+    for r in results:
+        every = "fresh " + ", ".join(f"{t:.1f}" for t in r["times"]["fresh"]) + "; repack " + \
+            ", ".join(f"{t:.2f}" for t in r["times"]["repack"])
+        lines.append(f"| {r['name']} | {r['fresh']:.1f} | {r['repack']:.2f} | **{r['fresh'] / r['repack']:.1f}x** | "
+                     f"{'yes' if r['identical'] else '**no**'} | {r['store_bytes'] / max(r['tokens'], 1):.2f} | {every} |")
+    lines += [
+        "",
+        "The repack reads each unit's rendering from `OUT/rendered` and builds the new rows; it reads no record and "
+        "encodes only the '[… N tokens omitted]' markers of shortened questions (issue 30 target: >= 10x).",
+    ]
+    return lines
+
+
 def splice_section(document: str, section: list[str]) -> str:
     """`document` with the section under `section`'s heading replaced by `section`, or, where it has none,
     with `section` added before the export section (or at the end)."""
@@ -504,8 +558,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=int, default=8, help="how many ShareGPT shards to use (default all 8)")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="the Markdown file to write")
-    parser.add_argument("--only", choices=["tools"],
-                        help="run only this section and replace it in --out in place (tools: qwen3 tool calling)")
+    parser.add_argument("--only", choices=["tools", "repack"],
+                        help="run only this section and replace it in --out in place (tools: qwen3 tool calling; "
+                        "repack: re-packing from the rendered-token store)")
     args = parser.parse_args()
     # A private tokenizer cache, warmed by the encoder limits below: runs measure a warm start unless cold.
     os.environ["PACKSFT_CACHE"] = tempfile.mkdtemp(prefix="packsft-bench-cache-")
@@ -522,6 +577,14 @@ def main() -> None:
         data_dir = Path(tmp)
         for path in sorted(DATA.glob("*.parquet"))[: args.shards]:
             (data_dir / path.name).symlink_to(path)
+        if args.only == "repack":
+            print("repack vs a fresh pack ...", flush=True)
+            lines = repack_lines(bench_repack(data_dir), f"python scripts/bench.py --shards {args.shards} --only repack",
+                                 args.shards)
+            out = Path(args.out)
+            out.write_text(splice_section(out.read_text() if out.exists() else "# Benchmarks\n", lines))
+            print("\n".join(lines))
+            return
         print("encoder limits ...", flush=True)
         texts = load_texts(data_dir)
         raw_tokens, raw_seconds = bench_encoder(texts, "hf")
@@ -544,6 +607,8 @@ def main() -> None:
             chat["gigatoken_seconds"], chat["gigatoken_tokens"] = giga_qwen3_seconds, giga_qwen3_tokens
         print("qwen3 tool calling: packsft vs datasets + TRL ...", flush=True)
         tools = bench_tools()
+        print("repack vs a fresh pack ...", flush=True)
+        repacked = bench_repack(data_dir)
         print("export ...", flush=True)
         export_lines = bench_export(data_dir)
 
@@ -627,6 +692,7 @@ def main() -> None:
         "- Context completeness below 100% under `split` is the answers to questions longer than 3/4 of a row,",
         "  which are kept by their end (`prompts_shortened`); 359 user messages in this data exceed a whole row.",
         *tools_lines(tools, f"python scripts/bench.py --shards {args.shards}"),
+        *repack_lines(repacked, f"python scripts/bench.py --shards {args.shards}", args.shards),
         *export_lines,
         "",
         "See also `BENCHMARKS-loader.md` (`scripts/bench_loader.py`) and `BENCHMARKS-scale.md` (`scripts/bench_scale.py`).",
