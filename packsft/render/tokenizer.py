@@ -303,16 +303,12 @@ def load_tokenizer(
     _check_path(name_or_path)
     files = _hash_files(Path(name_or_path)) if Path(name_or_path).is_dir() else {}
     # Hub names have no files to key on: they always load through transformers.
-    # The tokens packsft adds are part of the key: an edit to them is a miss, not a stale tokenizer.
     if template not in ("auto", "roles", "chat"):
         raise TokenizerError(f"template {template!r} is not one of auto, roles, chat")
     if chat_template is not None and template == "roles":
         raise TokenizerError("a chat template file does not apply to --template roles; pass --template chat or auto")
     template = "chat" if chat_template is not None else template
-    # An auto entry holds the template auto resolved to; the file that replaces the chat template is keyed by content.
-    key = cache_key("tokenizer", {"files": files, "template": template, "trust_remote_code": trust_remote_code,
-                                  "added": [BOS_TOKEN, PAD_TOKEN, ROLE_TOKENS],
-                                  **({"chat_template": chat_template.sha256} if chat_template else {})})
+    key = _cache_key(files, template, trust_remote_code, chat_template)
     entry = read_entry("tokenizers", key) if cache and files else None
     tokenizer = None
     if entry is not None:
@@ -322,9 +318,22 @@ def load_tokenizer(
         tokenizer = _load_with_transformers(name_or_path, template, trust_remote_code, files, chat_template)
         if cache and files:
             write_entry("tokenizers", key, tokenizer.state())
+            if template == "auto":  # a load that names the template auto resolved to (a re-pack's plan) finds it too
+                write_entry("tokenizers", _cache_key(files, tokenizer.template, trust_remote_code, chat_template),
+                            tokenizer.state())
     # A cached entry names the file of the run that wrote it: this run's file holds the same text.
     tokenizer = replace(tokenizer, chat_template_file=chat_template.path if chat_template else None)
     return _with_encoder(tokenizer, encoder, prove, threads, cache)
+
+
+def _cache_key(files: dict[str, str], template: str, trust_remote_code: bool,
+               chat_template: ChatTemplateFile | None) -> str:
+    """The tokenizer cache's key of a loaded tokenizer. The tokens packsft adds are part of it: an edit to them is a
+    miss, not a stale tokenizer. An auto entry holds the template auto resolved to; the file that replaces the chat
+    template is keyed by content."""
+    return cache_key("tokenizer", {"files": files, "template": template, "trust_remote_code": trust_remote_code,
+                                   "added": [BOS_TOKEN, PAD_TOKEN, ROLE_TOKENS],
+                                   **({"chat_template": chat_template.sha256} if chat_template else {})})
 
 
 def load_output_tokenizer(identity: dict[str, Any], name: str | None = None, **options: Any) -> PackTokenizer:
