@@ -598,7 +598,7 @@ class TokenTexts(Sequence[str]):
         self._backend = backend
         self._size = backend.get_vocab_size()
         self._decoder = byte_decoder()
-        self._texts: dict[int, str] = {}
+        self._texts: list[str | None] = [None] * self._size
 
     def __len__(self) -> int:
         return self._size
@@ -611,16 +611,16 @@ class TokenTexts(Sequence[str]):
     def __getitem__(self, index: int | slice) -> str | Sequence[str]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(self._size))]
-        if not -self._size <= index < self._size:
-            raise IndexError(f"token id {index} outside the vocabulary of {self._size}")
-        index %= self._size
-        text = self._texts.get(index)
+        text = self._texts[index]
         if text is None:
-            token = self._backend.id_to_token(index) or ""
-            if token and all(char in self._decoder for char in token):
-                token = bytes(self._decoder[char] for char in token).decode("latin-1")
-            text = self._texts[index] = token.replace("\u2581", " ").replace("<0x0A>", "\n")
+            text = self._texts[index] = self._read(index)
         return text
+
+    def _read(self, index: int) -> str:
+        token = self._backend.id_to_token(index % self._size) or ""
+        if token and all(char in self._decoder for char in token):
+            token = bytes(self._decoder[char] for char in token).decode("latin-1")
+        return token.replace("\u2581", " ").replace("<0x0A>", "\n")
 
 
 _TOKEN_TEXTS: dict[str, TokenTexts] = {}
