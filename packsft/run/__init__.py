@@ -2,7 +2,7 @@
 
     plan.py      Unit, Plan and planning: the units of DATA (a file, or a row-group range of a big one), array tasks
     identity.py  what identifies a unit: the digest of the bytes it reads, its fingerprint
-    outdir.py    OUT_DIR across runs: plan.json written or resumed, executor.json, complete units, dataset.json
+    outdir.py    OutDir, OUT_DIR across runs: plan.json written or resumed, executor.json, each unit's state, dataset.json
     unit.py      one unit in a worker: the job's tokenizer, the unit packed in memory, its shard written
     outcome.py   refuse an output with no chunks or too many rejects (at merge)
     executor.py  the Executor interface: run a plan's missing units, and the command that resumes them
@@ -18,9 +18,10 @@
 from packsft.run.executor import Executor
 from packsft.run.finish import Status, merge, status
 from packsft.run.local import LocalExecutor
+from packsft.run.outdir import OutDir
 from packsft.run.pipeline import PackResult, run_pack
 from packsft.run.ray import RayExecutor, RayOptions
 from packsft.run.slurm import SlurmExecutor, SlurmOptions
 
-__all__ = ["Executor", "LocalExecutor", "PackResult", "RayExecutor", "RayOptions", "SlurmExecutor", "SlurmOptions",
-           "Status", "merge", "run_pack", "status"]
+__all__ = ["Executor", "LocalExecutor", "OutDir", "PackResult", "RayExecutor", "RayOptions", "SlurmExecutor",
+           "SlurmOptions", "Status", "merge", "run_pack", "status"]

@@ -24,20 +24,21 @@ from typing import Any, ClassVar
 
 from packsft.config import DEFAULT_LONG, PackConfig
 from packsft.render.tokenizer import PackTokenizer
+from packsft.run.outdir import OutDir
 from packsft.run.plan import DEFAULT_UNIT_BYTES, Plan, Unit
 from packsft.run.unit import UnitJob
 
 
 class Executor(ABC):
-    """Runs the missing units of a plan somewhere; each unit writes its own shard under job.out_dir."""
+    """Runs the missing units of a plan somewhere; each unit writes its own shard into job.out."""
 
     name: ClassVar[str]  # in executor.json, and how run/finish.py finds the class again
 
     def prepare(self, data: list[str], out_dir: str | Path,
-                config: PackConfig) -> tuple[list[str], Path, PackConfig]:
+                config: PackConfig) -> tuple[list[str], OutDir, PackConfig]:
         """DATA, OUT_DIR and the config as the processes that pack the units must name them; raises before
         anything is written when this executor cannot run here."""
-        return data, Path(out_dir), config
+        return data, OutDir(Path(out_dir)), config
 
     def session(self) -> AbstractContextManager[None]:
         """Held from planning until the merge (a connection to a cluster)."""
@@ -45,24 +46,23 @@ class Executor(ABC):
 
     @abstractmethod
     def run(self, plan: Plan, units: list[Unit], job: UnitJob, tokenizer: PackTokenizer, quiet: bool) -> None:
-        """Pack `units` (missing units of `plan`; fingerprints in plan.fingerprints) into job.out_dir, or have
+        """Pack `units` (missing units of `plan`; fingerprints in plan.fingerprints) into job.out, or have
         them packed (an array job returns once it is queued)."""
 
-    def settings(self, out_dir: Path, plan: Plan) -> dict[str, Any] | None:
+    def settings(self, out: OutDir, plan: Plan) -> dict[str, Any] | None:
         """What resume_hint will need, kept in executor.json; None keeps the record an earlier run wrote (a
         `packsft pack` run inside a SLURM array leaves the array's record)."""
         return None
 
     @classmethod
     @abstractmethod
-    def resume_hint(cls, out_dir: Path, plan: Plan, settings: dict[str, Any], missing: list[int]) -> str:
+    def resume_hint(cls, out: OutDir, plan: Plan, settings: dict[str, Any], missing: list[int]) -> str:
         """The command that packs the `missing` units this way (and how dataset.json then gets written)."""
 
 
-def rerun_command(command: list[str], out_dir: Path, plan: Plan, options: list[str]) -> str:
+def rerun_command(command: list[str], out: OutDir, plan: Plan, options: list[str]) -> str:
     """`command DATA... OUT_DIR options` with the pack flags of the plan: what repacks its missing units."""
-    return shlex.join([*command, *plan.data_inputs, str(out_dir), *options,
-                       *plan_flags(plan)])
+    return shlex.join([*command, *plan.data_inputs, str(out.path), *options, *plan_flags(plan)])
 
 
 def plan_flags(plan: Plan) -> list[str]:

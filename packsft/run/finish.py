@@ -14,49 +14,47 @@ from typing import Any
 from packsft.errors import IncompleteOutputError
 from packsft.run.executor import Executor
 from packsft.run.local import LocalExecutor
-from packsft.run.outdir import (
-    EVAL_DIR,
-    failed_path,
-    incomplete_units,
-    read_executor_record,
-    temporaries,
-    write_dataset,
-)
-from packsft.run.plan import PLAN_JSON, Plan, read_plan
+from packsft.run.outdir import OutDir
+from packsft.run.plan import Plan
 from packsft.run.ray import RayExecutor
 from packsft.run.slurm import SlurmExecutor
-from packsft.write.layout import DATASET_JSON, shard_name
+from packsft.write.layout import shard_name
 
 EXECUTORS: dict[str, type[Executor]] = {cls.name: cls for cls in (LocalExecutor, SlurmExecutor, RayExecutor)}
 LISTED_UNITS = 10  # units named in a message before "and N more"
 
 
-def resume_hint(out_dir: Path, plan: Plan, missing: list[int]) -> str:
+def resume_hint(out: OutDir, plan: Plan, missing: list[int]) -> str:
     """The command that packs only the missing units (and how dataset.json then gets written)."""
-    name, settings = read_executor_record(out_dir) or (LocalExecutor.name, {})
+    name, settings = out.executor_record() or (LocalExecutor.name, {})
     executor = EXECUTORS.get(name, LocalExecutor)  # one a newer packsft added: `packsft pack` still resumes
-    return executor.resume_hint(out_dir, plan, settings, missing)
+    return executor.resume_hint(out, plan, settings, missing)
 
 
-def merge(out_dir: str | Path, max_reject_fraction: float | None = None, *, held_out: bool = True) -> dict[str, Any]:
+def merge(out_dir: str | Path, max_reject_fraction: float | None = None) -> dict[str, Any]:
     """Check every planned unit is complete, then write rejects.jsonl and dataset.json from the manifests.
 
     An output with no chunks, or with more rejects than `max_reject_fraction` (default: the plan's
-    config), is refused (run/outcome.py) and gets no dataset.json. With `held_out`, the held-out split in
-    OUT_DIR/eval (where there is one) is merged first.
+    config), is refused (run/outcome.py) and gets no dataset.json. The held-out split in OUT_DIR/eval
+    (where there is one) is merged first.
     """
+    out = OutDir(Path(out_dir))
+    if out.eval.has_plan():
+        finish(out.eval, max_reject_fraction)
+    return finish(out, max_reject_fraction)
 
-    out_dir = Path(out_dir)
-    if held_out and (out_dir / EVAL_DIR / PLAN_JSON).exists():
-        merge(out_dir / EVAL_DIR, max_reject_fraction, held_out=False)
-    plan = read_plan(out_dir)
-    missing = incomplete_units(out_dir, plan)
+
+def finish(out: OutDir, max_reject_fraction: float | None = None) -> dict[str, Any]:
+    """Write OUT_DIR's dataset.json (OutDir.write_dataset) once every unit of its plan is complete (not its held-out
+    split's: `merge` finishes both)."""
+    plan = out.read_plan()
+    missing = out.incomplete_units(plan)
     if missing:
         raise IncompleteOutputError(
-            f"{out_dir}: {len(missing)} of {len(plan.units)} units are not complete (units {_listed(missing)}); "
-            f"pack them with: {resume_hint(out_dir, plan, missing)}"
+            f"{out.path}: {len(missing)} of {len(plan.units)} units are not complete (units {_listed(missing)}); "
+            f"pack them with: {resume_hint(out, plan, missing)}"
         )
-    return write_dataset(out_dir, plan, max_reject_fraction)
+    return out.write_dataset(plan, max_reject_fraction)
 
 
 def _listed(units: list[int]) -> str:
@@ -93,13 +91,11 @@ class Status:
 
 def status(out_dir: str | Path) -> Status:
     """Which planned units are done, missing, failed or half-written."""
-    out_dir = Path(out_dir)
-    plan = read_plan(out_dir)
-    missing = incomplete_units(out_dir, plan)
-    failed = {i: failed_path(out_dir, i).read_text().strip() for i in missing if failed_path(out_dir, i).exists()}
-    leftovers = temporaries(out_dir)
+    out = OutDir(Path(out_dir))
+    plan = out.read_plan()
+    missing = out.incomplete_units(plan)
+    leftovers = out.temporaries()
     running = [i for i in missing if i in leftovers]
     done = sorted(set(range(len(plan.units))) - set(missing))
-    return Status(out_dir, len(plan.units), done, missing,
-                  failed, running, (out_dir / DATASET_JSON).exists() and not missing,
-                  resume_hint(out_dir, plan, missing) if missing else "")
+    return Status(out.path, len(plan.units), done, missing, out.failures(missing), running,
+                  out.has_dataset() and not missing, resume_hint(out, plan, missing) if missing else "")

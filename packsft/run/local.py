@@ -23,7 +23,6 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from multiprocessing import forkserver, get_all_start_methods, get_context
 from multiprocessing.context import BaseContext
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -32,6 +31,7 @@ from packsft.errors import ConfigError, OutputError
 from packsft.render.tokenizer import PackTokenizer
 from packsft.run import parent_death
 from packsft.run.executor import Executor, rerun_command
+from packsft.run.outdir import OutDir
 from packsft.run.plan import Plan, Unit
 from packsft.run.unit import UnitJob, input_rows, load_job_tokenizer, write_unit
 
@@ -64,8 +64,8 @@ class LocalExecutor(Executor):
         pack_units(units, fingerprints, job, tokenizer, self.workers or auto_workers(units), quiet)
 
     @classmethod
-    def resume_hint(cls, out_dir: Path, plan: Plan, settings: dict[str, Any], missing: list[int]) -> str:
-        return rerun_command(["packsft", "pack"], out_dir, plan, [])
+    def resume_hint(cls, out: OutDir, plan: Plan, settings: dict[str, Any], missing: list[int]) -> str:
+        return rerun_command(["packsft", "pack"], out, plan, [])
 
 
 def auto_workers(units: list[Unit]) -> int:

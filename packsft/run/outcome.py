@@ -28,13 +28,12 @@ def records_validated(stats: dict[str, Any]) -> int:
 
 
 def check_outcome(out_dir: Path, dataset: dict[str, Any], max_reject_fraction: float) -> None:
-    """Raise UnusableOutputError (and remove a stale dataset.json) when the output packed nothing or
-    rejected more than `max_reject_fraction` of the records it read."""
+    """Raise UnusableOutputError when the output packed nothing or rejected more than `max_reject_fraction` of the
+    records it read (OutDir.write_dataset then removes a dataset.json an earlier merge wrote)."""
     stats = dataset["stats"]
     read, rejected = records_validated(stats), stats["records_rejected"]
     if stats["chunks"] and (not read or rejected / read <= max_reject_fraction):
         return
-    (out_dir / DATASET_JSON).unlink(missing_ok=True)
     where = f"no {DATASET_JSON} was written; the rejected records are listed in {out_dir / REJECTS_JSONL}"
     if not stats["chunks"]:
         raise UnusableOutputError(

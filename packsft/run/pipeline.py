@@ -2,7 +2,7 @@
 
     run_pack(DATA, OUT_DIR, config, executor=LocalExecutor(workers))
       make_plan          DATA -> units + fingerprints, the tokenizer loaded and proven (run/plan.py)
-      prepare_plan       OUT_DIR/plan.json written, or an earlier one with the same identity resumed (run/outdir.py)
+      OutDir.prepare     OUT_DIR/plan.json written, or an earlier one with the same identity resumed (run/outdir.py)
       executor.run       this task's missing units packed: local pool, SLURM array or Ray (run/executor.py)
       merge              dataset.json, when every unit of the plan is complete (run/finish.py)
 
@@ -31,29 +31,21 @@ from packsft.read.inputs import list_inputs
 from packsft.read.reader import record_keys
 from packsft.render.tokenizer import PackTokenizer
 from packsft.run.executor import Executor
-from packsft.run.finish import merge, resume_hint
+from packsft.run.finish import finish, resume_hint
 from packsft.run.local import LocalExecutor
-from packsft.run.outdir import (
-    EVAL_DIR,
-    incomplete_units,
-    prepare_plan,
-    remove_temporaries,
-    unit_complete,
-    write_executor_record,
-)
+from packsft.run.outdir import OutDir
 from packsft.run.plan import (
     DEFAULT_UNIT_BYTES,
     Plan,
     absolute_listing,
     assign_units,
+    data_specs,
     loaded_config,
     make_plan,
     plan_inputs,
 )
 from packsft.run.unit import UnitJob
 from packsft.stages import open_unit
-from packsft.store.rendered import STORE_DIR
-from packsft.write.layout import DATASET_JSON
 
 
 @dataclass
@@ -108,43 +100,37 @@ def run_pack(
         earlier: the plan of the output this run re-packs (run/repack.py): every unit is built from the store,
             none is read or tokenized.
     """
-
     if config.held_out and config.split is None:
         return _pack_split(data, out_dir, config, executor=executor, overwrite=overwrite, quiet=quiet, strict=strict,
                            workers=workers, num_tasks=num_tasks, task_index=task_index, unit_bytes=unit_bytes,
                            skip_bad_files=skip_bad_files, store=store, no_store=no_store)
     started = time.perf_counter()
     executor = _checked_executor(executor, workers, config, num_tasks, task_index)
-    specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
-    specs, out_dir, config = executor.prepare(specs, out_dir, config)
+    specs, out, config = executor.prepare(data_specs(data), out_dir, config)
     with executor.session():
-        plan, tokenizer = make_plan(specs, out_dir, config, unit_bytes, skip_bad_files, quiet, earlier)
-        plan.store = None if no_store else str(Path(store or out_dir / STORE_DIR).resolve())
-        prepare_plan(out_dir, plan, overwrite)
-        if (settings := executor.settings(out_dir, plan)) is not None:
-            write_executor_record(out_dir, executor.name, settings)
+        plan, tokenizer = make_plan(specs, out.path, config, unit_bytes, skip_bad_files, quiet, earlier,
+                                    mix_tokens=out.mix_tokens() if config.mix is not None else None)
+        plan.store = None if no_store else str(Path(store or out.default_store).resolve())
+        out.prepare(plan, overwrite, executor.name, executor.settings(out, plan))
         if not quiet:
-            _say_detected(plan)
-            _say_tokenizer_paths(tokenizer)
-        if not quiet and config.template == "auto" and tokenizer.template == "chat":
-            print(f"packsft: --template auto renders with {_chat_template_source(tokenizer)} "
-                  "(--template roles for role tokens)", file=sys.stderr)
-        config = loaded_config(config, tokenizer)  # workers take the proven encoder and the template as they are
-        if config.mix is not None:
-            config = replace(config, mix=plan.config["mix"])  # as the plan resolved it: sources, tokens, rates
-
+            _say_plan(plan, tokenizer, config)
+        config = _worker_config(config, plan, tokenizer)
         mine = assign_units(plan.units, num_tasks)[task_index]
-        remove_temporaries(out_dir, mine)
-        todo = [plan.units[i] for i in mine if not unit_complete(out_dir, i, plan.fingerprints[i])]
-        if todo:
-            (out_dir / DATASET_JSON).unlink(missing_ok=True)  # the output is no longer complete
-        job = UnitJob(out_dir, config, strict, tokenizer.fingerprint, skip_bad_files,
+        todo = out.units_to_pack(plan, mine)
+        job = UnitJob(out, config, strict, tokenizer.fingerprint, skip_bad_files,
                       store=Path(plan.store) if plan.store else None, store_only=earlier is not None)
-        with stop_on_signals(out_dir, plan):
+        with stop_on_signals(out, plan):
             executor.run(plan, todo, job, tokenizer, quiet)
-        missing = incomplete_units(out_dir, plan)
-        dataset = _merge(out_dir, reused=len(mine) - len(todo)) if num_tasks == 1 and not missing else None
-    return PackResult(out_dir, dataset, time.perf_counter() - started, len(todo), len(mine) - len(todo), len(missing))
+        missing = out.incomplete_units(plan)
+        dataset = _merge(out, reused=len(mine) - len(todo)) if num_tasks == 1 and not missing else None
+    return PackResult(out.path, dataset, time.perf_counter() - started, len(todo), len(mine) - len(todo), len(missing))
+
+
+def _worker_config(config: PackConfig, plan: Plan, tokenizer: PackTokenizer) -> PackConfig:
+    """The config the units are packed with: the proven encoder and the template as the tokenizer loaded them, and
+    a --mix as the plan resolved it (sources, tokens, rates)."""
+    config = loaded_config(config, tokenizer)
+    return replace(config, mix=plan.config["mix"]) if config.mix is not None else config
 
 
 def _checked_executor(executor: Executor | None, workers: int, config: PackConfig, num_tasks: int,
@@ -173,13 +159,13 @@ def _pack_split(data: str | Path | Sequence[str | Path], out_dir: str | Path, co
         raise ConfigError(f"--eval-fraction and --eval-records run with packsft pack (local workers, or array tasks "
                           f"with --num-tasks and packsft merge), not with the {executor.name} executor yet; pack the "
                           "split there with --num-tasks array tasks")
-    specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
+    specs = data_specs(data)
     threshold = eval_threshold(specs, config, unit_bytes, options["skip_bad_files"])
     train = run_pack(specs, out_dir, replace(config, split="train", split_threshold=threshold), executor=executor,
                      unit_bytes=unit_bytes, **options)
     options["overwrite"] = False  # the training run cleared OUT_DIR, eval/ included
     # The held-out records go to eval/ once each: --mix samples the training side only.
-    train.eval = run_pack(specs, Path(out_dir) / EVAL_DIR,
+    train.eval = run_pack(specs, OutDir(Path(out_dir)).eval.path,
                           replace(config, split="eval", split_threshold=threshold, mix=None),
                           executor=executor, unit_bytes=unit_bytes, **options)
     return train
@@ -196,11 +182,11 @@ def eval_threshold(specs: list[str], config: PackConfig, unit_bytes: int, skip_b
     return records_threshold(keys, config.eval_records)
 
 
-def _merge(out_dir: Path, reused: int) -> dict[str, Any]:
-    """merge(), saying which units a failed outcome check reused: a rerun after fixing the environment (a package
+def _merge(out: OutDir, reused: int) -> dict[str, Any]:
+    """finish(), saying which units a failed outcome check reused: a rerun after fixing the environment (a package
     installed, a tokenizer replaced) would only resume them again."""
     try:
-        return merge(out_dir, held_out=False)
+        return finish(out)
     except UnusableOutputError as exc:
         if not reused:
             raise
@@ -210,7 +196,7 @@ def _merge(out_dir: Path, reused: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def stop_on_signals(out_dir: Path, plan: Plan) -> Iterator[None]:
+def stop_on_signals(out: OutDir, plan: Plan) -> Iterator[None]:
     """Turn SIGTERM (preemption, scancel) like SIGINT into a clean stop with a message on how to resume."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -223,15 +209,24 @@ def stop_on_signals(out_dir: Path, plan: Plan) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt as stop:
-
-        missing = incomplete_units(out_dir, plan)
-        how = resume_hint(out_dir, plan, missing) if missing else f"packsft merge {shlex.quote(str(out_dir))}"
+        missing = out.incomplete_units(plan)
+        how = resume_hint(out, plan, missing) if missing else f"packsft merge {shlex.quote(str(out.path))}"
         raise PackInterrupted(
             f"stopped by {stop.args[0] if stop.args else 'SIGINT'}: {len(plan.units) - len(missing)} of "
             f"{len(plan.units)} units are complete and kept. Rerun the same command to resume ({how})"
         ) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _say_plan(plan: Plan, tokenizer: PackTokenizer, config: PackConfig) -> None:
+    """What the plan chose on its own, one stderr line each: input formats, skipped files, reference paths of the
+    tokenizer, the chat template of --template auto."""
+    _say_detected(plan)
+    _say_tokenizer_paths(tokenizer)
+    if config.template == "auto" and tokenizer.template == "chat":
+        print(f"packsft: --template auto renders with {_chat_template_source(tokenizer)} "
+              "(--template roles for role tokens)", file=sys.stderr)
 
 
 def _say_tokenizer_paths(tokenizer: PackTokenizer) -> None:

@@ -16,7 +16,6 @@ complete and is never packed again.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -43,7 +42,6 @@ from packsft.version import __version__
 # so 8 MiB stays under 1 GiB. Best-fit over ~8M tokens (~4k rows of 2048) loses nothing measurable
 # against larger units.
 DEFAULT_UNIT_BYTES = 8 << 20
-PLAN_JSON = "plan.json"
 PLAN_VERSION = 1
 
 
@@ -134,7 +132,7 @@ class Unit:
 @dataclass
 class Plan:
     """What plan.json holds: how the units were made and which they are. Nothing of how they are run
-    (executors keep that in executor.json, run/outdir.py)."""
+    (executors keep that in executor.json, run/outdir.py). OutDir reads and writes it as plan.json."""
 
     data_dir: str
     config: dict[str, Any]
@@ -192,19 +190,15 @@ class Plan:
         return PackConfig(**{k: v for k, v in self.config.items() if k in known})
 
 
-def read_plan(out_dir: Path) -> Plan:
-    path = Path(out_dir) / PLAN_JSON
-    if not path.exists():
-        raise OutputError(f"{out_dir}: no {PLAN_JSON}; pass the OUT_DIR of a `packsft pack` or `packsft slurm submit`")
-    try:
-        return Plan.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise OutputError(f"{path}: unreadable plan ({exc}); pack again with --overwrite") from None
+def data_specs(data: str | Path | Sequence[str | Path]) -> list[str]:
+    """The DATA argument(s) as a list of strings: folders, globs, files or URLs."""
+    return [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
 
 
 def make_plan(
     data: str | Path | Sequence[str | Path], out_dir: Path, config: PackConfig, unit_bytes: int = DEFAULT_UNIT_BYTES,
     skip_bad_files: bool = False, quiet: bool = True, earlier: Plan | None = None,
+    mix_tokens: dict[str, int] | None = None,
 ) -> tuple[Plan, PackTokenizer]:
     """The plan of DATA (folders, globs, files or URLs) for `config` (units and their fingerprints)
     and the loaded tokenizer.
@@ -219,9 +213,11 @@ def make_plan(
         earlier: the plan of an output this one re-packs (`packsft repack`): its tokenizer, proven then, is loaded
             without proving it again (its fingerprint must match), and what it found out is taken as it is. Nothing
             is encoded or rendered.
+        mix_tokens: the --mix token counts an earlier plan of OUT_DIR holds (OutDir.mix_tokens): counted again
+            for no file.
     """
 
-    specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
+    specs = data_specs(data)
     listing = absolute_listing(list_inputs(specs))
     for spec in specs:
         folder = Path(spec)
@@ -242,7 +238,7 @@ def make_plan(
     config = loaded_config(config, tokenizer)
     counted: dict[str, int] = {}
     if config.mix is not None:
-        counted = dict(earlier.mix_tokens) if earlier is not None else _earlier_mix_tokens(out_dir)
+        counted = dict(earlier.mix_tokens if earlier is not None else mix_tokens or {})
         config, units = resolve_mix(listing, units, config, tokenizer, counted, skip_bad_files=skip_bad_files,
                                     quiet=quiet)
     fingerprints = [fingerprint(config, tokenizer.fingerprint, [part.identity() for part in unit.parts])
@@ -256,15 +252,6 @@ def make_plan(
     plan = Plan(listing.root, config.to_dict(), identity, unit_bytes, units, fingerprints,
                 skipped_files=skipped, inputs=inputs, chat_history=history, mix_tokens=counted)
     return plan, tokenizer
-
-
-def _earlier_mix_tokens(out_dir: Path) -> dict[str, int]:
-    """The token counts OUT_DIR's plan.json holds (none where it has no plan or an unreadable one)."""
-    try:
-        counts = json.loads((Path(out_dir) / PLAN_JSON).read_text()).get("mix_tokens") or {}
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return {key: value for key, value in counts.items() if isinstance(value, int)}
 
 
 def loaded_config(config: PackConfig, tokenizer: PackTokenizer) -> PackConfig:

@@ -30,6 +30,7 @@ from packsft.run.plan import (
     DEFAULT_UNIT_BYTES,
     absolute_listing,
     absolute_tokenizer,
+    data_specs,
     loaded_config,
     plan_inputs,
 )
@@ -56,7 +57,7 @@ class Preview:
 
 def preview(data: str | Path | Sequence[str | Path], config: PackConfig, limit: int = DEFAULT_LIMIT) -> Preview:
     """Read the first `limit` records of DATA and render them as `packsft pack` with `config` would."""
-    specs = [str(spec) for spec in ([data] if isinstance(data, (str, Path)) else data)]
+    specs = data_specs(data)
     units, _ = plan_inputs(absolute_listing(list_inputs(specs)), config)
     chat_template = read_chat_template(config.chat_template) if config.chat_template else None
     tokenizer = with_chat_path_proven(load_tokenizer(

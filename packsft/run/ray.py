@@ -37,8 +37,8 @@ from packsft.errors import MissingDependencyError, OutputError, PacksftError
 from packsft.read.inputs import is_url
 from packsft.render.tokenizer import PackTokenizer
 from packsft.run.executor import Executor, rerun_command
-from packsft.run.outdir import remove_temporaries
-from packsft.run.plan import PLAN_JSON, Plan, Unit
+from packsft.run.outdir import OutDir
+from packsft.run.plan import Plan, Unit
 from packsft.run.unit import UnitJob, input_rows, load_job_tokenizer, write_unit
 from packsft.version import __version__
 from packsft.write.layout import shard_name
@@ -117,12 +117,12 @@ class RayExecutor(Executor):
     name = "ray"
 
     def prepare(self, data: list[str], out_dir: str | Path,
-                config: PackConfig) -> tuple[list[str], Path, PackConfig]:
-        out_dir = _shared_output_path(out_dir)
+                config: PackConfig) -> tuple[list[str], OutDir, PackConfig]:
+        out = OutDir(_shared_output_path(out_dir))
         import_ray()
         if config.tokenizer and Path(config.tokenizer).exists():
             config = dataclasses.replace(config, tokenizer=str(Path(config.tokenizer).resolve()))
-        return [spec if is_url(spec) else str(Path(spec).resolve()) for spec in data], out_dir, config
+        return [spec if is_url(spec) else str(Path(spec).resolve()) for spec in data], out, config
 
     @contextmanager
     def session(self) -> Iterator[None]:
@@ -177,13 +177,13 @@ class RayExecutor(Executor):
                 "are kept. Rerun the same command to resume (with a smaller --unit-mib if workers ran out of memory)"
             ) from None
 
-    def settings(self, out_dir: Path, plan: Plan) -> dict[str, Any]:
+    def settings(self, out: OutDir, plan: Plan) -> dict[str, Any]:
         return {"address": self.options.address}
 
     @classmethod
-    def resume_hint(cls, out_dir: Path, plan: Plan, settings: dict[str, Any], missing: list[int]) -> str:
+    def resume_hint(cls, out: OutDir, plan: Plan, settings: dict[str, Any], missing: list[int]) -> str:
         address = ["--address", settings["address"]] if settings.get("address") else []
-        return rerun_command(["packsft", "ray", "submit"], out_dir, plan, address)
+        return rerun_command(["packsft", "ray", "submit"], out, plan, address)
 
 
 # The tokenizers a Ray worker process loaded, by (name, template, encoder, fingerprint): a worker packs many units.
@@ -200,12 +200,12 @@ def pack_unit_task(job: UnitJob, unit: Unit, fingerprint: str, driver_version: s
     if driver_version != __version__:
         raise OutputError(f"node {host} runs packsft {__version__} but the driver {driver_version}: "
                           "install the same packsft on every node of the cluster")
-    if not (job.out_dir / PLAN_JSON).exists():
-        raise OutputError(f"node {host} does not see {job.out_dir / PLAN_JSON}: OUT_DIR must be on storage every "
+    if not job.out.has_plan():
+        raise OutputError(f"node {host} does not see {job.out.plan_json}: OUT_DIR must be on storage every "
                           "node mounts at the same path (NFS, a shared volume)")
     key = (job.config.tokenizer, job.config.template, job.config.encoder, job.tokenizer_fingerprint)
     if key not in _node_tokenizers:
         _node_tokenizers[key] = load_job_tokenizer(job, threads, prove=True)
-    remove_temporaries(job.out_dir, [unit.index])  # what an attempt lost with its worker left behind
+    job.out.remove_temporaries([unit.index])  # what an attempt lost with its worker left behind
     written = write_unit(unit, fingerprint, job, _node_tokenizers[key])
     return input_rows(written)

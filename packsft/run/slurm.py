@@ -29,7 +29,8 @@ from packsft.errors import ConfigError, PacksftError
 from packsft.read.inputs import is_url
 from packsft.render.tokenizer import PackTokenizer
 from packsft.run.executor import Executor, plan_flags
-from packsft.run.plan import Plan, Unit, assign_units
+from packsft.run.outdir import OutDir
+from packsft.run.plan import Plan, Unit, assign_units, data_specs
 from packsft.run.unit import UnitJob
 
 SLURM_DIR = "slurm"
@@ -120,8 +121,7 @@ def write_scripts(data: str | Path | Sequence[str | Path], out_dir: Path, flags:
     package_parent = shlex.quote(str(Path(__file__).resolve().parents[2]))
     array = f"0-{options.array_size - 1}" + (f"%{options.throttle}" if options.throttle else "")
     out = shlex.quote(str(out_dir.resolve()))
-    inputs = [str(spec) if is_url(spec) else str(Path(spec).resolve())
-              for spec in ([data] if isinstance(data, (str, Path)) else data)]
+    inputs = [spec if is_url(spec) else str(Path(spec).resolve()) for spec in data_specs(data)]
     pack_cmd = shlex.join(["-m", "packsft", "pack", *inputs, str(out_dir.resolve()), *flags,
                            "--num-tasks", str(options.array_size), "--workers", str(options.workers), "--quiet"])
     common = ["set -euo pipefail", f"export PYTHONPATH={package_parent}${{PYTHONPATH:+:$PYTHONPATH}}"]
@@ -179,8 +179,8 @@ class SlurmExecutor(Executor):
     def array_size(self, plan: Plan) -> int:
         return max(1, min(self.options.array_size, len(plan.units)))  # at most one task per unit
 
-    def settings(self, out_dir: Path, plan: Plan) -> dict[str, Any]:
-        folder = out_dir.resolve() / SLURM_DIR
+    def settings(self, out: OutDir, plan: Plan) -> dict[str, Any]:
+        folder = out.path.resolve() / SLURM_DIR
         return {"array_size": self.array_size(plan), "pack_script": str(folder / PACK_SCRIPT),
                 "merge_script": str(folder / MERGE_SCRIPT)}
 
@@ -188,8 +188,7 @@ class SlurmExecutor(Executor):
         if not units:
             return
         options = replace(self.options, array_size=self.array_size(plan))
-        pack_script, merge_script = write_scripts(plan.data_inputs, job.out_dir,
-                                                  plan_flags(plan), options)
+        pack_script, merge_script = write_scripts(plan.data_inputs, job.out.path, plan_flags(plan), options)
         tasks = _tasks_of(plan, [unit.index for unit in units], options.array_size)
         subset = [] if len(tasks) == options.array_size else [
             "--array=" + ",".join(map(str, tasks)) + (f"%{options.throttle}" if options.throttle else "")]
@@ -198,10 +197,10 @@ class SlurmExecutor(Executor):
         self.submission = Submission(pack_job, merge_job, pack_script, merge_script)
 
     @classmethod
-    def resume_hint(cls, out_dir: Path, plan: Plan, settings: dict[str, Any], missing: list[int]) -> str:
+    def resume_hint(cls, out: OutDir, plan: Plan, settings: dict[str, Any], missing: list[int]) -> str:
         tasks = ",".join(map(str, _tasks_of(plan, missing, settings["array_size"])))
         return (f"sbatch --array={tasks} {shlex.quote(settings['pack_script'])}, then once those "
-                f"tasks finish: packsft merge {shlex.quote(str(out_dir))}")
+                f"tasks finish: packsft merge {shlex.quote(str(out.path))}")
 
 
 def _tasks_of(plan: Plan, units: list[int], array_size: int) -> list[int]:

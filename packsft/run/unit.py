@@ -3,7 +3,6 @@ shard written, or why it failed recorded. The workers of every executor run this
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +17,12 @@ from packsft.read.reader import InputFile
 from packsft.read.records import RejectLedger
 from packsft.render.chat.proof import with_chat_path_proven
 from packsft.render.tokenizer import PackTokenizer, load_tokenizer, read_chat_template, tokenizer_from_state
-from packsft.run.outdir import failed_path
+from packsft.run.outdir import OutDir
 from packsft.run.plan import Unit
 from packsft.stages import open_unit, pack_read, read_unit
 from packsft.stats import RowCounts, UnitCounters
 from packsft.store.rendered import RenderedStore, StoredUnit, rendering_key
 from packsft.write.layout import REJECTS_JSONL
-from packsft.write.writer import write_shard
 
 
 @dataclass(frozen=True)
@@ -35,7 +33,7 @@ class UnitJob:
     megabytes that a remote executor would ship with every task.
     """
 
-    out_dir: Path
+    out: OutDir  # where the unit's shard goes
     config: PackConfig
     strict: bool
     tokenizer_fingerprint: str
@@ -82,12 +80,11 @@ def write_unit(unit: Unit, fingerprint: str, job: UnitJob, tokenizer: PackTokeni
                progress: tqdm | None = None) -> dict[str, Any]:
     """Pack one unit and write its shard (with its rejects.jsonl); returns the shard manifest.
 
-    A failure is recorded in shards/.failed-NNNNN for `packsft status`, then raised. Under
+    A failure is recorded in OUT_DIR (shards/.failed-NNNNN) for `packsft status`, then raised. Under
     --skip-bad-files a file that breaks while being read (truncated, a bad JSON line) becomes an empty
     shard whose manifest says why; merge lists it in dataset.json `skipped_files`.
     """
     config = job.config
-    failed = failed_path(job.out_dir, unit.index)
     try:
         sources = open_unit(unit.parts, config)
         skipped = None
@@ -114,15 +111,14 @@ def write_unit(unit: Unit, fingerprint: str, job: UnitJob, tokenizer: PackTokeni
             "counters": counters.to_dict(),
             **({"skipped": skipped} if skipped else {}),
         }
-        written = write_shard(job.out_dir, unit.index, chunks, vocab_size=tokenizer.vocab_size,
-                              output_format=config.output_format, manifest=manifest,
-                              extra_files={REJECTS_JSONL: rejects.to_jsonl().encode()})
+        written = job.out.write_shard(unit.index, chunks, vocab_size=tokenizer.vocab_size,
+                                      output_format=config.output_format, manifest=manifest,
+                                      extra_files={REJECTS_JSONL: rejects.to_jsonl().encode()})
     except Exception as exc:
         kind = "error" if isinstance(exc, PacksftError) else f"bug ({type(exc).__name__})"
-        with contextlib.suppress(OSError):  # a full disk may refuse even this note; the error still goes up
-            failed.write_text(f"{kind}: {exc}\n")
+        job.out.record_failure(unit.index, f"{kind}: {exc}")
         raise
-    failed.unlink(missing_ok=True)
+    job.out.clear_failure(unit.index)
     return written
 
 

@@ -36,7 +36,8 @@ from packsft.read.inputs import is_url
 from packsft.read.records import RejectLedger
 from packsft.render.chat.proof import output_identity
 from packsft.render.tokenizer import PackTokenizer, load_output_tokenizer
-from packsft.run.plan import Unit, read_plan
+from packsft.run.outdir import read_plan
+from packsft.run.plan import Unit
 from packsft.stages import open_unit, pack_unit
 from packsft.verify.files import StoredArrays, compare_arrays
 from packsft.write.layout import (

@@ -32,8 +32,8 @@ from packsft.run import (
     run_pack,
     status,
 )
-from packsft.run.outdir import EXECUTOR_JSON
-from packsft.run.plan import PLAN_JSON, assign_units, read_plan
+from packsft.run.outdir import EXECUTOR_JSON, PLAN_JSON, OutDir, read_plan
+from packsft.run.plan import assign_units
 from packsft.run.slurm import MERGE_SCRIPT, PACK_SCRIPT, SLURM_DIR
 
 FILES, ROWS_PER_FILE = 4, 10
@@ -72,7 +72,7 @@ class LostCluster(RayExecutor):
     """A RayExecutor whose cluster loses every unit (and which needs no Ray to be installed)."""
 
     def prepare(self, data, out_dir, config):
-        return data, Path(out_dir), config
+        return data, OutDir(Path(out_dir)), config
 
     def session(self):
         return contextlib.nullcontext()
@@ -175,7 +175,7 @@ def test_each_executor_names_the_command_that_resumes_it(tmp_path, data_dir, con
     plan = read_plan(out)
     missing = assign_units(plan.units, 2)[1]
     expected = hint.format(data=data_dir, out=out, flags=flags(config), tasks=1)
-    assert executor.resume_hint(out, plan, settings, missing) == expected
+    assert executor.resume_hint(OutDir(out), plan, settings, missing) == expected
 
 
 def test_a_lost_ray_run_is_resumed_by_ray_submit_even_after_a_local_run(tmp_path, data_dir, config):

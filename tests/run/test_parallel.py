@@ -24,7 +24,8 @@ from packsft import PackConfig, PackedOutput, verify_output
 from packsft.demo import DATA_DIR as DEMO_DATA
 from packsft.errors import IncompleteOutputError, OutputError, PackInterrupted
 from packsft.run import merge, run_pack, status
-from packsft.run.plan import PLAN_JSON, assign_units, plan_units, read_plan, split_row_groups
+from packsft.run.outdir import PLAN_JSON, read_plan
+from packsft.run.plan import assign_units, plan_units, split_row_groups
 from packsft.write.layout import DATASET_JSON
 
 UNIT_BYTES = 4_000  # cuts the 20-row test files into a few row-group ranges

@@ -19,7 +19,7 @@ from packsft import PackConfig
 from packsft.cli import main
 from packsft.demo import DATA_DIR as DEMO_DATA
 from packsft.run import run_pack
-from packsft.run.plan import PLAN_JSON, read_plan
+from packsft.run.outdir import PLAN_JSON, read_plan
 from packsft.write.layout import DATASET_JSON
 from tests.helpers import assert_output_verifies
 

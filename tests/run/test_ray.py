@@ -29,6 +29,7 @@ from packsft.demo import DATA_DIR as DEMO_DATA
 from packsft.errors import OutputError
 from packsft.run.executor import Executor
 from packsft.run.finish import status
+from packsft.run.outdir import OutDir
 from packsft.run.pipeline import run_pack
 from packsft.run.plan import plan_units
 from packsft.run.ray import RayExecutor, pack_unit_task
@@ -169,7 +170,7 @@ def test_the_task_body_writes_what_a_local_run_writes(tmp_path, demo_tokenizer_d
                 assert pack_unit_task(job, unit, plan.fingerprints[unit.index], __version__) == unit.rows
 
         @classmethod
-        def resume_hint(cls, out_dir, plan, settings, missing):
+        def resume_hint(cls, out, plan, settings, missing):
             return ""
 
     result = run_pack(DEMO_DATA, out, config, quiet=True, executor=InProcess())
@@ -180,7 +181,7 @@ def test_the_task_body_writes_what_a_local_run_writes(tmp_path, demo_tokenizer_d
 def test_a_task_refuses_another_packsft_or_an_output_it_cannot_see(tmp_path, demo_tokenizer_dir):
     config = PackConfig(tokenizer=str(demo_tokenizer_dir), seq_length=512)
     unit = plan_units(DEMO_DATA, config)[0]
-    job = UnitJob(tmp_path / "out", config, False, "fingerprint")
+    job = UnitJob(OutDir(tmp_path / "out"), config, False, "fingerprint")
     with pytest.raises(OutputError) as error:
         pack_unit_task(job, unit, "fingerprint", "0.0.1")
     assert str(error.value) == (f"node {os.uname().nodename} runs packsft {__version__} but the driver 0.0.1: "

@@ -21,7 +21,7 @@ from packsft.demo import DATA_DIR as DEMO_DATA
 from packsft.errors import BadRecordError, ConfigError, OutputError
 from packsft.render.tokenizer import PackTokenizer
 from packsft.run import run_pack
-from packsft.run.plan import read_plan
+from packsft.run.outdir import read_plan
 from packsft.run.repack import run_repack
 from packsft.stages import OMITTED_MARKER
 from packsft.store.rendered import STORE_DIR

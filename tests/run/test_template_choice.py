@@ -14,7 +14,7 @@ from packsft import load_tokenizer
 from packsft.cli import main
 from packsft.render.tokenizer import load_output_tokenizer, read_chat_template
 from packsft.report.inspect import tokenizer_for
-from packsft.run.plan import read_plan
+from packsft.run.outdir import OutDir, read_plan
 from packsft.run.unit import UnitJob, load_job_tokenizer
 from packsft.write.layout import PackedOutput
 from tests.helpers import CHATML, cli_pack, conv, error_line, output_arrays, write_conversations
@@ -143,7 +143,7 @@ def test_reloads_get_the_packed_template_without_the_file(data, tmp_path, chatml
     assert output_arrays(tmp_path / "out") == output_arrays(tmp_path / "one")
     output = PackedOutput(tmp_path / "out")
     # A worker that loads the tokenizer itself (SLURM, Ray) reads the file the config names.
-    job = UnitJob(tmp_path / "out", read_plan(tmp_path / "out").pack_config(), False,
+    job = UnitJob(OutDir(tmp_path / "out"), read_plan(tmp_path / "out").pack_config(), False,
                   output.dataset["tokenizer"]["fingerprint"])
     assert load_job_tokenizer(job, 1, prove=False).chat_template == CHATML_SYSTEM
     template_file.unlink()
