@@ -217,12 +217,26 @@ def echo_pack_result(result: Any, out_dir: str) -> None:
         click.echo(format_summary(result.dataset))
         click.echo(f"wrote {result.out_dir} in {result.seconds:.1f}s ({counted(result.packed, 'unit')} packed, "
                    f"{result.skipped} already done)")
+        if (store := _store_line(result.out_dir)) is not None:
+            click.echo(store)
         if result.eval is not None:
             click.echo("")
             echo_pack_result(result.eval, str(result.eval.out_dir))
     else:
         click.echo(f"packed {counted(result.packed, 'unit')} ({result.skipped} already done) in {result.seconds:.1f}s; "
                    f"{counted(result.missing, 'unit')} of other tasks remain. When all are done: packsft merge {out_dir}")
+
+
+def _store_line(out_dir: Any) -> str | None:
+    """Where the output's rendered tokens are kept, and what they are for (None: kept nowhere)."""
+    from packsft.run.outdir import OutDir
+    from packsft.store.rendered import RenderedStore
+
+    store = OutDir(out_dir).read_plan().store
+    if not store or not os.path.isdir(store):
+        return None
+    return (f"rendered tokens kept in {store} ({RenderedStore(store).size() / 2**20:,.0f} MiB): `packsft repack "
+            f"{out_dir} NEW_OUT --seq-length N` builds other rows from them without tokenizing")
 
 
 @main.command()
