@@ -2,21 +2,43 @@
 
 A piece that opens at message i repeats, masked: the system message, the user message that prompts message i,
 and the tool exchange right before it; a continuation of a cut turn also repeats the text right before the cut.
+
+Where message i continues a turn that an earlier message opened (`turn_opener`: Gemma 4 renders a tool call, its
+results and the answer as one model turn, whose `<|turn>model` header only the call holds), the piece always
+repeats that turn from its header on up to the exchange, shortened to the header and its end where it does not fit
+whole; without it the answer would read as trained inside the turn before (the user's, or the system's), a text the
+model is given (`packsft verify`):
+
+    whole:    .. <|turn>user q<turn|> <|turn>model <|tool_call>call..<tool_call|><|tool_response> result.. answer<turn|>
+    piece 2:  .. <|turn>user q<turn|> <|turn>model [.. N tokens omitted]<|tool_response> result.. | answer<turn|>
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from packsft.config import CONTEXT_SHARE
 from packsft.pack.spans import MessageSpans
-from packsft.render.batch import SYSTEM_CODE, TOOL_CODE, USER_CODE
+from packsft.render.batch import ASSISTANT_CODE, SYSTEM_CODE, TOOL_CODE, USER_CODE
 
 # The text before a cut inside a turn, repeated (masked) at the start of its continuation, takes at most
 # this share of the row (and the whole context at most CONTEXT_SHARE). Measured on ShareGPT (8 shards,
 # GPT-2, L=2048): 1/8 (256 tokens) costs 0.3% more rows than none; the full CONTEXT_SHARE costs 2.7%
 # (continuations then add only a quarter of a row of new labels each).
 CONTINUATION_SHARE = 0.125
+
+
+class ContextSpan(NamedTuple):
+    """A span a piece repeats as context, masked: ids[lo:hi], from message `message` on; whole where it fits in
+    `room`, else shortened to its `head` header tokens, its start and its end (pieces.PieceBuilder.add_context)."""
+
+    message: int
+    lo: int
+    hi: int
+    head: int
+    room: int
+    prompt: bool = False  # the user message that prompts the piece's first turn
 
 
 @dataclass(frozen=True)
@@ -36,17 +58,50 @@ class ContextPlanner:
         message i: all of them, or, where they leave no room for the body (hundreds of tool definitions in a short
         row), the context budget (pieces.PieceBuilder.add_shortened keeps the head's first token, its start and its end)."""
         s = self.spans
-        head, fits = s.head_end - s.start, s.capacity - s.reserve(i)
+        head, fits = s.head_end - s.start, s.capacity - self.reserve(i)
         return head if head <= fits else max(min(self.budget, fits), 0)
 
-    def plan(self, i: int) -> tuple[list[tuple[int, int]], bool]:
-        """(message, room) of the messages that re-open a piece at message i: the system message, the
-        prompting user message and the tool exchange before the turn (`_exchange`); and whether the tool
-        results the piece's first turn answers are all among them.
+    def reserve(self, i: int) -> int:
+        """The least a piece that opens at message i needs beside its head and context: its body's least
+        (MessageSpans.reserve) and, where message i continues an earlier message's turn (`turn_opener`), that
+        message's header and one token of it."""
+        opener = self.turn_opener(i)
+        return self.spans.reserve(i) + (self.spans.header(opener) + 1 if opener is not None else 0)
+
+    def turn_opener(self, i: int) -> int | None:
+        """The message whose header opens the turn that a piece opening at message i continues, where that turn is
+        no message's own: message i (or the answer after the run of tool results it opens with) is an assistant
+        message without a header, after tool results; its turn opens at the assistant message that called them
+        (or, where that one has no header either, the one before it that does). None where message i opens its own
+        turn, or its turn's header is in the user message that prompts it (Mistral's `[/INST]`)."""
+        s = self.spans
+        if s.role_tokens:
+            return None
+        roles, headers, first, last = s.batch.msg_roles, s.batch.msg_headers, s.msgs[0], s.msgs[-1]
+        m = s.msgs[i]
+        while m < last and roles[m] == TOOL_CODE:
+            m += 1
+        if roles[m] != ASSISTANT_CODE or headers[m] != 0:
+            return None
+        while headers[m] == 0:  # an assistant message without a header: its turn opens at the call before its results
+            call = m - 1
+            while call >= first and roles[call] == TOOL_CODE:
+                call -= 1
+            if call == m - 1 or call < first or roles[call] != ASSISTANT_CODE:
+                return None
+            m = call
+        return m
+
+    def plan(self, i: int) -> tuple[list[ContextSpan], bool]:
+        """The spans that re-open a piece at message i: the system message, the prompting user message and the
+        tool exchange before the turn (`_exchange`), and, where message i continues a turn an earlier message opened
+        (`turn_opener`), that turn so far (`_turn_so_far`); and whether the tool results the piece's first turn
+        answers are all among them.
 
         The context leaves at least `reserve(i)` tokens of the row for the body; when the system and user
         messages do not both fit, the question matters more than the system message: the system message
-        gets at most a quarter. The tool exchange gets what they leave.
+        gets at most a quarter. The tool exchange gets what they leave, the turn so far what that leaves (at least
+        its header and a token, which `reserve(i)` keeps in the row).
         """
         s, first_msg = self.spans, self.spans.msgs[i]
         roles = s.batch.msg_roles
@@ -54,7 +109,7 @@ class ContextPlanner:
         prompt = None
         if roles[first_msg] != USER_CODE:
             prompt = next((m for m in reversed(s.msgs) if m < first_msg and roles[m] == USER_CODE), None)
-        budget = min(self.budget, s.capacity - s.reserve(i)) - self.head_room(i)
+        budget = min(self.budget, s.capacity - self.reserve(i)) - self.head_room(i)
         size = {m: s.span(m)[1] - s.span(m)[0] for m in (system, prompt) if m is not None}
         rooms = dict(size)
         if sum(size.values()) > budget:
@@ -62,15 +117,33 @@ class ContextPlanner:
                 rooms[system] = min(size[system], budget // 4 if prompt is not None else budget)
             if prompt is not None:
                 rooms[prompt] = budget - (rooms[system] if system is not None else 0)
-        context = [(m, rooms[m]) for m in (system, prompt) if m is not None]
-        exchange, results_whole = self._exchange(first_msg, prompt, budget - sum(rooms.values()))
-        return context + [(m, s.span(m)[1] - s.span(m)[0]) for m in exchange], results_whole
+        context = [self._message(m, rooms[m], prompt=m == prompt) for m in (system, prompt) if m is not None]
+        left = budget - sum(rooms.values())
+        exchange, results_whole = self._exchange(first_msg, prompt, left)
+        turn = self._turn_so_far(i, exchange, left - sum(size for _, size in exchange))
+        return context + turn + [self._message(m, size) for m, size in exchange], results_whole
 
-    def _exchange(self, first_msg: int, prompt: int | None, room: int) -> tuple[list[int], bool]:
+    def _message(self, m: int, room: int, *, prompt: bool = False) -> ContextSpan:
+        lo, hi = self.spans.span(m)
+        return ContextSpan(m, lo, hi, self.spans.header(m), room, prompt)
+
+    def _turn_so_far(self, i: int, exchange: list[tuple[int, int]], room: int) -> list[ContextSpan]:
+        """For a piece that opens at message i inside a turn an earlier message opened (`turn_opener`), and an
+        exchange that does not start with that message: the turn from its header to the exchange (or to message
+        i), within `room` but at least its header and a token. Shortened, it keeps the header and the text right
+        before the exchange, after the omission marker."""
+        opener = self.turn_opener(i)
+        if opener is None or (exchange and exchange[0][0] == opener):
+            return []
+        lo, head = self.spans.span(opener)[0], self.spans.header(opener)
+        hi = self.spans.span(exchange[0][0] if exchange else self.spans.msgs[i])[0]
+        return [ContextSpan(opener, lo, hi, head, max(room, head + 1))]
+
+    def _exchange(self, first_msg: int, prompt: int | None, room: int) -> tuple[list[tuple[int, int]], bool]:
         """For a piece that opens at a tool result or at the turn after one: the exchange right before `first_msg`
         (the run of tool results there and the assistant turn that called them; earlier rounds are not repeated),
-        whole messages only and the latest first, as many as fit in `room`; and whether the run of tool results
-        right before `first_msg` is among them."""
+        whole messages only and the latest first, as many as fit in `room`, as (message, size); and whether the run
+        of tool results right before `first_msg` is among them."""
         msgs, roles = self.spans.msgs, self.spans.batch.msg_roles
         after_results = first_msg > msgs[0] and roles[first_msg - 1] == TOOL_CODE
         if not after_results and roles[first_msg] != TOOL_CODE:
@@ -78,25 +151,25 @@ class ContextPlanner:
         run = 0
         while first_msg - run - 1 >= msgs[0] and roles[first_msg - run - 1] == TOOL_CODE:
             run += 1
-        taken: list[int] = []
+        taken: list[tuple[int, int]] = []
         lower = max(prompt if prompt is not None else msgs[0] - 1, first_msg - run - 2)
         for m in range(first_msg - 1, lower, -1):
             lo, hi = self.spans.span(m)
             if roles[m] == SYSTEM_CODE or hi - lo > room:
                 break
-            taken.append(m)
+            taken.append((m, hi - lo))
             room -= hi - lo
         return taken[::-1], len(taken) >= run
 
     def length(self, i: int) -> int:
         """Tokens of context a piece that opens at message i repeats (beside its head)."""
         context, _ = self.plan(i)
-        return sum(min(self.spans.span(m)[1] - self.spans.span(m)[0], room) for m, room in context)
+        return sum(min(part.hi - part.lo, part.room) for part in context)
 
     def would_shorten(self, i: int) -> bool:
         """Whether a piece re-opened at message i would shorten its context (or leave out tool results)."""
         context, results_whole = self.plan(i)
-        return not results_whole or any(self.spans.span(m)[1] - self.spans.span(m)[0] > room for m, room in context)
+        return not results_whole or any(part.hi - part.lo > part.room for part in context)
 
     def question_room(self, m: int, length: int, tail: int) -> int:
         """Room for the end of message m, a question too long to fit whole, in a piece of `length` tokens so far."""

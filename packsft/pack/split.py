@@ -36,6 +36,10 @@ first, as much as the context share leaves:
     piece 2:  BOS SYS.. USR q.. ASST <tool_call>.. USR <tool_response>.. | ASST answer.. EOS
               `------------------------ context, 0 ------------------'
 
+A template that renders the call, its results and the answer as one turn (Gemma 4: only the call opens with a
+header) re-opens such a piece also with that turn from its header on, shortened where it does not fit
+(`ContextPlanner.turn_opener`): the answer is then trained inside its own turn, not after the user's.
+
 Context completeness (`prompted_labels_complete` of `prompted_labels`, the trained labels that a user
 message prompts): a label is complete when its prompting user message is whole in its piece and, for a
 turn that answers tool results, so is the run of tool results right before the turn. A piece that cannot
@@ -203,17 +207,15 @@ class ConversationSplitter:
 
     def _open(self, i: int) -> None:
         """Start a piece whose body begins at message i: BOS + system + prompting user + the tool exchange
-        before it, mask 0."""
-        spans, piece = self.spans, self.piece
+        before it (and the turn it continues, where an earlier message opened that turn), mask 0."""
+        piece = self.piece
         self._add_head(i, zero=True)
         context, results_whole = self.planner.plan(i)
         piece.reopen(results_whole=results_whole)
         carry = 0
-        for m, room in context:
-            lo, hi = spans.span(m)
-            room += carry
-            prompt = self.batch.msg_roles[m] == USER_CODE
-            if not piece.add_context(lo, hi, spans.header(m), room, prompt=prompt) and not prompt:
+        for part in context:
+            room = part.room + carry
+            if not piece.add_context(part.lo, part.hi, part.head, room, prompt=part.prompt) and not part.prompt:
                 carry = room  # the system message did not fit at all: the question gets its room
 
     def _add_head(self, i: int, *, zero: bool) -> None:

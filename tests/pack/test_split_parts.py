@@ -138,16 +138,27 @@ TRACE = render((SYSTEM, "2:900"), (USER, "3:100"), (ASSISTANT, "3:150"), (USER, 
 ])
 def test_the_context_planner_reopens_a_piece_with_its_question_and_tool_exchange(capacity, i, plan):
     planner = ContextPlanner(MessageSpans(TRACE, 0, capacity))
-    assert planner.plan(i) == (plan, True)
+    context, results_whole = planner.plan(i)
+    assert ([(part.message, part.room) for part in context], results_whole) == (plan, True)
+    assert all(part.hi - part.lo == part.room for part in context)  # each whole
     assert planner.length(i) == sum(room for _, room in plan)
     assert not planner.would_shorten(i)
+
+
+def test_role_tokens_open_every_turn_in_its_own_message_so_no_piece_repeats_a_turn_opener():
+    """Only a message without a header of its own continues an earlier message's turn (test_split_turns.py)."""
+    planner = ContextPlanner(MessageSpans(TRACE, 0, 31))
+    assert [planner.turn_opener(i) for i in range(7)] == [None] * 7
+    assert [planner.reserve(i) for i in range(7)] == [planner.spans.reserve(i) for i in range(7)]
 
 
 def test_the_context_planner_gives_the_question_more_room_than_the_system_message():
     batch = render((SYSTEM, "6:900"), (USER, "20:100"), (ASSISTANT, "5:200"))
     planner = ContextPlanner(MessageSpans(batch, 0, 25))
     # 17 tokens of context (3/4 of the row, less the BOS): the system message a quarter, the question the rest.
-    assert planner.plan(2) == ([(0, 4), (1, 13)], True)
+    context, results_whole = planner.plan(2)
+    assert ([(part.message, part.room, part.prompt) for part in context], results_whole) == (
+        [(0, 4, False), (1, 13, True)], True)
     assert planner.would_shorten(2)
 
 
