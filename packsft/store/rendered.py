@@ -80,7 +80,7 @@ class RenderedStore:
             meta = json.loads((folder / ENTRY_JSON).read_text())
             if meta.get("store_version") != STORE_VERSION:
                 return None
-            arrays = {name: np.load(folder / f"{name}.npy") for name in (*ARRAYS, "ids", "source_codes")}
+            arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in (*ARRAYS, "ids", "source_codes")}
         except (OSError, ValueError):
             return None
         batch = _batch(arrays, meta)
@@ -111,10 +111,10 @@ class RenderedStore:
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            np.save(tmp / "ids.npy", batch.ids.astype(storage_dtype(vocab_size), copy=False))
-            np.save(tmp / "source_codes.npy", codes)
+            np.save(tmp / "ids.npy", batch.ids.astype(storage_dtype(vocab_size), copy=False), allow_pickle=False)
+            np.save(tmp / "source_codes.npy", codes, allow_pickle=False)
             for name in ARRAYS:
-                np.save(tmp / f"{name}.npy", getattr(batch, name))
+                np.save(tmp / f"{name}.npy", getattr(batch, name), allow_pickle=False)
             (tmp / ENTRY_JSON).write_text(json.dumps(meta, ensure_ascii=True))
             os.replace(tmp, final)
         except OSError:
