@@ -134,7 +134,7 @@ def rendered_unit(unit: Unit, sources: list[InputFile], job: UnitJob, tokenizer:
         return stored
     if job.store_only:
         raise OutputError(f"{unit.label}: not in the rendered-token store {job.store} (its input changed since that "
-                          "output was packed, or the store was cleared); pack it with packsft pack instead")
+                          "output was packed, or the store was cleared or damaged); pack it with packsft pack instead")
     rejects = RejectLedger(strict=job.strict)
     read = read_unit(unit.parts, sources, job.config, tokenizer, rejects, progress)
     stored = StoredUnit(read, rejects, [_reading(source) for source in sources])

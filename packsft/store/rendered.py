@@ -4,7 +4,8 @@
       ids.npy flags.npy                    (config.PACKING_KEYS) and what identifies each input file the unit reads
       conv_offsets.npy conv_msg_offsets.npy msg_starts.npy msg_ends.npy msg_roles.npy msg_headers.npy
       unprompted.npy source_codes.npy      the RenderedBatch of the unit, as stages.read_unit returned it
-      entry.json                           its mode, sources, read and chat counters, rejects, and how each input was read
+      entry.json                           its mode, sources, read and chat counters, rejects, how each input was read,
+                                           and the sha256 of each array file (a damaged entry is rendered again)
 
 `run/unit.py` looks a unit up before reading it and saves what it rendered after. An entry appears whole or not at
 all (written in a temporary folder, then renamed), and two writers of one key write the same bytes, so either wins.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -30,11 +32,11 @@ from packsft.render.batch import RenderedBatch
 from packsft.render.tokenizer import TOKEN_ID_DTYPE
 from packsft.stages import ReadUnit
 from packsft.stats import ChatTurns, ReadCounts
-from packsft.write.layout import FORMAT_VERSION, storage_dtype
+from packsft.write.layout import FORMAT_VERSION, sha256_file, storage_dtype
 
 # The default store of an output: OUT_DIR/rendered (kept by --overwrite, which only replaces the rows).
 STORE_DIR = "rendered"
-# 1: the first layout. Bumped when an entry's files or their meaning change: older entries are then misses.
+# 1: the first layout (with the sha256 of each array). Bumped when an entry's files or their meaning change: older entries are then misses.
 STORE_VERSION = 1
 ENTRY_JSON = "entry.json"
 # RenderedBatch arrays stored as they are (ids are narrowed to the vocabulary's storage dtype, sources coded).
@@ -80,8 +82,13 @@ class RenderedStore:
             meta = json.loads((folder / ENTRY_JSON).read_text())
             if meta.get("store_version") != STORE_VERSION:
                 return None
-            arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in (*ARRAYS, "ids", "source_codes")}
-        except (OSError, ValueError):
+            arrays = {}
+            for name in (*ARRAYS, "ids", "source_codes"):
+                data = (folder / f"{name}.npy").read_bytes()
+                if hashlib.sha256(data).hexdigest() != meta["sha256"][name]:
+                    return None  # damaged since it was written: rendered again
+                arrays[name] = np.load(io.BytesIO(data), allow_pickle=False)
+        except (OSError, ValueError, KeyError):
             return None
         batch = _batch(arrays, meta)
         if batch.conv_offsets[-1] != len(batch.ids) or len(batch.flags) != len(batch.ids):
@@ -115,6 +122,7 @@ class RenderedStore:
             np.save(tmp / "source_codes.npy", codes, allow_pickle=False)
             for name in ARRAYS:
                 np.save(tmp / f"{name}.npy", getattr(batch, name), allow_pickle=False)
+            meta["sha256"] = {name: sha256_file(tmp / f"{name}.npy") for name in (*ARRAYS, "ids", "source_codes")}
             (tmp / ENTRY_JSON).write_text(json.dumps(meta, ensure_ascii=True))
             os.replace(tmp, final)
         except OSError:

@@ -190,3 +190,20 @@ def test_cli_repack(tmp_path, packed):
     assert result.exit_code == 2 and "name what changes" in result.output
     result = cli_run("repack", str(packed), str(tmp_path / "new3"), "--mask", "all")
     assert result.exit_code == 2 and "No such option '--mask'" in result.output
+
+
+def test_a_damaged_entry_is_rendered_again_never_packed(tmp_path, data_dir, config):
+    out = tmp_path / "out"
+    run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES)
+    entry = sorted((out / STORE_DIR).glob("*/*"))[0]
+    flags = entry / "flags.npy"
+    damaged = bytearray(flags.read_bytes())
+    damaged[-1] ^= 1  # one train flag flipped on disk
+    flags.write_bytes(bytes(damaged))
+    with pytest.raises(OutputError, match="not in the rendered-token store .*damaged"):
+        run_repack(out, tmp_path / "new", {"seq_length": 64}, quiet=True)
+    fresh = tmp_path / "fresh"
+    run_pack(data_dir, fresh, replace(config, seq_length=64), quiet=True, unit_bytes=UNIT_BYTES, no_store=True)
+    run_pack(data_dir, tmp_path / "again", replace(config, seq_length=64), quiet=True, unit_bytes=UNIT_BYTES,
+             store=out / STORE_DIR)
+    assert output_arrays(tmp_path / "again") == output_arrays(fresh)
