@@ -100,10 +100,8 @@ class RenderedStore:
         return StoredUnit(read, rejects, meta["inputs"])
 
     def save(self, key: str, unit: StoredUnit, vocab_size: int) -> None:
-        """Write the entry for `key` (atomically; an entry another process wrote first is kept)."""
+        """Write the entry for `key` atomically, replacing one that did not load (damaged, or of another version)."""
         final = self.entry(key)
-        if final.exists():
-            return
         tmp = final.parent / f".tmp-{key}-{os.getpid()}"
         batch = unit.read.batch
         names = sorted({s for s in batch.sources if s is not None})
@@ -124,6 +122,10 @@ class RenderedStore:
                 np.save(tmp / f"{name}.npy", getattr(batch, name), allow_pickle=False)
             meta["sha256"] = {name: sha256_file(tmp / f"{name}.npy") for name in (*ARRAYS, "ids", "source_codes")}
             (tmp / ENTRY_JSON).write_text(json.dumps(meta, ensure_ascii=True))
+            if final.exists():
+                old = final.parent / f".old-{key}-{os.getpid()}"
+                os.replace(final, old)
+                shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, final)
         except OSError:
             # A full disk, or another writer of the same key that won the rename: the pack goes on without it.

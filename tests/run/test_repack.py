@@ -207,3 +207,5 @@ def test_a_damaged_entry_is_rendered_again_never_packed(tmp_path, data_dir, conf
     run_pack(data_dir, tmp_path / "again", replace(config, seq_length=64), quiet=True, unit_bytes=UNIT_BYTES,
              store=out / STORE_DIR)
     assert output_arrays(tmp_path / "again") == output_arrays(fresh)
+    run_repack(out, tmp_path / "healed", {"seq_length": 64}, quiet=True)  # the pack wrote the entry anew
+    assert output_arrays(tmp_path / "healed") == output_arrays(fresh)
