@@ -209,3 +209,20 @@ def test_a_damaged_entry_is_rendered_again_never_packed(tmp_path, data_dir, conf
     assert output_arrays(tmp_path / "again") == output_arrays(fresh)
     run_repack(out, tmp_path / "healed", {"seq_length": 64}, quiet=True)  # the pack wrote the entry anew
     assert output_arrays(tmp_path / "healed") == output_arrays(fresh)
+
+
+def test_a_store_that_cannot_be_written_costs_the_pack_nothing(tmp_path, data_dir, config, packed, monkeypatch):
+    import errno
+
+    import packsft.store.rendered
+
+    def no_room(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(packsft.store.rendered, "sha256_file", no_room)  # while the entry is being written
+    out = tmp_path / "out"
+    assert run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES).dataset is not None
+    assert output_arrays(out) == output_arrays(packed)
+    assert not [path for path in (out / STORE_DIR).rglob("*") if path.is_file()]
+    with pytest.raises(OutputError, match="not in the rendered-token store"):
+        run_repack(out, tmp_path / "new", {"seq_length": 64}, quiet=True)

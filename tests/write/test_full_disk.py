@@ -1,4 +1,7 @@
-"""A full disk mid-run keeps the complete units intact, and a rerun finishes byte-identically."""
+"""A full disk mid-run keeps the complete units intact, and a rerun finishes byte-identically.
+
+The runs keep no rendered-token store (--no-store): the room left on the disk is counted in shard files.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ def _assert_first_unit_intact(out: Path, reference: Path, message: str) -> None:
 def full_disk_reference(tmp_path, demo_tokenizer_dir) -> tuple[Path, Path]:
     data = _full_disk_data(tmp_path / "data")
     reference = tmp_path / "reference"
-    assert pack(data, reference, demo_tokenizer_dir, "--seq-length", "256").exit_code == 0
+    assert pack(data, reference, demo_tokenizer_dir, "--seq-length", "256", "--no-store").exit_code == 0
     return data, reference
 
 
@@ -62,9 +65,9 @@ def test_full_tmpfs_keeps_complete_units_and_a_rerun_finishes_identically(tmp_pa
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
         out = mount / "out"
-        _assert_first_unit_intact(out, reference, error_line(pack(data, out, demo_tokenizer_dir, "--seq-length", "256")))
+        _assert_first_unit_intact(out, reference, error_line(pack(data, out, demo_tokenizer_dir, "--seq-length", "256", "--no-store")))
         subprocess.run(["mount", "-o", "remount,size=8m", str(mount)], check=True)  # space freed
-        assert pack(data, out, demo_tokenizer_dir, "--seq-length", "256").exit_code == 0
+        assert pack(data, out, demo_tokenizer_dir, "--seq-length", "256", "--no-store").exit_code == 0
         assert arrays(out) == arrays(reference)
         assert_output_verifies(out)
     finally:
@@ -93,6 +96,6 @@ def test_injected_enospc_keeps_complete_units_and_a_rerun_finishes_identically(t
 
         patch.setattr("packsft.write.writer.np.save", save_until_full)
         patch.setattr(Path, "write_text", no_room_for_notes)
-        _assert_first_unit_intact(out, reference, error_line(pack(data, out, demo_tokenizer_dir, "--seq-length", "256")))
-    assert pack(data, out, demo_tokenizer_dir, "--seq-length", "256").exit_code == 0
+        _assert_first_unit_intact(out, reference, error_line(pack(data, out, demo_tokenizer_dir, "--seq-length", "256", "--no-store")))
+    assert pack(data, out, demo_tokenizer_dir, "--seq-length", "256", "--no-store").exit_code == 0
     assert arrays(out) == arrays(reference)
