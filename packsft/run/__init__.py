@@ -13,6 +13,8 @@
     finish.py    status, resume hints (the executor found by name) and merge
     pipeline.py  run_pack: plan, run the missing units on an executor (SIGTERM/Ctrl-C stop cleanly), merge; the held-out split
     preview.py   pack --dry-run: the first records rendered and marked, counted, nothing written
+    repack.py    packsft repack: another row layout from the renderings an output kept (store/rendered.py), none read
+    mix.py       --mix: each file's source, the tokens of each source, its rate
 """
 
 from packsft.run.executor import Executor
