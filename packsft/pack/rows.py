@@ -59,14 +59,17 @@ def build_chunks(pieces: PieceTable, packing: Packing, seq_length: int, pad_id: 
     row_base = np.repeat(run[packing.row_offsets[:-1]] if rows else np.zeros(0, np.int64), pieces_per_row)
     columns = run - row_base
     tokens = np.full((rows, capacity), pad_id, pieces.ids.dtype)
-    flags = np.zeros((rows, capacity), np.uint8)
+    # Flags go straight to their label positions (one to the left; a row's first token is no label): no
+    # (rows, L+1) flag array beside its copy, 1 byte a position at the peak instead of 2.
+    loss_mask = np.zeros((rows, seq_length), np.uint8)
     starts = pieces.offsets[packing.order]
     for row, column, start, length in zip(piece_rows.tolist(), columns.tolist(), starts.tolist(), lengths.tolist()):
         tokens[row, column : column + length] = pieces.ids[start : start + length]
-        flags[row, column : column + length] = pieces.flags[start : start + length]
+        first = 1 if column == 0 else 0
+        loss_mask[row, column + first - 1 : column + length - 1] = pieces.flags[start + first : start + length]
     return Chunks(
         tokens=tokens,
-        loss_mask=np.ascontiguousarray(flags[:, 1:]),
+        loss_mask=loss_mask,
         segment_lengths=segments.astype(np.int32),
         row_segments=packing.row_offsets.astype(np.int64),
         piece_rows=piece_rows,
@@ -80,14 +83,19 @@ def build_linear_chunks(
     capacity = seq_length + 1
     total = len(ids)
     rows = linear_rows(total, seq_length)
-    padded = rows * seq_length + 1 if rows else 0
-    window = np.arange(rows, dtype=np.int64)[:, None] * seq_length + np.arange(capacity, dtype=np.int64)
-    stream_ids = np.full(padded, pad_id, ids.dtype)
-    stream_flags = np.zeros(padded, np.uint8)
-    stream_ids[:total] = ids[:padded]
-    stream_flags[:total] = flags[:padded]
-    tokens = stream_ids[window] if rows else np.zeros((0, capacity), ids.dtype)
-    row_flags = stream_flags[window] if rows else np.zeros((0, capacity), np.uint8)
+    body = rows * seq_length  # row r's first L tokens are stream[r*L : r*L+L]; its last is stream[r*L+L]
+    # Copied as reshaped blocks, without an int64 index per position (8 bytes) and a gather through it.
+    tokens = np.full((rows, capacity), pad_id, ids.dtype)
+    loss_mask = np.zeros((rows, seq_length), np.uint8)  # loss_mask[r, i] = flag of stream[r*L + i + 1]
+    if rows:
+        stream_ids = np.full(body + 1, pad_id, ids.dtype)
+        stream_ids[:min(total, body + 1)] = ids[:body + 1]
+        tokens[:, :seq_length] = stream_ids[:body].reshape(rows, seq_length)
+        tokens[:, seq_length] = stream_ids[seq_length::seq_length]
+        del stream_ids
+        stream_flags = np.zeros(body + 1, np.uint8)
+        stream_flags[:min(total, body + 1)] = flags[:body + 1]
+        loss_mask[:] = stream_flags[1:].reshape(rows, seq_length)
 
     # Segments: a row is cut at every conversation start inside it (its first segment may be the
     # middle of a conversation) and ends where the stream ends.
@@ -105,7 +113,7 @@ def build_linear_chunks(
     segment_lengths = np.concatenate(cut_lists).astype(np.int32) if cut_lists else np.zeros(0, np.int32)
     return Chunks(
         tokens=tokens,
-        loss_mask=np.ascontiguousarray(row_flags[:, 1:]),
+        loss_mask=loss_mask,
         segment_lengths=segment_lengths,
         row_segments=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         piece_rows=np.zeros(0, np.int64),

@@ -151,6 +151,8 @@ def narrow_tokens(tokens: np.ndarray, dtype: np.dtype, vocab_size: int) -> np.nd
             f"token id {bad} does not fit {dtype} storage for a vocabulary of {vocab_size}; "
             "the tokenizer produced an id outside its vocabulary"
         )
+    if tokens.dtype.kind == "i" and dtype.kind == "u" and tokens.dtype.itemsize == dtype.itemsize:
+        return tokens.view(dtype)  # ids checked >= 0 above: the same bytes, so no copy of the rows (4 bytes a position)
     return tokens.astype(dtype, copy=False)
 
 
