@@ -355,9 +355,7 @@ def _marker(tokenizer: PackTokenizer):
 
     def marker(n: int) -> list[int]:
         if n not in cache:
-            # The HF tokenizer (loaded already; ids proven equal to the fast encoder's): a re-pack, which encodes
-            # nothing else, never builds the fast encoder for these few texts.
-            cache[n] = tokenizer.encode_texts_hf([OMITTED_MARKER.format(n=n)])[0]
+            cache[n] = tokenizer.encode_few([OMITTED_MARKER.format(n=n)])[0]
         return cache[n]
 
     return marker
