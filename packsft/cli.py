@@ -215,10 +215,10 @@ def echo_pack_result(result: Any, out_dir: str) -> None:
 
     if result.dataset is not None:
         click.echo(format_summary(result.dataset))
-        click.echo(f"wrote {result.out_dir} in {result.seconds:.1f}s ({counted(result.packed, 'unit')} packed, "
-                   f"{result.skipped} already done)")
         if (store := _store_line(result.out_dir)) is not None:
             click.echo(store)
+        click.echo(f"wrote {result.out_dir} in {result.seconds:.1f}s ({counted(result.packed, 'unit')} packed, "
+                   f"{result.skipped} already done)")
         if result.eval is not None:
             click.echo("")
             echo_pack_result(result.eval, str(result.eval.out_dir))
