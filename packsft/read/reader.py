@@ -45,6 +45,9 @@ from packsft.read.shapes import OPTIONAL, REQUIRED, to_conversation
 # The field each input format is detected by (and whose JSON text decides `json_text`).
 FIELD = {shape: fields[0] for shape, fields in REQUIRED.items()}
 SOURCE_COLUMN = "source"
+# A batch of records also ends at this many characters of message content: records of long traces (100k+ characters
+# each) are rendered a few at a time, not 1,024 at once (peak RSS of a 131k-token pack: +110 MiB for one batch).
+BATCH_CHARS = 2_000_000
 # What `auto` looks for, in order: the first shape whose fields a file has.
 DETECT = {"messages": ("messages",), "sharegpt": ("conversations",), "prompt_completion": ("prompt", "completion"),
           "alpaca": ("instruction", "output")}
@@ -182,7 +185,7 @@ def read_conversations(
     name = display_name or str(source.path)
     structs = source.parquet is not None
     batch: list[Conversation] = []
-    filtered = 0
+    filtered = chars = 0
     for row, value, origin in _raw_records(source, name, batch_size, row_groups):
         source.rows_read = row + 1
         if source_filter is not None and origin != source_filter:
@@ -200,11 +203,12 @@ def read_conversations(
                 # A record without a `source` is counted under its file's name (stats' per-source table), after
                 # --source-filter, which matches only a `source` value.
                 batch.append(Conversation(messages, origin if origin is not None else name, name, row, extras, count))
+                chars += sum(len(content) for _, content in messages)
             except RecordRejected as bad:
                 rejects.reject(name, row, bad.reason, value.record if isinstance(value, _BadRecord) else value)
-        if len(batch) + filtered >= batch_size:
+        if len(batch) + filtered >= batch_size or chars >= BATCH_CHARS:
             yield batch, filtered
-            batch, filtered = [], 0
+            batch, filtered, chars = [], 0, 0
     if batch or filtered:
         yield batch, filtered
 
