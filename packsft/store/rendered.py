@@ -33,6 +33,7 @@ from packsft.render.tokenizer import TOKEN_ID_DTYPE
 from packsft.stages import ReadUnit
 from packsft.stats import ChatTurns, ReadCounts
 from packsft.write.layout import FORMAT_VERSION, sha256_file, storage_dtype
+from packsft.write.writer import narrow_tokens
 
 # The default store of an output: OUT_DIR/rendered (kept by --overwrite, which only replaces the rows).
 STORE_DIR = "rendered"
@@ -116,7 +117,8 @@ class RenderedStore:
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            np.save(tmp / "ids.npy", batch.ids.astype(storage_dtype(vocab_size), copy=False), allow_pickle=False)
+            np.save(tmp / "ids.npy", narrow_tokens(batch.ids, storage_dtype(vocab_size), vocab_size),
+                    allow_pickle=False)
             np.save(tmp / "source_codes.npy", codes, allow_pickle=False)
             for name in ARRAYS:
                 np.save(tmp / f"{name}.npy", getattr(batch, name), allow_pickle=False)
