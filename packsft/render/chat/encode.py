@@ -24,6 +24,7 @@ Both give the same ids and offsets (tests on ShareGPT with qwen3; `chat_proof.fa
 
 from __future__ import annotations
 
+import bisect
 import re
 from typing import Any, Protocol
 
@@ -35,6 +36,13 @@ from packsft.render.encoder import FastEncoder
 from packsft.render.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 
 Spans = list[tuple[int, int]]
+# Text of these characters is NFC whatever the Unicode version (each has NFC_Quick_Check=Yes and combining class 0
+# in every version, none composes with what follows): Latin up to the combining marks, Cyrillic without its
+# combining marks, general punctuation from U+2010 (U+2000 and U+2001 are singletons), CJK symbols and
+# punctuation without their tone marks, kana without the voicing marks, CJK unified ideographs, Hangul syllables,
+# fullwidth ASCII, emoji. A run of them needs no normalizing to know its offsets are exact.
+NFC_INERT = re.compile("[\x00-\u02ff\u0400-\u0482\u048a-\u04ff\u2010-\u205e\u3000-\u3029\u3030-\u303f"
+                       "\u3041-\u3096\u30a1-\u30fa\u4e00-\u9fff\uac00-\ud7a3\uff01-\uff5e\U0001f300-\U0001faff]*")
 Encoded = tuple[np.ndarray, np.ndarray]  # ids (TOKEN_ID_DTYPE) and character offsets (n, 2)
 
 
@@ -147,7 +155,7 @@ class FastRenderingEncoder:
         self.cut_ids = fast.special_tokens
         names = sorted(fast.special_tokens, key=len, reverse=True)  # leftmost-longest, as HF matches
         self.cut_pattern = re.compile("|".join(map(re.escape, names))) if names else None
-        self.byte_lengths = fast.byte_lengths()
+        self.byte_lengths = fast.byte_lengths().astype(np.int32)  # a token's bytes: gathered per token, kept small
 
     def encode(self, texts: list[str], spans: list[Spans]) -> list[Encoded]:
         """Ids and offsets of each rendering; `spans` are the character spans of its message contents.
@@ -155,71 +163,70 @@ class FastRenderingEncoder:
         All runs of the batch are encoded in one call and placed with array operations (`_place`);
         renderings the fast path cannot place exactly go the HF way.
         """
-        items: list[tuple[int, int, int, int]] = []  # (text, start, end, template token id or -1 for a run)
+        runs: list[str] = []
+        cuts: list[int] = []  # per item of the placed texts, back to back: a template token's id, or -1 for a run
+        items = np.zeros(len(texts), np.int64)  # items per text
         fallback: list[int] = []
         for index, (text, located) in enumerate(zip(texts, spans)):
             layout = self._layout(text, located)
-            if layout is None or not all(self._exact(text[lo:hi]) for lo, hi, cut in layout if cut < 0):
+            pieces = [text[lo:hi] for lo, hi, cut in layout if cut < 0] if layout is not None else []
+            if layout is None or not (text.isascii() or all(map(self._exact, pieces))):
                 fallback.append(index)
-            else:
-                items.extend((index, lo, hi, cut) for lo, hi, cut in layout)
-        out_ids, out_offsets, per_text = self._place(texts, items)
+                continue
+            runs.extend(pieces)
+            cuts.extend(cut for _, _, cut in layout)
+            items[index] = len(layout)
+        out_ids, out_offsets, per_text = self._place(texts, runs, np.asarray(cuts, np.int64), items)
         bounds = np.cumsum(per_text)
         slow = dict(zip(fallback, self.hf.encode([texts[i] for i in fallback], [spans[i] for i in fallback])))
         return [slow[i] if i in slow else (out_ids[bounds[i] - per_text[i]:bounds[i]],
                                            out_offsets[bounds[i] - per_text[i]:bounds[i]])
                 for i in range(len(texts))]
 
-    def _place(self, texts: list[str], items: list[tuple[int, int, int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Ids and character offsets of `items` back to back, and how many tokens each text got.
+    def _place(self, texts: list[str], runs: list[str], cuts: np.ndarray,
+               items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ids and character offsets of the placed texts back to back, and how many tokens each text got.
 
-        Item k (a run or a template token) lands at `item_at[k]`; a run's tokens get their byte ends in the
-        run from their byte lengths, plus where the run starts (bytes are characters in ASCII runs; other
-        runs are mapped to characters one by one).
+        A text's items (runs and template tokens, `items[t]` of them) cover it end to end, so its tokens' byte
+        ends are the running sum of their byte lengths from the text's start; bytes are characters in ASCII texts,
+        and mapped to characters in the others.
         """
-        table = np.asarray(items, np.int64).reshape(-1, 4)
-        text_of, starts, ends, cuts = table.T
-        is_run = cuts < 0
-        runs = [texts[t][lo:hi] for t, lo, hi, cut in items if cut < 0]
         ids, lengths = self.fast.encode_texts_flat(runs)
+        is_run = cuts < 0
+        tokens_before = np.zeros(len(cuts), np.int64)  # run tokens before each item
+        tokens_before[is_run] = lengths
+        tokens_before = np.cumsum(tokens_before) - tokens_before
+        out_ids = np.insert(ids, tokens_before[~is_run], cuts[~is_run]).astype(TOKEN_ID_DTYPE, copy=False)
         item_len = np.ones(len(cuts), np.int64)
         item_len[is_run] = lengths
-        item_at = np.cumsum(item_len) - item_len
-        byte_lengths = self.byte_lengths[ids]
-        byte_ends = _offsets_within_runs(byte_lengths, lengths)
-        run_first = np.cumsum(lengths) - lengths
-        dest = np.arange(len(ids), dtype=np.int64) + np.repeat(item_at[is_run] - run_first, lengths)
-        out_ids = np.empty(int(item_len.sum()), TOKEN_ID_DTYPE)
-        out_offsets = np.empty((len(out_ids), 2), np.int64)
-        out_ids[dest], out_ids[item_at[~is_run]] = ids, cuts[~is_run]
-        token_lo = np.repeat(starts[is_run], lengths)
-        out_offsets[dest, 0], out_offsets[dest, 1] = byte_ends - byte_lengths + token_lo, byte_ends + token_lo
-        out_offsets[item_at[~is_run], 0], out_offsets[item_at[~is_run], 1] = starts[~is_run], ends[~is_run]
-        run_at, run_lo = item_at[is_run], starts[is_run]
-        for r, run in enumerate(runs):
-            if not run.isascii():
-                tokens = slice(int(run_first[r]), int(run_first[r] + lengths[r]))
-                out_offsets[run_at[r]:run_at[r] + lengths[r]] = _char_offsets(
-                    run, int(run_lo[r]), byte_ends[tokens], byte_lengths[tokens])
-        per_text = np.zeros(len(texts), np.int64)
-        np.add.at(per_text, text_of, item_len)
-        return out_ids, out_offsets, per_text
+        item_text = np.repeat(np.arange(len(texts)), items)
+        per_text = np.bincount(item_text, weights=item_len, minlength=len(texts)).astype(np.int64)
+        byte_lengths = self.byte_lengths[out_ids]
+        # Starts and ends each in a row of their own (written and searched contiguously), handed out as (n, 2).
+        offsets = np.empty((2, len(out_ids)), np.int64)
+        ends = np.cumsum(byte_lengths, out=offsets[1])
+        first = np.cumsum(per_text) - per_text  # each text's first token
+        ends -= np.repeat(np.concatenate([[0], ends])[first], per_text)  # the bytes of the texts before
+        np.subtract(ends, byte_lengths, out=offsets[0])
+        for t in np.flatnonzero(items).tolist():
+            if not texts[t].isascii():
+                tokens = slice(int(first[t]), int(first[t] + per_text[t]))
+                offsets[:, tokens] = _char_offsets(texts[t], offsets[1, tokens], byte_lengths[tokens]).T
+        return out_ids, offsets.T, per_text
 
     def _layout(self, text: str, located: Spans) -> list[tuple[int, int, int]] | None:
         """The rendering as runs and the template's special tokens, or None where a special string crosses a content edge."""
         layout: list[tuple[int, int, int]] = []
         cursor = 0
         matches = self.cut_pattern.finditer(text) if self.cut_pattern is not None else ()
+        located = sorted(located)
+        content_ends = [ce for _, ce in located]  # non-decreasing: the spans are disjoint
         for match in matches:
             start, end = match.span()
-            inside = False
-            for cs, ce in located:
-                if cs < end and start < ce:  # overlaps a content
-                    if not (cs <= start and end <= ce):
-                        return None
-                    inside = True
-                    break
-            if inside:
+            j = bisect.bisect_right(content_ends, start)  # the first content that ends after the match starts
+            if j < len(located) and located[j][0] < end:  # overlaps that content: inside it, or across its edge
+                if not (located[j][0] <= start and end <= located[j][1]):
+                    return None
                 continue
             if start > cursor:
                 layout.append((cursor, start, -1))
@@ -231,7 +238,7 @@ class FastRenderingEncoder:
 
     def _exact(self, run: str) -> bool:
         """True when the fast path places this run's offsets exactly (its characters are what gets encoded)."""
-        if run.isascii():
+        if run.isascii() or NFC_INERT.fullmatch(run):
             return True
         try:
             run.encode("utf-8")
@@ -251,19 +258,8 @@ def plain_text_backend(serialized: str) -> Any:
     return plain
 
 
-def _offsets_within_runs(byte_lengths: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Per token, the byte offset of its end within its own run (runs back to back, `lengths` tokens each)."""
-    ends = np.cumsum(byte_lengths)
-    if not len(ends):
-        return ends
-    run_starts = np.cumsum(lengths) - lengths
-    before = np.where(run_starts > 0, ends[np.maximum(run_starts - 1, 0)], 0)
-    return ends - np.repeat(before, lengths)
-
-
-def _char_offsets(run: str, start: int, byte_ends: np.ndarray, byte_lengths: np.ndarray) -> np.ndarray:
-    """Character offsets of the tokens of `run` (which starts at character `start`), from their byte ends in it."""
-    data = np.frombuffer(run.encode("utf-8"), np.uint8)
-    char_of_byte = np.cumsum((data & 0xC0) != 0x80) - 1 + start  # continuation bytes belong to the char before
-    byte_starts = byte_ends - byte_lengths
-    return np.stack([char_of_byte[byte_starts], char_of_byte[byte_ends - 1] + 1], axis=1)
+def _char_offsets(text: str, byte_ends: np.ndarray, byte_lengths: np.ndarray) -> np.ndarray:
+    """Character offsets of tokens of `text` from their byte ends in it (a token inside a character covers it)."""
+    data = np.frombuffer(text.encode("utf-8"), np.uint8)
+    char_of_byte = np.cumsum((data & 0xC0) != 0x80) - 1  # continuation bytes belong to the char before
+    return np.stack([char_of_byte[byte_ends - byte_lengths], char_of_byte[byte_ends - 1] + 1], axis=1)

@@ -29,7 +29,15 @@ from packsft.render.chat.layout import (
     without_trailer,
 )
 from packsft.render.chat.probes import JOIN_PROBE, PROBE_MARK, probe_records
-from packsft.render.chat.skeleton import STAND_IN_TOOLS, PrefixRenderings, SkeletonCache, shape_key, skeleton
+from packsft.render.chat.skeleton import (
+    STAND_IN_TOOLS,
+    PrefixRenderings,
+    SkeletonCache,
+    Splicer,
+    shape_key,
+    skeleton,
+)
+from packsft.render.chat.trace import Trace, Tracer
 from packsft.render.tokenizer import PackTokenizer
 
 # A template bound to tools and kwargs: ChatRenderer.bind.
@@ -52,7 +60,8 @@ class TemplateFacts:
         self.base_markers = markers
         self.bos_token = bos_token
         self.trailers: dict[str, str] = {}  # per tools and kwargs
-        self.skeletons = SkeletonCache()
+        self.skeletons: SkeletonCache[Layout | None] = SkeletonCache()
+        self.traces: SkeletonCache[tuple[Splicer, Trace] | None] = SkeletonCache()
         self.prefix_texts: dict[bytes, str] = {}  # PrefixRenderings' store
         self.heads: dict[str, str | None] = {}  # heads and generic prompts, per tools and kwargs
         self.rules: dict[str, LocalRules | None] = {}  # per tools and kwargs
@@ -104,12 +113,33 @@ class TemplateFacts:
                         kwargs: Mapping[str, Any]) -> Layout | None:
         """The layout of a skeleton (chat_layout.skeleton) with these tools and kwargs, analysed once per shape;
         None where the template refuses the skeleton."""
-        render, key = bind(tools, kwargs), shape_key([], tools, kwargs)
         return self.skeletons.get(shape_key(holed, tools, kwargs), functools.partial(
-            _try_analyse, PrefixRenderings(render, holed, key, self.prefix_texts), holed, self.markers(render, key),
+            self._skeleton_layout, bind, holed, tools, kwargs))
+
+    def _skeleton_layout(self, bind: Bind, holed: list[dict[str, Any]], tools: Any,
+                         kwargs: Mapping[str, Any]) -> Layout | None:
+        render, key = bind(tools, kwargs), shape_key([], tools, kwargs)
+        return _try_analyse(
+            PrefixRenderings(render, holed, key, self.prefix_texts), holed, self.markers(render, key),
             functools.partial(self.head_end, render, key, holed[0]["role"]), self.generic_prompt(render, key),
             self.fixed_prompt(bind), self.local_rules(render, key) if self.opener_rule(bind) else None,
-            not self.history_as_prompted(bind)))
+            not self.history_as_prompted(bind))
+
+    def traced_layout(self, bind: Bind, tracer: Tracer, holed: list[dict[str, Any]],
+                      kwargs: Mapping[str, Any]) -> tuple[Splicer, Trace] | None:
+        """The layout of a skeleton without tools, ready to splice, and its trace (trace.py), once per shape; None
+        where the template refuses the skeleton or reads its placeholders in a way a trace cannot replay."""
+        return self.traces.get(shape_key(holed, None, kwargs), functools.partial(
+            self._traced_layout, bind, tracer, holed, kwargs))
+
+    def _traced_layout(self, bind: Bind, tracer: Tracer, holed: list[dict[str, Any]],
+                       kwargs: Mapping[str, Any]) -> tuple[Splicer, Trace] | None:
+        layout = self.skeleton_layout(bind, holed, None, kwargs)
+        traced = tracer(holed, None, False, dict(kwargs)) if layout is not None else None
+        # The tracing environment must render the skeleton as the template does: a check on its hooks.
+        if layout is None or traced is None or traced.text != layout.text:
+            return None
+        return Splicer(layout), traced
 
     def head_end(self, render: Render, key: str, first_role: str, text: str) -> int:
         """Where the first message's own span starts: after a BOS and what the template puts before every first

@@ -43,36 +43,38 @@ def flags_and_spans(
     n = len(ids)
     flags = np.zeros(n, np.uint8)
     roles = [role for role, _ in conv.messages]
-    token_starts, token_ends = offsets[:, 0], offsets[:, 1]
     first_user = roles.index(USER) if USER in roles else len(roles)
     is_unprompted = ASSISTANT in roles[:first_user]
     masked_before = first_user if (unprompted == "mask" and is_unprompted) else 0
 
-    def token_at(x: int) -> int:  # the first token starting at or after character x (a message boundary)
-        return int(np.searchsorted(token_starts, x, side="left"))
-
-    def token_over(x: int) -> int:  # the first token ending after character x (a generated span starts there)
-        return int(np.searchsorted(token_ends, x, side="right"))
-
-    starts = [token_at(x) for x in layout.starts]
+    # Message starts, generated ends and the head's end fall on the first token starting at or after them; bodies and
+    # generated starts on the first token ending after them (a generated span starts there). One search each.
+    generated = [(i, span) for i, span in enumerate(layout.generated) if span is not None]
+    at = np.searchsorted(offsets[:, 0], [*layout.starts, *(end for _, (_, end) in generated), layout.head_end],
+                         side="left").tolist()
+    over = np.searchsorted(offsets[:, 1], [*layout.bodies, *(start for _, (start, _) in generated)],
+                           side="right").tolist()
+    starts, head_end = at[:len(roles)], at[-1]
+    spans = {i: (over[len(roles) + k], at[len(roles) + k]) for k, (i, _) in enumerate(generated)}
     ends = starts[1:] + [n]
-    bodies = [min(token_over(x), end) for x, end in zip(layout.bodies, ends)]
-    for i, span in enumerate(layout.generated):
+    bodies = [min(body, end) for body, end in zip(over, ends)]
+    for i in range(len(roles)):
         if i < masked_before or not conv.trains(i):
             continue
         if mask == "all":
             flags[starts[i]:ends[i]] = 1
-        elif span is not None and roles[i] == ASSISTANT:
-            flags[token_over(span[0]):token_at(span[1])] = 1
+        elif i in spans and roles[i] == ASSISTANT:
+            flags[spans[i][0]:spans[i][1]] = 1
     if mask == "all":
         for i in range(max(masked_before, 0), len(roles)):
             if conv.trains(i) and roles[i] != ASSISTANT:
                 flags[starts[i]:ends[i]] = 1
         if masked_before == 0 and len(roles):
-            flags[token_at(layout.head_end):starts[0]] = 1
+            flags[head_end:starts[0]] = 1
     flags[0] = 0  # the first token of a conversation is never a label (it starts a segment)
     # The last message's span ends where the rendering's tail (after its end-of-turn) begins.
     if roles:
-        ends[-1] = max(starts[-1], min(n, token_at(layout.generated[-1][1]) if layout.generated[-1] else n))
+        last = len(roles) - 1
+        ends[-1] = max(starts[-1], min(n, spans[last][1] if last in spans else n))
     headers = [max(body - start, 0) for body, start in zip(bodies, starts)]
     return flags, (starts, ends, headers, is_unprompted)

@@ -7,10 +7,12 @@ torch (seconds per worker), its chat-template utilities do not. proof.py checks 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from packsft.errors import MissingDependencyError
+from packsft.render.chat.trace import Trace, Tracer, trace, traced_template
 from packsft.render.tokenizer import PackTokenizer
 
 
@@ -42,9 +44,7 @@ def jinja_renderer(tokenizer: PackTokenizer) -> Callable[[list[dict[str, Any]], 
     direct = _compiled_renderer()
 
     def render(messages: list[dict[str, Any]], tools: Any, prompt: bool, kwargs: dict[str, Any]) -> str:
-        chosen: Any = template
-        if isinstance(template, dict):  # several named templates: as transformers picks them
-            chosen = template.get("tool_use") if tools is not None and "tool_use" in template else template.get("default")
+        chosen = _chosen(template, tools)
         if direct is not None:
             return direct(chosen, messages, tools, prompt, {**special, **kwargs})
         rendered, _ = render_jinja_template(conversations=[messages], tools=tools, chat_template=chosen,
@@ -52,6 +52,48 @@ def jinja_renderer(tokenizer: PackTokenizer) -> Callable[[list[dict[str, Any]], 
         return rendered[0]
 
     return render
+
+
+def _chosen(template: str | dict[str, str], tools: Any) -> Any:
+    """The template transformers renders with: of several named ones, "tool_use" where there are tools."""
+    if isinstance(template, dict):
+        return template.get("tool_use") if tools is not None and "tool_use" in template else template.get("default")
+    return template
+
+
+def skeleton_tracer(tokenizer: PackTokenizer) -> Tracer | None:
+    """A function rendering a skeleton as `jinja_renderer`'s does, through a tracing environment (trace.py), with what
+    the template read of its placeholders; None where transformers renders otherwise than `_compiled_renderer`."""
+    template = tokenizer.chat_template
+    if not template or tokenizer.chat_renderer == "hf":
+        return None
+    try:
+        from transformers.utils.chat_template_utils import _alias_reasoning_fields, _plain_template_data
+    except ImportError:
+        return None
+    special = dict(tokenizer.special_tokens_map)
+
+    def render(messages: list[dict[str, Any]], tools: Any, prompt: bool, kwargs: dict[str, Any]) -> Trace | None:
+        chosen = _chosen(template, tools)
+        traced = _traced_template(chosen) if isinstance(chosen, str) else None
+        if traced is None:
+            return None
+        return trace(traced, messages=_alias_reasoning_fields(_plain_template_data(messages)),
+                     tools=_plain_template_data(tools), documents=None, add_generation_prompt=prompt,
+                     **_plain_template_data({**special, **kwargs}))
+
+    return render
+
+
+@functools.lru_cache(maxsize=16)
+def _traced_template(source: str) -> Any:
+    """The tracing template of `source`, compiled once per process (a worker renders many units); None where this
+    transformers compiles templates otherwise."""
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:
+        return None
+    return traced_template(_compile_jinja_template(source).environment, source)
 
 
 def _compiled_renderer() -> Callable[[str, list[dict[str, Any]], Any, bool, dict[str, Any]], str] | None:

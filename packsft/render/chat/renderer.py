@@ -7,7 +7,9 @@
 
 1. Each record renders as `apply_chat_template(messages, tools=tools, **kwargs)` does, with its tools and
    template kwargs (`--template-kwargs`, overridden by the row's own `chat_template_kwargs`), through
-   transformers' own jinja renderer (`render_jinja_template`).
+   transformers' own jinja renderer (`render_jinja_template`). A record without tools whose shape's skeleton was
+   traced (trace.py) is not rendered: where the template's reads of its strings answer as they did for the
+   skeleton's placeholders, its rendering is the skeleton with its strings spliced in (skeleton.Splicer).
 2. layout.py finds, from the template's renderings of prefixes of the conversation, where each message
    starts and what each assistant turn generates: everything after its generation prompt
    (`add_generation_prompt=True` on the conversation before it), reasoning and tool calls included, through
@@ -45,7 +47,7 @@ from packsft.render.batch import ROLE_CODES, Reject, RenderedBatch, any_of, coun
 from packsft.render.chat.encode import RenderingEncoder, rendering_encoder
 from packsft.render.chat.facts import template_facts
 from packsft.render.chat.flags import flags_and_spans, text_flags
-from packsft.render.chat.jinja import jinja_renderer, require_jinja
+from packsft.render.chat.jinja import jinja_renderer, require_jinja, skeleton_tracer
 from packsft.render.chat.layout import (
     HOLE,
     HOLE_PATTERN,
@@ -107,6 +109,7 @@ class ChatRenderer:
         self.counts = ChatTurns()
         self.inference_prefixes: set[int] = set()  # id() of records --turns inference added
         self._jinja = jinja_renderer(tokenizer)
+        self._tracer = skeleton_tracer(tokenizer)
 
     # -- the Renderer protocol (render/batch.py) ----------------------------------------------------------------
     def prepare(self, conversations: list[Conversation]) -> list[Conversation]:
@@ -175,11 +178,15 @@ class ChatRenderer:
     def _layout(self, conv: Conversation) -> Layout:
         messages, tools = conv.chat_messages(), conv.tools
         kwargs = conv.template_kwargs(self.template_kwargs)
+        holed, values = skeleton(messages)
+        if tools is None and self._tracer is not None:  # the record's rendering without rendering it: trace.py
+            traced = self.facts.traced_layout(self.bind, self._tracer, holed, kwargs)
+            if traced is not None and traced[1].replays(values):
+                return self._finished(traced[0](values))
         text = self.render_text(messages, tools, kwargs)
         tools_special = tools is not None and self.specials is not None and bool(
             self.specials.search(json.dumps(tools, ensure_ascii=False)))
         if not tools_special:
-            holed, values = skeleton(messages)
             stand_in = STAND_IN_TOOLS if tools else None
             found = self.facts.skeleton_layout(self.bind, holed, stand_in, kwargs)
             spliced = splice(found, values, text, stand_in=stand_in is not None) if found is not None else None

@@ -4,7 +4,8 @@ A conversation of n messages needs about 1.5 n renderings (layout.py). Most conv
 many others, so the analysis runs on a *skeleton*: every content, reasoning, call id and string argument replaced
 by a numbered placeholder, cached per shape, tools and template kwargs. Splicing the record's strings into the
 skeleton must give back exactly the record's rendering (as given, or JSON-escaped where the template escapes
-them), or the record is analysed itself.
+them), or the record is analysed itself; where the skeleton's trace replays on the record's strings (trace.py), the
+splice is that rendering and the record is not rendered at all (`Splicer`).
 
     skeleton:  <|im_start|>user\\n\ue0000\ue001<|im_end|>\\n<|im_start|>assistant\\n\ue0001\ue001<|im_end|>\\n
     record:    <|im_start|>user\\nHi there<|im_end|>\\n<|im_start|>assistant\\nHello!<|im_end|>\\n
@@ -20,7 +21,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from packsft.render.chat.layout import HOLE, HOLE_PATTERN, Layout, Render, common_prefix
 
@@ -33,6 +34,7 @@ STAND_IN_TOOLS = [{"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"x": {"type": "string", "description": "x"}}, "required": ["x"]}}}]
 SKELETON_CACHE_SIZE = 4096
 PREFIX_CACHE_SIZE = 32768  # skeleton renderings (short: contents are placeholders)
+Found = TypeVar("Found")
 
 
 def skeleton(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -102,58 +104,81 @@ def splice(layout: Layout, values: list[str], text: str, *, stand_in: bool = Fal
         stand_in: the skeleton was rendered with stand-in tools; the one stretch where the spliced skeleton and
             `text` then differ is the tools block, which must hold no position of the layout and no placeholder.
     """
-    pieces, marks, cursor = [], [], 0
-    for match in HOLE_PATTERN.finditer(layout.text):
-        index = int(match.group(1))
-        if index >= len(values):
-            return None
-        pieces.append(layout.text[cursor:match.start()])
-        pieces.append(values[index])
-        marks.append((match.start(), match.end(), len(values[index])))
-        cursor = match.end()
-    pieces.append(layout.text[cursor:])
-    spliced = "".join(pieces)
-    if spliced != text and not stand_in:
-        escaped = _escaped_lengths(pieces, text)
-        if escaped is None:
-            return None
-        marks = [(start, end, length) for (start, end, _), length in zip(marks, escaped)]
-        spliced = text
-    ends = [end for _, end, _ in marks]
-    shift = [0]
-    for start, end, length in marks:
-        shift.append(shift[-1] + length - (end - start))
+    splicer = Splicer(layout)
+    if any(index >= len(values) for index in splicer.indices):
+        return None
+    strings = [values[index] for index in splicer.indices]
+    spliced, lengths = splicer.joined(strings), [len(string) for string in strings]
+    if spliced == text:
+        return splicer.moved(text, lengths)
+    if not stand_in:
+        pieces = [piece for literal, string in zip(splicer.literals, strings) for piece in (literal, string)]
+        escaped = _escaped_lengths([*pieces, splicer.literals[-1]], text)
+        return splicer.moved(text, escaped) if escaped is not None else None
+    region = _differing_stretch(spliced, text)
+    if region is None:
+        return None
+    lo, hi, delta = region  # spliced[lo:hi] stands where text[lo:hi + delta] is
+    found = splicer.moved(spliced, lengths)
+    if any(lo < x < hi for x in _positions(found)) or any(lo < e and s < hi for s, e in found.data):
+        return None
+    return splicer.moved(text, lengths, past=(hi, delta))
 
-    def moved(x: int) -> int:
-        j = bisect.bisect_right(ends, x)
-        if j < len(marks) and marks[j][0] < x:  # inside a placeholder: its start
-            x = marks[j][0]
-        return x + shift[j]
 
-    data = [(moved(start), moved(start) + length) for start, _, length in marks]
-    positions = [layout.head_end, *layout.starts, *layout.bodies,
-                 *(x for span in layout.generated if span is not None for x in span)]
-    if spliced != text:
-        if not stand_in:
-            return None
-        region = _differing_stretch(spliced, text)
-        if region is None:
-            return None
-        lo, hi, delta = region  # spliced[lo:hi] stands where text[lo:hi + delta] is
-        if any(lo < moved(x) < hi for x in positions) or any(lo < e and s < hi for s, e in data):
-            return None
-        inner = moved
+class Splicer:
+    """A skeleton's layout, ready to move onto records: its text between placeholders, and which placeholders precede
+    each position. Calling it with a record's strings gives the layout of the spliced skeleton: the record's own
+    where its rendering is known to be that (a replayed trace: trace.py); `splice` checks it against the rendering."""
 
-        def moved(x: int) -> int:  # noqa: F811 - the same move, then past the tools block
-            y = inner(x)
-            return y + delta if y >= hi else y
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        marks = [(match.start(), match.end(), int(match.group(1))) for match in HOLE_PATTERN.finditer(layout.text)]
+        bounds = [0, *(x for start, end, _ in marks for x in (start, end)), len(layout.text)]
+        self.literals = [layout.text[bounds[i]:bounds[i + 1]] for i in range(0, len(bounds), 2)]
+        self.indices = [index for _, _, index in marks]
+        self.starts = [start for start, _, _ in marks]
+        self.widths = [end - start for start, end, _ in marks]
+        ends = [end for _, end, _ in marks]
+        self.positions = []  # (position, placeholders before it): a position inside a placeholder moves to its start
+        for x in _positions(layout):
+            j = bisect.bisect_right(ends, x)
+            self.positions.append((marks[j][0] if j < len(marks) and marks[j][0] < x else x, j))
 
-        data = [(moved(start), moved(start) + length) for start, _, length in marks]
-    return Layout(
-        text, moved(layout.head_end), [moved(x) for x in layout.starts], [moved(x) for x in layout.bodies],
-        [None if span is None else (moved(span[0]), moved(span[1])) for span in layout.generated],
-        list(layout.rewritten), data, list(layout.endings),
-    )
+    def __call__(self, values: list[str]) -> Layout:
+        strings = [values[index] for index in self.indices]
+        return self.moved(self.joined(strings), [len(string) for string in strings])
+
+    def joined(self, strings: list[str]) -> str:
+        """The skeleton's text with `strings` in its placeholders, in the order they occur."""
+        pieces: list[str] = [""] * (2 * len(strings) + 1)
+        pieces[::2], pieces[1::2] = self.literals, strings
+        return "".join(pieces)
+
+    def moved(self, text: str, lengths: list[int], past: tuple[int, int] | None = None) -> Layout:
+        """The layout on `text`, where the placeholders' strings take `lengths` characters (in the order they occur);
+        `past` (hi, delta): positions from hi on move by delta more (past a tools block of another length)."""
+        layout = self.layout
+        shift = [0]
+        for length, width in zip(lengths, self.widths):
+            shift.append(shift[-1] + length - width)
+        xs = [x + shift[j] for x, j in self.positions]
+        data = [(start + moved, start + moved + length) for start, moved, length in zip(self.starts, shift, lengths)]
+        if past is not None:
+            hi, delta = past
+            xs = [x + delta if x >= hi else x for x in xs]
+            data = [(s + delta, e + delta) if s >= hi else (s, e) for s, e in data]
+        at = iter(xs)
+        head_end = next(at)
+        starts = [next(at) for _ in layout.starts]
+        bodies = [next(at) for _ in layout.bodies]
+        generated = [None if span is None else (next(at), next(at)) for span in layout.generated]
+        return Layout(text, head_end, starts, bodies, generated, list(layout.rewritten), data, list(layout.endings))
+
+
+def _positions(layout: Layout) -> list[int]:
+    """The layout's positions in one list: the head's end, message starts, bodies, generated spans."""
+    return [layout.head_end, *layout.starts, *layout.bodies,
+            *(x for span in layout.generated if span is not None for x in span)]
 
 
 def _escaped_lengths(pieces: list[str], text: str) -> list[int] | None:
@@ -214,12 +239,13 @@ class PrefixRenderings:
 
 
 @dataclass
-class SkeletonCache:
-    """Layouts of skeletons by shape key, bounded (cleared when full: shapes repeat within a unit, not across)."""
+class SkeletonCache(Generic[Found]):
+    """Layouts of skeletons (or what else is found once per shape) by shape key, bounded (cleared when full: shapes
+    repeat within a unit, not across)."""
 
-    entries: dict[str, Layout | None] = field(default_factory=dict)
+    entries: dict[str, Found] = field(default_factory=dict)
 
-    def get(self, key: str, compute: Callable[[], Layout | None]) -> Layout | None:
+    def get(self, key: str, compute: Callable[[], Found]) -> Found:
         if key not in self.entries:
             if len(self.entries) >= SKELETON_CACHE_SIZE:
                 self.entries.clear()
