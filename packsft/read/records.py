@@ -132,6 +132,17 @@ class Conversation:
         calls = self.extras.field(index, "tool_calls") if self.extras else None
         return list(calls) if calls else []
 
+    @property
+    def chars(self) -> int:
+        """Characters of its contents, reasoning traces and tool-call arguments given as text: about what rendering
+        it holds in memory."""
+        total = sum(len(content) for _, content in self.messages)
+        for index in range(len(self.messages)) if self.extras is not None else ():
+            total += len(self.reasoning(index) or "")
+            total += sum(len(arguments) for call in self.tool_calls(index)
+                         if isinstance(arguments := (call.get("function") or {}).get("arguments"), str))
+        return total
+
 
 class RecordRejected(Exception):
     """Internal signal: this record is bad for the given reason."""

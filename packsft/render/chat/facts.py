@@ -32,6 +32,7 @@ from packsft.render.chat.probes import JOIN_PROBE, PROBE_MARK, probe_records
 from packsft.render.chat.skeleton import (
     STAND_IN_TOOLS,
     PrefixRenderings,
+    PrefixTexts,
     SkeletonCache,
     Splicer,
     shape_key,
@@ -62,7 +63,7 @@ class TemplateFacts:
         self.trailers: dict[str, str] = {}  # per tools and kwargs
         self.skeletons: SkeletonCache[Layout | None] = SkeletonCache()
         self.traces: SkeletonCache[tuple[Splicer, Trace] | None] = SkeletonCache()
-        self.prefix_texts: dict[bytes, str] = {}  # PrefixRenderings' store
+        self.prefix_texts = PrefixTexts()  # PrefixRenderings' store
         self.heads: dict[str, str | None] = {}  # heads and generic prompts, per tools and kwargs
         self.rules: dict[str, LocalRules | None] = {}  # per tools and kwargs
         self._fixed_prompt: bool | None = None

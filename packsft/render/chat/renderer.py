@@ -422,6 +422,7 @@ def _render_all(
 def _count_turns(renderer: ChatRenderer, conv: Conversation, layout: Layout, flags: np.ndarray) -> None:
     """What the rendering does to trained turns: rewritten when not last (`turns_rewritten_in_history`), reasoning
     left out (`reasoning_tokens_dropped`); and the repeated context of `--turns inference` renderings."""
+    dropped = []  # reasoning texts the rendering leaves out, counted in one call (a long trace has hundreds)
     for k, span in enumerate(layout.generated):
         if span is None or not conv.trains(k):
             continue
@@ -435,8 +436,9 @@ def _count_turns(renderer: ChatRenderer, conv: Conversation, layout: Layout, fla
             reasoning = found.group(1) if found else None
         end = layout.starts[k + 1] if k + 1 < len(layout.starts) else len(layout.text)
         if reasoning and reasoning.strip() and reasoning.strip() not in layout.text[layout.starts[k]:end]:
-            renderer.counts.reasoning_tokens_dropped += len(
-                renderer.tokenizer.backend.encode(reasoning, add_special_tokens=False).ids)
+            dropped.append(reasoning)
+    if dropped:  # as HF counts them: special-token strings are one token each
+        renderer.counts.reasoning_tokens_dropped += sum(len(ids) for ids in renderer.tokenizer.encode_batch(dropped))
     if layout.appended and conv.trains(len(layout.generated) - 1):
         renderer.counts.stop_tokens_appended += 1
     if id(conv) in renderer.inference_prefixes:

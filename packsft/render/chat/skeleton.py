@@ -34,6 +34,9 @@ STAND_IN_TOOLS = [{"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"x": {"type": "string", "description": "x"}}, "required": ["x"]}}}]
 SKELETON_CACHE_SIZE = 4096
 PREFIX_CACHE_SIZE = 32768  # skeleton renderings (short: contents are placeholders)
+# ... and at most this many characters of them: the prefixes of a long agentic trace (hundreds of messages, each prefix
+# rendered) held 100 MiB a unit, kept across units, the peak RSS of a 131k-token pack (0.61 GiB; 0.43 GiB bounded).
+PREFIX_CACHE_CHARS = 4_000_000
 Found = TypeVar("Found")
 
 
@@ -213,6 +216,20 @@ def _differing_stretch(a: str, b: str) -> tuple[int, int, int] | None:
     return lo, len(a) - back, len(b) - len(a)
 
 
+class PrefixTexts(dict[bytes, str]):
+    """PrefixRenderings' store: renderings by prefix key, cleared when full (PREFIX_CACHE_SIZE entries, or
+    PREFIX_CACHE_CHARS characters)."""
+
+    chars = 0
+
+    def add(self, key: bytes, text: str) -> None:
+        if len(self) >= PREFIX_CACHE_SIZE or self.chars + len(text) > PREFIX_CACHE_CHARS:
+            self.clear()
+            self.chars = 0
+        self[key] = text
+        self.chars += len(text)
+
+
 class PrefixRenderings:
     """`render` for the prefixes of one skeleton, memoised by the prefix's content in `store` (shared by every
     skeleton of a unit): skeletons of agentic traces rarely repeat whole, but their early turns do.
@@ -220,7 +237,7 @@ class PrefixRenderings:
     Call it as `render` is called, with `messages[:i]` of the messages it was made for.
     """
 
-    def __init__(self, render: Render, messages: list[dict[str, Any]], context: str, store: dict[bytes, str]) -> None:
+    def __init__(self, render: Render, messages: list[dict[str, Any]], context: str, store: PrefixTexts) -> None:
         self.render, self.messages, self.store = render, messages, store
         digest = hashlib.blake2b(context.encode(), digest_size=16)
         self.keys = [digest.digest()]
@@ -232,9 +249,8 @@ class PrefixRenderings:
         key = self.keys[len(messages)] + (b"+" if prompt else b"-")
         text = self.store.get(key)
         if text is None:
-            text = self.store[key] = self.render(messages, prompt)
-            if len(self.store) > PREFIX_CACHE_SIZE:
-                self.store.clear()
+            text = self.render(messages, prompt)
+            self.store.add(key, text)
         return text
 
 
