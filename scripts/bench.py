@@ -142,7 +142,7 @@ def bench_gigatoken_alone(data_dir: Path, tokenizer_dir: Path, template: str) ->
     tokenizer = load_tokenizer(str(tokenizer_dir), template, encoder="hf")
     with tempfile.TemporaryDirectory() as tmp:
         spec, counts = Path(tmp) / "tokenizer.json", Path(tmp) / "counts.json"
-        spec.write_text(GigatokenEncoder(tokenizer.serialized).plain_json, encoding="utf-8")
+        spec.write_bytes(GigatokenEncoder(tokenizer.serialized).plain_json)
         files = [str(path) for path in sorted(data_dir.glob("*.parquet"))]
         seconds, _, _ = run_measured([sys.executable, "-c", GIGATOKEN_ALONE, str(spec), str(counts), *files])
         return seconds, json.loads(counts.read_text())["tokens"]

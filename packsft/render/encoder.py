@@ -303,6 +303,12 @@ class GigatokenEncoder:
         self._nfc = NFC() if nfc else None
         self._parallel = threads > 1
 
+    @property
+    def plain_json(self) -> bytes:
+        """The tokenizer.json gigatoken is built from (special added tokens made plain), UTF-8: what scripts/bench.py
+        gives gigatoken alone."""
+        return self._json
+
     def normalized(self, text: str) -> str:
         """The text as the chat path must see it to place tokens: NFC-normalized where the tokenizer normalizes so."""
         return text if self._nfc is None or text.isascii() else self._nfc.normalize_str(text)
