@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench import _tree_rss as tree_rss  # (largest process, sum) RSS of a process tree, from /proc
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DATA = SHARED / "data" / "sharegpt"
@@ -30,35 +32,15 @@ HEADING = "## 1B tokens on one machine"
 SAMPLE_SECONDS = 1.0
 
 
-def tree_rss(root: int) -> dict[int, int]:
-    """RSS in bytes of `root` and each of its descendants, by pid, read from /proc."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    page, found, todo = os.sysconf("SC_PAGE_SIZE"), {}, [root]
-    while todo:
-        pid = todo.pop()
-        todo.extend(parents.get(pid, []))
-        try:
-            found[pid] = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
-
-
 def run_sampled(cmd: list[str]) -> tuple[float, list[tuple[float, int, int]]]:
     """(wall seconds, samples of (seconds since start, largest process RSS, tree RSS)) of a command."""
     started = time.perf_counter()
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     samples = []
     while process.poll() is None:
-        rss = tree_rss(process.pid)
-        if rss:
-            samples.append((time.perf_counter() - started, max(rss.values()), sum(rss.values())))
+        largest, total = tree_rss(process.pid)
+        if largest:
+            samples.append((time.perf_counter() - started, largest, total))
         time.sleep(SAMPLE_SECONDS)
     if process.returncode:
         raise subprocess.CalledProcessError(process.returncode, cmd)
