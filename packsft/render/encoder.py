@@ -25,6 +25,7 @@ ids of merge results increase in merge order (checked), as for every tokenizer t
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,14 @@ GIGATOKEN_REBUILD_CHARS = 64 << 20
 Backend = Literal["gigatoken", "tiktoken"]
 # Fastest first: `--encoder auto` and `fast` take the first one proven for the tokenizer.
 BACKENDS: tuple[Backend, ...] = ("gigatoken", "tiktoken")
+
+# Text of these characters is NFC whatever the Unicode version (each has NFC_Quick_Check=Yes and combining class 0
+# in every version, none composes with what follows): Latin up to the combining marks, Cyrillic without its
+# combining marks, general punctuation from U+2010 (U+2000 and U+2001 are singletons), CJK symbols and
+# punctuation without their tone marks, kana without the voicing marks, CJK unified ideographs, Hangul syllables,
+# fullwidth ASCII, emoji. A run of them needs no normalizing to know its offsets are exact.
+NFC_INERT = re.compile("[\x00-\u02ff\u0400-\u0482\u048a-\u04ff\u2010-\u205e\u3000-\u3029\u3030-\u303f"
+                       "\u3041-\u3096\u30a1-\u30fa\u4e00-\u9fff\uac00-\ud7a3\uff01-\uff5e\U0001f300-\U0001faff]*")
 
 
 class FastEncoderRefused(Exception):
@@ -348,8 +357,9 @@ class GigatokenEncoder:
             self._tokenizer, self._chars = gigatoken.Tokenizer.from_json(self._json), 0
         if self._nfc is None:
             return texts
-        normalize = self._nfc.normalize_str  # ASCII text is NFC already, and most content is ASCII
-        return [text if text.isascii() else normalize(text) for text in texts]
+        # ASCII text is NFC already, and most content is ASCII; most of the rest is made of characters NFC never changes.
+        normalize = self._nfc.normalize_str
+        return [text if text.isascii() or NFC_INERT.fullmatch(text) else normalize(text) for text in texts]
 
     def byte_lengths(self) -> np.ndarray:
         """Per token id, the number of UTF-8 bytes it stands for (meaningful where `byte_level`)."""

@@ -19,10 +19,10 @@ from tokenizers.normalizers import NFC
 from packsft import load_tokenizer
 from packsft.read.records import Conversation, RecordRejected
 from packsft.render.chat import ChatRenderer
-from packsft.render.chat.encode import NFC_INERT
 from packsft.render.chat.layout import HOLE, Layout
 from packsft.render.chat.skeleton import skeleton
 from packsft.render.chat.trace import Trace
+from packsft.render.encoder import NFC_INERT
 
 HEAD = "{% for m in messages %}<|im_start|>{{ m.role }}\n"
 TAIL = "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

@@ -32,17 +32,10 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from packsft.config import Encoder
-from packsft.render.encoder import FastEncoder
+from packsft.render.encoder import NFC_INERT, FastEncoder
 from packsft.render.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 
 Spans = list[tuple[int, int]]
-# Text of these characters is NFC whatever the Unicode version (each has NFC_Quick_Check=Yes and combining class 0
-# in every version, none composes with what follows): Latin up to the combining marks, Cyrillic without its
-# combining marks, general punctuation from U+2010 (U+2000 and U+2001 are singletons), CJK symbols and
-# punctuation without their tone marks, kana without the voicing marks, CJK unified ideographs, Hangul syllables,
-# fullwidth ASCII, emoji. A run of them needs no normalizing to know its offsets are exact.
-NFC_INERT = re.compile("[\x00-\u02ff\u0400-\u0482\u048a-\u04ff\u2010-\u205e\u3000-\u3029\u3030-\u303f"
-                       "\u3041-\u3096\u30a1-\u30fa\u4e00-\u9fff\uac00-\ud7a3\uff01-\uff5e\U0001f300-\U0001faff]*")
 Encoded = tuple[np.ndarray, np.ndarray]  # ids (TOKEN_ID_DTYPE) and character offsets (n, 2)
 
 
