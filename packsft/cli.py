@@ -91,11 +91,19 @@ def pack_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def packing_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The pack options that decide only how rendered conversations become rows (config.PACKING_KEYS): repack's."""
-    params = [param for param in pack_options(lambda: None).__click_params__  # type: ignore[attr-defined]
-              if param.name in PACKING_KEYS]
+    """The pack options that decide only how rendered conversations become rows (config.PACKING_KEYS): repack's. The
+    others are there hidden, so that repack can say why it refuses them (`rendering_flags`)."""
+    params = pack_options(lambda: None).__click_params__  # type: ignore[attr-defined]
+    for param in params:
+        param.hidden = param.name not in PACKING_KEYS
     command.__click_params__ = [*getattr(command, "__click_params__", []), *params]  # type: ignore[attr-defined]
     return command
+
+
+def rendering_flags(flags: dict[str, Any]) -> list[str]:
+    """The pack flags given (not None) that are not packing keys, as typed: what repack cannot change."""
+    names = {param.name: param.opts[0] for param in pack_options(lambda: None).__click_params__}  # type: ignore[attr-defined]
+    return [names.get(key, key) for key, value in flags.items() if value is not None and key not in PACKING_KEYS]
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -263,6 +271,9 @@ def repack(out_dir: str, new_out: str, workers: int, overwrite: bool, quiet: boo
     """
     from packsft.run.repack import run_repack
 
+    if refused := rendering_flags(flags):
+        raise click.UsageError(f"{', '.join(refused)} would change the rendering, which repack keeps as OUT_DIR's "
+                               "pack made it: pack with the new setting (packsft pack)")
     changes = {key: value for key, value in flags.items() if value is not None}
     if not changes:
         raise click.UsageError("name what changes, e.g. --seq-length 8192 (the rest stays as OUT_DIR was packed)")

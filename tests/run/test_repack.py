@@ -188,8 +188,9 @@ def test_cli_repack(tmp_path, packed):
     assert "packsft output:" in result.output and "x 128 tokens" in result.output
     result = cli_run("repack", str(packed), str(tmp_path / "new2"))
     assert result.exit_code == 2 and "name what changes" in result.output
-    result = cli_run("repack", str(packed), str(tmp_path / "new3"), "--mask", "all")
-    assert result.exit_code == 2 and "No such option '--mask'" in result.output
+    result = cli_run("repack", str(packed), str(tmp_path / "new3"), "--mask", "all", "--tokenizer", "x")
+    assert result.exit_code == 2 and "--mask, --tokenizer would change the rendering" in result.output
+    assert "--mask" not in cli_run("repack", "--help").output
 
 
 def test_a_damaged_entry_is_rendered_again_never_packed(tmp_path, data_dir, config):
