@@ -32,8 +32,8 @@ from packsft.render.batch import RenderedBatch
 from packsft.render.tokenizer import TOKEN_ID_DTYPE
 from packsft.stages import ReadUnit
 from packsft.stats import ChatTurns, ReadCounts
-from packsft.write.layout import FORMAT_VERSION, sha256_file, storage_dtype
-from packsft.write.writer import narrow_tokens
+from packsft.write.layout import FORMAT_VERSION, storage_dtype
+from packsft.write.writer import narrow_tokens, save_npy
 
 # The default store of an output: OUT_DIR/rendered (kept by --overwrite, which only replaces the rows).
 STORE_DIR = "rendered"
@@ -43,6 +43,7 @@ ENTRY_JSON = "entry.json"
 # RenderedBatch arrays stored as they are (ids are narrowed to the vocabulary's storage dtype, sources coded).
 ARRAYS = ("flags", "conv_offsets", "conv_msg_offsets", "msg_starts", "msg_ends", "msg_roles", "msg_headers",
           "unprompted")
+FILES = ("ids", "source_codes", *ARRAYS)  # an entry's .npy files, each hashed in entry.json
 
 
 def rendering_key(config: PackConfig, tokenizer_fingerprint: str, inputs: list[list[Any]]) -> str:
@@ -84,7 +85,7 @@ class RenderedStore:
             if meta.get("store_version") != STORE_VERSION:
                 return None
             arrays = {}
-            for name in (*ARRAYS, "ids", "source_codes"):
+            for name in FILES:
                 data = (folder / f"{name}.npy").read_bytes()
                 if hashlib.sha256(data).hexdigest() != meta["sha256"][name]:
                     return None  # damaged since it was written: rendered again
@@ -117,12 +118,9 @@ class RenderedStore:
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            np.save(tmp / "ids.npy", narrow_tokens(batch.ids, storage_dtype(vocab_size), vocab_size),
-                    allow_pickle=False)
-            np.save(tmp / "source_codes.npy", codes, allow_pickle=False)
-            for name in ARRAYS:
-                np.save(tmp / f"{name}.npy", getattr(batch, name), allow_pickle=False)
-            meta["sha256"] = {name: sha256_file(tmp / f"{name}.npy") for name in (*ARRAYS, "ids", "source_codes")}
+            arrays = {"ids": narrow_tokens(batch.ids, storage_dtype(vocab_size), vocab_size), "source_codes": codes,
+                      **{name: getattr(batch, name) for name in ARRAYS}}
+            meta["sha256"] = {name: save_npy(tmp / f"{name}.npy", array)["sha256"] for name, array in arrays.items()}
             (tmp / ENTRY_JSON).write_text(json.dumps(meta, ensure_ascii=True))
             if final.exists():
                 old = final.parent / f".old-{key}-{os.getpid()}"

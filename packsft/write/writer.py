@@ -137,7 +137,8 @@ def _write_hashed(path: Path, write: Callable[[BinaryIO], None]) -> dict[str, An
     return {"bytes": hashing.size, "sha256": hashing.sha256.hexdigest()}
 
 
-def _save_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
+def save_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
+    """Save `array` as .npy (no pickle), fsynced; its shape, dtype, size and sha256 (hashed while written)."""
     written = _write_hashed(path, lambda handle: np.save(handle, array, allow_pickle=False))
     return {"shape": list(array.shape), "dtype": str(array.dtype), **written}
 
@@ -193,7 +194,7 @@ def write_shard(
         wanted = SHARD_FILES[output_format]
         if TOKENS_NPY in wanted:
             for name, array in stored_arrays(chunks, tokens).items():
-                files[name] = _save_npy(tmp / name, array)
+                files[name] = save_npy(tmp / name, array)
         if PARQUET_FILE in wanted:
             files[PARQUET_FILE] = _write_hashed(tmp / PARQUET_FILE, lambda handle: write_parquet(handle, tokens, chunks))
         for name, data in (extra_files or {}).items():

@@ -220,7 +220,7 @@ def test_a_store_that_cannot_be_written_costs_the_pack_nothing(tmp_path, data_di
     def no_room(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(packsft.store.rendered, "sha256_file", no_room)  # while the entry is being written
+    monkeypatch.setattr(packsft.store.rendered, "save_npy", no_room)  # while the entry is being written
     out = tmp_path / "out"
     assert run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES).dataset is not None
     assert output_arrays(out) == output_arrays(packed)
