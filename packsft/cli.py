@@ -90,10 +90,15 @@ def pack_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def _pack_params() -> list[click.Option]:
+    """New click parameters of every pack option (pack_options applied to nothing)."""
+    return pack_options(lambda: None).__click_params__  # type: ignore[attr-defined]
+
+
 def packing_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The pack options that decide only how rendered conversations become rows (config.PACKING_KEYS): repack's. The
     others are there hidden, so that repack can say why it refuses them (`rendering_flags`)."""
-    params = pack_options(lambda: None).__click_params__  # type: ignore[attr-defined]
+    params = _pack_params()
     for param in params:
         param.hidden = param.name not in PACKING_KEYS
     command.__click_params__ = [*getattr(command, "__click_params__", []), *params]  # type: ignore[attr-defined]
@@ -102,7 +107,7 @@ def packing_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def rendering_flags(flags: dict[str, Any]) -> list[str]:
     """The pack flags given (not None) that are not packing keys, as typed: what repack cannot change."""
-    names = {param.name: param.opts[0] for param in pack_options(lambda: None).__click_params__}  # type: ignore[attr-defined]
+    names = {param.name: param.opts[0] for param in _pack_params()}
     return [names.get(key, key) for key, value in flags.items() if value is not None and key not in PACKING_KEYS]
 
 
