@@ -189,7 +189,7 @@ with open(stats_path, "w") as handle:
 """
 
 
-def _tree_rss(root: int, skip_root: bool = False) -> tuple[int, int]:
+def tree_rss(root: int, skip_root: bool = False) -> tuple[int, int]:
     """(largest process, sum over processes) RSS in bytes of `root`'s descendants (and `root` itself unless
     `skip_root`), read from /proc."""
     parents: dict[int, list[int]] = {}
@@ -228,7 +228,7 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None,
         process = subprocess.Popen([sys.executable, "-c", PEAK_RSS, peak.name, *cmd], env=env, stderr=stderr)
         largest = total = 0
         while process.poll() is None:
-            sample = _tree_rss(process.pid, skip_root=True)
+            sample = tree_rss(process.pid, skip_root=True)
             largest, total = max(largest, sample[0]), max(total, sample[1])
             time.sleep(RSS_SAMPLE_SECONDS)
         seconds = time.perf_counter() - started

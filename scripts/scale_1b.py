@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import _tree_rss as tree_rss  # (largest process, sum) RSS of a process tree, from /proc
+from bench import tree_rss  # (largest process, sum) RSS of a process tree, from /proc
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
