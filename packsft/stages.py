@@ -38,6 +38,7 @@ from packsft.read.mix import RecordMix, parse_mix
 from packsft.read.reader import InputFile, open_input, read_conversations
 from packsft.read.records import ASSISTANT, TEXT, USER, Conversation, RejectLedger, parse_role_map
 from packsft.render.batch import RenderedBatch, trained_unprompted
+from packsft.render.markers import OMITTED_MARKER, Marker
 from packsft.render.renderers import make_renderer
 from packsft.render.tokenizer import PackTokenizer, token_texts
 from packsft.stats import (
@@ -58,7 +59,6 @@ from packsft.stats import (
     UnitCounters,
 )
 
-OMITTED_MARKER = "[… {n} tokens omitted] "
 
 
 def _record(conversation: Conversation) -> dict[str, Any]:
@@ -152,10 +152,10 @@ def pack_unit(
 
 
 def pack_read(read: ReadUnit, config: PackConfig, tokenizer: PackTokenizer,
-              rejects: RejectLedger) -> tuple[Chunks, UnitCounters]:
+              rejects: RejectLedger, marker: Marker | None = None) -> tuple[Chunks, UnitCounters]:
     """Pack a unit read and rendered (read_unit, or the rendered-token store) into chunks; returns them and the
     unit's counters. Never tokenizes the conversations (only the short '[… N tokens omitted]' markers of split
-    pieces, and the token texts where a turn is cut inside)."""
+    pieces, by `marker` where given, and the token texts where a turn is cut inside)."""
     trainable = read.batch.trainable_per_conversation()
     drop_unprompted = read.batch.unprompted & (config.unprompted == "drop")
     batch, trainable = read.batch.select(~drop_unprompted), trainable[~drop_unprompted]
@@ -167,7 +167,7 @@ def pack_read(read: ReadUnit, config: PackConfig, tokenizer: PackTokenizer,
     )
     read.batch = batch  # the only rendering kept from here on
     packed = pack_linear(batch, trainable, config, tokenizer) if config.strategy == "linear" else \
-        pack_pieces(batch, config, tokenizer)
+        pack_pieces(batch, config, tokenizer, marker)
     counters = UnitCounters(
         read=read.counts, chat=read.chat, rendered=rendered, split=packed.split, context=packed.context,
         packed=PackCounts(conversations_packed=packed.conversations_packed, pieces=packed.pieces,
@@ -288,12 +288,14 @@ def pack_linear(batch: RenderedBatch, trainable: np.ndarray, config: PackConfig,
     return PackedUnit(chunks, len(batch), len(batch), kept, pad_share, _linear_context(batch, config.seq_length))
 
 
-def pack_pieces(batch: RenderedBatch, config: PackConfig, tokenizer: PackTokenizer) -> PackedUnit:
-    """Split long conversations into pieces, pack the pieces into rows (best-fit or aligned)."""
+def pack_pieces(batch: RenderedBatch, config: PackConfig, tokenizer: PackTokenizer,
+                marker: Marker | None = None) -> PackedUnit:
+    """Split long conversations into pieces, pack the pieces into rows (best-fit or aligned); `marker` encodes the
+    omission markers (default: the tokenizer)."""
     policy = config.long_policy or "split"  # None only for linear packing, which never splits
     # Padded segments tile the row's L inputs (L is a multiple of pad_multiple), so a piece takes at most L.
     longest = config.seq_length if config.pad_multiple == 1 else config.seq_length - 1
-    pieces, split_counts = split_long(batch, longest, policy, _marker(tokenizer), config.turn_cut,
+    pieces, split_counts = split_long(batch, longest, policy, marker or _marker(tokenizer), config.turn_cut,
                                       config.context_share, safe=SafeCuts(functools.partial(token_texts, tokenizer),
                                                                        config.cut_at_lines),
                                       start_share=config.prompt_start_share)
@@ -350,7 +352,7 @@ def _source_codes(sources: list[str | None]) -> tuple[np.ndarray, list[str]]:
     return codes, names
 
 
-def _marker(tokenizer: PackTokenizer):
+def _marker(tokenizer: PackTokenizer) -> Marker:
     cache: dict[int, list[int]] = {}
 
     def marker(n: int) -> list[int]:

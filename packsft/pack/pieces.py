@@ -11,7 +11,7 @@ the cut chooser (`cuts.py`) closes the piece at that earlier boundary instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -19,9 +19,9 @@ import numpy as np
 from packsft.pack.labels import LabelPrefix
 from packsft.pack.table import SplitCounts
 from packsft.render.batch import RenderedBatch
+from packsft.render.markers import Marker
 from packsft.render.tokenizer import TOKEN_ID_DTYPE
 
-Marker = Callable[[int], list[int]]
 Piece = tuple[np.ndarray, np.ndarray]  # (ids, flags)
 # With --prompt-start-share (default 0: the end only), a message shortened to fit keeps that share of what fits from
 # its start, the rest from its end: the end usually asks the question and the start gives the instruction, which is

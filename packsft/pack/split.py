@@ -70,10 +70,11 @@ from packsft.config import CONTEXT_SHARE, DEFAULT_TURN_CUT
 from packsft.pack.context import ContextPlanner
 from packsft.pack.cuts import CutChooser, FillerPool, SafeCuts
 from packsft.pack.labels import LabelPrefix
-from packsft.pack.pieces import Marker, Piece, PieceBuilder
+from packsft.pack.pieces import Piece, PieceBuilder
 from packsft.pack.spans import MessageSpans
 from packsft.pack.table import Collector, PieceTable, SplitCounts
 from packsft.render.batch import TOOL_CODE, USER_CODE, RenderedBatch
+from packsft.render.markers import Marker
 
 # What callers import from here (the tables a split returns live in table.py, label accounting in labels.py).
 __all__ = ["PieceTable", "SplitCounts", "split_long"]

@@ -16,6 +16,7 @@ from packsft.pack.rows import empty_chunks
 from packsft.read.reader import InputFile
 from packsft.read.records import RejectLedger
 from packsft.render.chat.proof import with_chat_path_proven
+from packsft.render.markers import marker_spec
 from packsft.render.tokenizer import PackTokenizer, load_tokenizer, read_chat_template, tokenizer_from_state
 from packsft.run.outdir import OutDir
 from packsft.run.plan import Unit
@@ -91,7 +92,8 @@ def write_unit(unit: Unit, fingerprint: str, job: UnitJob, tokenizer: PackTokeni
         try:
             rendered = rendered_unit(unit, sources, job, tokenizer, progress)
             rejects, inputs = rendered.rejects, rendered.inputs
-            chunks, counters = pack_read(rendered.read, config, tokenizer, rejects)
+            marker = RenderedStore(job.store).marker(tokenizer.fingerprint) if job.store is not None else None
+            chunks, counters = pack_read(rendered.read, config, tokenizer, rejects, marker)
             del rendered
         except InputError as exc:
             if not job.skip_bad_files:
@@ -138,8 +140,8 @@ def rendered_unit(unit: Unit, sources: list[InputFile], job: UnitJob, tokenizer:
     rejects = RejectLedger(strict=job.strict)
     read = read_unit(unit.parts, sources, job.config, tokenizer, rejects, progress)
     stored = StoredUnit(read, rejects, [_reading(source) for source in sources])
-    if store is not None:
-        store.save(key, stored, tokenizer.vocab_size)
+    if store is not None and store.save(key, stored, tokenizer.vocab_size):
+        store.keep_marker(tokenizer.fingerprint, lambda: marker_spec(tokenizer.serialized, tokenizer.encode_few))
     return stored
 
 

@@ -6,6 +6,8 @@
       unprompted.npy source_codes.npy      the RenderedBatch of the unit, as stages.read_unit returned it
       entry.json                           its mode, sources, read and chat counters, rejects, how each input was read,
                                            and the sha256 of each array file (a damaged entry is rendered again)
+    STORE/markers/<fingerprint>.json       per tokenizer: the cut-down tokenizer that encodes the omission markers
+                                           (render/markers.py), so that rows built from the store tokenize nothing
 
 `run/unit.py` looks a unit up before reading it and saves what it rendered after. An entry appears whole or not at
 all (written in a temporary folder, then renamed), and two writers of one key write the same bytes, so either wins.
@@ -20,6 +22,7 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ import numpy as np
 from packsft.config import PACKING_KEYS, PackConfig, bytes_config
 from packsft.read.records import RejectLedger
 from packsft.render.batch import RenderedBatch
+from packsft.render.markers import Marker, marker_encoder
 from packsft.render.tokenizer import TOKEN_ID_DTYPE
 from packsft.stages import ReadUnit
 from packsft.stats import ChatTurns, ReadCounts
@@ -44,6 +48,8 @@ ENTRY_JSON = "entry.json"
 ARRAYS = ("flags", "conv_offsets", "conv_msg_offsets", "msg_starts", "msg_ends", "msg_roles", "msg_headers",
           "unprompted")
 FILES = ("ids", "source_codes", *ARRAYS)  # an entry's .npy files, each hashed in entry.json
+MARKERS_DIR = "markers"
+_MARKERS: dict[Path, Marker | None] = {}  # per marker file: its encoder, built once a process
 
 
 def rendering_key(config: PackConfig, tokenizer_fingerprint: str, inputs: list[list[Any]]) -> str:
@@ -101,8 +107,9 @@ class RenderedStore:
                         ChatTurns.from_dict(meta["chat"]) if meta["chat"] is not None else None)
         return StoredUnit(read, rejects, meta["inputs"])
 
-    def save(self, key: str, unit: StoredUnit, vocab_size: int) -> None:
-        """Write the entry for `key` atomically, replacing one that did not load (damaged, or of another version)."""
+    def save(self, key: str, unit: StoredUnit, vocab_size: int) -> bool:
+        """Write the entry for `key` atomically, replacing one that did not load (damaged, or of another version);
+        False where it could not be written."""
         final = self.entry(key)
         tmp = final.parent / f".tmp-{key}-{os.getpid()}"
         batch = unit.read.batch
@@ -131,6 +138,43 @@ class RenderedStore:
             # A full disk, or another writer of the same key that won the rename: the pack goes on without it.
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmp)
+            return False
+        return True
+
+    def marker(self, fingerprint: str) -> Marker | None:
+        """The omission-marker encoder kept for the tokenizer of this fingerprint (`keep_marker`), or None where
+        there is none, or it is damaged (the tokenizer then encodes the markers)."""
+        path = self._marker_path(fingerprint)
+        if path not in _MARKERS:
+            try:
+                kept = json.loads(path.read_text())
+                spec = kept["spec"]
+                intact = hashlib.sha256(spec.encode()).hexdigest() == kept["sha256"]
+                _MARKERS[path] = marker_encoder(spec) if intact else None
+            except Exception:  # noqa: BLE001 - unreadable, or not a tokenizer (the library's own error): none kept
+                return None
+        return _MARKERS[path]
+
+    def keep_marker(self, fingerprint: str, spec: Callable[[], str | None]) -> None:
+        """Keep the marker encoder of this tokenizer, `spec()` (render/markers.marker_spec; None: there is none),
+        where the store has none yet; like an entry, written whole or not at all."""
+        path = self._marker_path(fingerprint)
+        if path.exists():
+            return
+        made = spec()
+        if made is None:
+            return
+        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"sha256": hashlib.sha256(made.encode()).hexdigest(), "spec": made}))
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def _marker_path(self, fingerprint: str) -> Path:
+        return self.root / MARKERS_DIR / f"{fingerprint}.json"
 
     def size(self) -> int:
         """Bytes the store's entries take."""

@@ -8,6 +8,7 @@ tokenizer, units of a few row groups.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,12 +20,12 @@ import packsft.run.unit
 from packsft import PackConfig
 from packsft.demo import DATA_DIR as DEMO_DATA
 from packsft.errors import BadRecordError, ConfigError, OutputError
+from packsft.render.markers import OMITTED_MARKER
 from packsft.render.tokenizer import PackTokenizer
 from packsft.run import run_pack
 from packsft.run.outdir import read_plan
 from packsft.run.repack import run_repack
-from packsft.stages import OMITTED_MARKER
-from packsft.store.rendered import STORE_DIR
+from packsft.store.rendered import MARKERS_DIR, STORE_DIR
 from packsft.write.layout import DATASET_JSON, REJECTS_JSONL
 from tests.helpers import assert_output_verifies, cli_run, output_arrays
 
@@ -101,9 +102,29 @@ def test_repack_writes_the_bytes_of_a_fresh_pack_without_reading_a_record(tmp_pa
     assert output_arrays(tmp_path / "new") == output_arrays(fresh)
     assert _dataset(tmp_path / "new") == _dataset(fresh)
     assert (tmp_path / "new" / REJECTS_JSONL).read_bytes() == (fresh / REJECTS_JSONL).read_bytes() != b""
-    # Only the '[… N tokens omitted]' markers of shortened pieces are encoded, never a record's text.
-    assert all(text == OMITTED_MARKER.format(n=text.split()[1]) for text in encoded), encoded
+    # Nothing is tokenized: the '[… N tokens omitted]' markers of shortened pieces come from the store's marker encoder.
+    assert encoded == []
     assert_output_verifies(tmp_path / "new")
+
+
+def test_without_the_stores_marker_encoder_the_tokenizer_encodes_the_markers(tmp_path, data_dir, config, packed,
+                                                                           monkeypatch):
+    changes = {"seq_length": 64}
+    fresh = tmp_path / "fresh"
+    run_pack(data_dir, fresh, replace(config, **changes), quiet=True, unit_bytes=UNIT_BYTES, no_store=True)
+    store = tmp_path / "store"
+    shutil.copytree(packed / STORE_DIR, store)
+    kept = next((store / MARKERS_DIR).glob("*.json"))
+    damaged = json.loads(kept.read_text())
+    kept.write_text(json.dumps({**damaged, "spec": damaged["spec"].replace('"[": ', '"[": 1')}))  # the hash fails
+    plan = json.loads((packed / "plan.json").read_text())
+    out = tmp_path / "out"
+    shutil.copytree(packed, out, ignore=shutil.ignore_patterns(STORE_DIR))
+    (out / "plan.json").write_text(json.dumps({**plan, "store": str(store)}))
+    encoded = _no_reading(monkeypatch)
+    run_repack(out, tmp_path / "new", changes, quiet=True)
+    assert output_arrays(tmp_path / "new") == output_arrays(fresh)
+    assert encoded and all(text == OMITTED_MARKER.format(n=text.split()[1]) for text in encoded), encoded
 
 
 def test_a_repacked_output_shares_the_store_and_repacks_in_turn(tmp_path, packed, monkeypatch):
@@ -130,11 +151,11 @@ def test_a_pack_that_finds_the_store_builds_its_rows_from_it(tmp_path, data_dir,
 
 def test_renderings_are_keyed_by_what_decides_them(tmp_path, data_dir, config, packed):
     store = packed / STORE_DIR
-    before = {path.name for path in store.glob("*/*")}
+    before = {path.name for path in store.glob("??/*")}
     assert len(before) == len(read_plan(packed).units)
     # Another mask renders other flags: new entries beside the old ones, none reused.
     run_pack(data_dir, tmp_path / "all", replace(config, mask="all"), quiet=True, unit_bytes=UNIT_BYTES, store=store)
-    after = {path.name for path in store.glob("*/*")}
+    after = {path.name for path in store.glob("??/*")}
     assert before < after and len(after) == 2 * len(before)
 
 
@@ -196,7 +217,7 @@ def test_cli_repack(tmp_path, packed):
 def test_a_damaged_entry_is_rendered_again_never_packed(tmp_path, data_dir, config):
     out = tmp_path / "out"
     run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES)
-    entry = sorted((out / STORE_DIR).glob("*/*"))[0]
+    entry = sorted((out / STORE_DIR).glob("??/*"))[0]
     flags = entry / "flags.npy"
     damaged = bytearray(flags.read_bytes())
     damaged[-1] ^= 1  # one train flag flipped on disk
