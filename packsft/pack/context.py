@@ -15,7 +15,7 @@ model is given (`packsft verify`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from packsft.config import CONTEXT_SHARE
@@ -47,6 +47,8 @@ class ContextPlanner:
 
     spans: MessageSpans
     share: float = CONTEXT_SHARE  # the most of a row that copied context may take
+    # plan(i) per message i, planned once: the cut chooser asks for the same boundaries again and again.
+    _plans: dict[int, tuple[list[ContextSpan], bool]] = field(default_factory=dict, init=False, compare=False)
 
     @property
     def budget(self) -> int:
@@ -93,6 +95,12 @@ class ContextPlanner:
         return m
 
     def plan(self, i: int) -> tuple[list[ContextSpan], bool]:
+        """`_plan(i)`, planned once per message (the list is shared: do not change it)."""
+        if i not in self._plans:
+            self._plans[i] = self._plan(i)
+        return self._plans[i]
+
+    def _plan(self, i: int) -> tuple[list[ContextSpan], bool]:
         """The spans that re-open a piece at message i: the system message, the prompting user message and the
         tool exchange before the turn (`_exchange`), and, where message i continues a turn an earlier message opened
         (`turn_opener`), that turn so far (`_turn_so_far`); and whether the tool results the piece's first turn

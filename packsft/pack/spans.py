@@ -11,13 +11,17 @@ class MessageSpans:
     def __init__(self, batch: RenderedBatch, conv: int, capacity: int) -> None:
         self.batch, self.capacity = batch, capacity
         self.start, self.end = int(batch.conv_offsets[conv]), int(batch.conv_offsets[conv + 1])
-        self.msgs = list(range(int(batch.conv_msg_offsets[conv]), int(batch.conv_msg_offsets[conv + 1])))
-        self.head_end = int(batch.msg_starts[self.msgs[0]]) if self.msgs else self.end
+        first, stop = int(batch.conv_msg_offsets[conv]), int(batch.conv_msg_offsets[conv + 1])
+        self.msgs = list(range(first, stop))
+        # Each message's span as Python ints, read once (span() is asked hundreds of thousands of times a unit).
+        self._first = first
+        self._starts, self._ends = batch.msg_starts[first:stop].tolist(), batch.msg_ends[first:stop].tolist()
+        self.head_end = self._starts[0] if self.msgs else self.end
         # Role-token layout: a message's first token is its whole header and ends the previous turn.
         self.role_tokens = batch.mode == "roles"
 
     def span(self, m: int) -> tuple[int, int]:
-        return int(self.batch.msg_starts[m]), int(self.batch.msg_ends[m])
+        return self._starts[m - self._first], self._ends[m - self._first]
 
     def header(self, m: int) -> int:
         """Tokens of message m's header, kept whole when a message is shortened or cut."""
