@@ -19,6 +19,7 @@ manifests of earlier versions sum (and verify) as they did.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterable, Mapping
@@ -38,7 +39,9 @@ SOURCE_WIDTH = 48  # the longest source name the text summary shows whole (a fil
 C = TypeVar("C", bound="Counts")
 
 
+@functools.cache
 def _names(kind: Any) -> tuple[str, ...]:
+    """A counter group's field names, read once per class (a split adds a group per long conversation)."""
     return tuple(f.name for f in fields(kind))
 
 
