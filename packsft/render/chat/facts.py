@@ -4,6 +4,7 @@
     generic prompt:  <|im_start|>assistant\\n                        after a one-message conversation
     fixed prompt:    the generic prompt follows every conversation prefix of the probes
     local rules:     every message opens with the prompt's special token (chat_layout.LocalRules)
+    windows:         a turn renders from the last question before it on whatever precedes (layout.Windows)
 
 `TemplateFacts` holds these and the per-shape skeleton layouts with the skeletons' prefix renderings
 (layout.py), shared by the ChatRenderers of one process: a worker packs many units.
@@ -12,23 +13,26 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from packsft.read.records import ASSISTANT, SYSTEM, TOOL, USER
 from packsft.render.chat.layout import (
+    HOLE,
     HOLE_PATTERN,
     Layout,
     LocalRules,
     Markers,
     Render,
+    Windows,
     analyse,
     back_off,
     common_prefix,
     without_trailer,
 )
-from packsft.render.chat.probes import JOIN_PROBE, PROBE_MARK, probe_records
+from packsft.render.chat.probes import JOIN_PROBE, PROBE_MARK, WINDOW_PROBES, probe_records
 from packsft.render.chat.skeleton import (
     STAND_IN_TOOLS,
     PrefixRenderings,
@@ -38,7 +42,7 @@ from packsft.render.chat.skeleton import (
     shape_key,
     skeleton,
 )
-from packsft.render.chat.trace import Trace, Tracer
+from packsft.render.chat.trace import Trace, Tracer, filled
 from packsft.render.tokenizer import PackTokenizer
 
 # A template bound to tools and kwargs: ChatRenderer.bind.
@@ -69,6 +73,7 @@ class TemplateFacts:
         self._fixed_prompt: bool | None = None
         self._opener_rule: bool | None = None
         self._history_as_prompted: bool | None = None
+        self._windows_hold: dict[bool, bool] = {}  # with tools or without
 
     def fixed_prompt(self, bind: Bind) -> bool:
         """Whether the template's generation prompt is the same after every conversation prefix of the probes
@@ -90,6 +95,35 @@ class TemplateFacts:
         if self._opener_rule is None:
             self._opener_rule = _opener_rule_holds(self, bind)
         return self._opener_rule
+
+    def windows(self, bind: Bind, tools: Any, kwargs: Mapping[str, Any]) -> Windows | None:
+        """`Windows` for a template bound to tools and kwargs, where their rule holds on every probe's skeleton (those
+        with tools where there are tools, the others where there are none): layouts then render a window per assistant
+        turn, not the conversation before it."""
+        with_tools = tools is not None
+        if with_tools not in self._windows_hold:
+            self._windows_hold[with_tools] = _windows_hold(self, bind, with_tools)
+        if not self._windows_hold[with_tools]:
+            return None
+        return self._windows(bind(tools, kwargs), shape_key([], tools, kwargs))
+
+    def _windows(self, render: Render, key: str) -> Windows:
+        return Windows(USER, functools.partial(self.window_text, render, key),
+                       functools.partial(self.head_end, render, key, USER))
+
+    def window_text(self, render: Render, key: str, messages: list[dict[str, Any]]) -> str:
+        """The rendering of a window of a skeleton, its placeholders numbered from 0 while it is rendered and kept
+        (in `prefix_texts`): windows of many skeletons are alike but for their numbers (a tool round, a follow-up)."""
+        dumped = json.dumps(messages, ensure_ascii=False, default=repr)
+        numbers = {int(index): HOLE.format(i) for i, index in enumerate(dict.fromkeys(HOLE_PATTERN.findall(dumped)))}
+        canonical = HOLE_PATTERN.sub(lambda match: numbers[int(match.group(1))], dumped)
+        stored = hashlib.blake2b(f"{key}|window|{canonical}".encode(), digest_size=16).digest()
+        text = self.prefix_texts.get(stored)
+        if text is None:
+            text = render(filled(messages, numbers), False)
+            self.prefix_texts.add(stored, text)
+        back = {HOLE.format(i): HOLE.format(index) for i, index in enumerate(numbers)}
+        return HOLE_PATTERN.sub(lambda match: back[match.group()], text)
 
     def local_rules(self, render: Render, key: str) -> LocalRules | None:
         """The template's LocalRules for these tools and kwargs (found once, from probe renderings)."""
@@ -124,7 +158,7 @@ class TemplateFacts:
             PrefixRenderings(render, holed, key, self.prefix_texts), holed, self.markers(render, key),
             functools.partial(self.head_end, render, key, holed[0]["role"]), self.generic_prompt(render, key),
             self.fixed_prompt(bind), self.local_rules(render, key) if self.opener_rule(bind) else None,
-            not self.history_as_prompted(bind))
+            not self.history_as_prompted(bind), self.windows(bind, tools, kwargs))
 
     def traced_layout(self, bind: Bind, tracer: Tracer, holed: list[dict[str, Any]],
                       kwargs: Mapping[str, Any]) -> tuple[Splicer, Trace] | None:
@@ -289,11 +323,46 @@ def _opener_rule_holds(facts: TemplateFacts, bind: Bind) -> bool:
     return True
 
 
+def _windows_hold(facts: TemplateFacts, bind: Bind, with_tools: bool) -> bool:
+    """Whether `Windows`' rule holds for every assistant turn of the probes' skeletons (with tools, or without), the
+    turn last, and layouts found through windows are those found without; not where no window could be checked (a
+    template that refuses every probe with two questions)."""
+    checked = False
+    for record in [*probe_records(), *WINDOW_PROBES]:
+        if (record.tools is not None) != with_tools:
+            continue
+        holed, _ = skeleton(record.chat_messages())
+        kwargs = record.template_kwargs()
+        tools = STAND_IN_TOOLS if with_tools else None
+        render, key = bind(tools, kwargs), shape_key([], tools, kwargs)
+        head = functools.partial(facts.head_end, render, key, holed[0]["role"])
+        prompt, markers = facts.generic_prompt(render, key), facts.markers(render, key)
+        windows = facts._windows(render, key)
+        try:
+            whole = analyse(render, holed, markers, head, None, prompt)
+        except Exception:
+            continue
+        for k, message in enumerate(holed):
+            if message.get("role") != ASSISTANT or windows.opening(holed, k) <= 0:
+                continue
+            try:
+                last = render(holed[:k + 1], False)
+            except Exception:  # refused whole: a window must not lay the turn out instead
+                return False
+            if windows.as_last(whole.text, whole.starts, holed, k) != last:
+                return False
+            checked = True
+        if analyse(render, holed, markers, head, None, prompt, windows=windows).rewritten != whole.rewritten:
+            return False
+    return checked
+
+
 def _try_analyse(render: Render, messages: list[dict[str, Any]], markers: Markers,
                  head: Callable[[str], int], prompt: str | None, fixed_prompt: bool,
-                 rules: LocalRules | None = None, history: bool = True) -> Layout | None:
+                 rules: LocalRules | None = None, history: bool = True,
+                 windows: Windows | None = None) -> Layout | None:
     try:
-        return analyse(render, messages, markers, head, None, prompt, fixed_prompt, rules, history)
+        return analyse(render, messages, markers, head, None, prompt, fixed_prompt, rules, history, windows)
     except Exception:  # the template refuses the skeleton (it inspects contents): analyse the record itself
         return None
 

@@ -22,11 +22,14 @@ after its prompt (`Markers`); the template's trailer (text after the last messag
 of any message.
 
 Cost: a conversation of n messages needs about 1.5 n renderings; skeleton.py shares them between records of
-one shape.
+one shape. Each is of a prefix, so a trace of n messages renders ~n²/2 messages in all, unless its template is proven
+to render a turn from the last question before it on whatever precedes (`Windows`): then R_{k+1} of turn k is rendered
+from there.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -107,7 +110,8 @@ def common_prefix(a: str, b: str, start: int = 0) -> int:
 
 def analyse(render: Render, messages: list[dict[str, Any]], markers: Markers,
             head: Callable[[str], int], text: str | None = None, prompt: str | None = None,
-            fixed_prompt: bool = False, rules: LocalRules | None = None, history: bool = True) -> Layout:
+            fixed_prompt: bool = False, rules: LocalRules | None = None, history: bool = True,
+            windows: Windows | None = None) -> Layout:
     """The layout of `messages` as `render` renders them (see the module docstring).
 
     Args:
@@ -120,6 +124,8 @@ def analyse(render: Render, messages: list[dict[str, Any]], markers: Markers,
             the caller); R_i is rendered only where they do not tell, or where the template refuses R_i.
         history: check whether each turn's generation prompt shows the conversation before it as the rendering
             does (False where the caller proved on probes that the template always does: R_k is then not rendered).
+        windows: where a turn's rendering as the last message is found from the conversation since the last user
+            message before it (`Windows`, proven on probes by the caller): R_{k+1} is then not rendered whole.
     """
     text = render(messages, False) if text is None else text
     n = len(messages)
@@ -146,7 +152,8 @@ def analyse(render: Render, messages: list[dict[str, Any]], markers: Markers,
     layout = Layout(text, starts[0], starts, list(starts), [None] * n, [False] * n, endings=[None] * n)
     for k, message in enumerate(messages):
         if message.get("role") == "assistant":
-            _lay_out_turn(layout, render, messages, k, prefix, markers, prompt, fixed_prompt, history)
+            as_last = functools.partial(_as_last, windows, layout, messages, k, prefix)
+            _lay_out_turn(layout, render, messages, k, prefix, as_last, markers, prompt, fixed_prompt, history)
         else:
             # The header is what precedes the content where the content is rendered as given (pack/split.py keeps
             # it whole when it shortens a long question); else the message has no header of its own.
@@ -158,8 +165,8 @@ def analyse(render: Render, messages: list[dict[str, Any]], markers: Markers,
 
 
 def _lay_out_turn(layout: Layout, render: Render, messages: list[dict[str, Any]], k: int,
-                  prefix: Callable[[int], str], markers: Markers, prompt: str | None, fixed_prompt: bool,
-                  history: bool = True) -> None:
+                  prefix: Callable[[int], str], as_last: Callable[[], str | None], markers: Markers,
+                  prompt: str | None, fixed_prompt: bool, history: bool = True) -> None:
     """Assistant turn k: where its generated span starts (after its generation prompt) and ends (through the token
     the model stops with), and whether the template renders it otherwise when it is the last message."""
     text, starts, n = layout.text, layout.starts, len(messages)
@@ -178,7 +185,7 @@ def _lay_out_turn(layout: Layout, render: Render, messages: list[dict[str, Any]]
         # after other context than the model is prompted with.
         layout.rewritten[k] = True
     if k + 1 < n:
-        last = _or_none(prefix, k + 1)
+        last = as_last()
         if last is None:
             return
         last = without_trailer(last, markers.trailer)
@@ -190,6 +197,51 @@ def _lay_out_turn(layout: Layout, render: Render, messages: list[dict[str, Any]]
         final = last[final_body:_end_of_turn(last, final_body, len(last), markers)[0]]
         # A stop the turn ends with only because a message follows (GLM's next role token) is no rewrite.
         layout.rewritten[k] |= _unstopped(final, markers) != _unstopped(text[body:stop], markers)
+
+
+def _as_last(windows: Windows | None, layout: Layout, messages: list[dict[str, Any]], k: int,
+             prefix: Callable[[int], str]) -> str | None:
+    """The rendering of the conversation through message k (None where the template refuses it): from its window
+    where `windows` tell, else rendered whole."""
+    found = windows.as_last(layout.text, layout.starts, messages, k) if windows is not None else None
+    return found if found is not None else _or_none(prefix, k + 1)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The rendering of a skeleton that ends with message k, from the rendering of the conversation since the last
+    message of `role` before it (message q, q > 0) and the whole conversation's rendering T:
+
+        render(M[:k+1]) == T[:starts[q]] + W[head(W):]        W = render(M[q:k+1])
+
+    so that a turn is rendered as the last message without rendering the conversation before its window (a long
+    agentic trace then costs a window per turn, not its whole history per turn: quadratic in its messages). Holds
+    where the template renders messages from a user message on whatever precedes it (ChatML templates: Qwen3
+    counts reasoning from the last user message), proven on probes by the caller (facts.py); not where the template
+    moves earlier messages into a later one (Mistral's system message, Llama 3's tools).
+
+    render: renders a window (a conversation that opens with `role`); head: where its first message starts there.
+    """
+
+    role: str
+    render: Callable[[list[dict[str, Any]]], str]
+    head: Callable[[str], int]
+
+    def opening(self, messages: list[dict[str, Any]], k: int) -> int:
+        """The window's first message for a conversation through message k: the last `role` before k (0: none)."""
+        return next((i for i in range(k - 1, 0, -1) if messages[i].get("role") == self.role), 0)
+
+    def as_last(self, text: str, starts: list[int], messages: list[dict[str, Any]], k: int) -> str | None:
+        """render(messages[:k+1]) from its window, where `text` and `starts` are the whole conversation's; None where
+        no window opens after the first message or the template refuses the window."""
+        q = self.opening(messages, k)
+        if q <= 0:
+            return None
+        try:
+            window = self.render(messages[q:k + 1])
+        except Exception:
+            return None
+        return text[:starts[q]] + window[self.head(window):]
 
 
 def _unstopped(generated: str, markers: Markers) -> str:

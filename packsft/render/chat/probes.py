@@ -80,3 +80,38 @@ JOIN_PROBE: list[dict[str, Any]] = [
     {"role": USER, "content": "q"},
     {"role": ASSISTANT, "content": "", "tool_calls": [{"type": "function", "id": "i", "function": {"name": "f", "arguments": "{}"}}]},
     {"role": TOOL, "content": "a"}, {"role": TOOL, "content": "b"}]
+
+
+# Conversations of several questions, each answered after tool rounds with reasoning, with and without tools, a
+# system message and thinking (facts.py proves `Windows` on them: a turn's rendering from the last user message on).
+# The first holds one call per turn (Llama 3 refuses more), the second two in a turn and results in a row.
+_LOOP_MESSAGES = (
+    ("system", "You are an agent."), ("user", "Weather in Paris?"), ("assistant", ""), ("tool", "21"),
+    ("assistant", "It is 21 °C."), ("user", "And Rome?"), ("assistant", "Checking."), ("tool", "25"),
+    ("assistant", ""), ("tool", "26"), ("assistant", "<think>\nCompare.\n</think>\n\nRome is warmer."),
+    ("user", "Thanks."), ("assistant", "You are welcome."), ("user", "Bye."), ("assistant", "Bye!"))
+_LOOP_FIELDS = (
+    None, None, {"reasoning_content": "Look it up.", "tool_calls": [_call("get_weather", '{"city": "Paris"}', "c1")]},
+    {"tool_call_id": "c1"}, {"reasoning_content": "21 it is."}, None,
+    {"tool_calls": [_call("get_weather", {"city": "Rome"}, "c2")]}, {"tool_call_id": "c2"},
+    {"reasoning_content": "Once more.", "tool_calls": [_call("get_weather", {"city": "Rome"}, "c3")]},
+    {"tool_call_id": "c3"}, None, None, {"reasoning_content": "Polite."}, None, None)
+_PAIR_MESSAGES = (
+    ("user", "Paris?"), ("assistant", "21."), ("user", "Rome and Oslo?"), ("assistant", ""), ("tool", "25"),
+    ("tool", "9"), ("assistant", "Rome is warmer."), ("user", "Thanks."), ("assistant", "Welcome."))
+_PAIR_FIELDS = (
+    None, {"reasoning_content": "Known."}, None,
+    {"reasoning_content": "Both.", "tool_calls": [_call("get_weather", {"city": "Rome"}, "c2"),
+                                                   _call("get_weather", {"city": "Oslo"}, "c3")]},
+    {"tool_call_id": "c2"}, {"tool_call_id": "c3"}, {"reasoning_content": "25 > 9."}, None, None)
+WINDOW_PROBES = [
+    Conversation(_LOOP_MESSAGES, extras=ChatExtras(_LOOP_FIELDS, (), [_WEATHER], None)),
+    Conversation(_LOOP_MESSAGES[1:], extras=ChatExtras(_LOOP_FIELDS[1:], (), [_WEATHER], {"enable_thinking": False})),
+    Conversation(_PAIR_MESSAGES, extras=ChatExtras(_PAIR_FIELDS, (), [_WEATHER], None)),
+    Conversation((("system", "Be brief."), ("user", "1+1?"), ("assistant", "2"), ("user", "2+2?"), ("assistant", "4"),
+                  ("user", "3+3?"), ("assistant", "6")),
+                 extras=ChatExtras((None, None, {"reasoning_content": "Sum."}, None, None, None,
+                                    {"reasoning_content": "Again."}), (), None, None)),
+    Conversation((("user", "Hi"), ("assistant", "Hello"), ("user", "Again"), ("assistant", "<think>\nHm.\n</think>\n\nHi"),
+                  ("user", "Bye"), ("assistant", "Bye")), extras=ChatExtras((), (), None, {"enable_thinking": False})),
+]

@@ -87,8 +87,8 @@ def _value(slot: tuple[int, Any], values: list[str]) -> Any:
     return values[index] if index >= 0 else value if index == -2 else filled(value, values)
 
 
-def filled(value: Any, values: list[str]) -> Any:
-    """The value with every placeholder replaced by its string."""
+def filled(value: Any, values: list[str] | Mapping[int, str]) -> Any:
+    """The value with every placeholder replaced by its string (placeholder i by values[i])."""
     if isinstance(value, str):
         if HOLE_MARKS[0] not in value:
             return value
