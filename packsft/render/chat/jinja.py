@@ -102,17 +102,60 @@ def _compiled_renderer() -> Callable[[str, list[dict[str, Any]], Any, bool, dict
     (the sandbox's guard) and its reasoning-field aliases. None where this transformers names them otherwise;
     the chat proof compares the result with `apply_chat_template` either way."""
     try:
-        from transformers.utils.chat_template_utils import (
-            _alias_reasoning_fields,
-            _compile_jinja_template,
-            _plain_template_data,
-        )
+        from transformers.utils.chat_template_utils import _alias_reasoning_fields, _plain_template_data
     except ImportError:
         return None
 
     def render(template: str, messages: list[dict[str, Any]], tools: Any, prompt: bool, kwargs: dict[str, Any]) -> str:
-        return _compile_jinja_template(template).render(
+        return _quick_template(template).render(
             messages=_alias_reasoning_fields(_plain_template_data(messages)), tools=_plain_template_data(tools),
             documents=None, add_generation_prompt=prompt, **_plain_template_data(kwargs))
 
     return render
+
+
+@functools.lru_cache(maxsize=16)
+def _quick_template(source: str) -> Any:
+    """transformers' compiled template of `source`, in an overlay of its sandbox whose attribute checks are
+    remembered (`_remembering_sandbox`); transformers' own template where its environment is not jinja's immutable
+    sandbox, whose checks this is known to repeat."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    compiled = _compile_jinja_template(source)
+    if type(compiled.environment) is not ImmutableSandboxedEnvironment:
+        return compiled
+    return _remembering_sandbox(compiled.environment).from_string(source)
+
+
+def _remembering_sandbox(environment: Any) -> Any:
+    """An overlay of jinja's immutable sandbox that reads attributes as it does, remembering what it finds per type:
+    its safety check (`is_safe_attribute`) reads only the object's type and the attribute's name (~30% of a render),
+    and a message's field (`message.role`) is an item of a plain dict only after looking it up as an attribute fails
+    (an exception per field read). Whether a dict has an attribute is asked of a dict, once per name."""
+    env = environment.overlay()
+    checked: dict[tuple[type, str], bool] = {}
+    dict_attributes: dict[str, bool] = {}
+    check, sandboxed_getattr, undefined = environment.is_safe_attribute, env.getattr, env.undefined
+
+    def is_safe_attribute(obj: Any, attr: str, value: Any) -> bool:
+        key = (type(obj), attr)
+        found = checked.get(key)
+        if found is None:
+            found = checked[key] = check(obj, attr, value)
+        return found
+
+    def getattr_(obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and type(attribute) is str:
+            has = dict_attributes.get(attribute)
+            if has is None:
+                has = dict_attributes[attribute] = hasattr({}, attribute)
+            if not has:
+                try:
+                    return obj[attribute]
+                except KeyError:
+                    return undefined(obj=obj, name=attribute)
+        return sandboxed_getattr(obj, attribute)
+
+    env.is_safe_attribute, env.getattr = is_safe_attribute, getattr_
+    return env
