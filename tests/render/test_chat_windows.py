@@ -80,10 +80,27 @@ def test_a_template_that_renders_from_the_last_question_on_is_laid_out_through_w
     # Turns 1, 5 and 7 show reasoning in history only where a later question does not hide it; each last turn
     # shows its own think block.
     assert layout.rewritten == [False, True, False, True, False, True, False, False, False, False]
-    # Turns 1 and 3 (after the first question) render the conversation through them; turns 5 and 7 only their
-    # window, from the question before them (two messages each), never the 6 or 8 messages through them.
-    assert calls and not any(4 < n < len(roles) for n in calls), calls
+    # Turns 1 and 3 (after the first question) render the conversation through them, and turn 5 the conversation
+    # before it (its history: the first question's exchange); turns 5 and 7 render only their window, from the
+    # question before them (two messages each), never the 6 or 8 messages through them.
+    assert calls and not any(5 < n < len(roles) for n in calls), calls
     _assert_as_analysed(renderer, conv, REASONING)
+
+
+# Qwen3's rule without its think block on the last turn: a turn's own rendering never changes when it is last, but
+# the reasoning of the turns before it in its tool loop shows when it is prompted and is hidden once a question follows.
+HIDDEN_LATER = REASONING.replace("(loop.last or m.reasoning_content)", "m.reasoning_content")
+
+
+def test_a_turn_prompted_after_reasoning_that_a_later_question_hides_is_rewritten(chatml_fast):
+    renderer = _renderer(chatml_fast, HIDDEN_LATER)
+    conv = _conversation(["user", "assistant", "tool", "assistant", "user", "assistant"],
+                         [False, True, False, False, False, False])
+    layout = renderer.layout(conv)
+    # Turn 3 is generated after turn 1's reasoning (the question before it is the last one then) and trained after
+    # the rendering, which hides it: trained after other context than it is prompted with.
+    assert layout.rewritten == [False, True, False, True, False, False]
+    _assert_as_analysed(renderer, conv, HIDDEN_LATER)
 
 
 def test_a_template_whose_last_turn_reads_earlier_questions_renders_the_whole_conversation(chatml_fast):

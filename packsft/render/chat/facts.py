@@ -265,7 +265,9 @@ def _prompt_is_fixed(facts: TemplateFacts, bind: Bind) -> bool:
 
 
 def _history_is_prompted(facts: TemplateFacts, bind: Bind) -> bool:
-    for record in probe_records():
+    # The window probes too: Qwen3 shows a tool loop's reasoning to the turns inside it and drops it from history once
+    # a later question follows, which only they hold.
+    for record in [*probe_records(), *WINDOW_PROBES]:
         messages, tools, kwargs = record.chat_messages(), record.tools, record.template_kwargs()
         render = bind(tools, kwargs)
         trailer = facts.markers(render, shape_key([], tools, kwargs)).trailer
@@ -324,8 +326,8 @@ def _opener_rule_holds(facts: TemplateFacts, bind: Bind) -> bool:
 
 
 def _windows_hold(facts: TemplateFacts, bind: Bind, with_tools: bool) -> bool:
-    """Whether `Windows`' rule holds for every assistant turn of the probes' skeletons (with tools, or without), the
-    turn last, and layouts found through windows are those found without; not where no window could be checked (a
+    """Whether `Windows`' rule holds for every message of the probes' skeletons (with tools, or without) as the last
+    one, and layouts found through windows are those found without; not where no window could be checked (a
     template that refuses every probe with two questions)."""
     checked = False
     for record in [*probe_records(), *WINDOW_PROBES]:
@@ -342,8 +344,8 @@ def _windows_hold(facts: TemplateFacts, bind: Bind, with_tools: bool) -> bool:
             whole = analyse(render, holed, markers, head, None, prompt)
         except Exception:
             continue
-        for k, message in enumerate(holed):
-            if message.get("role") != ASSISTANT or windows.opening(holed, k) <= 0:
+        for k in range(len(holed)):  # every message last: an assistant turn, and the history before one (R_{k+1})
+            if windows.opening(holed, k) <= 0:
                 continue
             try:
                 last = render(holed[:k + 1], False)

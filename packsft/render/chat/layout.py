@@ -153,7 +153,8 @@ def analyse(render: Render, messages: list[dict[str, Any]], markers: Markers,
     for k, message in enumerate(messages):
         if message.get("role") == "assistant":
             as_last = functools.partial(_as_last, windows, layout, messages, k, prefix)
-            _lay_out_turn(layout, render, messages, k, prefix, as_last, markers, prompt, fixed_prompt, history)
+            before = functools.partial(_as_last, windows, layout, messages, k - 1, prefix) if k and history else None
+            _lay_out_turn(layout, render, messages, k, prefix, as_last, markers, prompt, fixed_prompt, before)
         else:
             # The header is what precedes the content where the content is rendered as given (pack/split.py keeps
             # it whole when it shortens a long question); else the message has no header of its own.
@@ -166,9 +167,11 @@ def analyse(render: Render, messages: list[dict[str, Any]], markers: Markers,
 
 def _lay_out_turn(layout: Layout, render: Render, messages: list[dict[str, Any]], k: int,
                   prefix: Callable[[int], str], as_last: Callable[[], str | None], markers: Markers,
-                  prompt: str | None, fixed_prompt: bool, history: bool = True) -> None:
+                  prompt: str | None, fixed_prompt: bool, history: Callable[[], str | None] | None = None) -> None:
     """Assistant turn k: where its generated span starts (after its generation prompt) and ends (through the token
-    the model stops with), and whether the template renders it otherwise when it is the last message."""
+    the model stops with), and whether the template renders it otherwise when it is the last message, or shows the
+    conversation before it otherwise when it prompts it (`history`: R_k, the rendering of the conversation before the
+    turn; None: not checked)."""
     text, starts, n = layout.text, layout.starts, len(messages)
     end = starts[k + 1] if k + 1 < n else len(text)
     own = prompt if fixed_prompt and prompt is not None else \
@@ -178,7 +181,7 @@ def _lay_out_turn(layout: Layout, render: Render, messages: list[dict[str, Any]]
     layout.bodies[k] = body
     stop, ending = _end_of_turn(text, body, end, markers)
     layout.generated[k], layout.endings[k] = (body, stop), ending
-    before = _or_none(prefix, k) if k and history else None
+    before = history() if history is not None else None
     if before is not None and not text.startswith(without_trailer(before, markers.trailer)):
         # The generation prompt shows the conversation before the turn otherwise than the rendering does (gpt-oss
         # keeps earlier analysis in a tool loop's prompt, Mistral Nemo the system message): the turn is trained
@@ -201,8 +204,8 @@ def _lay_out_turn(layout: Layout, render: Render, messages: list[dict[str, Any]]
 
 def _as_last(windows: Windows | None, layout: Layout, messages: list[dict[str, Any]], k: int,
              prefix: Callable[[int], str]) -> str | None:
-    """The rendering of the conversation through message k (None where the template refuses it): from its window
-    where `windows` tell, else rendered whole."""
+    """The rendering of the conversation through message k, R_{k+1} (None where the template refuses it): from its
+    window where `windows` tell, else rendered whole."""
     found = windows.as_last(layout.text, layout.starts, messages, k) if windows is not None else None
     return found if found is not None else _or_none(prefix, k + 1)
 
