@@ -200,6 +200,10 @@ class FastEncoder(Protocol):
 
     def byte_lengths(self) -> np.ndarray: ...
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token id stands for (b"" for an id it has no token for)."""
+        ...
+
 
 class TiktokenEncoder:
     """Encodes texts with tiktoken, as the HF tokenizer it was proven against does.
@@ -260,6 +264,13 @@ class TiktokenEncoder:
         """Per token id, the number of UTF-8 bytes it stands for."""
         return _byte_lengths({token: len(text) for text, token in self.spec.ranks.items()},
                              {**self.spec.content_tokens, **self.spec.special_tokens})
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token id stands for (b"" for an id it has no token for)."""
+        try:
+            return self._core.decode_single_token_bytes(token_id)
+        except KeyError:
+            return b""
 
     def _map(self, encode: Callable[[str], Any], texts: list[str]) -> list[Any]:
         if self._nfc is not None:
@@ -365,6 +376,12 @@ class GigatokenEncoder:
         """Per token id, the number of UTF-8 bytes it stands for (meaningful where `byte_level`)."""
         vocab = self._tokenizer.vocab
         return _byte_lengths({token: len(text) for token, text in vocab.items()}, self.special_tokens)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token id stands for (b"" for an id it has no token for, a special one included: gigatoken is
+        built without them)."""
+        # gigatoken panics (a BaseException) on an id past its vocabulary.
+        return self._tokenizer.decode([token_id]) if 0 <= token_id < self._tokenizer.vocab_size else b""
 
 
 def _without_surrogates(texts: list[str]) -> list[str]:

@@ -2,7 +2,8 @@
 
     tokenizer folder --sha256 of its files + template + library versions--> key
       miss: transformers loads it (importing torch: seconds) -> TokenizerState -> cache/tokenizers/KEY.json
-      hit:  cache/tokenizers/KEY.json -> tokenizers.Tokenizer.from_str (milliseconds, no transformers)
+      hit:  cache/tokenizers/KEY.json -> PackTokenizer (milliseconds, no transformers; the Rust tokenizer is built
+            from it only where something needs it: tokenizer.PackTokenizer.backend)
 
 What transformers makes of a folder (the converted BPE, the added role tokens, the special ids) is a
 function of the folder's files and the library versions, so those are the key; an entry is checked

@@ -14,9 +14,10 @@ The content's `<|im_end|>` lies inside a content span, so it is no cut: it is pl
   encoder (encoder.FastEncoder, proven equal to HF on content; a byte-level one, so that token byte lengths
   place the tokens) encodes all runs of a batch in one call, matching
   non-special added tokens (`<think>`) as HF does, and the offsets come from each token's byte length. This
-  is what HF does too: it extracts added tokens first and encodes the text between them. A rendering the
-  fast path cannot place exactly (a run the normalizer changes, so offsets would shift; text that is not
-  valid UTF-8; a special-token string across a content's edge) goes the HF way.
+  is what HF does too: it extracts added tokens first and encodes the text between them. A run the normalizer
+  changes (NFC composes "x\u0307") is normalized by HF's own normalizer, whose alignments map its tokens'
+  offsets back. A rendering the fast path cannot place (text that is not valid UTF-8; a special-token string
+  across a content's edge) goes the HF way: only then does a process build the Rust tokenizer.
 
 Both give the same ids and offsets (tests on ShareGPT with qwen3; `chat_proof.fast_chat_difference` at load).
 `rendering_encoder` chooses one for a tokenizer.
@@ -29,7 +30,8 @@ import re
 from typing import Any, Protocol
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import PreTokenizedString, Regex, Tokenizer
+from tokenizers.pre_tokenizers import Split
 
 from packsft.config import Encoder
 from packsft.render.encoder import NFC_INERT, FastEncoder
@@ -37,6 +39,12 @@ from packsft.render.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 
 Spans = list[tuple[int, int]]
 Encoded = tuple[np.ndarray, np.ndarray]  # ids (TOKEN_ID_DTYPE) and character offsets (n, 2)
+RunLayout = list[tuple[int, int, int]]  # a rendering as (start, end, a template token's id, or -1 for a run)
+# How FastRenderingEncoder places a run: by its tokens' byte lengths, or through HF's alignments where the normalizer
+# changes it (FastRenderingEncoder._run_route).
+PLACED, ALIGNED = "placed", "aligned"
+# Splits a text into its characters, each with its offsets (nfc_alignment).
+EACH_CHARACTER = Split(Regex(r"[\s\S]"), "isolated")
 
 
 class RenderingEncoder(Protocol):
@@ -48,6 +56,17 @@ class RenderingEncoder(Protocol):
     def encode(self, texts: list[str], spans: list[Spans]) -> list[Encoded]:
         """Ids and offsets of each rendering; `spans` are the character spans of its message contents."""
         ...
+
+    def count(self, texts: list[str]) -> int:
+        """How many tokens the Rust tokenizer's `encode_batch` gives these texts (special-token strings one each)."""
+        ...
+
+
+def special_ids(tokenizer: PackTokenizer) -> np.ndarray:
+    """Ids of the tokenizer's special tokens, sorted: its special added tokens and the strings transformers lists as
+    special (`PackTokenizer.special_tokens`), those that are tokens."""
+    strings = set(tokenizer.added_tokens.special) | set(tokenizer.special_tokens)
+    return np.array(sorted({i for s in strings if (i := tokenizer.token_to_id(s)) is not None}), np.int64)
 
 
 # One rendering encoder per tokenizer and process: building the fast one's tables costs ~0.3 s, and a worker
@@ -82,11 +101,7 @@ class HfRenderingEncoder:
     def __init__(self, tokenizer: PackTokenizer) -> None:
         self.tokenizer = tokenizer
         self.backend = tokenizer.backend
-        added = self.backend.get_added_tokens_decoder()
-        strings = {token.content for token in added.values() if token.special} | set(tokenizer.special_tokens)
-        self.special_ids = np.array(
-            sorted({i for s in strings if (i := self.backend.token_to_id(s)) is not None}), np.int64
-        )
+        self.special_ids = special_ids(tokenizer)
         self.plain: Any = None  # the Rust tokenizer with special-token strings as text, built on first need
 
     def encode(self, texts: list[str], spans: list[Spans]) -> list[Encoded]:
@@ -103,6 +118,11 @@ class HfRenderingEncoder:
                 ids, offsets = self._encode_plain_between(text, ids, offsets, from_content)
             out.append((ids, offsets))
         return out
+
+    def count(self, texts: list[str]) -> int:
+        """How many tokens the Rust tokenizer's `encode_batch` gives these texts (special-token strings one each)."""
+        self.backend.encode_special_tokens = False
+        return sum(len(ids) for ids in self.tokenizer.encode_batch(texts)) if texts else 0
 
     def _special_in_content(self, ids: np.ndarray, offsets: np.ndarray, located: Spans) -> np.ndarray:
         """Per token: a special token whose characters lie inside a message content."""
@@ -143,38 +163,147 @@ class FastRenderingEncoder:
     def __init__(self, tokenizer: PackTokenizer, fast: FastEncoder) -> None:
         self.tokenizer = tokenizer
         self.fast = fast
-        self.hf = HfRenderingEncoder(tokenizer)  # for the renderings the fast path cannot place exactly
-        self.special_ids = self.hf.special_ids
+        self.special_ids = special_ids(tokenizer)
+        self._hf: HfRenderingEncoder | None = None
         self.cut_ids = fast.special_tokens
         names = sorted(fast.special_tokens, key=len, reverse=True)  # leftmost-longest, as HF matches
         self.cut_pattern = re.compile("|".join(map(re.escape, names))) if names else None
+        added = tokenizer.added_tokens
+        content = sorted(set(added.ids) - set(added.special), key=len, reverse=True)
+        self.content_pattern = re.compile("|".join(map(re.escape, content))) if content else None
+        # A run the normalizer changes is placed through HF's alignments (`_aligned`) where HF matches every added
+        # token before it normalizes; one matched in normalized text ("normalized": true) sends it the HF way.
+        self.aligns = not added.normalized
         self.byte_lengths = fast.byte_lengths().astype(np.int32)  # a token's bytes: gathered per token, kept small
+
+    @property
+    def hf(self) -> HfRenderingEncoder:
+        """The HF way, for the renderings the fast path cannot place (a special-token string across a content's edge,
+        lone surrogates): built at the first of them, so that a worker that meets none never builds the Rust
+        tokenizer (~50 MiB and ~0.4 s for qwen3)."""
+        if self._hf is None:
+            self._hf = HfRenderingEncoder(self.tokenizer)
+        return self._hf
 
     def encode(self, texts: list[str], spans: list[Spans]) -> list[Encoded]:
         """Ids and offsets of each rendering; `spans` are the character spans of its message contents.
 
-        All runs of the batch are encoded in one call and placed with array operations (`_place`);
-        renderings the fast path cannot place exactly go the HF way.
+        All runs of the batch are encoded in one call and placed with array operations (`_place`); a rendering
+        with a run the normalizer changes is placed on its own (`_aligned`); renderings the fast path cannot place
+        go the HF way.
         """
         runs: list[str] = []
         cuts: list[int] = []  # per item of the placed texts, back to back: a template token's id, or -1 for a run
         items = np.zeros(len(texts), np.int64)  # items per text
         fallback: list[int] = []
+        alone: dict[int, Encoded] = {}
         for index, (text, located) in enumerate(zip(texts, spans)):
-            layout = self._layout(text, located)
-            pieces = [text[lo:hi] for lo, hi, cut in layout if cut < 0] if layout is not None else []
-            if layout is None or not (text.isascii() or all(map(self._exact, pieces))):
+            layout, encoded = self._routed(text, located)
+            if encoded is not None:
+                alone[index] = encoded
+            elif layout is None:
                 fallback.append(index)
-                continue
-            runs.extend(pieces)
-            cuts.extend(cut for _, _, cut in layout)
-            items[index] = len(layout)
+            else:
+                runs.extend(text[lo:hi] for lo, hi, cut in layout if cut < 0)
+                cuts.extend(cut for _, _, cut in layout)
+                items[index] = len(layout)
         out_ids, out_offsets, per_text = self._place(texts, runs, np.asarray(cuts, np.int64), items)
         bounds = np.cumsum(per_text)
-        slow = dict(zip(fallback, self.hf.encode([texts[i] for i in fallback], [spans[i] for i in fallback])))
-        return [slow[i] if i in slow else (out_ids[bounds[i] - per_text[i]:bounds[i]],
-                                           out_offsets[bounds[i] - per_text[i]:bounds[i]])
+        if fallback:  # the HF way is built only for them
+            alone.update(zip(fallback, self.hf.encode([texts[i] for i in fallback], [spans[i] for i in fallback])))
+        return [alone[i] if i in alone else (out_ids[bounds[i] - per_text[i]:bounds[i]],
+                                             out_offsets[bounds[i] - per_text[i]:bounds[i]])
                 for i in range(len(texts))]
+
+    def count(self, texts: list[str]) -> int:
+        """How many tokens the Rust tokenizer's `encode_batch` gives these texts (special-token strings one each):
+        the runs between special tokens by the fast encoder, as `encode` encodes a rendering without contents."""
+        runs: list[str] = []
+        counted, slow = 0, []
+        for text in texts:
+            layout, encoded = self._routed(text, [])
+            if encoded is not None:
+                counted += len(encoded[0])
+            elif layout is None:
+                slow.append(text)
+            else:
+                runs.extend(text[lo:hi] for lo, hi, cut in layout if cut < 0)
+                counted += sum(cut >= 0 for _, _, cut in layout)
+        return counted + len(self.fast.encode_texts_flat(runs)[0]) + (self.hf.count(slow) if slow else 0)
+
+    def _routed(self, text: str, located: Spans) -> tuple[RunLayout | None, Encoded | None]:
+        """How to encode a rendering: (its runs and template tokens, None) to place them with the batch's (`_place`);
+        (None, its ids and offsets) where the normalizer changes a run (`_aligned`); (None, None) the HF way."""
+        layout = self._layout(text, located)
+        if layout is None:
+            return None, None
+        routes = {PLACED} if text.isascii() else {self._run_route(text[lo:hi]) for lo, hi, cut in layout if cut < 0}
+        if None in routes:
+            return None, None
+        return (None, self._aligned(text, layout)) if ALIGNED in routes else (layout, None)
+
+    def _run_route(self, run: str) -> str | None:
+        """PLACED where the run's tokens' byte lengths place it, ALIGNED where the normalizer changes it, None where
+        the fast path cannot encode it."""
+        if run.isascii() or NFC_INERT.fullmatch(run):
+            return PLACED
+        try:
+            run.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: replaced before encoding, so offsets would shift
+            return None
+        if self.fast.normalized(run) == run:
+            return PLACED
+        return ALIGNED if self.aligns else None
+
+    def _aligned(self, text: str, layout: RunLayout) -> Encoded | None:
+        """Ids and offsets of a rendering with a run the normalizer changes, as HF gives them: HF cuts the run at its
+        added tokens and normalizes each piece between them, aligning each normalized character with original ones
+        (`nfc_alignment`); the fast encoder encodes the normalized piece (HF's ids: the piece normalizes to it, and
+        the fast encoder is proven on content), and a token's offsets run from its first character's aligned start
+        to its last one's aligned end, as HF maps offsets back. None where a normalized piece holds an added token's
+        string (HF matched added tokens before normalizing; the fast encoder would match it)."""
+        parts: list[Encoded] = []
+        for lo, hi, cut in layout:
+            run = text[lo:hi]
+            if cut >= 0:
+                parts.append((np.array([cut], TOKEN_ID_DTYPE), np.array([[lo, hi]], np.int64)))
+            elif self._run_route(run) == PLACED:
+                parts.append(self._placed_run(run, lo))
+            else:
+                for start, end, token in self._added_pieces(run):
+                    if token is not None:
+                        parts.append((np.array([token], TOKEN_ID_DTYPE), np.array([[lo + start, lo + end]], np.int64)))
+                        continue
+                    normalized, origin = nfc_alignment(run[start:end])
+                    if self.content_pattern is not None and self.content_pattern.search(normalized):
+                        return None
+                    ids, offsets = self._placed_run(normalized, 0)
+                    parts.append((ids, np.stack([origin[offsets[:, 0], 0], origin[offsets[:, 1] - 1, 1]], 1)
+                                  + lo + start))
+        if not parts:
+            return np.zeros(0, TOKEN_ID_DTYPE), np.zeros((0, 2), np.int64)
+        return np.concatenate([ids for ids, _ in parts]), np.concatenate([offsets for _, offsets in parts])
+
+    def _added_pieces(self, run: str) -> list[tuple[int, int, int | None]]:
+        """The run as the text between its added tokens (None) and those tokens (their ids), as HF cuts it."""
+        pieces: list[tuple[int, int, int | None]] = []
+        cursor = 0
+        for match in self.content_pattern.finditer(run) if self.content_pattern is not None else ():
+            if match.start() > cursor:
+                pieces.append((cursor, match.start(), None))
+            pieces.append((match.start(), match.end(), self.tokenizer.added_tokens.ids[match.group()]))
+            cursor = match.end()
+        if len(run) > cursor:
+            pieces.append((cursor, len(run), None))
+        return pieces
+
+    def _placed_run(self, run: str, at: int) -> Encoded:
+        """Ids and character offsets (from `at`) of one run placed by its tokens' byte lengths, as `_place` places."""
+        ids, _ = self.fast.encode_texts_flat([run])
+        lengths = self.byte_lengths[ids]
+        ends = np.cumsum(lengths, dtype=np.int64)
+        offsets = np.stack([ends - lengths, ends], 1) if run.isascii() else _char_offsets(run, ends, lengths)
+        return ids.astype(TOKEN_ID_DTYPE, copy=False), offsets + at
 
     def _place(self, texts: list[str], runs: list[str], cuts: np.ndarray,
                items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -207,9 +336,9 @@ class FastRenderingEncoder:
                 offsets[:, tokens] = _char_offsets(texts[t], offsets[1, tokens], byte_lengths[tokens]).T
         return out_ids, offsets.T, per_text
 
-    def _layout(self, text: str, located: Spans) -> list[tuple[int, int, int]] | None:
+    def _layout(self, text: str, located: Spans) -> RunLayout | None:
         """The rendering as runs and the template's special tokens, or None where a special string crosses a content edge."""
-        layout: list[tuple[int, int, int]] = []
+        layout: RunLayout = []
         cursor = 0
         matches = self.cut_pattern.finditer(text) if self.cut_pattern is not None else ()
         located = sorted(located)
@@ -229,16 +358,6 @@ class FastRenderingEncoder:
             layout.append((cursor, len(text), -1))
         return layout
 
-    def _exact(self, run: str) -> bool:
-        """True when the fast path places this run's offsets exactly (its characters are what gets encoded)."""
-        if run.isascii() or NFC_INERT.fullmatch(run):
-            return True
-        try:
-            run.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates: replaced before encoding, so offsets would shift
-            return False
-        return self.fast.normalized(run) == run
-
 
 def plain_text_backend(serialized: str) -> Any:
     """A Rust tokenizer that tokenizes special-token strings as ordinary text.
@@ -249,6 +368,18 @@ def plain_text_backend(serialized: str) -> Any:
     plain = Tokenizer.from_str(serialized)
     plain.encode_special_tokens = True
     return plain
+
+
+def nfc_alignment(text: str) -> tuple[str, np.ndarray]:
+    """HF's NFC of a text and, per character of it, the span of `text` HF's NormalizedString aligns it with, in
+    characters: what HF maps offsets back through. HF aligns by position in its change stream, not by character:
+    "x\u0307" -> "\u1e8b" aligns the composed character with the x alone, and "a\u0301\u0323" -> "\u1ea1\u0301"
+    the acute with where the dot below was."""
+    pretokenized = PreTokenizedString(text)
+    pretokenized.normalize(lambda normalized: normalized.nfc())
+    EACH_CHARACTER.pre_tokenize(pretokenized)  # in Rust: 1.2 us a character, where slicing in Python took 25
+    splits = pretokenized.get_splits(offset_referential="original", offset_type="char")
+    return "".join(char for char, _, _ in splits), np.array([span for _, span, _ in splits], np.int64).reshape(-1, 2)
 
 
 def _char_offsets(text: str, byte_ends: np.ndarray, byte_lengths: np.ndarray) -> np.ndarray:

@@ -92,17 +92,19 @@ class ChatRenderer:
         self.mask, self.unprompted, self.turns = mask, unprompted, turns
         self.encoder = encoder if encoder is not None else rendering_encoder(tokenizer)
         self.special_ids = self.encoder.special_ids
-        self.specials = any_of(tuple(tokenizer.backend.id_to_token(int(i)) for i in self.special_ids))
+        # Token names come from the tokenizer's added tokens where they are ones (PackTokenizer.id_to_token): a worker
+        # encoding with the fast encoder then never builds the Rust tokenizer.
+        self.specials = any_of(tuple(tokenizer.id_to_token(int(i)) for i in self.special_ids))
         # SmolLM3's <think> and </think> are special tokens; Qwen's are not (`_reasoning_tags`).
         self.think_tags_special = self.specials is not None and all(
             self.specials.fullmatch(tag) for tag in ("<think>", "</think>"))
         self.stop_tokens = [t for i in (tokenizer.stop_ids or (tokenizer.eos_id,))
-                            if (t := tokenizer.backend.id_to_token(int(i))) is not None]
+                            if (t := tokenizer.id_to_token(int(i))) is not None]
         bos = tokenizer.special_tokens_map.get("bos_token")
-        bos_id = tokenizer.backend.token_to_id(bos) if isinstance(bos, str) else None
+        bos_id = tokenizer.token_to_id(bos) if isinstance(bos, str) else None
         bos_token = bos if isinstance(bos, str) and bos_id is not None and bos_id in self.special_ids else None
         eos = tokenizer.special_tokens_map.get("eos_token")
-        self.eos_token = eos if isinstance(eos, str) else tokenizer.backend.id_to_token(tokenizer.eos_id)
+        self.eos_token = eos if isinstance(eos, str) else tokenizer.id_to_token(tokenizer.eos_id) or ""
         self.template_kwargs = dict(template_kwargs or {})
         self.facts = template_facts(tokenizer, Markers(self.specials, any_of(tuple(self.stop_tokens))), bos_token)
         # what the template did to trained turns (stats.ChatTurns): present (0) in every chat unit
@@ -438,7 +440,7 @@ def _count_turns(renderer: ChatRenderer, conv: Conversation, layout: Layout, fla
         if reasoning and reasoning.strip() and reasoning.strip() not in layout.text[layout.starts[k]:end]:
             dropped.append(reasoning)
     if dropped:  # as HF counts them: special-token strings are one token each
-        renderer.counts.reasoning_tokens_dropped += sum(len(ids) for ids in renderer.tokenizer.encode_batch(dropped))
+        renderer.counts.reasoning_tokens_dropped += renderer.encoder.count(dropped)
     if layout.appended and conv.trains(len(layout.generated) - 1):
         renderer.counts.stop_tokens_appended += 1
     if id(conv) in renderer.inference_prefixes:
