@@ -73,6 +73,9 @@ class ChatExtras:
     train: tuple[bool | None, ...] = ()  # per message: False never trains it; None follows --mask
     tools: list[Any] | None = None
     template_kwargs: Mapping[str, Any] | None = None
+    # A rendering `--turns inference` added (render/chat/renderer.py for_turns): its one trained turn, last, laid out
+    # in the rendering its generation prompt shows.
+    as_prompted: bool = False
 
     def field(self, index: int, key: str) -> Any:
         fields = self.fields[index] if index < len(self.fields) else None

@@ -135,6 +135,20 @@ def test_turns_inference_trains_each_rewritten_turn_as_generated_and_last_trains
     assert "tool_call" not in qwen3.hf.decode(last.ids[last.flags == 1].tolist())
 
 
+def test_only_the_renderings_turns_inference_added_are_laid_out_and_counted_as_prompted(qwen3):
+    renderer = ChatRenderer(qwen3)
+    rec = record(AGENT[:6], tools=[WEATHER])
+    for _ in range(3):  # each expansion is freed after it renders: its records' addresses are free again
+        render_chat(renderer.for_turns([rec], "inference"), qwen3, renderer=renderer)
+    counted = renderer.counts.inference_context_tokens
+    assert counted > 0
+    # Records read later (new objects, often at those addresses) are laid out and counted as themselves.
+    later = [record(AGENT[:3], tools=[WEATHER]) for _ in range(200)]
+    batch = render_chat(later, qwen3, renderer=renderer)
+    assert renderer.counts.inference_context_tokens == counted
+    assert batch.ids[batch.conv_offsets[0]:batch.conv_offsets[1]].tolist() == hf_ids(qwen3, later[0])
+
+
 def test_a_record_analysed_itself_keeps_its_turns_apart_where_contents_repeat(qwen3):
     """Reasoning of only a newline (qwen3 strips it, so the record's skeleton does not reproduce it and the record is
     analysed itself), an empty tool result, and an assistant content equal to the next tool result's."""

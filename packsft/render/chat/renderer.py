@@ -109,7 +109,6 @@ class ChatRenderer:
         self.facts = template_facts(tokenizer, Markers(self.specials, any_of(tuple(self.stop_tokens))), bos_token)
         # what the template did to trained turns (stats.ChatTurns): present (0) in every chat unit
         self.counts = ChatTurns()
-        self.inference_prefixes: set[int] = set()  # id() of records --turns inference added
         self._jinja = jinja_renderer(tokenizer)
         self._tracer = skeleton_tracer(tokenizer)
 
@@ -151,7 +150,7 @@ class ChatRenderer:
         """Where the record's messages and generated spans lie in its rendering (layout.py); for a rendering that
         `--turns inference` added, in the rendering the model is prompted with (`_as_prompted`)."""
         found = self._layout(conv)
-        return self._as_prompted(conv, found) if id(conv) in self.inference_prefixes else found
+        return self._as_prompted(conv, found) if conv.extras is not None and conv.extras.as_prompted else found
 
     def _as_prompted(self, conv: Conversation, layout: Layout) -> Layout:
         """The layout of a `--turns inference` rendering (its last turn the one trained) moved onto the history as
@@ -306,9 +305,7 @@ class ChatRenderer:
                 continue
             out.append(_training_only(conv, [k for k in assistants if k not in rewritten]) if rewritten else conv)
             for k in rewritten:
-                prefix = _training_only(_prefix(conv, k + 1), [k])
-                self.inference_prefixes.add(id(prefix))
-                out.append(prefix)
+                out.append(_training_only(_prefix(conv, k + 1), [k], as_prompted=True))
             self.counts.inference_renderings_added += len(rewritten)
         return out
 
@@ -320,12 +317,12 @@ def _prefix(conv: Conversation, n: int) -> Conversation:
     return replace(conv, messages=conv.messages[:n], extras=extras)
 
 
-def _training_only(conv: Conversation, turns: list[int]) -> Conversation:
-    """The record with every message but `turns` untrained."""
+def _training_only(conv: Conversation, turns: list[int], *, as_prompted: bool = False) -> Conversation:
+    """The record with every message but `turns` untrained (`as_prompted`: a rendering `--turns inference` adds)."""
     extras = conv.extras or ChatExtras()
     fields = extras.fields or (None,) * len(conv.messages)
     train = tuple(None if i in turns else False for i in range(len(conv.messages)))
-    return replace(conv, extras=ChatExtras(fields, train, extras.tools, extras.template_kwargs))
+    return replace(conv, extras=ChatExtras(fields, train, extras.tools, extras.template_kwargs, as_prompted))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -443,6 +440,6 @@ def _count_turns(renderer: ChatRenderer, conv: Conversation, layout: Layout, fla
         renderer.counts.reasoning_tokens_dropped += renderer.encoder.count(dropped)
     if layout.appended and conv.trains(len(layout.generated) - 1):
         renderer.counts.stop_tokens_appended += 1
-    if id(conv) in renderer.inference_prefixes:
+    if conv.extras is not None and conv.extras.as_prompted:
         trained = np.flatnonzero(flags)
         renderer.counts.inference_context_tokens += int(trained[0]) if len(trained) else len(flags)
