@@ -60,7 +60,6 @@ from packsft.stats import (
 )
 
 
-
 def _record(conversation: Conversation) -> dict[str, Any]:
     """The record as rejects.jsonl shows it."""
     return {"messages": [{"role": role, "content": content} for role, content in conversation.messages]}

@@ -19,7 +19,6 @@ manifests of earlier versions sum (and verify) as they did.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Iterable, Mapping
@@ -39,10 +38,14 @@ SOURCE_WIDTH = 48  # the longest source name the text summary shows whole (a fil
 C = TypeVar("C", bound="Counts")
 
 
-@functools.cache
-def _names(kind: Any) -> tuple[str, ...]:
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _names(kind: type) -> tuple[str, ...]:
     """A counter group's field names, read once per class (a split adds a group per long conversation)."""
-    return tuple(f.name for f in fields(kind))
+    if kind not in _NAMES:
+        _NAMES[kind] = tuple(f.name for f in fields(kind))
+    return _NAMES[kind]
 
 
 def _add(a: Any, b: Any) -> Any:

@@ -66,7 +66,7 @@ class SafeCuts:
         for index in set(window):
             if known[index] is None:
                 known[index] = self.texts[index]
-        return [known[index] for index in window]  # type: ignore[misc]
+        return [known[index] for index in window]
 
     def tool_spans(self, text: str) -> list[tuple[int, int]]:
         """Character spans of the tool calls in `text`: an opening tag to its closing tag, or through the JSON

@@ -15,9 +15,9 @@ import json
 import pytest
 
 from packsft import PackConfig
+from packsft.render.markers import OMITTED_MARKER
 from packsft.render.tokenizer import load_tokenizer
 from packsft.run import run_pack
-from packsft.render.markers import OMITTED_MARKER
 from tests.e2e.model_helpers import masked_loss, packed_loss
 
 pytestmark = pytest.mark.slow  # a tiny transformer run on CPU
