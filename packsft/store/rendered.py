@@ -22,6 +22,7 @@ import io
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ ARRAYS = ("flags", "conv_offsets", "conv_msg_offsets", "msg_starts", "msg_ends",
           "unprompted")
 FILES = ("ids", "source_codes", *ARRAYS)  # an entry's .npy files, each hashed in entry.json
 MARKERS_DIR = "markers"
+CLAIM_SECONDS = 600  # a marker encoder being made longer than this was left by a process that died: made again
 _MARKERS: dict[Path, Marker | None] = {}  # per marker file: its encoder, built once a process
 
 
@@ -159,16 +161,17 @@ class RenderedStore:
         """Keep the marker encoder of this tokenizer, `spec()` (render/markers.marker_spec; None: there is none),
         where the store has none yet; like an entry, written whole or not at all."""
         path = self._marker_path(fingerprint)
-        if path.exists():
-            return
+        claim = path.with_name(f".claim-{path.name}")
+        if path.exists() or not _claim(claim):
+            return  # kept, or another worker of the pack is making it (0.3 s for qwen3: one pays it)
         made = spec()
         if made is None:
-            return
+            return  # none to keep: the claim stays, so that no other worker tries for CLAIM_SECONDS
         tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps({"sha256": hashlib.sha256(made.encode()).hexdigest(), "spec": made}))
             os.replace(tmp, path)
+            claim.unlink()
         except OSError:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -179,6 +182,19 @@ class RenderedStore:
     def size(self) -> int:
         """Bytes the store's entries take."""
         return sum(path.stat().st_size for path in self.root.rglob("*") if path.is_file())
+
+
+def _claim(claim: Path) -> bool:
+    """Whether this process made `claim` (created it first, or found it older than CLAIM_SECONDS: its maker died)."""
+    try:
+        claim.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - claim.stat().st_mtime > CLAIM_SECONDS:
+                claim.unlink()
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except OSError:
+        return False
+    return True
 
 
 def _batch(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> RenderedBatch:
