@@ -683,6 +683,23 @@ class TokenTexts(Sequence[str]):
 
         return cls(size, read)
 
+    @classmethod
+    def of_vocab(cls, serialized: str, added: AddedTokens, size: int) -> TokenTexts | None:
+        """Read from the serialized tokenizer's vocabulary (a re-pack builds no encoder: parsing the JSON takes a
+        third of building the Rust tokenizer, and keeps only the tokens); None where its model has no vocabulary."""
+        vocab = (json.loads(serialized).get("model") or {}).get("vocab")
+        tokens: list[str] = [""] * size
+        if isinstance(vocab, dict):  # BPE, WordPiece, WordLevel: token -> id
+            for token, index in vocab.items():
+                if 0 <= index < size:
+                    tokens[index] = token
+        elif isinstance(vocab, list):  # Unigram: [token, score] by id
+            for index, (token, _) in enumerate(vocab[:size]):
+                tokens[index] = token
+        else:
+            return None
+        return cls(size, lambda index: _spelled(added.contents.get(index, tokens[index])))
+
     def __len__(self) -> int:
         return self._size
 
@@ -716,10 +733,13 @@ _TOKEN_TEXTS: dict[str, TokenTexts] = {}
 def token_texts(tokenizer: PackTokenizer) -> TokenTexts:
     """The text of every token id: what pack/cuts.py reads to cut a long turn at a line, a sentence, never in a tool
     call. One per tokenizer and process, read from the fast encoder where this process built a byte-level one (a
-    worker that has one then builds no Rust tokenizer), else from the Rust tokenizer."""
+    worker that has one then builds no Rust tokenizer), else from the Rust tokenizer where it is built, else from the
+    serialized vocabulary (a re-pack builds neither)."""
     if tokenizer.fingerprint not in _TOKEN_TEXTS:
-        fast = tokenizer.objects.fast
-        _TOKEN_TEXTS[tokenizer.fingerprint] = (
-            TokenTexts.of_fast(fast, tokenizer.added_tokens, tokenizer.vocab_size) if fast is not None and fast.byte_level
-            else TokenTexts.of_backend(tokenizer.backend))
+        fast, texts = tokenizer.objects.fast, None
+        if fast is not None and fast.byte_level:
+            texts = TokenTexts.of_fast(fast, tokenizer.added_tokens, tokenizer.vocab_size)
+        elif tokenizer.objects.backend is None:
+            texts = TokenTexts.of_vocab(tokenizer.serialized, tokenizer.added_tokens, tokenizer.vocab_size)
+        _TOKEN_TEXTS[tokenizer.fingerprint] = texts if texts is not None else TokenTexts.of_backend(tokenizer.backend)
     return _TOKEN_TEXTS[tokenizer.fingerprint]

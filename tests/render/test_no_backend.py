@@ -153,3 +153,18 @@ def test_token_texts_of_the_fast_encoder_are_the_backend_s(request, name, backen
     assert len(mine) == len(theirs)
     assert list(mine) == list(theirs)
     assert mine[-1] == theirs[-1]
+
+
+@pytest.mark.parametrize("name", ["chatml", "gpt2", "qwen3"])
+def test_token_texts_of_the_serialized_vocabulary_are_the_backend_s(request, name):
+    folder = request.getfixturevalue(f"{name}_dir")
+    tokenizer = load_tokenizer(str(folder), "roles" if name == "gpt2" else "chat", prove=False)
+    mine = TokenTexts.of_vocab(tokenizer.serialized, tokenizer.added_tokens, tokenizer.vocab_size)
+    assert mine is not None
+    assert list(mine) == list(TokenTexts.of_backend(Tokenizer.from_str(tokenizer.serialized)))
+
+
+def test_a_process_without_an_encoder_reads_token_texts_without_building_the_backend(chatml_dir):
+    tokenizer = worker_tokenizer(load_tokenizer(str(chatml_dir), "chat"))
+    texts = token_texts(tokenizer)
+    assert texts[0] is not None and tokenizer.objects.backend is None and tokenizer.objects.fast is None

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import packsft.render.tokenizer
 import packsft.run.unit
 from packsft import PackConfig
 from packsft.demo import DATA_DIR as DEMO_DATA
@@ -58,8 +59,9 @@ def packed(tmp_path_factory, data_dir, config) -> Path:
     return out
 
 
-def _no_reading(monkeypatch) -> list[str]:
-    """Make reading a unit an error, and record every text the tokenizer encodes: what a repack may encode."""
+def _no_reading(monkeypatch, *, backend: bool = False) -> list[str]:
+    """Make reading a unit (and, unless `backend`, building the Rust tokenizer) an error, and record every text the
+    tokenizer encodes: what a repack may encode."""
     encoded: list[str] = []
 
     def recorded(original):
@@ -72,6 +74,12 @@ def _no_reading(monkeypatch) -> list[str]:
         raise AssertionError("a unit was read and rendered")
 
     monkeypatch.setattr(packsft.run.unit, "read_unit", read_unit)
+    def built(self):
+        raise AssertionError("the Rust tokenizer was built")
+
+    if not backend:  # token texts for cuts come from the serialized vocabulary, markers from the store
+        monkeypatch.setattr(PackTokenizer, "backend", property(built))
+    monkeypatch.setattr(packsft.render.tokenizer, "_TOKEN_TEXTS", {})  # as in a new process: none read yet
     for name in ("encode_texts", "encode_texts_hf", "encode_texts_flat", "encode_batch"):
         monkeypatch.setattr(PackTokenizer, name, recorded(getattr(PackTokenizer, name)))
     return encoded
@@ -121,7 +129,7 @@ def test_without_the_stores_marker_encoder_the_tokenizer_encodes_the_markers(tmp
     out = tmp_path / "out"
     shutil.copytree(packed, out, ignore=shutil.ignore_patterns(STORE_DIR))
     (out / "plan.json").write_text(json.dumps({**plan, "store": str(store)}))
-    encoded = _no_reading(monkeypatch)
+    encoded = _no_reading(monkeypatch, backend=True)
     run_repack(out, tmp_path / "new", changes, quiet=True)
     assert output_arrays(tmp_path / "new") == output_arrays(fresh)
     assert encoded and all(text == OMITTED_MARKER.format(n=text.split()[1]) for text in encoded), encoded
