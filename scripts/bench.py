@@ -27,6 +27,7 @@ Usage: python scripts/bench.py [--shards N] [--out BENCHMARKS.md] [--only tools|
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -562,6 +563,10 @@ def main() -> None:
                         help="run only this section and replace it in --out in place (tools: qwen3 tool calling; "
                         "repack: re-packing from the rendered-token store)")
     args = parser.parse_args()
+    # packsft's bytecode, compiled as installing a package does: where PYTHONDONTWRITEBYTECODE is set (this machine),
+    # every packsft process would otherwise compile its modules again (~0.4 s a pack), which the peers, installed
+    # packages with their bytecode, never pay.
+    compileall.compile_dir(str(ROOT / "packsft"), quiet=1)
     # A private tokenizer cache, warmed by the encoder limits below: runs measure a warm start unless cold.
     os.environ["PACKSFT_CACHE"] = tempfile.mkdtemp(prefix="packsft-bench-cache-")
     if not DATA.exists() or not GPT2.exists() or not QWEN3.exists():
@@ -654,7 +659,8 @@ def main() -> None:
     lines += [
         "",
         "Wall time is the whole `packsft pack` process (Python start-up, tokenizer load, reading, rendering,",
-        "packing, writing, hashing), with the tokenizer cache warm (every run after a folder's first) except",
+        "packing, writing, hashing), with packsft's bytecode compiled (as an installed package's is) and",
+        "the tokenizer cache warm (every run after a folder's first) except",
         "the cold run, which resolves the tokenizer through transformers (importing torch) and proves the",
         "fast encoder, as a first run does. Peak RSS is the largest process of the run's tree (sampled every 50 ms from /proc),",
         "tree RSS the peak of its sum over the tree (workers and fork server included; shared pages counted per",
@@ -698,8 +704,24 @@ def main() -> None:
         "See also `BENCHMARKS-loader.md` (`scripts/bench_loader.py`) and `BENCHMARKS-scale.md` (`scripts/bench_scale.py`).",
         "",
     ]
-    Path(args.out).write_text("\n".join(lines))
+    out = Path(args.out)
+    out.write_text(kept_sections(out.read_text() if out.exists() else "", "\n".join(lines)))
     print("\n".join(lines))
+
+
+def kept_sections(old: str, new: str) -> str:
+    """`new` with the sections of `old` that this script does not write (measured by hand, e.g. long context) added
+    back at its end: regenerating the page must not drop them."""
+    written = {line for line in new.splitlines() if line.startswith("## ")}
+    kept, keeping = [], False
+    for line in old.splitlines():
+        if line.startswith("## "):
+            keeping = line not in written
+        elif line.startswith("See also"):
+            keeping = False
+        if keeping:
+            kept.append(line)
+    return new.rstrip("\n") + ("\n\n" + "\n".join(kept).rstrip("\n") if kept else "") + "\n"
 
 
 if __name__ == "__main__":
