@@ -27,6 +27,7 @@ from packsft.pack.context import ContextPlanner
 from packsft.pack.pieces import Mark
 from packsft.pack.segment_tree import LengthTree
 from packsft.pack.spans import MessageSpans
+from packsft.render.tokenizer import TokenTexts
 
 # How many message boundaries before the last one that fits are considered when closing a piece.
 # Measured on ShareGPT (8 shards, GPT-2, L=2048): 1 saves 1.3% of rows over the last boundary; looking
@@ -47,26 +48,13 @@ class SafeCuts:
     """Where a long turn may be cut, read from the text of its tokens: `texts()` gives the text of every id, read
     once, at the first long turn (building it costs a pass over the vocabulary)."""
 
-    def __init__(self, texts: Callable[[], Sequence[str]], at_lines: bool = True) -> None:
+    def __init__(self, texts: Callable[[], TokenTexts], at_lines: bool = True) -> None:
         self._texts = texts
         self.at_lines = at_lines  # False: cut where the room ends unless that is inside a tool call
-        self._known: list[str | None] = []  # per id, its text once read; the last entry "" stands for ids outside
 
     @functools.cached_property
-    def texts(self) -> Sequence[str]:
+    def texts(self) -> TokenTexts:
         return self._texts()
-
-    def texts_of(self, ids: np.ndarray) -> list[str]:
-        """The text of each id ("" for an id outside the vocabulary), each id read from `texts` once: a cut reads
-        thousands, and a list lookup costs a tenth of a call of `texts`."""
-        if not self._known:
-            self._known = [None] * len(self.texts) + [""]
-        known, size = self._known, len(self._known) - 1
-        window = np.minimum(ids, size).tolist()
-        for index in set(window):
-            if known[index] is None:
-                known[index] = self.texts[index]
-        return [known[index] for index in window]
 
     def tool_spans(self, text: str) -> list[tuple[int, int]]:
         """Character spans of the tool calls in `text`: an opening tag to its closing tag, or through the JSON
@@ -84,7 +72,7 @@ class SafeCuts:
     def cut(self, ids: np.ndarray, room: int) -> int:
         """Tokens of `ids` (a turn's content from the last cut on) to keep before cutting, at most `room`."""
         # Read past the room, so that a tool call open at the room's end finds its closing tag.
-        texts = self.texts_of(ids[: room + LOOKAHEAD])
+        texts = self.texts.texts_of(ids[: room + LOOKAHEAD])
         ends = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))  # character offset after each token
         spans = self.tool_spans("".join(texts))
         if not self.at_lines and not any(a < ends[room - 1] < b for a, b in spans):

@@ -13,12 +13,13 @@ import pytest
 
 from packsft import PackConfig, PackedOutput
 from packsft.pack.cuts import SafeCuts
-from packsft.render.tokenizer import load_output_tokenizer
+from packsft.render.tokenizer import TokenTexts, load_output_tokenizer
 from packsft.run import run_pack
 from tests.helpers import output_arrays
 
 # One character a token: the texts table of a stand-in vocabulary (ids are character codes).
 CHARS = tuple(chr(i) for i in range(128))
+TEXTS = TokenTexts(len(CHARS), CHARS.__getitem__)
 
 
 def ids(text: str) -> np.ndarray:
@@ -26,7 +27,7 @@ def ids(text: str) -> np.ndarray:
 
 
 def test_cut_prefers_a_line_then_a_sentence_within_the_window():
-    safe = SafeCuts(lambda: CHARS)
+    safe = SafeCuts(lambda: TEXTS)
     text = "first line\nA sentence ends here. and more words go on and on"
     assert text[: safe.cut(ids(text), 40)] == "first line\nA sentence ends here."  # no line end in the window
     lines = "x" * 30 + "\n" + "y" * 40
@@ -40,7 +41,7 @@ def test_cut_prefers_a_line_then_a_sentence_within_the_window():
 ])
 def test_cut_never_falls_inside_a_tool_call(call):
     text = "Some reasoning. " * 3 + call + " tail"
-    safe = SafeCuts(lambda: CHARS)
+    safe = SafeCuts(lambda: TEXTS)
     start = text.index(call[:3])
     for room in range(start + 5, len(text) - 1):
         cut = safe.cut(ids(text), room)
@@ -48,7 +49,7 @@ def test_cut_never_falls_inside_a_tool_call(call):
 
 
 def test_spans_of_json_without_a_closing_tag_end_with_the_json():
-    safe = SafeCuts(lambda: CHARS)
+    safe = SafeCuts(lambda: TEXTS)
     text = '[TOOL_CALLS][{"a": "]}"}] after'
     assert safe.tool_spans(text) == [(0, text.index(" after"))]
 

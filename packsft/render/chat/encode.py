@@ -298,12 +298,9 @@ class FastRenderingEncoder:
         return pieces
 
     def _placed_run(self, run: str, at: int) -> Encoded:
-        """Ids and character offsets (from `at`) of one run placed by its tokens' byte lengths, as `_place` places."""
-        ids, _ = self.fast.encode_texts_flat([run])
-        lengths = self.byte_lengths[ids]
-        ends = np.cumsum(lengths, dtype=np.int64)
-        offsets = np.stack([ends - lengths, ends], 1) if run.isascii() else _char_offsets(run, ends, lengths)
-        return ids.astype(TOKEN_ID_DTYPE, copy=False), offsets + at
+        """Ids and character offsets (from `at`) of one run placed by its tokens' byte lengths (`_place`)."""
+        ids, offsets, _ = self._place([run], [run], np.array([-1], np.int64), np.array([1], np.int64))
+        return ids, offsets + at
 
     def _place(self, texts: list[str], runs: list[str], cuts: np.ndarray,
                items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
