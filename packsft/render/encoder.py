@@ -284,6 +284,44 @@ class TiktokenEncoder:
         return [ids for chunk in self._pool.map(lambda part: [encode(t) for t in part], chunks) for ids in chunk]
 
 
+@dataclass(frozen=True)
+class GigatokenSource:
+    """What a GigatokenEncoder is built from, derived from the serialized tokenizer: the tokenizer.json gigatoken
+    reads (special added tokens made plain, NFC left to HF's normalizer) and the facts the encoder keeps. Deriving
+    it parses and writes the whole JSON (qwen3: 0.25 s); `entry` / `from_entry` keep it in the tokenizer cache,
+    so that a worker builds gigatoken without that (PackTokenizer.fast)."""
+
+    plain_json: bytes
+    special_tokens: dict[str, int]
+    nfc: bool
+    byte_level: bool
+
+    @staticmethod
+    def of(serialized: str) -> GigatokenSource:
+        spec = json.loads(serialized)
+        added = spec.get("added_tokens") or []
+        normalizer = spec.get("normalizer")
+        nfc = normalizer is not None and normalizer.get("type") == "NFC"
+        model = spec.get("model") or {}
+        byte_level = (normalizer is None or nfc) and not model.get("byte_fallback") and "ByteLevel" in json.dumps(
+            spec.get("pre_tokenizer"))
+        plain = {**spec, "added_tokens": [a for a in added if not a.get("special")],
+                 "normalizer": None if nfc else normalizer}
+        # Compact UTF-8 bytes (qwen3: 5.4 MB, where json.dumps' escaped str held 9.1 M characters).
+        return GigatokenSource(plain_json=json.dumps(plain, ensure_ascii=False, separators=(",", ":")).encode(),
+                               special_tokens={a["content"]: a["id"] for a in added if a.get("special")},
+                               nfc=nfc, byte_level=bool(byte_level))
+
+    def entry(self) -> dict[str, Any]:
+        return {"plain_json": self.plain_json.decode(), "special_tokens": self.special_tokens, "nfc": self.nfc,
+                "byte_level": self.byte_level}
+
+    @staticmethod
+    def from_entry(entry: dict[str, Any]) -> GigatokenSource:
+        return GigatokenSource(plain_json=entry["plain_json"].encode(), special_tokens=dict(entry["special_tokens"]),
+                               nfc=bool(entry["nfc"]), byte_level=bool(entry["byte_level"]))
+
+
 class GigatokenEncoder:
     """Encodes texts with gigatoken, as the HF tokenizer it was proven against does.
 
@@ -296,31 +334,22 @@ class GigatokenEncoder:
 
     backend: Backend = "gigatoken"
 
-    def __init__(self, serialized: str, threads: int = 1) -> None:
+    def __init__(self, serialized: str | GigatokenSource, threads: int = 1) -> None:
         try:
             import gigatoken
         except ImportError:
             raise FastEncoderRefused("gigatoken is not installed (pip install gigatoken)") from None
-        spec = json.loads(serialized)
-        added = spec.get("added_tokens") or []
-        self.special_tokens = {a["content"]: a["id"] for a in added if a.get("special")}
-        normalizer = spec.get("normalizer")
-        nfc = normalizer is not None and normalizer.get("type") == "NFC"
-        model = spec.get("model") or {}
-        self.byte_level = (normalizer is None or nfc) and not model.get("byte_fallback") and "ByteLevel" in json.dumps(
-            spec.get("pre_tokenizer"))
-        plain = {**spec, "added_tokens": [a for a in added if not a.get("special")],
-                 "normalizer": None if nfc else normalizer}
-        # What gigatoken reads (the tokenizer without its special added tokens), kept for rebuilds: compact UTF-8
-        # bytes (qwen3: 5.4 MB, where json.dumps' escaped str held 9.1 M characters); gigatoken keeps this object.
-        self._json = json.dumps(plain, ensure_ascii=False, separators=(",", ":")).encode()
-        del spec, plain, model  # the parsed vocabulary and merges (tens of MB) go before gigatoken builds its own
+        source = serialized if isinstance(serialized, GigatokenSource) else GigatokenSource.of(serialized)
+        self.special_tokens = dict(source.special_tokens)
+        self.byte_level = source.byte_level
+        # Kept for rebuilds (GIGATOKEN_REBUILD_CHARS); gigatoken keeps this object.
+        self._json = source.plain_json
         try:
             self._tokenizer = gigatoken.Tokenizer.from_json(self._json)
         except Exception as exc:  # gigatoken raises RuntimeError/ValueError for what it does not read
             raise FastEncoderRefused(f"gigatoken does not read it: {str(exc).strip().splitlines()[0]}") from None
         self._chars = 0  # characters encoded since the tokenizer was built (GIGATOKEN_REBUILD_CHARS)
-        self._nfc = NFC() if nfc else None
+        self._nfc = NFC() if source.nfc else None
         self._parallel = threads > 1
 
     @property
@@ -437,13 +466,15 @@ def first_difference(fast: FastEncoder, hf_encode: Callable[[list[str]], list[li
     return None
 
 
-def fast_encoder(backend: Backend, serialized: str, threads: int = 1, *, check_order: bool = True) -> FastEncoder:
+def fast_encoder(backend: Backend, serialized: str, threads: int = 1, *, check_order: bool = True,
+                 source: GigatokenSource | None = None) -> FastEncoder:
     """The `backend` encoder of this tokenizer (unproven), or FastEncoderRefused where the backend cannot read it.
 
-    `check_order=False` skips tiktoken's merge-order check, for a tokenizer whose encoder is already proven.
+    `check_order=False` skips tiktoken's merge-order check, for a tokenizer whose encoder is already proven;
+    `source` is gigatoken's, where the caller has it (from the tokenizer cache).
     """
     if backend == "gigatoken":
-        return GigatokenEncoder(serialized, threads)
+        return GigatokenEncoder(source or serialized, threads)
     try:
         import tiktoken  # noqa: F401
     except ImportError:

@@ -16,7 +16,7 @@ from packsft.pack.rows import empty_chunks
 from packsft.read.reader import InputFile
 from packsft.read.records import RejectLedger
 from packsft.render.chat.proof import with_chat_path_proven
-from packsft.render.markers import marker_spec
+from packsft.render.markers import kept_marker_spec
 from packsft.render.tokenizer import PackTokenizer, load_tokenizer, read_chat_template, tokenizer_from_state
 from packsft.run.outdir import OutDir
 from packsft.run.plan import Unit
@@ -141,7 +141,8 @@ def rendered_unit(unit: Unit, sources: list[InputFile], job: UnitJob, tokenizer:
     read = read_unit(unit.parts, sources, job.config, tokenizer, rejects, progress)
     stored = StoredUnit(read, rejects, [_reading(source) for source in sources])
     if store is not None and store.save(key, stored, tokenizer.vocab_size):
-        store.keep_marker(tokenizer.fingerprint, lambda: marker_spec(tokenizer.serialized, tokenizer.encode_few))
+        store.keep_marker(tokenizer.fingerprint,
+                          lambda: kept_marker_spec(tokenizer.fingerprint, tokenizer.serialized, tokenizer.encode_few))
     return stored
 
 

@@ -118,6 +118,40 @@ def test_the_fast_encoder_proof_is_cached(demo_tokenizer_dir, monkeypatch):
     second.unlink()
 
 
+def test_gigatokens_input_is_kept_and_a_damaged_entry_is_derived_again(tmp_path, demo_tokenizer_dir, monkeypatch):
+    pytest.importorskip("gigatoken")
+    from packsft.render import encoder as encoder_module
+
+    tokenizer = load_tokenizer(str(_copy_tokenizer(demo_tokenizer_dir, tmp_path / "tok")), "roles")
+    derived = encoder_module.GigatokenSource.of(tokenizer.serialized)
+    assert tokenizer_module.gigatoken_source(tokenizer.fingerprint, tokenizer.serialized) == derived
+    entry = cache_dir() / "gigatoken" / f"{cache_key('gigatoken', {'fingerprint': tokenizer.fingerprint})}.json"
+    # Read back, not derived: deriving would parse the serialized tokenizer, which is not JSON here.
+    assert tokenizer_module.gigatoken_source(tokenizer.fingerprint, "not json") == derived
+    # Bytes that do not match the entry's hash are derived again (and the entry rewritten).
+    kept = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**kept, "plain_json": kept["plain_json"] + " "}))
+    assert tokenizer_module.gigatoken_source(tokenizer.fingerprint, tokenizer.serialized) == derived
+    assert json.loads(entry.read_text()) == kept
+    # A worker's encoder is built from the kept input, and encodes as one built from the tokenizer.
+    fast = tokenizer_from_state(tokenizer.state(), "tok", encoder="gigatoken").fast
+    assert fast.encode_texts(["Hello <|endoftext|> world"]) == encoder_module.GigatokenEncoder(
+        tokenizer.serialized).encode_texts(["Hello <|endoftext|> world"])
+
+
+def test_the_marker_encoder_is_made_once_per_tokenizer(tmp_path, demo_tokenizer_dir):
+    from packsft.render.markers import kept_marker_spec, marker_spec
+
+    tokenizer = load_tokenizer(str(_copy_tokenizer(demo_tokenizer_dir, tmp_path / "tok")), "roles")
+    made = kept_marker_spec(tokenizer.fingerprint, tokenizer.serialized, tokenizer.encode_few)
+    assert made is not None and made == marker_spec(tokenizer.serialized, tokenizer.encode_few)
+
+    def never(texts: list[str]) -> list[list[int]]:
+        raise AssertionError("the kept marker encoder was made again")
+
+    assert kept_marker_spec(tokenizer.fingerprint, tokenizer.serialized, never) == made
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_pack_with_role_tokens_imports_neither_torch_nor_transformers(tmp_path, demo_tokenizer_dir, workers):
