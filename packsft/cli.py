@@ -197,12 +197,16 @@ def pack(data: tuple[str, ...], out_dir: str, config_file: str | None, overwrite
         packsft pack 'data/**/train-*.parquet' extra.jsonl out/ --tokenizer ./tok
         packsft pack data/ out/ --tokenizer ./qwen3 --dry-run --limit 5
     """
-    from packsft.run.pipeline import run_pack
-    from packsft.run.slurm import array_note, resolve_tasks
-
     config = resolve_config(config_file, format=data_format, **flags)
     if limit is not None and not dry_run:
         raise click.UsageError("--limit applies to --dry-run only; pass --dry-run to preview the first records")
+    if not dry_run:
+        from packsft.run.fork_server import start_early
+
+        start_early(list(data), config, workers)  # before the imports below, which it overlaps
+    from packsft.run.pipeline import run_pack
+    from packsft.run.slurm import array_note, resolve_tasks
+
     if dry_run:
         from packsft.run.preview import DEFAULT_LIMIT, format_preview, preview
 

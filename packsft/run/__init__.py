@@ -15,15 +15,39 @@
     preview.py   pack --dry-run: the first records rendered and marked, counted, nothing written
     repack.py    packsft repack: another row layout from the renderings an output kept (store/rendered.py), none read
     mix.py       --mix: each file's source, the tokens of each source, its rate
+    fork_server.py  the local workers' fork server, started as `packsft pack` begins
+
+The names below load on first use (PEP 562): `packsft pack` imports fork_server.py before the rest.
 """
 
-from packsft.run.executor import Executor
-from packsft.run.finish import Status, merge, status
-from packsft.run.local import LocalExecutor
-from packsft.run.outdir import OutDir
-from packsft.run.pipeline import PackResult, run_pack
-from packsft.run.ray import RayExecutor, RayOptions
-from packsft.run.slurm import SlurmExecutor, SlurmOptions
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from packsft.run.executor import Executor
+    from packsft.run.finish import Status, merge, status
+    from packsft.run.local import LocalExecutor
+    from packsft.run.outdir import OutDir
+    from packsft.run.pipeline import PackResult, run_pack
+    from packsft.run.ray import RayExecutor, RayOptions
+    from packsft.run.slurm import SlurmExecutor, SlurmOptions
+
+# Each public name and the module it comes from.
+_SOURCES = {
+    "Executor": "executor", "LocalExecutor": "local", "OutDir": "outdir", "PackResult": "pipeline",
+    "RayExecutor": "ray", "RayOptions": "ray", "SlurmExecutor": "slurm", "SlurmOptions": "slurm", "Status": "finish",
+    "merge": "finish", "run_pack": "pipeline", "status": "finish",
+}
 
 __all__ = ["Executor", "LocalExecutor", "OutDir", "PackResult", "RayExecutor", "RayOptions", "SlurmExecutor",
            "SlurmOptions", "Status", "merge", "run_pack", "status"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SOURCES:
+        raise AttributeError(f"module 'packsft.run' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"packsft.run.{_SOURCES[name]}"), name)
+    globals()[name] = value
+    return value

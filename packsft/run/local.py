@@ -21,8 +21,6 @@ import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
-from multiprocessing import forkserver, get_all_start_methods, get_context
-from multiprocessing.context import BaseContext
 from typing import Any
 
 from tqdm import tqdm
@@ -31,20 +29,10 @@ from packsft.errors import ConfigError, OutputError
 from packsft.render.tokenizer import PackTokenizer
 from packsft.run import parent_death
 from packsft.run.executor import Executor, rerun_command
+from packsft.run.fork_server import AUTO_WORKERS_MIN_BYTES, worker_context
 from packsft.run.outdir import OutDir
 from packsft.run.plan import Plan, Unit
 from packsft.run.unit import UnitJob, input_rows, load_job_tokenizer, write_unit
-
-# Imported once by the fork server, so that each worker starts in well under a second (parent_death first: the
-# fork server then dies with its parent). Workers rebuild the parent's tokenizer from its state (tokenizers only).
-# For chat templates, transformers' jinja renderer is preloaded too (~1.5 s to import; not its tokenizer
-# classes, which import torch: seconds more).
-PRELOAD = ("packsft.run.parent_death", "packsft.run.local", "tokenizers", "tiktoken", "tiktoken.core")
-PRELOAD_CHAT = ("transformers.utils.chat_template_utils", "jinja2.sandbox")
-
-# --workers 0 (auto) starts a process per CPU only for inputs this big: below it, starting the pool
-# costs more than it saves.
-AUTO_WORKERS_MIN_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -135,7 +123,7 @@ def pack_units(
                 write_unit(unit, fingerprint, job, tokenizer, progress=progress)
             return
         workers = min(workers, len(units))
-        pool = ProcessPoolExecutor(workers, mp_context=_worker_context(job.config.template), initializer=_init_worker,
+        pool = ProcessPoolExecutor(workers, mp_context=worker_context(job.config.template), initializer=_init_worker,
                                    initargs=(replace(job, tokenizer_state=tokenizer.state()), threads_per_worker(workers)))
         try:
             order = sorted(range(len(units)), key=lambda i: (-units[i].bytes, units[i].index))
@@ -154,18 +142,6 @@ def pack_units(
             _kill(pool)
             raise
         pool.shutdown()
-
-
-def _worker_context(template: str) -> BaseContext:
-    """Workers fork from a clean server process that imported the tokenizer code once (fast starts,
-    and no inherited tokenizer thread pool); spawned where there is no fork server."""
-    if "forkserver" not in get_all_start_methods():
-        return get_context("spawn")
-    context = get_context("forkserver")
-    context.set_forkserver_preload(list(PRELOAD + (PRELOAD_CHAT if template == "chat" else ())))
-    with parent_death.fork_server_parent():
-        forkserver.ensure_running()  # started here, not by the pool's first worker: it learns whom to die with
-    return context
 
 
 def _kill(pool: ProcessPoolExecutor) -> None:

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from multiprocessing.connection import wait
 
 # The pid of the process that starts the fork server, in the fork server's environment: the fork server imports
-# this module (local.PRELOAD) and so learns whom to die with. Removed from the environment again in both.
+# this module (fork_server.PRELOAD) and so learns whom to die with. Removed from the environment again in both.
 FORK_SERVER_PARENT_ENV = "PACKSFT_FORK_SERVER_PARENT"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 EXIT_ORPHANED = 1

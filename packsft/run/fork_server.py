@@ -1,0 +1,99 @@
+"""The fork server local workers start from, and starting it as `packsft pack` begins.
+
+    packsft pack --> fork server: imports the workers' modules once  --> worker 1, worker 2, ... (forked: milliseconds)
+         |            (packsft, numpy, pyarrow, gigatoken, awkward; for a chat template
+         |             transformers' jinja renderer: 0.4-0.8 s on 2 cores)
+         `--> the parent imports packsft and plans (0.25-0.3 s), meanwhile
+
+Started where the pool is made, the fork server's imports came after the parent's, one core idle, and every worker
+then imported gigatoken and awkward itself on its first encode. `start_early` starts it from the CLI before the
+parent imports packsft, where the pack will likely run a pool. It is a guess made from the command line alone (the
+input's size on disk, the template or the tokenizer folder's chat template); a wrong guess costs time, never
+changes an output: a pack that runs in one process leaves the server idle, and a worker imports what the server did
+not.
+"""
+
+from __future__ import annotations
+
+import os
+from multiprocessing import forkserver, get_all_start_methods, get_context
+from multiprocessing.context import BaseContext
+from pathlib import Path
+
+from packsft.config import PackConfig
+from packsft.run import parent_death
+
+# Imported once by the fork server, so that each worker starts in well under a second (parent_death first: the
+# fork server then dies with its parent). Workers rebuild the parent's tokenizer from its state (tokenizers only).
+PRELOAD = ("packsft.run.parent_death", "packsft.run.local", "tokenizers", "tiktoken", "tiktoken.core", "gigatoken",
+           "awkward")
+# For chat templates, transformers' jinja renderer too (0.6 s to import; not its tokenizer classes, which import
+# torch: seconds more).
+PRELOAD_CHAT = ("transformers.utils.chat_template_utils", "jinja2.sandbox")
+
+# --workers 0 (auto) starts a process per CPU only for inputs this big: below it, starting the pool
+# costs more than it saves.
+AUTO_WORKERS_MIN_BYTES = 4 << 20
+
+
+def worker_context(template: str) -> BaseContext:
+    """Workers fork from a clean server process that imported their code once (fast starts, and no inherited
+    tokenizer thread pool); spawned where there is no fork server. A server already running (`start_early`) is
+    the one used, whatever it preloaded."""
+    if "forkserver" not in get_all_start_methods():
+        return get_context("spawn")
+    _start(chat=template == "chat")
+    return get_context("forkserver")
+
+
+def start_early(data: list[str], config: PackConfig, workers: int) -> None:
+    """Start the fork server now, where a pack of `data` with `workers` (0: auto) will likely use a pool of local
+    workers; its imports then overlap the parent's. Where the guess is wrong, only time is lost."""
+    if workers == 1 or "forkserver" not in get_all_start_methods():
+        return
+    if workers == 0 and not _at_least(data, AUTO_WORKERS_MIN_BYTES):
+        return
+    _start(chat=_likely_chat(config))
+
+
+def _start(*, chat: bool) -> None:
+    """Start this process's fork server (a no-op where it runs), dying with this process."""
+    forkserver.set_forkserver_preload(list(PRELOAD + (PRELOAD_CHAT if chat else ())))
+    with parent_death.fork_server_parent():
+        forkserver.ensure_running()  # started here, not by the pool's first worker: it learns whom to die with
+
+
+def _at_least(data: list[str], size: int) -> bool:
+    """Whether the local files and folders of DATA hold `size` bytes or more (URLs and globs count nothing)."""
+    total = 0
+    for spec in data:
+        path = Path(spec)
+        if "://" in spec or not path.exists():
+            continue
+        files = [path] if path.is_file() else (Path(root) / name for root, _, names in os.walk(path) for name in names)
+        for file in files:
+            try:
+                total += file.stat().st_size
+            except OSError:
+                continue
+            if total >= size:
+                return True
+    return False
+
+
+def _likely_chat(config: PackConfig) -> bool:
+    """Whether the pack will render a chat template: asked for, or `auto` with a local tokenizer folder that has
+    one (or a chat template file given)."""
+    if config.template != "auto":
+        return config.template == "chat"
+    if config.chat_template:
+        return True
+    folder = Path(config.tokenizer)
+    if not folder.is_dir():
+        return False
+    if any(folder.glob("chat_template*")):
+        return True
+    try:
+        return '"chat_template"' in (folder / "tokenizer_config.json").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
