@@ -71,6 +71,8 @@ class SafeCuts:
 
     def cut(self, ids: np.ndarray, room: int) -> int:
         """Tokens of `ids` (a turn's content from the last cut on) to keep before cutting, at most `room`."""
+        if not self.at_lines and not self._may_cut_a_tool_call(ids, room):
+            return room
         # Read past the room, so that a tool call open at the room's end finds its closing tag.
         texts = self.texts.texts_of(ids[: room + LOOKAHEAD])
         ends = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))  # character offset after each token
@@ -94,6 +96,14 @@ class SafeCuts:
             return before
         within = [texts[k - 1].endswith("\n") for k in range(lowest, room + 1)]
         return lowest + max(j for j, ok in enumerate(within) if ok) if any(within) else room
+
+    def _may_cut_a_tool_call(self, ids: np.ndarray, room: int) -> bool:
+        """False where no tool call can be open at the room's end: no tag can open before it (every tag starts with
+        '<' or '[') or none is read at all. Most turns are cut so, reading the text of half the tokens `cut` reads."""
+        before = "".join(self.texts.texts_of(ids[:room]))
+        if "<" not in before and "[" not in before:
+            return False
+        return TOOL_TAG.search("".join(self.texts.texts_of(ids[: room + LOOKAHEAD]))) is not None
 
 
 def _json_end(text: str, start: int) -> int:
@@ -175,8 +185,8 @@ class CutChooser:
         if self.pool is None:
             return i
         candidates = [(i, length)] + [
-            (mark.index, mark.length) for mark in reversed(marks[-LOOKBACK:])
-            if mark.trained and not self.planner.would_shorten(mark.index)
+            (mark.message, mark.length) for mark in reversed(marks[-LOOKBACK:])
+            if mark.trained and not self.planner.would_shorten(mark.message)
         ]
         best = None
         for j, kept in candidates:

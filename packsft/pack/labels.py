@@ -110,6 +110,11 @@ def _prompted_flags(batch: RenderedBatch) -> np.ndarray:
     return np.repeat(value, length) & batch.flags
 
 
+# A span's labels (LabelPrefix.span): (prompted, trained, answers) among its tokens, then (trained, prompted, answers)
+# of its first token alone, which a piece masks where it opens with it.
+SpanLabels = tuple[int, int, int, int, int, int]
+
+
 @dataclass(frozen=True)
 class LabelPrefix:
     """Prefix sums over the batch's tokens: labels in [lo, hi) in O(1)."""
@@ -133,3 +138,10 @@ class LabelPrefix:
     def answer_labels(self, lo: int, hi: int) -> int:
         """Labels among tokens lo..hi-1 in turns that answer tool results."""
         return int(self.answers[hi] - self.answers[lo])
+
+    def span(self, lo: int, hi: int) -> SpanLabels:
+        """The labels of tokens lo..hi-1 (lo < hi) and of token lo alone, as SpanLabels."""
+        prompted, trained, answers = self.prompted.item, self.trained.item, self.answers.item  # Python ints
+        p, t, a = prompted(lo), trained(lo), answers(lo)
+        return prompted(hi) - p, trained(hi) - t, answers(hi) - a, trained(lo + 1) - t, prompted(lo + 1) - p, \
+            answers(lo + 1) - a

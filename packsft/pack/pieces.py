@@ -12,33 +12,38 @@ the cut chooser (`cuts.py`) closes the piece at that earlier boundary instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
-from packsft.pack.labels import LabelPrefix
-from packsft.pack.table import SplitCounts
+from packsft.pack.labels import LabelPrefix, SpanLabels
+from packsft.pack.table import Piece, SplitCounts
 from packsft.render.batch import RenderedBatch
 from packsft.render.markers import Marker
 from packsft.render.tokenizer import TOKEN_ID_DTYPE
 
-Piece = tuple[np.ndarray, np.ndarray]  # (ids, flags)
 # With --prompt-start-share (default 0: the end only), a message shortened to fit keeps that share of what fits from
 # its start, the rest from its end: the end usually asks the question and the start gives the instruction, which is
 # usually the shorter part; 0.25 keeps both.
 
 
-@dataclass(frozen=True)
-class Mark:
+class Mark(NamedTuple):
     """The state before a whole message was added to a piece: a place the piece may be closed instead."""
 
-    index: int  # position in the conversation's message list
+    message: int  # its position in the conversation's message list
     parts: int
     length: int
     trained: int
     prompt_whole: bool
     results_whole: bool
-    counts: SplitCounts
+    tally: tuple[int, ...]  # the builder's counters then, in TALLY's order
+
+
+# The counters a builder changes while it adds spans, kept as a list (a snapshot per mark is a tuple of it, not a
+# copy of a SplitCounts); `counts` and `finish` name them.
+TALLY = ("prompted_labels", "prompted_labels_complete", "turn_labels_whole", "answer_labels", "answer_labels_complete",
+         "answer_labels_whole", "exchanges_split", "prompts_shortened")
 
 
 @dataclass
@@ -52,9 +57,10 @@ class PieceBuilder:
     prefix: LabelPrefix
     marker: Marker | None = None
     start_share: float = 0.0  # of a shortened message's kept tokens, the share from its start (--prompt-start-share)
-    _counts: SplitCounts = field(default_factory=SplitCounts, init=False)
+    _tally: list[int] = field(default_factory=lambda: [0] * len(TALLY), init=False)  # what the pieces count
     _pieces: list[Piece] = field(default_factory=list, init=False)
-    _parts: list[Piece] = field(default_factory=list, init=False)
+    _ids: list[np.ndarray] = field(default_factory=list, init=False)  # the open piece's parts
+    _flags: list[np.ndarray] = field(default_factory=list, init=False)
     _marks: list[Mark] = field(default_factory=list, init=False)
     _length: int = field(default=0, init=False)  # tokens in the open piece
     _trained: int = field(default=0, init=False)  # trained labels in the open piece
@@ -95,8 +101,11 @@ class PieceBuilder:
 
     @property
     def counts(self) -> SplitCounts:
-        """What the pieces so far count (read-only: a copy would cost per call)."""
-        return self._counts
+        """What the pieces so far count."""
+        counts = SplitCounts()
+        for name, value in zip(TALLY, self._tally):
+            setattr(counts, name, value)
+        return counts
 
     # -- the body, a message at a time ---------------------------------------------------------------------------
     def start_message(self, *, prompts: bool, follows_results: bool) -> None:
@@ -108,13 +117,14 @@ class PieceBuilder:
         if prompts or not follows_results:
             self._results_whole = True
 
-    def add_whole(self, index: int, lo: int, hi: int, *, zero_first: bool) -> None:
-        """The whole message ids[lo:hi], `index` in its conversation; marks the boundary before it in a body."""
+    def add_whole(self, index: int, lo: int, hi: int, *, zero_first: bool, labels: SpanLabels | None = None) -> None:
+        """The whole message ids[lo:hi], `index` in its conversation; marks the boundary before it in a body.
+        `labels`: its LabelPrefix.span, where the caller has it already (spans.MessageTable)."""
         if self._has_body:
-            self._marks.append(Mark(index, len(self._parts), self._length, self._trained, self._prompt_whole,
-                                    self._results_whole, _copy(self._counts)))
+            self._marks.append(Mark(index, len(self._ids), self._length, self._trained, self._prompt_whole,
+                                    self._results_whole, tuple(self._tally)))
         self._msg_whole = True
-        self.add(lo, hi, zero_first=zero_first)
+        self.add(lo, hi, zero_first=zero_first, labels=labels)
         self._has_body = True
 
     def add_shortened_message(self, lo: int, hi: int, head: int, room: int, *, tool: bool, zero_first: bool) -> None:
@@ -132,7 +142,7 @@ class PieceBuilder:
     def start_cut(self, lo: int, head: int, *, zero_first: bool) -> None:
         """A turn cut across pieces (one exchange split) starts in this piece: its header ids[lo:lo+head]; add its
         content with `add` and close, `resume_cut` in the next piece, `end_cut` with its last part."""
-        self._counts.exchanges_split += 1
+        self._tally[6] += 1  # exchanges_split
         self._msg_whole = True
         self.add(lo, lo + head, zero_first=zero_first)
 
@@ -182,43 +192,47 @@ class PieceBuilder:
         return added
 
     # -- spans of the batch --------------------------------------------------------------------------------------
-    def add(self, lo: int, hi: int, *, zero: bool = False, zero_first: bool = False) -> None:
+    def add(self, lo: int, hi: int, *, zero: bool = False, zero_first: bool = False,
+            labels: SpanLabels | None = None) -> None:
         """Append ids[lo:hi]; `zero` masks it all (copied context), `zero_first` masks its first token
-        (a role token whose turn-end label the previous piece already trained; a piece's first token)."""
+        (a role token whose turn-end label the previous piece already trained; a piece's first token).
+        `labels`: the span's LabelPrefix.span, where the caller has it already."""
         if hi <= lo:
             return
-        flags = self.batch.flags[lo:hi]
         if zero:
             flags = np.zeros(hi - lo, np.uint8)
         else:
-            prompted, trained = self.prefix.labels(lo, hi)
-            answers = self.prefix.answer_labels(lo, hi)
-            if (zero_first or not self._length) and flags[0]:
+            flags = self.batch.flags[lo:hi]
+            prompted, trained, answers, first, first_prompted, first_answers = labels or self.prefix.span(lo, hi)
+            if first and (zero_first or not self._length):
                 flags = flags.copy()
                 flags[0] = 0
-                first_prompted, _ = self.prefix.labels(lo, lo + 1)
-                prompted, trained = prompted - first_prompted, trained - 1
-                answers -= self.prefix.answer_labels(lo, lo + 1)
-            self._count_labels(prompted, answers, trained)
-        self._parts.append((self.batch.ids[lo:hi], flags))
+                prompted, trained, answers = prompted - first_prompted, trained - 1, answers - first_answers
+            if trained:
+                self._count_labels(prompted, answers, trained)
+        self._ids.append(self.batch.ids[lo:hi])
+        self._flags.append(flags)
         self._length += hi - lo
 
     def _count_labels(self, prompted: int, answers: int, trained: int) -> None:
         """Count the trained labels of a span added to the piece: complete where their prompt (and tool results)
         are whole in the piece, whole where their own message is."""
-        counts, complete, whole = self._counts, self._prompt_whole and self._results_whole, self._msg_whole
-        counts.prompted_labels += prompted
-        counts.prompted_labels_complete += prompted if complete else 0
-        counts.turn_labels_whole += trained if whole else 0
-        counts.answer_labels += answers
-        counts.answer_labels_complete += answers if complete else 0
-        counts.answer_labels_whole += answers if whole else 0
+        tally = self._tally  # in TALLY's order
+        tally[0] += prompted
+        tally[3] += answers
+        if self._prompt_whole and self._results_whole:
+            tally[1] += prompted
+            tally[4] += answers
+        if self._msg_whole:
+            tally[2] += trained
+            tally[5] += answers
         self._trained += trained
 
     def add_marker(self, omitted: int) -> None:
         ids = self.marker(omitted) if self.marker else []
         if ids:
-            self._parts.append((np.asarray(ids, TOKEN_ID_DTYPE), np.zeros(len(ids), np.uint8)))
+            self._ids.append(np.asarray(ids, TOKEN_ID_DTYPE))
+            self._flags.append(np.zeros(len(ids), np.uint8))
             self._length += len(ids)
 
     def add_end_of(self, lo: int, hi: int, room: int, *, zero: bool) -> int:
@@ -246,7 +260,7 @@ class PieceBuilder:
             return False
         self.add(lo, lo + head, zero=zero, zero_first=zero_first)
         self.add_middle_of(lo + head, hi, room - head, zero=zero)
-        self._counts.prompts_shortened += 1
+        self._tally[7] += 1  # prompts_shortened
         return True
 
     def add_middle_of(self, lo: int, hi: int, room: int, *, zero: bool) -> int:
@@ -274,28 +288,21 @@ class PieceBuilder:
     # -- closing -------------------------------------------------------------------------------------------------
     def rollback(self, index: int) -> None:
         """Back to the mark before message `index`, as if it and what followed had not been added."""
-        mark = next(mark for mark in self._marks if mark.index == index)
-        del self._parts[mark.parts :]
+        mark = next(mark for mark in self._marks if mark.message == index)
+        del self._ids[mark.parts :], self._flags[mark.parts :]
         self._length, self._trained, self._prompt_whole = mark.length, mark.trained, mark.prompt_whole
         self._results_whole = mark.results_whole
-        self._counts = mark.counts
+        self._tally = list(mark.tally)
 
     def close(self) -> None:
         """Close the open piece; the next one starts empty."""
-        ids = np.concatenate([p[0] for p in self._parts])
-        flags = np.concatenate([p[1] for p in self._parts])
-        self._pieces.append((ids, flags))
-        self._parts, self._marks, self._length, self._trained, self._has_body = [], [], 0, 0, False
+        self._pieces.append(Piece(self._ids, self._flags, self._length))
+        self._ids, self._flags, self._marks, self._length, self._trained, self._has_body = [], [], [], 0, 0, False
 
     def finish(self) -> tuple[list[Piece], SplitCounts]:
         """Close the last piece: the conversation's pieces, and its counts as one conversation split into them."""
         self.close()
-        return self._pieces, replace(self._counts, conversations_split=1, pieces_split=len(self._pieces))
+        counts = self.counts
+        counts.conversations_split, counts.pieces_split = 1, len(self._pieces)
+        return self._pieces, counts
 
-
-def _copy(counts: SplitCounts) -> SplitCounts:
-    """A copy of `counts` to roll back to, made per message of every split conversation: a shallow one (the builder
-    never changes a list of it in place) without `copy.copy`'s or `dataclasses.replace`'s cost (4-5x)."""
-    copied = object.__new__(SplitCounts)
-    copied.__dict__.update(counts.__dict__)
-    return copied

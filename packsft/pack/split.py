@@ -70,9 +70,9 @@ from packsft.config import CONTEXT_SHARE, DEFAULT_TURN_CUT
 from packsft.pack.context import ContextPlanner
 from packsft.pack.cuts import CutChooser, FillerPool, SafeCuts
 from packsft.pack.labels import LabelPrefix
-from packsft.pack.pieces import Piece, PieceBuilder
-from packsft.pack.spans import MessageSpans
-from packsft.pack.table import Collector, PieceTable, SplitCounts
+from packsft.pack.pieces import PieceBuilder
+from packsft.pack.spans import MessageSpans, MessageTable
+from packsft.pack.table import Collector, Piece, PieceTable, SplitCounts
 from packsft.render.batch import TOOL_CODE, USER_CODE, RenderedBatch
 from packsft.render.markers import Marker
 
@@ -107,25 +107,26 @@ def split_long(
     prefix = LabelPrefix.of(batch)
     out = Collector(batch, prefix)
     lengths = batch.lengths
-    long = np.flatnonzero(lengths > capacity).tolist()
-    pool = FillerPool(lengths[lengths <= capacity], capacity) if policy == "split" and long else None
-    counts, previous = SplitCounts(), 0
+    fits = lengths <= capacity
+    long = np.flatnonzero(~fits).tolist()
+    pool = FillerPool(lengths[fits], capacity) if policy == "split" and long else None
+    table = MessageTable.of(batch, capacity, prefix) if policy == "split" and long else None
+    counts, previous = [out.whole_counts(fits)], 0
     for c in long:
-        counts += out.add_run(previous, c)
+        out.add_run(previous, c)
         previous = c + 1
         if policy == "drop":
-            counts += SplitCounts(conversations_dropped_long=1, truncated_or_dropped=[c])
+            counts.append(SplitCounts(conversations_dropped_long=1, truncated_or_dropped=[c]))
         elif policy == "truncate":
-            counts += out.add_truncated(c, capacity)
+            counts.append(out.add_truncated(c, capacity))
         else:
             splitter = ConversationSplitter(batch, c, capacity, prefix, marker, turn_cut, context_share, pool, safe,
-                                            start_share)
+                                            start_share, table)
             pieces, conv_counts = splitter.split()
-            counts += conv_counts
-            for ids, flags in pieces:
-                out.add_piece(c, ids, flags)
-    counts += out.add_run(previous, len(batch))
-    return out.table(), counts
+            counts.append(conv_counts)
+            out.add_pieces(c, pieces)
+    out.add_run(previous, len(batch))
+    return out.table(), SplitCounts.total(counts)
 
 
 @dataclass
@@ -142,9 +143,10 @@ class ConversationSplitter:
     pool: FillerPool | None = None  # short pieces of the batch still free to fill holes; reserved as used
     safe: SafeCuts | None = None  # where a long turn may be cut
     start_share: float = 0.0  # of a shortened message's kept tokens, the share from its start
+    table: MessageTable | None = None  # the batch's messages (built for this conversation where not given)
 
     def __post_init__(self) -> None:
-        self.spans = MessageSpans(self.batch, self.conv, self.capacity)
+        self.spans = MessageSpans(self.batch, self.conv, self.capacity, self.table)
         self.planner = ContextPlanner(self.spans, self.context_share)
         self.cuts = CutChooser(self.spans, self.planner, self.turn_cut, self.pool, self.safe)
         self.piece = PieceBuilder(self.batch, self.prefix, self.marker, start_share=self.start_share)
@@ -164,17 +166,13 @@ class ConversationSplitter:
     def _step(self, i: int) -> int:
         """Add message i (or close the piece before it, or before an earlier message); the next index."""
         spans, piece = self.spans, self.piece
-        m = spans.msgs[i]
-        lo, hi = spans.span(m)
-        tail = spans.tail(i)
-        role = self.batch.msg_roles[m]
-        piece.start_message(prompts=role == USER_CODE,
-                            follows_results=i > 0 and self.batch.msg_roles[m - 1] == TOOL_CODE)
+        lo, hi, tail, role = spans.starts[i], spans.ends[i], spans.tails[i], spans.roles[i]
+        piece.start_message(prompts=role == USER_CODE, follows_results=i > 0 and spans.roles[i - 1] == TOOL_CODE)
         if piece.length + (hi - lo) + tail <= self.capacity:
             self._add_whole(i)
             return i + 1
-        trained = bool(self.batch.flags[lo + spans.header(m) : hi].any())
-        gap = self.capacity - piece.length - tail - spans.header(m)
+        m, trained = spans.msgs[i], spans.body_trained[i]
+        gap = self.capacity - piece.length - tail - spans.headers[i]
         if piece.has_body and trained and self.cuts.cuts_turn(gap, piece.trained):
             self._cut_across(i, tail)
             return i + 1
@@ -194,17 +192,18 @@ class ConversationSplitter:
             # An untrained message (a long question) that cannot fit whole: keep its start and its end, so the
             # answer still sees the instruction that opens it and the question that closes it, and mark the cut.
             room = self.planner.question_room(m, piece.length, tail)
-            piece.add_shortened_message(lo, hi, spans.header(m), room, tool=role == TOOL_CODE,
+            piece.add_shortened_message(lo, hi, spans.headers[i], room, tool=role == TOOL_CODE,
                                         zero_first=self._continuing(i))
         return i + 1
 
     def _continuing(self, i: int) -> bool:
         """True where message i opens a piece that continues the conversation and its first token was trained as
         the previous piece's turn end (a role token; a chat template's next role token: MessageSpans.carried)."""
-        return self.spans.carried(self.spans.msgs[i]) and self.piece.reopened
+        return self.spans.carries[i] and self.piece.reopened
 
     def _add_whole(self, i: int) -> None:
-        self.piece.add_whole(i, *self.spans.span(self.spans.msgs[i]), zero_first=self._continuing(i))
+        spans = self.spans
+        self.piece.add_whole(i, spans.starts[i], spans.ends[i], zero_first=self._continuing(i), labels=spans.labels[i])
 
     def _open(self, i: int) -> None:
         """Start a piece whose body begins at message i: BOS + system + prompting user + the tool exchange

@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,6 +32,15 @@ class PieceTable:
         return np.diff(self.offsets)
 
 
+class Piece(NamedTuple):
+    """A piece of a split conversation as the spans it was built of (pieces.PieceBuilder): joined only with all the
+    batch's pieces, once (`Collector.table`)."""
+
+    ids: list[np.ndarray]
+    flags: list[np.ndarray]
+    length: int
+
+
 @dataclass
 class SplitCounts(SplitTotals, LabelContext):
     """What splitting did, and which labels kept their context (stats.SplitTotals + stats.LabelContext): plain
@@ -43,6 +53,20 @@ class SplitCounts(SplitTotals, LabelContext):
     answer_labels_whole: int = 0
     truncated_or_dropped: list[int] = field(default_factory=list)  # by index; the policy says which of the two
 
+    @staticmethod
+    def total(parts: list[SplitCounts]) -> SplitCounts:
+        """The sum of `parts` (one per long conversation), field by field: `sum()` would add them a pair at a time,
+        a new SplitCounts each, of every field (a thousandth of a second per hundred conversations)."""
+        total = SplitCounts()
+        for name in (f.name for f in fields(SplitCounts)):
+            values = [getattr(part, name) for part in parts]
+            if name == "truncated_or_dropped":
+                total.truncated_or_dropped = [index for value in values for index in value]
+            else:  # a counter that is None was never counted (stats.Counts adds it so)
+                counted = [value for value in values if value is not None]
+                setattr(total, name, sum(counted) if counted else None)
+        return total
+
 
 @dataclass
 class Collector:
@@ -54,34 +78,45 @@ class Collector:
     flags: list[np.ndarray] = field(default_factory=list)
     lengths: list[np.ndarray] = field(default_factory=list)
     conv: list[np.ndarray] = field(default_factory=list)
+    _conv_lengths: np.ndarray = field(init=False)  # the batch's, read once (each is a np.diff of its offsets)
 
-    def add_run(self, first: int, stop: int) -> SplitCounts:
+    def __post_init__(self) -> None:
+        self._conv_lengths = self.batch.lengths
+
+    def add_run(self, first: int, stop: int) -> None:
         """Conversations first..stop-1 fit whole: one contiguous slice of the batch, no copy per piece."""
         if first >= stop:
-            return SplitCounts()
+            return
         offsets = self.batch.conv_offsets
         lo, hi = int(offsets[first]), int(offsets[stop])
         self.ids.append(self.batch.ids[lo:hi])
         self.flags.append(self.batch.flags[lo:hi])
-        self.lengths.append(self.batch.lengths[first:stop])
+        self.lengths.append(self._conv_lengths[first:stop])
         self.conv.append(np.arange(first, stop, dtype=np.int64))
-        # A piece's first token is never a label (it starts the segment).
-        prompted = int((self.prefix.prompted[offsets[first + 1 : stop + 1]] - self.prefix.prompted[offsets[first:stop] + 1]).sum())
-        trained = int((self.prefix.trained[offsets[first + 1 : stop + 1]] - self.prefix.trained[offsets[first:stop] + 1]).sum())
-        answers = int((self.prefix.answers[offsets[first + 1 : stop + 1]] - self.prefix.answers[offsets[first:stop] + 1]).sum())
+
+    def whole_counts(self, fits: np.ndarray) -> SplitCounts:
+        """The labels of the conversations that fit whole (`fits`, by conversation; `add_run` adds them): every
+        label keeps its context."""
+        offsets = self.batch.conv_offsets
+        starts, ends = offsets[:-1][fits] + 1, offsets[1:][fits]  # a piece's first token is never a label
+        prompted, trained, answers = (int((prefix[ends] - prefix[starts]).sum(dtype=np.int64))
+                                      for prefix in (self.prefix.prompted, self.prefix.trained, self.prefix.answers))
         return SplitCounts(prompted_labels=prompted, prompted_labels_complete=prompted, turn_labels_whole=trained,
                            answer_labels=answers, answer_labels_complete=answers, answer_labels_whole=answers)
 
-    def add_piece(self, c: int, ids: np.ndarray, flags: np.ndarray) -> None:
-        self.ids.append(ids)
-        self.flags.append(flags)
-        self.lengths.append(np.asarray([len(ids)], np.int64))
-        self.conv.append(np.asarray([c], np.int64))
+    def add_pieces(self, c: int, pieces: list[Piece]) -> None:
+        """The pieces of conversation c, each as its parts."""
+        for piece in pieces:
+            self.ids += piece.ids
+            self.flags += piece.flags
+        self.lengths.append(np.asarray([piece.length for piece in pieces], np.int64))
+        self.conv.append(np.full(len(pieces), c, np.int64))
 
     def add_truncated(self, c: int, capacity: int) -> SplitCounts:
         """The first L+1 tokens of conversation c; every label kept starts in its own message's piece."""
         start = int(self.batch.conv_offsets[c])
-        self.add_piece(c, self.batch.ids[start : start + capacity], self.batch.flags[start : start + capacity])
+        ids, flags = self.batch.ids[start : start + capacity], self.batch.flags[start : start + capacity]
+        self.add_pieces(c, [Piece([ids], [flags], len(ids))])
         prompted, trained = self.prefix.labels(start + 1, start + capacity)
         answers = self.prefix.answer_labels(start + 1, start + capacity)
         return SplitCounts(conversations_truncated=1, truncated_or_dropped=[c], prompted_labels=prompted,

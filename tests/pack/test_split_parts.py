@@ -84,12 +84,13 @@ def test_the_piece_builder_rolls_back_to_the_mark_before_a_message():
     piece.add_whole(0, 1, 5, zero_first=False)
     piece.add_whole(1, 5, 11, zero_first=False)
     piece.add_whole(2, 11, 15, zero_first=False)
-    assert [mark.index for mark in piece.marks] == [1, 2]  # none before the body's first message
+    assert [mark.message for mark in piece.marks] == [1, 2]  # none before the body's first message
     assert (piece.length, piece.trained, piece.counts.turn_labels_whole) == (15, 7, 7)
     piece.rollback(1)
     assert (piece.length, piece.trained, piece.counts) == (5, 0, SplitCounts())
     piece.close()
-    assert [(ids.tolist(), flags.tolist()) for ids, flags in piece.pieces] == [([BOS, USR, 11, 12, 13], [0] * 5)]
+    assert [(np.concatenate(ids).tolist(), np.concatenate(flags).tolist(), length)
+            for ids, flags, length in piece.pieces] == [([BOS, USR, 11, 12, 13], [0] * 5, 5)]
     assert (piece.length, list(piece.marks), piece.has_body) == (0, [], False)
 
 
@@ -105,7 +106,7 @@ def test_the_piece_builder_shortens_a_message_to_its_header_a_marker_and_its_end
     assert piece.add_shortened(8, 29, 1, 8, zero=True)
     assert piece.length == 8 and piece.counts.prompts_shortened == 1
     piece.close()
-    assert piece.pieces[0][0].tolist() == expected
+    assert np.concatenate(piece.pieces[0].ids).tolist() == expected
 
 
 @pytest.mark.parametrize(("room", "expected"), [
@@ -120,7 +121,7 @@ def test_with_a_start_share_a_shortened_message_keeps_a_quarter_of_its_room_from
     left_out = piece.add_middle_of(9, 29, room, zero=True)
     assert piece.length == len(expected) <= room and left_out == 20 - sum(100 <= i < 200 for i in expected)
     piece.close()
-    assert piece.pieces[0][0].tolist() == expected
+    assert np.concatenate(piece.pieces[0].ids).tolist() == expected
 
 
 # --- context planner -------------------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ def chooser(fillers: list[int]) -> CutChooser:
 
 
 def mark(index: int, length: int, trained: int = 5) -> Mark:
-    return Mark(index, 0, length, trained, True, True, SplitCounts())
+    return Mark(index, 0, length, trained, True, True, ())
 
 
 def test_the_cut_chooser_takes_the_boundary_whose_hole_fillers_fill_best():
