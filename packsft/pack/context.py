@@ -15,6 +15,7 @@ model is given (`packsft verify`):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -50,7 +51,7 @@ class ContextPlanner:
     # plan(i) per message i, planned once: the cut chooser asks for the same boundaries again and again.
     _plans: dict[int, tuple[list[ContextSpan], bool]] = field(default_factory=dict, init=False, compare=False)
 
-    @property
+    @functools.cached_property
     def budget(self) -> int:
         """The most tokens of a row that copied context may take."""
         return int(self.spans.capacity * self.share)
@@ -112,11 +113,8 @@ class ContextPlanner:
         its header and a token, which `reserve(i)` keeps in the row).
         """
         s, first_msg = self.spans, self.spans.msgs[i]
-        roles = s.batch.msg_roles
-        system = next((m for m in s.msgs if m < first_msg and roles[m] == SYSTEM_CODE), None)
-        prompt = None
-        if roles[first_msg] != USER_CODE:
-            prompt = next((m for m in reversed(s.msgs) if m < first_msg and roles[m] == USER_CODE), None)
+        system = s.system if s.system is not None and s.system < first_msg else None
+        prompt = s.prompt_before(i) if s.roles[i] != USER_CODE else None
         budget = min(self.budget, s.capacity - self.reserve(i)) - self.head_room(i)
         size = {m: s.span(m)[1] - s.span(m)[0] for m in (system, prompt) if m is not None}
         rooms = dict(size)
@@ -152,18 +150,18 @@ class ContextPlanner:
         (the run of tool results there and the assistant turn that called them; earlier rounds are not repeated),
         whole messages only and the latest first, as many as fit in `room`, as (message, size); and whether the run
         of tool results right before `first_msg` is among them."""
-        msgs, roles = self.spans.msgs, self.spans.batch.msg_roles
-        after_results = first_msg > msgs[0] and roles[first_msg - 1] == TOOL_CODE
-        if not after_results and roles[first_msg] != TOOL_CODE:
+        first, roles = self.spans.msgs[0], self.spans.roles  # roles by index in the conversation
+        after_results = first_msg > first and roles[first_msg - first - 1] == TOOL_CODE
+        if not after_results and roles[first_msg - first] != TOOL_CODE:
             return [], True
         run = 0
-        while first_msg - run - 1 >= msgs[0] and roles[first_msg - run - 1] == TOOL_CODE:
+        while first_msg - run - 1 >= first and roles[first_msg - run - 1 - first] == TOOL_CODE:
             run += 1
         taken: list[tuple[int, int]] = []
-        lower = max(prompt if prompt is not None else msgs[0] - 1, first_msg - run - 2)
+        lower = max(prompt if prompt is not None else first - 1, first_msg - run - 2)
         for m in range(first_msg - 1, lower, -1):
             lo, hi = self.spans.span(m)
-            if roles[m] == SYSTEM_CODE or hi - lo > room:
+            if roles[m - first] == SYSTEM_CODE or hi - lo > room:
                 break
             taken.append((m, hi - lo))
             room -= hi - lo

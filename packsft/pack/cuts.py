@@ -144,17 +144,25 @@ class FillerPool:
             self.free.add(length, -1)
 
     def fill(self, hole: int) -> list[int]:
-        """The pieces best-fit would put into a hole of this size (longest that fits, repeatedly)."""
+        """The pieces best-fit would put into a hole of this size (longest that fits, repeatedly).
+
+        A length leaves the tree (until the end of the call) only once every free piece of it is chosen: holes are
+        mostly short, where many pieces share a length, so most calls change no count at all."""
+        free = self.free
         chosen: list[int] = []
+        gone: list[tuple[int, int]] = []  # (length, how many) out of the tree until the end of the call
         while hole > 0 and len(chosen) < FILLERS_PER_HOLE:
-            length = self.free.largest_at_most(hole)
+            length = free.largest_at_most(hole)
             if not length:
                 break
-            self.free.add(length, -1)
             chosen.append(length)
             hole -= length
-        for length in chosen:
-            self.free.add(length, 1)
+            held = free.count[free.size + length]
+            if chosen.count(length) == held:
+                free.add(length, -held)
+                gone.append((length, held))
+        for length, held in gone:
+            free.add(length, held)
         return chosen
 
 

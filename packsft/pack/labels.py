@@ -125,10 +125,14 @@ class LabelPrefix:
 
     @staticmethod
     def of(batch: RenderedBatch) -> LabelPrefix:
+        trained = flag_totals(batch.flags)
+        # A batch without tool results (most) answers none: zeros cost no pass over its tokens (each total is a fresh
+        # array, 4 bytes a token: 5 of the 20 ms a 3.7M-token ShareGPT unit spent here).
+        tools = bool((batch.msg_roles == TOOL_CODE).any())
         return LabelPrefix(
             prompted=flag_totals(_prompted_flags(batch)),
-            trained=flag_totals(batch.flags),
-            answers=flag_totals(answer_flags(batch)),
+            trained=trained,
+            answers=flag_totals(answer_flags(batch)) if tools else np.zeros(len(trained), trained.dtype),
         )
 
     def labels(self, lo: int, hi: int) -> tuple[int, int]:

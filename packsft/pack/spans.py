@@ -75,7 +75,8 @@ class MessageSpans:
         self.tails = [int(carried) for carried in self.carries[1:]] + ([self.end - self.ends[-1]] if self.msgs else [])
         # Role-token layout: a message's first token is its whole header and ends the previous turn.
         self.role_tokens = batch.mode == "roles"
-        self.system = first + self.roles.index(SYSTEM_CODE) if SYSTEM_CODE in self.roles else None  # the first
+        # The first system message (numbered in the batch), which a re-opened piece repeats; None where there is none.
+        self.system = first + self.roles.index(SYSTEM_CODE) if SYSTEM_CODE in self.roles else None
 
     def span(self, m: int) -> tuple[int, int]:
         return self.starts[m - self._first], self.ends[m - self._first]

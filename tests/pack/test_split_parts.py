@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from packsft.pack.context import ContextPlanner
-from packsft.pack.cuts import CutChooser, FillerPool
+from packsft.pack.cuts import FILLERS_PER_HOLE, CutChooser, FillerPool
 from packsft.pack.labels import LabelPrefix
 from packsft.pack.pieces import Mark, PieceBuilder
 from packsft.pack.segment_tree import LengthTree
@@ -70,6 +70,22 @@ def test_filler_pool_fills_a_hole_longest_first_and_takes_only_when_told():
     pool.take([7, 2])
     assert pool.fill(10) == [5, 2]
     assert pool.fill(20) == [20]  # a length over the capacity counts as the capacity
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(0, 12), max_size=10), holes=st.lists(st.integers(0, 14), max_size=6))
+def test_filler_pool_fills_as_best_fit_over_the_free_lengths(lengths, holes):
+    pool = FillerPool(np.asarray(lengths, np.int64), capacity=12)
+    for hole in holes:  # judging a hole takes nothing: each is filled from all the lengths
+        free, expected, left = sorted(lengths, reverse=True), [], hole
+        while left > 0 and len(expected) < FILLERS_PER_HOLE:
+            length = next((n for n in free if n <= left), 0)
+            if not length:
+                break
+            free.remove(length)
+            expected.append(length)
+            left -= length
+        assert pool.fill(hole) == expected
 
 
 # --- piece builder ---------------------------------------------------------------------------------------------
