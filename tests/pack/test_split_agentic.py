@@ -124,7 +124,9 @@ def test_agentic_splits_keep_every_label_once_in_order_and_context_untrained(spe
            for t, f in zip(table.ids[a:b].tolist(), table.flags[a:b].tolist()) if f]
     assert got == trained
     assert 0 <= counts.prompted_labels_complete <= counts.prompted_labels
-    if len(table) == 1:
+    if len(table) == 1 and not counts.prompts_shortened:
+        # One piece holds every question whole, unless one was shortened to fit a row at all (then its labels are
+        # incomplete: found by Hypothesis, a question of 11 tokens in a row of 12).
         assert counts.prompted_labels_complete == counts.prompted_labels
     # System, user and tool-result content is never trained, wherever the splitter copies it.
     context = set(tokens(3, 900)).union(*(tokens(n, 100 * (i + 1)) for i, (role, n) in enumerate(spec)
