@@ -51,9 +51,19 @@ def start_early(data: list[str], config: PackConfig, workers: int) -> None:
     workers; its imports then overlap the parent's. Where the guess is wrong, only time is lost."""
     if workers == 1 or "forkserver" not in get_all_start_methods():
         return
-    if workers == 0 and not _at_least(data, AUTO_WORKERS_MIN_BYTES):
-        return
+    if workers == 0 and (available_cpus() < 2 or not _at_least(data, AUTO_WORKERS_MIN_BYTES)):
+        return  # auto packs in one process here: on one CPU the server's imports would only slow the parent's
     _start(chat=_likely_chat(config))
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: SLURM's allocation when inside a job, else the affinity mask."""
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        return os.cpu_count() or 1
 
 
 def _start(*, chat: bool) -> None:

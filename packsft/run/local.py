@@ -29,7 +29,7 @@ from packsft.errors import ConfigError, OutputError
 from packsft.render.tokenizer import PackTokenizer
 from packsft.run import parent_death
 from packsft.run.executor import Executor, rerun_command
-from packsft.run.fork_server import AUTO_WORKERS_MIN_BYTES, worker_context
+from packsft.run.fork_server import AUTO_WORKERS_MIN_BYTES, available_cpus, worker_context
 from packsft.run.outdir import OutDir
 from packsft.run.plan import Plan, Unit
 from packsft.run.unit import UnitJob, input_rows, load_job_tokenizer, write_unit
@@ -66,16 +66,6 @@ def auto_workers(units: list[Unit]) -> int:
     if sum(unit.bytes for unit in units) < AUTO_WORKERS_MIN_BYTES:
         return 1
     return max(1, min(available_cpus(), len(units)))
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: SLURM's allocation when inside a job, else the affinity mask."""
-    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS
-        return os.cpu_count() or 1
 
 
 def threads_per_worker(workers: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -45,14 +46,21 @@ def test_a_chat_template_is_guessed_from_the_flags_or_the_tokenizer_folder(tmp_p
     assert _likely_chat(PackConfig(template="auto", tokenizer=str(tmp_path)))
 
 
-def _start_early(*data: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", START_EARLY, *data], capture_output=True, text=True, check=True)
+def _start_early(*data: str, env: dict[str, str] | None = None) -> dict:
+    done = subprocess.run([sys.executable, "-c", START_EARLY, *data], capture_output=True, text=True, check=True,
+                          env={**os.environ, **(env or {})})
     return json.loads(done.stdout)
 
 
 def test_a_big_input_starts_the_server_before_the_stages_are_imported(tmp_path):
     (tmp_path / "big.parquet").write_bytes(b"0" * AUTO_WORKERS_MIN_BYTES)
     assert _start_early(str(tmp_path)) == {"server": True, "imported": []}
+
+
+def test_one_cpu_starts_none(tmp_path):
+    """Auto workers pack in one process on one CPU (a SLURM task with one CPU): a server would only compete."""
+    (tmp_path / "big.parquet").write_bytes(b"0" * AUTO_WORKERS_MIN_BYTES)
+    assert _start_early(str(tmp_path), env={"SLURM_CPUS_PER_TASK": "1"}) == {"server": False, "imported": []}
 
 
 def test_a_small_input_starts_none(tmp_path):
