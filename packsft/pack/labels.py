@@ -125,7 +125,7 @@ class LabelPrefix:
 
     @staticmethod
     def of(batch: RenderedBatch) -> LabelPrefix:
-        trained = flag_totals(batch.flags)
+        trained = batch.trained_totals
         # A batch without tool results (most) answers none: zeros cost no pass over its tokens (each total is a fresh
         # array, 4 bytes a token: 5 of the 20 ms a 3.7M-token ShareGPT unit spent here).
         tools = bool((batch.msg_roles == TOOL_CODE).any())

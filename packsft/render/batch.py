@@ -77,8 +77,16 @@ class RenderedBatch:
     def lengths(self) -> np.ndarray:
         return np.diff(self.conv_offsets)
 
+    @functools.cached_property
+    def trained_totals(self) -> np.ndarray:
+        """flag_totals of the train flags, made once a batch (the flags are never changed in place; `select` and
+        `concat` make new batches): the trainable tokens per conversation, the label counts of the packer
+        (pack/labels.py) and `trained_unprompted` all read it, where each made its own pass over the tokens."""
+        return flag_totals(self.flags)
+
     def trainable_per_conversation(self) -> np.ndarray:
-        return np.add.reduceat(self.flags, self.conv_offsets[:-1]) if len(self) and len(self.ids) else np.zeros(len(self), np.int64)
+        totals = self.trained_totals
+        return totals[self.conv_offsets[1:]] - totals[self.conv_offsets[:-1]]
 
     def select(self, keep: np.ndarray) -> RenderedBatch:
         """The conversations where `keep` is true, as a new batch."""
@@ -186,5 +194,5 @@ def trained_unprompted(batch: RenderedBatch) -> int:
     selected = np.flatnonzero((batch.msg_roles == ASSISTANT_CODE) & (users_before == 0))
     if not len(selected):
         return 0
-    flag_cum = flag_totals(batch.flags)
+    flag_cum = batch.trained_totals
     return int((flag_cum[batch.msg_ends[selected]] - flag_cum[batch.msg_starts[selected]]).sum())
