@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from tool_corpus import write_corpus
 
@@ -249,23 +249,27 @@ def peer_installed() -> bool:
     return True
 
 
+def warm_pack(data_dir: Path, tokenizer: Path, *flags: str, stderr: Any = None) -> None:
+    """One input file of `data_dir` packed and thrown away, as a whole process: every cache a pack fills (the
+    tokenizer, the fast encoder's proof and its input, the chat path's proof, the omission-marker encoder) is then
+    warm, as for any run after the first; the timed runs pack into fresh outputs."""
+    first = min(path for path in data_dir.iterdir() if path.suffix in (".parquet", ".jsonl"))
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "packsft", "pack", str(first), str(Path(tmp) / "out"), "--tokenizer",
+                        str(tokenizer), "--workers", "1", "-q", *flags], check=True, stderr=stderr)
+
+
 def run_packsft_chat(data_dir: Path, out: Path) -> dict:
     """`packsft pack --template chat` with qwen3 as a whole process: its measure, encoder and stats, or `error`
     (the exit status and the last lines of its stderr)."""
-    from packsft.render.chat.proof import output_identity, with_chat_path_proven
-    from packsft.render.tokenizer import load_tokenizer
-
     with tempfile.TemporaryFile("w+") as errors:
         try:
-            # Warm the tokenizer cache, the chat path's proof and its markers, as any run after the first.
-            output_identity(with_chat_path_proven(load_tokenizer(str(QWEN3), "chat", encoder="auto")))
+            warm_pack(data_dir, QWEN3, "--template", "chat", "--seq-length", str(SEQ), stderr=errors)
             measure = run_measured([sys.executable, "-m", "packsft", "pack", str(data_dir), str(out), "--tokenizer",
                                     str(QWEN3), "--template", "chat", "--seq-length", str(SEQ), "-q"], stderr=errors)
         except subprocess.CalledProcessError as exc:
             errors.seek(0)
             return {"error": f"exit {exc.returncode}: " + " / ".join(errors.read().strip().splitlines()[-3:])}
-        except Exception as exc:  # the warm-up in this process: packsft cannot load the template at all
-            return {"error": f"{type(exc).__name__}: {exc}"}
     dataset = json.loads((out / "dataset.json").read_text())
     return {"measure": measure, "encoder": dataset["config"]["encoder"], "stats": dataset["stats"]}
 
@@ -603,6 +607,7 @@ def main() -> None:
         print("packing stage ...", flush=True)
         stage_seconds, unit_seconds = bench_packing_stage(data_dir)
         results = []
+        warm_pack(data_dir, GPT2)
         for strategy, mask, extra, cold in RUNS:
             print(f"pack {strategy} {mask} {' '.join(extra)}{' cold' * cold} ...", flush=True)
             results.append(bench_pack(data_dir, strategy, mask, extra, cold))
