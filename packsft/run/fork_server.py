@@ -36,13 +36,13 @@ PRELOAD_CHAT = ("transformers.utils.chat_template_utils", "jinja2.sandbox")
 AUTO_WORKERS_MIN_BYTES = 4 << 20
 
 
-def worker_context(template: str) -> BaseContext:
+def worker_context(*, chat: bool) -> BaseContext:
     """Workers fork from a clean server process that imported their code once (fast starts, and no inherited
-    tokenizer thread pool); spawned where there is no fork server. A server already running (`start_early`) is
-    the one used, whatever it preloaded."""
+    tokenizer thread pool); spawned where there is no fork server. `chat`: the workers render a chat template (a
+    repack renders nothing). A server already running (`start_early`) is the one used, whatever it preloaded."""
     if "forkserver" not in get_all_start_methods():
         return get_context("spawn")
-    _start(chat=template == "chat")
+    _start(chat=chat)
     return get_context("forkserver")
 
 

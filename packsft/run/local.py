@@ -113,7 +113,8 @@ def pack_units(
                 write_unit(unit, fingerprint, job, tokenizer, progress=progress)
             return
         workers = min(workers, len(units))
-        pool = ProcessPoolExecutor(workers, mp_context=worker_context(job.config.template), initializer=_init_worker,
+        renders_chat = job.config.template == "chat" and not job.store_only  # a repack renders nothing
+        pool = ProcessPoolExecutor(workers, mp_context=worker_context(chat=renders_chat), initializer=_init_worker,
                                    initargs=(replace(job, tokenizer_state=tokenizer.state()), threads_per_worker(workers)))
         try:
             order = sorted(range(len(units)), key=lambda i: (-units[i].bytes, units[i].index))
