@@ -205,7 +205,6 @@ def _lay_out(
     """Write BOS, role tokens, contents and EOS (and their flags) to their places in the flat table."""
     role_flag, content_flag, eos_flag = train
     is_text = roles == TEXT_CODE
-    role_lens = (~is_text).astype(np.int64)
     total = int(conv_offsets[-1])
     ids = np.empty(total, TOKEN_ID_DTYPE)
     flags = np.zeros(total, np.uint8)
@@ -214,10 +213,14 @@ def _lay_out(
                         TOKEN_ID_DTYPE)
     ids[msg_starts[has_role]] = role_ids[roles[has_role]]
     flags[msg_starts[has_role]] = role_flag[has_role]
-    content_offsets = np.concatenate([[0], np.cumsum(content_lens)])
-    dest = np.arange(len(content), dtype=np.int64) + np.repeat(msg_starts + role_lens - content_offsets[:-1], content_lens)
-    ids[dest] = content
-    flags[dest] = np.repeat(content_flag, content_lens)
+    # Every position that is no BOS, role token or EOS holds content, in order: a mask copy, not an int64 index per
+    # token (half the time of this function on ShareGPT).
+    is_content = np.ones(total, bool)
+    is_content[msg_starts[has_role]] = False
+    is_content[conv_offsets[:-1][has_bos]] = False
+    is_content[conv_offsets[1:] - 1] = False
+    ids[is_content] = content
+    flags[is_content] = np.repeat(content_flag, content_lens)
     bos_at = conv_offsets[:-1][has_bos]
     ids[bos_at] = tokenizer.bos_id if tokenizer.bos_id is not None else -1
     flags[bos_at] = 0
