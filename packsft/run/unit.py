@@ -90,12 +90,12 @@ def write_unit(unit: Unit, fingerprint: str, job: UnitJob, tokenizer: PackTokeni
     try:
         sources = open_unit(unit.parts, config)
         skipped = None
-        saving: list[Future[bool]] = []
+        saving: Future[bool] | None = None
         # A thread of this unit's own: an executor kept across units would be inherited, without its thread, by a
         # process forked from this one (a library user's fork), whose saves would then wait forever.
         saver = ThreadPoolExecutor(1, thread_name_prefix="packsft-store")
         try:
-            rendered = rendered_unit(unit, sources, job, tokenizer, progress, saving, saver)
+            rendered, saving = rendered_unit(unit, sources, job, tokenizer, saver, progress)
             rejects, inputs = rendered.rejects, rendered.inputs
             marker = RenderedStore(job.store).marker(tokenizer.fingerprint) if job.store is not None else None
             chunks, counters = pack_read(rendered.read, config, tokenizer, rejects, marker)
@@ -110,9 +110,9 @@ def write_unit(unit: Unit, fingerprint: str, job: UnitJob, tokenizer: PackTokeni
             chunks = empty_chunks(config.seq_length)
             counters = UnitCounters(rows=RowCounts(bos_starts=0))
         finally:
-            saved = [save.result() for save in saving]  # written (or found unwritable) before the unit is done
+            saved = saving is not None and saving.result()  # written (or found unwritable) before the unit is done
             saver.shutdown()
-        if any(saved) and job.store is not None:
+        if saved and job.store is not None:
             keep_marker(RenderedStore(job.store), tokenizer)
         manifest = {
             "unit": unit.index,
@@ -135,11 +135,10 @@ def write_unit(unit: Unit, fingerprint: str, job: UnitJob, tokenizer: PackTokeni
 
 
 def rendered_unit(unit: Unit, sources: list[InputFile], job: UnitJob, tokenizer: PackTokenizer,
-                  progress: tqdm | None = None, saving: list[Future[bool]] | None = None,
-                  saver: ThreadPoolExecutor | None = None) -> StoredUnit:
+                  saver: ThreadPoolExecutor, progress: tqdm | None = None) -> tuple[StoredUnit, Future[bool] | None]:
     """The unit read and rendered: from the job's rendered-token store where it holds the unit, else read from its
-    files, opened as `sources`, and saved in the store: on `saver`'s thread where given, the future added to `saving`
-    (True: saved; the caller then keeps the marker encoder, `keep_marker`).
+    files, opened as `sources`, and saved in the store on `saver`'s thread; with the save's future (True: saved; the
+    caller then keeps the marker encoder, `keep_marker`), None where nothing is saved.
 
     Saving is writing and hashing the unit's arrays, which releases the GIL: in a thread it overlaps the packing
     of the same unit, which only reads them (GPT-2 on ShareGPT: 5% of a unit's time).
@@ -149,19 +148,14 @@ def rendered_unit(unit: Unit, sources: list[InputFile], job: UnitJob, tokenizer:
     if store is not None and (stored := store.load(key, strict=job.strict)) is not None:
         if progress is not None:
             progress.update(input_rows({"inputs": stored.inputs}))
-        return stored
+        return stored, None
     if job.store_only:
         raise OutputError(f"{unit.label}: not in the rendered-token store {job.store} (its input changed since that "
                           "output was packed, or the store was cleared or damaged); pack it with packsft pack instead")
     rejects = RejectLedger(strict=job.strict)
     read = read_unit(unit.parts, sources, job.config, tokenizer, rejects, progress)
     stored = StoredUnit(read, rejects, [_reading(source) for source in sources])
-    if store is not None:
-        if saver is not None and saving is not None:
-            saving.append(saver.submit(store.save, key, stored, tokenizer.vocab_size))
-        elif store.save(key, stored, tokenizer.vocab_size):
-            keep_marker(store, tokenizer)
-    return stored
+    return stored, saver.submit(store.save, key, stored, tokenizer.vocab_size) if store is not None else None
 
 
 def keep_marker(store: RenderedStore, tokenizer: PackTokenizer) -> None:
