@@ -29,7 +29,7 @@ CACHE_ENV = "PACKSFT_CACHE"
 CACHE_OFF = ("", "0", "off", "none")
 # Bumped when what an entry holds changes meaning: older entries are then misses.
 CACHE_FORMAT = 3
-LIBRARIES = ("transformers", "tokenizers", "tiktoken", "gigatoken")
+LIBRARIES = ("transformers", "tokenizers", "tiktoken", "gigatoken", "jinja2")
 
 
 def cache_dir() -> Path | None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from packsft.render.chat.sandbox import template_environment
+
 # What transformers passes to every template besides the special tokens (`bos_token`, ...) and kwargs.
 PASSED = frozenset({"messages", "tools", "documents", "add_generation_prompt", "raise_exception", "strftime_now"})
 
@@ -32,11 +34,9 @@ class TemplateFields:
 
 
 def _environment() -> Any:
-    """transformers' own jinja environment (its `{% generation %}` tag and loop controls), so every template it
-    renders parses here too."""
-    from transformers.utils.chat_template_utils import _compile_jinja_template
-
-    return _compile_jinja_template("").environment
+    """The environment templates render in (its `{% generation %}` tag and loop controls), so every template
+    transformers renders parses here too."""
+    return template_environment()
 
 
 def template_fields(source: str, special_tokens: tuple[str, ...] = ()) -> TemplateFields:

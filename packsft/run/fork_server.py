@@ -2,7 +2,7 @@
 
     packsft pack --> fork server: imports the workers' modules once  --> worker 1, worker 2, ... (forked: milliseconds)
          |            (packsft, numpy, pyarrow, gigatoken, awkward; for a chat template
-         |             transformers' jinja renderer: 0.4-0.8 s on 2 cores)
+         |             jinja's sandbox: 0.3-0.45 s on 2 cores)
          `--> the parent imports packsft and plans (0.25-0.3 s), meanwhile
 
 Started where the pool is made, the fork server's imports came after the parent's, one core idle, and every worker
@@ -27,9 +27,9 @@ from packsft.run import parent_death
 # fork server then dies with its parent). Workers rebuild the parent's tokenizer from its state (tokenizers only).
 PRELOAD = ("packsft.run.parent_death", "packsft.run.local", "tokenizers", "tiktoken", "tiktoken.core", "gigatoken",
            "awkward")
-# For chat templates, transformers' jinja renderer too (0.6 s to import; not its tokenizer classes, which import
-# torch: seconds more).
-PRELOAD_CHAT = ("transformers.utils.chat_template_utils", "jinja2.sandbox")
+# For chat templates, jinja's sandbox too (packsft renders templates in an environment of its own: transformers, 0.5-0.9 s
+# to import, is only needed where a chat path is proven).
+PRELOAD_CHAT = ("jinja2.sandbox", "jinja2.ext")
 
 # --workers 0 (auto) starts a process per CPU only for inputs this big: below it, starting the pool
 # costs more than it saves.

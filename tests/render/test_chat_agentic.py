@@ -272,7 +272,7 @@ def test_the_chat_path_without_jinja2_fails_at_start_naming_the_install(tmp_path
     record as the template's fault."""
     from importlib.metadata import requires
 
-    assert any(req.replace(" ", "").startswith("jinja2>=3.1") for req in requires("packsft") or [])
+    assert any(req.replace(" ", "").startswith("jinja2>=3.1.6") for req in requires("packsft") or [])
     data = tmp_path / "data"
     data.mkdir()
     (data / "a.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "q"},
@@ -283,5 +283,5 @@ def test_the_chat_path_without_jinja2_fails_at_start_naming_the_install(tmp_path
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PACKSFT_CACHE": "off"})
     assert run.returncode == 1, run.stderr
-    assert "pip install 'jinja2>=3.1'" in run.stderr and "rejected" not in run.stderr
+    assert "pip install 'jinja2>=3.1.6'" in run.stderr and "rejected" not in run.stderr
     assert not (tmp_path / "out" / "rejects.jsonl").exists()

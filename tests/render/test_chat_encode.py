@@ -99,13 +99,16 @@ def test_a_difference_refuses_the_fast_chat_path(chatml, monkeypatch):
 def test_a_rendering_difference_renders_through_apply_chat_template(chatml, monkeypatch):
     import packsft.render.chat.jinja as chat_template
 
-    real = chat_template._compiled_renderer()
-    assert real is not None  # this transformers has the steps packsft calls directly
+    real = chat_template._quick_template
 
-    def changed():  # a transformers whose steps, called directly, add a space
-        return lambda *args: real(*args) + " "
+    class Changed:  # an environment that renders otherwise than the installed transformers: a space more
+        def __init__(self, source):
+            self.template = real(source)
 
-    monkeypatch.setattr(chat_template, "_compiled_renderer", changed)
+        def render(self, **context):
+            return self.template.render(**context) + " "
+
+    monkeypatch.setattr(chat_template, "_quick_template", Changed)
     assert "differs from apply_chat_template" in chat_rendering_difference(chatml)
     proven = with_chat_path_proven(chatml, cache=False)
     assert proven.chat_renderer == "hf" and proven.encoder == "gigatoken"  # the fast encoder still proven on its renderings

@@ -15,12 +15,13 @@ from packsft.render.chat.encode import rendering_encoder
 from packsft.render.chat.jinja import require_jinja
 from packsft.render.chat.probes import PROBES_VERSION, probe_records
 from packsft.render.chat.renderer import ChatRenderer, render_chat
+from packsft.render.chat.sandbox import ENVIRONMENT_VERSION
 from packsft.render.tokenizer import PackTokenizer
 from packsft.render.tokenizer_cache import cache_key, read_entry, write_entry
 
 
 def chat_rendering_difference(tokenizer: PackTokenizer) -> str | None:
-    """None where packsft's renderer (`render_jinja_template`) renders the probes exactly as
+    """None where packsft's renderer (jinja.py, in its own template environment) renders the probes exactly as
     `hf.apply_chat_template` does (or refuses the same ones), with and without the generation prompt; else
     the first difference."""
     renderer = ChatRenderer(tokenizer, rendering_encoder(tokenizer, "hf"))
@@ -70,7 +71,7 @@ def with_chat_path_proven(tokenizer: PackTokenizer, cache: bool = True) -> PackT
         return tokenizer
     require_jinja()
     key = cache_key("chat-proof", {"fingerprint": tokenizer.fingerprint, "encoder": tokenizer.encoder,
-                                   "probes": PROBES_VERSION})
+                                   "probes": PROBES_VERSION, "environment": ENVIRONMENT_VERSION})
     entry = read_entry("proofs", key) if cache else None
     if entry is not None and all(isinstance(entry.get(k), (str, type(None))) for k in ("render", "encode")):
         render, encode = entry["render"], entry["encode"]

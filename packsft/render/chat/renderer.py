@@ -6,8 +6,8 @@
     flags:       0 ...                                               0 | 1 ...                     1 |0
 
 1. Each record renders as `apply_chat_template(messages, tools=tools, **kwargs)` does, with its tools and
-   template kwargs (`--template-kwargs`, overridden by the row's own `chat_template_kwargs`), through
-   transformers' own jinja renderer (`render_jinja_template`). A record without tools whose shape's skeleton was
+   template kwargs (`--template-kwargs`, overridden by the row's own `chat_template_kwargs`), in the environment
+   `apply_chat_template` renders in (jinja.py, sandbox.py: no transformers import). A record without tools whose shape's skeleton was
    traced (trace.py) is not rendered: where the template's reads of its strings answer as they did for the
    skeleton's placeholders, its rendering is the skeleton with its strings spliced in (skeleton.Splicer).
 2. layout.py finds, from the template's renderings of prefixes of the conversation, where each message
@@ -73,9 +73,9 @@ class ChatRenderer:
     """Renders and lays out records with one tokenizer's template; what depends only on the template (heads,
     generation prompts, skeleton layouts per conversation shape) is its `facts` (facts.py).
 
-    Renders with transformers' own jinja renderer (`render_jinja_template`, what `apply_chat_template` calls)
-    and the template kwargs transformers passes (its `special_tokens_map`), without loading the transformers
-    tokenizer: importing that imports torch (seconds per worker).
+    Renders in the environment `apply_chat_template` renders in (jinja.py) with the template kwargs transformers
+    passes (its `special_tokens_map`), without importing transformers (its tokenizer classes import torch: seconds
+    per worker); the chat proof compares the two before a tokenizer packs.
 
     Args:
         encoder: encodes the renderings (encode.py); default: `rendering_encoder(tokenizer)`, the fast
