@@ -35,17 +35,21 @@ def require_jinja() -> None:
 def jinja_renderer(tokenizer: PackTokenizer) -> Callable[[list[dict[str, Any]], Any, bool, dict[str, Any]], str]:
     """A function rendering one conversation exactly as `hf.apply_chat_template(messages, tools=tools,
     add_generation_prompt=prompt, tokenize=False, **kwargs)`: in packsft's own copy of its environment (sandbox.py),
-    or by `apply_chat_template` itself where the chat proof found them to differ (`chat_renderer == "hf"`)."""
+    or by `apply_chat_template` itself where the chat proof found them to differ (`chat_renderer == "hf"`).
+
+    Its messages, tools and kwargs are plain data already (`template_data`, which transformers applies on every call):
+    ChatRenderer converts a record once, and its layout renders it and its variants many times (about 12% of a unit
+    of tool-calling records was converting the same data again)."""
     template = tokenizer.chat_template
     if not template or tokenizer.chat_renderer == "hf":
         return lambda messages, tools, prompt, kwargs: tokenizer.hf.apply_chat_template(
             messages, tools=tools, add_generation_prompt=prompt, tokenize=False, **kwargs)
-    special = dict(tokenizer.special_tokens_map)
+    special = template_data(dict(tokenizer.special_tokens_map))
 
     def render(messages: list[dict[str, Any]], tools: Any, prompt: bool, kwargs: dict[str, Any]) -> str:
         return _quick_template(_chosen(template, tools)).render(
-            messages=with_reasoning_aliases(template_data(messages)), tools=template_data(tools), documents=None,
-            add_generation_prompt=prompt, **template_data({**special, **kwargs}))
+            messages=with_reasoning_aliases(messages), tools=tools, documents=None, add_generation_prompt=prompt,
+            **{**special, **kwargs})
 
     return render
 
@@ -58,20 +62,21 @@ def _chosen(template: str | dict[str, str], tools: Any) -> Any:
 
 
 def skeleton_tracer(tokenizer: PackTokenizer) -> Tracer | None:
-    """A function rendering a skeleton as `jinja_renderer`'s does, through a tracing environment (trace.py), with what
-    the template read of its placeholders; None where `apply_chat_template` renders (`chat_renderer == "hf"`)."""
+    """A function rendering a skeleton as `jinja_renderer`'s does (of plain data), through a tracing environment
+    (trace.py), with what the template read of its placeholders; None where `apply_chat_template` renders
+    (`chat_renderer == "hf"`)."""
     template = tokenizer.chat_template
     if not template or tokenizer.chat_renderer == "hf":
         return None
-    special = dict(tokenizer.special_tokens_map)
+    special = template_data(dict(tokenizer.special_tokens_map))
 
     def render(messages: list[dict[str, Any]], tools: Any, prompt: bool, kwargs: dict[str, Any]) -> Trace | None:
         chosen = _chosen(template, tools)
         traced = _traced_template(chosen) if isinstance(chosen, str) else None
         if traced is None:
             return None
-        return trace(traced, messages=with_reasoning_aliases(template_data(messages)), tools=template_data(tools),
-                     documents=None, add_generation_prompt=prompt, **template_data({**special, **kwargs}))
+        return trace(traced, messages=with_reasoning_aliases(messages), tools=tools, documents=None,
+                     add_generation_prompt=prompt, **{**special, **kwargs})
 
     return render
 

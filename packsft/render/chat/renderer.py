@@ -60,6 +60,7 @@ from packsft.render.chat.layout import (
     analyse,
     without_trailer,
 )
+from packsft.render.chat.sandbox import template_data
 from packsft.render.chat.skeleton import STAND_IN_TOOLS, protect, shape_key, skeleton, splice
 from packsft.render.tokenizer import TOKEN_ID_DTYPE, PackTokenizer
 from packsft.stats import ChatTurns
@@ -124,14 +125,16 @@ class ChatRenderer:
 
     # -- rendering -----------------------------------------------------------------------------------------------
     def bind(self, tools: Any = None, kwargs: Mapping[str, Any] | None = None) -> Render:
-        """A function rendering messages (with or without the generation prompt) with these tools and kwargs."""
-        kwargs = dict(kwargs or {})
+        """A function rendering messages (with or without the generation prompt) with these tools and kwargs. The
+        messages it is given are plain data (`template_data`): those of a record `_layout` converted, or built by
+        packsft from them."""
+        tools, kwargs = template_data(tools), template_data(dict(kwargs or {}))
         return lambda messages, prompt: self._jinja(messages, tools, prompt, kwargs)
 
     def render_text(self, messages: Sequence[tuple[str, str]] | list[dict[str, Any]], tools: Any = None,
                     kwargs: Mapping[str, Any] | None = None, add_generation_prompt: bool = False) -> str:
         """The template's text for these messages; a template that raises rejects the record."""
-        chat = [m if isinstance(m, dict) else {"role": m[0], "content": m[1]} for m in messages]
+        chat = template_data([m if isinstance(m, dict) else {"role": m[0], "content": m[1]} for m in messages])
         try:
             return self.bind(tools, kwargs)(chat, add_generation_prompt)
         except ImportError:  # the environment, not the record: never a per-record reject
@@ -177,8 +180,9 @@ class ChatRenderer:
             [*before.endings, layout.endings[k]], layout.appended)
 
     def _layout(self, conv: Conversation) -> Layout:
-        messages, tools = conv.chat_messages(), conv.tools
-        kwargs = conv.template_kwargs(self.template_kwargs)
+        # As transformers hands a template its data: plain JSON types, converted once here for every rendering below.
+        messages, tools = template_data(conv.chat_messages()), template_data(conv.tools)
+        kwargs = template_data(conv.template_kwargs(self.template_kwargs))
         holed, values = skeleton(messages)
         if tools is None and self._tracer is not None:  # the record's rendering without rendering it: trace.py
             traced = self.facts.traced_layout(self.bind, self._tracer, holed, kwargs)
