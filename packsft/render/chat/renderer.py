@@ -128,8 +128,8 @@ class ChatRenderer:
         """A function rendering messages (with or without the generation prompt) with these tools and kwargs. The
         messages it is given are plain data (`template_data`): those of a record `_layout` converted, or built by
         packsft from them."""
-        tools, kwargs = template_data(tools), template_data(dict(kwargs or {}))
-        return lambda messages, prompt: self._jinja(messages, tools, prompt, kwargs)
+        plain_tools, plain_kwargs = template_data(tools), template_data(dict(kwargs or {}))
+        return lambda messages, prompt: self._jinja(messages, plain_tools, prompt, plain_kwargs)
 
     def render_text(self, messages: Sequence[tuple[str, str]] | list[dict[str, Any]], tools: Any = None,
                     kwargs: Mapping[str, Any] | None = None, add_generation_prompt: bool = False) -> str:
