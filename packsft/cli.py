@@ -202,8 +202,10 @@ def pack(data: tuple[str, ...], out_dir: str, config_file: str | None, overwrite
         raise click.UsageError("--limit applies to --dry-run only; pass --dry-run to preview the first records")
     if not dry_run:
         from packsft.run.fork_server import start_early
+        from packsft.run.malloc import keep_freed_memory
 
         start_early(list(data), config, workers)  # before the imports below, which it overlaps
+        keep_freed_memory()  # for units packed in this process (--workers 1); workers set their own
     from packsft.run.pipeline import run_pack
     from packsft.run.slurm import array_note, resolve_tasks
 
@@ -278,6 +280,7 @@ def repack(out_dir: str, new_out: str, workers: int, overwrite: bool, quiet: boo
         packsft pack data/ out-2k/ --tokenizer ./qwen3
         packsft repack out-2k/ out-32k/ --seq-length 32768 --pad-multiple 16
     """
+    from packsft.run.malloc import keep_freed_memory
     from packsft.run.repack import run_repack
 
     if refused := rendering_flags(flags):
@@ -286,6 +289,7 @@ def repack(out_dir: str, new_out: str, workers: int, overwrite: bool, quiet: boo
     changes = {key: value for key, value in flags.items() if value is not None}
     if not changes:
         raise click.UsageError("name what changes, e.g. --seq-length 8192 (the rest stays as OUT_DIR was packed)")
+    keep_freed_memory()
     result = run_repack(out_dir, new_out, changes, overwrite=overwrite, quiet=quiet, workers=workers)
     if not quiet:
         echo_pack_result(result, new_out)

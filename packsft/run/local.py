@@ -30,6 +30,7 @@ from packsft.render.tokenizer import PackTokenizer
 from packsft.run import parent_death
 from packsft.run.executor import Executor, rerun_command
 from packsft.run.fork_server import AUTO_WORKERS_MIN_BYTES, available_cpus, worker_context
+from packsft.run.malloc import keep_freed_memory
 from packsft.run.outdir import OutDir
 from packsft.run.plan import Plan, Unit
 from packsft.run.unit import UnitJob, input_rows, load_job_tokenizer, write_unit
@@ -80,6 +81,7 @@ def _init_worker(job: UnitJob, threads: int) -> None:
     if parent_death.fork_server_pid is not None:  # forked by a fork server that dies with the parent
         parent_death.die_with_parent(parent_death.fork_server_pid)
     parent_death.exit_with_parent_process()
+    keep_freed_memory()
     # Must happen before the tokenizer's thread pool starts (at its first encode).
     os.environ["RAYON_NUM_THREADS"] = str(threads)
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"

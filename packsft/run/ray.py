@@ -37,6 +37,7 @@ from packsft.errors import MissingDependencyError, OutputError, PacksftError
 from packsft.read.inputs import is_url
 from packsft.render.tokenizer import PackTokenizer
 from packsft.run.executor import Executor, rerun_command
+from packsft.run.malloc import keep_freed_memory
 from packsft.run.outdir import OutDir
 from packsft.run.plan import Plan, Unit
 from packsft.run.unit import UnitJob, input_rows, load_job_tokenizer, write_unit
@@ -205,6 +206,7 @@ def pack_unit_task(job: UnitJob, unit: Unit, fingerprint: str, driver_version: s
                           "node mounts at the same path (NFS, a shared volume)")
     key = (job.config.tokenizer, job.config.template, job.config.encoder, job.tokenizer_fingerprint)
     if key not in _node_tokenizers:
+        keep_freed_memory()  # a Ray worker process packs unit after unit
         _node_tokenizers[key] = load_job_tokenizer(job, threads, prove=True)
     job.out.remove_temporaries([unit.index])  # what an attempt lost with its worker left behind
     written = write_unit(unit, fingerprint, job, _node_tokenizers[key])
