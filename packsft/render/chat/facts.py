@@ -33,6 +33,7 @@ from packsft.render.chat.layout import (
     without_trailer,
 )
 from packsft.render.chat.probes import JOIN_PROBE, PROBE_MARK, WINDOW_PROBES, probe_records
+from packsft.render.chat.sandbox import template_data
 from packsft.render.chat.skeleton import (
     STAND_IN_TOOLS,
     PrefixRenderings,
@@ -169,6 +170,7 @@ class TemplateFacts:
 
     def _traced_layout(self, bind: Bind, tracer: Tracer, holed: list[dict[str, Any]],
                        kwargs: Mapping[str, Any]) -> tuple[Splicer, Trace] | None:
+        holed, kwargs = template_data(holed), template_data(dict(kwargs))  # as transformers hands them to a template
         layout = self.skeleton_layout(bind, holed, None, kwargs)
         traced = tracer(holed, None, False, dict(kwargs)) if layout is not None else None
         # The tracing environment must render the skeleton as the template does: a check on its hooks.

@@ -135,6 +135,11 @@ class ChatRenderer:
                     kwargs: Mapping[str, Any] | None = None, add_generation_prompt: bool = False) -> str:
         """The template's text for these messages; a template that raises rejects the record."""
         chat = template_data([m if isinstance(m, dict) else {"role": m[0], "content": m[1]} for m in messages])
+        return self._rendered(chat, tools, kwargs, add_generation_prompt)
+
+    def _rendered(self, chat: list[dict[str, Any]], tools: Any, kwargs: Mapping[str, Any] | None,
+                  add_generation_prompt: bool = False) -> str:
+        """`render_text` of messages that are plain data already."""
         try:
             return self.bind(tools, kwargs)(chat, add_generation_prompt)
         except ImportError:  # the environment, not the record: never a per-record reject
@@ -180,15 +185,18 @@ class ChatRenderer:
             [*before.endings, layout.endings[k]], layout.appended)
 
     def _layout(self, conv: Conversation) -> Layout:
-        # As transformers hands a template its data: plain JSON types, converted once here for every rendering below.
-        messages, tools = template_data(conv.chat_messages()), template_data(conv.tools)
-        kwargs = template_data(conv.template_kwargs(self.template_kwargs))
-        holed, values = skeleton(messages)
+        messages, tools = conv.chat_messages(), conv.tools
+        kwargs = conv.template_kwargs(self.template_kwargs)
         if tools is None and self._tracer is not None:  # the record's rendering without rendering it: trace.py
+            holed, values = skeleton(messages)
             traced = self.facts.traced_layout(self.bind, self._tracer, holed, kwargs)
             if traced is not None and traced[1].replays(values):
                 return self._finished(traced[0](values))
-        text = self.render_text(messages, tools, kwargs)
+        # The record renders: its data as transformers hands it to a template (plain JSON types), converted once here
+        # for every rendering below (its prefixes, windows and skeleton).
+        messages, tools, kwargs = template_data(messages), template_data(tools), template_data(kwargs)
+        holed, values = skeleton(messages)
+        text = self._rendered(messages, tools, kwargs)
         tools_special = tools is not None and self.specials is not None and bool(
             self.specials.search(json.dumps(tools, ensure_ascii=False)))
         if not tools_special:
