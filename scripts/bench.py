@@ -373,6 +373,43 @@ def bench_pack(data_dir: Path, strategy: str, mask: str, extra: list[str], cold:
     }
 
 
+FRONTIER_ROUNDS = 3  # gigatoken alone and the pack alternate this many times (issue 29's ratios)
+
+
+def bench_frontier(data_dir: Path) -> list[dict]:
+    """The default GPT-2 pack and the qwen3 chat pack against gigatoken alone on the same contents, as whole processes
+    alternating FRONTIER_ROUNDS times (warm caches): one run of each, minutes apart, moved their ratio by 10-20% on
+    this shared machine; alternating runs share its moods."""
+    results = []
+    for name, tokenizer, template, flags in (("GPT-2, role tokens", GPT2, "roles", []),
+                                             ("qwen3, `--template chat`", QWEN3, "chat", ["--template", "chat"])):
+        warm_pack(data_dir, tokenizer, *flags)
+        alone, packs = [], []
+        for _ in range(FRONTIER_ROUNDS):
+            alone.append(bench_gigatoken_alone(data_dir, tokenizer, template)[0])
+            with tempfile.TemporaryDirectory() as tmp:
+                packs.append(run_measured([sys.executable, "-m", "packsft", "pack", str(data_dir), str(Path(tmp) / "out"),
+                                           "--tokenizer", str(tokenizer), "--seq-length", str(SEQ), "-q", *flags])[0])
+        results.append({"name": name, "alone": alone, "packs": packs})
+    return results
+
+
+def frontier_lines(results: list[dict], shards: int) -> list[str]:
+    targets = {"GPT-2, role tokens": 0.65, "qwen3, `--template chat`": 0.5}
+    lines = ["", "## Against gigatoken alone (issue 29)", "",
+             f"The default pack of the {shards} shards (L={SEQ}) and gigatoken alone encoding the same message contents "
+             f"(start-up, parquet read, `encode_batch` on all threads), as whole processes, alternating "
+             f"{FRONTIER_ROUNDS} times:", "",
+             "| pack | gigatoken alone, s | packsft pack, s | best / best | median / median | target |",
+             "| --- | --- | --- | ---: | ---: | ---: |"]
+    for r in results:
+        alone, packs = sorted(r["alone"]), sorted(r["packs"])
+        lines.append(f"| {r['name']} | {', '.join(f'{x:.2f}' for x in r['alone'])} | "
+                     f"{', '.join(f'{x:.2f}' for x in r['packs'])} | **{alone[0] / packs[0]:.2f}x** | "
+                     f"{alone[len(alone) // 2] / packs[len(packs) // 2]:.2f}x | >= {targets[r['name']]} |")
+    return lines
+
+
 def bench_packing_stage(data_dir: Path) -> tuple[float, float]:
     """Seconds in split + bestfit + chunk layout vs the whole unit, summed over units (in process)."""
     from packsft import PackConfig, load_tokenizer
@@ -611,6 +648,8 @@ def main() -> None:
         for strategy, mask, extra, cold in RUNS:
             print(f"pack {strategy} {mask} {' '.join(extra)}{' cold' * cold} ...", flush=True)
             results.append(bench_pack(data_dir, strategy, mask, extra, cold))
+        print("against gigatoken alone, alternating ...", flush=True)
+        frontier = bench_frontier(data_dir)
         print("qwen3 chat: packsft vs datasets + TRL ...", flush=True)
         chat = bench_chat(data_dir)
         if chat is not None:
@@ -661,6 +700,7 @@ def main() -> None:
             f"{r['bytes_per_token']:.2f} |"
         )
     lines += chat_lines(chat, args.shards)
+    lines += frontier_lines(frontier, args.shards)
     lines += [
         "",
         "Wall time is the whole `packsft pack` process (Python start-up, tokenizer load, reading, rendering,",
