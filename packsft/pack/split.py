@@ -157,20 +157,36 @@ class ConversationSplitter:
         self._add_head(0, zero=False)
         i = 0
         while i < len(spans.msgs):
-            i = self._step(i)
+            i = self._add_fitting(i)
+            if i < len(spans.msgs):
+                i = self._step(i)
         last_end = spans.span(spans.msgs[-1])[1] if spans.msgs else spans.head_end
         piece.add(last_end, spans.end)
         self.cuts.reserve_fillers(piece.length)
         return piece.finish()
 
+    def _add_fitting(self, first: int) -> int:
+        """Add messages first, first+1, ... whole while each fits the open piece; the first that does not (or the end).
+
+        Most messages fit whole: this loop reads the conversation's lists once, not once a message (`_step` handles
+        the message that does not fit)."""
+        piece, capacity = self.piece, self.capacity
+        starts, ends, tails, roles = self.spans.starts, self.spans.ends, self.spans.tails, self.spans.roles
+        carries, labels = self.spans.carries, self.spans.labels
+        for i in range(first, len(starts)):
+            lo, hi = starts[i], ends[i]
+            if piece.length + (hi - lo) + tails[i] > capacity:
+                return i
+            piece.start_message(prompts=roles[i] == USER_CODE, follows_results=i > 0 and roles[i - 1] == TOOL_CODE)
+            piece.add_whole(i, lo, hi, zero_first=carries[i] and piece.reopened, labels=labels[i])
+        return len(starts)
+
     def _step(self, i: int) -> int:
-        """Add message i (or close the piece before it, or before an earlier message); the next index."""
+        """Add message i, which does not fit the open piece whole (`_add_fitting` adds those), or close the piece
+        before it, or before an earlier message; the next index."""
         spans, piece = self.spans, self.piece
         lo, hi, tail, role = spans.starts[i], spans.ends[i], spans.tails[i], spans.roles[i]
         piece.start_message(prompts=role == USER_CODE, follows_results=i > 0 and spans.roles[i - 1] == TOOL_CODE)
-        if piece.length + (hi - lo) + tail <= self.capacity:
-            self._add_whole(i)
-            return i + 1
         m, trained = spans.msgs[i], spans.body_trained[i]
         gap = self.capacity - piece.length - tail - spans.headers[i]
         if piece.has_body and trained and self.cuts.cuts_turn(gap, piece.trained):
