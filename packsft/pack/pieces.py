@@ -124,25 +124,12 @@ class PieceBuilder:
 
     def add_whole(self, index: int, lo: int, hi: int, *, zero_first: bool, labels: SpanLabels | None = None) -> None:
         """The whole message ids[lo:hi], `index` in its conversation; marks the boundary before it in a body.
-        `labels`: its LabelPrefix.span, where the caller has it already (spans.MessageTable).
-
-        Most messages of a split are added here, one call each: `add` is inlined for a span with its labels."""
+        `labels`: its LabelPrefix.span, where the caller has it already (spans.MessageTable)."""
         if self._has_body:
             self._marks.append(Mark(index, len(self._ids), self._length, self._trained, self._prompt_whole,
                                     self._results_whole, tuple(self._tally), self._view))
         self._msg_whole = self._has_body = True
-        if labels is None or hi <= lo:
-            self.add(lo, hi, zero_first=zero_first, labels=labels)
-            return
-        flags = None
-        prompted, trained, answers, first, first_prompted, first_answers = labels
-        if first and (zero_first or not self._length):
-            flags = self.batch.flags[lo:hi].copy()
-            flags[0] = 0
-            prompted, trained, answers = prompted - first_prompted, trained - 1, answers - first_answers
-        if trained:
-            self._count_labels(prompted, answers, trained)
-        self._append(lo, hi, flags)
+        self.add(lo, hi, zero_first=zero_first, labels=labels)
 
     def add_shortened_message(self, lo: int, hi: int, head: int, room: int, *, tool: bool, zero_first: bool) -> None:
         """An untrained message of the body (a long question, a long tool result) that cannot fit whole: its header,
