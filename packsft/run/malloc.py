@@ -27,13 +27,12 @@ TRIM_THRESHOLD = 128 << 20
 @functools.lru_cache(maxsize=1)
 def keep_freed_memory() -> bool:
     """Set this process's malloc thresholds (once); False where its malloc takes no such setting."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-        gnu = libc.gnu_get_libc_version  # glibc only: other libcs' mallopt parameters mean other things
-    except (OSError, AttributeError, TypeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
         return False
-    del gnu
+    # glibc only (other libcs' mallopt parameters mean other things).
+    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
+        return False
     # Setting either turns off glibc's adaptive mmap threshold, so both are set.
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
