@@ -3,6 +3,7 @@ their pages in again."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -10,31 +11,35 @@ import pytest
 
 from packsft.run.malloc import keep_freed_memory
 
-# 20 rounds of an array made and freed, each a MiB bigger than the last, up to 24 MiB (as units' token arrays and
-# numpy's temporaries come and go); the page faults they took.
+# A 24 MiB array made and freed (as a unit's token arrays are), then another: the MiB of resident memory the first
+# left behind, and the page faults the second took.
 ROUNDS = """
-import resource, sys
+import json, os, resource, sys
 import numpy as np
 if sys.argv[1] == "keep":
     from packsft.run.malloc import keep_freed_memory
     assert keep_freed_memory()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for size in range(5, 25):
-    block = np.ones(size << 20, np.uint8)
-    del block
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+before = resident()
+block = np.ones(24 << 20, np.uint8)
+del block
+kept = (resident() - before) >> 20
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+block = np.ones(24 << 20, np.uint8)
+print(json.dumps([kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults]))
 """
 
 
-def _faults(mode: str) -> int:
-    return int(subprocess.run([sys.executable, "-c", ROUNDS, mode], capture_output=True, text=True,
-                              check=True).stdout)
+def _rounds(mode: str) -> list[int]:
+    return json.loads(subprocess.run([sys.executable, "-c", ROUNDS, mode], capture_output=True, text=True,
+                                     check=True).stdout)
 
 
 def test_freed_blocks_are_reused_without_page_faults():
     if not sys.platform.startswith("linux") or not keep_freed_memory():
         pytest.skip("malloc here is not glibc's: packsft leaves it as it is")
-    pages = (24 << 20) // 4096  # of the biggest array
-    default, kept = _faults("default"), _faults("keep")
-    assert kept < 2 * pages, kept  # the heap grew to the biggest array once and served every round from it
-    assert default > 1.5 * kept, (default, kept)  # glibc's own thresholds mapped rounds' arrays afresh (here ~2.5x)
+    returned, _ = _rounds("default")
+    kept, faults = _rounds("keep")
+    assert returned < 4  # glibc's own thresholds hand a freed 24 MiB block back to the kernel
+    assert kept >= 20 and faults < 64, (kept, faults)  # kept, the next block is served from it: no page faults
