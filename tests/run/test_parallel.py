@@ -229,13 +229,16 @@ def test_sigkill_at_random_moments_then_rerun_writes_the_same_bytes(tmp_path, da
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # forked children of a process that tokenized
     fork = multiprocessing.get_context("fork")
     # Timed warm, as the trials run: a first pack of a tokenizer may also fill the tokenizer cache (gigatoken's input,
-    # the marker encoder); a timing run longer than the trials lands their kills after the end (5 of 12 in one CI run).
-    for timing in ("warm-up", "timing"):
+    # the marker encoder); a timing run longer than the trials lands their kills after the end (5 of 12 in two CI
+    # runs: once a cold timing run, once a warm one slowed by the machine), so the shortest of two warm runs counts.
+    durations = []
+    for timing in ("warm-up", "timing-1", "timing-2"):
         started = time.perf_counter()
         child = fork.Process(target=_pack_in_child, args=(data_dir, tmp_path / timing, config))
         child.start()
         child.join()
-    duration = time.perf_counter() - started
+        durations.append(time.perf_counter() - started)
+    duration = min(durations[1:])
     rng = random.Random(6)
     killed_before_the_end = 0
     for trial in range(12):
