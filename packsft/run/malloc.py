@@ -13,7 +13,6 @@ process keeps its allocator as it is. Where malloc is not glibc's (macOS, musl),
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
@@ -27,9 +26,11 @@ TRIM_THRESHOLD = 128 << 20
 @functools.lru_cache(maxsize=1)
 def keep_freed_memory() -> bool:
     """Set this process's malloc thresholds (once); False where its malloc takes no such setting."""
+    # The symbols this process already has (libc's among them), not ctypes.util.find_library("c"): that runs
+    # `ldconfig -p` in a child process (10 ms), in every worker.
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    except (OSError, TypeError):
+        libc = ctypes.CDLL(None)
+    except OSError:
         return False
     # glibc only (other libcs' mallopt parameters mean other things).
     if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):

@@ -43,3 +43,16 @@ def test_freed_blocks_are_reused_without_page_faults():
     kept, faults = _rounds("keep")
     assert returned < 4  # glibc's own thresholds hand a freed 24 MiB block back to the kernel
     assert kept >= 20 and faults < 64, (kept, faults)  # kept, the next block is served from it: no page faults
+
+
+def test_setting_the_thresholds_starts_no_child_process(monkeypatch):
+    """A worker sets them as it starts: no `ldconfig -p` child (ctypes.util.find_library's way of finding libc),
+    which costs 10 ms a process and, under `ray submit`, is one more process titled like the Ray worker."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's thresholds are set on Linux only")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a child process was started: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    assert keep_freed_memory.__wrapped__() is keep_freed_memory()

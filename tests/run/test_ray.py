@@ -144,15 +144,24 @@ def session_pids(session: int) -> list[int]:
 
 
 def packing_pids(*sessions: int) -> list[int]:
-    """Ray workers of these nodes that are packing a unit (Ray titles them ray::pack_unit_task meanwhile)."""
+    """Ray workers of these nodes that are packing a unit (Ray titles them ray::pack_unit_task meanwhile); not a
+    child a worker forks (before its exec it bears the same title, and stopping it would stop its parent too)."""
     found = []
     for pid in (pid for session in sessions for pid in session_pids(session)):
         try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::pack_unit_task"):
+            parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            if is_packing(pid) and not is_packing(int(parent)):
                 found.append(pid)
-        except OSError:
+        except (OSError, IndexError):
             continue
     return found
+
+
+def is_packing(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::pack_unit_task")
+    except OSError:
+        return False
 
 
 def test_the_task_body_writes_what_a_local_run_writes(tmp_path, demo_tokenizer_dir):
