@@ -132,6 +132,12 @@ def wait_until(condition, what: str, process: subprocess.Popen, timeout: float =
         time.sleep(POLL_S)
 
 
+def summary(stdout: str) -> str:
+    """The driver's last line, "wrote OUT in Ns (N units packed, N already done)": Ray may print the output of
+    workers, this run's or a killed driver's, to the driver's stdout until it ends."""
+    return next((line for line in reversed(stdout.splitlines()) if line.startswith("wrote ")), stdout)
+
+
 def session_pids(session: int) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
@@ -264,8 +270,8 @@ def test_a_rerun_after_the_driver_died_resumes(ray_cluster, first_shard, local_o
 
     rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert rerun.returncode == 0, rerun.stderr
-    packed, skipped = map(int, re.search(r"\((\d+) units packed, (\d+) already done\)$", rerun.stdout).groups())
-    assert packed + skipped == units and skipped >= done, rerun.stdout.splitlines()[-1]
+    packed, skipped = map(int, re.search(r"\((\d+) units packed, (\d+) already done\)$", summary(rerun.stdout)).groups())
+    assert packed + skipped == units and skipped >= done, summary(rerun.stdout)
     assert_same_shards(out, local_output, units)
 
 
@@ -279,7 +285,7 @@ def test_a_local_run_resumed_by_ray_submit_packs_nothing_again(ray_cluster, firs
     rerun = subprocess.run(submit_command(first_shard, out, gpt2_dir, address), cwd=ROOT, capture_output=True,
                            text=True, timeout=RUN_TIMEOUT_S)
     assert rerun.returncode == 0, rerun.stderr
-    assert rerun.stdout.splitlines()[-1].endswith(f"(0 units packed, {UNITS // SHARDS} already done)"), rerun.stdout
+    assert summary(rerun.stdout).endswith(f"(0 units packed, {UNITS // SHARDS} already done)"), rerun.stdout
 
 
 def test_a_unit_whose_node_died_is_retried_by_ray(ray_cluster, ray_data, local_output, gpt2_dir, tmp_path):
@@ -296,7 +302,7 @@ def test_a_unit_whose_node_died_is_retried_by_ray(ray_cluster, ray_data, local_o
         driver.kill()
     # The driver never resubmits a unit: finishing in this one run means Ray reran the lost one.
     assert driver.returncode == 0, stderr
-    assert stdout.splitlines()[-1].endswith(f"({UNITS} units packed, 0 already done)"), stdout
+    assert summary(stdout).endswith(f"({UNITS} units packed, 0 already done)"), stdout
     assert_same_output(out, local_output)
 
 
