@@ -206,6 +206,9 @@ def pack(data: tuple[str, ...], out_dir: str, config_file: str | None, overwrite
 
         start_early(list(data), config, workers)  # before the imports below, which it overlaps
         keep_freed_memory()  # for units packed in this process (--workers 1); workers set their own
+        from packsft.render.flat_ids import stand_in_for_awkward
+
+        stand_in_for_awkward()
     from packsft.run.pipeline import run_pack
     from packsft.run.slurm import array_note, resolve_tasks
 

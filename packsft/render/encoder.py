@@ -36,6 +36,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from tokenizers.normalizers import NFC
 
+from packsft.render.flat_ids import flat_ids
+
 # GPT-2's pre-tokenizer regex, which the HF ByteLevel pre-tokenizer applies when `use_regex` is on.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # Texts per thread task: large enough that handing work to a thread costs little.
@@ -376,13 +378,12 @@ class GigatokenEncoder:
             return np.zeros(0, np.int32), np.zeros(0, np.int64)
         texts = self._normalized_all(texts)
         try:
-            layout = self._tokenizer.encode_batch(texts, parallel=self._parallel).layout
+            result = self._tokenizer.encode_batch(texts, parallel=self._parallel)
         except TypeError:
-            layout = self._tokenizer.encode_batch(_without_surrogates(texts), parallel=self._parallel).layout
-        offsets = np.asarray(layout.offsets.data, np.int64)
-        ids = np.asarray(layout.content.data)[offsets[0]:offsets[-1]]
+            result = self._tokenizer.encode_batch(_without_surrogates(texts), parallel=self._parallel)
+        ids, counts = flat_ids(result)
         # Ids are below 2**31 (a vocabulary that size is refused by TOKEN_ID_DTYPE's users): a view, not a copy.
-        return ids.view(np.int32), np.diff(offsets)
+        return ids.view(np.int32), counts
 
     def _normalized_all(self, texts: list[str]) -> list[str]:
         """The texts as gigatoken must see them (NFC where the tokenizer normalizes so); also where its caches are

@@ -1,16 +1,16 @@
 """The fork server local workers start from, and starting it as `packsft pack` begins.
 
     packsft pack --> fork server: imports the workers' modules once  --> worker 1, worker 2, ... (forked: milliseconds)
-         |            (packsft, numpy, pyarrow, gigatoken, awkward; for a chat template
+         |            (packsft, numpy, pyarrow, gigatoken; for a chat template
          |             jinja's sandbox: 0.3-0.45 s on 2 cores)
          `--> the parent imports packsft and plans (0.25-0.3 s), meanwhile
 
 Started where the pool is made, the fork server's imports came after the parent's, one core idle, and every worker
-then imported gigatoken and awkward itself on its first encode. `start_early` starts it from the CLI before the
-parent imports packsft, where the pack will likely run a pool. It is a guess made from the command line alone (the
-input's size on disk, the template or the tokenizer folder's chat template); a wrong guess costs time, never
-changes an output: a pack that runs in one process leaves the server idle, and a worker imports what the server did
-not.
+then imported gigatoken itself on its first encode (workers import no awkward at all: render/flat_ids.py).
+`start_early` starts it from the CLI before the parent imports packsft, where the pack will likely run a pool. It
+is a guess made from the command line alone (the input's size on disk, the template or the tokenizer folder's chat
+template); a wrong guess costs time, never changes an output: a pack that runs in one process leaves the server
+idle, and a worker imports what the server did not.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from packsft.run import parent_death
 
 # Imported once by the fork server, so that each worker starts in well under a second (parent_death first: the
 # fork server then dies with its parent). Workers rebuild the parent's tokenizer from its state (tokenizers only).
-PRELOAD = ("packsft.run.parent_death", "packsft.run.local", "tokenizers", "tiktoken", "tiktoken.core", "gigatoken",
-           "awkward")
+PRELOAD = ("packsft.run.parent_death", "packsft.run.local", "tokenizers", "tiktoken", "tiktoken.core", "gigatoken")
 # For chat templates, jinja's sandbox too (packsft renders templates in an environment of its own: transformers, 0.5-0.9 s
 # to import, is only needed where a chat path is proven).
 PRELOAD_CHAT = ("jinja2.sandbox", "jinja2.ext")

@@ -26,6 +26,7 @@ from typing import Any
 from tqdm import tqdm
 
 from packsft.errors import ConfigError, OutputError
+from packsft.render.flat_ids import stand_in_for_awkward
 from packsft.render.tokenizer import PackTokenizer
 from packsft.run import parent_death
 from packsft.run.executor import Executor, rerun_command
@@ -82,6 +83,7 @@ def _init_worker(job: UnitJob, threads: int) -> None:
         parent_death.die_with_parent(parent_death.fork_server_pid)
     parent_death.exit_with_parent_process()
     keep_freed_memory()
+    stand_in_for_awkward()
     # Must happen before the tokenizer's thread pool starts (at its first encode).
     os.environ["RAYON_NUM_THREADS"] = str(threads)
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
