@@ -39,6 +39,7 @@ from packsft.read.heldout import RecordSplit, record_key
 from packsft.read.inputs import JSON_SUFFIXES, Location, file_info, location_name, open_binary
 from packsft.read.json_input import BadLine, first_json_record, json_records
 from packsft.read.mix import RecordMix
+from packsft.read.plain_records import MESSAGES, PLAIN_SHAPES, Messages, plain_column, plain_messages
 from packsft.read.records import ROLE_ALIASES, Conversation, RecordRejected, RejectLedger
 from packsft.read.shapes import OPTIONAL, REQUIRED, to_conversation
 
@@ -187,7 +188,8 @@ def read_conversations(
     structs = source.parquet is not None
     batch: list[Conversation] = []
     filtered = chars = 0
-    for row, value, origin in _raw_records(source, name, batch_size, row_groups):
+    # Records a split or a mix decides on are read as mappings: both read the record's fields.
+    for row, value, origin in _raw_records(source, name, batch_size, row_groups, plain=split is None and mix is None):
         source.rows_read = row + 1
         if source_filter is not None and origin != source_filter:
             filtered += 1
@@ -199,8 +201,11 @@ def read_conversations(
             try:
                 if isinstance(value, _BadRecord):
                     raise RecordRejected(value.reason)
-                messages, extras = to_conversation(source.input_format, value, source.role_aliases, structs=structs,
-                                                   json_text=source.json_text)
+                if isinstance(value, PlainRecord):
+                    messages, extras = value.messages, None
+                else:
+                    messages, extras = to_conversation(source.input_format, value, source.role_aliases,
+                                                       structs=structs, json_text=source.json_text)
                 # A record without a `source` is counted under its file's name (stats' per-source table), after
                 # --source-filter, which matches only a `source` value.
                 batch.append(Conversation(messages, origin if origin is not None else name, name, row, extras, count))
@@ -223,24 +228,16 @@ class _BadRecord:
 
 
 def _raw_records(
-    source: InputFile, name: str, batch_size: int, row_groups: tuple[int, int] | None = None
+    source: InputFile, name: str, batch_size: int, row_groups: tuple[int, int] | None = None, *, plain: bool = False
 ) -> Iterator[tuple[int, Any, Any]]:
-    """(row, record as a mapping of the fields its shape reads, source value) of every record, parquet or JSON."""
+    """(row, record as a mapping of the fields its shape reads, source value) of every record, parquet or JSON.
+
+    `plain`: a plain record of a parquet file whose shape reads only a {role, content} `messages` column may come
+    as a PlainRecord, already validated (plain_records.py); the caller then needs no mapping of it."""
     if source.parquet is not None:
-        columns = list(source.columns) + ([SOURCE_COLUMN] if source.has_source else [])
-        metadata = source.parquet.metadata
-        start, stop = row_groups if row_groups is not None else (0, metadata.num_row_groups)
-        row = sum(metadata.row_group(i).num_rows for i in range(start))
-        groups = list(range(start, stop))
-        try:
-            for batch in source.parquet.iter_batches(batch_size=batch_size, columns=columns, row_groups=groups):
-                values = {column: batch.column(column).to_pylist() for column in source.columns}
-                origins = batch.column(SOURCE_COLUMN).to_pylist() if source.has_source else [None] * batch.num_rows
-                for i, origin in enumerate(origins):
-                    yield row, {column: values[column][i] for column in source.columns}, origin
-                    row += 1
-        except (pa.ArrowException, OSError) as exc:
-            raise InputError(f"{name}: failed while reading row {row} ({_first_line(exc)})") from None
+        parquet = source.parquet
+        yield from _parquet_records(source, parquet, name, batch_size, row_groups,
+                                    plain=plain and _reads_plain(source, parquet))
         return
     if row_groups is not None:
         raise InputError(f"{name}: JSON files have no row groups; they are read whole")
@@ -257,6 +254,44 @@ def _raw_records(
         else:
             origin = record.get(SOURCE_COLUMN)
             yield row, record, origin if isinstance(origin, str) else None
+
+
+def _parquet_records(
+    source: InputFile, parquet: pq.ParquetFile, name: str, batch_size: int, row_groups: tuple[int, int] | None, *,
+    plain: bool
+) -> Iterator[tuple[int, Any, Any]]:
+    columns = list(source.columns) + ([SOURCE_COLUMN] if source.has_source else [])
+    metadata = parquet.metadata
+    start, stop = row_groups if row_groups is not None else (0, metadata.num_row_groups)
+    row = sum(metadata.row_group(i).num_rows for i in range(start))
+    try:
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=columns, row_groups=list(range(start, stop))):
+            origins = batch.column(SOURCE_COLUMN).to_pylist() if source.has_source else [None] * batch.num_rows
+            chats = plain_messages(batch.column(MESSAGES), source.role_aliases) if plain else None
+            values = {column: batch.column(column).to_pylist() for column in source.columns} if chats is None else {}
+            for i, origin in enumerate(origins):
+                if chats is None:
+                    yield row, {column: values[column][i] for column in source.columns}, origin
+                elif (messages := chats[i]) is not None:
+                    yield row, PlainRecord(messages), origin
+                else:  # not plain: validated from its mapping, as any record
+                    yield row, {column: batch.column(column)[i].as_py() for column in source.columns}, origin
+                row += 1
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{name}: failed while reading row {row} ({_first_line(exc)})") from None
+
+
+def _reads_plain(source: InputFile, parquet: pq.ParquetFile) -> bool:
+    """Whether the file's shape reads nothing but a `messages` column that plain_records.py reads."""
+    return (source.input_format in PLAIN_SHAPES and not source.json_text and source.columns == (MESSAGES,)
+            and plain_column(parquet.schema_arrow.field(MESSAGES).type))
+
+
+@dataclass(frozen=True)
+class PlainRecord:
+    """A record whose (role, content) messages are read and valid: a conversation without extras."""
+
+    messages: Messages
 
 
 def record_keys(source: InputFile, display_name: str | None = None,
