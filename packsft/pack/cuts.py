@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -99,22 +100,26 @@ class SafeCuts:
 
     def _may_cut_a_tool_call(self, ids: np.ndarray, room: int) -> bool:
         """False where no tool call can be open at the room's end: no tag can open before it (every tag starts with
-        '<' or '[') or none is read at all. Half the turns are cut so, reading no text (`_opens_tag`)."""
-        if not self._opens_tag(ids[:room]):
+        '<' or '[') or none is read at all. Half the turns are cut so, reading no text (`_first_tag_start`). A tag
+        starts at or after the first token that holds '<' or '[': the text before that token is not read."""
+        first = self._first_tag_start(ids[:room])
+        if first < 0:
             return False
-        return TOOL_TAG.search("".join(self.texts.texts_of(ids[: room + LOOKAHEAD]))) is not None
+        return TOOL_TAG.search("".join(self.texts.texts_of(ids[first : room + LOOKAHEAD]))) is not None
 
     @functools.cached_property
     def _tag_starts(self) -> np.ndarray:
         """Per id (and one past the vocabulary, an id outside it): 1 where its text holds '<' or '[', 0 where not,
-        -1 where not read yet."""
-        starts = np.full(len(self.texts) + 1, -1, np.int8)
-        starts[-1] = 0  # TokenTexts reads an id outside the vocabulary as ""
+        -1 where not read yet. One array per TokenTexts (`_TAG_STARTS`), kept across the units of a process."""
+        starts = _TAG_STARTS.get(self.texts)
+        if starts is None:
+            starts = _TAG_STARTS[self.texts] = np.full(len(self.texts) + 1, -1, np.int8)
+            starts[-1] = 0  # TokenTexts reads an id outside the vocabulary as ""
         return starts
 
-    def _opens_tag(self, ids: np.ndarray) -> bool:
-        """Whether the text of `ids` holds '<' or '[': one array lookup where every id was read before (the text
-        of a cut's thousands of tokens, joined, took a tenth of the split of a ShareGPT unit)."""
+    def _first_tag_start(self, ids: np.ndarray) -> int:
+        """The index of the first of `ids` whose text holds '<' or '[', or -1: array lookups where every id was read
+        before (the text of a cut's thousands of tokens, joined, took a tenth of the split of a ShareGPT unit)."""
         starts = self._tag_starts
         ids = np.minimum(ids, len(starts) - 1)
         seen = starts[ids]
@@ -122,7 +127,14 @@ class SafeCuts:
             new = np.unique(ids[seen < 0])
             starts[new] = ["<" in text or "[" in text for text in self.texts.texts_of(new)]
             seen = starts[ids]
-        return bool((seen > 0).any())
+        first = int(np.argmax(seen > 0)) if len(seen) else 0
+        return first if len(seen) and seen[first] > 0 else -1
+
+
+# Per TokenTexts (one a tokenizer and process: render.tokenizer.token_texts), which of its ids hold '<' or '['
+# (SafeCuts._tag_starts): a unit's SafeCuts is new, and reading the texts of the ids its cuts meet again took 3 ms of
+# the split of each ShareGPT unit (GPT-2).
+_TAG_STARTS: weakref.WeakKeyDictionary[TokenTexts, np.ndarray] = weakref.WeakKeyDictionary()
 
 
 def _json_end(text: str, start: int) -> int:

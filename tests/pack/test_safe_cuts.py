@@ -48,6 +48,24 @@ def test_cut_never_falls_inside_a_tool_call(call):
         assert cut <= start or cut >= start + len(call), (room, text[:cut])
 
 
+@pytest.mark.parametrize("call", [
+    '<tool_call>\n{"name": "f", "arguments": {"q": "a. b\\nc"}}\n</tool_call>',
+    '[TOOL_CALLS][{"name": "f", "arguments": {"q": "a. b\\nc"}}]',
+])
+def test_without_lines_the_cut_moves_only_out_of_a_tool_call(call):
+    """--cut-at-lines off: the cut falls where the room ends, unless that is inside a tool call (a bracket before the
+    call opens no tag: the text is searched from the first token that holds one)."""
+    text = "Some [reasoning] here.\n" * 3 + call + " tail"
+    start = text.index(call[:3])
+    for safe in (SafeCuts(lambda: TEXTS, at_lines=False), SafeCuts(lambda: TEXTS, at_lines=False)):  # flags kept
+        for room in range(1, len(text) - 1):
+            cut = safe.cut(ids(text), room)
+            if start < room < start + len(call):
+                assert cut <= start or cut >= start + len(call), (room, text[:cut])
+            else:
+                assert cut == room
+
+
 def test_spans_of_json_without_a_closing_tag_end_with_the_json():
     safe = SafeCuts(lambda: TEXTS)
     text = '[TOOL_CALLS][{"a": "]}"}] after'
