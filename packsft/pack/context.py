@@ -30,6 +30,16 @@ from packsft.render.batch import ASSISTANT_CODE, SYSTEM_CODE, TOOL_CODE, USER_CO
 CONTINUATION_SHARE = 0.125
 
 
+class ContextPlan(NamedTuple):
+    """What re-opens a piece at a message (`ContextPlanner.plan`), with the two figures the cut chooser reads of it for
+    every boundary it weighs, worked out once."""
+
+    spans: list[ContextSpan]
+    results_whole: bool  # the tool results the piece's first turn answers are all among the spans
+    length: int  # tokens the spans repeat (beside the head)
+    shortens: bool  # a span is shortened, or tool results are left out
+
+
 class ContextSpan(NamedTuple):
     """A span a piece repeats as context, masked: ids[lo:hi], from message `message` on; whole where it fits in
     `room`, else shortened to its `head` header tokens, its start and its end (pieces.PieceBuilder.add_context)."""
@@ -48,8 +58,8 @@ class ContextPlanner:
 
     spans: MessageSpans
     share: float = CONTEXT_SHARE  # the most of a row that copied context may take
-    # plan(i) per message i, planned once: the cut chooser asks for the same boundaries again and again.
-    _plans: dict[int, tuple[list[ContextSpan], bool]] = field(default_factory=dict, init=False, compare=False)
+    # The plan per message i, planned once: the cut chooser asks for the same boundaries again and again.
+    _plans: dict[int, ContextPlan] = field(default_factory=dict, init=False, compare=False)
 
     @functools.cached_property
     def budget(self) -> int:
@@ -60,8 +70,11 @@ class ContextPlanner:
         """Tokens of the conversation's head (BOS, a tools block the template opens with) in a piece that opens at
         message i: all of them, or, where they leave no room for the body (hundreds of tool definitions in a short
         row), the context budget (pieces.PieceBuilder.add_shortened keeps the head's first token, its start and its end)."""
+        return self._head_room(self.reserve(i))
+
+    def _head_room(self, reserve: int) -> int:
         s = self.spans
-        head, fits = s.head_end - s.start, s.capacity - self.reserve(i)
+        head, fits = s.head_end - s.start, s.capacity - reserve
         return head if head <= fits else max(min(self.budget, fits), 0)
 
     def reserve(self, i: int) -> int:
@@ -97,9 +110,17 @@ class ContextPlanner:
 
     def plan(self, i: int) -> tuple[list[ContextSpan], bool]:
         """`_plan(i)`, planned once per message (the list is shared: do not change it)."""
-        if i not in self._plans:
-            self._plans[i] = self._plan(i)
-        return self._plans[i]
+        planned = self._planned(i)
+        return planned.spans, planned.results_whole
+
+    def _planned(self, i: int) -> ContextPlan:
+        planned = self._plans.get(i)
+        if planned is None:
+            context, results_whole = self._plan(i)
+            length = sum(min(part.hi - part.lo, part.room) for part in context)
+            shortens = not results_whole or any(part.hi - part.lo > part.room for part in context)
+            planned = self._plans[i] = ContextPlan(context, results_whole, length, shortens)
+        return planned
 
     def _plan(self, i: int) -> tuple[list[ContextSpan], bool]:
         """The spans that re-open a piece at message i: the system message, the prompting user message and the
@@ -115,16 +136,20 @@ class ContextPlanner:
         s, first_msg = self.spans, self.spans.msgs[i]
         system = s.system if s.system is not None and s.system < first_msg else None
         prompt = s.prompt_before(i) if s.roles[i] != USER_CODE else None
-        budget = min(self.budget, s.capacity - self.reserve(i)) - self.head_room(i)
-        size = {m: s.span(m)[1] - s.span(m)[0] for m in (system, prompt) if m is not None}
-        rooms = dict(size)
-        if sum(size.values()) > budget:
+        reserve = self.reserve(i)
+        budget = min(self.budget, s.capacity - reserve) - self._head_room(reserve)
+        system_size = s.size(system) if system is not None else 0
+        prompt_size = s.size(prompt) if prompt is not None else 0
+        system_room, prompt_room = system_size, prompt_size
+        if system_size + prompt_size > budget:
             if system is not None:
-                rooms[system] = min(size[system], budget // 4 if prompt is not None else budget)
+                system_room = min(system_size, budget // 4 if prompt is not None else budget)
             if prompt is not None:
-                rooms[prompt] = budget - (rooms[system] if system is not None else 0)
-        context = [self._message(m, rooms[m], prompt=m == prompt) for m in (system, prompt) if m is not None]
-        left = budget - sum(rooms.values())
+                prompt_room = budget - system_room
+        context = [] if system is None else [self._message(system, system_room)]
+        if prompt is not None:
+            context.append(self._message(prompt, prompt_room, prompt=True))
+        left = budget - system_room - prompt_room
         exchange, results_whole = self._exchange(first_msg, prompt, left)
         turn = self._turn_so_far(i, exchange, left - sum(size for _, size in exchange))
         return context + turn + [self._message(m, size) for m, size in exchange], results_whole
@@ -169,13 +194,11 @@ class ContextPlanner:
 
     def length(self, i: int) -> int:
         """Tokens of context a piece that opens at message i repeats (beside its head)."""
-        context, _ = self.plan(i)
-        return sum(min(part.hi - part.lo, part.room) for part in context)
+        return self._planned(i).length
 
     def would_shorten(self, i: int) -> bool:
         """Whether a piece re-opened at message i would shorten its context (or leave out tool results)."""
-        context, results_whole = self.plan(i)
-        return not results_whole or any(part.hi - part.lo > part.room for part in context)
+        return self._planned(i).shortens
 
     def question_room(self, m: int, length: int, tail: int) -> int:
         """Room for the end of message m, a question too long to fit whole, in a piece of `length` tokens so far."""

@@ -81,6 +81,10 @@ class MessageSpans:
     def span(self, m: int) -> tuple[int, int]:
         return self.starts[m - self._first], self.ends[m - self._first]
 
+    def size(self, m: int) -> int:
+        """Tokens of message m."""
+        return self.ends[m - self._first] - self.starts[m - self._first]
+
     def header(self, m: int) -> int:
         """Tokens of message m's header, kept whole when a message is shortened or cut."""
         return self.headers[m - self._first]
