@@ -9,6 +9,6 @@ arrays out; no I/O, no tokenizer calls beyond re-encoding context headers.
       labels.py      label accounting: prompt starts, message starts, answers, prefix sums
       table.py       PieceTable and SplitCounts, what split_long returns
     bins.py          pack_bestfit, pack_aligned: assign pieces to rows
-    segment_tree.py  the best-fit index of bins.py and the filler pool of cuts.py
+    segment_tree.py  the best-fit index of bins.py
     rows.py          build_chunks, build_linear_chunks: tokens, label-aligned loss mask, segment boundaries
 """

@@ -1,7 +1,7 @@
 """A multiset of lengths 0..capacity as a segment tree: best-fit queries in O(log capacity).
 
 `bins.py` keeps the rows' remaining rooms in one (the best-fit index: the smallest room that still holds a
-piece), `cuts.py` the short pieces free to fill holes (the longest piece that fits a hole).
+piece).
 """
 
 from __future__ import annotations
@@ -43,24 +43,6 @@ class LengthTree:
                 i += 1
                 while i < size:
                     i = 2 * i if count[2 * i] else 2 * i + 1
-                return i - size
-            i //= 2
-        return None
-
-    def largest_at_most(self, x: int) -> int | None:
-        """The largest length <= x that some item has, or None."""
-        if x < 0:
-            return None
-        count, size = self.count, self.size
-        # The mirror of smallest_at_least: collect left siblings, descend into the last non-empty one.
-        i = min(x, size - 1) + size
-        if count[i]:
-            return i - size
-        while i > 1:
-            if i % 2 == 1 and count[i - 1]:
-                i -= 1
-                while i < size:
-                    i = 2 * i + 1 if count[2 * i + 1] else 2 * i
                 return i - size
             i //= 2
         return None

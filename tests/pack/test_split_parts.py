@@ -57,8 +57,6 @@ def test_length_tree_answers_as_a_scan_of_the_counts(capacity, data):
         else:
             tree.add(length, 1)
             held.append(length)
-        for x in range(-1, capacity + 2):
-            assert tree.largest_at_most(x) == max((n for n in held if n <= x), default=None)
         for x in range(capacity + 1):
             assert tree.smallest_at_least(x) == min((n for n in held if n >= x), default=None)
 
@@ -83,6 +81,32 @@ def test_filler_pool_fills_as_best_fit_over_the_free_lengths(lengths, holes):
             if not length:
                 break
             free.remove(length)
+            expected.append(length)
+            left -= length
+        assert pool.fill(hole) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(0, 12), max_size=10), data=st.data())
+def test_filler_pool_fills_as_best_fit_after_adds_and_takes(lengths, data):
+    pool, free = FillerPool(np.asarray(lengths, np.int64), capacity=12), list(lengths)
+    for _ in range(data.draw(st.integers(0, 8))):
+        hole = data.draw(st.integers(0, 14))
+        if free and data.draw(st.booleans()):
+            taken = pool.fill(hole)
+            pool.take(taken)
+            for length in taken:
+                free.remove(length)
+        else:
+            length = data.draw(st.integers(0, 12))
+            pool.add(length)
+            free.append(length)
+        expected, left, ordered = [], hole, sorted(free, reverse=True)
+        while left > 0 and len(expected) < FILLERS_PER_HOLE:
+            length = next((n for n in ordered if n <= left), 0)
+            if not length:
+                break
+            ordered.remove(length)
             expected.append(length)
             left -= length
         assert pool.fill(hole) == expected
