@@ -38,7 +38,7 @@ class Mark(NamedTuple):
     prompt_whole: bool
     results_whole: bool
     tally: tuple[int, ...]  # the builder's counters then, in TALLY's order
-    view: tuple[int, int] = (-1, -1)  # the batch span its last part was a view of (PieceBuilder._view), since widened
+    view: tuple[int, int] = (-1, -1)  # the batch span the piece's last part was to be a view of (PieceBuilder._view)
 
 
 # The counters a builder changes while it adds spans, kept as a list (a snapshot per mark is a tuple of it, not a
@@ -60,7 +60,7 @@ class PieceBuilder:
     start_share: float = 0.0  # of a shortened message's kept tokens, the share from its start (--prompt-start-share)
     _tally: list[int] = field(default_factory=lambda: [0] * len(TALLY), init=False)  # what the pieces count
     _pieces: list[Piece] = field(default_factory=list, init=False)
-    _ids: list[np.ndarray] = field(default_factory=list, init=False)  # the open piece's parts
+    _ids: list[np.ndarray] = field(default_factory=list, init=False)  # the open piece's parts (but `_view`)
     _flags: list[np.ndarray] = field(default_factory=list, init=False)
     _marks: list[Mark] = field(default_factory=list, init=False)
     _length: int = field(default=0, init=False)  # tokens in the open piece
@@ -69,9 +69,10 @@ class PieceBuilder:
     _prompt_whole: bool = field(default=True, init=False)  # the prompting user message is wholly in the piece
     _results_whole: bool = field(default=True, init=False)  # ... and so are the tool results the turn answers
     _msg_whole: bool = field(default=True, init=False)  # the message being added started in this piece
-    # The batch span ids[lo:hi] (and its flags) that the open piece's last part is a view of, as it is; (-1, -1) where
-    # that part is not one (masked, a marker). A span added right after it widens that part (`_append`): a run of
-    # whole messages is one part, not one a message (joining the parts of a ShareGPT unit's 15k spans cost 10 ms).
+    # The open piece's last part where it is a span ids[lo:hi] of the batch with its own flags, not yet sliced into
+    # `_ids` (`_flush`); (-1, -1) where there is none. A span added right after it widens it (`_append`): a run of
+    # whole messages is one part, not one a message (joining the parts of a ShareGPT unit's 15k spans cost 10 ms),
+    # sliced once, not at each message it grows by.
     _view: tuple[int, int] = field(default=(-1, -1), init=False)
 
     @property
@@ -217,22 +218,27 @@ class PieceBuilder:
         self._append(lo, hi, flags)
 
     def _append(self, lo: int, hi: int, flags: np.ndarray | None) -> None:
-        """Append ids[lo:hi] with `flags`, or (None) the batch's own flags: then as a view of the batch that widens the
-        last part where that one is a view ending at lo (`_view`)."""
-        batch = self.batch
+        """Append ids[lo:hi] with `flags`, or (None) the batch's own flags: then as the pending view (`_view`), widened
+        where that one ends at lo."""
+        view = self._view
         if flags is not None:
-            self._ids.append(batch.ids[lo:hi])
+            self._flush()
+            self._ids.append(self.batch.ids[lo:hi])
             self._flags.append(flags)
-            self._view = (-1, -1)
-        elif self._view[1] == lo and self._ids:
-            start = self._view[0]
-            self._ids[-1], self._flags[-1] = batch.ids[start:hi], batch.flags[start:hi]
-            self._view = (start, hi)
+        elif view[1] == lo:
+            self._view = (view[0], hi)
         else:
-            self._ids.append(batch.ids[lo:hi])
-            self._flags.append(batch.flags[lo:hi])
+            self._flush()
             self._view = (lo, hi)
         self._length += hi - lo
+
+    def _flush(self) -> None:
+        """Slice the pending view (`_view`) into the piece's parts."""
+        lo, hi = self._view
+        if lo >= 0:
+            self._ids.append(self.batch.ids[lo:hi])
+            self._flags.append(self.batch.flags[lo:hi])
+            self._view = (-1, -1)
 
     def _count_labels(self, prompted: int, answers: int, trained: int) -> None:
         """Count the trained labels of a span added to the piece: complete where their prompt (and tool results)
@@ -251,9 +257,9 @@ class PieceBuilder:
     def add_marker(self, omitted: int) -> None:
         ids = self.marker(omitted) if self.marker else []
         if ids:
+            self._flush()
             self._ids.append(np.asarray(ids, TOKEN_ID_DTYPE))
             self._flags.append(np.zeros(len(ids), np.uint8))
-            self._view = (-1, -1)
             self._length += len(ids)
 
     def add_end_of(self, lo: int, hi: int, room: int, *, zero: bool) -> int:
@@ -311,15 +317,14 @@ class PieceBuilder:
         """Back to the mark before message `index`, as if it and what followed had not been added."""
         mark = next(mark for mark in self._marks if mark.message == index)
         del self._ids[mark.parts :], self._flags[mark.parts :]
-        self._view = mark.view
-        if mark.view[0] >= 0:  # the last part then, widened since
-            self._ids[-1], self._flags[-1] = self.batch.ids[slice(*mark.view)], self.batch.flags[slice(*mark.view)]
+        self._view = mark.view  # pending then, whether widened or sliced since
         self._length, self._trained, self._prompt_whole = mark.length, mark.trained, mark.prompt_whole
         self._results_whole = mark.results_whole
         self._tally = list(mark.tally)
 
     def close(self) -> None:
         """Close the open piece; the next one starts empty."""
+        self._flush()
         self._pieces.append(Piece(self._ids, self._flags, self._length))
         self._ids, self._flags, self._marks, self._length, self._trained, self._has_body = [], [], [], 0, 0, False
         self._view = (-1, -1)
