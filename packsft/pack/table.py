@@ -76,8 +76,10 @@ class Collector:
     prefix: LabelPrefix
     ids: list[np.ndarray] = field(default_factory=list)
     flags: list[np.ndarray] = field(default_factory=list)
-    lengths: list[np.ndarray] = field(default_factory=list)
-    conv: list[np.ndarray] = field(default_factory=list)
+    # Per piece, in runs: an array per run of whole conversations, a list per split one (two arrays a conversation
+    # cost 2 us each; `table` joins them all at once).
+    lengths: list[np.ndarray | list[int]] = field(default_factory=list)
+    conv: list[np.ndarray | list[int]] = field(default_factory=list)
     _conv_lengths: np.ndarray = field(init=False)  # the batch's, read once (each is a np.diff of its offsets)
 
     def __post_init__(self) -> None:
@@ -109,8 +111,8 @@ class Collector:
         for piece in pieces:
             self.ids += piece.ids
             self.flags += piece.flags
-        self.lengths.append(np.asarray([piece.length for piece in pieces], np.int64))
-        self.conv.append(np.full(len(pieces), c, np.int64))
+        self.lengths.append([piece.length for piece in pieces])
+        self.conv.append([c] * len(pieces))
 
     def add_truncated(self, c: int, capacity: int) -> SplitCounts:
         """The first L+1 tokens of conversation c; every label kept starts in its own message's piece."""
@@ -124,10 +126,10 @@ class Collector:
                            answer_labels_complete=answers, answer_labels_whole=answers)
 
     def table(self) -> PieceTable:
-        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
+        lengths = np.concatenate(self.lengths, dtype=np.int64) if self.lengths else np.zeros(0, np.int64)
         return PieceTable(
             ids=np.concatenate(self.ids) if self.ids else np.zeros(0, TOKEN_ID_DTYPE),
             flags=np.concatenate(self.flags) if self.flags else np.zeros(0, np.uint8),
             offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-            conv=np.concatenate(self.conv) if self.conv else np.zeros(0, np.int64),
+            conv=np.concatenate(self.conv, dtype=np.int64) if self.conv else np.zeros(0, np.int64),
         )
