@@ -75,15 +75,7 @@ def test_filler_pool_fills_a_hole_longest_first_and_takes_only_when_told():
 def test_filler_pool_fills_as_best_fit_over_the_free_lengths(lengths, holes):
     pool = FillerPool(np.asarray(lengths, np.int64), capacity=12)
     for hole in holes:  # judging a hole takes nothing: each is filled from all the lengths
-        free, expected, left = sorted(lengths, reverse=True), [], hole
-        while left > 0 and len(expected) < FILLERS_PER_HOLE:
-            length = next((n for n in free if n <= left), 0)
-            if not length:
-                break
-            free.remove(length)
-            expected.append(length)
-            left -= length
-        assert pool.fill(hole) == expected
+        assert pool.fill(hole) == best_fit(lengths, hole)
 
 
 @settings(max_examples=200, deadline=None)
@@ -101,15 +93,20 @@ def test_filler_pool_fills_as_best_fit_after_adds_and_takes(lengths, data):
             length = data.draw(st.integers(0, 12))
             pool.add(length)
             free.append(length)
-        expected, left, ordered = [], hole, sorted(free, reverse=True)
-        while left > 0 and len(expected) < FILLERS_PER_HOLE:
-            length = next((n for n in ordered if n <= left), 0)
-            if not length:
-                break
-            ordered.remove(length)
-            expected.append(length)
-            left -= length
-        assert pool.fill(hole) == expected
+        assert pool.fill(hole) == best_fit(free, hole)
+
+
+def best_fit(lengths: list[int], hole: int) -> list[int]:
+    """The free lengths best-fit puts into a hole: the longest that fits, repeatedly (the reference)."""
+    free, chosen = sorted(lengths, reverse=True), []
+    while hole > 0 and len(chosen) < FILLERS_PER_HOLE:
+        length = next((n for n in free if n <= hole), 0)
+        if not length:
+            break
+        free.remove(length)
+        chosen.append(length)
+        hole -= length
+    return chosen
 
 
 # --- piece builder ---------------------------------------------------------------------------------------------
