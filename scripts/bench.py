@@ -381,7 +381,7 @@ def bench_pack(data_dir: Path, strategy: str, mask: str, extra: list[str], cold:
     }
 
 
-FRONTIER_ROUNDS = 3  # gigatoken alone and the pack alternate this many times (issue 29's ratios)
+FRONTIER_ROUNDS = 5  # gigatoken alone and the pack alternate this many times (issue 29's ratios)
 
 
 def bench_frontier(data_dir: Path) -> list[dict]:
@@ -404,6 +404,17 @@ def bench_frontier(data_dir: Path) -> list[dict]:
 
 
 ISSUE_SHARDS = 4  # issue 29 states its ratios on ShareGPT shards 0-3
+
+
+def bench_frontiers(data_dir: Path, shards: int) -> list[tuple[int, list[dict]]]:
+    """bench_frontier on all the shards of `data_dir`, and on its first ISSUE_SHARDS where it has more."""
+    runs = [(shards, bench_frontier(data_dir))]
+    if shards > ISSUE_SHARDS:
+        with tempfile.TemporaryDirectory() as first:
+            for path in sorted(data_dir.glob("*.parquet"))[:ISSUE_SHARDS]:
+                (Path(first) / path.name).symlink_to(path.resolve())
+            runs.append((ISSUE_SHARDS, bench_frontier(Path(first))))
+    return runs
 
 
 def frontier_lines(runs: list[tuple[int, list[dict]]]) -> list[str]:
@@ -624,9 +635,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=int, default=8, help="how many ShareGPT shards to use (default all 8)")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="the Markdown file to write")
-    parser.add_argument("--only", choices=["tools", "repack"],
+    parser.add_argument("--only", choices=["tools", "repack", "frontier"],
                         help="run only this section and replace it in --out in place (tools: qwen3 tool calling; "
-                        "repack: re-packing from the rendered-token store)")
+                        "repack: re-packing from the rendered-token store; frontier: against gigatoken alone)")
     args = parser.parse_args()
     # packsft's bytecode, compiled as installing a package does: where PYTHONDONTWRITEBYTECODE is set (this machine),
     # every packsft process would otherwise compile its modules again (~0.4 s a pack), which the peers, installed
@@ -647,6 +658,13 @@ def main() -> None:
         data_dir = Path(tmp)
         for path in sorted(DATA.glob("*.parquet"))[: args.shards]:
             (data_dir / path.name).symlink_to(path)
+        if args.only == "frontier":
+            print("against gigatoken alone, alternating ...", flush=True)
+            lines = frontier_lines(bench_frontiers(data_dir, args.shards))
+            out = Path(args.out)
+            out.write_text(splice_section(out.read_text() if out.exists() else "# Benchmarks\n", lines))
+            print("\n".join(lines))
+            return
         if args.only == "repack":
             print("repack vs a fresh pack ...", flush=True)
             lines = repack_lines(bench_repack(data_dir), f"python scripts/bench.py --shards {args.shards} --only repack",
@@ -673,12 +691,7 @@ def main() -> None:
             print(f"pack {strategy} {mask} {' '.join(extra)}{' cold' * cold} ...", flush=True)
             results.append(bench_pack(data_dir, strategy, mask, extra, cold))
         print("against gigatoken alone, alternating ...", flush=True)
-        frontier = [(args.shards, bench_frontier(data_dir))]
-        if args.shards > ISSUE_SHARDS:
-            with tempfile.TemporaryDirectory() as first:
-                for path in sorted(data_dir.glob("*.parquet"))[:ISSUE_SHARDS]:
-                    (Path(first) / path.name).symlink_to(path.resolve())
-                frontier.append((ISSUE_SHARDS, bench_frontier(Path(first))))
+        frontier = bench_frontiers(data_dir, args.shards)
         print("qwen3 chat: packsft vs datasets + TRL ...", flush=True)
         chat = bench_chat(data_dir)
         if chat is not None:
