@@ -31,6 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -100,7 +101,11 @@ def read_bpe_spec(serialized: str, check_order: bool = True) -> BpeSpec:
 
     `check_order=False` skips the merge-order check, for a tokenizer whose encoder is already proven.
     """
-    spec = json.loads(serialized)
+    return bpe_spec(json.loads(serialized), check_order)
+
+
+def bpe_spec(spec: dict[str, Any], check_order: bool = True) -> BpeSpec:
+    """`read_bpe_spec` of the tokenizer JSON already parsed."""
     nfc = _normalizer(spec.get("normalizer"))
     pattern = _pattern(spec.get("pre_tokenizer"))
     model = spec.get("model") or {}
@@ -291,12 +296,17 @@ class GigatokenSource:
     """What a GigatokenEncoder is built from, derived from the serialized tokenizer: the tokenizer.json gigatoken
     reads (special added tokens made plain, NFC left to HF's normalizer) and the facts the encoder keeps. Deriving
     it parses and writes the whole JSON (qwen3: 0.25 s); `entry` / `from_entry` keep it in the tokenizer cache,
-    so that a worker builds gigatoken without that (PackTokenizer.fast)."""
+    so that a worker builds gigatoken without that (PackTokenizer.fast). Where the cache also keeps a rank file
+    proven to build the same tokenizer (rank_file.py), gigatoken is built from it: `ranks`, with gigatoken's name
+    for its pretokenizer `scheme` and its added tokens `rank_added`."""
 
     plain_json: bytes
     special_tokens: dict[str, int]
     nfc: bool
     byte_level: bool
+    ranks: Path | None = None
+    scheme: str | None = None
+    rank_added: dict[str, int] | None = None
 
     @staticmethod
     def of(serialized: str) -> GigatokenSource:
@@ -324,6 +334,18 @@ class GigatokenSource:
                                nfc=bool(entry["nfc"]), byte_level=bool(entry["byte_level"]))
 
 
+def rank_tokenizer(path: Path, scheme: str, added: dict[str, int]) -> Any:
+    """gigatoken's tokenizer from a rank file, or FastEncoderRefused (gigatoken raises, or panics: a BaseException)."""
+    import gigatoken
+
+    try:
+        return gigatoken.Tokenizer.from_tiktoken(str(path), pretokenizer=scheme, special_tokens=added)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - pyo3's PanicException is a BaseException
+        raise FastEncoderRefused(f"gigatoken's rank loader does not read it: {str(exc).splitlines()[0]}") from None
+
+
 class GigatokenEncoder:
     """Encodes texts with gigatoken, as the HF tokenizer it was proven against does.
 
@@ -345,14 +367,29 @@ class GigatokenEncoder:
         self.special_tokens = dict(source.special_tokens)
         self.byte_level = source.byte_level
         # Kept for rebuilds (GIGATOKEN_REBUILD_CHARS); gigatoken keeps this object.
-        self._json = source.plain_json
+        self._json, self._source = source.plain_json, source
+        self.built_from = "json"  # or "ranks" (GigatokenSource.ranks)
         try:
-            self._tokenizer = gigatoken.Tokenizer.from_json(self._json)
+            self._tokenizer = self._build(gigatoken)
         except Exception as exc:  # gigatoken raises RuntimeError/ValueError for what it does not read
             raise FastEncoderRefused(f"gigatoken does not read it: {str(exc).strip().splitlines()[0]}") from None
         self._chars = 0  # characters encoded since the tokenizer was built (GIGATOKEN_REBUILD_CHARS)
         self._nfc = NFC() if source.nfc else None
         self._parallel = threads > 1
+
+    def _build(self, gigatoken: Any) -> Any:
+        """gigatoken's tokenizer: from the source's rank file where it has one that loads, else from its JSON."""
+        source = self._source
+        if source.ranks is not None and source.scheme is not None:
+            try:
+                built = rank_tokenizer(source.ranks, source.scheme, source.rank_added or {})
+            except FastEncoderRefused:
+                pass
+            else:
+                self.built_from = "ranks"
+                return built
+        self.built_from = "json"
+        return gigatoken.Tokenizer.from_json(self._json)
 
     @property
     def plain_json(self) -> bytes:
@@ -395,7 +432,7 @@ class GigatokenEncoder:
             # The old tokenizer goes first: built beside it, the new one held both at once and the heap fragmented,
             # so that RSS climbed ~25 MiB a rebuild (qwen3 over 350 M characters: +154 MiB; now flat at +86-101).
             del self._tokenizer
-            self._tokenizer, self._chars = gigatoken.Tokenizer.from_json(self._json), 0
+            self._tokenizer, self._chars = self._build(gigatoken), 0
         if self._nfc is None:
             return texts
         # ASCII text is NFC already, and most content is ASCII; most of the rest is made of characters NFC never changes.

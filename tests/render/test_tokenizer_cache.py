@@ -125,7 +125,7 @@ def test_gigatokens_input_is_kept_and_a_damaged_entry_is_derived_again(tmp_path,
     tokenizer = load_tokenizer(str(_copy_tokenizer(demo_tokenizer_dir, tmp_path / "tok")), "roles")
     derived = encoder_module.GigatokenSource.of(tokenizer.serialized)
     assert tokenizer_module.gigatoken_source(tokenizer.fingerprint, tokenizer.serialized) == derived
-    entry = cache_dir() / "gigatoken" / f"{cache_key('gigatoken', {'fingerprint': tokenizer.fingerprint})}.json"
+    entry = cache_dir() / "gigatoken" / f"{tokenizer_module.gigatoken_key(tokenizer.fingerprint)}.json"
     # Read back, not derived: deriving would parse the serialized tokenizer, which is not JSON here.
     assert tokenizer_module.gigatoken_source(tokenizer.fingerprint, "not json") == derived
     # Bytes that do not match the entry's hash are derived again (and the entry rewritten).
