@@ -38,7 +38,7 @@ from packsft.render.encoder import (
     fast_encoder,
 )
 from packsft.render.rank_file import proven_ranks
-from packsft.render.tokenizer_cache import cache_dir, cache_key, read_entry, write_entry
+from packsft.render.tokenizer_cache import cache_dir, cache_key, claim, read_entry, write_entry
 
 BOS_TOKEN = "<|beginoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -595,13 +595,18 @@ def _fast_verdict(tokenizer: PackTokenizer, backend: Backend, prove: bool, threa
     return refused
 
 
+# A rank file being looked for longer than this was left by a process that died: looked for again.
+RANKS_CLAIM_SECONDS = 600
+
+
 def gigatoken_source(fingerprint: str, serialized: str) -> GigatokenSource:
     """What gigatoken is built from for this tokenizer: from the tokenizer cache where kept, else derived and kept.
 
     Deriving it parses and rewrites the whole tokenizer JSON (qwen3: 0.25 s, GPT-2: 0.06 s), which every worker
     of every pack paid before it encoded anything; the cached entry reads in 0.04 s. An entry whose bytes do not
     match its own hash is derived again. Deriving also looks for a rank file that builds the same tokenizer in half
-    the time (rank_file.py; qwen3 2.4 s, GPT-2 1.2 s, once per tokenizer), kept beside the entry.
+    the time (rank_file.py; qwen3 2.4 s, GPT-2 1.2 s, once per tokenizer), kept beside the entry: one worker of a
+    pack looks (a claim); an entry another one writes meanwhile names none, and the looker's replaces it.
     """
     key = gigatoken_key(fingerprint)
     entry = read_entry("gigatoken", key)
@@ -612,11 +617,16 @@ def gigatoken_source(fingerprint: str, serialized: str) -> GigatokenSource:
                 return _with_ranks(source, entry)
     source = GigatokenSource.of(serialized)
     folder = cache_dir()
-    proven = proven_ranks(source, folder / "gigatoken" / f"{key}.tiktoken") if folder is not None else None
+    # One worker looks for the rank file (qwen3: 2.4 s); the others write the entry without one and go on packing.
+    claimed = folder / "gigatoken" / f".claim-{key}" if folder is not None else None
+    looks = claimed is not None and claim(claimed, RANKS_CLAIM_SECONDS)
+    proven = proven_ranks(source, claimed.with_name(f"{key}.tiktoken")) if looks and claimed is not None else None
     ranks = {} if proven is None or proven.ranks is None else {
         "ranks": proven.ranks.name, "scheme": proven.scheme, "rank_added": proven.rank_added,
         "ranks_sha256": hashlib.sha256(proven.ranks.read_bytes()).hexdigest()}
     write_entry("gigatoken", key, {**source.entry(), "sha256": hashlib.sha256(source.plain_json).hexdigest(), **ranks})
+    if looks and claimed is not None:
+        claimed.unlink(missing_ok=True)
     return proven or source
 
 

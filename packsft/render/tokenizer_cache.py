@@ -15,10 +15,12 @@ folder (default `$XDG_CACHE_HOME/packsft` or `~/.cache/packsft`); `PACKSFT_CACHE
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -85,3 +87,18 @@ def write_entry(kind: str, key: str, entry: dict[str, Any]) -> None:
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)
+
+
+def claim(path: Path, stale_seconds: float) -> bool:
+    """Whether this process made the claim file `path`: created it first, or found it older than `stale_seconds`
+    (its maker died). One of several workers that would each make the same cached thing makes it; the others go on
+    without it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - path.stat().st_mtime > stale_seconds:
+                path.unlink()
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except OSError:
+        return False
+    return True

@@ -22,7 +22,6 @@ import io
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from packsft.read.records import RejectLedger
 from packsft.render.batch import RenderedBatch
 from packsft.render.markers import Marker, marker_encoder
 from packsft.render.tokenizer import TOKEN_ID_DTYPE
+from packsft.render.tokenizer_cache import claim
 from packsft.stages import ReadUnit
 from packsft.stats import ChatTurns, ReadCounts
 from packsft.write.layout import FORMAT_VERSION, storage_dtype
@@ -161,8 +161,8 @@ class RenderedStore:
         """Keep the marker encoder of this tokenizer, `spec()` (render/markers.marker_spec; None: there is none),
         where the store has none yet; like an entry, written whole or not at all."""
         path = self._marker_path(fingerprint)
-        claim = path.with_name(f".claim-{path.name}")
-        if path.exists() or not _claim(claim):
+        claimed = path.with_name(f".claim-{path.name}")
+        if path.exists() or not claim(claimed, CLAIM_SECONDS):
             return  # kept, or another worker of the pack is making it (0.3 s for qwen3: one pays it)
         made = spec()
         if made is None:
@@ -171,7 +171,7 @@ class RenderedStore:
         try:
             tmp.write_text(json.dumps({"sha256": hashlib.sha256(made.encode()).hexdigest(), "spec": made}))
             os.replace(tmp, path)
-            claim.unlink()
+            claimed.unlink()
         except OSError:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -182,19 +182,6 @@ class RenderedStore:
     def size(self) -> int:
         """Bytes the store's entries take."""
         return sum(path.stat().st_size for path in self.root.rglob("*") if path.is_file())
-
-
-def _claim(claim: Path) -> bool:
-    """Whether this process made `claim` (created it first, or found it older than CLAIM_SECONDS: its maker died)."""
-    try:
-        claim.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            if time.time() - claim.stat().st_mtime > CLAIM_SECONDS:
-                claim.unlink()
-        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except OSError:
-        return False
-    return True
 
 
 def _batch(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> RenderedBatch:

@@ -19,7 +19,7 @@ from packsft.render.encoder import (
     rank_tokenizer,
 )
 from packsft.render.rank_file import rank_file
-from packsft.render.tokenizer import gigatoken_source
+from packsft.render.tokenizer import gigatoken_key, gigatoken_source
 
 pytest.importorskip("gigatoken", reason="gigatoken is not installed (a runtime dependency: pip install -e .)")
 
@@ -74,3 +74,18 @@ def test_a_rank_file_the_loader_cannot_read_is_refused_not_a_crash(gpt2_dir, tmp
     path.write_bytes(content + f"{base64.b64encode(b'<|endoftext|>').decode()} 50256\n".encode())
     with pytest.raises(FastEncoderRefused, match="rank loader"):
         rank_tokenizer(path, "gpt2", {})
+
+
+def test_one_worker_looks_for_the_rank_file_the_others_go_on(gpt2_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PACKSFT_CACHE", str(tmp_path / "cache"))
+    tokenizer = _tokenizer(gpt2_dir)
+    key = gigatoken_key(tokenizer.fingerprint)
+    held = tmp_path / "cache" / "gigatoken" / f".claim-{key}"
+    held.parent.mkdir(parents=True)
+    held.touch()  # another worker is looking
+    assert gigatoken_source(tokenizer.fingerprint, tokenizer.serialized).ranks is None
+    (tmp_path / "cache" / "gigatoken" / f"{key}.json").unlink()  # as if that worker had died before writing
+    held.unlink()
+    looked = gigatoken_source(tokenizer.fingerprint, tokenizer.serialized)
+    assert looked.scheme == "gpt2" and not held.exists()
+    assert gigatoken_source(tokenizer.fingerprint, tokenizer.serialized) == looked  # its entry names the file
