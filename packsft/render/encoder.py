@@ -178,12 +178,19 @@ def _check_model(model: dict[str, Any]) -> None:
         raise FastEncoderRefused("BPE options (dropout, byte fallback, subword prefix/suffix) are not reproduced")
 
 
+def merge_pair(merge: str | list[str]) -> tuple[str, str]:
+    """The two tokens of a BPE merge as tokenizer.json spells it: "left right", or ["left", "right"]."""
+    if isinstance(merge, str):
+        left, _, right = merge.partition(" ")
+        return left, right
+    return merge[0], merge[1]
+
+
 def _check_merge_order(model: dict[str, Any]) -> None:
     """Ranks are token ids; that equals HF's merge order only if merge results are numbered in it."""
     vocab, previous = model["vocab"], -1
     for merge in model["merges"]:
-        left, right = merge if isinstance(merge, list) else merge.split(" ", 1)
-        rank = vocab.get(left + right)
+        rank = vocab.get("".join(merge_pair(merge)))
         if rank is None or rank <= previous:
             raise FastEncoderRefused("token ids do not follow the merge order")
         previous = rank
@@ -367,7 +374,7 @@ class GigatokenEncoder:
         self.special_tokens = dict(source.special_tokens)
         self.byte_level = source.byte_level
         # Kept for rebuilds (GIGATOKEN_REBUILD_CHARS); gigatoken keeps this object.
-        self._json, self._source = source.plain_json, source
+        self._source = source
         self.built_from = "json"  # or "ranks" (GigatokenSource.ranks)
         try:
             self._tokenizer = self._build(gigatoken)
@@ -389,13 +396,13 @@ class GigatokenEncoder:
                 self.built_from = "ranks"
                 return built
         self.built_from = "json"
-        return gigatoken.Tokenizer.from_json(self._json)
+        return gigatoken.Tokenizer.from_json(source.plain_json)
 
     @property
     def plain_json(self) -> bytes:
         """The tokenizer.json gigatoken is built from (special added tokens made plain), UTF-8: what scripts/bench.py
         gives gigatoken alone."""
-        return self._json
+        return self._source.plain_json
 
     def normalized(self, text: str) -> str:
         """The text as the chat path must see it to place tokens: NFC-normalized where the tokenizer normalizes so."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from packsft.render.encoder import byte_decoder
+from packsft.render.encoder import byte_decoder, merge_pair
 from packsft.render.tokenizer_cache import cache_key, read_entry, write_entry
 
 OMITTED_MARKER = "[… {n} tokens omitted] "
@@ -50,7 +50,7 @@ def marker_spec(serialized: str, encode: Callable[[list[str]], list[list[int]]])
     keep = {token: index for token, index in model["vocab"].items()
             if set(token) <= alphabet or (model.get("byte_fallback") and BYTE_FALLBACK.fullmatch(token))
             or token == model.get("unk_token")}
-    merges = [merge for merge in model.get("merges") or [] if "".join(_pair(merge)) in keep]
+    merges = [merge for merge in model.get("merges") or [] if "".join(merge_pair(merge)) in keep]
     spec["model"] = {**model, "vocab": keep, "merges": merges}
     reduced = json.dumps(spec, ensure_ascii=False)
     texts = marker_texts(PROOF_COUNTS)
@@ -93,13 +93,6 @@ def _alphabet(model: dict[str, Any]) -> set[str]:
     stand_ins = {char for char, byte in byte_decoder().items() if byte in text.encode("utf-8")}
     extra = f"{model.get('continuing_subword_prefix') or ''}{model.get('end_of_word_suffix') or ''}\u2581"
     return set(text) | stand_ins | set(extra)
-
-
-def _pair(merge: str | list[str]) -> tuple[str, str]:
-    if isinstance(merge, str):
-        left, _, right = merge.partition(" ")
-        return left, right
-    return merge[0], merge[1]
 
 
 def _encode(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:

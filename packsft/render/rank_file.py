@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from packsft.render.encoder import (
     GPT2_PATTERN,
@@ -30,6 +29,7 @@ from packsft.render.encoder import (
     GigatokenEncoder,
     GigatokenSource,
     bpe_spec,
+    merge_pair,
     probe_texts,
 )
 
@@ -47,7 +47,7 @@ def rank_file(plain_json: bytes) -> tuple[bytes, dict[str, int], str] | None:
     except FastEncoderRefused:
         return None
     model = parsed["model"]
-    made = {_joined(merge) for merge in model.get("merges") or []}
+    made = {"".join(merge_pair(merge)) for merge in model.get("merges") or []}
     by_rank = sorted(spec.ranks.items(), key=lambda item: item[1])
     texts = sorted(model["vocab"], key=model["vocab"].__getitem__)
     if [rank for _, rank in by_rank] != list(range(len(by_rank))) or spec.special_tokens:
@@ -61,11 +61,6 @@ def rank_file(plain_json: bytes) -> tuple[bytes, dict[str, int], str] | None:
         return None
     lines = [f"{base64.b64encode(token).decode()} {rank}" for token, rank in by_rank]
     return ("\n".join(lines) + "\n").encode(), dict(spec.content_tokens), spec.pattern
-
-
-def _joined(merge: Any) -> str:
-    left, right = merge if isinstance(merge, list) else merge.split(" ", 1)
-    return left + right
 
 
 def proven_ranks(source: GigatokenSource, path: Path) -> GigatokenSource | None:
