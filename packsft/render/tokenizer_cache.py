@@ -76,17 +76,25 @@ def read_entry(kind: str, key: str) -> dict[str, Any] | None:
 
 def write_entry(kind: str, key: str, entry: dict[str, Any]) -> None:
     """Store an entry atomically; a cache that cannot be written is silently skipped (it only saves time)."""
+    write_file(kind, f"{key}.json", json.dumps(entry, ensure_ascii=False).encode("utf-8"))
+
+
+def write_file(kind: str, name: str, data: bytes) -> bool:
+    """Store a file of the cache atomically (readers never see half of one); False where the cache is off or cannot
+    be written."""
     folder = cache_dir()
     if folder is None:
-        return
-    path = folder / kind / f"{key}.json"
+        return False
+    path = folder / kind / name
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(entry, ensure_ascii=False), encoding="utf-8")
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def claim(path: Path, stale_seconds: float) -> bool:

@@ -43,6 +43,23 @@ def test_the_rank_file_build_gives_the_json_builds_ids_and_hfs(name, scheme, req
     texts = [*TEXTS, *probe_texts()[:200]]
     assert ranks.encode_texts(texts) == json_built.encode_texts(texts) == tokenizer.encode_texts_hf(texts)
     assert gigatoken_source(tokenizer.fingerprint, tokenizer.serialized) == source  # kept: read back, not derived
+    # Token byte lengths (the chat path places tokens by them) read from the rank file are the vocabulary's.
+    assert (ranks.byte_lengths() == json_built.byte_lengths()).all()
+    assert ranks.byte_lengths()[tokenizer.token_to_id("<|endoftext|>")] == len("<|endoftext|>")
+
+
+def test_a_worker_that_builds_from_the_rank_file_reads_no_tokenizer_json(gpt2_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PACKSFT_CACHE", str(tmp_path / "cache"))
+    tokenizer = _tokenizer(gpt2_dir)
+    derived = gigatoken_source(tokenizer.fingerprint, tokenizer.serialized)
+    plain = tmp_path / "cache" / "gigatoken" / f"{gigatoken_key(tokenizer.fingerprint)}.plain.json"
+    kept = plain.read_bytes()
+    plain.write_bytes(b"damaged")  # never read: gigatoken is built from the rank file
+    again = gigatoken_source(tokenizer.fingerprint, "not json either")
+    assert again == derived and GigatokenEncoder(again).built_from == "ranks"
+    # Where the JSON is needed after all (a rank build refused), a damaged file is derived again from the tokenizer.
+    needed = gigatoken_source(tokenizer.fingerprint, tokenizer.serialized)
+    assert needed.plain_json == kept
 
 
 def test_a_damaged_rank_file_is_not_used(gpt2_dir):

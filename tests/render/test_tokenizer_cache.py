@@ -124,15 +124,22 @@ def test_gigatokens_input_is_kept_and_a_damaged_entry_is_derived_again(tmp_path,
 
     tokenizer = load_tokenizer(str(_copy_tokenizer(demo_tokenizer_dir, tmp_path / "tok")), "roles")
     derived = encoder_module.GigatokenSource.of(tokenizer.serialized)
-    assert tokenizer_module.gigatoken_source(tokenizer.fingerprint, tokenizer.serialized) == derived
-    entry = cache_dir() / "gigatoken" / f"{tokenizer_module.gigatoken_key(tokenizer.fingerprint)}.json"
-    # Read back, not derived: deriving would parse the serialized tokenizer, which is not JSON here.
-    assert tokenizer_module.gigatoken_source(tokenizer.fingerprint, "not json") == derived
-    # Bytes that do not match the entry's hash are derived again (and the entry rewritten).
-    kept = json.loads(entry.read_text())
-    entry.write_text(json.dumps({**kept, "plain_json": kept["plain_json"] + " "}))
-    assert tokenizer_module.gigatoken_source(tokenizer.fingerprint, tokenizer.serialized) == derived
-    assert json.loads(entry.read_text()) == kept
+
+    def source(serialized: str) -> tuple[encoder_module.GigatokenSource, bytes]:
+        found = tokenizer_module.gigatoken_source(tokenizer.fingerprint, serialized)
+        return found, found.plain_json
+
+    assert source(tokenizer.serialized) == (derived, derived.plain_json)
+    key = tokenizer_module.gigatoken_key(tokenizer.fingerprint)
+    entry, plain = (cache_dir() / "gigatoken" / name for name in (f"{key}.json", f"{key}.plain.json"))
+    # Read back, not derived: deriving would parse the serialized tokenizer, which is not JSON here (the demo
+    # tokenizer has no rank file: its tokenizer.json is read at once).
+    assert source("not json") == (derived, derived.plain_json)
+    # Bytes that do not match the entry's hash are derived again (and the file rewritten).
+    kept = plain.read_bytes()
+    plain.write_bytes(kept + b" ")
+    assert source(tokenizer.serialized) == (derived, derived.plain_json)
+    assert plain.read_bytes() == kept and json.loads(entry.read_text())["plain"] == plain.name
     # A worker's encoder is built from the kept input, and encodes as one built from the tokenizer.
     fast = tokenizer_from_state(tokenizer.state(), "tok", encoder="gigatoken").fast
     assert fast.encode_texts(["Hello <|endoftext|> world"]) == encoder_module.GigatokenEncoder(
