@@ -230,6 +230,7 @@ def read_unit(parts: Sequence[InputSlice], sources: list[InputFile], config: Pac
         counts += ReadCounts(records_other_split=split.elsewhere)
     if mixes:
         counts += ReadCounts(mix_sources=mix_counts(parts, mixes, mixed))
+    renderer.keep()
     if not batches:
         return ReadUnit(renderer.render([]), counts if (split is not None and split.elsewhere) or mixes else None)
     chat = replace(renderer.counts) if renderer.counts is not None else None

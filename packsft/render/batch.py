@@ -33,7 +33,7 @@ class Renderer(Protocol):
     """Renders batches of conversations for one tokenizer and template (render/renderers.py chooses one).
 
     `counts` holds what a chat template did to trained turns (None for role tokens); `prepare` gives the records
-    to render for `--turns` (the records themselves for role tokens).
+    to render for `--turns` (the records themselves for role tokens); `keep` keeps what later packs use again.
     """
 
     @property
@@ -42,6 +42,9 @@ class Renderer(Protocol):
     def prepare(self, conversations: list[Conversation]) -> list[Conversation]: ...
 
     def render(self, conversations: list[Conversation], reject: Reject | None = None) -> RenderedBatch: ...
+
+    def keep(self) -> None:
+        """Keep what rendering found that later packs use again (render/chat/kept.py), once a unit is rendered."""
 
 
 @dataclass

@@ -71,6 +71,9 @@ class RoleRenderer:
     def prepare(self, conversations: list[Conversation]) -> list[Conversation]:
         return conversations
 
+    def keep(self) -> None:
+        """Nothing to keep: role tokens are rendered without analysis."""
+
     def render(self, conversations: list[Conversation], reject: Reject | None = None) -> RenderedBatch:
         return render_roles(conversations, self.tokenizer, mask=self.mask, unprompted=self.unprompted)
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from packsft.read.records import ASSISTANT, SYSTEM, TOOL, USER
+from packsft.render.chat.kept import KeptLayouts, layouts_key
 from packsft.render.chat.layout import (
     HOLE,
     HOLE_PATTERN,
@@ -61,8 +62,9 @@ class TemplateFacts:
         bos_token: the BOS string where the template's BOS is a special token.
     """
 
-    def __init__(self, markers: Markers, bos_token: str | None) -> None:
+    def __init__(self, markers: Markers, bos_token: str | None, kept: KeptLayouts | None = None) -> None:
         self.specials = markers.specials
+        self.kept = kept  # skeleton layouts kept across packs (kept.py)
         self.base_markers = markers
         self.bos_token = bos_token
         self.trailers: dict[str, str] = {}  # per tools and kwargs
@@ -165,17 +167,23 @@ class TemplateFacts:
                       kwargs: Mapping[str, Any]) -> tuple[Splicer, Trace] | None:
         """The layout of a skeleton without tools, ready to splice, and its trace (trace.py), once per shape; None
         where the template refuses the skeleton or reads its placeholders in a way a trace cannot replay."""
-        return self.traces.get(shape_key(holed, None, kwargs), functools.partial(
-            self._traced_layout, bind, tracer, holed, kwargs))
+        shape = shape_key(holed, None, kwargs)
+        return self.traces.get(shape, functools.partial(self._traced_layout, bind, tracer, holed, kwargs, shape))
 
     def _traced_layout(self, bind: Bind, tracer: Tracer, holed: list[dict[str, Any]],
-                       kwargs: Mapping[str, Any]) -> tuple[Splicer, Trace] | None:
+                       kwargs: Mapping[str, Any], shape: str) -> tuple[Splicer, Trace] | None:
         holed, kwargs = template_data(holed), template_data(dict(kwargs))  # as transformers hands them to a template
+        traced = tracer(holed, None, False, dict(kwargs))
+        # A layout kept by an earlier pack (kept.py) is this one where the skeleton renders as it did then.
+        kept = self.kept.get(shape) if self.kept is not None and traced is not None else None
+        if kept is not None and traced is not None and traced.text == kept.text:
+            return Splicer(kept), traced
         layout = self.skeleton_layout(bind, holed, None, kwargs)
-        traced = tracer(holed, None, False, dict(kwargs)) if layout is not None else None
         # The tracing environment must render the skeleton as the template does: a check on its hooks.
         if layout is None or traced is None or traced.text != layout.text:
             return None
+        if self.kept is not None:
+            self.kept.add(shape, layout)
         return Splicer(layout), traced
 
     def head_end(self, render: Render, key: str, first_role: str, text: str) -> int:
@@ -244,7 +252,10 @@ def template_facts(tokenizer: PackTokenizer, markers: Markers, bos_token: str | 
     """The TemplateFacts of this tokenizer's template, one per process (`markers` and `bos_token` as they
     follow from the tokenizer: see TemplateFacts)."""
     key = (tokenizer.fingerprint, tokenizer.chat_renderer, json.dumps(tokenizer.chat_template, sort_keys=True))
-    return _FACTS.setdefault(key, TemplateFacts(markers, bos_token))
+    if key not in _FACTS:
+        _FACTS[key] = TemplateFacts(markers, bos_token, KeptLayouts(
+            layouts_key(tokenizer.fingerprint, tokenizer.chat_renderer, tokenizer.chat_template)))
+    return _FACTS[key]
 
 
 def _prompt_is_fixed(facts: TemplateFacts, bind: Bind) -> bool:

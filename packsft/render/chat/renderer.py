@@ -123,6 +123,11 @@ class ChatRenderer:
         return render_chat(conversations, self.tokenizer, mask=self.mask, unprompted=self.unprompted, renderer=self,
                            reject=reject)
 
+    def keep(self) -> None:
+        """Keep the skeleton layouts this process analysed for later packs (kept.py)."""
+        if self.facts.kept is not None:
+            self.facts.kept.keep()
+
     # -- rendering -----------------------------------------------------------------------------------------------
     def bind(self, tools: Any = None, kwargs: Mapping[str, Any] | None = None) -> Render:
         """A function rendering messages (with or without the generation prompt) with these tools and kwargs. The
