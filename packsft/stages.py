@@ -14,10 +14,9 @@ import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from tqdm import tqdm
 
 from packsft.config import PackConfig
 from packsft.errors import ConfigError
@@ -58,6 +57,9 @@ from packsft.stats import (
     SplitTotals,
     UnitCounters,
 )
+
+if TYPE_CHECKING:  # imported where a bar is shown (run/local.py): workers never need tqdm (25 ms)
+    from tqdm import tqdm
 
 
 def _record(conversation: Conversation) -> dict[str, Any]:

@@ -21,8 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from packsft.config import PackConfig
 from packsft.errors import ConfigError, InputError
 from packsft.read.inputs import InputListing, Location, is_url, list_inputs
@@ -104,6 +102,8 @@ def count_tokens(units: list[Any], config: PackConfig, tokenizer: PackTokenizer,
     if todo and not quiet:
         print(f"packsft: --mix counts the tokens of {len(todo)} input file{'s' * (len(todo) != 1)} first "
               "(once; reruns reuse the counts)", file=sys.stderr)
+    from tqdm import tqdm  # here: a pack without --mix never imports it (25 ms)
+
     for part, key in tqdm(todo, desc="counting", unit="file", disable=quiet, dynamic_ncols=True):
         one = replace(part, more=())
         try:

@@ -30,8 +30,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from tqdm import tqdm
-
 from packsft.config import PackConfig
 from packsft.errors import MissingDependencyError, OutputError, PacksftError
 from packsft.read.inputs import is_url
@@ -151,6 +149,8 @@ class RayExecutor(Executor):
         order = sorted(range(len(units)), key=lambda i: (-units[i].bytes, units[i].index))
         pending = {task.remote(job, units[i], plan.fingerprints[units[i].index], __version__, threads): units[i]
                    for i in order}
+        from tqdm import tqdm  # here: a local pack's parent imports this module, and shows no bar of it
+
         try:
             with tqdm(total=len(units), unit="unit", desc="packing on ray", disable=quiet, dynamic_ncols=True) as bar:
                 while pending:

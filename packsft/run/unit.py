@@ -7,9 +7,7 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any
 
 from packsft.config import PackConfig
 from packsft.errors import InputError, OutputError, PacksftError
@@ -25,6 +23,9 @@ from packsft.stages import open_unit, pack_read, read_unit
 from packsft.stats import RowCounts, UnitCounters
 from packsft.store.rendered import RenderedStore, StoredUnit, rendering_key
 from packsft.write.layout import REJECTS_JSONL
+
+if TYPE_CHECKING:  # imported where a bar is shown (run/local.py)
+    from tqdm import tqdm
 
 
 @dataclass(frozen=True)
