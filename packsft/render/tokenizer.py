@@ -13,8 +13,6 @@ import json
 import os
 import re
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
@@ -695,6 +693,9 @@ def hub_unavailable() -> str | None:
 
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set"
+    import urllib.error  # here: only a cache miss asks the hub (13 ms of import in every process otherwise)
+    import urllib.request
+
     endpoint = constants.ENDPOINT
     answered = threading.Event()
 

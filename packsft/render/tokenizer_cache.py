@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,8 @@ def cache_dir() -> Path | None:
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that decide what a tokenizer folder becomes (read without importing them; once a
     process: reading the installed packages' metadata takes 10 ms a library)."""
+    from importlib import metadata  # here: a worker whose caches are warm never reads them (5 ms of import)
+
     versions = {"packsft": __version__, "format": str(CACHE_FORMAT)}
     for name in LIBRARIES:
         try:
