@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from packsft import PackConfig, PackedOutput
-from packsft.report import render_chunk, tokenizer_for
+from packsft.report.inspect import render_chunk, tokenizer_for
 from packsft.run import run_pack
 
 pytestmark = pytest.mark.slow  # packs the real ShareGPT shards

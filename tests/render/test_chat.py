@@ -25,7 +25,7 @@ from packsft.read.records import Conversation, RecordRejected, validate_messages
 from packsft.render.batch import RenderedBatch
 from packsft.render.chat import ChatRenderer, render_chat
 from packsft.render.chat.proof import chat_markers
-from packsft.report import render_chunk, tokenizer_for
+from packsft.report.inspect import render_chunk, tokenizer_for
 from packsft.run import run_pack
 from packsft.verify.invariants import ChatMarkers, check_chat_turns
 from tests.helpers import CHATML, conv, write_conversations

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from packsft import PackConfig, PackedOutput
 from packsft.cli import main
 from packsft.demo import DATA_DIR
-from packsft.report import render_chunk, tokenizer_for
 from packsft.report.charts import bar_chart, fraction_chart
 from packsft.report.html import row_figures, write_report
+from packsft.report.inspect import render_chunk, tokenizer_for
 from packsft.report.page import summary_html
 from packsft.run import run_pack
 from tests.helpers import conv, write_conversations
