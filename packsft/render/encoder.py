@@ -25,6 +25,7 @@ ids of merge results increase in merge order (checked), as for every tokenizer t
 from __future__ import annotations
 
 import json
+import os
 import re
 import unicodedata
 from collections.abc import Callable
@@ -349,8 +350,39 @@ class GigatokenSource:
                                byte_level=bool(entry["byte_level"]))
 
 
+# Rank tokenizers built before this process was forked (`prebuild_ranks`: the fork server, run/prebuild.py), by what
+# each was built from. A worker's first build of the same takes it in place of building (qwen3: 0.25 s a worker, both
+# workers at once as a pack starts); a rebuild (GIGATOKEN_REBUILD_CHARS) builds a fresh one.
+_PREBUILT: dict[tuple[Any, ...], Any] = {}
+
+
+def prebuild_ranks(path: Path, scheme: str, added: dict[str, int]) -> None:
+    """Build gigatoken's tokenizer from a rank file now, for the next `rank_tokenizer` of the same file (unchanged:
+    the same inode, size and time) with the same scheme and added tokens, in this process or one forked from it.
+    Building starts no threads (gigatoken's pool starts at a parallel encode), so this process may fork after."""
+    key = _rank_key(path, scheme, added)
+    if key is not None:
+        _PREBUILT[key] = _build_ranks(path, scheme, added)
+
+
 def rank_tokenizer(path: Path, scheme: str, added: dict[str, int]) -> Any:
-    """gigatoken's tokenizer from a rank file, or FastEncoderRefused (gigatoken raises, or panics: a BaseException)."""
+    """gigatoken's tokenizer from a rank file (the one `prebuild_ranks` built, where it did), or FastEncoderRefused
+    (gigatoken raises, or panics: a BaseException)."""
+    key = _rank_key(path, scheme, added) if _PREBUILT else None
+    prebuilt = _PREBUILT.pop(key, None) if key is not None else None
+    return prebuilt if prebuilt is not None else _build_ranks(path, scheme, added)
+
+
+def _rank_key(path: Path, scheme: str, added: dict[str, int]) -> tuple[Any, ...] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, scheme,
+            tuple(sorted(added.items())))
+
+
+def _build_ranks(path: Path, scheme: str, added: dict[str, int]) -> Any:
     import gigatoken
 
     try:

@@ -34,6 +34,7 @@ from packsft.render.encoder import (
     build_fast_encoder,
     byte_decoder,
     fast_encoder,
+    prebuild_ranks,
 )
 from packsft.render.rank_file import proven_ranks
 from packsft.render.tokenizer_cache import cache_dir, cache_key, claim, read_entry, write_entry, write_file
@@ -638,6 +639,33 @@ def gigatoken_key(fingerprint: str) -> str:
     layout may name a rank file (rank_file.py); "plain": its tokenizer.json is a file of its own. Older entries are
     misses, derived again."""
     return cache_key("gigatoken", {"fingerprint": fingerprint, "ranks": 1, "plain": 1})
+
+
+def remember_fast(location: str, tokenizer: PackTokenizer) -> None:
+    """Note in the tokenizer cache which gigatoken entry the tokenizer at `location` (--tokenizer) encodes with, for
+    `prebuild_fast` in the next pack's fork server (nothing where it encodes with another backend)."""
+    if tokenizer.encoder != "gigatoken" or cache_dir() is None:
+        return
+    key, noted = _fast_for_key(location), {"gigatoken": gigatoken_key(tokenizer.fingerprint)}
+    if read_entry("gigatoken-for", key) != noted:
+        write_entry("gigatoken-for", key, noted)
+
+
+def prebuild_fast(location: str) -> None:
+    """Build gigatoken from the rank file the last pack with the tokenizer at `location` used (`remember_fast`), where
+    the cache keeps it intact, for the processes forked from this one (render/encoder.py `prebuild_ranks`). A guess:
+    where the tokenizer has changed since, its workers build their own, as without it."""
+    noted = read_entry("gigatoken-for", _fast_for_key(location)) or {}
+    entry = read_entry("gigatoken", noted["gigatoken"]) if isinstance(noted.get("gigatoken"), str) else None
+    with contextlib.suppress(KeyError, TypeError, AttributeError, ValueError):
+        source = _with_ranks(GigatokenSource.from_entry(entry or {}, b""), entry or {})
+        if source.ranks is not None and source.scheme is not None:
+            with contextlib.suppress(FastEncoderRefused):
+                prebuild_ranks(source.ranks, source.scheme, source.rank_added or {})
+
+
+def _fast_for_key(location: str) -> str:
+    return cache_key("gigatoken-for", {"tokenizer": os.path.abspath(location) if os.path.exists(location) else location})
 
 
 def _kept_source(entry: dict[str, Any], serialized: str) -> GigatokenSource | None:

@@ -16,6 +16,7 @@
     repack.py    packsft repack: another row layout from the renderings an output kept (store/rendered.py), none read
     mix.py       --mix: each file's source, the tokens of each source, its rate
     fork_server.py  the local workers' fork server, started as `packsft pack` begins
+    prebuild.py  imported by the fork server: builds the tokenizer's gigatoken once, for every worker it forks
 
 The names below load on first use (PEP 562): `packsft pack` imports fork_server.py before the rest.
 """

@@ -2,7 +2,8 @@
 
     packsft pack --> fork server: imports the workers' modules once  --> worker 1, worker 2, ... (forked: milliseconds)
          |            (packsft, numpy, pyarrow, gigatoken; for a chat template
-         |             jinja's sandbox: 0.3-0.45 s on 2 cores)
+         |             jinja's sandbox: 0.3-0.45 s on 2 cores), then builds the
+         |             tokenizer's gigatoken for them (run/prebuild.py)
          `--> the parent imports packsft and plans (0.25-0.3 s), meanwhile
 
 Started where the pool is made, the fork server's imports came after the parent's, one core idle, and every worker
@@ -25,7 +26,8 @@ from packsft.run import parent_death
 
 # Imported once by the fork server, so that each worker starts in well under a second (parent_death first: the
 # fork server then dies with its parent). Workers rebuild the parent's tokenizer from its state (tokenizers only).
-PRELOAD = ("packsft.run.parent_death", "packsft.run.local", "tokenizers", "tiktoken", "tiktoken.core", "gigatoken")
+PRELOAD = ("packsft.run.parent_death", "packsft.run.local", "tokenizers", "tiktoken", "tiktoken.core", "gigatoken",
+           "numpy.ma", "packsft.run.prebuild")  # numpy.ma: np.unique's first call imports it (12 ms a worker)
 # For chat templates, jinja's sandbox too (packsft renders templates in an environment of its own: transformers, 0.5-0.9 s
 # to import, is only needed where a chat path is proven).
 PRELOAD_CHAT = ("jinja2.sandbox", "jinja2.ext")
@@ -33,6 +35,9 @@ PRELOAD_CHAT = ("jinja2.sandbox", "jinja2.ext")
 # --workers 0 (auto) starts a process per CPU only for inputs this big: below it, starting the pool
 # costs more than it saves.
 AUTO_WORKERS_MIN_BYTES = 4 << 20
+
+# The --tokenizer of the pack, in the fork server's environment: it builds that tokenizer's gigatoken (run/prebuild.py).
+FORK_SERVER_TOKENIZER = "PACKSFT_FORK_SERVER_TOKENIZER"
 
 
 def worker_context(*, chat: bool) -> BaseContext:
@@ -52,7 +57,7 @@ def start_early(data: list[str], config: PackConfig, workers: int) -> None:
         return
     if workers == 0 and (available_cpus() < 2 or not _at_least(data, AUTO_WORKERS_MIN_BYTES)):
         return  # auto packs in one process here: on one CPU the server's imports would only slow the parent's
-    _start(chat=_likely_chat(config))
+    _start(chat=_likely_chat(config), tokenizer=config.tokenizer if config.encoder != "hf" else None)
 
 
 def available_cpus() -> int:
@@ -65,11 +70,17 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _start(*, chat: bool) -> None:
-    """Start this process's fork server (a no-op where it runs), dying with this process."""
+def _start(*, chat: bool, tokenizer: str | None = None) -> None:
+    """Start this process's fork server (a no-op where it runs), dying with this process; `tokenizer`: the --tokenizer
+    whose gigatoken it builds for its workers (run/prebuild.py)."""
     forkserver.set_forkserver_preload(list(PRELOAD + (PRELOAD_CHAT if chat else ())))
-    with parent_death.fork_server_parent():
-        forkserver.ensure_running()  # started here, not by the pool's first worker: it learns whom to die with
+    if tokenizer is not None:
+        os.environ[FORK_SERVER_TOKENIZER] = tokenizer  # the server's environment is this process's as it starts
+    try:
+        with parent_death.fork_server_parent():
+            forkserver.ensure_running()  # started here, not by the pool's first worker: it learns whom to die with
+    finally:
+        os.environ.pop(FORK_SERVER_TOKENIZER, None)
 
 
 def _at_least(data: list[str], size: int) -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 
 from packsft.errors import ConfigError, OutputError
 from packsft.render.flat_ids import stand_in_for_awkward
-from packsft.render.tokenizer import PackTokenizer
+from packsft.render.tokenizer import PackTokenizer, remember_fast
 from packsft.run import parent_death
 from packsft.run.executor import Executor, rerun_command
 from packsft.run.fork_server import AUTO_WORKERS_MIN_BYTES, available_cpus, worker_context
@@ -120,6 +120,7 @@ def pack_units(
             return
         workers = min(workers, len(units))
         renders_chat = job.config.template == "chat" and not job.store_only  # a repack renders nothing
+        remember_fast(job.config.tokenizer, tokenizer)  # the next pack's fork server builds its gigatoken
         pool = ProcessPoolExecutor(workers, mp_context=worker_context(chat=renders_chat), initializer=_init_worker,
                                    initargs=(replace(job, tokenizer_state=tokenizer.state()), threads_per_worker(workers)))
         try:
