@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import json
 import os
 import platform
@@ -154,8 +155,8 @@ def bench_gigatoken_alone(data_dir: Path, tokenizer_dir: Path, template: str, *,
         spec, counts = Path(tmp) / "tokenizer.json", Path(tmp) / "counts.json"
         spec.write_bytes(GigatokenEncoder(tokenizer.serialized).plain_json)
         files = [str(path) for path in sorted(data_dir.glob("*.parquet"))]
-        seconds, _, _ = run_measured([sys.executable, "-c", GIGATOKEN_ALONE, "awkward" if awkward else "flat", str(spec),
-                                      str(counts), *files])
+        seconds = run_timed([sys.executable, "-c", GIGATOKEN_ALONE, "awkward" if awkward else "flat", str(spec),
+                             str(counts), *files])
         return seconds, json.loads(counts.read_text())["tokens"]
 
 
@@ -202,20 +203,17 @@ with open(stats_path, "w") as handle:
 
 def tree_rss(root: int, skip_root: bool = False) -> tuple[int, int]:
     """(largest process, sum over processes) RSS in bytes of `root`'s descendants (and `root` itself unless
-    `skip_root`), read from /proc."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    `skip_root`), read from /proc: each process's children from its threads' `children` files, not a scan of every
+    process's `stat` (which took a share of a core every RSS_SAMPLE_SECONDS on this 2-core machine, from the pack it
+    measured)."""
     page = os.sysconf("SC_PAGE_SIZE")
     largest = total = 0
     todo = [root]
     while todo:
         pid = todo.pop()
-        todo.extend(parents.get(pid, []))
+        for children in Path(f"/proc/{pid}/task").glob("*/children"):
+            with contextlib.suppress(OSError, ValueError):
+                todo.extend(int(child) for child in children.read_text().split())
         if skip_root and pid == root:
             continue
         try:
@@ -224,6 +222,15 @@ def tree_rss(root: int, skip_root: bool = False) -> tuple[int, int]:
             continue
         largest, total = max(largest, rss), total + rss
     return largest, total
+
+
+def run_timed(cmd: list[str]) -> float:
+    """Wall seconds of a command as a whole process, nothing else measured: no RSS sampler beside it and no wrapper
+    interpreter (run_measured's cost 0.05-0.1 s of a 1.5 s pack on this 2-core machine, little of gigatoken alone's,
+    which leaves a core partly idle)."""
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
 
 
 def run_measured(cmd: list[str], env: dict[str, str] | None = None,
@@ -419,8 +426,8 @@ def bench_frontier(data_dir: Path) -> list[dict]:
             alone.append(bench_gigatoken_alone(data_dir, tokenizer, template)[0])
             flat.append(bench_gigatoken_alone(data_dir, tokenizer, template, awkward=False)[0])
             with tempfile.TemporaryDirectory() as tmp:
-                packs.append(run_measured([sys.executable, "-m", "packsft", "pack", str(data_dir), str(Path(tmp) / "out"),
-                                           "--tokenizer", str(tokenizer), "--seq-length", str(SEQ), "-q", *flags])[0])
+                packs.append(run_timed([sys.executable, "-m", "packsft", "pack", str(data_dir), str(Path(tmp) / "out"),
+                                        "--tokenizer", str(tokenizer), "--seq-length", str(SEQ), "-q", *flags]))
         results.append({"name": name, "alone": alone, "flat": flat, "packs": packs})
     return results
 
@@ -444,7 +451,8 @@ def frontier_lines(runs: list[tuple[int, list[dict]]]) -> list[str]:
     targets = {"GPT-2, role tokens": 0.65, "qwen3, `--template chat`": 0.5}
     lines = ["", "## Against gigatoken alone (issue 29)", "",
              f"The default pack (L={SEQ}) and gigatoken alone encoding the same message contents (start-up, parquet "
-             f"read, `encode_batch` on all threads), as whole processes, alternating {FRONTIER_ROUNDS} times, on all "
+             f"read, `encode_batch` on all threads), as whole processes timed alone (wall clock, no RSS sampler), "
+             f"alternating {FRONTIER_ROUNDS} times, on all "
              f"the shards and on shards 0-{ISSUE_SHARDS - 1} (the issue's figures). gigatoken alone runs as its users "
              "run it, and again without importing awkward (its results' library, 0.15 s), as packsft's own processes "
              "run it (render/flat_ids.py): the ratio to that one is the stricter."]
