@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -266,3 +269,25 @@ def test_parquet_only_output(data_dir, tmp_path, demo_tokenizer_dir):
     out = tmp_path / "out"
     assert pack(data_dir, out, demo_tokenizer_dir, "--output-format", "parquet")[0] == 0
     assert sorted(p.name for p in (out / "shards" / "00000").iterdir()) == ["chunks.parquet", "manifest.json", "rejects.jsonl"]
+
+
+def test_the_command_ends_without_interpreter_teardown_and_keeps_its_output_and_status(data_dir, tmp_path,
+                                                                                      demo_tokenizer_dir):
+    """`python -m packsft` (and the `packsft` script) run cli.run: exit handlers, flushed streams, the status of
+    `main`; a piped reader gets every line, also where it stops reading early."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "packsft"]
+    packed = subprocess.run([*command, "pack", str(data_dir), str(out), "--tokenizer", str(demo_tokenizer_dir), "-q",
+                             "--seq-length", "64", "--max-reject-fraction", "0.5"], capture_output=True, text=True,
+                            timeout=300)
+    assert packed.returncode == 0, packed.stderr
+    assert (out / "dataset.json").exists()
+    stats = subprocess.run([*command, "stats", str(out), "--json"], capture_output=True, text=True, timeout=300)
+    assert stats.returncode == 0 and json.loads(stats.stdout) == json.loads(run("stats", str(out), "--json")[1])
+    missing = subprocess.run([*command, "stats", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == run("stats", str(tmp_path / "nothing"))[0] != 0
+    assert "nothing" in missing.stderr
+    # The reader closes the pipe after one line: no BrokenPipeError report, status 0.
+    shell = f"{shlex.join([*command, 'inspect', str(out), '--chunk', '0'])} | head -n 1"
+    piped = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, timeout=300)
+    assert piped.stdout.count("\n") == 1 and "Error" not in piped.stderr and "Broken" not in piped.stderr
