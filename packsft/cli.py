@@ -137,14 +137,15 @@ def run() -> NoReturn:
     down, once the exit handlers have run and the standard streams are flushed. Freeing every module and object one
     by one (numpy, pyarrow, the tokenizers, what a pack held) took 50-100 ms after a pack, on a 1.5 s pack of 4
     ShareGPT shards; the OS frees the process at once. A process with a thread still running exits as Python does
-    (its non-daemon threads joined first). `main` itself is what tests and library users invoke."""
+    (its non-daemon threads joined first), and so does one a profiler or tracer watches. `main` itself is what tests and library users invoke."""
     try:
         main()
         code: Any = 0
     except SystemExit as exc:
         code = exc.code
-    if any(thread.is_alive() and not thread.daemon for thread in threading.enumerate()
-           if thread is not threading.main_thread()):
+    watched = sys.getprofile() is not None or sys.gettrace() is not None  # python -m cProfile: it writes at exit
+    if watched or any(thread.is_alive() and not thread.daemon for thread in threading.enumerate()
+                      if thread is not threading.main_thread()):
         sys.exit(code)
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)  # sys.exit("message"): the message, and status 1
