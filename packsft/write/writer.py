@@ -127,19 +127,22 @@ class HashingFile(io.RawIOBase):
         return self.size
 
 
-def _write_hashed(path: Path, write: Callable[[BinaryIO], None]) -> dict[str, Any]:
-    """Write a file through `write`, fsync it, and return its size and sha256 (hashed while written)."""
+def _write_hashed(path: Path, write: Callable[[BinaryIO], None], *, durable: bool = True) -> dict[str, Any]:
+    """Write a file through `write`, fsync it (where `durable`), and return its size and sha256 (hashed while
+    written)."""
     with open(path, "wb") as handle:
         hashing = HashingFile(handle)
         write(hashing)  # type: ignore[arg-type]
         handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            os.fsync(handle.fileno())
     return {"bytes": hashing.size, "sha256": hashing.sha256.hexdigest()}
 
 
-def save_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
-    """Save `array` as .npy (no pickle), fsynced; its shape, dtype, size and sha256 (hashed while written)."""
-    written = _write_hashed(path, lambda handle: np.save(handle, array, allow_pickle=False))
+def save_npy(path: Path, array: np.ndarray, *, durable: bool = True) -> dict[str, Any]:
+    """Save `array` as .npy (no pickle), fsynced unless not `durable` (a file whose reader checks its sha256, and
+    makes it again where it does not match); its shape, dtype, size and sha256 (hashed while written)."""
+    written = _write_hashed(path, lambda handle: np.save(handle, array, allow_pickle=False), durable=durable)
     return {"shape": list(array.shape), "dtype": str(array.dtype), **written}
 
 

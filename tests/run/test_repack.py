@@ -241,6 +241,26 @@ def test_a_damaged_entry_is_rendered_again_never_packed(tmp_path, data_dir, conf
     assert output_arrays(tmp_path / "healed") == output_arrays(fresh)
 
 
+@pytest.mark.parametrize("torn", ["ids.npy", "flags.npy", "entry.json"])
+def test_what_a_crash_leaves_of_an_unsynced_entry_is_rendered_again(tmp_path, data_dir, config, torn):
+    """Store entries are not fsynced (a cache: load checks every file's sha256): a file a crash left empty or cut
+    short, the entry.json included, makes the entry a miss, rendered again, never read."""
+    out = tmp_path / "out"
+    run_pack(data_dir, out, config, quiet=True, unit_bytes=UNIT_BYTES)
+    for entry in sorted((out / STORE_DIR).glob("??/*")):
+        path = entry / torn
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2] if torn == "ids.npy" else b"")
+    with pytest.raises(OutputError, match="not in the rendered-token store"):
+        run_repack(out, tmp_path / "new", {"seq_length": 64}, quiet=True)
+    fresh = tmp_path / "fresh"
+    run_pack(data_dir, fresh, replace(config, seq_length=64), quiet=True, unit_bytes=UNIT_BYTES, no_store=True)
+    run_pack(data_dir, tmp_path / "again", replace(config, seq_length=64), quiet=True, unit_bytes=UNIT_BYTES,
+             store=out / STORE_DIR)
+    assert output_arrays(tmp_path / "again") == output_arrays(fresh)
+    run_repack(out, tmp_path / "healed", {"seq_length": 64}, quiet=True)
+    assert output_arrays(tmp_path / "healed") == output_arrays(fresh)
+
+
 def test_a_store_that_cannot_be_written_costs_the_pack_nothing(tmp_path, data_dir, config, packed, monkeypatch):
     import errno
 
