@@ -230,15 +230,7 @@ def test_a_damaged_entry_is_rendered_again_never_packed(tmp_path, data_dir, conf
     damaged = bytearray(flags.read_bytes())
     damaged[-1] ^= 1  # one train flag flipped on disk
     flags.write_bytes(bytes(damaged))
-    with pytest.raises(OutputError, match="not in the rendered-token store .*damaged"):
-        run_repack(out, tmp_path / "new", {"seq_length": 64}, quiet=True)
-    fresh = tmp_path / "fresh"
-    run_pack(data_dir, fresh, replace(config, seq_length=64), quiet=True, unit_bytes=UNIT_BYTES, no_store=True)
-    run_pack(data_dir, tmp_path / "again", replace(config, seq_length=64), quiet=True, unit_bytes=UNIT_BYTES,
-             store=out / STORE_DIR)
-    assert output_arrays(tmp_path / "again") == output_arrays(fresh)
-    run_repack(out, tmp_path / "healed", {"seq_length": 64}, quiet=True)  # the pack wrote the entry anew
-    assert output_arrays(tmp_path / "healed") == output_arrays(fresh)
+    _assert_rendered_again(out, tmp_path, data_dir, config, "not in the rendered-token store .*damaged")
 
 
 @pytest.mark.parametrize("torn", ["ids.npy", "flags.npy", "entry.json"])
@@ -250,7 +242,13 @@ def test_what_a_crash_leaves_of_an_unsynced_entry_is_rendered_again(tmp_path, da
     for entry in sorted((out / STORE_DIR).glob("??/*")):
         path = entry / torn
         path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2] if torn == "ids.npy" else b"")
-    with pytest.raises(OutputError, match="not in the rendered-token store"):
+    _assert_rendered_again(out, tmp_path, data_dir, config, "not in the rendered-token store")
+
+
+def _assert_rendered_again(out, tmp_path, data_dir, config, refusal: str) -> None:
+    """OUT's store holds entries that do not load: a repack refuses (`refusal`), a pack into the same store renders
+    them again and equals a fresh pack, and the repack then builds the same rows from what that pack wrote anew."""
+    with pytest.raises(OutputError, match=refusal):
         run_repack(out, tmp_path / "new", {"seq_length": 64}, quiet=True)
     fresh = tmp_path / "fresh"
     run_pack(data_dir, fresh, replace(config, seq_length=64), quiet=True, unit_bytes=UNIT_BYTES, no_store=True)
