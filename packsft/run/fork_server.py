@@ -8,21 +8,26 @@
 
 Started where the pool is made, the fork server's imports came after the parent's, one core idle, and every worker
 then imported gigatoken itself on its first encode (workers import no awkward at all: render/flat_ids.py).
-`start_early` starts it from the CLI before the parent imports packsft, where the pack will likely run a pool. It
-is a guess made from the command line alone (the input's size on disk, the template or the tokenizer folder's chat
-template); a wrong guess costs time, never changes an output: a pack that runs in one process leaves the server
-idle, and a worker imports what the server did not.
+`start_early` starts it from the CLI before the parent imports packsft, where the pack will likely run a pool; and
+`start_for_arguments` from the raw arguments even before the CLI is imported (packsft/__main__.py: 0.05-0.06 s into
+the process, where the CLI's parse reached it at 0.11-0.14 s). It is a guess made from the command line alone (the
+input's size on disk, the template or the tokenizer folder's chat template); a wrong guess costs time, never changes
+an output: a pack that runs in one process leaves the server idle, and a worker imports what the server did not.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from multiprocessing import forkserver, get_all_start_methods, get_context
 from multiprocessing.context import BaseContext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from packsft.config import PackConfig
 from packsft.run import parent_death
+
+if TYPE_CHECKING:
+    from packsft.config import PackConfig
 
 # Imported once by the fork server, so that each worker starts in well under a second (parent_death first: the
 # fork server then dies with its parent). Workers rebuild the parent's tokenizer from its state (tokenizers only).
@@ -50,7 +55,50 @@ def worker_context(*, chat: bool) -> BaseContext:
     return get_context("forkserver")
 
 
-def start_early(data: list[str], config: PackConfig, workers: int) -> None:
+@dataclass(frozen=True)
+class Settings:
+    """The settings of a pack that the guess reads, as the raw command line gives them (a PackConfig has them too)."""
+
+    tokenizer: str
+    template: str = "auto"
+    chat_template: str | None = None
+    encoder: str = "auto"
+
+
+# The options of `packsft pack` whose values start_for_arguments reads, and those whose values are no data.
+READ_OPTIONS = {"--tokenizer": "tokenizer", "--template": "template", "--chat-template": "chat_template",
+                "--encoder": "encoder", "--workers": "workers"}
+PATH_OPTIONS = ("--store",)
+
+
+def start_for_arguments(args: list[str]) -> None:
+    """`start_early` from the raw arguments of `packsft ARGS`, before the CLI is imported to parse them (click and
+    packsft's configuration: 50-70 ms, which the server's imports then overlap too; `packsft/__main__.py`). Only for
+    a `pack` that names its --tokenizer and no --config (a file this does not read), neither a dry run nor help.
+    Its data are the arguments that are no option and no value of one it reads, the last of them OUT_DIR; an
+    option it does not read is taken for a flag, so its value may count as data: a guess, whose errors cost only
+    time. The pack calls start_early again with what the CLI parsed, a no-op where this one started the server."""
+    if not args or args[0] != "pack" or "--tokenizer" not in {arg.partition("=")[0] for arg in args}:
+        return
+    if any(arg.partition("=")[0] in ("--config", "--dry-run", "-h", "--help") for arg in args):
+        return
+    values: dict[str, str] = {}
+    positional: list[str] = []
+    rest = iter(args[1:])
+    for arg in rest:
+        name, given, value = arg.partition("=")
+        if name in READ_OPTIONS or name in PATH_OPTIONS:
+            values[READ_OPTIONS.get(name, name)] = value if given else next(rest, "")
+        elif not arg.startswith("-"):
+            positional.append(arg)
+    workers = values.pop("workers", "0")
+    if not workers.isdigit():
+        return  # the CLI refuses it
+    start_early(positional[:-1], Settings(**{key: value for key, value in values.items() if key in
+                                             ("tokenizer", "template", "chat_template", "encoder")}), int(workers))
+
+
+def start_early(data: list[str], config: Settings | PackConfig, workers: int) -> None:
     """Start the fork server now, where a pack of `data` with `workers` (0: auto) will likely use a pool of local
     workers; its imports then overlap the parent's. Where the guess is wrong, only time is lost."""
     if workers == 1 or "forkserver" not in get_all_start_methods():
@@ -101,7 +149,7 @@ def _at_least(data: list[str], size: int) -> bool:
     return False
 
 
-def _likely_chat(config: PackConfig) -> bool:
+def _likely_chat(config: Settings | PackConfig) -> bool:
     """Whether the pack will render a chat template: asked for, or `auto` with a local tokenizer folder that has
     one (or a chat template file given)."""
     if config.template != "auto":

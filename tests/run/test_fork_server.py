@@ -63,6 +63,50 @@ def test_a_big_input_starts_the_server_before_the_stages_are_imported(tmp_path):
     assert _start_early(str(tmp_path)) == {"server": True, "imported": []}
 
 
+# In a fresh interpreter: start_for_arguments for `packsft ARGS`, then whether a fork server runs, whether it preloads
+# jinja (a chat template guessed), and what the process had imported by then.
+FROM_ARGUMENTS = textwrap.dedent(
+    """
+    import json, sys
+    from multiprocessing import forkserver
+    from packsft.run.fork_server import start_for_arguments
+    start_for_arguments(sys.argv[1:])
+    print(json.dumps({"server": forkserver._forkserver._forkserver_pid is not None,
+                      "chat": "jinja2.sandbox" in (forkserver._forkserver._preload_modules or []),
+                      "imported": sorted(m for m in ("click", "numpy", "packsft.config", "packsft.cli")
+                                         if m in sys.modules)}))
+    """
+)
+
+
+def _from_arguments(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", FROM_ARGUMENTS, *args], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def test_the_command_line_starts_the_server_before_the_cli_is_imported(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "big.parquet").write_bytes(b"0" * AUTO_WORKERS_MIN_BYTES)
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
+    data, out, tok = str(tmp_path / "data"), str(tmp_path / "out"), str(tmp_path / "tok")
+    started = {"server": True, "chat": True, "imported": []}
+    # Options before, between and after the paths, with their values given apart or after '='.
+    assert _from_arguments("pack", "--seq-length", "64", data, out, "--tokenizer", tok) == started
+    assert _from_arguments("pack", f"--tokenizer={tok}", "--workers", "2", data, out, "-q") == started
+    assert _from_arguments("pack", data, out, "--tokenizer", tok, "--template", "roles") == {**started, "chat": False}
+    # The data is what stays when OUT_DIR and the values of the options read (--store among them) are left out.
+    assert _from_arguments("pack", str(tmp_path / "nothing"), data, "--tokenizer", tok)["server"] is False
+    assert _from_arguments("pack", str(tmp_path / "nothing"), out, "--store", data, "--tokenizer", tok)["server"] is False
+    none = {"server": False, "chat": False, "imported": []}
+    for args in (["pack", data, out, "--tokenizer", tok, "--workers", "1"],  # one process: no pool
+                 ["pack", data, out],  # the default tokenizer: left to the CLI (start_early)
+                 ["pack", data, out, "--tokenizer", tok, "--config", "x.toml"],  # a file this does not read
+                 ["pack", data, out, "--tokenizer", tok, "--dry-run"], ["pack", "--help"],
+                 ["inspect", data, "--tokenizer", tok], ["pack", data, out, "--tokenizer", tok, "--workers", "x"]):
+        assert _from_arguments(*args) == none, args
+
+
 def test_one_cpu_starts_none(tmp_path):
     """Auto workers pack in one process on one CPU (a SLURM task with one CPU): a server would only compete."""
     (tmp_path / "big.parquet").write_bytes(b"0" * AUTO_WORKERS_MIN_BYTES)
