@@ -195,3 +195,28 @@ def test_the_chat_path_runs_with_only_the_declared_dependencies(tmp_path, chatml
     assert run.returncode == 0, run.stderr
     stats = json.loads((tmp_path / "out" / "dataset.json").read_text())["stats"]
     assert stats["records_rejected"] == 0 and stats["conversations_packed"] == 3
+
+
+def test_library_versions_read_from_dist_info_folders_are_importlib_metadatas(tmp_path, monkeypatch):
+    """The versions in every cache key come from the dist-info folders' names (1 ms where importlib.metadata took
+    20): the same versions metadata reads, so keys are what they were; a library with no such folder is asked of
+    importlib.metadata ("absent" where it is not installed at all)."""
+    from importlib import metadata
+
+    from packsft.render import tokenizer_cache
+
+    for name in tokenizer_cache.LIBRARIES:
+        try:
+            expected = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            expected = "absent"
+        assert tokenizer_cache.library_versions()[name] == expected
+    # An egg-info install: no dist-info folder names it.
+    (tmp_path / "oldlib-1.2.egg-info").mkdir()
+    (tmp_path / "oldlib-1.2.egg-info" / "PKG-INFO").write_text("Metadata-Version: 1.1\nName: oldlib\nVersion: 1.2\n")
+    (tmp_path / "Some_Lib-2.0.dist-info").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert tokenizer_cache._dist_info_versions()["some-lib"] == "2.0"
+    assert "oldlib" not in tokenizer_cache._dist_info_versions()
+    assert tokenizer_cache._metadata_version("oldlib") == "1.2"
+    assert tokenizer_cache._metadata_version("no-such-library-here") == "absent"
