@@ -29,7 +29,7 @@ from packsft.render.tokenizer import PackTokenizer, remember_fast
 from packsft.run import parent_death
 from packsft.run.executor import Executor, rerun_command
 from packsft.run.fork_server import AUTO_WORKERS_MIN_BYTES, available_cpus, worker_context
-from packsft.run.malloc import keep_freed_memory
+from packsft.run.malloc import PREFAULT_PER_INPUT_BYTE, keep_freed_memory, prefault_heap
 from packsft.run.outdir import OutDir
 from packsft.run.plan import Plan, Unit
 from packsft.run.unit import UnitJob, input_rows, load_job_tokenizer, write_unit
@@ -75,12 +75,14 @@ def threads_per_worker(workers: int) -> int:
 _worker_tokenizer: PackTokenizer | None = None
 
 
-def _init_worker(job: UnitJob, threads: int) -> None:
+def _init_worker(job: UnitJob, threads: int, prefault: int = 0) -> None:
+    """A pool worker as it starts; `prefault`: the heap bytes its first unit will likely take (run/malloc.py)."""
     global _worker_tokenizer
     if parent_death.fork_server_pid is not None:  # forked by a fork server that dies with the parent
         parent_death.die_with_parent(parent_death.fork_server_pid)
     parent_death.exit_with_parent_process()
     keep_freed_memory()
+    prefault_heap(prefault)
     stand_in_for_awkward()
     # Must happen before the tokenizer's thread pool starts (at its first encode).
     os.environ["RAYON_NUM_THREADS"] = str(threads)
@@ -121,8 +123,10 @@ def pack_units(
         workers = min(workers, len(units))
         renders_chat = job.config.template == "chat" and not job.store_only  # a repack renders nothing
         remember_fast(job.config.tokenizer, tokenizer)  # the next pack's fork server builds its gigatoken
+        prefault = PREFAULT_PER_INPUT_BYTE * max(unit.bytes for unit in units)
         pool = ProcessPoolExecutor(workers, mp_context=worker_context(chat=renders_chat), initializer=_init_worker,
-                                   initargs=(replace(job, tokenizer_state=tokenizer.state()), threads_per_worker(workers)))
+                                   initargs=(replace(job, tokenizer_state=tokenizer.state()), threads_per_worker(workers),
+                                             prefault))
         try:
             order = sorted(range(len(units)), key=lambda i: (-units[i].bytes, units[i].index))
             # as_completed waits on all futures at once: wait(FIRST_COMPLETED) in a loop re-arms every

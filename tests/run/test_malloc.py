@@ -56,3 +56,33 @@ def test_setting_the_thresholds_starts_no_child_process(monkeypatch):
 
     monkeypatch.setattr(subprocess, "Popen", refuse)
     assert keep_freed_memory.__wrapped__() is keep_freed_memory()
+
+
+# After the thresholds, a heap grown by prefault_heap(SIZE) (0: not grown), then a 24 MiB array made: whether it
+# faulted anything in, and the page faults the array took.
+PREFAULTED = """
+import json, resource, sys
+import numpy as np
+from packsft.run.malloc import keep_freed_memory, prefault_heap
+assert keep_freed_memory()
+populated = prefault_heap(int(sys.argv[1]))
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+block = np.ones(24 << 20, np.uint8)
+print(json.dumps([populated, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults]))
+"""
+
+
+def test_a_prefaulted_heap_serves_the_first_arrays_without_page_faults():
+    if not sys.platform.startswith("linux") or not keep_freed_memory():
+        pytest.skip("malloc here is not glibc's: packsft leaves it as it is")
+
+    def run(size: int) -> list:
+        return json.loads(subprocess.run([sys.executable, "-c", PREFAULTED, str(size)], capture_output=True, text=True,
+                                         check=True).stdout)
+
+    populated, faults = run(64 << 20)
+    if not populated:
+        pytest.skip("this kernel has no MADV_POPULATE_WRITE (Linux 5.14+)")
+    assert faults < 64, faults  # its pages were faulted in as the worker started
+    populated, faults = run(0)
+    assert not populated and faults > 256, faults  # without it, the 24 MiB fault in (6,144 pages; fewer where huge)
