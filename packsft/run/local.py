@@ -123,6 +123,7 @@ def pack_units(
         workers = min(workers, len(units))
         renders_chat = job.config.template == "chat" and not job.store_only  # a repack renders nothing
         remember_fast(job.config.tokenizer, tokenizer)  # the next pack's fork server builds its gigatoken
+        # A worker's heap, faulted in as it starts (run/malloc.py); in one process (--workers 1) it measured no faster.
         prefault = PREFAULT_PER_INPUT_BYTE * max(unit.bytes for unit in units)
         pool = ProcessPoolExecutor(workers, mp_context=worker_context(chat=renders_chat), initializer=_init_worker,
                                    initargs=(replace(job, tokenizer_state=tokenizer.state()), threads_per_worker(workers),

@@ -53,14 +53,21 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
+def freed_memory_kept() -> bool:
+    """Whether this process set its thresholds (keep_freed_memory), without setting them: a library user's process
+    keeps its allocator as it is."""
+    return keep_freed_memory.cache_info().currsize > 0 and keep_freed_memory()
+
+
 def prefault_heap(size: int) -> bool:
     """Grow the heap by `size` bytes (at most PREFAULT_MAX_BYTES), faulted in by the kernel in one call per block
     (MADV_POPULATE_WRITE), then freed for the unit's arrays to reuse: where the first unit faulted them in page by page.
-    On this 2-core VM, 120 MiB took 45-65 ms so against 82-117 ms page by page; GPT-2 on ShareGPT shards 0-3,
-    instrumented runs: a worker's first unit 0.65-0.70 -> 0.51-0.56 s. Only where keep_freed_memory holds (the freed
-    blocks stay in the heap); False where nothing was faulted in."""
+    On this 2-core VM, 120 MiB took 45-65 ms so against 82-117 ms page by page (a page fault cost ~13 us: a GPT-2
+    worker's first ShareGPT unit spent 0.27-0.39 s in the kernel on 24k of them, 0.04-0.05 s after this). Only where
+    this process set keep_freed_memory's thresholds (the freed blocks stay in the heap); False where nothing was
+    faulted in."""
     size = min(size, PREFAULT_MAX_BYTES)
-    if size < PREFAULT_BLOCK_BYTES or not keep_freed_memory():
+    if size < PREFAULT_BLOCK_BYTES or not freed_memory_kept():
         return False
     libc = ctypes.CDLL(None, use_errno=True)
     malloc, free, madvise = libc.malloc, libc.free, libc.madvise

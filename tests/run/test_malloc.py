@@ -64,7 +64,8 @@ PREFAULTED = """
 import json, resource, sys
 import numpy as np
 from packsft.run.malloc import keep_freed_memory, prefault_heap
-assert keep_freed_memory()
+if sys.argv[2] == "keep":
+    assert keep_freed_memory()
 populated = prefault_heap(int(sys.argv[1]))
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 block = np.ones(24 << 20, np.uint8)
@@ -76,9 +77,9 @@ def test_a_prefaulted_heap_serves_the_first_arrays_without_page_faults():
     if not sys.platform.startswith("linux") or not keep_freed_memory():
         pytest.skip("malloc here is not glibc's: packsft leaves it as it is")
 
-    def run(size: int) -> list:
-        return json.loads(subprocess.run([sys.executable, "-c", PREFAULTED, str(size)], capture_output=True, text=True,
-                                         check=True).stdout)
+    def run(size: int, mode: str = "keep") -> list:
+        return json.loads(subprocess.run([sys.executable, "-c", PREFAULTED, str(size), mode], capture_output=True,
+                                         text=True, check=True).stdout)
 
     populated, faults = run(64 << 20)
     if not populated:
@@ -86,3 +87,6 @@ def test_a_prefaulted_heap_serves_the_first_arrays_without_page_faults():
     assert faults < 64, faults  # its pages were faulted in as the worker started
     populated, faults = run(0)
     assert not populated and faults > 256, faults  # without it, the 24 MiB fault in (6,144 pages; fewer where huge)
+    # A process that did not set packsft's thresholds (a library user's) is left as it is: nothing is faulted in.
+    populated, faults = run(64 << 20, "library")
+    assert not populated and faults > 256, faults
