@@ -88,14 +88,15 @@ def start_for_arguments(args: list[str]) -> None:
     for arg in rest:
         name, given, value = arg.partition("=")
         if name in READ_OPTIONS or name in PATH_OPTIONS:
-            values[READ_OPTIONS.get(name, name)] = value if given else next(rest, "")
+            value = value if given else next(rest, "")
+            if name in READ_OPTIONS:
+                values[READ_OPTIONS[name]] = value
         elif not arg.startswith("-"):
             positional.append(arg)
     workers = values.pop("workers", "0")
     if not workers.isdigit():
         return  # the CLI refuses it
-    start_early(positional[:-1], Settings(**{key: value for key, value in values.items() if key in
-                                             ("tokenizer", "template", "chat_template", "encoder")}), int(workers))
+    start_early(positional[:-1], Settings(**values), int(workers))
 
 
 def start_early(data: list[str], config: Settings | PackConfig, workers: int) -> None:
