@@ -134,11 +134,11 @@ def main() -> None:
 
 def run() -> NoReturn:
     """The `packsft` command as packsft/__main__.py runs it (`python -m packsft` too, after starting the fork server
-    of a likely pool): `main`, then the process ends without tearing the interpreter
-    down, once the exit handlers have run and the standard streams are flushed. Freeing every module and object one
-    by one (numpy, pyarrow, the tokenizers, what a pack held) took 50-100 ms after a pack, on a 1.5 s pack of 4
-    ShareGPT shards; the OS frees the process at once. A process with a thread still running exits as Python does
-    (its non-daemon threads joined first), and so does one a profiler or tracer watches. `main` itself is what tests and library users invoke."""
+    of a likely pool): `main`, then the process ends without tearing the interpreter down, once the exit handlers
+    have run and the standard streams are flushed. Freeing every module and object one by one (numpy, pyarrow, the
+    tokenizers, what a pack held) took 50-100 ms after a pack, on a 1.5 s pack of 4 ShareGPT shards; the OS frees
+    the process at once. A process with a thread still running exits as Python does (its non-daemon threads joined
+    first), and so does one a profiler or tracer watches. `main` itself is what tests and library users invoke."""
     try:
         main()
         code: Any = 0
