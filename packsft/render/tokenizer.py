@@ -657,11 +657,10 @@ def prebuild_fast(location: str) -> None:
     where the tokenizer has changed since, its workers build their own, as without it."""
     noted = read_entry("gigatoken-for", _fast_for_key(location)) or {}
     entry = read_entry("gigatoken", noted["gigatoken"]) if isinstance(noted.get("gigatoken"), str) else None
-    with contextlib.suppress(KeyError, TypeError, AttributeError, ValueError):
-        source = _with_ranks(GigatokenSource.from_entry(entry or {}, b""), entry or {})
-        if source.ranks is not None and source.scheme is not None:
-            with contextlib.suppress(FastEncoderRefused):
-                prebuild_ranks(source.ranks, source.scheme, source.rank_added or {})
+    with contextlib.suppress(KeyError, TypeError, AttributeError, ValueError, FastEncoderRefused):
+        ranks = _intact_ranks(entry or {})
+        if ranks is not None:
+            prebuild_ranks(*ranks)
 
 
 def _fast_for_key(location: str) -> str:
@@ -694,16 +693,22 @@ def _kept_source(entry: dict[str, Any], serialized: str) -> GigatokenSource | No
 
 def _with_ranks(source: GigatokenSource, entry: dict[str, Any]) -> GigatokenSource:
     """`source` with the rank file its cache entry names (rank_file.py), where the file is there unchanged."""
+    ranks = _intact_ranks(entry)
+    return source if ranks is None else replace(source, ranks=ranks[0], scheme=ranks[1], rank_added=ranks[2])
+
+
+def _intact_ranks(entry: dict[str, Any]) -> tuple[Path, str, dict[str, int]] | None:
+    """The rank file a gigatoken cache entry names, with its scheme and added tokens, where the file is there
+    unchanged (its sha256 the entry's); else None."""
     folder = cache_dir()
     if folder is None or not isinstance(entry.get("ranks"), str) or not isinstance(entry.get("scheme"), str):
-        return source
+        return None
     path = folder / "gigatoken" / entry["ranks"]
     try:
         intact = hashlib.sha256(path.read_bytes()).hexdigest() == entry["ranks_sha256"]
     except OSError:
-        return source
-    return replace(source, ranks=path, scheme=entry["scheme"], rank_added=dict(entry["rank_added"] or {})) if intact \
-        else source
+        return None
+    return (path, entry["scheme"], dict(entry["rank_added"] or {})) if intact else None
 
 
 # How long to wait for the model hub to answer before treating it as unreachable.
